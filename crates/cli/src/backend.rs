@@ -1,0 +1,75 @@
+//! Choosing and building a generation backend from the command line.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use rapport_core::{Generator, SamplingParams};
+use rapport_generate::{EmbeddedOptions, MistralRsGenerator, OpenAiCompatGenerator, OpenAiCompatOptions};
+use rapport_models::{ModelCache, ModelKind, ModelSource, Puller};
+
+/// The default chat model for people; tests and CI name `smollm2-135m` explicitly.
+pub const DEFAULT_MODEL: &str = "qwen2.5-1.5b";
+
+/// Where replies are generated.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// A preset name (`rapport models list`) or a path to a GGUF file.
+    #[arg(long, short, default_value = DEFAULT_MODEL, env = "RAPPORT_MODEL")]
+    pub model: String,
+    /// Generate on an OpenAI-compatible server instead (e.g. http://10.0.0.5:8000/v1).
+    #[arg(long, env = "RAPPORT_LLM_URL")]
+    pub llm_url: Option<String>,
+    /// The `model` name to send to that server (defaults to --model).
+    #[arg(long, requires = "llm_url")]
+    pub llm_model: Option<String>,
+    /// Bearer token for that server.
+    #[arg(long, env = "RAPPORT_LLM_API_KEY", requires = "llm_url", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// Pull the model first if it is a preset that is not installed.
+    #[arg(long)]
+    pub pull: bool,
+}
+
+/// A ready backend and the sampling defaults that go with its model.
+pub struct Backend {
+    pub generator: Arc<dyn Generator>,
+    pub sampling: SamplingParams,
+    pub model_name: String,
+}
+
+impl BackendArgs {
+    pub async fn build(&self) -> anyhow::Result<Backend> {
+        let preset = match ModelCache::source(&self.model) {
+            Ok(ModelSource::Preset(p)) => Some(p),
+            _ => None,
+        };
+        if let Some(p) = &preset {
+            anyhow::ensure!(p.kind == ModelKind::ChatGguf, "'{}' is not a chat model", p.name);
+        }
+        let sampling = preset.as_ref().and_then(|p| p.sampling.clone()).unwrap_or_default();
+
+        if let Some(url) = &self.llm_url {
+            let mut options = OpenAiCompatOptions::new(url, self.llm_model.clone().unwrap_or_else(|| self.model.clone()));
+            options.api_key = self.llm_api_key.clone();
+            let generator = OpenAiCompatGenerator::new(options)?;
+            return Ok(Backend { generator: Arc::new(generator), sampling, model_name: self.model.clone() });
+        }
+
+        let cache = ModelCache::default_location()?;
+        let installed = match (&preset, self.pull) {
+            (Some(p), true) => {
+                let p = p.clone();
+                let cache = cache.clone();
+                tokio::task::spawn_blocking(move || Puller::default().pull(&cache, &p)).await??
+            }
+            _ => cache.resolve(&self.model)?,
+        };
+        let started = std::time::Instant::now();
+        let generator = MistralRsGenerator::load(&installed.primary, &installed.name, EmbeddedOptions::default())
+            .await
+            .with_context(|| format!("loading {}", installed.primary.display()))?;
+        tracing::info!(model = %installed.name, secs = started.elapsed().as_secs_f32(), "model loaded");
+        Ok(Backend { generator: Arc::new(generator), sampling, model_name: installed.name })
+    }
+}

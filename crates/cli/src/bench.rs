@@ -1,0 +1,307 @@
+//! `rapport bench llm` (speed) and `rapport bench sampling` (do replies loop?).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rapport_core::text_stats::{diversity, DiversityReport};
+use rapport_core::{collect_completion, ChatMessage, GenerationRequest, SamplingParams};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, BackendArgs};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time to first token, prefill and decode speed over a fixed prompt set (greedy).
+    Llm(LlmArgs),
+    /// Diversity and repetition of replies under several sampling configurations.
+    Sampling(SamplingArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LlmArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// JSONL prompt set: {"id", "system" | "system_file", "user"} per line.
+    #[arg(long, default_value = "datasets/prompts/bench-llm.jsonl")]
+    prompts: PathBuf,
+    /// Measured runs per prompt, after one unmeasured-for-p50 cold run.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Tokens to generate per run.
+    #[arg(long, default_value_t = 48)]
+    max_tokens: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SamplingArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// JSONL prompt set: {"id", "system" | "system_file", "user"} per line.
+    #[arg(long, default_value = "datasets/prompts/sampling-probe.jsonl")]
+    prompts: PathBuf,
+    /// Configurations to compare: `preset` (the model's tuned defaults), `greedy` (mistral.rs's
+    /// own default: no sampling, no penalties), `temperature` (0.7 / top-p 0.9, no penalties).
+    #[arg(long, value_delimiter = ',', default_value = "greedy,temperature,preset")]
+    configs: Vec<String>,
+    /// Replies per prompt and configuration.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write every reply to this JSONL file.
+    #[arg(long)]
+    replies_out: Option<PathBuf>,
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Llm(args) => llm(args).await,
+        BenchCommand::Sampling(args) => sampling(args).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct PromptLine {
+    id: String,
+    system: Option<String>,
+    system_file: Option<PathBuf>,
+    user: String,
+}
+
+struct Prompt {
+    id: String,
+    messages: Vec<ChatMessage>,
+}
+
+/// Reads a prompt set; `system_file` paths are relative to the prompt file.
+fn load_prompts(path: &Path) -> anyhow::Result<Vec<Prompt>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let p: PromptLine = serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), n + 1))?;
+        let system = match (p.system, p.system_file) {
+            (Some(s), None) => s,
+            (None, Some(f)) => std::fs::read_to_string(base.join(&f)).with_context(|| format!("reading {}", f.display()))?,
+            _ => anyhow::bail!("{}:{}: give exactly one of system and system_file", path.display(), n + 1),
+        };
+        out.push(Prompt { id: p.id, messages: vec![ChatMessage::system(system.trim()), ChatMessage::user(p.user)] });
+    }
+    anyhow::ensure!(!out.is_empty(), "{} holds no prompts", path.display());
+    Ok(out)
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} [{elapsed_precise}]").expect("static template"));
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Nearest-rank percentile of a non-empty slice.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+#[derive(Serialize)]
+struct PromptSpeed {
+    id: String,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    ttft_cold_s: f64,
+    prefill_tok_per_s_cold: f64,
+    ttft_p50_s: f64,
+    ttft_p95_s: f64,
+    decode_tok_per_s_p50: f64,
+    decode_tok_per_s_p95: f64,
+}
+
+#[derive(Serialize)]
+struct LlmReport {
+    engine: String,
+    model: String,
+    max_tokens: u32,
+    runs: usize,
+    threads: usize,
+    prompts: Vec<PromptSpeed>,
+}
+
+async fn llm(args: LlmArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    let prompts = load_prompts(&args.prompts)?;
+    let backend = args.backend.build().await?;
+    let bar = progress((prompts.len() * (args.runs + 1)) as u64, "bench llm");
+    let mut results = Vec::new();
+    for prompt in &prompts {
+        let mut ttfts = Vec::new();
+        let mut decode = Vec::new();
+        let mut cold = None;
+        let mut tokens = (0, 0);
+        // Run 0 is cold: nothing of this prompt is cached yet. Runs 1.. share the prefix cache,
+        // as the turns of one conversation do.
+        for run in 0..=args.runs {
+            let (ttft, summary) = timed_greedy(&backend, &prompt.messages, args.max_tokens).await?;
+            tokens = (summary.usage.prompt_tokens, summary.usage.completion_tokens);
+            if run == 0 {
+                cold = Some(ttft);
+            } else {
+                ttfts.push(ttft);
+                if let Some(tps) = summary.timings.decode_tokens_per_sec(&summary.usage) {
+                    decode.push(tps);
+                }
+            }
+            bar.inc(1);
+        }
+        let cold = cold.unwrap_or_default();
+        results.push(PromptSpeed {
+            id: prompt.id.clone(),
+            prompt_tokens: tokens.0,
+            completion_tokens: tokens.1,
+            ttft_cold_s: cold,
+            prefill_tok_per_s_cold: if cold > 0.0 { f64::from(tokens.0) / cold } else { 0.0 },
+            ttft_p50_s: percentile(&ttfts, 50.0),
+            ttft_p95_s: percentile(&ttfts, 95.0),
+            decode_tok_per_s_p50: if decode.is_empty() { 0.0 } else { percentile(&decode, 50.0) },
+            decode_tok_per_s_p95: if decode.is_empty() { 0.0 } else { percentile(&decode, 95.0) },
+        });
+    }
+    bar.finish_and_clear();
+    let report = LlmReport {
+        engine: backend.generator.name().to_string(),
+        model: backend.model_name.clone(),
+        max_tokens: args.max_tokens,
+        runs: args.runs,
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        prompts: results,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{} on {} ({} threads), greedy, {} tokens, {} runs after a cold one", report.model, report.engine, report.threads, report.max_tokens, report.runs);
+        println!("{:<14} {:>7} {:>10} {:>12} {:>10} {:>10} {:>12}", "prompt", "tokens", "ttft cold", "prefill t/s", "ttft p50", "ttft p95", "decode p50");
+        for p in &report.prompts {
+            println!(
+                "{:<14} {:>7} {:>9.2}s {:>12.1} {:>9.2}s {:>9.2}s {:>12.1}",
+                p.id, p.prompt_tokens, p.ttft_cold_s, p.prefill_tok_per_s_cold, p.ttft_p50_s, p.ttft_p95_s, p.decode_tok_per_s_p50
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn timed_greedy(backend: &Backend, messages: &[ChatMessage], max_tokens: u32) -> anyhow::Result<(f64, rapport_core::GenerationSummary)> {
+    let request = GenerationRequest::new(messages.to_vec(), SamplingParams::greedy(max_tokens))?;
+    let started = Instant::now();
+    let stream = backend.generator.generate(request).await?;
+    let mut first = None;
+    let done = collect_completion(stream, |_| {
+        first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+    })
+    .await?;
+    Ok((first.unwrap_or_else(|| started.elapsed().as_secs_f64()), done.summary))
+}
+
+fn sampling_config(name: &str, preset: &SamplingParams) -> anyhow::Result<SamplingParams> {
+    let max_tokens = preset.max_tokens;
+    Ok(match name {
+        "preset" => preset.clone(),
+        "greedy" => SamplingParams { stop: preset.stop.clone(), ..SamplingParams::greedy(max_tokens) },
+        "temperature" => SamplingParams {
+            temperature: 0.7,
+            top_p: Some(0.9),
+            stop: preset.stop.clone(),
+            ..SamplingParams::greedy(max_tokens)
+        },
+        other => anyhow::bail!("unknown sampling configuration '{other}' (preset, greedy, temperature)"),
+    })
+}
+
+#[derive(Serialize)]
+struct SamplingRow {
+    config: String,
+    #[serde(flatten)]
+    report: DiversityReport,
+}
+
+async fn sampling(args: SamplingArgs) -> anyhow::Result<()> {
+    let prompts = load_prompts(&args.prompts)?;
+    let backend = args.backend.build().await?;
+    let configs: Vec<(String, SamplingParams)> = args
+        .configs
+        .iter()
+        .map(|c| sampling_config(c, &backend.sampling).map(|s| (c.clone(), s)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut replies_out = match &args.replies_out {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| p.display().to_string())?)),
+        None => None,
+    };
+    let bar = progress((configs.len() * prompts.len() * args.samples) as u64, "bench sampling");
+    let mut rows = Vec::new();
+    for (name, params) in &configs {
+        let mut replies = Vec::new();
+        for prompt in &prompts {
+            for _ in 0..args.samples {
+                let request = GenerationRequest::new(prompt.messages.clone(), params.clone())?;
+                let done = collect_completion(backend.generator.generate(request).await?, |_| {}).await?;
+                if let Some(out) = replies_out.as_mut() {
+                    use std::io::Write;
+                    writeln!(out, "{}", serde_json::json!({"config": name, "prompt": prompt.id, "reply": done.text}))?;
+                }
+                replies.push(done.text);
+                bar.inc(1);
+            }
+        }
+        rows.push(SamplingRow { config: name.clone(), report: diversity(&replies) });
+    }
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"model": backend.model_name, "rows": rows}))?);
+    } else {
+        println!("{} — {} prompts × {} samples", backend.model_name, prompts.len(), args.samples);
+        println!("{:<12} {:>10} {:>10} {:>16} {:>14} {:>10}", "config", "distinct-1", "distinct-2", "repeated sent.", "looping reps", "words");
+        for r in &rows {
+            let d = &r.report;
+            println!(
+                "{:<12} {:>10.3} {:>10.3} {:>15.1}% {:>13.1}% {:>10.1}",
+                r.config, d.distinct_1, d.distinct_2, d.repeated_sentence_rate * 100.0, d.looping_reply_rate * 100.0, d.mean_words
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&v, 50.0), 3.0);
+        assert_eq!(percentile(&v, 95.0), 5.0);
+        assert_eq!(percentile(&[7.0], 95.0), 7.0);
+    }
+
+    #[test]
+    fn the_shipped_prompt_sets_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/prompts");
+        assert!(load_prompts(&root.join("bench-llm.jsonl")).unwrap().len() >= 3);
+        assert!(load_prompts(&root.join("sampling-probe.jsonl")).unwrap().len() >= 12);
+    }
+
+    #[test]
+    fn unknown_sampling_configs_are_named_in_the_error() {
+        let e = sampling_config("nucleus", &SamplingParams::default()).unwrap_err().to_string();
+        assert!(e.contains("nucleus"));
+    }
+}

@@ -1,0 +1,61 @@
+//! `rapport`: the one binary. It parses the command line and wires the library crates together;
+//! the work itself lives in those crates.
+
+mod backend;
+mod bench;
+mod chat;
+mod models;
+mod serve_llm;
+
+use clap::{Parser, Subcommand};
+
+// candle allocates a fresh buffer for every tensor op. With glibc's allocator, buffers past the
+// mmap threshold are mapped and unmapped each time and every page is faulted in again by the
+// kernel; mimalloc keeps them in user space (see README, "Where the time went").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "rapport", version, about = "Rapport: practise conversation with empathetic AI personas")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List, pull and locate models.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
+    /// Chat in the terminal.
+    Chat(chat::ChatArgs),
+    /// Measure speed and reply quality.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+    /// Serve a model over an OpenAI-compatible API, so other machines can generate on this one.
+    ServeLlm(serve_llm::ServeLlmArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RAPPORT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rapport=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Models { command } => models::run(command),
+            Command::Chat(args) => chat::run(args).await,
+            Command::Bench { command } => bench::run(command).await,
+            Command::ServeLlm(args) => serve_llm::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,103 @@
+//! The `rapport` binary as a person or a script uses it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rapport_core::{collect_completion, ChatMessage, GenerationRequest, Generator, SamplingParams};
+use rapport_generate::{OpenAiCompatGenerator, OpenAiCompatOptions};
+
+fn rapport() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rapport"));
+    c.env("RAPPORT_LOG", "warn");
+    c
+}
+
+/// Makes sure SmolLM2 is in the user's cache (CI pulls it before the tests).
+fn ensure_smollm2() {
+    let out = rapport().args(["models", "pull", "smollm2-135m"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn models_list_names_every_preset() {
+    let out = rapport().args(["models", "list"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for name in ["smollm2-135m", "qwen2.5-1.5b", "minilm-l6"] {
+        assert!(text.contains(name), "{text}");
+    }
+    assert!(text.contains("cache: "));
+}
+
+#[test]
+fn models_path_of_an_unknown_or_missing_model_fails_clearly() {
+    let out = rapport().args(["models", "path", "no-such-model"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model 'no-such-model'"));
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = rapport().args(["models", "path", "smollm2-135m"]).env("RAPPORT_MODELS_DIR", empty.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rapport models pull smollm2-135m"));
+}
+
+#[test]
+fn a_piped_chat_answers_every_turn_and_keeps_history() {
+    ensure_smollm2();
+    let mut child = rapport()
+        .args(["chat", "--model", "smollm2-135m", "--max-tokens", "24", "--stats"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hi! My name is Alex.\n\nWhat is my name?\n/reset\nHello again.\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let replies: Vec<&str> = stdout.lines().filter(|l| l.starts_with("smollm2> ")).collect();
+    assert_eq!(replies.len(), 3, "one reply per message, none for the blank line or /reset:\n{stdout}");
+    assert!(replies.iter().all(|r| r.len() > "smollm2> ".len()), "{stdout}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("(conversation cleared)"));
+    // --stats reports the prompt growing with the history, and shrinking after /reset.
+    let prompt_tokens: Vec<u32> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix('[')?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(prompt_tokens.len(), 3, "{stderr}");
+    assert!(prompt_tokens[1] > prompt_tokens[0] && prompt_tokens[2] < prompt_tokens[1], "{prompt_tokens:?}");
+}
+
+#[test]
+fn serve_llm_is_an_openai_compatible_server() {
+    ensure_smollm2();
+    let mut child = rapport()
+        .args(["serve-llm", "--model", "smollm2-135m", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.split_whitespace().find(|w| w.starts_with("http://")).expect("the address is printed").to_string();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let result = rt.block_on(async {
+        let mut options = OpenAiCompatOptions::new(base, "smollm2-135m");
+        options.first_byte_timeout = Duration::from_secs(60);
+        let remote = OpenAiCompatGenerator::new(options).unwrap();
+        let req = GenerationRequest::new(
+            vec![ChatMessage::system("You are Mia. Reply briefly."), ChatMessage::user("hey, how are you?")],
+            SamplingParams::greedy(16),
+        )
+        .unwrap();
+        collect_completion(remote.generate(req).await?, |_| {}).await
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let done = result.unwrap();
+    assert!(!done.text.trim().is_empty());
+    assert!(done.summary.usage.prompt_tokens > 0 && done.summary.usage.completion_tokens > 0);
+}

@@ -1,0 +1,28 @@
+//! The shared vocabulary of Rapport: chat messages, sampling parameters, and the [`Generator`]
+//! trait that every text-generation backend implements.
+//!
+//! This crate sits below everything else. The pipeline builds a [`GenerationRequest`], a backend
+//! (embedded mistral.rs, or an OpenAI-compatible server) turns it into a stream of
+//! [`GenerationEvent`]s, and the server or terminal forwards those chunks to a person.
+//!
+//! # Invariants
+//! - Never performs IO and never links a model runtime: the trait is defined here so that the
+//!   pipeline and the evaluation harness depend on the seam, not on mistral.rs.
+//! - A [`GenerationRequest`] is validated once, when it is built ([`GenerationRequest::new`]);
+//!   backends may rely on it holding at least one message, a system message first, and sampling
+//!   values inside their documented ranges.
+#![deny(missing_docs)]
+
+mod generator;
+mod message;
+mod sampling;
+mod stop;
+pub mod text_stats;
+
+pub use generator::{
+    collect_completion, Completion, GenerationError, GenerationEvent, GenerationSummary,
+    Generator, StopReason, TextStream, Timings, TokenUsage,
+};
+pub use message::{ChatMessage, GenerationRequest, Role};
+pub use sampling::{DryParams, SamplingParams};
+pub use stop::{Released, StopFilter};

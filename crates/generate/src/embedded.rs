@@ -1,0 +1,231 @@
+//! mistral.rs in process: a local GGUF on the CPU.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mistralrs::{GgufModelBuilder, RequestBuilder, Response, TextMessageRole, TokenSource};
+use rapport_core::{
+    GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, Role, SamplingParams,
+    StopFilter, StopReason, TextStream, Timings, TokenUsage,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How the embedded engine is set up.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Sequences decoded together in one batch. Many users share one model: batching is how
+    /// aggregate throughput grows past one stream's.
+    pub max_batch: usize,
+    /// Conversations whose KV cache is kept for reuse. Every turn of a conversation re-sends its
+    /// whole history; with the prefix kept, only the new message is prefilled.
+    pub prefix_cache: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self { max_batch: 16, prefix_cache: 16 }
+    }
+}
+
+/// mistral.rs 0.8.1 running a GGUF model in this process, on the CPU.
+///
+/// Cloning is cheap and shares the loaded model.
+#[derive(Clone)]
+pub struct MistralRsGenerator {
+    model: Arc<mistralrs::Model>,
+    name: String,
+}
+
+impl MistralRsGenerator {
+    /// Loads a GGUF file. Its tokenizer and chat template are read from the file's metadata; no
+    /// network is touched.
+    pub async fn load(gguf: &Path, name: impl Into<String>, options: EmbeddedOptions) -> Result<Self, GenerationError> {
+        let unavailable = |msg: String| GenerationError::Unavailable(format!("cannot load {}: {msg}", gguf.display()));
+        if !gguf.is_file() {
+            return Err(unavailable("no such file".into()));
+        }
+        let dir = gguf.parent().ok_or_else(|| unavailable("no parent directory".into()))?;
+        let file = gguf.file_name().ok_or_else(|| unavailable("no file name".into()))?.to_string_lossy().into_owned();
+        let model = GgufModelBuilder::new(dir.to_string_lossy(), vec![file])
+            .with_token_source(TokenSource::None)
+            .with_force_cpu()
+            .with_max_num_seqs(options.max_batch.max(1))
+            .with_prefix_cache_n(Some(options.prefix_cache).filter(|n| *n > 0))
+            .build()
+            .await
+            .map_err(|e| unavailable(format!("{e:#}")))?;
+        Ok(Self { model: Arc::new(model), name: format!("mistralrs:{}", name.into()) })
+    }
+}
+
+/// Translates Rapport's sampling into mistral.rs's.
+fn to_mistral_sampling(s: &SamplingParams) -> mistralrs::SamplingParams {
+    let mut p = if s.is_greedy() {
+        mistralrs::SamplingParams::deterministic()
+    } else {
+        let mut p = mistralrs::SamplingParams::deterministic();
+        p.temperature = Some(f64::from(s.temperature));
+        p.top_k = s.top_k;
+        p.top_p = s.top_p.map(f64::from);
+        p.min_p = s.min_p.map(f64::from);
+        p
+    };
+    p.repetition_penalty = s.repetition_penalty;
+    p.frequency_penalty = s.frequency_penalty;
+    p.presence_penalty = s.presence_penalty;
+    p.dry_params = s.dry.as_ref().filter(|d| d.multiplier > 0.0).map(|d| mistralrs::DrySamplingParams {
+        base: d.base,
+        allowed_length: d.allowed_length,
+        multiplier: d.multiplier,
+        ..mistralrs::DrySamplingParams::default()
+    });
+    p.max_len = Some(s.max_tokens as usize);
+    p.stop_toks = (!s.stop.is_empty()).then(|| mistralrs::StopTokens::Seqs(s.stop.clone()));
+    p
+}
+
+#[async_trait::async_trait]
+impl Generator for MistralRsGenerator {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<TextStream, GenerationError> {
+        let started = Instant::now();
+        let mut builder = RequestBuilder::new().set_sampling(to_mistral_sampling(request.sampling()));
+        for m in request.messages() {
+            let role = match m.role {
+                Role::System => TextMessageRole::System,
+                Role::User => TextMessageRole::User,
+                Role::Assistant => TextMessageRole::Assistant,
+            };
+            builder = builder.add_message(role, &m.content);
+        }
+
+        // mistral.rs's stream borrows its `Model`; a task that owns an `Arc` of it forwards the
+        // responses, so the returned stream is `'static`. A channel of 32 lets decoding run a
+        // little ahead of a slow reader without unbounded buffering.
+        let (tx, rx) = mpsc::channel::<Result<GenerationEvent, GenerationError>>(32);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let model = Arc::clone(&self.model);
+        // mistral.rs streams a stop string (and sometimes a token past it) before it stops; the
+        // filter cuts the reply before it. Decoding is left to end by itself, a token later,
+        // so that the token counts stay those of the work done.
+        let mut stops = StopFilter::new(&request.sampling().stop);
+        tokio::spawn(async move {
+            let mut stream = match model.stream_chat_request(builder).await {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(GenerationError::Backend(format!("{e:#}"))));
+                    return;
+                }
+            };
+            let mut first_token = None;
+            let mut chunks = 0u32;
+            while let Some(response) = stream.next().await {
+                let event = match response {
+                    Response::Chunk(chunk) => {
+                        let Some(choice) = chunk.choices.into_iter().next() else { continue };
+                        if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                            chunks += 1;
+                            let released = stops.push(&text).text;
+                            if !released.is_empty() {
+                                first_token.get_or_insert_with(|| started.elapsed());
+                                if tx.send(Ok(GenerationEvent::Chunk(released))).await.is_err() {
+                                    // The reader is gone: dropping `stream` makes mistral.rs cancel.
+                                    return;
+                                }
+                            }
+                        }
+                        let Some(reason) = choice.finish_reason else { continue };
+                        let rest = stops.finish();
+                        if !rest.is_empty() {
+                            first_token.get_or_insert_with(|| started.elapsed());
+                            let _ = tx.send(Ok(GenerationEvent::Chunk(rest))).await;
+                        }
+                        let reason = if stops.stopped() { "stop".to_string() } else { reason };
+                        let usage = chunk.usage.map(|u| TokenUsage {
+                            prompt_tokens: u.prompt_tokens as u32,
+                            completion_tokens: u.completion_tokens as u32,
+                        });
+                        Ok(GenerationEvent::Done(GenerationSummary {
+                            stop_reason: StopReason::from_finish_reason(&reason),
+                            usage: usage.unwrap_or(TokenUsage { prompt_tokens: 0, completion_tokens: chunks }),
+                            timings: Timings { time_to_first_token: first_token, total: started.elapsed() },
+                        }))
+                    }
+                    Response::Done(done) => {
+                        // Not expected for streaming requests; accept it as the end all the same.
+                        let reason = done.choices.first().map(|c| c.finish_reason.clone()).unwrap_or_default();
+                        Ok(GenerationEvent::Done(GenerationSummary {
+                            stop_reason: StopReason::from_finish_reason(&reason),
+                            usage: TokenUsage {
+                                prompt_tokens: done.usage.prompt_tokens as u32,
+                                completion_tokens: done.usage.completion_tokens as u32,
+                            },
+                            timings: Timings { time_to_first_token: first_token, total: started.elapsed() },
+                        }))
+                    }
+                    Response::ModelError(msg, _) | Response::CompletionModelError(msg, _) => Err(GenerationError::Backend(msg)),
+                    Response::InternalError(e) => Err(GenerationError::Backend(e.to_string())),
+                    Response::ValidationError(e) => Err(GenerationError::InvalidRequest(e.to_string())),
+                    _ => Err(GenerationError::Protocol("mistral.rs sent a non-chat response".into())),
+                };
+                let last = !matches!(event, Ok(GenerationEvent::Chunk(_)));
+                let _ = tx.send(event).await;
+                if last {
+                    return;
+                }
+            }
+            let _ = tx.send(Err(GenerationError::Protocol("mistral.rs closed the stream before finishing".into()))).await;
+        });
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(Box::pin(ReceiverStream::new(rx))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(GenerationError::Backend("the generation task ended before starting".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rapport_core::DryParams;
+
+    #[test]
+    fn greedy_maps_to_deterministic_sampling() {
+        let p = to_mistral_sampling(&SamplingParams::greedy(48));
+        assert_eq!(p.top_k, Some(1));
+        assert_eq!(p.max_len, Some(48));
+        assert!(p.dry_params.is_none());
+        assert!(p.stop_toks.is_none());
+    }
+
+    #[test]
+    fn sampling_values_carry_over() {
+        let s = SamplingParams {
+            temperature: 0.6,
+            top_p: Some(0.9),
+            top_k: Some(40),
+            min_p: Some(0.05),
+            repetition_penalty: Some(1.1),
+            dry: Some(DryParams { multiplier: 0.8, base: 1.75, allowed_length: 2 }),
+            stop: vec!["\nUser:".into()],
+            max_tokens: 96,
+            ..SamplingParams::default()
+        };
+        let p = to_mistral_sampling(&s);
+        assert_eq!(p.temperature, Some(0.6f32 as f64));
+        assert_eq!(p.top_k, Some(40));
+        assert_eq!(p.repetition_penalty, Some(1.1));
+        let dry = p.dry_params.unwrap();
+        assert_eq!((dry.multiplier, dry.base, dry.allowed_length), (0.8, 1.75, 2));
+        assert!(!dry.sequence_breakers.is_empty(), "DRY needs its default sequence breakers");
+        assert!(matches!(p.stop_toks, Some(mistralrs::StopTokens::Seqs(ref v)) if v == &["\nUser:"]));
+    }
+}

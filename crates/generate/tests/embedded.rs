@@ -1,0 +1,123 @@
+//! The embedded mistral.rs backend on the real SmolLM2.
+
+use futures::StreamExt;
+use rapport_core::{collect_completion, ChatMessage, GenerationEvent, GenerationRequest, Generator, SamplingParams, StopReason};
+
+use crate::{exclusive, request, rt, smollm2};
+
+#[test]
+fn a_reply_streams_in_chunks_and_ends_with_one_summary() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let mut stream = model.generate(request("Name three colours.", SamplingParams::greedy(24))).await.unwrap();
+        let mut chunks = Vec::new();
+        let mut summary = None;
+        while let Some(event) = stream.next().await {
+            match event.unwrap() {
+                GenerationEvent::Chunk(c) => {
+                    assert!(summary.is_none(), "a chunk after Done");
+                    assert!(!c.is_empty());
+                    chunks.push(c);
+                }
+                GenerationEvent::Done(s) => summary = Some(s),
+            }
+        }
+        let summary = summary.expect("the stream ends with Done");
+        assert!(chunks.len() >= 2, "streamed in pieces: {chunks:?}");
+        assert!(summary.usage.prompt_tokens > 10, "{summary:?}");
+        assert!(summary.usage.completion_tokens >= 1 && summary.usage.completion_tokens <= 24);
+        let ttft = summary.timings.time_to_first_token.expect("a first token was seen");
+        assert!(ttft <= summary.timings.total);
+        assert!(model.name().starts_with("mistralrs:"));
+    });
+}
+
+#[test]
+fn max_tokens_stops_with_length_and_counts_exactly() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let done = collect_completion(
+            smollm2().await.generate(request("Write a long story about a dragon.", SamplingParams::greedy(8))).await.unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.summary.stop_reason, StopReason::Length);
+        assert_eq!(done.summary.usage.completion_tokens, 8);
+    });
+}
+
+#[test]
+fn a_stop_string_ends_the_reply_before_it() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        // Any 40-token story has punctuation; the reply must end right before the first mark.
+        let stops: Vec<String> = [".", ",", "!", "?", ";"].map(String::from).to_vec();
+        let sampling = SamplingParams { stop: stops.clone(), ..SamplingParams::greedy(40) };
+        let done = collect_completion(smollm2().await.generate(request("Write a long story about a dragon.", sampling)).await.unwrap(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(done.summary.stop_reason, StopReason::Stop, "{:?}", done.text);
+        assert!(!done.text.trim().is_empty());
+        assert!(stops.iter().all(|s| !done.text.contains(s.as_str())), "a stop string leaked into {:?}", done.text);
+        assert!(done.summary.usage.completion_tokens < 40);
+    });
+}
+
+#[test]
+fn prompt_tokens_grow_with_the_history() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let short = request("Hi!", SamplingParams::greedy(2));
+        let long = GenerationRequest::new(
+            vec![
+                ChatMessage::system("You are a helpful assistant. Answer briefly."),
+                ChatMessage::user("Hi!"),
+                ChatMessage::assistant("Hello! How can I help you today?"),
+                ChatMessage::user("Tell me about the sea."),
+            ],
+            SamplingParams::greedy(2),
+        )
+        .unwrap();
+        let a = collect_completion(model.generate(short).await.unwrap(), |_| {}).await.unwrap().summary.usage;
+        let b = collect_completion(model.generate(long).await.unwrap(), |_| {}).await.unwrap().summary.usage;
+        assert!(b.prompt_tokens > a.prompt_tokens + 10, "{a:?} vs {b:?}");
+    });
+}
+
+#[test]
+fn dropping_a_stream_cancels_it_and_the_engine_keeps_serving() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let mut stream = model.generate(request("Count from one to one hundred.", SamplingParams::greedy(200))).await.unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(matches!(first, GenerationEvent::Chunk(_)));
+        drop(stream);
+        let done = collect_completion(model.generate(request("Say hello.", SamplingParams::greedy(6))).await.unwrap(), |_| {})
+            .await
+            .unwrap();
+        assert!(done.summary.usage.completion_tokens >= 1);
+    });
+}
+
+#[test]
+fn sampled_replies_with_the_preset_defaults_do_not_loop() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let sampling = rapport_models::preset("smollm2-135m").unwrap().sampling.unwrap();
+        let done = collect_completion(
+            smollm2().await
+                .generate(request("I had a really bad day. My boss yelled at me in front of everyone.", sampling))
+                .await
+                .unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let rep = rapport_core::text_stats::sentence_repetition(&done.text);
+        assert!(rep.repeated <= 1, "looping reply: {:?}", done.text);
+    });
+}

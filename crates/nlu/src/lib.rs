@@ -1,0 +1,16 @@
+//! Understanding the user, on candle 0.10.2 (the candle mistral.rs is built on): sentence
+//! embeddings with all-MiniLM-L6-v2 ([`SentenceEncoder`]).
+//!
+//! # Invariants
+//! - No model is fetched here: weights are read from a directory that `rapport models pull
+//!   minilm-l6` filled, and a missing file is an error that says so.
+//! - Any text is accepted: empty, arbitrary Unicode, or longer than the model's window (it is
+//!   truncated to [`MAX_TOKENS`] tokens, as sentence-transformers does); nothing here panics on
+//!   input.
+#![deny(missing_docs)]
+
+mod encoder;
+mod error;
+
+pub use encoder::{cosine, Embedding, SentenceEncoder, EMBEDDING_DIM, MAX_TOKENS};
+pub use error::NluError;
