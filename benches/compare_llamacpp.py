@@ -2,9 +2,10 @@
 """Rapport (mistral.rs) against llama.cpp on the same GGUF, the same prompts, in one run.
 
 Both engines: greedy decoding, the same chat template (the GGUF's own), the same number of new
-tokens, one request at a time, all cores of this machine. Per prompt, run 0 is cold and runs
-1..N reuse the prompt's prefix (llama-cpp-python keeps the matching prefix of its KV cache,
-mistral.rs has a prefix cache), as the turns of one conversation do.
+tokens, one request at a time, all cores of this machine. Per prompt, run 0 is cold; runs 1..N
+keep the system prompt and vary the user line, as the next person talking to the same persona
+does, so the shared prefix may come from a cache (llama-cpp-python keeps the matching prefix of
+its KV cache, mistral.rs has a prefix cache).
 
   python3 benches/compare_llamacpp.py --model smollm2-135m --runs 5
 
@@ -49,9 +50,13 @@ def run_llamacpp(model_path, prompts, runs, max_tokens, threads):
     for p in prompts:
         ttfts, decode, cold, tokens = [], [], None, 0
         for run in range(runs + 1):
+            # Same as `rapport bench llm`: later runs change only the user line.
+            messages = [dict(m) for m in p["messages"]]
+            if run > 0:
+                messages[-1]["content"] = f"{messages[-1]['content']} ({run})"
             start = time.perf_counter()
             first, n = None, 0
-            for chunk in llm.create_chat_completion(p["messages"], temperature=0.0, top_k=1, max_tokens=max_tokens, stream=True):
+            for chunk in llm.create_chat_completion(messages, temperature=0.0, top_k=1, max_tokens=max_tokens, stream=True):
                 delta = chunk["choices"][0].get("delta", {})
                 if delta.get("content"):
                     n += 1

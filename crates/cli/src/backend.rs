@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use rapport_core::{Generator, SamplingParams};
-use rapport_generate::{EmbeddedOptions, MistralRsGenerator, OpenAiCompatGenerator, OpenAiCompatOptions};
+use rapport_generate::{Activations, EmbeddedOptions, MistralRsGenerator, OpenAiCompatGenerator, OpenAiCompatOptions};
 use rapport_models::{ModelCache, ModelKind, ModelSource, Puller};
 
 /// The default chat model for people; tests and CI name `smollm2-135m` explicitly.
@@ -29,6 +29,12 @@ pub struct BackendArgs {
     /// Pull the model first if it is a preset that is not installed.
     #[arg(long)]
     pub pull: bool,
+    /// Activation dtype of the embedded engine: f32 (fast on CPU), f16 or bf16.
+    #[arg(long, default_value = "f32", env = "RAPPORT_ACTIVATIONS")]
+    pub activations: Activations,
+    /// Load GGUF files as they are, without re-encoding Q4_1/Q5_x blocks as Q8_0.
+    #[arg(long)]
+    pub no_repack: bool,
 }
 
 /// A ready backend and the sampling defaults that go with its model.
@@ -66,7 +72,11 @@ impl BackendArgs {
             _ => cache.resolve(&self.model)?,
         };
         let started = std::time::Instant::now();
-        let generator = MistralRsGenerator::load(&installed.primary, &installed.name, EmbeddedOptions::default())
+        let mut options = EmbeddedOptions { activations: self.activations, ..EmbeddedOptions::default() };
+        if self.no_repack {
+            options.repack_dir = None;
+        }
+        let generator = MistralRsGenerator::load(&installed.primary, &installed.name, options)
             .await
             .with_context(|| format!("loading {}", installed.primary.display()))?;
         tracing::info!(model = %installed.name, secs = started.elapsed().as_secs_f32(), "model loaded");

@@ -147,10 +147,13 @@ async fn llm(args: LlmArgs) -> anyhow::Result<()> {
         let mut decode = Vec::new();
         let mut cold = None;
         let mut tokens = (0, 0);
-        // Run 0 is cold: nothing of this prompt is cached yet. Runs 1.. share the prefix cache,
-        // as the turns of one conversation do.
+        // Run 0 is cold: nothing of this prompt is cached yet. Runs 1.. send the same system
+        // prompt with a different user line, as the next person talking to the same persona
+        // does: the shared prefix may come from a cache. (An identical repeat is not what users
+        // send, and mistral.rs 0.8.1 never serves one from its prefix cache.)
         for run in 0..=args.runs {
-            let (ttft, summary) = timed_greedy(&backend, &prompt.messages, args.max_tokens).await?;
+            let messages = with_run_suffix(&prompt.messages, run);
+            let (ttft, summary) = timed_greedy(&backend, &messages, args.max_tokens).await?;
             tokens = (summary.usage.prompt_tokens, summary.usage.completion_tokens);
             if run == 0 {
                 cold = Some(ttft);
@@ -197,6 +200,18 @@ async fn llm(args: LlmArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The prompt of run `run`: the user line gets a run number after the first run. The comparison
+/// script does the same, so both engines see identical prompts.
+fn with_run_suffix(messages: &[ChatMessage], run: usize) -> Vec<ChatMessage> {
+    let mut out = messages.to_vec();
+    if run > 0 {
+        if let Some(last) = out.last_mut() {
+            last.content = format!("{} ({run})", last.content);
+        }
+    }
+    out
 }
 
 async fn timed_greedy(backend: &Backend, messages: &[ChatMessage], max_tokens: u32) -> anyhow::Result<(f64, rapport_core::GenerationSummary)> {
@@ -297,6 +312,14 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/prompts");
         assert!(load_prompts(&root.join("bench-llm.jsonl")).unwrap().len() >= 3);
         assert!(load_prompts(&root.join("sampling-probe.jsonl")).unwrap().len() >= 12);
+    }
+
+    #[test]
+    fn later_runs_vary_only_the_user_line() {
+        let m = vec![ChatMessage::system("s"), ChatMessage::user("hi")];
+        assert_eq!(with_run_suffix(&m, 0), m);
+        let r = with_run_suffix(&m, 2);
+        assert_eq!((r[0].content.as_str(), r[1].content.as_str()), ("s", "hi (2)"));
     }
 
     #[test]

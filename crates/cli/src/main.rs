@@ -4,6 +4,7 @@
 mod backend;
 mod bench;
 mod chat;
+mod emotion;
 mod models;
 mod serve_llm;
 
@@ -38,6 +39,11 @@ enum Command {
     },
     /// Serve a model over an OpenAI-compatible API, so other machines can generate on this one.
     ServeLlm(serve_llm::ServeLlmArgs),
+    /// Train, run and score emotion recognition.
+    Emotion {
+        #[command(subcommand)]
+        command: emotion::EmotionCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             Command::Chat(args) => chat::run(args).await,
             Command::Bench { command } => bench::run(command).await,
             Command::ServeLlm(args) => serve_llm::run(args).await,
+            Command::Emotion { command } => tokio::task::block_in_place(|| emotion::run(command)),
         }
     })
 }

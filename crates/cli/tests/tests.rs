@@ -101,3 +101,35 @@ fn serve_llm_is_an_openai_compatible_server() {
     assert!(!done.text.trim().is_empty());
     assert!(done.summary.usage.prompt_tokens > 0 && done.summary.usage.completion_tokens > 0);
 }
+
+#[test]
+fn emotion_eval_scores_a_tsv_and_reports_malformed_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("small.tsv");
+    std::fs::write(&good, "Thank you so much for your help!\t15\ta\nI am terrified of the dark\t14\tb\nthis is so funny lol\t1\tc\nok\t27\td\n").unwrap();
+    let out = rapport().args(["emotion", "eval", "--json", "--tsv"]).arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let macro_f1 = report["macro_f1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&macro_f1));
+    assert_eq!(report["messages"], 4);
+    assert_eq!(report["per_label"].as_object().unwrap().len(), 28);
+    assert!(report["per_label"]["gratitude"].as_f64().unwrap() > 0.0, "{report}");
+
+    let bad = dir.path().join("bad.tsv");
+    std::fs::write(&bad, "fine\t1\tx\nbroken line without tabs\n").unwrap();
+    let out = rapport().args(["emotion", "eval", "--tsv"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.tsv:2"), "{err}");
+}
+
+#[test]
+fn emotion_classify_prints_labels_and_views() {
+    let out = rapport().args(["emotion", "classify", "--json", "I miss her so much, I can't stop crying"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["labels"].as_array().is_some_and(|l| !l.is_empty()));
+    assert!(v["valence"].as_f64().unwrap() < 0.0, "{v}");
+    assert!(v["ekman"]["sadness"].as_f64().is_some());
+}

@@ -1,16 +1,43 @@
 //! mistral.rs in process: a local GGUF on the CPU.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mistralrs::{GgufModelBuilder, RequestBuilder, Response, TextMessageRole, TokenSource};
+use mistralrs::{RequestBuilder, Response, TextMessageRole};
+use mistralrs_core::{
+    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
+    MistralRsBuilder, ModelDType, SchedulerConfig, TokenSource,
+};
 use rapport_core::{
     GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, Role, SamplingParams,
     StopFilter, StopReason, TextStream, Timings, TokenUsage,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+/// The dtype of activations (and of the KV cache). Weights stay in their GGUF quantisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// 32-bit floats: the fast choice on CPUs without native half-precision arithmetic.
+    F32,
+    /// 16-bit floats, what mistral.rs 0.8.1 picks by itself on CPU.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl std::str::FromStr for Activations {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown activation dtype '{other}' (f32, f16, bf16)")),
+        }
+    }
+}
 
 /// How the embedded engine is set up.
 #[derive(Debug, Clone)]
@@ -21,11 +48,26 @@ pub struct EmbeddedOptions {
     /// Conversations whose KV cache is kept for reuse. Every turn of a conversation re-sends its
     /// whole history; with the prefix kept, only the new message is prefilled.
     pub prefix_cache: usize,
+    /// Activation dtype. mistral.rs's GGUF builder always lets the engine choose, and on CPU it
+    /// chooses F16, which AVX2 cannot compute in: every attention op converts back and forth.
+    pub activations: Activations,
+    /// Where to keep copies of GGUF files whose slow block formats were re-encoded
+    /// ([`crate::repack`]); `None` loads every file as it is.
+    pub repack_dir: Option<PathBuf>,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { max_batch: 16, prefix_cache: 16 }
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        Self {
+            max_batch: 16,
+            prefix_cache: 16,
+            activations: Activations::F32,
+            repack_dir: cache.map(|c| c.join("rapport").join("repacked")),
+        }
     }
 }
 
@@ -41,22 +83,62 @@ pub struct MistralRsGenerator {
 impl MistralRsGenerator {
     /// Loads a GGUF file. Its tokenizer and chat template are read from the file's metadata; no
     /// network is touched.
+    ///
+    /// This is what `mistralrs::GgufModelBuilder::build` does, done through mistral.rs-core so
+    /// that the activation dtype can be chosen.
     pub async fn load(gguf: &Path, name: impl Into<String>, options: EmbeddedOptions) -> Result<Self, GenerationError> {
         let unavailable = |msg: String| GenerationError::Unavailable(format!("cannot load {}: {msg}", gguf.display()));
         if !gguf.is_file() {
             return Err(unavailable("no such file".into()));
         }
-        let dir = gguf.parent().ok_or_else(|| unavailable("no parent directory".into()))?;
+        let gguf = match &options.repack_dir {
+            Some(dir) => {
+                let (src, dir) = (gguf.to_path_buf(), dir.clone());
+                let prepared = tokio::task::spawn_blocking(move || crate::repack::prepare(&src, &dir))
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?
+                    .map_err(unavailable)?;
+                if prepared.repacked_tensors > 0 {
+                    tracing::info!(tensors = prepared.repacked_tensors, path = %prepared.path.display(), "loading a copy with Q8_0 blocks");
+                }
+                prepared.path
+            }
+            None => gguf.to_path_buf(),
+        };
+        let unavailable = |msg: String| GenerationError::Unavailable(format!("cannot load {}: {msg}", gguf.display()));
+        let dir = gguf.parent().ok_or_else(|| unavailable("no parent directory".into()))?.to_string_lossy().into_owned();
         let file = gguf.file_name().ok_or_else(|| unavailable("no file name".into()))?.to_string_lossy().into_owned();
-        let model = GgufModelBuilder::new(dir.to_string_lossy(), vec![file])
-            .with_token_source(TokenSource::None)
-            .with_force_cpu()
-            .with_max_num_seqs(options.max_batch.max(1))
-            .with_prefix_cache_n(Some(options.prefix_cache).filter(|n| *n > 0))
+        let dtype = match options.activations {
+            Activations::F32 => ModelDType::F32,
+            Activations::F16 => ModelDType::F16,
+            Activations::Bf16 => ModelDType::BF16,
+        };
+        let loader = GGUFLoaderBuilder::new(None, None, dir, vec![file], GGUFSpecificConfig { topology: None }, false, None).build();
+        // Loading maps and parses the file: blocking work, kept off the async workers.
+        let pipeline = tokio::task::spawn_blocking(move || {
+            loader.load_model_from_hf(
+                None,
+                TokenSource::None,
+                &dtype,
+                &mistralrs::Device::Cpu,
+                true,
+                DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
+                None,
+                None,
+            )
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unavailable(format!("{e:#}")))?;
+        let batch = std::num::NonZeroUsize::new(options.max_batch.max(1)).expect("at least 1");
+        let scheduler = SchedulerConfig::DefaultScheduler { method: DefaultSchedulerMethod::Fixed(batch) };
+        let runner = MistralRsBuilder::new(pipeline, scheduler, false, None)
+            .with_no_kv_cache(false)
+            .with_no_prefix_cache(options.prefix_cache == 0)
+            .with_prefix_cache_n(options.prefix_cache.max(1))
             .build()
-            .await
-            .map_err(|e| unavailable(format!("{e:#}")))?;
-        Ok(Self { model: Arc::new(model), name: format!("mistralrs:{}", name.into()) })
+            .await;
+        Ok(Self { model: Arc::new(mistralrs::Model::new(runner)), name: format!("mistralrs:{}", name.into()) })
     }
 }
 

@@ -13,8 +13,9 @@
 
 mod embedded;
 mod openai;
+pub mod repack;
 mod sse;
 
-pub use embedded::{EmbeddedOptions, MistralRsGenerator};
+pub use embedded::{Activations, EmbeddedOptions, MistralRsGenerator};
 pub use openai::{OpenAiCompatGenerator, OpenAiCompatOptions};
 pub use sse::{SseDecoder, SseEvent};

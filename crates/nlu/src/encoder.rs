@@ -77,6 +77,24 @@ impl SentenceEncoder {
 
     /// Mean-pooled, L2-normalised sentence vectors as a `[batch, 384]` tensor.
     pub fn pooled(&self, texts: &[&str]) -> Result<Tensor, NluError> {
+        let (hidden, mask) = self.hidden(texts)?;
+        mean_pool_normalised(&hidden, &mask)
+    }
+
+    /// Classifier features, `[batch, 768]`: the sentence vector, then the per-dimension maximum
+    /// over real tokens. The maximum keeps a strong signal from one word ("furious") that the
+    /// mean dilutes in a long message.
+    pub fn features(&self, texts: &[&str]) -> Result<Tensor, NluError> {
+        let (hidden, mask) = self.hidden(texts)?;
+        let mean = mean_pool_normalised(&hidden, &mask)?;
+        // Padding positions get a large negative value so they never win the maximum.
+        let pad = mask.to_dtype(DType::F32)?.affine(1e4, -1e4)?.unsqueeze(2)?; // 0 for real, -1e4 for padding
+        let max = hidden.broadcast_add(&pad)?.max(1)?;
+        Ok(Tensor::cat(&[&mean, &max], 1)?)
+    }
+
+    /// Last hidden states `[batch, tokens, 384]` and the attention mask `[batch, tokens]`.
+    fn hidden(&self, texts: &[&str]) -> Result<(Tensor, Tensor), NluError> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
@@ -92,15 +110,19 @@ impl SentenceEncoder {
         let ids = Tensor::from_vec(ids, (rows, cols), &self.device)?;
         let mask = Tensor::from_vec(mask, (rows, cols), &self.device)?;
         let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?; // [rows, cols, 384]
-        // Mean over real tokens only: padding must not pull short texts towards each other.
-        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // [rows, cols, 1]
-        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // [rows, 384]
-        let counts = mask_f.sum(1)?.clamp(1e-9, f64::MAX)?; // [rows, 1]
-        let mean = summed.broadcast_div(&counts)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        Ok(mean.broadcast_div(&norm)?)
+        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        Ok((hidden, mask))
     }
+}
+
+/// Mean over real tokens only (padding must not pull short texts towards each other), then L2.
+fn mean_pool_normalised(hidden: &Tensor, mask: &Tensor) -> Result<Tensor, NluError> {
+    let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // [rows, cols, 1]
+    let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // [rows, 384]
+    let counts = mask_f.sum(1)?.clamp(1e-9, f64::MAX)?; // [rows, 1]
+    let mean = summed.broadcast_div(&counts)?;
+    let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    Ok(mean.broadcast_div(&norm)?)
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ pub enum NluError {
     /// Tokenisation failed.
     #[error("tokenizer: {0}")]
     Tokenize(String),
+    /// Training or evaluation data (or a trained head) is malformed or missing.
+    #[error("{0}")]
+    Data(String),
     /// A tensor operation failed.
     #[error("tensor computation: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -4,7 +4,8 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use rapport_models::{preset, ModelCache, Puller};
-use rapport_nlu::{cosine, SentenceEncoder, EMBEDDING_DIM};
+use rapport_nlu::emotion::{EmotionClassifier, EmotionHead, Ekman, LABELS};
+use rapport_nlu::{cosine, Exchange, ExampleIndex, SentenceEncoder, EMBEDDING_DIM};
 
 fn encoder() -> &'static SentenceEncoder {
     static ENCODER: OnceLock<SentenceEncoder> = OnceLock::new();
@@ -12,6 +13,21 @@ fn encoder() -> &'static SentenceEncoder {
         let cache = ModelCache::default_location().unwrap();
         let installed = Puller::default().quiet().pull(&cache, &preset("minilm-l6").unwrap()).unwrap();
         SentenceEncoder::load(&installed.dir).unwrap()
+    })
+}
+
+fn minilm_dir() -> std::path::PathBuf {
+    let cache = ModelCache::default_location().unwrap();
+    Puller::default().quiet().pull(&cache, &preset("minilm-l6").unwrap()).unwrap().dir
+}
+
+/// The shipped emotion model, as the app loads it.
+fn classifier() -> &'static EmotionClassifier {
+    static CLASSIFIER: OnceLock<EmotionClassifier> = OnceLock::new();
+    CLASSIFIER.get_or_init(|| {
+        let head = EmotionHead::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/emotion/goemotions-mlp"))
+            .expect("the trained head ships in datasets/emotion");
+        EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head)
     })
 }
 
@@ -66,6 +82,83 @@ fn a_100_kb_message_is_truncated_not_refused() {
     let v = encoder().encode(&long).unwrap();
     assert_eq!(v.0.len(), EMBEDDING_DIM);
     assert!(v.0.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn plainly_worded_messages_get_their_emotion() {
+    let cases = [
+        ("Thank you so much, you really helped me!", "gratitude"),
+        ("I'm so scared of what the doctor will say tomorrow.", "fear"),
+        ("My dog died this morning and I can't stop crying.", "sadness"),
+        ("Wow, that is hilarious, I'm laughing so hard lol", "amusement"),
+        ("I love you so much.", "love"),
+        ("What time does the store open?", "curiosity"),
+    ];
+    let texts: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    let readings = classifier().classify_batch(&texts).unwrap();
+    let mut right = 0;
+    for ((text, want), r) in cases.iter().zip(&readings) {
+        let top3: Vec<&str> = {
+            let mut idx: Vec<usize> = (0..LABELS.len()).collect();
+            idx.sort_by(|&a, &b| r.probabilities[b].total_cmp(&r.probabilities[a]));
+            idx.into_iter().take(3).map(|i| LABELS[i]).collect()
+        };
+        if top3.contains(want) { right += 1 } else { eprintln!("{text:?}: expected {want}, top 3 {top3:?}") }
+        assert!(r.probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
+    }
+    assert!(right >= 5, "{right}/6 plainly worded messages recognised");
+}
+
+#[test]
+fn the_derived_views_follow_the_message() {
+    let sad = classifier().classify("My grandmother passed away and I miss her every day.").unwrap();
+    let glad = classifier().classify("I got the job!!! Best day ever, I'm so happy!").unwrap();
+    assert_eq!(sad.dominant_ekman(), Ekman::Sadness, "{:?}", sad.label_names());
+    assert_eq!(glad.dominant_ekman(), Ekman::Joy, "{:?}", glad.label_names());
+    assert!(sad.valence_arousal().0 < 0.0 && glad.valence_arousal().0 > 0.3);
+}
+
+#[test]
+fn retrieval_returns_the_exchanges_about_the_same_thing() {
+    let exchanges = vec![
+        Exchange { user: "Do you like hiking?".into(), reply: "Love it, the mountains are my happy place.".into() },
+        Exchange { user: "What's your job?".into(), reply: "I design parks.".into() },
+        Exchange { user: "I had a terrible day".into(), reply: "Oh no, want to talk about it?".into() },
+        Exchange { user: "I had a terrible day!!".into(), reply: "Oh no! Tell me everything.".into() },
+        Exchange { user: "Any pets?".into(), reply: "A dog named Pickle.".into() },
+    ];
+    let encoder = classifier().encoder();
+    let cache = tempfile::tempdir().unwrap();
+    let index = ExampleIndex::load_or_build(encoder, exchanges.clone(), cache.path()).unwrap();
+    let query = encoder.encode("ugh, today was the worst day").unwrap();
+    let hits = index.search(&query, None, 2);
+    assert_eq!(hits.len(), 2);
+    assert!(hits[0].index == 2 || hits[0].index == 3, "{hits:?}");
+    assert!(hits.iter().all(|h| h.score > -1.0 && h.score <= 1.0));
+    // The second slot is not the same line again with other punctuation.
+    assert!(!(hits.iter().any(|h| h.index == 2) && hits.iter().any(|h| h.index == 3)), "{hits:?}");
+    // The index was cached on disk under its content hash and is read back.
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+    let again = ExampleIndex::load_or_build(encoder, exchanges, cache.path()).unwrap();
+    assert_eq!(again.search(&query, None, 2), hits);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    /// Classification accepts anything: a reading with probabilities in range, at least one label.
+    #[test]
+    fn classification_never_panics(text in "\\PC{0,300}|[\\u{0}-\\u{10FFFF}]{0,40}") {
+        let r = classifier().classify(&text).unwrap();
+        prop_assert_eq!(r.probabilities.len(), LABELS.len());
+        prop_assert!(!r.labels.is_empty());
+        prop_assert!(r.probabilities.iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p)));
+    }
+}
+
+#[test]
+fn a_100_kb_message_is_classified() {
+    let r = classifier().classify(&"so angry right now!!! ".repeat(5000)).unwrap();
+    assert!(!r.labels.is_empty());
 }
 
 proptest! {
