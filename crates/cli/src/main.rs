@@ -10,12 +10,6 @@ mod serve_llm;
 
 use clap::{Parser, Subcommand};
 
-// candle allocates a fresh buffer for every tensor op. With glibc's allocator, buffers past the
-// mmap threshold are mapped and unmapped each time and every page is faulted in again by the
-// kernel; mimalloc keeps them in user space (see README, "Where the time went").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "rapport", version, about = "Rapport: practise conversation with empathetic AI personas")]
 struct Cli {
