@@ -9,4 +9,14 @@ cargo build --release -p rapport
 for model in smollm2-135m minilm-l6; do
   "$RAPPORT_BIN" models pull "$model"
 done
-cargo test --release --workspace "$@"
+# cargo prints one summary per test binary and ends with doc-test binaries that have none; the
+# last line here is the total over all of them.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
