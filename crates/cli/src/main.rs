@@ -45,7 +45,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RAPPORT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rapport=info")),
+                // mistral.rs's GGUF loader warns on every CPU start that "device mapping contains a
+                // mix of GPU and CPU" (it is all CPU): only its errors are shown by default.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mistralrs_core::pipeline::gguf=error,rapport=info")),
         )
         .with_writer(std::io::stderr)
         .init();
