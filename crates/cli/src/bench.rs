@@ -1,7 +1,6 @@
 //! `rapport bench llm` (speed) and `rapport bench sampling` (do replies loop?).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -214,16 +213,13 @@ fn with_run_suffix(messages: &[ChatMessage], run: usize) -> Vec<ChatMessage> {
     out
 }
 
+/// A greedy generation and its TTFT in seconds, as the backend measured it (the whole time when
+/// the reply was empty).
 async fn timed_greedy(backend: &Backend, messages: &[ChatMessage], max_tokens: u32) -> anyhow::Result<(f64, rapport_core::GenerationSummary)> {
     let request = GenerationRequest::new(messages.to_vec(), SamplingParams::greedy(max_tokens))?;
-    let started = Instant::now();
-    let stream = backend.generator.generate(request).await?;
-    let mut first = None;
-    let done = collect_completion(stream, |_| {
-        first.get_or_insert_with(|| started.elapsed().as_secs_f64());
-    })
-    .await?;
-    Ok((first.unwrap_or_else(|| started.elapsed().as_secs_f64()), done.summary))
+    let done = collect_completion(backend.generator.generate(request).await?, |_| {}).await?;
+    let t = done.summary.timings;
+    Ok((t.time_to_first_token.unwrap_or(t.total).as_secs_f64(), done.summary))
 }
 
 fn sampling_config(name: &str, preset: &SamplingParams) -> anyhow::Result<SamplingParams> {

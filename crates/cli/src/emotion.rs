@@ -2,11 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rapport_models::{preset, ModelCache, Puller};
-use rapport_nlu::emotion::metrics::f1_report;
+use rapport_nlu::emotion::metrics::{f1_report, predict};
 use rapport_nlu::emotion::train::{extract_features, multi_hot, train_head, TrainOptions};
 use rapport_nlu::emotion::{EmotionClassifier, EmotionHead, LABELS, NUM_LABELS};
 use rapport_nlu::goemotions::{read_tsv, Example};
@@ -97,7 +96,7 @@ fn bar(len: u64, msg: &str) -> ProgressBar {
 fn cached_features(encoder: &SentenceEncoder, path: &Path, examples: &[Example]) -> anyhow::Result<candle_core::Tensor> {
     let bytes = std::fs::read(path)?;
     let key = hex::encode(&Sha256::new_with_prefix(b"minilm-l6 mean+max v1\0").chain_update(&bytes).finalize()[..16]);
-    let cache_dir = ModelCache::default_location()?.root().parent().map(|p| p.join("features")).context("no cache dir")?;
+    let cache_dir = rapport_models::cache_root()?.join("features");
     let file = cache_dir.join(format!("{key}.safetensors"));
     if let Ok(t) = candle_core::safetensors::load(&file, &candle_core::Device::Cpu) {
         if let Some(f) = t.get("features").filter(|f| f.dim(0).ok() == Some(examples.len())) {
@@ -128,9 +127,8 @@ struct EvalReport {
 fn evaluate(classifier_head: &EmotionHead, features: &candle_core::Tensor, examples: &[Example], file: &Path) -> anyhow::Result<EvalReport> {
     let probs = classifier_head.probabilities(features)?;
     let t = classifier_head.thresholds();
-    let predicted: Vec<Vec<usize>> = probs.iter().map(|p| (0..NUM_LABELS).filter(|&l| p[l] >= t[l]).collect()).collect();
     let gold: Vec<Vec<usize>> = examples.iter().map(|e| e.labels.clone()).collect();
-    let r = f1_report(&gold, &predicted, NUM_LABELS);
+    let r = f1_report(&gold, &predict(&probs, t), NUM_LABELS);
     Ok(EvalReport {
         file: file.display().to_string(),
         messages: examples.len(),

@@ -58,15 +58,11 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
         Self {
             max_batch: 16,
             prefix_cache: 16,
             activations: Activations::F32,
-            repack_dir: cache.map(|c| c.join("rapport").join("repacked")),
+            repack_dir: rapport_models::cache_root().ok().map(|c| c.join("repacked")),
         }
     }
 }

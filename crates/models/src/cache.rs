@@ -9,6 +9,17 @@ use crate::ModelError;
 /// place; its presence is what makes a directory an installed model.
 pub(crate) const MANIFEST: &str = "rapport-model.json";
 
+/// Rapport's cache directory, `$XDG_CACHE_HOME/rapport` (else `~/.cache/rapport`): models,
+/// re-encoded GGUF copies and encoded features each live in a directory of their own under it.
+pub fn cache_root() -> Result<PathBuf, ModelError> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(dirs::cache_dir)
+        .ok_or(ModelError::NoCacheDir)?;
+    Ok(base.join("rapport"))
+}
+
 /// The directory that holds installed models: `$XDG_CACHE_HOME/rapport/models`, else
 /// `~/.cache/rapport/models`, unless set explicitly.
 #[derive(Debug, Clone)]
@@ -47,12 +58,7 @@ impl ModelCache {
         if let Some(dir) = std::env::var_os("RAPPORT_MODELS_DIR").filter(|d| !d.is_empty()) {
             return Ok(Self::at(dir));
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .or_else(dirs::cache_dir)
-            .ok_or(ModelError::NoCacheDir)?;
-        Ok(Self::at(base.join("rapport").join("models")))
+        Ok(Self::at(cache_root()?.join("models")))
     }
 
     /// The cache's root directory.

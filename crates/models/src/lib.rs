@@ -18,7 +18,7 @@ mod error;
 mod presets;
 mod pull;
 
-pub use cache::{InstalledModel, ModelCache, ModelSource};
+pub use cache::{cache_root, InstalledModel, ModelCache, ModelSource};
 pub use error::ModelError;
 pub use presets::{preset, presets, ModelKind, OutputFile, Package, Part, Preset};
 pub use pull::Puller;

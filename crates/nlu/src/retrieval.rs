@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use rapport_core::text_stats::words;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -95,6 +96,8 @@ impl ExampleIndex {
             if chosen.len() == k {
                 break;
             }
+            // Same lower-cased words ("I had a terrible day!!" and "i had a terrible day"): the
+            // encoder disagrees, the exclamation marks alone move the vector past the threshold.
             let same_text = |h: &Hit| words(&self.exchanges[h.index].user) == words(&self.exchanges[hit.index].user);
             let too_close = |h: &Hit| cosine(&self.vectors[h.index], &self.vectors[hit.index]) >= DUPLICATE_COSINE;
             if !chosen.iter().any(|h| same_text(h) || too_close(h)) {
@@ -116,13 +119,6 @@ fn content_key(exchanges: &[Exchange]) -> String {
     h.update(b"all-MiniLM-L6-v2 mean v1\0");
     h.update(serde_json::to_vec(exchanges).expect("exchanges serialise"));
     hex::encode(&h.finalize()[..16])
-}
-
-/// A line's lower-cased words: "I had a terrible day!!" and "i had a terrible day" say the same.
-/// (The encoder does not think so: the exclamation marks alone move the vector by more than our
-/// duplicate threshold.)
-fn words(line: &str) -> Vec<String> {
-    line.split(|c: char| !c.is_alphanumeric() && c != '\'').filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
 }
 
 fn normalise(mut v: Vec<f32>) -> Vec<f32> {

@@ -38,6 +38,12 @@ pub fn f1_report(gold: &[Vec<usize>], predicted: &[Vec<usize>], num_labels: usiz
     }
 }
 
+/// The labels each message is predicted to carry: those whose probability reaches the label's
+/// threshold.
+pub fn predict(probabilities: &[Vec<f32>], thresholds: &[f32]) -> Vec<Vec<usize>> {
+    probabilities.iter().map(|p| (0..thresholds.len()).filter(|&l| p[l] >= thresholds[l]).collect()).collect()
+}
+
 /// The threshold in 0.01..=0.99 that maximises one label's F1, given each message's
 /// probability for the label and whether the label is gold.
 pub fn best_threshold(probs: &[f32], gold: &[bool]) -> (f32, f64) {

@@ -237,9 +237,8 @@ fn tuned_macro_f1(probs: &[Vec<f32>], gold: &[Vec<bool>]) -> f64 {
 }
 
 fn macro_f1_at(probs: &[Vec<f32>], gold: &[Vec<bool>], thresholds: &[f32]) -> f64 {
-    let predicted: Vec<Vec<usize>> = probs.iter().map(|r| (0..NUM_LABELS).filter(|&l| r[l] >= thresholds[l]).collect()).collect();
     let gold: Vec<Vec<usize>> = gold.iter().map(|g| (0..NUM_LABELS).filter(|&l| g[l]).collect()).collect();
-    super::metrics::f1_report(&gold, &predicted, NUM_LABELS).macro_f1
+    super::metrics::f1_report(&gold, &super::metrics::predict(probs, thresholds), NUM_LABELS).macro_f1
 }
 
 /// Platt scaling: the (a, b) minimising the log-loss of sigmoid(a z + b), by Newton's method
