@@ -121,3 +121,23 @@ fn sampled_replies_with_the_preset_defaults_do_not_loop() {
         assert!(rep.repeated <= 1, "looping reply: {:?}", done.text);
     });
 }
+
+#[test]
+fn a_prompt_longer_than_the_context_is_a_clear_error_and_the_engine_keeps_serving() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let huge = "tell me about hiking ".repeat(3000);
+        let outcome = match model.generate(request(&huge, SamplingParams::greedy(4))).await {
+            Ok(stream) => collect_completion(stream, |_| {}).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let e = outcome.expect_err("a 12k-token prompt does not fit SmolLM2's context");
+        assert_eq!(e.kind(), "invalid_request", "{e}");
+        assert!(e.to_string().contains("length"), "{e}");
+        let done = collect_completion(model.generate(request("Say hi.", SamplingParams::greedy(4))).await.unwrap(), |_| {})
+            .await
+            .unwrap();
+        assert!(done.summary.usage.completion_tokens >= 1);
+    });
+}
