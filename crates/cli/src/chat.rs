@@ -15,7 +15,7 @@ sometimes a question back. Never mention being an AI.";
 #[derive(Args, Debug)]
 pub struct ChatArgs {
     #[command(flatten)]
-    backend: BackendArgs,
+    pub(crate) backend: BackendArgs,
     /// The system prompt (who the model plays).
     #[arg(long, default_value = DEFAULT_SYSTEM)]
     system: String,
@@ -25,6 +25,28 @@ pub struct ChatArgs {
     /// Print token counts and timings after each reply.
     #[arg(long)]
     stats: bool,
+    /// Chat with a persona through the whole pipeline: an id from --personas, or a persona
+    /// TOML file, or a Character Card (JSON or PNG).
+    #[arg(long)]
+    persona: Option<String>,
+    /// Where persona ids are looked up.
+    #[arg(long, env = "RAPPORT_PERSONAS")]
+    personas: Option<std::path::PathBuf>,
+    /// Show each turn's stage, emotion, closeness, decision, guards and examples.
+    #[arg(long, requires = "persona")]
+    trace: bool,
+    /// Append each turn's full trace as a JSON line to this file.
+    #[arg(long, requires = "persona")]
+    trace_json: Option<std::path::PathBuf>,
+    /// Skip the emotion model and sentence vectors (lexical guards and neutral emotion only).
+    #[arg(long, requires = "persona")]
+    lexical_only: bool,
+    /// Prompt templates directory (defaults to the templates built into the binary).
+    #[arg(long, requires = "persona")]
+    prompts: Option<std::path::PathBuf>,
+    /// Context window the prompt may fill, in tokens.
+    #[arg(long, default_value_t = 2048)]
+    context_tokens: usize,
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
@@ -32,6 +54,9 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let mut sampling = backend.sampling.clone();
     if let Some(n) = args.max_tokens {
         sampling.max_tokens = n;
+    }
+    if args.persona.is_some() {
+        return crate::persona_chat::run(args.into(), backend, sampling).await;
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -95,6 +120,21 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn short_name(model: &str) -> &str {
+pub(crate) fn short_name(model: &str) -> &str {
     model.split(['-', '.']).next().unwrap_or(model)
+}
+
+impl From<ChatArgs> for crate::persona_chat::PersonaChatArgs {
+    fn from(a: ChatArgs) -> Self {
+        Self {
+            persona: a.persona.unwrap_or_default(),
+            personas: a.personas,
+            trace: a.trace,
+            trace_json: a.trace_json,
+            lexical_only: a.lexical_only,
+            prompts: a.prompts,
+            context_tokens: a.context_tokens,
+            stats: a.stats,
+        }
+    }
 }

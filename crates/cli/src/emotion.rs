@@ -13,13 +13,13 @@ use rapport_nlu::SentenceEncoder;
 use sha2::{Digest, Sha256};
 
 /// The repository's `datasets/` directory, where the trained head ships.
-fn datasets_dir() -> PathBuf {
+pub(crate) fn datasets_dir() -> PathBuf {
     std::env::var_os("RAPPORT_DATASETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"))
 }
 
-fn default_head() -> PathBuf {
+pub(crate) fn default_head() -> PathBuf {
     datasets_dir().join("emotion/goemotions-mlp")
 }
 
@@ -78,7 +78,7 @@ pub struct TrainArgs {
     seed: u64,
 }
 
-fn encoder() -> anyhow::Result<SentenceEncoder> {
+pub(crate) fn encoder() -> anyhow::Result<SentenceEncoder> {
     let cache = ModelCache::default_location()?;
     let installed = Puller::default().pull(&cache, &preset("minilm-l6").expect("a preset"))?;
     Ok(SentenceEncoder::load(&installed.dir)?)

@@ -6,6 +6,8 @@ mod bench;
 mod chat;
 mod emotion;
 mod models;
+mod persona;
+mod persona_chat;
 mod serve_llm;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,11 @@ enum Command {
     },
     /// Serve a model over an OpenAI-compatible API, so other machines can generate on this one.
     ServeLlm(serve_llm::ServeLlmArgs),
+    /// List, check, import and export personas (Character Cards V1/V2/V3 in, V2 out).
+    Persona {
+        #[command(subcommand)]
+        command: persona::PersonaCommand,
+    },
     /// Train, run and score emotion recognition.
     Emotion {
         #[command(subcommand)]
@@ -56,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Models { command } => models::run(command),
             Command::Chat(args) => chat::run(args).await,
+            Command::Persona { command } => persona::run(command),
             Command::Bench { command } => bench::run(command).await,
             Command::ServeLlm(args) => serve_llm::run(args).await,
             Command::Emotion { command } => tokio::task::block_in_place(|| emotion::run(command)),

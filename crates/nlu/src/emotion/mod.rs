@@ -83,7 +83,8 @@ pub struct EmotionReading {
 }
 
 impl EmotionReading {
-    pub(crate) fn new(probabilities: Vec<f32>, thresholds: &[f32]) -> Self {
+    /// A reading from calibrated probabilities (in [`LABELS`] order) and per-label thresholds.
+    pub fn new(probabilities: Vec<f32>, thresholds: &[f32]) -> Self {
         let mut labels: Vec<usize> = (0..NUM_LABELS).filter(|&i| probabilities[i] >= thresholds[i]).collect();
         labels.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
         if labels.is_empty() {

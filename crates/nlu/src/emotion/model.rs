@@ -8,7 +8,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{EmotionReading, LABELS, NUM_LABELS};
-use crate::{NluError, SentenceEncoder};
+use crate::{Embedding, NluError, SentenceEncoder};
 
 /// Width of the features the head reads ([`SentenceEncoder::features`]).
 pub const FEATURE_DIM: usize = 768;
@@ -134,6 +134,15 @@ impl EmotionClassifier {
         let features = self.encoder.features(texts)?;
         let probs = self.head.probabilities(&features)?;
         Ok(probs.into_iter().map(|p| EmotionReading::new(p, self.head.thresholds())).collect())
+    }
+
+    /// One message's sentence vector and emotion from a single forward pass: the vector is the
+    /// first half of the classifier's features, so a turn that needs both pays for one.
+    pub fn understand(&self, text: &str) -> Result<(Embedding, EmotionReading), NluError> {
+        let features = self.encoder.features(&[text])?;
+        let vector = features.narrow(1, 0, crate::EMBEDDING_DIM)?.squeeze(0)?.to_vec1::<f32>()?;
+        let probs = self.head.probabilities(&features)?.pop().expect("one row in, one row out");
+        Ok((Embedding(vector), EmotionReading::new(probs, self.head.thresholds())))
     }
 
     /// The encoder, for callers that also need sentence vectors.

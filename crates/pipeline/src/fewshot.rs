@@ -1,0 +1,59 @@
+//! Step 7: which of the persona's example exchanges to show the model this turn.
+//!
+//! Examples teach the voice better than adjectives do, but a small model copies whatever it is
+//! shown, so the examples must fit the moment: nearest in meaning to what the user just said,
+//! not yet too intimate for the stage, and not three paraphrases of one line.
+
+use rapport_nlu::{Embedding, ExampleIndex, Exchange, SentenceEncoder};
+use serde::{Deserialize, Serialize};
+
+use crate::persona::Persona;
+use crate::stage::Stage;
+use crate::PipelineError;
+
+/// One example chosen for the prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChosenExample {
+    /// Index in the persona's `examples`.
+    pub index: usize,
+    /// Similarity to the query (0 when chosen without vectors).
+    pub score: f32,
+    /// What someone said.
+    pub user: String,
+    /// How the persona answered.
+    pub reply: String,
+}
+
+/// The persona's examples, embedded when an encoder is available.
+pub struct FewShot {
+    index: Option<ExampleIndex>,
+    exchanges: Vec<Exchange>,
+    stages: Vec<Option<Stage>>,
+}
+
+impl FewShot {
+    /// Embeds the persona's examples (or keeps them in order, without an encoder).
+    pub fn new(persona: &Persona, encoder: Option<&SentenceEncoder>) -> Result<Self, PipelineError> {
+        let exchanges: Vec<Exchange> = persona.examples.iter().map(|e| Exchange { user: e.user.clone(), reply: e.reply.clone() }).collect();
+        let stages = persona.examples.iter().map(|e| e.stage).collect();
+        let index = match encoder {
+            Some(enc) if !exchanges.is_empty() => Some(ExampleIndex::build(enc, exchanges.clone())?),
+            _ => None,
+        };
+        Ok(Self { index, exchanges, stages })
+    }
+
+    /// Step 7: up to `k` examples for this moment, best first.
+    pub fn choose(&self, message: Option<&Embedding>, context: Option<&Embedding>, stage: Stage, k: usize) -> Vec<ChosenExample> {
+        let suits = |i: usize| self.stages[i].is_none_or(|s| s <= stage);
+        let pick = |index: usize, score: f32| ChosenExample { index, score: (score * 1000.0).round() / 1000.0, user: self.exchanges[index].user.clone(), reply: self.exchanges[index].reply.clone() };
+        match (&self.index, message) {
+            (Some(index), Some(message)) => {
+                // Ask for everything: the stage filter runs after the ranking, and a persona has
+                // tens of examples, not thousands.
+                index.search(message, context, self.exchanges.len()).into_iter().filter(|h| suits(h.index)).take(k).map(|h| pick(h.index, h.score)).collect()
+            }
+            _ => (0..self.exchanges.len()).filter(|&i| suits(i)).take(k).map(|i| pick(i, 0.0)).collect(),
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Who the model plays: the persona file format (TOML in `datasets/personas/`) and its checks.
+//!
+//! A persona is data, not code. Everything the pipeline treats differently per persona (how
+//! fast closeness may grow, which topics are off limits, the secret and when it unlocks) is a
+//! field here, so a new persona never needs a new branch in the engine.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::stage::Stage;
+use crate::PipelineError;
+
+/// One persona, as written in its TOML file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persona {
+    /// Stable identifier: the file name without `.toml`; what `--persona` and the API's `model`
+    /// name. Filled from the file name when absent.
+    #[serde(default)]
+    pub id: String,
+    /// The name the persona goes by.
+    pub name: String,
+    /// Who they are, in a few sentences (third person).
+    pub bio: String,
+    /// Things the persona knows about itself and may share.
+    #[serde(default)]
+    pub facts: Vec<String>,
+    /// How the persona talks.
+    #[serde(default)]
+    pub voice: Vec<String>,
+    /// Ways to open a conversation; the first is the default.
+    pub greetings: Vec<String>,
+    /// Examples of the persona's voice, the few-shot source.
+    #[serde(default)]
+    pub examples: Vec<ExampleExchange>,
+    /// Topics the persona must not engage in.
+    #[serde(default)]
+    pub forbidden_topics: Vec<ForbiddenTopic>,
+    /// How fast closeness may grow.
+    #[serde(default)]
+    pub pacing: Pacing,
+    /// What the persona guards, if anything.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// In-character lines for when no good reply could be generated.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Longest reply, in sentences; longer replies are cut at a sentence end.
+    #[serde(default = "default_max_sentences")]
+    pub max_sentences: usize,
+    /// What a Character Card carried that Rapport does not use, kept for export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<CardMeta>,
+}
+
+fn default_max_sentences() -> usize {
+    4
+}
+
+/// One example exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExampleExchange {
+    /// What someone said.
+    pub user: String,
+    /// How the persona answered.
+    pub reply: String,
+    /// The earliest stage this example suits (an intimate reply is no example for a first hello).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+}
+
+/// A topic the persona stays away from, in the user's message and in its own replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForbiddenTopic {
+    /// Short name, shown in traces ("meeting in person").
+    pub name: String,
+    /// Sentences that are about the topic; a message close to one of them in meaning is on it.
+    pub examples: Vec<String>,
+    /// Words or phrases that put a message on the topic by themselves (case-insensitive, whole
+    /// words).
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// Words or phrases that are allowed even though they look like the topic (the one social
+    /// platform a creator may mention).
+    #[serde(default)]
+    pub exceptions: Vec<String>,
+    /// How to steer away, in the persona's voice; told to the model when the user raises it.
+    pub redirect: String,
+}
+
+/// How fast closeness grows, and where the stages begin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pacing {
+    /// Multiplies every gain in closeness; below 1 a persona warms slowly.
+    pub warmth: f32,
+    /// Most closeness one turn can add, however warm the message.
+    pub max_gain_per_turn: u8,
+    /// Closeness at which the ice-breaker gives way to casual talk.
+    pub casual_at: u8,
+    /// Closeness at which casual talk can become close.
+    pub close_at: u8,
+    /// Fewest user turns before casual talk.
+    pub min_turns_casual: u32,
+    /// Fewest user turns before the close stage.
+    pub min_turns_close: u32,
+    /// Self-disclosures each side must have made before the close stage.
+    pub min_mutual_disclosures: u32,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self { warmth: 1.0, max_gain_per_turn: 8, casual_at: 15, close_at: 55, min_turns_casual: 2, min_turns_close: 6, min_mutual_disclosures: 2 }
+    }
+}
+
+/// Something the persona knows and shares only with someone it truly likes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    /// What it is called in conversation ("the password").
+    pub label: String,
+    /// The secret itself. Never in a prompt before it unlocks.
+    pub value: String,
+    /// Closeness needed (at the close stage) to unlock it.
+    pub unlock_closeness: u8,
+    /// What the persona may say about it while it is locked (it exists, it must be earned).
+    pub tease: String,
+}
+
+/// Character Card fields with no place in a persona, carried for a faithful export.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardMeta {
+    /// `creator`.
+    #[serde(default)]
+    pub creator: String,
+    /// `creator_notes`.
+    #[serde(default)]
+    pub creator_notes: String,
+    /// `character_version`.
+    #[serde(default)]
+    pub character_version: String,
+    /// `tags`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `system_prompt` (the card author's; Rapport's templates take precedence).
+    #[serde(default)]
+    pub system_prompt: String,
+    /// `post_history_instructions`.
+    #[serde(default)]
+    pub post_history_instructions: String,
+    /// `scenario`.
+    #[serde(default)]
+    pub scenario: String,
+    /// `extensions` and other unknown fields, as JSON text: TOML has no null, JSON does, and an
+    /// extension written by another tool must come back out byte-for-byte equivalent.
+    #[serde(default)]
+    pub extra_json: String,
+}
+
+impl Persona {
+    /// Parses and checks a persona from TOML text; `id` is used when the file sets none.
+    pub fn from_toml(text: &str, id: &str) -> Result<Self, PipelineError> {
+        let mut persona: Persona = toml::from_str(text).map_err(|e| PipelineError::InvalidPersona(e.to_string()))?;
+        if persona.id.is_empty() {
+            persona.id = id.to_string();
+        }
+        persona.validate()?;
+        Ok(persona)
+    }
+
+    /// Reads and checks a persona file.
+    pub fn load(path: &Path) -> Result<Self, PipelineError> {
+        let err = |message: String| PipelineError::Persona { path: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        Self::from_toml(&text, id).map_err(|e| match e {
+            PipelineError::InvalidPersona(m) => err(m),
+            other => other,
+        })
+    }
+
+    /// The persona as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a persona serialises to TOML")
+    }
+
+    /// Checks what the engine relies on. The secret check matters most: a secret that also
+    /// appears in the bio, a fact or an example would reach the prompt while locked.
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        let bad = |m: String| Err(PipelineError::InvalidPersona(format!("{}: {m}", if self.id.is_empty() { &self.name } else { &self.id })));
+        if !valid_id(&self.id) {
+            return bad(format!("id '{}' must be 1-64 characters of a-z, 0-9, '-' or '_'", self.id));
+        }
+        if self.name.trim().is_empty() {
+            return bad("name is empty".into());
+        }
+        if self.greetings.iter().all(|g| g.trim().is_empty()) {
+            return bad("needs at least one greeting".into());
+        }
+        if self.max_sentences == 0 {
+            return bad("max_sentences must be at least 1".into());
+        }
+        let p = &self.pacing;
+        if !(p.warmth.is_finite() && p.warmth > 0.0 && p.warmth <= 5.0) {
+            return bad(format!("pacing.warmth {} must be in (0, 5]", p.warmth));
+        }
+        if !(p.casual_at < p.close_at && p.close_at <= 100) {
+            return bad(format!("pacing needs casual_at ({}) < close_at ({}) <= 100", p.casual_at, p.close_at));
+        }
+        if p.max_gain_per_turn == 0 {
+            return bad("pacing.max_gain_per_turn must be at least 1".into());
+        }
+        for t in &self.forbidden_topics {
+            if t.name.trim().is_empty() || t.examples.iter().all(|e| e.trim().is_empty()) || t.redirect.trim().is_empty() {
+                return bad(format!("forbidden topic '{}' needs a name, at least one example and a redirect", t.name));
+            }
+        }
+        if let Some(s) = &self.secret {
+            if s.value.trim().is_empty() || s.label.trim().is_empty() {
+                return bad("secret needs a label and a value".into());
+            }
+            if s.unlock_closeness > 100 {
+                return bad(format!("secret.unlock_closeness {} is over 100", s.unlock_closeness));
+            }
+            let needle = s.value.to_lowercase();
+            if let Some(field) = self.public_texts().find(|(_, text)| text.to_lowercase().contains(&needle)).map(|(f, _)| f) {
+                return bad(format!("the secret's value appears in {field}; it would reach the prompt while locked"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every text that may be placed in a prompt before the secret unlocks, with where it is.
+    pub fn public_texts(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        std::iter::once(("name", self.name.as_str()))
+            .chain(std::iter::once(("bio", self.bio.as_str())))
+            .chain(self.facts.iter().map(|t| ("facts", t.as_str())))
+            .chain(self.voice.iter().map(|t| ("voice", t.as_str())))
+            .chain(self.greetings.iter().map(|t| ("greetings", t.as_str())))
+            .chain(self.fallbacks.iter().map(|t| ("fallbacks", t.as_str())))
+            .chain(self.examples.iter().flat_map(|e| [("examples", e.user.as_str()), ("examples", e.reply.as_str())]))
+            .chain(self.forbidden_topics.iter().map(|t| ("forbidden_topics", t.redirect.as_str())))
+            .chain(self.secret.iter().flat_map(|s| [("secret.label", s.label.as_str()), ("secret.tease", s.tease.as_str())]))
+    }
+
+    /// The greeting to open with.
+    pub fn greeting(&self) -> &str {
+        self.greetings.iter().find(|g| !g.trim().is_empty()).map(String::as_str).unwrap_or("Hi!")
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Turns any name into a persona id ("Dr. Ana Lima" → "dr-ana-lima").
+pub fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let out: String = out.trim_end_matches('-').chars().take(64).collect();
+    if out.is_empty() { "persona".into() } else { out }
+}
+
+/// The personas of a directory, by id.
+#[derive(Debug, Clone, Default)]
+pub struct PersonaLibrary {
+    personas: BTreeMap<String, Persona>,
+}
+
+impl PersonaLibrary {
+    /// Loads every `*.toml` in `dir`. One broken file fails the load: a persona silently missing
+    /// from the picker is harder to notice than an error at startup.
+    pub fn load_dir(dir: &Path) -> Result<Self, PipelineError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| PipelineError::Persona { path: dir.to_path_buf(), message: e.to_string() })?;
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+        paths.sort();
+        let mut library = Self::default();
+        for path in paths {
+            let persona = Persona::load(&path)?;
+            if library.personas.contains_key(&persona.id) {
+                return Err(PipelineError::Persona { path, message: format!("a second persona with id '{}'", persona.id) });
+            }
+            library.personas.insert(persona.id.clone(), persona);
+        }
+        Ok(library)
+    }
+
+    /// Adds a persona (replacing one with the same id).
+    pub fn insert(&mut self, persona: Persona) {
+        self.personas.insert(persona.id.clone(), persona);
+    }
+
+    /// The persona with this id.
+    pub fn get(&self, id: &str) -> Result<&Persona, PipelineError> {
+        self.personas.get(id).ok_or_else(|| PipelineError::UnknownPersona { name: id.into(), known: self.ids().collect::<Vec<_>>().join(", ") })
+    }
+
+    /// All ids, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.personas.keys().map(String::as_str)
+    }
+
+    /// All personas, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Persona> {
+        self.personas.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const MINIMAL: &str = r#"
+name = "Ana"
+bio = "Ana is a baker."
+greetings = ["Hi!"]
+"#;
+
+    #[test]
+    fn a_minimal_persona_gets_defaults() {
+        let p = Persona::from_toml(MINIMAL, "ana").unwrap();
+        assert_eq!(p.id, "ana");
+        assert_eq!(p.pacing, Pacing::default());
+        assert_eq!(p.max_sentences, 4);
+    }
+
+    #[test]
+    fn a_typo_in_a_field_name_is_an_error_that_names_it() {
+        let err = Persona::from_toml(&format!("{MINIMAL}\ngreeting = \"x\""), "ana").unwrap_err().to_string();
+        assert!(err.contains("greeting"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_that_appears_elsewhere_is_rejected() {
+        let text = format!("{MINIMAL}\nfacts = [\"My wifi password is swordfish\"]\n[secret]\nlabel = \"password\"\nvalue = \"Swordfish\"\nunlock_closeness = 70\ntease = \"Earn it.\"\n");
+        let err = Persona::from_toml(&text, "ana").unwrap_err().to_string();
+        assert!(err.contains("facts"), "{err}");
+    }
+
+    #[test]
+    fn pacing_must_be_ordered() {
+        let text = format!("{MINIMAL}\n[pacing]\ncasual_at = 60\nclose_at = 40\n");
+        assert!(Persona::from_toml(&text, "ana").is_err());
+    }
+
+    #[test]
+    fn slugs_are_valid_ids() {
+        assert_eq!(slug("Dr. Ana Lima"), "dr-ana-lima");
+        assert_eq!(slug("!!!"), "persona");
+        assert!(valid_id(&slug("Zoë & the 🐙")));
+    }
+}

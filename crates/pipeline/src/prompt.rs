@@ -1,0 +1,204 @@
+//! Step 8: the prompt, from tera templates in `prompts/`, within a token budget.
+//!
+//! The system message is rendered from `system.tera` (embedded in the binary; a directory can
+//! override it at startup). The history follows, newest turns kept; when they no longer fit,
+//! the oldest are folded into the running [`Memory`] and leave the prompt. Budget first, then
+//! examples: if even one turn does not fit, the few-shot examples go before the history does.
+
+use rapport_core::ChatMessage;
+use serde::{Deserialize, Serialize};
+use tera::Tera;
+
+use crate::fewshot::ChosenExample;
+use crate::memory::Memory;
+use crate::persona::Persona;
+use crate::secret::SecretForPrompt;
+use crate::PipelineError;
+
+const SYSTEM: &str = "system.tera";
+
+/// The loaded templates.
+pub struct Prompts {
+    tera: Tera,
+}
+
+impl Prompts {
+    /// The templates compiled into the binary (from `prompts/`).
+    pub fn embedded() -> Self {
+        let mut tera = Tera::default();
+        tera.add_raw_template(SYSTEM, include_str!("../../../prompts/system.tera")).expect("the embedded template parses");
+        Self { tera }
+    }
+
+    /// Templates from a directory (for editing prompts without rebuilding); every template
+    /// the pipeline uses must be there.
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self, PipelineError> {
+        let mut tera = Tera::default();
+        let path = dir.join(SYSTEM);
+        let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::Template(format!("{}: {e}", path.display())))?;
+        tera.add_raw_template(SYSTEM, &text).map_err(|e| PipelineError::Template(format!("{}: {}", path.display(), error_chain(&e))))?;
+        Ok(Self { tera })
+    }
+}
+
+/// Everything the system template sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptInput<'a> {
+    /// The persona.
+    pub persona: &'a Persona,
+    /// Longest reply in sentences.
+    pub max_sentences: usize,
+    /// The stage, as its name.
+    pub stage: &'static str,
+    /// The decision, as its name.
+    pub decision: &'static str,
+    /// Reason codes of the decision.
+    pub reasons: Vec<String>,
+    /// How the user seems to feel, when the reading is confident.
+    pub feeling: Option<String>,
+    /// Notes about time.
+    pub context_notes: Vec<String>,
+    /// The secret, as far as the prompt may know it.
+    pub secret: Option<SecretForPrompt<'a>>,
+    /// The user asked for the secret.
+    pub asks_for_secret: bool,
+    /// What the guards want the persona to know this turn.
+    pub guard_notes: Vec<String>,
+    /// Few-shot examples.
+    pub examples: Vec<ChosenExample>,
+    /// Rendered memory, filled in by [`assemble`].
+    pub memory: Option<String>,
+}
+
+/// How many tokens the prompt may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBudget {
+    /// The model's context window as Rapport uses it.
+    pub context_tokens: usize,
+    /// Kept free for the reply.
+    pub reply_tokens: usize,
+}
+
+impl Default for TokenBudget {
+    fn default() -> Self {
+        // SmolLM2 was trained with 2,048 positions (8k after extension) and CPU prefill costs
+        // grow with every token; 2,048 keeps a reply's prefill under a second or two on the
+        // 1.5B model, and a longer history is what the running memory is for.
+        Self { context_tokens: 2048, reply_tokens: 160 }
+    }
+}
+
+/// Counts tokens without the model's tokenizer: an over-estimate for English text with BPE
+/// vocabularies (about 1.3 tokens per word in practice; this counts a token per 4 letters of a
+/// word, at least one per word, plus one per punctuation mark). Over, not under: a prompt
+/// that does not fit fails the request, one that is a little shorter than allowed does not.
+pub fn estimate_tokens(text: &str) -> usize {
+    text.split_whitespace()
+        .map(|w| {
+            let letters = w.chars().filter(|c| c.is_alphanumeric()).count();
+            let other = w.chars().count() - letters;
+            letters.div_ceil(4).max(1) + other
+        })
+        .sum()
+}
+
+/// Tokens a chat template adds around each message (role markers, separators).
+const PER_MESSAGE: usize = 6;
+
+/// The assembled prompt and what it cost.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// System message, kept history, the user's message.
+    pub messages: Vec<ChatMessage>,
+    /// The memory after folding what left the prompt.
+    pub memory: Memory,
+    /// What the trace shows.
+    pub stats: PromptStats,
+}
+
+/// The shape of one prompt, for the trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptStats {
+    /// Estimated tokens of the whole prompt.
+    pub estimated_tokens: usize,
+    /// Estimated tokens of the system message.
+    pub system_tokens: usize,
+    /// History messages in the prompt.
+    pub history_messages: usize,
+    /// Messages folded into memory this turn.
+    pub newly_folded: usize,
+    /// Few-shot examples that fitted.
+    pub examples: usize,
+    /// The memory was in the prompt.
+    pub memory_used: bool,
+}
+
+/// Renders the system message and fits the history into the budget. `history` is the whole
+/// conversation before this message (user and assistant turns); `memory.folded` of its first
+/// messages are already folded.
+pub fn assemble(prompts: &Prompts, mut input: PromptInput<'_>, history: &[ChatMessage], message: &str, memory: &Memory, budget: TokenBudget) -> Result<Assembled, PipelineError> {
+    let mut memory = memory.clone();
+    let available = budget.context_tokens.saturating_sub(budget.reply_tokens);
+    let message_tokens = estimate_tokens(message) + PER_MESSAGE;
+    let mut start = memory.folded.min(history.len());
+    let mut newly_folded = 0;
+    loop {
+        input.memory = memory.render();
+        let system = prompts.tera.render(SYSTEM, &tera::Context::from_serialize(&input).map_err(|e| PipelineError::Template(error_chain(&e)))?).map_err(|e| PipelineError::Template(error_chain(&e)))?;
+        let system = tidy(&system);
+        let system_tokens = estimate_tokens(&system) + PER_MESSAGE;
+        let kept = &history[start..];
+        let history_tokens: usize = kept.iter().map(|m| estimate_tokens(&m.content) + PER_MESSAGE).sum();
+        let total = system_tokens + history_tokens + message_tokens;
+        if total <= available {
+            let mut messages = Vec::with_capacity(kept.len() + 2);
+            messages.push(ChatMessage::system(system));
+            messages.extend(kept.iter().cloned());
+            messages.push(ChatMessage::user(message));
+            let stats = PromptStats { estimated_tokens: total, system_tokens, history_messages: kept.len(), newly_folded, examples: input.examples.len(), memory_used: input.memory.is_some() };
+            return Ok(Assembled { messages, memory, stats });
+        }
+        if start < history.len() {
+            // Fold the oldest exchange; two messages keep the history starting with the same
+            // role as before.
+            let take = 2.min(history.len() - start);
+            memory.fold(&history[start..start + take]);
+            start += take;
+            newly_folded += take;
+        } else if !input.examples.is_empty() {
+            input.examples.pop();
+        } else {
+            return Err(PipelineError::PromptTooLong { tokens: total, budget: available });
+        }
+    }
+}
+
+/// Collapses the blank lines that template conditionals leave behind.
+fn tidy(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut blank = 0;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.trim().to_string()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

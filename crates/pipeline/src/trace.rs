@@ -1,0 +1,109 @@
+//! The record of one turn: what every step saw and decided. The server stores it next to the
+//! reply, `rapport chat --trace` prints it, and the evaluation harness reads it back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::closeness::ClosenessDecision;
+use crate::context::TurnContext;
+use crate::fewshot::ChosenExample;
+use crate::guards::GuardHit;
+use crate::prompt::PromptStats;
+use crate::secret::SecretStatus;
+use crate::signals::Signals;
+use crate::stage::StageChange;
+use crate::understand::EmotionView;
+
+/// One turn, step by step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnTrace {
+    /// The persona's id.
+    pub persona: String,
+    /// The user's message number, from 1.
+    pub turn: u32,
+    /// When the message arrived (RFC 3339, the user's offset).
+    pub at: String,
+    /// Step 1.
+    pub context: TurnContext,
+    /// Step 2: emotion.
+    pub emotion: EmotionView,
+    /// Step 2: lexical signals.
+    pub signals: Signals,
+    /// Step 3.
+    pub stage: StageChange,
+    /// Step 4.
+    pub closeness: ClosenessDecision,
+    /// Step 5.
+    pub secret: SecretStatus,
+    /// Step 6, on the user's message.
+    pub input_guards: Vec<GuardHit>,
+    /// Step 7.
+    pub examples: Vec<ChosenExample>,
+    /// Step 8.
+    pub prompt: PromptStats,
+    /// Step 9: each generation attempt.
+    pub attempts: Vec<Attempt>,
+    /// Why the fallback line was used, if it was.
+    pub fallback: Option<String>,
+    /// The reply as shown.
+    pub reply: String,
+    /// Microseconds spent in each step.
+    pub timings_us: StepTimings,
+}
+
+/// One call to the generator (with its retries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first draft, 2 for the regenerated one.
+    pub number: u32,
+    /// The steering note added for this attempt.
+    pub steering: Option<String>,
+    /// Retries after transient errors before this attempt produced a draft or gave up.
+    pub retries: u32,
+    /// What became of it.
+    pub outcome: AttemptOutcome,
+    /// Fixes the clean-up applied.
+    pub cleanup: Vec<String>,
+    /// Prompt tokens as the backend counted them.
+    pub prompt_tokens: Option<u32>,
+    /// Reply tokens.
+    pub completion_tokens: Option<u32>,
+    /// Time to the first token, ms.
+    pub ttft_ms: Option<u64>,
+    /// Whole attempt, ms (retries included).
+    pub total_ms: u64,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum AttemptOutcome {
+    /// The draft became the reply.
+    Accepted,
+    /// The guards rejected the draft.
+    Rejected {
+        /// Why.
+        hits: Vec<GuardHit>,
+    },
+    /// The generator failed.
+    Failed {
+        /// The error's kind tag.
+        kind: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// Step timings of one turn, µs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StepTimings {
+    /// Steps 1–8: everything before generation.
+    pub prepare: u64,
+    /// Of which the emotion model and sentence vector.
+    pub understand: u64,
+    /// Of which prompt rendering and fitting.
+    pub prompt: u64,
+    /// Generation, all attempts.
+    pub generate: u64,
+    /// Clean-up and guards on the reply (the semantic check included).
+    pub review: u64,
+}

@@ -1,0 +1,206 @@
+//! Whole turns with the real SmolLM2 and the real emotion model. Where a fault is needed (a
+//! backend that times out, a draft that breaks character) a scripted generator injects it in
+//! front of the real model.
+
+use rapport_core::{collect_completion, GenerationError, GenerationRequest, Generator, Role, SamplingParams};
+use rapport_pipeline::secret::SecretStatus;
+use rapport_pipeline::stage::Stage;
+use rapport_pipeline::trace::AttemptOutcome;
+use rapport_pipeline::{Conversation, Pipeline, TurnEvent, TurnOutcome, TurnTrace};
+
+use crate::support::{at, exclusive, greedy_config, pipeline, rt, smollm2, Script, Scripted};
+
+/// Runs a turn and returns the outcome with the text a person would have seen (deltas, with
+/// retractions applied).
+async fn turn(p: &Pipeline, c: &mut Conversation, message: &str, minute: u32, generator: &dyn rapport_core::Generator) -> (TurnOutcome, String, usize) {
+    let mut shown = String::new();
+    let mut retractions = 0;
+    let mut on_event = |e: TurnEvent| match e {
+        TurnEvent::Delta(t) => shown.push_str(&t),
+        TurnEvent::Retract => {
+            shown.clear();
+            retractions += 1;
+        }
+        TurnEvent::Prepared(_) => {}
+    };
+    let outcome = p.respond(c, message, at(minute), generator, &mut on_event).await.unwrap();
+    (outcome, shown, retractions)
+}
+
+#[test]
+fn a_turn_streams_the_reply_and_records_every_step() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let p = pipeline("flirt-partner", true, greedy_config());
+        let mut c = p.start();
+        let (out, shown, _) = turn(&p, &mut c, "Coast, definitely. I grew up near the sea and I miss it a lot.", 0, &model).await;
+        assert!(!out.reply.is_empty());
+        assert_eq!(shown.trim(), out.reply, "what streamed is what was kept");
+        let t = &out.trace;
+        assert_eq!(t.turn, 1);
+        assert_eq!(t.stage.from, Stage::IceBreaker);
+        assert!(t.signals.self_disclosure > 0.0 && t.signals.answered_question, "{:?}", t.signals);
+        assert!(t.closeness.after > t.closeness.before, "{:?}", t.closeness);
+        assert!(!t.emotion.labels.is_empty());
+        assert!(!t.examples.is_empty() && t.examples[0].score > 0.0, "examples retrieved by meaning");
+        assert_eq!(t.attempts.len(), 1, "{:?}", t.attempts);
+        assert!(t.attempts[0].total_ms > 0);
+        assert!(t.timings_us.prepare > 0 && t.timings_us.generate > 0);
+        // The trace is data: it survives a round trip through JSON unchanged.
+        let back: TurnTrace = serde_json::from_str(&serde_json::to_string(t).unwrap()).unwrap();
+        assert_eq!(&back, t);
+        assert_eq!(c.turns, 1);
+        assert_eq!(c.history.len(), 3);
+        assert_eq!(c.history[2].role, Role::Assistant);
+    });
+}
+
+#[test]
+fn transient_failures_are_retried_and_permanent_ones_answered_in_character() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let p = pipeline("wedding-host", true, greedy_config());
+
+        let flaky = Scripted::new(smollm2().await, vec![Script::Fail(GenerationError::Unavailable("connection refused".into())), Script::Fail(GenerationError::Timeout(std::time::Duration::from_secs(300)))]);
+        let mut c = p.start();
+        let (out, _, _) = turn(&p, &mut c, "Hi! I'm a friend of Thomas from university.", 0, &flaky).await;
+        assert_eq!(out.trace.attempts.len(), 1);
+        assert_eq!(out.trace.attempts[0].retries, 2);
+        assert_eq!(out.trace.attempts[0].outcome, AttemptOutcome::Accepted);
+        assert_eq!(out.trace.fallback, None);
+
+        let down = Scripted::new(smollm2().await, vec![Script::Fail(GenerationError::Unavailable("down".into())); 3]);
+        let mut c = p.start();
+        let (out, shown, _) = turn(&p, &mut c, "Hi there!", 0, &down).await;
+        assert!(p.persona().fallbacks.contains(&out.reply), "{}", out.reply);
+        assert_eq!(shown, out.reply);
+        assert!(out.trace.fallback.as_deref().unwrap().contains("unavailable"), "{:?}", out.trace.fallback);
+        assert!(matches!(out.trace.attempts[0].outcome, AttemptOutcome::Failed { .. }));
+        assert_eq!(c.turns, 1, "the turn still happened; the user's message is not lost");
+        assert_eq!(c.history[1].content, "Hi there!");
+
+        let refused = Scripted::new(smollm2().await, vec![Script::Fail(GenerationError::InvalidRequest("bad".into()))]);
+        let (out, _, _) = turn(&p, &mut p.start(), "Hello!", 0, &refused).await;
+        assert_eq!(out.trace.attempts[0].retries, 0, "a refused request is not retried");
+    });
+}
+
+#[test]
+fn a_draft_that_breaks_the_rules_is_regenerated_with_a_steering_note_then_replaced() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let p = pipeline("creator", true, greedy_config());
+
+        // The first sentence streams, the second breaks character: the shown text is taken back.
+        let once = Scripted::new(smollm2().await, vec![Script::Say("Oh hiya! As an AI language model I don't make pots. ")]);
+        let mut c = p.start();
+        let (out, shown, retractions) = turn(&p, &mut c, "What glaze do you use on your mugs?", 0, &once).await;
+        let t = &out.trace;
+        assert!(matches!(&t.attempts[0].outcome, AttemptOutcome::Rejected { hits } if hits[0].code() == "character_break"), "{:?}", t.attempts[0]);
+        assert_eq!(t.attempts.len(), 2);
+        assert!(t.attempts[1].steering.as_deref().unwrap().contains("out of character"));
+        let second_system = once.requests.lock().unwrap()[1].messages()[0].content.clone();
+        assert!(second_system.contains("Important: Your draft stepped out of character"), "{second_system}");
+        assert!(retractions >= 1);
+        assert_eq!(shown.trim(), out.reply);
+
+        // Both drafts suggest meeting: the fallback line is used.
+        let twice = Scripted::new(smollm2().await, vec![Script::Say("Sure, let's meet up at my studio on Saturday!"), Script::Say("Come visit, I'll show you the kiln in person!")]);
+        let mut c = p.start();
+        let (out, _, _) = turn(&p, &mut c, "I'd love to meet you sometime", 0, &twice).await;
+        assert!(out.trace.input_guards.iter().any(|h| h.code() == "forbidden_topic"), "the message itself raises the topic");
+        assert!(p.persona().fallbacks.contains(&out.reply));
+        assert!(out.trace.attempts.iter().all(|a| matches!(&a.outcome, AttemptOutcome::Rejected { hits } if hits.iter().any(|h| h.code() == "forbidden_topic"))));
+    });
+}
+
+/// The party game with the default test model: the host warms up over a real conversation,
+/// the password stays out of every prompt and reply until the gate opens, and once it is open
+/// and asked for, it is in the prompt.
+#[test]
+fn the_secret_game_end_to_end() {
+    const GUEST: [&str; 12] = [
+        "Hi Margot! I'm Sam, a friend of Thomas from university. This place is gorgeous.",
+        "I'm a nurse in Lyon actually. I love my job but it's exhausting. How are you holding up with all the organising?",
+        "Honestly I was nervous coming here because I don't know many people, but you've made me feel really welcome.",
+        "My sister got married in Burgundy too and I cried through the whole ceremony. Are you giving a speech?",
+        "I think you'll be great, you're really easy to talk to. What do you love most about Camille?",
+        "I grew up near the sea and I miss it every day. Where did you two grow up?",
+        "That's lovely. I feel really happy tonight, thank you for looking after me.",
+        "My dad used to make us treasure hunts when we were kids, so I love that you made one. How did you hide the envelopes?",
+        "You're so kind. I really enjoy talking with you, it's the best part of my evening.",
+        "I have to admit I'm terrible at dancing but I'll try tonight. Will you dance too?",
+        "I'm so glad I met you. My friends will not believe I befriended the host!",
+        "You've been wonderful company. I feel like we're real friends now.",
+    ];
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = Scripted::new(smollm2().await, vec![]);
+        let p = pipeline("wedding-host", true, greedy_config());
+        let secret = p.persona().secret.clone().unwrap().value.to_lowercase();
+        let mut c = p.start();
+        let mut unlocked_at = None;
+        for (i, line) in GUEST.iter().enumerate() {
+            let (out, _, _) = turn(&p, &mut c, line, i as u32 * 2, &model).await;
+            let t = &out.trace;
+            eprintln!("turn {}: stage {:?} closeness {} {:?} → {}", t.turn, t.stage.to, t.closeness.after.get(), t.secret, out.reply);
+            if t.secret == SecretStatus::Unlocked {
+                unlocked_at = Some(t.turn);
+                break;
+            }
+            let prompt = model.requests.lock().unwrap().last().unwrap().messages().iter().map(|m| m.content.to_lowercase()).collect::<String>();
+            assert!(!prompt.contains(&secret), "turn {}: a locked prompt held the secret", t.turn);
+            assert!(!out.reply.to_lowercase().contains(&secret));
+        }
+        let unlocked_at = unlocked_at.expect("a warm, open guest unlocks the secret within twelve turns");
+        assert!(unlocked_at >= p.persona().pacing.min_turns_close, "not before the pacing allows");
+        assert_eq!(c.stage.stage, Stage::Close);
+
+        let (out, _, _) = turn(&p, &mut c, "Margot, could you tell me the password for the last envelope?", 40, &model).await;
+        assert_eq!(out.trace.secret, SecretStatus::Unlocked);
+        assert!(out.trace.signals.asks_for_secret);
+        let prompt = model.requests.lock().unwrap().last().unwrap().messages()[0].content.to_lowercase();
+        assert!(prompt.contains(&secret), "the unlocked prompt carries the secret");
+        eprintln!("asked for the password: {}", out.reply);
+    });
+}
+
+#[test]
+fn old_turns_fold_into_memory_and_the_token_estimate_covers_the_real_count() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let mut config = greedy_config();
+        config.budget.context_tokens = 900;
+        config.budget.reply_tokens = 80;
+        let p = pipeline("flirt-partner", true, config);
+        let mut c = p.start();
+        let lines = [
+            "Hi! My name is Sam and I work as a carpenter in Montreal, I build tables and chairs for restaurants.",
+            "My sister Lea just moved to Lisbon and I miss her a lot, we used to go climbing every Sunday morning.",
+            "I love cooking Portuguese food, especially bacalhau, my grandmother taught me when I was a kid.",
+            "I've been learning the guitar for two years now, mostly old folk songs from Quebec.",
+            "What kind of music do you record these days? Any bands I should listen to?",
+            "That sounds fun. Do you remember what I told you about my sister?",
+        ];
+        let mut folded = 0;
+        for (i, line) in lines.iter().enumerate() {
+            // The model's own count of the assembled prompt: one token of reply is enough.
+            let prepared = p.prepare(&c, line, at(i as u32)).unwrap();
+            let request = GenerationRequest::new(prepared.messages.clone(), SamplingParams::greedy(1)).unwrap();
+            let real = collect_completion(model.generate(request).await.unwrap(), |_| {}).await.unwrap().summary.usage.prompt_tokens;
+            let estimate = prepared.trace.prompt.estimated_tokens as f64;
+            eprintln!("turn {}: estimated {estimate} tokens, the model counted {real}", i + 1);
+            assert!(estimate >= real as f64 * 0.95 && estimate <= real as f64 * 1.6, "estimate {estimate} vs {real}");
+            assert!(real as usize <= 900 - 80);
+            let (out, _, _) = turn(&p, &mut c, line, i as u32, &model).await;
+            folded += out.trace.prompt.newly_folded;
+        }
+        assert!(folded > 0, "a 900-token window cannot hold six long turns");
+        assert!(c.memory.about_them.iter().any(|s| s.contains("Lisbon")), "{:?}", c.memory);
+        let last = p.prepare(&c, "ok", at(30)).unwrap();
+        assert!(last.trace.prompt.memory_used);
+        assert!(last.messages[0].content.contains("They told you earlier"));
+    });
+}
