@@ -44,6 +44,10 @@ pub struct ChatArgs {
     /// Prompt templates directory (defaults to the templates built into the binary).
     #[arg(long, requires = "persona")]
     prompts: Option<std::path::PathBuf>,
+    /// Put each turn's notes in the opening system message instead of a system message just
+    /// before the user's (for servers whose chat template allows only one system message).
+    #[arg(long, requires = "persona")]
+    notes_in_system: bool,
     /// Context window the prompt may fill, in tokens.
     #[arg(long, default_value_t = 2048)]
     context_tokens: usize,
@@ -134,6 +138,7 @@ impl From<ChatArgs> for crate::persona_chat::PersonaChatArgs {
             lexical_only: a.lexical_only,
             prompts: a.prompts,
             context_tokens: a.context_tokens,
+            notes_in_system: a.notes_in_system,
             stats: a.stats,
         }
     }

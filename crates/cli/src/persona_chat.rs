@@ -8,7 +8,7 @@ use anyhow::Context;
 use rapport_core::SamplingParams;
 use rapport_nlu::emotion::{EmotionClassifier, EmotionHead};
 use rapport_pipeline::card::import_bytes;
-use rapport_pipeline::prompt::{Prompts, TokenBudget};
+use rapport_pipeline::prompt::{NotesPlacement, Prompts, TokenBudget};
 use rapport_pipeline::{Persona, PersonaLibrary, Pipeline, PipelineConfig, TurnEvent, TurnTrace};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -22,6 +22,7 @@ pub struct PersonaChatArgs {
     pub lexical_only: bool,
     pub prompts: Option<PathBuf>,
     pub context_tokens: usize,
+    pub notes_in_system: bool,
     pub stats: bool,
 }
 
@@ -63,7 +64,8 @@ pub async fn run(args: PersonaChatArgs, backend: Backend, sampling: SamplingPara
         Some(dir) => Prompts::from_dir(dir)?,
         None => Prompts::embedded(),
     };
-    let config = PipelineConfig { budget: TokenBudget { context_tokens: args.context_tokens, reply_tokens: sampling.max_tokens as usize }, sampling, ..PipelineConfig::default() };
+    let notes = if args.notes_in_system { NotesPlacement::InSystem } else { NotesPlacement::BeforeMessage };
+    let config = PipelineConfig { budget: TokenBudget { context_tokens: args.context_tokens, reply_tokens: sampling.max_tokens as usize }, sampling, notes, ..PipelineConfig::default() };
     let pipeline = Pipeline::new(persona, nlu, Arc::new(prompts), config)?;
     let name = pipeline.persona().name.clone();
     let interactive = std::io::stdin().is_terminal();

@@ -55,7 +55,11 @@ impl ChatMessage {
 ///
 /// The first message must be a system message. Qwen2.5's chat template inserts a default
 /// identity ("You are Qwen, created by Alibaba Cloud…") whenever no system message is sent, which
-/// would break every persona; requiring it at the seam makes that mistake impossible.
+/// would break every persona; requiring it at the seam makes that mistake impossible. Later
+/// system messages are allowed: the pipeline puts each turn's notes in one just before the
+/// user's message, so that the opening of the prompt stays the same from turn to turn and the
+/// engine's prefix cache can serve it (ChatML templates, used by Qwen2.5 and SmolLM2, render
+/// a system message wherever it stands).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GenerationRequest {
     messages: Vec<ChatMessage>,
@@ -73,11 +77,6 @@ impl GenerationRequest {
                 ))
             }
             Some(_) => {}
-        }
-        if messages.iter().skip(1).any(|m| m.role == Role::System) {
-            return Err(GenerationError::InvalidRequest(
-                "only the first message may be a system message".into(),
-            ));
         }
         if messages.last().map(|m| m.role) == Some(Role::Assistant) {
             return Err(GenerationError::InvalidRequest(
@@ -120,9 +119,9 @@ mod tests {
     }
 
     #[test]
-    fn a_second_system_message_is_refused() {
+    fn a_later_system_message_is_allowed() {
         let msgs = vec![ChatMessage::system("a"), ChatMessage::user("b"), ChatMessage::system("c"), ChatMessage::user("d")];
-        assert!(GenerationRequest::new(msgs, sampling()).is_err());
+        assert!(GenerationRequest::new(msgs, sampling()).is_ok());
     }
 
     #[test]

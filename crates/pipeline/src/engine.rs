@@ -23,7 +23,7 @@ use crate::fewshot::FewShot;
 use crate::guards::{GuardHit, Guards, LeakDetector};
 use crate::memory::Memory;
 use crate::persona::Persona;
-use crate::prompt::{assemble, PromptInput, Prompts, TokenBudget};
+use crate::prompt::{assemble, NotesPlacement, PromptInput, Prompts, TokenBudget};
 use crate::secret::{gate, SecretStatus};
 use crate::signals::read_signals;
 use crate::stage::{record_reply, track, StageInput, StageState};
@@ -44,11 +44,13 @@ pub struct PipelineConfig {
     pub backoff: Duration,
     /// Sampling (max_tokens is capped by the budget's reply tokens).
     pub sampling: SamplingParams,
+    /// Where the turn's notes go in the prompt.
+    pub notes: NotesPlacement,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { budget: TokenBudget::default(), examples: 3, retries: 2, backoff: Duration::from_millis(400), sampling: SamplingParams::default() }
+        Self { budget: TokenBudget::default(), examples: 3, retries: 2, backoff: Duration::from_millis(400), sampling: SamplingParams::default(), notes: NotesPlacement::default() }
     }
 }
 
@@ -210,13 +212,14 @@ impl Pipeline {
             examples: examples.clone(),
             memory: None,
         };
-        let assembled = assemble(&self.prompts, input, &conversation.history, message, &conversation.memory, self.config.budget)?;
+        let assembled = assemble(&self.prompts, input, &conversation.history, message, &conversation.memory, self.config.budget, self.config.notes)?;
         let prompt_us = prompt_started.elapsed().as_micros() as u64;
 
         // A persona may repeat its own words and the user's; it may not recite its instructions.
         let memory_text = assembled.memory.render().unwrap_or_default();
         let allowed = persona.public_texts().map(|(_, t)| t).chain(std::iter::once(memory_text.as_str()));
-        let leaks = LeakDetector::new(&assembled.messages[0].content, allowed);
+        let instructions = assembled.messages.iter().filter(|m| m.role == Role::System).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+        let leaks = LeakDetector::new(&instructions, allowed);
         let locked_secret = match (&secret, &persona.secret) {
             (SecretStatus::Locked { .. }, Some(s)) => Some(s.value.clone()),
             _ => None,
@@ -283,7 +286,9 @@ impl Pipeline {
         for number in 1..=2 {
             let mut prompt = messages.clone();
             if let Some(note) = &steering {
-                prompt[0].content.push_str(&format!("\n\nImportant: {note}"));
+                // Into the message that holds the turn's notes (the last system message).
+                let notes = prompt.iter().rposition(|m| m.role == Role::System).expect("the prompt opens with a system message");
+                prompt[notes].content.push_str(&format!("\n\nImportant: {note}"));
             }
             let (attempt, draft, spent_review) = self.attempt(number, steering.clone(), prompt, generator, &leaks, locked_secret.as_deref(), on_event).await;
             review_us += spent_review;
@@ -364,10 +369,12 @@ impl Pipeline {
         match result {
             Ok(draft) => {
                 record.cleanup = draft.edits;
+                // Measured here, not taken from the backend's summary: a draft cut short (it
+                // began the user's next line) has no summary, but people still waited for it.
+                record.ttft_ms = draft.first_chunk_ms;
                 if let Some(s) = &draft.summary {
                     record.prompt_tokens = Some(s.usage.prompt_tokens);
                     record.completion_tokens = Some(s.usage.completion_tokens);
-                    record.ttft_ms = s.timings.time_to_first_token.map(|d| d.as_millis() as u64);
                 }
                 if draft.hits.is_empty() {
                     record.total_ms = started.elapsed().as_millis() as u64;
@@ -395,6 +402,8 @@ impl Pipeline {
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
         review_us: &mut u64,
     ) -> Result<Draft, GenerationError> {
+        let started = Instant::now();
+        let mut first_chunk_ms = None;
         let mut stream = generator.generate(request).await?;
         let mut raw = String::new();
         let mut shown = String::new();
@@ -402,6 +411,9 @@ impl Pipeline {
         while let Some(event) = stream.next().await {
             match event {
                 Ok(GenerationEvent::Chunk(piece)) => {
+                    if first_chunk_ms.is_none() && !piece.is_empty() {
+                        first_chunk_ms = Some(started.elapsed().as_millis() as u64);
+                    }
                     raw.push_str(&piece);
                     let t = Instant::now();
                     let partial = self.cleaner.clean(&raw, false, false);
@@ -412,7 +424,7 @@ impl Pipeline {
                         let hits = self.guards.check_reply(ready, None, locked_secret, leaks);
                         if !hits.is_empty() {
                             *review_us += t.elapsed().as_micros() as u64;
-                            return Ok(Draft { text: String::new(), vector: None, hits, edits: partial.edits, summary: None, shown: !shown.is_empty() });
+                            return Ok(Draft { text: String::new(), vector: None, hits, edits: partial.edits, summary: None, shown: !shown.is_empty(), first_chunk_ms });
                         }
                         on_event(TurnEvent::Delta(ready[shown.len()..].to_string()));
                         shown = ready.to_string();
@@ -458,7 +470,7 @@ impl Pipeline {
             }
         }
         *review_us += t.elapsed().as_micros() as u64;
-        Ok(Draft { text: cleaned.text, vector, hits, edits: cleaned.edits, summary, shown: !shown.is_empty() })
+        Ok(Draft { text: cleaned.text, vector, hits, edits: cleaned.edits, summary, shown: !shown.is_empty(), first_chunk_ms })
     }
 
     /// An in-character line for when no acceptable reply could be generated; never the same as
@@ -482,6 +494,7 @@ struct Draft {
     edits: Vec<String>,
     summary: Option<GenerationSummary>,
     shown: bool,
+    first_chunk_ms: Option<u64>,
 }
 
 /// How the user seems, in words for the prompt, when one non-neutral label is clearly read.

@@ -1,9 +1,21 @@
 //! Step 8: the prompt, from tera templates in `prompts/`, within a token budget.
 //!
-//! The system message is rendered from `system.tera` (embedded in the binary; a directory can
-//! override it at startup). The history follows, newest turns kept; when they no longer fit,
-//! the oldest are folded into the running [`Memory`] and leave the prompt. Budget first, then
-//! examples: if even one turn does not fit, the few-shot examples go before the history does.
+//! Two templates, in two places. `system.tera` is the persona (who they are, how they talk,
+//! what they remember) and opens the prompt; it changes only when the memory does.
+//! `turn.tera` is this turn's notes (stage, decision, feelings, time, the secret, guard notes,
+//! few-shot examples); it goes in a second system message just before the user's message.
+//! [`NotesPlacement`] says where the notes go. `BeforeMessage` (the default) keeps the opening
+//! of the prompt the same from turn to turn, so that an engine with a prefix cache only
+//! prefills what is new; `InSystem` appends them to the first system message, for servers
+//! whose chat template refuses a system message after the first. Measured with embedded
+//! mistral.rs and SmolLM2 over the eleven-turn `datasets/prompts/secret-game-guest.txt`: time
+//! to first text 6.2 → 10.7 s with the notes before the message, 6.3 → 14.3 s in the system
+//! message. It still grows with the history: mistral.rs's cache serves the shared prefix, but
+//! prefill of the rest is most of the cost on these cores.
+//!
+//! The history sits between the two, newest turns kept; when they no longer fit, the oldest
+//! are folded into the running [`Memory`] and leave the prompt. Budget first, then examples:
+//! if even one turn does not fit, the few-shot examples go before the history does.
 
 use rapport_core::ChatMessage;
 use serde::{Deserialize, Serialize};
@@ -16,6 +28,7 @@ use crate::secret::SecretForPrompt;
 use crate::PipelineError;
 
 const SYSTEM: &str = "system.tera";
+const TURN: &str = "turn.tera";
 
 /// The loaded templates.
 pub struct Prompts {
@@ -27,6 +40,7 @@ impl Prompts {
     pub fn embedded() -> Self {
         let mut tera = Tera::default();
         tera.add_raw_template(SYSTEM, include_str!("../../../prompts/system.tera")).expect("the embedded template parses");
+        tera.add_raw_template(TURN, include_str!("../../../prompts/turn.tera")).expect("the embedded template parses");
         Self { tera }
     }
 
@@ -34,9 +48,11 @@ impl Prompts {
     /// the pipeline uses must be there.
     pub fn from_dir(dir: &std::path::Path) -> Result<Self, PipelineError> {
         let mut tera = Tera::default();
-        let path = dir.join(SYSTEM);
-        let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::Template(format!("{}: {e}", path.display())))?;
-        tera.add_raw_template(SYSTEM, &text).map_err(|e| PipelineError::Template(format!("{}: {}", path.display(), error_chain(&e))))?;
+        for name in [SYSTEM, TURN] {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::Template(format!("{}: {e}", path.display())))?;
+            tera.add_raw_template(name, &text).map_err(|e| PipelineError::Template(format!("{}: {}", path.display(), error_chain(&e))))?;
+        }
         Ok(Self { tera })
     }
 }
@@ -68,6 +84,17 @@ pub struct PromptInput<'a> {
     pub examples: Vec<ChosenExample>,
     /// Rendered memory, filled in by [`assemble`].
     pub memory: Option<String>,
+}
+
+/// Where the turn's notes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotesPlacement {
+    /// At the end of the first system message.
+    InSystem,
+    /// In a second system message just before the user's message.
+    #[default]
+    BeforeMessage,
 }
 
 /// How many tokens the prompt may use.
@@ -108,7 +135,7 @@ const PER_MESSAGE: usize = 6;
 /// The assembled prompt and what it cost.
 #[derive(Debug, Clone)]
 pub struct Assembled {
-    /// System message, kept history, the user's message.
+    /// System message, kept history, the turn's notes (a system message), the user's message.
     pub messages: Vec<ChatMessage>,
     /// The memory after folding what left the prompt.
     pub memory: Memory,
@@ -123,6 +150,8 @@ pub struct PromptStats {
     pub estimated_tokens: usize,
     /// Estimated tokens of the system message.
     pub system_tokens: usize,
+    /// Estimated tokens of the turn's notes.
+    pub note_tokens: usize,
     /// History messages in the prompt.
     pub history_messages: usize,
     /// Messages folded into memory this turn.
@@ -136,7 +165,15 @@ pub struct PromptStats {
 /// Renders the system message and fits the history into the budget. `history` is the whole
 /// conversation before this message (user and assistant turns); `memory.folded` of its first
 /// messages are already folded.
-pub fn assemble(prompts: &Prompts, mut input: PromptInput<'_>, history: &[ChatMessage], message: &str, memory: &Memory, budget: TokenBudget) -> Result<Assembled, PipelineError> {
+pub fn assemble(
+    prompts: &Prompts,
+    mut input: PromptInput<'_>,
+    history: &[ChatMessage],
+    message: &str,
+    memory: &Memory,
+    budget: TokenBudget,
+    placement: NotesPlacement,
+) -> Result<Assembled, PipelineError> {
     let mut memory = memory.clone();
     let available = budget.context_tokens.saturating_sub(budget.reply_tokens);
     let message_tokens = estimate_tokens(message) + PER_MESSAGE;
@@ -144,18 +181,32 @@ pub fn assemble(prompts: &Prompts, mut input: PromptInput<'_>, history: &[ChatMe
     let mut newly_folded = 0;
     loop {
         input.memory = memory.render();
-        let system = prompts.tera.render(SYSTEM, &tera::Context::from_serialize(&input).map_err(|e| PipelineError::Template(error_chain(&e)))?).map_err(|e| PipelineError::Template(error_chain(&e)))?;
-        let system = tidy(&system);
+        let render = |name: &str| -> Result<String, PipelineError> {
+            let context = tera::Context::from_serialize(&input).map_err(|e| PipelineError::Template(error_chain(&e)))?;
+            Ok(tidy(&prompts.tera.render(name, &context).map_err(|e| PipelineError::Template(error_chain(&e)))?))
+        };
+        let system = render(SYSTEM)?;
+        let note = render(TURN)?;
         let system_tokens = estimate_tokens(&system) + PER_MESSAGE;
+        let note_tokens = estimate_tokens(&note) + PER_MESSAGE;
         let kept = &history[start..];
         let history_tokens: usize = kept.iter().map(|m| estimate_tokens(&m.content) + PER_MESSAGE).sum();
-        let total = system_tokens + history_tokens + message_tokens;
+        let total = system_tokens + note_tokens + history_tokens + message_tokens;
         if total <= available {
-            let mut messages = Vec::with_capacity(kept.len() + 2);
-            messages.push(ChatMessage::system(system));
-            messages.extend(kept.iter().cloned());
+            let mut messages = Vec::with_capacity(kept.len() + 3);
+            match placement {
+                NotesPlacement::InSystem => {
+                    messages.push(ChatMessage::system(format!("{system}\n\n{note}")));
+                    messages.extend(kept.iter().cloned());
+                }
+                NotesPlacement::BeforeMessage => {
+                    messages.push(ChatMessage::system(system));
+                    messages.extend(kept.iter().cloned());
+                    messages.push(ChatMessage::system(note));
+                }
+            }
             messages.push(ChatMessage::user(message));
-            let stats = PromptStats { estimated_tokens: total, system_tokens, history_messages: kept.len(), newly_folded, examples: input.examples.len(), memory_used: input.memory.is_some() };
+            let stats = PromptStats { estimated_tokens: total, system_tokens, note_tokens, history_messages: kept.len(), newly_folded, examples: input.examples.len(), memory_used: input.memory.is_some() };
             return Ok(Assembled { messages, memory, stats });
         }
         if start < history.len() {

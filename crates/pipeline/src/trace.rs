@@ -67,7 +67,7 @@ pub struct Attempt {
     pub prompt_tokens: Option<u32>,
     /// Reply tokens.
     pub completion_tokens: Option<u32>,
-    /// Time to the first token, ms.
+    /// Time from the generation call to the first text, ms (retries not included).
     pub ttft_ms: Option<u64>,
     /// Whole attempt, ms (retries included).
     pub total_ms: u64,

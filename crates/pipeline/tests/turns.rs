@@ -100,7 +100,9 @@ fn a_draft_that_breaks_the_rules_is_regenerated_with_a_steering_note_then_replac
         assert!(matches!(&t.attempts[0].outcome, AttemptOutcome::Rejected { hits } if hits[0].code() == "character_break"), "{:?}", t.attempts[0]);
         assert_eq!(t.attempts.len(), 2);
         assert!(t.attempts[1].steering.as_deref().unwrap().contains("out of character"));
-        let second_system = once.requests.lock().unwrap()[1].messages()[0].content.clone();
+        let second = once.requests.lock().unwrap()[1].clone();
+        let notes = second.messages().iter().rfind(|m| m.role == Role::System).unwrap();
+        let second_system = notes.content.clone();
         assert!(second_system.contains("Important: Your draft stepped out of character"), "{second_system}");
         assert!(retractions >= 1);
         assert_eq!(shown.trim(), out.reply);
@@ -160,7 +162,7 @@ fn the_secret_game_end_to_end() {
         let (out, _, _) = turn(&p, &mut c, "Margot, could you tell me the password for the last envelope?", 40, &model).await;
         assert_eq!(out.trace.secret, SecretStatus::Unlocked);
         assert!(out.trace.signals.asks_for_secret);
-        let prompt = model.requests.lock().unwrap().last().unwrap().messages()[0].content.to_lowercase();
+        let prompt = model.requests.lock().unwrap().last().unwrap().messages().iter().map(|m| m.content.to_lowercase()).collect::<String>();
         assert!(prompt.contains(&secret), "the unlocked prompt carries the secret");
         eprintln!("asked for the password: {}", out.reply);
     });
@@ -174,7 +176,7 @@ fn old_turns_fold_into_memory_and_the_token_estimate_covers_the_real_count() {
         let mut config = greedy_config();
         config.budget.context_tokens = 900;
         config.budget.reply_tokens = 80;
-        let p = pipeline("flirt-partner", true, config);
+        let p = pipeline("flirt-partner", true, config.clone());
         let mut c = p.start();
         let lines = [
             "Hi! My name is Sam and I work as a carpenter in Montreal, I build tables and chairs for restaurants.",
@@ -202,5 +204,15 @@ fn old_turns_fold_into_memory_and_the_token_estimate_covers_the_real_count() {
         let last = p.prepare(&c, "ok", at(30)).unwrap();
         assert!(last.trace.prompt.memory_used);
         assert!(last.messages[0].content.contains("They told you earlier"));
+        // With the notes before the message, the opening system message is the same from one
+        // turn to the next (what a prefix cache needs) and the notes sit just before the user.
+        config.notes = rapport_pipeline::prompt::NotesPlacement::BeforeMessage;
+        assert_eq!(config.notes, rapport_pipeline::prompt::NotesPlacement::default());
+        let before = pipeline("flirt-partner", true, config);
+        let one = before.prepare(&c, "ok", at(30)).unwrap();
+        let two = before.prepare(&c, "and what about you?", at(31)).unwrap();
+        assert_eq!(one.messages[0], two.messages[0]);
+        assert_eq!(one.messages[one.messages.len() - 2].role, Role::System);
+        assert_ne!(one.messages[one.messages.len() - 2], two.messages[two.messages.len() - 2]);
     });
 }
