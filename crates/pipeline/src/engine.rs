@@ -28,7 +28,7 @@ use crate::secret::{gate, SecretStatus};
 use crate::signals::read_signals;
 use crate::stage::{record_reply, track, StageInput, StageState};
 use crate::trace::{Attempt, AttemptOutcome, StepTimings, TurnTrace};
-use crate::understand::{neutral, read_emotion, EmotionView};
+use crate::understand::{feeling, neutral, read_emotion, EmotionView};
 use crate::PipelineError;
 
 /// How the engine runs turns.
@@ -495,43 +495,4 @@ struct Draft {
     summary: Option<GenerationSummary>,
     shown: bool,
     first_chunk_ms: Option<u64>,
-}
-
-/// How the user seems, in words for the prompt, when one non-neutral label is clearly read.
-fn feeling(emotion: &EmotionView) -> Option<String> {
-    let (label, p) = emotion.labels.first()?;
-    if label == "neutral" || *p < 0.35 {
-        return None;
-    }
-    let word = match label.as_str() {
-        "admiration" => "admiring",
-        "amusement" => "amused",
-        "anger" => "angry",
-        "annoyance" => "annoyed",
-        "approval" => "approving",
-        "caring" => "caring",
-        "confusion" => "confused",
-        "curiosity" => "curious",
-        "desire" => "full of longing",
-        "disappointment" => "disappointed",
-        "disapproval" => "disapproving",
-        "disgust" => "disgusted",
-        "embarrassment" => "embarrassed",
-        "excitement" => "excited",
-        "fear" => "scared",
-        "gratitude" => "grateful",
-        "grief" => "grieving",
-        "joy" => "happy",
-        "love" => "affectionate",
-        "nervousness" => "nervous",
-        "optimism" => "hopeful",
-        "pride" => "proud",
-        "realization" => "like something just dawned on them",
-        "relief" => "relieved",
-        "remorse" => "sorry about something",
-        "sadness" => "sad",
-        "surprise" => "surprised",
-        other => other,
-    };
-    Some(word.to_string())
 }

@@ -54,6 +54,45 @@ pub fn neutral() -> EmotionView {
     EmotionView { labels: vec![("neutral".into(), 1.0)], ekman: "neutral".into(), valence: 0.0, arousal: 0.0, mood: 0.0, trend: 0.0, distress: false }
 }
 
+/// How the user seems, in words for the prompt, when one non-neutral label is clearly read.
+pub fn feeling(emotion: &EmotionView) -> Option<String> {
+    let (label, p) = emotion.labels.first()?;
+    if label == "neutral" || *p < 0.35 {
+        return None;
+    }
+    let word = match label.as_str() {
+        "admiration" => "admiring",
+        "amusement" => "amused",
+        "anger" => "angry",
+        "annoyance" => "annoyed",
+        "approval" => "approving",
+        "caring" => "caring",
+        "confusion" => "confused",
+        "curiosity" => "curious",
+        "desire" => "full of longing",
+        "disappointment" => "disappointed",
+        "disapproval" => "disapproving",
+        "disgust" => "disgusted",
+        "embarrassment" => "embarrassed",
+        "excitement" => "excited",
+        "fear" => "scared",
+        "gratitude" => "grateful",
+        "grief" => "grieving",
+        "joy" => "happy",
+        "love" => "affectionate",
+        "nervousness" => "nervous",
+        "optimism" => "hopeful",
+        "pride" => "proud",
+        "realization" => "like something just dawned on them",
+        "relief" => "relieved",
+        "remorse" => "sorry about something",
+        "sadness" => "sad",
+        "surprise" => "surprised",
+        other => other,
+    };
+    Some(word.to_string())
+}
+
 fn round3(x: f32) -> f32 {
     (x * 1000.0).round() / 1000.0
 }
