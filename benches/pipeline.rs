@@ -42,7 +42,7 @@ fn turn(c: &mut Criterion) {
     let message = "Honestly you've made me feel really welcome tonight. What's the treasure hunt about?";
     let reply = "Margot: Oh, I'm so glad! Envelopes are hidden all over the estate, each with a clue. The last one needs a password, and that one you'll have to earn.";
     let prepared = pipeline.prepare(&conversation, message, now).expect("prepare");
-    let leaks = LeakDetector::new(&prepared.messages[0].content, []);
+    let leaks = LeakDetector::new(&prepared.messages[0].content, &[]);
 
     let mut g = c.benchmark_group("turn");
     g.bench_function("floor: encode one message", |b| b.iter(|| nlu.encoder().encode(message).unwrap()));

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 
 use clap::Args;
 use rapport_core::{collect_completion, ChatMessage, GenerationRequest};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
 use crate::backend::BackendArgs;
 
@@ -18,39 +18,39 @@ pub struct ChatArgs {
     pub(crate) backend: BackendArgs,
     /// The system prompt (who the model plays).
     #[arg(long, default_value = DEFAULT_SYSTEM)]
-    system: String,
+    pub(crate) system: String,
     /// Upper bound on tokens per reply (defaults to the model's preset).
     #[arg(long)]
-    max_tokens: Option<u32>,
+    pub(crate) max_tokens: Option<u32>,
     /// Print token counts and timings after each reply.
     #[arg(long)]
-    stats: bool,
+    pub(crate) stats: bool,
     /// Chat with a persona through the whole pipeline: an id from --personas, or a persona
     /// TOML file, or a Character Card (JSON or PNG).
     #[arg(long)]
-    persona: Option<String>,
+    pub(crate) persona: Option<String>,
     /// Where persona ids are looked up.
     #[arg(long, env = "RAPPORT_PERSONAS")]
-    personas: Option<std::path::PathBuf>,
+    pub(crate) personas: Option<std::path::PathBuf>,
     /// Show each turn's stage, emotion, closeness, decision, guards and examples.
     #[arg(long, requires = "persona")]
-    trace: bool,
+    pub(crate) trace: bool,
     /// Append each turn's full trace as a JSON line to this file.
     #[arg(long, requires = "persona")]
-    trace_json: Option<std::path::PathBuf>,
+    pub(crate) trace_json: Option<std::path::PathBuf>,
     /// Skip the emotion model and sentence vectors (lexical guards and neutral emotion only).
     #[arg(long, requires = "persona")]
-    lexical_only: bool,
+    pub(crate) lexical_only: bool,
     /// Prompt templates directory (defaults to the templates built into the binary).
     #[arg(long, requires = "persona")]
-    prompts: Option<std::path::PathBuf>,
+    pub(crate) prompts: Option<std::path::PathBuf>,
     /// Put each turn's notes in the opening system message instead of a system message just
     /// before the user's (for servers whose chat template allows only one system message).
     #[arg(long, requires = "persona")]
-    notes_in_system: bool,
+    pub(crate) notes_in_system: bool,
     /// Context window the prompt may fill, in tokens.
     #[arg(long, default_value_t = 2048)]
-    context_tokens: usize,
+    pub(crate) context_tokens: usize,
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
@@ -59,8 +59,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_tokens {
         sampling.max_tokens = n;
     }
-    if args.persona.is_some() {
-        return crate::persona_chat::run(args.into(), backend, sampling).await;
+    if let Some(persona) = &args.persona {
+        return crate::persona_chat::run(&args, persona, backend, sampling).await;
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -69,22 +69,15 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let mut history = vec![ChatMessage::system(args.system.clone())];
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
-        if interactive {
-            print!("you> ");
-            std::io::stdout().flush()?;
-        }
-        let Some(line) = lines.next_line().await? else { break };
-        let line = line.trim();
-        match line {
-            "" => continue,
-            "/quit" | "/exit" => break,
-            "/reset" => {
+        let line = match next_input(&mut lines, interactive).await? {
+            Input::Quit => break,
+            Input::Reset => {
                 history.truncate(1);
                 eprintln!("(conversation cleared)");
                 continue;
             }
-            _ => {}
-        }
+            Input::Message(line) => line,
+        };
         history.push(ChatMessage::user(line));
         let request = GenerationRequest::new(history.clone(), sampling.clone())?;
         print!("{}> ", short_name(&backend.model_name));
@@ -128,18 +121,30 @@ pub(crate) fn short_name(model: &str) -> &str {
     model.split(['-', '.']).next().unwrap_or(model)
 }
 
-impl From<ChatArgs> for crate::persona_chat::PersonaChatArgs {
-    fn from(a: ChatArgs) -> Self {
-        Self {
-            persona: a.persona.unwrap_or_default(),
-            personas: a.personas,
-            trace: a.trace,
-            trace_json: a.trace_json,
-            lexical_only: a.lexical_only,
-            prompts: a.prompts,
-            context_tokens: a.context_tokens,
-            notes_in_system: a.notes_in_system,
-            stats: a.stats,
+/// What the person at the terminal did.
+pub(crate) enum Input {
+    /// Sent a message.
+    Message(String),
+    /// Asked to start over (`/reset`).
+    Reset,
+    /// Asked to stop (`/quit`, `/exit`, end of input).
+    Quit,
+}
+
+/// Reads the next message or command, prompting with `you> ` in a terminal; blank lines are
+/// skipped.
+pub(crate) async fn next_input(lines: &mut Lines<BufReader<Stdin>>, interactive: bool) -> anyhow::Result<Input> {
+    loop {
+        if interactive {
+            print!("you> ");
+            std::io::stdout().flush()?;
         }
+        let Some(line) = lines.next_line().await? else { return Ok(Input::Quit) };
+        return Ok(match line.trim() {
+            "" => continue,
+            "/quit" | "/exit" => Input::Quit,
+            "/reset" => Input::Reset,
+            text => Input::Message(text.to_string()),
+        });
     }
 }

@@ -78,6 +78,12 @@ pub struct TrainArgs {
     seed: u64,
 }
 
+/// The emotion classifier: MiniLM (pulled on first use) behind `head`, or the shipped head.
+pub(crate) fn classifier(head: Option<PathBuf>) -> anyhow::Result<EmotionClassifier> {
+    let head = EmotionHead::load(&head.unwrap_or_else(default_head))?;
+    Ok(EmotionClassifier::new(encoder()?, head))
+}
+
 pub(crate) fn encoder() -> anyhow::Result<SentenceEncoder> {
     let cache = ModelCache::default_location()?;
     let installed = Puller::default().pull(&cache, &preset("minilm-l6").expect("a preset"))?;
@@ -152,8 +158,7 @@ pub fn run(command: EmotionCommand) -> anyhow::Result<()> {
     match command {
         EmotionCommand::Train(args) => train(args),
         EmotionCommand::Classify { text, json, head } => {
-            let head = EmotionHead::load(&head.unwrap_or_else(default_head))?;
-            let classifier = EmotionClassifier::new(encoder()?, head);
+            let classifier = classifier(head)?;
             let reading = classifier.classify(&text)?;
             let (valence, arousal) = reading.valence_arousal();
             if json {

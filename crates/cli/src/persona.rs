@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use rapport_pipeline::card::{export_v2, export_v2_png, import_bytes};
+use rapport_pipeline::card::{export_v2, export_v2_png};
 use rapport_pipeline::PersonaLibrary;
 
-use crate::persona_chat::{load_persona, personas_dir};
+use crate::persona_chat::{import_card, load_persona, personas_dir};
 
 #[derive(Subcommand, Debug)]
 pub enum PersonaCommand {
@@ -56,11 +56,7 @@ pub fn run(command: PersonaCommand) -> anyhow::Result<()> {
             eprintln!("from {}", dir.display());
         }
         PersonaCommand::Import { card, out } => {
-            let bytes = std::fs::read(&card).with_context(|| format!("reading {}", card.display()))?;
-            let imported = import_bytes(&bytes).with_context(|| format!("importing {}", card.display()))?;
-            for w in &imported.warnings {
-                eprintln!("note: {w}");
-            }
+            let imported = import_card(&card)?;
             let toml = imported.persona.to_toml();
             match out {
                 Some(path) => {

@@ -6,25 +6,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rapport_core::SamplingParams;
-use rapport_nlu::emotion::{EmotionClassifier, EmotionHead};
-use rapport_pipeline::card::import_bytes;
+use rapport_pipeline::card::{import_bytes, ImportedCard};
 use rapport_pipeline::prompt::{NotesPlacement, Prompts, TokenBudget};
 use rapport_pipeline::{Persona, PersonaLibrary, Pipeline, PipelineConfig, TurnEvent, TurnTrace};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::backend::Backend;
-
-pub struct PersonaChatArgs {
-    pub persona: String,
-    pub personas: Option<PathBuf>,
-    pub trace: bool,
-    pub trace_json: Option<PathBuf>,
-    pub lexical_only: bool,
-    pub prompts: Option<PathBuf>,
-    pub context_tokens: usize,
-    pub notes_in_system: bool,
-    pub stats: bool,
-}
+use crate::chat::{next_input, ChatArgs, Input};
 
 /// The repository's personas, unless told otherwise.
 pub fn personas_dir(flag: Option<PathBuf>) -> PathBuf {
@@ -37,29 +25,26 @@ pub fn load_persona(name: &str, dir: &Path) -> anyhow::Result<Persona> {
     if path.is_file() {
         return match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => Ok(Persona::load(path)?),
-            _ => {
-                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                let card = import_bytes(&bytes).with_context(|| format!("importing {}", path.display()))?;
-                for w in &card.warnings {
-                    eprintln!("note: {w}");
-                }
-                Ok(card.persona)
-            }
+            _ => Ok(import_card(path)?.persona),
         };
     }
     let library = PersonaLibrary::load_dir(dir)?;
     Ok(library.get(name)?.clone())
 }
 
-/// The emotion classifier with the shipped head (pulls MiniLM on first use).
-pub fn load_classifier() -> anyhow::Result<EmotionClassifier> {
-    let head = EmotionHead::load(&crate::emotion::default_head())?;
-    Ok(EmotionClassifier::new(crate::emotion::encoder()?, head))
+/// Reads a Character Card file (JSON or PNG), telling the person what was odd about it.
+pub fn import_card(path: &Path) -> anyhow::Result<ImportedCard> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let card = import_bytes(&bytes).with_context(|| format!("importing {}", path.display()))?;
+    for w in &card.warnings {
+        eprintln!("note: {w}");
+    }
+    Ok(card)
 }
 
-pub async fn run(args: PersonaChatArgs, backend: Backend, sampling: SamplingParams) -> anyhow::Result<()> {
-    let persona = load_persona(&args.persona, &personas_dir(args.personas.clone()))?;
-    let nlu = if args.lexical_only { None } else { Some(Arc::new(tokio::task::spawn_blocking(load_classifier).await??)) };
+pub async fn run(args: &ChatArgs, persona: &str, backend: Backend, sampling: SamplingParams) -> anyhow::Result<()> {
+    let persona = load_persona(persona, &personas_dir(args.personas.clone()))?;
+    let nlu = if args.lexical_only { None } else { Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??)) };
     let prompts = match &args.prompts {
         Some(dir) => Prompts::from_dir(dir)?,
         None => Prompts::embedded(),
@@ -80,22 +65,16 @@ pub async fn run(args: PersonaChatArgs, backend: Backend, sampling: SamplingPara
     };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
-        if interactive {
-            print!("you> ");
-            std::io::stdout().flush()?;
-        }
-        let Some(line) = lines.next_line().await? else { break };
-        let line = line.trim();
-        match line {
-            "" => continue,
-            "/quit" | "/exit" => break,
-            "/reset" => {
+        let line = match next_input(&mut lines, interactive).await? {
+            Input::Quit => break,
+            Input::Reset => {
                 conversation = pipeline.start();
                 println!("{name}> {}", conversation.history[0].content);
                 continue;
             }
-            _ => {}
-        }
+            Input::Message(line) => line,
+        };
+        let line = line.as_str();
         print!("{name}> ");
         std::io::stdout().flush()?;
         let now = chrono::Local::now().fixed_offset();

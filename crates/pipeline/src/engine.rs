@@ -20,7 +20,7 @@ use crate::cleanup::{releasable, Cleaner};
 use crate::closeness::{decide, Closeness};
 use crate::context::{read_context, ContextInput};
 use crate::fewshot::FewShot;
-use crate::guards::{GuardHit, Guards, LeakDetector};
+use crate::guards::{AllowedRuns, GuardHit, Guards, LeakDetector};
 use crate::memory::Memory;
 use crate::persona::Persona;
 use crate::prompt::{assemble, NotesPlacement, PromptInput, Prompts, TokenBudget};
@@ -121,6 +121,8 @@ pub struct Pipeline {
     guards: Guards,
     prompts: Arc<Prompts>,
     cleaner: Cleaner,
+    /// What the persona may say verbatim without leaking its instructions.
+    persona_runs: AllowedRuns,
     config: PipelineConfig,
 }
 
@@ -141,7 +143,8 @@ impl Pipeline {
                 config.sampling.stop.push(stop);
             }
         }
-        Ok(Self { persona, nlu, fewshot, guards, prompts, cleaner, config })
+        let persona_runs = AllowedRuns::of(persona.public_texts().map(|(_, t)| t));
+        Ok(Self { persona, nlu, fewshot, guards, prompts, cleaner, persona_runs, config })
     }
 
     /// The persona.
@@ -216,10 +219,9 @@ impl Pipeline {
         let prompt_us = prompt_started.elapsed().as_micros() as u64;
 
         // A persona may repeat its own words and the user's; it may not recite its instructions.
-        let memory_text = assembled.memory.render().unwrap_or_default();
-        let allowed = persona.public_texts().map(|(_, t)| t).chain(std::iter::once(memory_text.as_str()));
+        let memory_runs = AllowedRuns::of(assembled.memory.render().as_deref());
         let instructions = assembled.messages.iter().filter(|m| m.role == Role::System).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
-        let leaks = LeakDetector::new(&instructions, allowed);
+        let leaks = LeakDetector::new(&instructions, &[&self.persona_runs, &memory_runs]);
         let locked_secret = match (&secret, &persona.secret) {
             (SecretStatus::Locked { .. }, Some(s)) => Some(s.value.clone()),
             _ => None,
@@ -299,23 +301,21 @@ impl Pipeline {
                     reply = draft;
                     break;
                 }
-                AttemptOutcome::Rejected { hits } => {
-                    steering = Some(hits.iter().map(GuardHit::steering).collect::<Vec<_>>().join(" "));
-                    trace.fallback = Some(format!("the draft was rejected ({})", hits.iter().map(GuardHit::code).collect::<Vec<_>>().join(", ")));
-                }
-                AttemptOutcome::Failed { kind, message } => {
-                    trace.fallback = Some(format!("generation failed ({kind}): {message}"));
-                    break;
-                }
+                AttemptOutcome::Rejected { hits } => steering = Some(hits.iter().map(GuardHit::steering).collect::<Vec<_>>().join(" ")),
+                AttemptOutcome::Failed { .. } => break,
             }
         }
         let reply = match reply {
             Some((text, vector)) => {
-                trace.fallback = None;
                 next.last_reply_vector = vector;
                 text
             }
             None => {
+                trace.fallback = trace.attempts.last().map(|a| match &a.outcome {
+                    AttemptOutcome::Rejected { hits } => format!("the draft was rejected ({})", hits.iter().map(GuardHit::code).collect::<Vec<_>>().join(", ")),
+                    AttemptOutcome::Failed { kind, message } => format!("generation failed ({kind}): {message}"),
+                    AttemptOutcome::Accepted => unreachable!("an accepted attempt gives a reply"),
+                });
                 let line = self.fallback(conversation);
                 on_event(TurnEvent::Delta(line.clone()));
                 next.last_reply_vector = None;
@@ -349,22 +349,20 @@ impl Pipeline {
         let started = Instant::now();
         let mut record = Attempt { number, steering, retries: 0, outcome: AttemptOutcome::Accepted, cleanup: Vec::new(), prompt_tokens: None, completion_tokens: None, ttft_ms: None, total_ms: 0 };
         let mut review_us = 0u64;
-        let failed = |e: &GenerationError| AttemptOutcome::Failed { kind: e.kind().to_string(), message: e.to_string() };
-        let result = loop {
-            let request = match GenerationRequest::new(prompt.clone(), self.config.sampling.clone()) {
-                Ok(r) => r,
-                Err(e) => break Err(e),
-            };
-            let drafted = self.draft(request, generator, leaks, locked_secret, on_event, &mut review_us).await;
-            match drafted {
-                Err(e) if e.is_transient() && record.retries < self.config.retries => {
-                    // Transient: the backend was busy, unreachable or slow. Wait, then again;
-                    // the wait doubles so that a struggling server is not hammered.
-                    tokio::time::sleep(self.config.backoff * 2u32.pow(record.retries)).await;
-                    record.retries += 1;
+        let result = match GenerationRequest::new(prompt, self.config.sampling.clone()) {
+            Err(e) => Err(e),
+            Ok(request) => loop {
+                let drafted = self.draft(request.clone(), generator, leaks, locked_secret, on_event, &mut review_us).await;
+                match drafted {
+                    Err(e) if e.is_transient() && record.retries < self.config.retries => {
+                        // Transient: the backend was busy, unreachable or slow. Wait, then
+                        // again; the wait doubles so that a struggling server is not hammered.
+                        tokio::time::sleep(self.config.backoff * 2u32.pow(record.retries)).await;
+                        record.retries += 1;
+                    }
+                    other => break other,
                 }
-                other => break other,
-            }
+            },
         };
         match result {
             Ok(draft) => {
@@ -385,7 +383,7 @@ impl Pipeline {
                 }
                 record.outcome = AttemptOutcome::Rejected { hits: draft.hits };
             }
-            Err(e) => record.outcome = failed(&e),
+            Err(e) => record.outcome = AttemptOutcome::Failed { kind: e.kind().to_string(), message: e.to_string() },
         }
         record.total_ms = started.elapsed().as_millis() as u64;
         (record, None, review_us)

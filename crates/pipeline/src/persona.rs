@@ -356,6 +356,14 @@ greetings = ["Hi!"]
     }
 
     #[test]
+    fn an_unknown_persona_names_the_known_ones() {
+        let mut library = PersonaLibrary::default();
+        library.insert(Persona::from_toml(MINIMAL, "ana").unwrap());
+        let err = library.get("bob").unwrap_err().to_string();
+        assert!(err.contains("'bob'") && err.contains("ana"), "{err}");
+    }
+
+    #[test]
     fn slugs_are_valid_ids() {
         assert_eq!(slug("Dr. Ana Lima"), "dr-ana-lima");
         assert_eq!(slug("!!!"), "persona");

@@ -62,6 +62,17 @@ fn no_attack_finds_the_secret_in_a_locked_prompt() {
     assert!(prompt_text(&unlocked.messages).contains(&secret));
 }
 
+#[test]
+fn a_message_too_long_for_the_budget_is_a_clear_error() {
+    let mut config = greedy_config();
+    config.budget.context_tokens = 600;
+    let p = pipeline("wedding-host", false, config);
+    let long = "word ".repeat(2000);
+    let err = p.prepare(&p.start(), &long, at(1)).unwrap_err();
+    assert!(matches!(err, rapport_pipeline::PipelineError::PromptTooLong { .. }), "{err}");
+    assert!(err.to_string().contains("too long") && err.to_string().contains("440"), "{err}");
+}
+
 fn set_state(c: &mut Conversation, stage: u8, closeness: u8) {
     use rapport_pipeline::closeness::Closeness;
     use rapport_pipeline::stage::Stage;
