@@ -25,7 +25,10 @@ fn minilm_dir() -> std::path::PathBuf {
 fn classifier() -> &'static EmotionClassifier {
     static CLASSIFIER: OnceLock<EmotionClassifier> = OnceLock::new();
     CLASSIFIER.get_or_init(|| {
-        let head = EmotionHead::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/emotion/goemotions-mlp"))
+        // The path comes from cargo at run time, not compile time: a binary reused from another
+        // checkout of the same tree would otherwise read that checkout's files.
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests");
+        let head = EmotionHead::load(&std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-mlp"))
             .expect("the trained head ships in datasets/emotion");
         EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head)
     })

@@ -14,8 +14,11 @@ use rapport_pipeline::prompt::Prompts;
 use rapport_pipeline::{Persona, PersonaLibrary, Pipeline, PipelineConfig};
 use tokio::runtime::Runtime;
 
+/// The repository's `datasets/`. Read from the environment cargo sets when it runs the test,
+/// not baked in at compile time: a test binary reused from a build in another checkout of the
+/// same tree (same sources, older mtimes) would otherwise read that checkout's files.
 pub fn datasets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")).join("../../datasets")
 }
 
 pub fn personas() -> &'static PersonaLibrary {
