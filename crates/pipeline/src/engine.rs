@@ -203,7 +203,6 @@ impl Pipeline {
         let prompt_started = Instant::now();
         let input = PromptInput {
             persona,
-            max_sentences: persona.max_sentences,
             stage: stage_state.stage.as_str(),
             decision: decision.decision.as_str(),
             reasons: decision.reasons.iter().map(|r| r.code.clone()).collect(),

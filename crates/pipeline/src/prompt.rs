@@ -62,8 +62,6 @@ impl Prompts {
 pub struct PromptInput<'a> {
     /// The persona.
     pub persona: &'a Persona,
-    /// Longest reply in sentences.
-    pub max_sentences: usize,
     /// The stage, as its name.
     pub stage: &'static str,
     /// The decision, as its name.
