@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/bootstrap.sh
+# PostgreSQL, Chromium and playwright-core for the web tests (exports their locations).
+source scripts/services.sh
 cargo build --release -p rapport
 for model in smollm2-135m minilm-l6; do
   "$RAPPORT_BIN" models pull "$model"

@@ -8,6 +8,7 @@ mod emotion;
 mod models;
 mod persona;
 mod persona_chat;
+mod serve;
 mod serve_llm;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Serve the chat app: the page, the JSON and OpenAI-compatible APIs, and the workers.
+    Serve(serve::ServeArgs),
     /// Serve a model over an OpenAI-compatible API, so other machines can generate on this one.
     ServeLlm(serve_llm::ServeLlmArgs),
     /// List, check, import and export personas (Character Cards V1/V2/V3 in, V2 out).
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             Command::Chat(args) => chat::run(args).await,
             Command::Persona { command } => persona::run(command),
             Command::Bench { command } => bench::run(command).await,
+            Command::Serve(args) => serve::run(args).await,
             Command::ServeLlm(args) => serve_llm::run(args).await,
             Command::Emotion { command } => tokio::task::block_in_place(|| emotion::run(command)),
         }

@@ -180,3 +180,5 @@ fn persona_cards_import_and_export_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("truncated PNG"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+mod web;

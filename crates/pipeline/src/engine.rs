@@ -254,6 +254,26 @@ impl Pipeline {
         Ok(PreparedTurn { messages: assembled.messages, trace, next, leaks, locked_secret })
     }
 
+    /// Rebuilds the state a conversation would have after `exchanges` (user message, the reply
+    /// the user saw), all at `now`: for clients that send the whole history each time (the
+    /// OpenAI API) instead of keeping a conversation here. Steps 1–8 run for each message; the
+    /// given replies are taken as they are.
+    pub fn replay(&self, greeting: Option<&str>, exchanges: &[(String, String)], now: DateTime<FixedOffset>) -> Result<Conversation, PipelineError> {
+        let mut conversation = self.start();
+        match greeting {
+            Some(text) => conversation.history[0].content = text.to_string(),
+            None => conversation.history.clear(),
+        }
+        for (message, reply) in exchanges {
+            let PreparedTurn { mut next, .. } = self.prepare(&conversation, message, now)?;
+            record_reply(&mut next.stage, reply);
+            next.history.push(ChatMessage::user(message.clone()));
+            next.history.push(ChatMessage::assistant(reply.clone()));
+            conversation = next;
+        }
+        Ok(conversation)
+    }
+
     fn understand(&self, message: &str, mood: &mut EmotionTrajectory) -> Result<(Option<Embedding>, EmotionView), PipelineError> {
         match &self.nlu {
             Some(nlu) => {

@@ -1,14 +1,39 @@
-//! Rapport's HTTP surface.
+//! Rapport's HTTP surface: the chat app and the workers that write its replies.
 //!
-//! Today this is the OpenAI-compatible API ([`openai`]) over any [`rapport_core::Generator`]:
-//! `rapport serve-llm` uses it to put the embedded model on the network, so that other Rapport
-//! processes (or any OpenAI client) can move generation to this machine.
+//! A request flows: [`session`] (cookie, CSRF) → [`api`] (validation, limits) → the store
+//! (message and job committed together) → 202. Then a [`worker`] claims the job, runs the
+//! pipeline, and stores the reply; [`stream`] relays the reply to the page as Server-Sent
+//! Events from wherever it is being written ([`live`] in this process, the job's saved partial
+//! text from another). [`companion`] offers the personas to OpenAI clients; [`openai`] offers a
+//! bare model (`rapport serve-llm`).
 //!
 //! # Invariants
-//! - OpenAI's wire types live only here and are converted by hand into the core's validated
-//!   [`rapport_core::GenerationRequest`]; nothing below this crate sees HTTP or JSON DTOs.
-//! - Every error leaves as one JSON shape, `{"error": {"message", "type"}}`, with the status
-//!   chosen in one place ([`openai::ApiError`]).
+//! - A message is acknowledged only after it and its job are committed: a crash after the 202
+//!   loses nothing, and the job is picked up again.
+//! - Handlers never run the model; only workers (and the OpenAI endpoints, through the same
+//!   generation slots) do, so the number of replies written at once is bounded.
+//! - Every conversation read or write goes through the session's id; another session's ids
+//!   read as not found.
+//! - Every error leaves as `{"error": {"message", "type"}}` (axum's own rejections included).
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod app;
+pub mod companion;
+pub mod error;
+pub mod limits;
+pub mod live;
+pub mod metrics;
 pub mod openai;
+pub mod page;
+pub mod personas;
+pub mod practice;
+pub mod session;
+pub mod state;
+pub mod stream;
+pub mod worker;
+
+pub use app::{router, serve};
+pub use limits::RateLimit;
+pub use personas::Personas;
+pub use state::{AppConfig, AppState};

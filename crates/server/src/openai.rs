@@ -56,7 +56,7 @@ pub fn router(state: OpenAiState) -> Router {
 pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl ApiError {
@@ -84,9 +84,9 @@ impl IntoResponse for ApiError {
 }
 
 #[derive(Deserialize)]
-struct WireMessage {
-    role: String,
-    content: Value,
+pub(crate) struct WireMessage {
+    pub(crate) role: String,
+    pub(crate) content: Value,
 }
 
 #[derive(Deserialize)]
@@ -127,7 +127,7 @@ struct ChatCompletionRequest {
 }
 
 /// Text content: a string, or OpenAI's list of `{"type":"text","text":…}` parts.
-fn content_text(content: &Value) -> Result<String, ApiError> {
+pub(crate) fn content_text(content: &Value) -> Result<String, ApiError> {
     match content {
         Value::String(s) => Ok(s.clone()),
         Value::Array(parts) => parts
@@ -202,7 +202,7 @@ impl ChatCompletionRequest {
     }
 }
 
-fn finish_reason(reason: &StopReason) -> &str {
+pub(crate) fn finish_reason(reason: &StopReason) -> &str {
     match reason {
         StopReason::Stop => "stop",
         StopReason::Length => "length",
@@ -211,7 +211,7 @@ fn finish_reason(reason: &StopReason) -> &str {
     }
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -275,7 +275,7 @@ async fn models(State(state): State<OpenAiState>) -> Json<Value> {
 }
 
 /// A request id: unique enough to tell requests apart in logs, with no RNG dependency.
-fn rand_id() -> u64 {
+pub(crate) fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));

@@ -1,0 +1,554 @@
+//! `rapport serve` as people and programs use it: a real server process on loopback, real
+//! SQLite and PostgreSQL, the SmolLM2 model, and Chromium for the page.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+/// One server at a time: each loads the model, and two on 2 cores make every reply slow.
+static ONE_SERVER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serialised() -> std::sync::MutexGuard<'static, ()> {
+    ONE_SERVER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A running `rapport serve`.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(database_url: &str, extra: &[&str]) -> Server {
+        super::ensure_smollm2();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rapport"))
+            .args(["serve", "--model", "smollm2-135m", "--listen", "127.0.0.1:0", "--database-url", database_url])
+            // Short replies keep the tests quick, unless a test needs a long one.
+            .args(if extra.contains(&"--max-tokens") { &[][..] } else { &["--max-tokens", "40"][..] })
+            .args(extra)
+            .env("RAPPORT_LOG", "warn")
+            .env("RAPPORT_DATASETS", datasets())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let base = rx.recv_timeout(Duration::from_secs(300)).expect("the server printed its address");
+        Server { child, base }
+    }
+
+    fn kill(&mut self) {
+        // SIGKILL: no shutdown hook runs, as in a crash or an OOM kill.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait: the clean shutdown path.
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn datasets() -> PathBuf {
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../datasets")
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("rapport.db").display())
+}
+
+/// A fresh database on the test PostgreSQL (scripts/test.sh starts it and sets the URL).
+async fn postgres_url() -> String {
+    let url = std::env::var("RAPPORT_TEST_POSTGRES_URL").expect("RAPPORT_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
+    let admin = rapport_store::Store::connect(&url).await.unwrap();
+    let name = format!("rapport_web_{}_{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand_u64());
+    admin.execute_admin(&format!("CREATE DATABASE {name}")).await.unwrap();
+    format!("{}/{name}", url.rsplit_once('/').unwrap().0)
+}
+
+fn rand_u64() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_007
+}
+
+/// A browser's view of the API: its cookie and CSRF token.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+impl Client {
+    async fn new(base: &str) -> Client {
+        let http = reqwest::Client::new();
+        let response = http.get(format!("{base}/api/session")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let set_cookie = response.headers().get("set-cookie").expect("a new session gets a cookie").to_str().unwrap().to_string();
+        for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(set_cookie.contains(attribute), "{set_cookie}");
+        }
+        let token = set_cookie.split(';').next().unwrap().strip_prefix("rapport_session=").unwrap().to_string();
+        assert_eq!(token.len(), 32, "128 random bits in hex");
+        let body: Value = response.json().await.unwrap();
+        Client { http, base: base.to_string(), cookie: format!("rapport_session={token}"), csrf: body["csrf_token"].as_str().unwrap().to_string() }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.request(reqwest::Method::GET, path).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.request(reqwest::Method::POST, path).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn create(&self, persona: &str) -> String {
+        let (status, body) = self.post("/api/conversations", json!({"persona": persona})).await;
+        assert_eq!(status, 201, "{body}");
+        body["conversation"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Reads the reply stream until `done` or `failed`; returns the events (name, data).
+    async fn events(&self, conversation: &str, job: &str) -> Vec<(String, Value)> {
+        let response = self.request(reqwest::Method::GET, &format!("/api/conversations/{conversation}/events?job={job}")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        read_events(response, |name| name == "done" || name == "failed", Duration::from_secs(240)).await
+    }
+}
+
+async fn read_events(response: reqwest::Response, last: impl Fn(&str) -> bool, limit: Duration) -> Vec<(String, Value)> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("the stream ended in time");
+        let Some(chunk) = chunk else { return events };
+        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut name = "message".to_string();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if data.is_empty() {
+                continue; // keep-alive comment
+            }
+            let value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+            let done = last(&name);
+            events.push((name, value));
+            if done {
+                return events;
+            }
+        }
+    }
+}
+
+fn names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+/// The conversation API, once per database.
+async fn chat_through_the_api(base: &str) {
+    let me = Client::new(base).await;
+    let (status, personas) = me.get("/api/personas").await;
+    assert_eq!(status, 200);
+    assert!(personas["personas"].as_array().unwrap().iter().any(|p| p["id"] == "wedding-host"), "{personas}");
+    let id = me.create("wedding-host").await;
+    let (_, opened) = me.get(&format!("/api/conversations/{id}")).await;
+    assert_eq!(opened["messages"].as_array().unwrap().len(), 1, "the greeting");
+
+    // Posted with a key; the retry of the same request creates nothing new.
+    let post = |key: &'static str, content: &'static str| me.request(reqwest::Method::POST, &format!("/api/conversations/{id}/messages")).header("idempotency-key", key).json(&json!({"content": content, "utc_offset_min": 120}));
+    let first = post("k1", "Hi Margot! Lovely party. How do you know the couple?").send().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = post("k1", "Hi Margot! Lovely party. How do you know the couple?").send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["message"]["id"], first["message"]["id"]);
+    assert_eq!(again["job"]["id"], first["job"]["id"]);
+    assert_eq!(again["duplicate"], true);
+    assert!(first["queue"]["position"].as_i64().is_some(), "{first}");
+    // A second message while the reply is being written is refused, not queued behind it.
+    let busy = post("k2", "hello?").send().await.unwrap();
+    assert_eq!(busy.status(), 409);
+
+    let job = first["job"]["id"].as_str().unwrap();
+    let events = me.events(&id, job).await;
+    let seen = names(&events);
+    assert_eq!(seen.last(), Some(&"done"), "{events:?}");
+    assert!(seen.contains(&"prepared"), "the practice view arrives before the reply: {seen:?}");
+    let streamed: String = events.iter().filter(|(n, _)| n == "delta").map(|(_, v)| v["text"].as_str().unwrap()).collect();
+    let (_, done) = events.last().unwrap();
+    let reply = done["message"]["content"].as_str().unwrap();
+    assert!(!reply.trim().is_empty());
+    assert!(streamed.is_empty() || reply.starts_with(streamed.trim_end()) || streamed.contains(reply), "streamed {streamed:?} vs stored {reply:?}");
+    assert!(done["practice"]["stage"]["to"].is_string() && done["practice"]["closeness"]["reasons"].is_array(), "{done}");
+
+    // Stored: greeting, message, reply; the trace is there.
+    let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
+    let messages = convo["messages"].as_array().unwrap();
+    assert_eq!(messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(), ["assistant", "user", "assistant"]);
+    assert_eq!(messages[2]["content"].as_str().unwrap(), reply);
+    let reply_id = messages[2]["id"].as_str().unwrap();
+    let (status, trace) = me.get(&format!("/api/conversations/{id}/messages/{reply_id}/trace")).await;
+    assert_eq!(status, 200);
+    assert_eq!(trace["trace"]["turn"], 1);
+    assert!(trace["trace"]["timings_us"]["prepare"].as_u64().unwrap() > 0);
+
+    // Regenerate: a second alternative; the first can be chosen back.
+    let (status, regen) = me.post(&format!("/api/conversations/{id}/regenerate"), json!({})).await;
+    assert_eq!(status, 202, "{regen}");
+    let events = me.events(&id, regen["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(names(&events).last(), Some(&"done"));
+    let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
+    assert_eq!(convo["messages"][2]["alternatives"], 2);
+    assert_eq!(convo["messages"][2]["alternative"], 1);
+    let (status, chosen) = me.post(&format!("/api/conversations/{id}/alternatives"), json!({"seq": 2, "alternative": 0})).await;
+    assert_eq!(status, 200);
+    assert_eq!(chosen["message"]["content"].as_str().unwrap(), reply);
+
+    // Export has every alternative and its trace.
+    let (status, export) = me.get(&format!("/api/conversations/{id}/export")).await;
+    assert_eq!(status, 200);
+    let replies: Vec<&Value> = export["messages"].as_array().unwrap().iter().filter(|m| m["seq"] == 2).collect();
+    assert_eq!(replies.len(), 2);
+    assert!(replies.iter().all(|m| m["trace"]["reply"].is_string()));
+
+    // Another session cannot see, write or delete it.
+    let stranger = Client::new(base).await;
+    assert_eq!(stranger.get(&format!("/api/conversations/{id}")).await.0, 404);
+    assert_eq!(stranger.post(&format!("/api/conversations/{id}/messages"), json!({"content": "hi"})).await.0, 404);
+    assert_eq!(stranger.request(reqwest::Method::DELETE, &format!("/api/conversations/{id}")).send().await.unwrap().status(), 404);
+    assert!(stranger.get("/api/conversations").await.1["conversations"].as_array().unwrap().is_empty());
+
+    // A Character Card imported by this session is its own: listed, usable, invisible to others.
+    let card = json!({"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Robin", "description": "Robin tends the community garden and loves to talk about tomatoes.",
+        "personality": "warm, curious", "scenario": "", "first_mes": "Oh hi! Mind the seedlings. I'm Robin.", "mes_example": "", "creator_notes": "", "system_prompt": "",
+        "post_history_instructions": "", "alternate_greetings": [], "tags": [], "creator": "", "character_version": "1", "extensions": {}}});
+    let r = me.request(reqwest::Method::POST, "/api/personas/import").header("content-type", "application/octet-stream").body(card.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let imported: Value = r.json().await.unwrap();
+    let robin = imported["persona"]["id"].as_str().unwrap().to_string();
+    assert!(robin.starts_with("robin-"), "{imported}");
+    let (_, mine) = me.get("/api/personas").await;
+    assert!(mine["personas"].as_array().unwrap().iter().any(|p| p["id"] == robin.as_str() && p["imported"] == true));
+    let (_, theirs) = stranger.get("/api/personas").await;
+    assert!(!theirs["personas"].as_array().unwrap().iter().any(|p| p["id"] == robin.as_str()));
+    assert_eq!(stranger.post("/api/conversations", json!({"persona": robin})).await.0, 404);
+    let (status, opened) = me.post("/api/conversations", json!({"persona": robin})).await;
+    assert_eq!(status, 201);
+    assert_eq!(opened["messages"][0]["content"], "Oh hi! Mind the seedlings. I'm Robin.");
+    let r = me.request(reqwest::Method::POST, "/api/personas/import").body("not a card").send().await.unwrap();
+    assert_eq!(r.status(), 422);
+
+    // Delete.
+    assert_eq!(me.request(reqwest::Method::DELETE, &format!("/api/conversations/{id}")).send().await.unwrap().status(), 204);
+    assert_eq!(me.get(&format!("/api/conversations/{id}")).await.0, 404);
+}
+
+#[test]
+fn chat_through_the_api_on_sqlite() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_url(dir.path()), &[]);
+    rt().block_on(chat_through_the_api(&server.base));
+}
+
+#[test]
+fn chat_through_the_api_on_postgres() {
+    let _one = serialised();
+    let rt = rt();
+    let url = rt.block_on(postgres_url());
+    let server = Server::start(&url, &[]);
+    rt.block_on(chat_through_the_api(&server.base));
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_service_endpoints_answer() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_url(dir.path()), &["--rate-burst", "2", "--rate-per-minute", "2", "--max-message-chars", "50"]);
+    rt().block_on(async {
+        let base = &server.base;
+        let me = Client::new(base).await;
+        let id = me.create("flirt-partner").await;
+        let path = format!("/api/conversations/{id}/messages");
+        let http = reqwest::Client::new();
+
+        // CSRF: the cookie alone does not authorise a write.
+        let r = http.post(format!("{base}{path}")).header("cookie", &me.cookie).json(&json!({"content": "hi"})).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let e: Value = r.json().await.unwrap();
+        assert!(e["error"]["message"].as_str().unwrap().contains("X-CSRF-Token"), "{e}");
+        // Without a session at all, a write is refused and makes no session.
+        let r = http.post(format!("{base}/api/conversations")).json(&json!({"persona": "flirt-partner"})).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(r.headers().get("set-cookie").is_none());
+
+        // Too long: 422 naming the limit. Empty: 422. Unknown field: 422 naming it.
+        let (status, e) = me.post(&path, json!({"content": "x".repeat(51)})).await;
+        assert_eq!(status, 422);
+        assert!(e["error"]["message"].as_str().unwrap().contains("limit is 50 characters"), "{e}");
+        assert_eq!(me.post(&path, json!({"content": "   "})).await.0, 422);
+        let (status, e) = me.post(&path, json!({"content": "hi", "colour": "red"})).await;
+        assert_eq!(status, 422);
+        assert!(e["error"]["message"].as_str().unwrap().contains("colour"), "{e}");
+        // Body too large: 413, as JSON.
+        let r = me.request(reqwest::Method::POST, &path).header("content-type", "application/json").body(vec![b' '; 100 * 1024]).send().await.unwrap();
+        assert_eq!(r.status(), 413);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["type"], "payload_too_large");
+        // Unknown persona, unknown conversation.
+        assert_eq!(me.post("/api/conversations", json!({"persona": "nobody"})).await.0, 404);
+        assert_eq!(me.get("/api/conversations/0123456789abcdef0123456789abcdef").await.0, 404);
+
+        // Rate limit: a burst of 2, then 429 with Retry-After. (Each conversation takes its own
+        // first message, so the 409 of an open reply does not get in the way.)
+        let mut statuses = Vec::new();
+        let mut retry_after = None;
+        for _ in 0..3 {
+            let id = me.create("flirt-partner").await;
+            let r = me.request(reqwest::Method::POST, &format!("/api/conversations/{id}/messages")).json(&json!({"content": "hello"})).send().await.unwrap();
+            statuses.push(r.status().as_u16());
+            if let Some(v) = r.headers().get("retry-after") {
+                retry_after = Some(v.to_str().unwrap().parse::<u64>().unwrap());
+            }
+        }
+        assert_eq!(statuses, [202, 202, 429]);
+        assert!(retry_after.is_some_and(|s| (1..=60).contains(&s)), "{retry_after:?}");
+
+        // The page escapes nothing of its own wrongly and carries the CSRF token.
+        let page = me.request(reqwest::Method::GET, "/").send().await.unwrap().text().await.unwrap();
+        assert!(page.contains(&format!("content=\"{}\"", me.csrf)));
+
+        // Health, readiness, metrics, OpenAPI.
+        assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap(), "ok");
+        assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+        let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        for series in ["rapport_http_requests_total{route=\"/api/conversations/{id}/messages\",method=\"POST\",status=\"429\"} 1", "rapport_queue_depth{state=\"queued\"}", "# TYPE rapport_ttft_seconds histogram"] {
+            assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
+        }
+        let openapi: Value = http.get(format!("{base}/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+        // Every documented route exists: a GET or POST to it is not a 404 from the fallback.
+        for (path, ops) in openapi["paths"].as_object().unwrap() {
+            let concrete = path.replace("{id}", &id).replace("{job}", "x").replace("{message}", "x");
+            for method in ops.as_object().unwrap().keys() {
+                let r = me.request(method.parse().unwrap(), &concrete).send().await.unwrap();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                assert_ne!(body["error"]["message"], "route not found", "{method} {path} is documented but not routed");
+                if method == "get" && path.ends_with("/events") {
+                    break;
+                }
+            }
+        }
+
+        // The OpenAI-compatible API: personas are models.
+        let models: Value = http.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
+        let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert!(ids.contains(&"wedding-host") && ids.contains(&"creator"), "{ids:?}");
+        let r = http.post(format!("{base}/v1/chat/completions")).json(&json!({"model": "nobody", "messages": [{"role": "user", "content": "hi"}]})).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["type"], "model_not_found");
+    });
+}
+
+#[test]
+fn openai_clients_chat_with_a_persona() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_url(dir.path()), &["--api-key", "sekret"]);
+    rt().block_on(async {
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/chat/completions", server.base);
+        let history = json!([
+            {"role": "system", "content": "ignored: the persona is the system prompt"},
+            {"role": "assistant", "content": "Hi, I'm Margot! Welcome to the party."},
+            {"role": "user", "content": "Thanks! I'm Sam, a friend of the groom."},
+            {"role": "assistant", "content": "Lovely to meet you, Sam."},
+            {"role": "user", "content": "What do you do when you're not hosting?"}
+        ]);
+        let r = http.post(&url).json(&json!({"model": "wedding-host", "messages": history})).send().await.unwrap();
+        assert_eq!(r.status(), 401, "the key is required");
+        let r = http.post(&url).bearer_auth("sekret").json(&json!({"model": "wedding-host", "messages": history, "temperature": 0.7})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["object"], "chat.completion");
+        assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().trim().is_empty(), "{body}");
+        assert_eq!(body["rapport"]["practice"]["turn"], 2, "the earlier exchange was replayed: {body}");
+
+        let r = http.post(&url).bearer_auth("sekret").json(&json!({"model": "wedding-host", "messages": history, "stream": true})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let events = read_events(r, |_| false, Duration::from_secs(240)).await;
+        let chunks: Vec<&Value> = events.iter().map(|(_, v)| v).filter(|v| v["object"] == "chat.completion.chunk").collect();
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+        let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        assert!(!text.trim().is_empty());
+        assert_eq!(events.last().unwrap().1, Value::String("[DONE]".into()));
+    });
+}
+
+#[test]
+fn two_processes_on_one_postgres_share_conversations_and_never_run_a_job_twice() {
+    let _one = serialised();
+    let rt = rt();
+    let url = rt.block_on(postgres_url());
+    let a = Server::start(&url, &[]);
+    let b = Server::start(&url, &[]);
+    rt.block_on(async {
+        // A conversation started on A …
+        let on_a = Client::new(&a.base).await;
+        let id = on_a.create("wedding-host").await;
+        // … is resumed on B with the same cookie (a balancer may send any request anywhere).
+        let on_b = Client { http: reqwest::Client::new(), base: b.base.clone(), cookie: on_a.cookie.clone(), csrf: on_a.csrf.clone() };
+        let mut jobs = Vec::new();
+        for (i, (writer, reader)) in [(&on_a, &on_b), (&on_b, &on_a), (&on_a, &on_b)].into_iter().enumerate() {
+            let (status, posted) = writer.post(&format!("/api/conversations/{id}/messages"), json!({"content": format!("Message number {i}: tell me about the wedding.")})).await;
+            assert_eq!(status, 202, "{posted}");
+            let job = posted["job"]["id"].as_str().unwrap().to_string();
+            // Followed from the other process, which may or may not be the one writing it.
+            let events = reader.events(&id, &job).await;
+            assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
+            jobs.push(job);
+        }
+        let (_, convo) = on_b.get(&format!("/api/conversations/{id}")).await;
+        let roles: Vec<&str> = convo["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["assistant", "user", "assistant", "user", "assistant", "user", "assistant"]);
+        assert!(convo["messages"].as_array().unwrap().iter().all(|m| m["alternatives"] == 1), "no reply written twice");
+        for job in &jobs {
+            let (_, j) = on_a.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
+            assert_eq!(j["job"]["attempts"], 1, "each job claimed once: {j}");
+        }
+    });
+    drop((a, b));
+}
+
+#[test]
+fn a_server_killed_mid_reply_finishes_it_after_restart() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let lease = ["--lease-secs", "3", "--max-tokens", "120"];
+    let mut first = Server::start(&url, &lease);
+    let rt = rt();
+    let (me, id, job) = rt.block_on(async {
+        let me = Client::new(&first.base).await;
+        let id = me.create("wedding-host").await;
+        let (status, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({"content": "Tell me a long story about how you met the bride, with every detail."})).await;
+        assert_eq!(status, 202);
+        let job = posted["job"]["id"].as_str().unwrap().to_string();
+        // Wait until the reply is being written (steps done, model running).
+        let r = me.request(reqwest::Method::GET, &format!("/api/conversations/{id}/events?job={job}")).send().await.unwrap();
+        let seen = read_events(r, |n| n == "prepared" || n == "delta" || n == "done", Duration::from_secs(120)).await;
+        assert_ne!(names(&seen).last(), Some(&"done"), "the reply finished before the kill; make it longer");
+        (me, id, job)
+    });
+    first.kill();
+
+    let second = Server::start(&url, &lease);
+    rt.block_on(async {
+        let me = Client { base: second.base.clone(), ..me };
+        let events = me.events(&id, &job).await;
+        assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
+        let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
+        let messages = convo["messages"].as_array().unwrap();
+        assert_eq!(messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(), ["assistant", "user", "assistant"], "the message once, one reply");
+        assert_eq!(messages[1]["content"], "Tell me a long story about how you met the bride, with every detail.");
+        assert_eq!(messages[2]["alternatives"], 1);
+        let (_, j) = me.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
+        assert_eq!(j["job"]["status"], "done");
+        assert_eq!(j["job"]["attempts"], 2, "claimed by the killed process, then once more: {j}");
+    });
+}
+
+#[test]
+fn a_clean_shutdown_puts_the_reply_back_in_the_queue() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let mut first = Server::start(&url, &["--max-tokens", "120"]);
+    let rt = rt();
+    let (me, id, job) = rt.block_on(async {
+        let me = Client::new(&first.base).await;
+        let id = me.create("wedding-host").await;
+        let (_, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({"content": "Tell me everything about the venue, in detail."})).await;
+        let job = posted["job"]["id"].as_str().unwrap().to_string();
+        let r = me.request(reqwest::Method::GET, &format!("/api/conversations/{id}/events?job={job}")).send().await.unwrap();
+        read_events(r, |n| n == "prepared" || n == "done", Duration::from_secs(120)).await;
+        (me, id, job)
+    });
+    first.stop();
+    let second = Server::start(&url, &[]);
+    rt.block_on(async {
+        let me = Client { base: second.base.clone(), ..me };
+        let (_, j) = me.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
+        // Released, not left to expire: the new process takes it at once (or has already).
+        assert_ne!(j["job"]["status"], "failed", "{j}");
+        let events = me.events(&id, &job).await;
+        assert_eq!(names(&events).last(), Some(&"done"));
+        let (_, j) = me.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
+        assert_eq!(j["job"]["attempts"], 1, "handed back, not expired and taken over: {j}");
+    });
+}
+
+#[test]
+fn the_chat_page_works_in_chromium() {
+    let _one = serialised();
+    let chromium = std::env::var("RAPPORT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let script = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../web/tests/chat.mjs");
+    assert!(Path::new(&chromium).exists(), "{chromium} is missing: scripts/test.sh installs Debian's chromium");
+    assert!(script.with_file_name("node_modules").join("playwright-core").exists(), "web/tests/node_modules is missing: scripts/test.sh runs npm ci there");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_url(dir.path()), &[]);
+    let shots = std::env::var("RAPPORT_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|_| dir.path().to_path_buf());
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node").arg(&script).env("RAPPORT_URL", &server.base).env("CHROMIUM", &chromium).env("SCREENSHOTS", &shots).output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser test failed:\n{log}");
+    assert!(log.contains("PASS"), "{log}");
+    assert!(shots.join("chat.png").metadata().unwrap().len() > 10_000, "a real screenshot");
+}

@@ -1,0 +1,230 @@
+//! The JSON API the page uses (and any script may): personas, conversations, messages,
+//! regeneration and alternatives, the reply stream, traces, export.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use rapport_store::{ConversationId, JobId, MessageId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{AppError, AppResult};
+use crate::practice::practice_view;
+use crate::session::CurrentSession;
+use crate::state::AppState;
+use crate::stream::{follow, queue_view};
+
+/// `GET /api/session`: the CSRF token writes must carry, and the limits.
+pub async fn session(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>) -> Json<Value> {
+    Json(json!({"csrf_token": session.csrf, "max_message_chars": app.config.max_message_chars}))
+}
+
+/// `GET /api/personas`.
+pub async fn personas(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>) -> AppResult<Json<Value>> {
+    Ok(Json(json!({"personas": app.personas.visible_to(&app.store, &session.id).await?})))
+}
+
+/// `POST /api/personas/import`: the body is a Character Card, JSON or PNG.
+pub async fn import_persona(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, body: Bytes) -> AppResult<Response> {
+    if body.is_empty() {
+        return Err(AppError::unprocessable("the body is empty: send the card file (JSON or PNG) as the request body"));
+    }
+    let (persona, warnings) = app.personas.import(&app.store, &session.id, &body).await?;
+    Ok((StatusCode::CREATED, Json(json!({"persona": persona, "warnings": warnings}))).into_response())
+}
+
+/// `GET /api/conversations`.
+pub async fn list(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>) -> AppResult<Json<Value>> {
+    Ok(Json(json!({"conversations": app.store.list_conversations(&session.id).await?})))
+}
+
+/// Body of `POST /api/conversations`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConversation {
+    persona: String,
+}
+
+/// `POST /api/conversations`: a new conversation, opened with the persona's greeting.
+pub async fn create(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, body: Result<Json<NewConversation>, axum::extract::rejection::JsonRejection>) -> AppResult<Response> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let persona = app.personas.persona(&app.store, &body.persona, Some(&session.id)).await?;
+    let pipeline = app.personas.pipeline(&app.store, &persona.id).await?;
+    let start = pipeline.start();
+    let greeting = start.history.first().map(|m| m.content.clone()).unwrap_or_default();
+    let state = serde_json::to_string(&start).map_err(AppError::internal)?;
+    let conversation = app.store.create_conversation(&session.id, &persona.id, &greeting, &state).await?;
+    let messages = app.store.messages(&conversation.id).await?;
+    Ok((StatusCode::CREATED, Json(json!({"conversation": conversation, "messages": messages, "job": null}))).into_response())
+}
+
+/// `GET /api/conversations/{id}`: the conversation, its messages, the reply being written.
+pub async fn get(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<Json<Value>> {
+    let id = ConversationId(id);
+    let conversation = app.store.conversation(&session.id, &id).await?;
+    let messages = app.store.messages(&id).await?;
+    let job = app.store.latest_job(&id).await?;
+    // The practice panel shows the last turn's reading on reload.
+    let practice = match messages.iter().rev().find(|m| m.has_trace) {
+        Some(m) => app.store.trace(&id, &m.id).await.ok().and_then(|t| serde_json::from_str(&t).ok()).map(|t| practice_view(&t)),
+        None => None,
+    };
+    Ok(Json(json!({"conversation": conversation, "messages": messages, "job": job, "practice": practice})))
+}
+
+/// `DELETE /api/conversations/{id}`.
+pub async fn delete(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<StatusCode> {
+    app.store.delete_conversation(&session.id, &ConversationId(id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/conversations/{id}/export`: everything, as a JSON download.
+pub async fn export(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<Response> {
+    let export = app.store.export(&session.id, &ConversationId(id.clone())).await?;
+    let mut response = Json(export).into_response();
+    if let Ok(v) = format!("attachment; filename=\"rapport-{id}.json\"").parse() {
+        response.headers_mut().insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
+/// Body of `POST /api/conversations/{id}/messages`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    content: String,
+    /// The writer's offset from UTC in minutes (JavaScript's `-getTimezoneOffset()`), so that
+    /// "good evening" fits their evening.
+    #[serde(default)]
+    utc_offset_min: i64,
+}
+
+/// `POST /api/conversations/{id}/messages`: stores the message and queues its reply. 202 with
+/// the message, the job and the queue position; 200 with the same when the `Idempotency-Key`
+/// was seen before.
+pub async fn post_message(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<NewMessage>, axum::extract::rejection::JsonRejection>,
+) -> AppResult<Response> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let id = ConversationId(id);
+    app.store.conversation(&session.id, &id).await?;
+    let content = body.content.trim();
+    let chars = content.chars().count();
+    if chars == 0 {
+        return Err(AppError::unprocessable("the message is empty"));
+    }
+    if chars > app.config.max_message_chars {
+        return Err(AppError::unprocessable(format!("the message is {chars} characters long; the limit is {} characters", app.config.max_message_chars)));
+    }
+    if !(-14 * 60..=14 * 60).contains(&body.utc_offset_min) {
+        return Err(AppError::unprocessable("utc_offset_min must be between -840 and 840"));
+    }
+    let key = idempotency_key(&headers)?;
+    // A retry with a known key is answered before the limiter: retries must not cost a token.
+    if key.is_none() || !app.store.has_idempotency_key(&id, key.as_deref().unwrap_or_default()).await? {
+        limit(&app, &session.id)?;
+    }
+    let posted = app.store.post_message(&id, content, key.as_deref(), body.utc_offset_min).await?;
+    if !posted.duplicate {
+        app.queued.notify_one();
+    }
+    let queue = queue_view(&app, &posted.job).await;
+    let status = if posted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(json!({"message": posted.message, "job": posted.job, "queue": queue, "duplicate": posted.duplicate}))).into_response())
+}
+
+/// A body that is not the JSON a route takes: axum's status (400 bad syntax, 415 wrong content
+/// type, 422 wrong shape, 413 too large) with its explanation.
+fn json_rejection(e: axum::extract::rejection::JsonRejection) -> AppError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large");
+    }
+    AppError::new(e.status(), "invalid_request_error", e.body_text())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| AppError::bad_request("Idempotency-Key must be ASCII"))?.trim();
+    if key.is_empty() || key.len() > 200 {
+        return Err(AppError::bad_request("Idempotency-Key must be 1 to 200 characters"));
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn limit(app: &AppState, session: &rapport_store::SessionId) -> AppResult<()> {
+    app.limiter.take(session).map_err(|wait| {
+        let seconds = wait.as_secs_f64().ceil() as u64;
+        let mut e = AppError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many messages: wait {seconds} s (the limit is {} per minute)", app.config.rate.per_minute));
+        e.retry_after = Some(seconds.max(1));
+        e
+    })
+}
+
+/// `POST /api/conversations/{id}/regenerate`: another reply to the last message.
+pub async fn regenerate(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<Response> {
+    let id = ConversationId(id);
+    app.store.conversation(&session.id, &id).await?;
+    limit(&app, &session.id)?;
+    let job = app.store.regenerate(&id).await?;
+    app.queued.notify_one();
+    let queue = queue_view(&app, &job).await;
+    Ok((StatusCode::ACCEPTED, Json(json!({"job": job, "queue": queue}))).into_response())
+}
+
+/// Body of `POST /api/conversations/{id}/alternatives`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Choice {
+    seq: i64,
+    alternative: i64,
+}
+
+/// `POST /api/conversations/{id}/alternatives`: show another alternative of the last reply.
+pub async fn choose(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>, body: Result<Json<Choice>, axum::extract::rejection::JsonRejection>) -> AppResult<Json<Value>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let id = ConversationId(id);
+    app.store.conversation(&session.id, &id).await?;
+    Ok(Json(json!({"message": app.store.choose_alternative(&id, body.seq, body.alternative).await?})))
+}
+
+/// `GET /api/conversations/{id}/jobs/{job}`: a job and its place in the queue.
+pub async fn job(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path((id, job)): Path<(String, String)>) -> AppResult<Json<Value>> {
+    let id = ConversationId(id);
+    app.store.conversation(&session.id, &id).await?;
+    let job = app.store.job(&id, &JobId(job)).await?;
+    let queue = queue_view(&app, &job).await;
+    Ok(Json(json!({"job": job, "queue": queue})))
+}
+
+/// Query of the events stream.
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    job: Option<String>,
+}
+
+/// `GET /api/conversations/{id}/events[?job=…]`: SSE of a reply (by default the latest job).
+pub async fn events(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>, Query(q): Query<EventsQuery>) -> AppResult<Response> {
+    let id = ConversationId(id);
+    app.store.conversation(&session.id, &id).await?;
+    let job = match q.job {
+        Some(job) => app.store.job(&id, &JobId(job)).await?.id,
+        None => app.store.latest_job(&id).await?.ok_or(AppError::not_found("job"))?.id,
+    };
+    Ok(follow(app, id, job).into_response())
+}
+
+/// `GET /api/conversations/{id}/messages/{message}/trace`: the pipeline's trace of a reply and
+/// its practice view.
+pub async fn trace(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path((id, message)): Path<(String, String)>) -> AppResult<Json<Value>> {
+    let id = ConversationId(id);
+    app.store.conversation(&session.id, &id).await?;
+    let text = app.store.trace(&id, &MessageId(message)).await?;
+    let trace: rapport_pipeline::TurnTrace = serde_json::from_str(&text).map_err(AppError::internal)?;
+    Ok(Json(json!({"practice": practice_view(&trace), "trace": trace})))
+}

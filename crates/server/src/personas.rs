@@ -1,0 +1,112 @@
+//! The personas the app offers — the shipped ones and the Character Cards each session
+//! imported — and one ready [`Pipeline`] per persona, built on first use.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rapport_nlu::emotion::EmotionClassifier;
+use rapport_pipeline::prompt::Prompts;
+use rapport_pipeline::{Persona, PersonaLibrary, Pipeline, PipelineConfig, PipelineError};
+use rapport_store::{SessionId, Store, StoredPersona};
+use serde::Serialize;
+
+use crate::error::{AppError, AppResult};
+
+/// What the persona picker shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct PersonaSummary {
+    /// The id (also the OpenAI `model` name of shipped personas).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Who they are.
+    pub bio: String,
+    /// How they open.
+    pub greeting: String,
+    /// Whether the persona plays the secret game.
+    pub has_secret: bool,
+    /// Imported by this session (not shipped).
+    pub imported: bool,
+}
+
+impl PersonaSummary {
+    fn of(persona: &Persona, imported: bool) -> Self {
+        Self { id: persona.id.clone(), name: persona.name.clone(), bio: persona.bio.clone(), greeting: persona.greeting().to_string(), has_secret: persona.secret.is_some(), imported }
+    }
+}
+
+/// Personas and their pipelines.
+pub struct Personas {
+    shipped: PersonaLibrary,
+    nlu: Option<Arc<EmotionClassifier>>,
+    prompts: Arc<Prompts>,
+    config: PipelineConfig,
+    pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
+}
+
+impl Personas {
+    /// The shipped `library`, run with `nlu`, `prompts` and `config`.
+    pub fn new(shipped: PersonaLibrary, nlu: Option<Arc<EmotionClassifier>>, prompts: Arc<Prompts>, config: PipelineConfig) -> Self {
+        Self { shipped, nlu, prompts, config, pipelines: Mutex::new(HashMap::new()) }
+    }
+
+    /// The shipped personas.
+    pub fn shipped(&self) -> impl Iterator<Item = &Persona> {
+        self.shipped.iter()
+    }
+
+    /// What `session` may pick: the shipped personas, then its own imports.
+    pub async fn visible_to(&self, store: &Store, session: &SessionId) -> AppResult<Vec<PersonaSummary>> {
+        let mut out: Vec<PersonaSummary> = self.shipped.iter().map(|p| PersonaSummary::of(p, false)).collect();
+        for stored in store.personas_of(session).await? {
+            out.push(PersonaSummary::of(&parse(&stored)?, true));
+        }
+        Ok(out)
+    }
+
+    /// The persona `id` if `session` may use it (`None` for workers, which act for whoever
+    /// wrote the message).
+    pub async fn persona(&self, store: &Store, id: &str, session: Option<&SessionId>) -> AppResult<Persona> {
+        if let Ok(p) = self.shipped.get(id) {
+            return Ok(p.clone());
+        }
+        match store.imported_persona(id).await? {
+            Some((owner, stored)) if session.is_none_or(|s| *s == owner) => parse(&stored),
+            _ => Err(AppError::not_found("persona")),
+        }
+    }
+
+    /// The ready pipeline of persona `id`. Building one embeds its examples with the sentence
+    /// model (tens of ms), so it is done once and kept.
+    pub async fn pipeline(&self, store: &Store, id: &str) -> AppResult<Arc<Pipeline>> {
+        if let Some(p) = self.pipelines.lock().expect("pipelines lock").get(id) {
+            return Ok(p.clone());
+        }
+        let persona = self.persona(store, id, None).await?;
+        let (nlu, prompts, config) = (self.nlu.clone(), self.prompts.clone(), self.config.clone());
+        let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(persona, nlu, prompts, config)).await.map_err(AppError::internal)??;
+        let pipeline = Arc::new(pipeline);
+        self.pipelines.lock().expect("pipelines lock").insert(id.to_string(), pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Imports a Character Card (JSON or PNG bytes) for `session`, under a fresh id so that it
+    /// can never shadow a shipped persona or another session's import.
+    pub async fn import(&self, store: &Store, session: &SessionId, bytes: &[u8]) -> AppResult<(PersonaSummary, Vec<String>)> {
+        let imported = rapport_pipeline::card::import_bytes(bytes)?;
+        let mut persona = imported.persona;
+        persona.id = format!("{}-{}", rapport_pipeline::persona::slug(&persona.name), &rand_hex()[..8]);
+        persona.validate()?;
+        store.save_persona(session, &StoredPersona { id: persona.id.clone(), name: persona.name.clone(), body: persona.to_toml() }).await?;
+        Ok((PersonaSummary::of(&persona, true), imported.warnings))
+    }
+}
+
+fn parse(stored: &StoredPersona) -> AppResult<Persona> {
+    Persona::from_toml(&stored.body, &stored.id).map_err(|e: PipelineError| AppError::internal(format!("stored persona {}: {e}", stored.id)))
+}
+
+fn rand_hex() -> String {
+    use rand::Rng;
+    format!("{:016x}", rand::rng().random::<u64>())
+}

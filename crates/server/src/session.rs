@@ -1,0 +1,88 @@
+//! Sessions by cookie, and CSRF protection for the writes they authorise.
+//!
+//! No login: the first request gets a random 128-bit token in an HttpOnly, SameSite=Lax cookie
+//! (Secure behind TLS). Because the browser sends that cookie with requests other sites trigger,
+//! every write must also carry the session's CSRF token in `X-CSRF-Token`, which another site's
+//! page cannot read.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rapport_store::Session;
+
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// The cookie's name.
+pub const COOKIE: &str = "rapport_session";
+/// The header writes must carry.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The session of the request, put there by [`sessions`].
+#[derive(Debug, Clone)]
+pub struct CurrentSession(pub Session);
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Middleware: finds or makes the session, checks the CSRF token on writes.
+pub async fn sessions(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    let found = match cookie_value(request.headers(), COOKIE) {
+        Some(token) => match app.store.session_by_token(&token).await {
+            Ok(found) => found,
+            Err(e) => return AppError::from(e).into_response(),
+        },
+        None => None,
+    };
+    if is_write(request.method()) {
+        let sent = request.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        let valid = matches!((&found, sent), (Some(s), Some(t)) if s.csrf == t);
+        if !valid {
+            let why = if found.is_none() { "no session: load the page or GET /api/session first" } else { "missing or wrong X-CSRF-Token header" };
+            return AppError::new(StatusCode::FORBIDDEN, "csrf", format!("{why}; writes must send the session's CSRF token (from GET /api/session or the page's csrf-token meta tag) in X-CSRF-Token")).into_response();
+        }
+    }
+    let (session, new_token) = match found {
+        Some(s) => (s, None),
+        None => match app.store.create_session().await {
+            Ok(made) => (made.session, Some(made.token)),
+            Err(e) => return AppError::from(e).into_response(),
+        },
+    };
+    let secure = app.config.secure_cookies || request.headers().get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    request.extensions_mut().insert(CurrentSession(session));
+    let mut response = next.run(request).await;
+    if let Some(token) = new_token {
+        let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000{}", if secure { "; Secure" } else { "" });
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; rapport_session=abc; b=2"));
+        assert_eq!(cookie_value(&h, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie_value(&h, "zz"), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! A reply as Server-Sent Events, from wherever it is being written.
+//!
+//! The stream follows one job: while queued it reports the position and an estimate of the
+//! wait; while running in this process it relays the worker's events (after what was already
+//! published, so a reload mid-reply loses nothing); while running in another process it follows
+//! the partial text that worker saves with each heartbeat; when done it sends the stored message.
+//! Events: `queued`, `started`, `prepared`, `delta`, `replace`, `retract`, `done`, `failed`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use rapport_store::{ConversationId, Job, JobId, JobStatus};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::live::LiveEvent;
+use crate::practice::practice_view;
+use crate::state::AppState;
+
+type Tx = mpsc::Sender<Result<Event, Infallible>>;
+
+/// The SSE response following `job` of `conversation`.
+pub fn follow(app: AppState, conversation: ConversationId, job: JobId) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut shutdown = app.shutdown.subscribe();
+        // Ends when the reply is finished, the client leaves, or the server shuts down (the
+        // page reconnects, to another process if there is one).
+        tokio::select! {
+            _ = run(&app, &conversation, &job, &tx) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
+        }
+    });
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+struct Gone;
+
+async fn send(tx: &Tx, name: &str, data: Value) -> Result<(), Gone> {
+    tx.send(Ok(Event::default().event(name).data(data.to_string()))).await.map_err(|_| Gone)
+}
+
+/// What to tell a waiting person: their place and roughly how long.
+pub async fn queue_view(app: &AppState, job: &Job) -> Value {
+    let position = app.store.position(job).await.ok();
+    let mean_ms = app.store.mean_job_ms().await.ok().flatten();
+    match position {
+        Some(p) => {
+            // Jobs ahead plus the ones running, shared among this process's workers (other
+            // processes' workers make the real wait shorter; the estimate errs long).
+            let eta = mean_ms.map(|ms| ((p.ahead as f64 + p.running.max(1) as f64 / 2.0) * ms / 1000.0 / app.config.workers.max(1) as f64).ceil());
+            json!({"position": p.ahead + 1, "running": p.running, "eta_seconds": eta})
+        }
+        None => json!({"position": null, "running": null, "eta_seconds": null}),
+    }
+}
+
+async fn run(app: &AppState, conversation: &ConversationId, job_id: &JobId, tx: &Tx) -> Result<(), Gone> {
+    let mut last_queue = Value::Null;
+    let mut last_partial: Option<String> = None;
+    let mut started = false;
+    loop {
+        let job = match app.store.job(conversation, job_id).await {
+            Ok(job) => job,
+            Err(e) => return send(tx, "failed", json!({"error": e.to_string()})).await,
+        };
+        match job.status {
+            JobStatus::Queued => {
+                let view = queue_view(app, &job).await;
+                if view != last_queue {
+                    send(tx, "queued", view.clone()).await?;
+                    last_queue = view;
+                }
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            JobStatus::Running => {
+                if !started {
+                    send(tx, "started", json!({"attempt": job.attempts})).await?;
+                    started = true;
+                }
+                if let Some((snapshot, receiver)) = app.live.subscribe(job_id) {
+                    if let Some(view) = snapshot.prepared {
+                        send(tx, "prepared", view).await?;
+                    }
+                    send(tx, "replace", json!({"text": snapshot.text})).await?;
+                    relay(app, job_id, receiver, tx).await?;
+                    // The job ended here (or the worker dropped it): the database says how,
+                    // the same way for every process.
+                } else {
+                    if last_partial.as_deref() != Some(job.partial.as_str()) {
+                        send(tx, "replace", json!({"text": job.partial})).await?;
+                        last_partial = Some(job.partial.clone());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            JobStatus::Done => {
+                let Some(reply) = job.reply_message_id else { return send(tx, "failed", json!({"error": "the job has no reply"})).await };
+                return match app.store.message(conversation, &reply).await {
+                    Ok(message) => {
+                        let practice = app.store.trace(conversation, &reply).await.ok().and_then(|t| serde_json::from_str(&t).ok()).map(|t| practice_view(&t));
+                        send(tx, "done", json!({"message": message, "practice": practice})).await
+                    }
+                    Err(e) => send(tx, "failed", json!({"error": e.to_string()})).await,
+                };
+            }
+            JobStatus::Failed => return send(tx, "failed", json!({"error": job.error.unwrap_or_else(|| "the reply could not be written".into())})).await,
+        }
+    }
+}
+
+/// Relays this process's events until the job ends here.
+async fn relay(app: &AppState, job_id: &JobId, mut receiver: broadcast::Receiver<LiveEvent>, tx: &Tx) -> Result<(), Gone> {
+    loop {
+        match receiver.recv().await {
+            Ok(LiveEvent::Prepared(view)) => send(tx, "prepared", view).await?,
+            Ok(LiveEvent::Delta(text)) => send(tx, "delta", json!({"text": text})).await?,
+            Ok(LiveEvent::Retract) => send(tx, "retract", json!({})).await?,
+            Ok(LiveEvent::Done(_)) | Ok(LiveEvent::Failed(_)) => return Ok(()),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Fell behind: resynchronise on the whole text.
+                let text = app.live.text(job_id).unwrap_or_default();
+                send(tx, "replace", json!({"text": text})).await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Workers: claim a job, run the turn through the pipeline, store the reply.
+//!
+//! The turn's events go to [`Live`](crate::live::Live) for this process's streams; a heartbeat
+//! extends the claim and saves the text so far for streams on other processes. If the
+//! heartbeat finds the claim gone (the lease ran out and another process took the job, or the
+//! conversation was deleted), the turn is dropped unfinished: the store would refuse its result
+//! anyway, and the model's time is better spent on the next job.
+
+use std::time::{Duration, Instant};
+
+use chrono::{FixedOffset, TimeZone, Utc};
+use rapport_pipeline::engine::TurnEvent;
+use rapport_pipeline::trace::AttemptOutcome;
+use rapport_pipeline::{Conversation, TurnOutcome, TurnTrace};
+use rapport_store::{now_ms, ClaimedJob, StoreError};
+use tokio::sync::mpsc;
+
+use crate::live::LiveEvent;
+use crate::practice::practice_view;
+use crate::state::AppState;
+
+/// Claims beyond this many mean the job kills its worker each time: give it up.
+const MAX_ATTEMPTS: i64 = 3;
+
+/// Runs one worker until shutdown.
+pub async fn run(app: AppState, number: usize) {
+    let name = format!("{}-w{number}", app.config.worker_name);
+    let mut shutdown = app.shutdown.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let permit = tokio::select! {
+            p = app.slots.clone().acquire_owned() => p.expect("slots are never closed"),
+            _ = shutdown.changed() => return,
+        };
+        match app.store.claim(&name, app.config.lease).await {
+            Ok(Some(job)) => {
+                run_job(&app, job, &mut shutdown).await;
+                drop(permit);
+            }
+            Ok(None) => {
+                drop(permit);
+                // Jobs posted to this process ring the bell; those posted elsewhere (or whose
+                // holder died) are found by the poll.
+                tokio::select! {
+                    _ = app.queued.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                app.metrics.count("rapport_errors_total", &[("kind", "queue")], 1);
+                tracing::error!(error = %e, "claiming a job failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let started = Instant::now();
+    let id = job.job.id.clone();
+    app.metrics.seconds("rapport_queue_wait_seconds", &[], (now_ms() - job.job.enqueued_at).max(0) as f64 / 1000.0);
+    if job.job.attempts > MAX_ATTEMPTS {
+        let _ = app.store.fail(&id, &job.claim, &format!("gave up after {MAX_ATTEMPTS} attempts: the process writing it stopped each time")).await;
+        app.live.publish(&id, LiveEvent::Failed("this reply could not be written".into()));
+        app.metrics.count("rapport_jobs_total", &[("outcome", "failed")], 1);
+        return;
+    }
+    app.live.begin(&id);
+    tracing::info!(job = %id, attempt = job.job.attempts, persona = %job.persona, "writing a reply");
+
+    let (events, mut received) = mpsc::unbounded_channel::<TurnEvent>();
+    let turn = write_reply(app, &job, events);
+    tokio::pin!(turn);
+    // Every second (or a third of the lease, if shorter): often enough that a stream on
+    // another process sees the text grow smoothly, and the lease never lapses on a live worker.
+    let mut heartbeat = tokio::time::interval((app.config.lease / 3).min(Duration::from_secs(1)));
+    heartbeat.tick().await;
+    let deadline = tokio::time::sleep(app.config.turn_timeout);
+    tokio::pin!(deadline);
+    let result = loop {
+        tokio::select! {
+            result = &mut turn => break Some(result),
+            Some(event) = received.recv() => forward(app, &job, event),
+            _ = heartbeat.tick() => {
+                let partial = app.live.text(&id);
+                match app.store.heartbeat(&id, &job.claim, app.config.lease, partial.as_deref()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(job = %id, "lost the claim; dropping the turn");
+                        break None;
+                    }
+                    Err(e) => tracing::warn!(job = %id, error = %e, "heartbeat failed; will retry"),
+                }
+            }
+            _ = &mut deadline => break Some(Err(format!("the reply took longer than {} s", app.config.turn_timeout.as_secs()))),
+            _ = shutdown.changed() => {
+                // Put it back for the next process; a reply half-written is not kept.
+                let _ = app.store.release(&id, &job.claim).await;
+                app.live.abandon(&id);
+                return;
+            }
+        }
+    };
+    while let Ok(event) = received.try_recv() {
+        forward(app, &job, event);
+    }
+    match result {
+        None => {
+            app.live.abandon(&id);
+            app.metrics.count("rapport_jobs_total", &[("outcome", "lost")], 1);
+        }
+        Some(Ok((outcome, conversation))) => {
+            record(app, &outcome.trace);
+            let state = serde_json::to_string(&conversation).expect("conversation state serialises");
+            let trace = serde_json::to_string(&outcome.trace).expect("trace serialises");
+            match app.store.complete(&job, &outcome.reply, &state, &trace).await {
+                Ok(message) => {
+                    app.live.publish(&id, LiveEvent::Done(message));
+                    let kind = if outcome.trace.fallback.is_some() { "fallback" } else { "done" };
+                    app.metrics.count("rapport_jobs_total", &[("outcome", kind)], 1);
+                    app.metrics.seconds("rapport_turn_seconds", &[], started.elapsed().as_secs_f64());
+                }
+                Err(StoreError::Conflict(_)) => {
+                    app.live.abandon(&id);
+                    app.metrics.count("rapport_jobs_total", &[("outcome", "lost")], 1);
+                }
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "storing the reply failed; the job will be taken again");
+                    app.live.abandon(&id);
+                    app.metrics.count("rapport_errors_total", &[("kind", "store")], 1);
+                }
+            }
+        }
+        Some(Err(message)) => {
+            tracing::warn!(job = %id, %message, "the turn failed");
+            let _ = app.store.fail(&id, &job.claim, &message).await;
+            app.live.publish(&id, LiveEvent::Failed(message));
+            app.metrics.count("rapport_jobs_total", &[("outcome", "failed")], 1);
+        }
+    }
+}
+
+/// The turn itself: state in, reply and state out.
+async fn write_reply(app: &AppState, job: &ClaimedJob, events: mpsc::UnboundedSender<TurnEvent>) -> Result<(TurnOutcome, Conversation), String> {
+    let pipeline = app.personas.pipeline(&app.store, &job.persona).await.map_err(|e| e.message)?;
+    let mut conversation: Conversation = serde_json::from_str(&job.state).map_err(|e| format!("the stored conversation state is unreadable: {e}"))?;
+    let offset = FixedOffset::east_opt((job.utc_offset_min * 60) as i32).unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
+    let now = Utc.timestamp_millis_opt(job.message_at).single().unwrap_or_else(Utc::now).with_timezone(&offset);
+    let mut on_event = move |event: TurnEvent| {
+        let _ = events.send(event);
+    };
+    let outcome = pipeline.respond(&mut conversation, &job.message, now, app.generator.as_ref(), &mut on_event).await.map_err(|e| e.to_string())?;
+    Ok((outcome, conversation))
+}
+
+fn forward(app: &AppState, job: &ClaimedJob, event: TurnEvent) {
+    let live = match event {
+        TurnEvent::Prepared(trace) => LiveEvent::Prepared(practice_view(&trace)),
+        TurnEvent::Delta(text) => LiveEvent::Delta(text),
+        TurnEvent::Retract => LiveEvent::Retract,
+    };
+    app.live.publish(&job.job.id, live);
+}
+
+/// Metrics of a finished turn.
+fn record(app: &AppState, trace: &TurnTrace) {
+    let m = &app.metrics;
+    let t = &trace.timings_us;
+    for (step, us) in [("prepare", t.prepare), ("understand", t.understand), ("prompt", t.prompt), ("generate", t.generate), ("review", t.review)] {
+        m.seconds("rapport_pipeline_step_seconds", &[("step", step)], us as f64 / 1e6);
+    }
+    for hit in &trace.input_guards {
+        m.count("rapport_guard_hits_total", &[("guard", hit.code()), ("direction", "message")], 1);
+    }
+    for attempt in &trace.attempts {
+        if let AttemptOutcome::Rejected { hits } = &attempt.outcome {
+            for hit in hits {
+                m.count("rapport_guard_hits_total", &[("guard", hit.code()), ("direction", "reply")], 1);
+            }
+        }
+        if let Some(ttft) = attempt.ttft_ms {
+            m.seconds("rapport_ttft_seconds", &[], ttft as f64 / 1000.0);
+            if let Some(tokens) = attempt.completion_tokens.filter(|t| *t > 1) {
+                let decode_s = (attempt.total_ms.saturating_sub(ttft)) as f64 / 1000.0;
+                if decode_s > 0.0 {
+                    m.rate("rapport_decode_tokens_per_second", &[], (tokens - 1) as f64 / decode_s);
+                }
+            }
+        }
+    }
+}
+
+/// Starts the configured workers.
+pub fn spawn_all(app: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..app.config.workers).map(|n| tokio::spawn(run(app.clone(), n))).collect()
+}

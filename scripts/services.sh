@@ -1,0 +1,41 @@
+# Sourced by scripts/test.sh: installs and starts what the web tests use for real, and exports
+# where to find it.
+#   - PostgreSQL from Debian's packages, a role `rapport` that may create the throw-away
+#     databases the tests make (RAPPORT_TEST_POSTGRES_URL);
+#   - Chromium from Debian's packages and playwright-core from npm (no browser download) for
+#     the page test (RAPPORT_TEST_CHROMIUM, web/tests/node_modules).
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+apt_missing=()
+command -v pg_ctlcluster >/dev/null 2>&1 || apt_missing+=(postgresql)
+[ -x /usr/bin/chromium ] || apt_missing+=(chromium)
+command -v npm >/dev/null 2>&1 || apt_missing+=(nodejs npm)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "installing: ${apt_missing[*]}" >&2
+  apt_log=$(mktemp)
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"; } >"$apt_log" 2>&1 \
+    || { cat "$apt_log" >&2; exit 1; }
+  rm -f "$apt_log"
+fi
+
+# The newest installed cluster; Debian's package creates `main` on install.
+pg_version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$pg_version main"; then
+  $SUDO pg_createcluster "$pg_version" main >/dev/null
+fi
+pg_lsclusters -h | awk -v v="$pg_version" '$1 == v && $2 == "main" {print $4}' | grep -qx online || $SUDO pg_ctlcluster "$pg_version" main start
+pg_port=$(pg_lsclusters -h | awk -v v="$pg_version" '$1 == v && $2 == "main" {print $3}')
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then su postgres -c "$1"; else sudo -u postgres sh -c "$1"; fi; }
+for _ in $(seq 1 30); do as_postgres "psql -p $pg_port -tAc 'SELECT 1'" >/dev/null 2>&1 && break; sleep 1; done
+if ! as_postgres "psql -p $pg_port -tAc \"SELECT 1 FROM pg_roles WHERE rolname = 'rapport'\"" | grep -q 1; then
+  as_postgres "psql -p $pg_port -q -c \"CREATE ROLE rapport LOGIN PASSWORD 'rapport' CREATEDB\""
+fi
+if ! as_postgres "psql -p $pg_port -tAc \"SELECT 1 FROM pg_database WHERE datname = 'rapport'\"" | grep -q 1; then
+  as_postgres "createdb -p $pg_port -O rapport rapport"
+fi
+export RAPPORT_TEST_POSTGRES_URL="postgres://rapport:rapport@127.0.0.1:$pg_port/rapport"
+
+# playwright-core only: it drives the system's Chromium and downloads no browser.
+if [ ! -d web/tests/node_modules/playwright-core ]; then
+  (cd web/tests && npm ci --no-audit --no-fund --loglevel=error)
+fi
+export RAPPORT_TEST_CHROMIUM=/usr/bin/chromium

@@ -1,0 +1,321 @@
+// Rapport's chat page. Plain JavaScript, no build step. Every piece of text that came from a
+// person or a model is put into the page with textContent (through `el`), never as HTML.
+'use strict';
+
+const meta = (name) => document.querySelector(`meta[name="${name}"]`).content;
+const CSRF = meta('csrf-token');
+const MAX_CHARS = Number(meta('max-message-chars'));
+const $ = (id) => document.getElementById(id);
+
+const state = { personas: [], conversations: [], current: null, persona: null, messages: [], source: null, busy: false };
+
+/** An element with attributes and children; strings become text nodes (so they are escaped). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value === true ? '' : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+class ApiError extends Error {
+  constructor(status, message, retryAfter) { super(message); this.status = status; this.retryAfter = retryAfter; }
+}
+
+async function api(method, path, body, headers = {}) {
+  const init = { method, credentials: 'same-origin', headers: { 'X-CSRF-Token': CSRF, ...headers } };
+  if (body instanceof ArrayBuffer) { init.body = body; init.headers['Content-Type'] = 'application/octet-stream'; }
+  else if (body !== undefined) { init.body = JSON.stringify(body); init.headers['Content-Type'] = 'application/json'; }
+  const response = await fetch(path, init);
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new ApiError(response.status, data.error ? data.error.message : `HTTP ${response.status}`, response.headers.get('Retry-After'));
+  return data;
+}
+
+function showStatus(text, kind = 'info', action = null) {
+  const status = $('status');
+  status.replaceChildren(text, action ? ' ' : '', action || '');
+  status.className = `status ${kind === 'error' ? 'error' : ''}`;
+  status.hidden = !text;
+}
+
+function personaName(id) {
+  const p = state.personas.find((p) => p.id === id);
+  return p ? p.name : id;
+}
+
+// ---- personas and the sidebar ----
+
+async function loadPersonas() {
+  state.personas = (await api('GET', '/api/personas')).personas;
+  $('persona-list').replaceChildren(...state.personas.map((p) => el('li', {},
+    el('button', { type: 'button', class: 'persona', 'data-persona': p.id, onclick: () => startConversation(p.id) },
+      el('span', { class: 'name' }, p.name, p.has_secret ? ' 🔒' : '', p.imported ? ' (imported)' : ''),
+      el('span', { class: 'bio' }, p.bio),
+      el('span', { class: 'greeting' }, `“${p.greeting}”`)))));
+}
+
+async function loadConversations() {
+  state.conversations = (await api('GET', '/api/conversations')).conversations;
+  $('conversation-list').replaceChildren(...state.conversations.map((c) => el('li', { 'aria-current': c.id === state.current ? 'true' : 'false' },
+    el('button', { type: 'button', class: 'open', onclick: () => openConversation(c.id) },
+      el('span', { class: 'who' }, personaName(c.persona)),
+      el('span', { class: 'title' }, c.title || 'New conversation')),
+    el('button', { type: 'button', class: 'delete', 'aria-label': `Delete the conversation with ${personaName(c.persona)}`, onclick: () => deleteConversation(c.id) }, '✕'))));
+}
+
+function showPicker() {
+  closeStream();
+  state.current = null;
+  history.replaceState(null, '', '#');
+  $('picker').hidden = false;
+  $('messages').hidden = true;
+  $('composer').hidden = true;
+  $('chat-title').textContent = 'Pick someone to talk to';
+  showStatus('');
+  loadConversations();
+}
+
+async function startConversation(personaId) {
+  try {
+    const data = await api('POST', '/api/conversations', { persona: personaId });
+    await openConversation(data.conversation.id, data);
+  } catch (e) { showStatus(e.message, 'error'); }
+}
+
+async function deleteConversation(id) {
+  if (!confirm('Delete this conversation? This cannot be undone.')) return;
+  await api('DELETE', `/api/conversations/${encodeURIComponent(id)}`);
+  if (id === state.current) showPicker(); else loadConversations();
+}
+
+// ---- one conversation ----
+
+async function openConversation(id, data) {
+  closeStream();
+  data = data || await api('GET', `/api/conversations/${encodeURIComponent(id)}`);
+  state.current = id;
+  state.persona = data.conversation.persona;
+  state.messages = data.messages;
+  history.replaceState(null, '', `#c=${encodeURIComponent(id)}`);
+  localStorage.setItem('rapport.last', id);
+  $('picker').hidden = true;
+  $('messages').hidden = false;
+  $('composer').hidden = false;
+  $('chat-title').textContent = personaName(state.persona);
+  $('sidebar').classList.remove('open');
+  renderMessages();
+  updatePractice(data.practice);
+  showStatus('');
+  const job = data.job;
+  if (job && (job.status === 'queued' || job.status === 'running')) follow(job.id);
+  else if (job && job.status === 'failed' && state.messages.at(-1).role === 'user') showFailed(job.error);
+  else setBusy(false);
+  loadConversations();
+  $('composer-input').focus();
+}
+
+function renderMessages() {
+  const last = state.messages.at(-1);
+  $('messages').replaceChildren(...state.messages.map((m) => {
+    const bubble = el('li', { class: `bubble ${m.role}`, 'data-seq': m.seq }, el('span', { class: 'text' }, m.content));
+    if (m === last && m.role === 'assistant' && m.seq > 0) bubble.append(replyTools(m));
+    return bubble;
+  }));
+  scrollDown();
+}
+
+function replyTools(m) {
+  const tools = el('div', { class: 'tools' });
+  if (m.alternatives > 1) {
+    tools.append(
+      el('button', { type: 'button', 'aria-label': 'Previous reply', disabled: m.alternative === 0, onclick: () => choose(m.seq, m.alternative - 1) }, '‹'),
+      el('span', { class: 'muted' }, `${m.alternative + 1} / ${m.alternatives}`),
+      el('button', { type: 'button', 'aria-label': 'Next reply', disabled: m.alternative + 1 >= m.alternatives, onclick: () => choose(m.seq, m.alternative + 1) }, '›'));
+  }
+  tools.append(el('button', { type: 'button', class: 'regenerate', onclick: regenerate }, 'Regenerate'));
+  return tools;
+}
+
+function scrollDown() { const list = $('messages'); list.scrollTop = list.scrollHeight; }
+
+function setBusy(busy) {
+  state.busy = busy;
+  $('send').disabled = busy;
+  document.querySelectorAll('.bubble .tools button').forEach((b) => { b.disabled = busy || b.disabled; });
+}
+
+function pendingBubble() {
+  const bubble = el('li', { class: 'bubble assistant pending', id: 'pending' }, el('span', { class: 'text' }, '…'));
+  $('messages').append(bubble);
+  scrollDown();
+  return bubble.querySelector('.text');
+}
+
+async function send(event) {
+  event.preventDefault();
+  const input = $('composer-input');
+  const content = input.value.trim();
+  if (!content || state.busy) return;
+  if (content.length > MAX_CHARS) { showStatus(`Your message is ${content.length} characters long; the limit is ${MAX_CHARS}.`, 'error'); return; }
+  setBusy(true);
+  const key = crypto.randomUUID();
+  const offset = -new Date().getTimezoneOffset();
+  // Shown at once; a retry with the same key after a network error can never store it twice.
+  const mine = el('li', { class: 'bubble user pending' }, el('span', { class: 'text' }, content));
+  $('messages').append(mine);
+  scrollDown();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const data = await api('POST', `/api/conversations/${encodeURIComponent(state.current)}/messages`, { content, utc_offset_min: offset }, { 'Idempotency-Key': key });
+      input.value = '';
+      mine.classList.remove('pending');
+      state.messages.push(data.message);
+      document.querySelectorAll('.bubble .tools').forEach((t) => t.remove());
+      follow(data.job.id, data.queue);
+      return;
+    } catch (e) {
+      if (e instanceof ApiError || attempt >= 3) {
+        mine.remove();
+        setBusy(false);
+        const wait = e.retryAfter ? ` Try again in ${e.retryAfter} s.` : '';
+        showStatus(`Not sent: ${e.message}.${wait}`, 'error');
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 1000 * (attempt + 1)));
+    }
+  }
+}
+
+async function regenerate() {
+  if (state.busy) return;
+  setBusy(true);
+  try {
+    const data = await api('POST', `/api/conversations/${encodeURIComponent(state.current)}/regenerate`);
+    const last = state.messages.at(-1);
+    if (last.role === 'assistant') { state.messages.pop(); renderMessages(); }
+    follow(data.job.id, data.queue);
+  } catch (e) { setBusy(false); showStatus(e.message, 'error'); }
+}
+
+async function choose(seq, alternative) {
+  try {
+    await api('POST', `/api/conversations/${encodeURIComponent(state.current)}/alternatives`, { seq, alternative });
+    await openConversation(state.current);
+  } catch (e) { showStatus(e.message, 'error'); }
+}
+
+function queueText(q) {
+  if (!q || q.position === null) return 'Waiting for the model…';
+  const eta = q.eta_seconds ? ` (about ${Math.max(1, Math.round(q.eta_seconds))} s)` : '';
+  const place = q.position <= 1 ? 'You are next' : `You are number ${q.position} in the queue`;
+  return `${place}${eta}. It is safe to leave and come back: the reply will be here.`;
+}
+
+function closeStream() { if (state.source) { state.source.close(); state.source = null; } }
+
+/** Follows one reply over Server-Sent Events until it is stored. */
+function follow(jobId, queue) {
+  closeStream();
+  setBusy(true);
+  const conversation = state.current;
+  let text = $('pending') ? $('pending').querySelector('.text') : pendingBubble();
+  showStatus(queue ? queueText(queue) : 'Thinking…');
+  const source = new EventSource(`/api/conversations/${encodeURIComponent(conversation)}/events?job=${encodeURIComponent(jobId)}`);
+  state.source = source;
+  const on = (name, handler) => source.addEventListener(name, (e) => { if (state.current === conversation) handler(JSON.parse(e.data)); });
+  on('queued', (q) => showStatus(queueText(q)));
+  on('started', () => showStatus('Thinking…'));
+  on('prepared', (p) => updatePractice(p));
+  on('delta', (d) => { if (text.textContent === '…') text.textContent = ''; text.textContent += d.text; showStatus(''); scrollDown(); });
+  on('replace', (d) => { text.textContent = d.text || '…'; if (d.text) showStatus(''); scrollDown(); });
+  on('retract', () => { text.textContent = '…'; });
+  on('done', (d) => {
+    closeStream();
+    const last = state.messages.at(-1);
+    if (last && last.role === 'assistant' && last.seq === d.message.seq) state.messages.pop();
+    state.messages.push(d.message);
+    renderMessages();
+    updatePractice(d.practice);
+    showStatus('');
+    setBusy(false);
+    loadConversations();
+  });
+  on('failed', (d) => { closeStream(); const p = $('pending'); if (p) p.remove(); showFailed(d.error); });
+  source.onerror = () => {
+    // The browser reconnects by itself; say so, so that a pause does not look like a hang.
+    if (state.source === source) showStatus('Connection lost; reconnecting… (your message is saved)');
+  };
+}
+
+function showFailed(error) {
+  setBusy(false);
+  showStatus(`The reply could not be written: ${error || 'unknown error'}.`, 'error', el('button', { type: 'button', onclick: regenerate }, 'Try again'));
+}
+
+// ---- practice panel ----
+
+function updatePractice(p) {
+  $('practice-empty').hidden = !!p;
+  $('practice-body').hidden = !p;
+  if (!p) return;
+  $('p-stage').textContent = p.stage.from === p.stage.to ? `${p.stage.to} (${p.stage.why})` : `${p.stage.from} → ${p.stage.to} (${p.stage.why})`;
+  $('p-closeness-meter').value = p.closeness.after;
+  $('p-closeness').textContent = `${p.closeness.before} → ${p.closeness.after}`;
+  $('p-decision').textContent = p.closeness.decision.replace('_', ' ');
+  $('p-reasons').replaceChildren(...p.closeness.reasons.map((r) => el('li', {}, `${r.detail} (${r.points > 0 ? '+' : ''}${r.points.toFixed(1)})`)));
+  const labels = p.emotion.labels.map(([name, prob]) => `${name} ${Math.round(prob * 100)}%`).join(', ');
+  $('p-emotion').textContent = `${p.emotion.ekman}${labels ? ` — ${labels}` : ''}; valence ${p.emotion.valence.toFixed(2)}, arousal ${p.emotion.arousal.toFixed(2)}${p.emotion.distress ? '; distress noticed' : ''}`;
+  const s = p.secret || { status: 'none' };
+  $('p-secret').textContent = s.status === 'locked' ? `locked (needs ${s.missing.join(', ')})` : s.status === 'unlocked' ? 'unlocked: they may tell you now' : 'none';
+  $('p-guards').textContent = p.guards.length ? p.guards.join(', ') : 'none';
+}
+
+// ---- wiring ----
+
+async function importCard(event) {
+  const file = event.target.files[0];
+  if (!file) return;
+  const status = $('import-status');
+  status.textContent = 'Importing…';
+  try {
+    const data = await api('POST', '/api/personas/import', await file.arrayBuffer());
+    status.textContent = `Imported ${data.persona.name}.${data.warnings.length ? ` Notes: ${data.warnings.join('; ')}` : ''}`;
+    await loadPersonas();
+  } catch (e) { status.textContent = `Not imported: ${e.message}`; }
+  event.target.value = '';
+}
+
+function toggle(buttonId, panelId, className) {
+  const button = $(buttonId);
+  button.addEventListener('click', () => {
+    const panel = $(panelId);
+    const open = button.getAttribute('aria-expanded') !== 'true';
+    button.setAttribute('aria-expanded', String(open));
+    if (className) panel.classList.toggle(className, open); else panel.hidden = !open;
+  });
+}
+
+async function init() {
+  $('new-chat').addEventListener('click', showPicker);
+  $('composer').addEventListener('submit', send);
+  $('composer-input').addEventListener('keydown', (e) => { if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); $('composer').requestSubmit(); } });
+  $('card-file').addEventListener('change', importCard);
+  toggle('toggle-practice', 'practice');
+  toggle('toggle-sidebar', 'sidebar', 'open');
+  try {
+    await loadPersonas();
+    await loadConversations();
+    const fromHash = new URLSearchParams(location.hash.slice(1)).get('c');
+    const id = fromHash || localStorage.getItem('rapport.last');
+    if (id && state.conversations.some((c) => c.id === id)) await openConversation(id);
+    else showPicker();
+  } catch (e) { showStatus(`Could not load: ${e.message}`, 'error'); }
+}
+
+init();

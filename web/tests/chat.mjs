@@ -1,0 +1,83 @@
+// The chat page in headless Chromium: pick a persona, chat, watch the reply stream in, reload
+// and find the conversation, and check that markup in a message is shown, not run.
+// Run by crates/cli/tests/web.rs with RAPPORT_URL, CHROMIUM and SCREENSHOTS set.
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+
+const url = process.env.RAPPORT_URL;
+const shots = process.env.SCREENSHOTS;
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(url);
+
+  // Pick Margot; her greeting opens the conversation.
+  await page.locator('button[data-persona="wedding-host"]').click();
+  await page.locator('#messages .bubble.assistant').first().waitFor();
+  const greeting = await page.locator('#messages .bubble.assistant').first().innerText();
+  assert.ok(greeting.length > 0, 'the greeting is shown');
+
+  // Count the reply's text changes while it is being written: a streamed reply changes more
+  // than once before it is stored.
+  await page.evaluate(() => {
+    window.__streamed = 0;
+    new MutationObserver(() => {
+      const pending = document.getElementById('pending');
+      if (pending && pending.textContent !== '…') window.__streamed++;
+    }).observe(document.getElementById('messages'), { subtree: true, childList: true, characterData: true });
+  });
+  const hostile = 'Hi Margot! <script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> How do you know the couple?';
+  await page.locator('#composer-input').fill(hostile);
+  await page.keyboard.press('Enter');
+  await page.locator('#messages .bubble.user').first().waitFor();
+  // Done: two replies' worth of bubbles and no pending one.
+  await page.waitForFunction(() => document.querySelectorAll('#messages .bubble.assistant').length === 2 && !document.getElementById('pending'), null, { timeout: 240_000 });
+  const streamed = await page.evaluate(() => window.__streamed);
+  assert.ok(streamed >= 1, `the reply appeared while being written (${streamed} updates)`);
+  const reply = await page.locator('#messages .bubble.assistant').nth(1).locator('.text').innerText();
+  assert.ok(reply.trim().length > 0, 'a reply');
+
+  // Markup in a message is text: shown literally, never run.
+  assert.equal(await page.evaluate(() => window.__pwned), undefined, 'the script in the message did not run');
+  assert.equal(await page.locator('#messages .bubble.user .text').first().innerText(), hostile);
+  assert.equal(await page.locator('#messages script, #messages img').count(), 0);
+
+  // The practice panel shows what the engine read.
+  await page.locator('#toggle-practice').click();
+  await page.locator('#p-stage').waitFor();
+  assert.ok((await page.locator('#p-stage').innerText()).length > 0);
+  assert.ok((await page.locator('#p-decision').innerText()).length > 0);
+  await page.screenshot({ path: path.join(shots, 'chat.png'), fullPage: true });
+
+  // Reload: the conversation is back, in the sidebar and on screen.
+  await page.reload();
+  await page.locator('#messages .bubble.user').first().waitFor();
+  assert.equal(await page.locator('#messages .bubble.user .text').first().innerText(), hostile);
+  assert.equal((await page.locator('#messages .bubble.assistant').nth(1).locator('.text').innerText()).trim(), reply.trim());
+  assert.ok(await page.locator('#conversation-list li').count() >= 1);
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+
+  // Keyboard: the composer is reachable and Enter sends (checked above); focus is visible.
+  await page.keyboard.press('Tab');
+
+  // A phone-sized screen: the chat still fits.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(500); // the sidebar slides away (a 0.2 s transition)
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `no sideways scrolling on a phone (${overflow}px)`);
+  assert.ok(await page.locator('#toggle-sidebar').isVisible(), 'the chats button shows on a phone');
+  const sidebarRight = await page.evaluate(() => document.getElementById('sidebar').getBoundingClientRect().right);
+  assert.ok(sidebarRight <= 0, `the sidebar is out of the way until asked for (${sidebarRight})`);
+  await page.screenshot({ path: path.join(shots, 'chat-phone.png') });
+
+  assert.deepEqual(errors, [], 'no JavaScript errors');
+  console.log(`PASS (greeting ${greeting.length} chars, reply ${reply.length} chars, ${streamed} streamed updates)`);
+} finally {
+  await browser.close();
+}
