@@ -276,6 +276,29 @@ function updatePractice(p) {
   $('p-guards').textContent = p.guards.length ? p.guards.join(', ') : 'none';
 }
 
+// ---- the practice coach ----
+
+async function showFeedback() {
+  const box = $('feedback');
+  if (!state.current) { box.replaceChildren(el('p', { class: 'muted' }, 'Start a conversation first.')); return; }
+  box.replaceChildren(el('p', { class: 'muted' }, 'Reading your side of the conversation…'));
+  try {
+    const r = await api('GET', `/api/conversations/${encodeURIComponent(state.current)}/feedback`);
+    const m = r.measured;
+    const pct = (v) => (v === null || v === undefined ? '—' : `${Math.round(v * 100)}%`);
+    box.replaceChildren(
+      el('p', { class: 'feedback-counts' }, `${m.messages} messages, ${m.questions} questions (${m.open_questions} open).`),
+      el('dl', { class: 'feedback-scores' },
+        el('dt', {}, 'Open questions'), el('dd', {}, pct(m.open_question_rate)),
+        el('dt', {}, 'Active listening'), el('dd', {}, pct(m.active_listening)),
+        el('dt', {}, 'Give and take'), el('dd', {}, pct(m.reciprocity)),
+        el('dt', {}, 'Pacing'), el('dd', {}, pct(m.pacing))),
+      el('ul', { class: 'tips' }, ...r.tips.map((t) => el('li', { class: `tip ${t.kind}` },
+        el('strong', {}, t.kind === 'strength' ? `✓ ${t.title}` : `→ ${t.title}`), ' ', t.detail,
+        t.example ? el('q', {}, t.example) : null))));
+  } catch (e) { box.replaceChildren(el('p', { class: 'error' }, `No feedback: ${e.message}`)); }
+}
+
 // ---- wiring ----
 
 async function importCard(event) {
@@ -306,6 +329,7 @@ async function init() {
   $('composer').addEventListener('submit', send);
   $('composer-input').addEventListener('keydown', (e) => { if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); $('composer').requestSubmit(); } });
   $('card-file').addEventListener('change', importCard);
+  $('get-feedback').addEventListener('click', showFeedback);
   toggle('toggle-practice', 'practice');
   toggle('toggle-sidebar', 'sidebar', 'open');
   try {

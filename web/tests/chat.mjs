@@ -53,6 +53,11 @@ try {
   await page.locator('#p-stage').waitFor();
   assert.ok((await page.locator('#p-stage').innerText()).length > 0);
   assert.ok((await page.locator('#p-decision').innerText()).length > 0);
+  // The practice coach: feedback on the person's side, with tips.
+  await page.locator('#get-feedback').click();
+  await page.locator('#feedback .tips li').first().waitFor();
+  assert.match(await page.locator('#feedback .feedback-counts').innerText(), /^1 messages, 1 questions/);
+  assert.ok((await page.locator('#feedback .tips li').count()) >= 1, 'at least one tip');
   await page.screenshot({ path: path.join(shots, 'chat.png'), fullPage: true });
 
   // Reload: the conversation is back, in the sidebar and on screen.

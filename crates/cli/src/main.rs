@@ -5,6 +5,7 @@ mod backend;
 mod bench;
 mod chat;
 mod emotion;
+mod eval;
 mod models;
 mod persona;
 mod persona_chat;
@@ -43,6 +44,12 @@ enum Command {
         #[command(subcommand)]
         command: persona::PersonaCommand,
     },
+    /// Evaluate personas, prompts and models: simulated batches, logged conversations, judge
+    /// calibration, reports, comparisons, and the practice coach.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
     /// Train, run and score emotion recognition.
     Emotion {
         #[command(subcommand)]
@@ -70,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench { command } => bench::run(command).await,
             Command::Serve(args) => serve::run(args).await,
             Command::ServeLlm(args) => serve_llm::run(args).await,
+            Command::Eval { command } => eval::run(command).await,
             Command::Emotion { command } => tokio::task::block_in_place(|| emotion::run(command)),
         }
     })

@@ -28,6 +28,7 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
                 let kind = match p.kind {
                     ModelKind::ChatGguf => "chat",
                     ModelKind::Embedding => "embedding",
+                    ModelKind::Dataset => "dataset",
                 };
                 let installed = if cache.installed(&p).is_some() { "yes" } else { "no" };
                 let size = format!("{:.0} MB", p.total_size() as f64 / 1e6);

@@ -181,4 +181,5 @@ fn persona_cards_import_and_export_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("truncated PNG"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+mod eval;
 mod web;

@@ -35,7 +35,8 @@ impl Server {
             // Short replies keep the tests quick, unless a test needs a long one.
             .args(if extra.contains(&"--max-tokens") { &[][..] } else { &["--max-tokens", "40"][..] })
             .args(extra)
-            .env("RAPPORT_LOG", "warn")
+            // Warnings, minus mistral.rs's "mix of GPU and CPU" notice that every CPU start prints.
+            .env("RAPPORT_LOG", "warn,mistralrs_core::pipeline::gguf=error")
             .env("RAPPORT_DATASETS", datasets())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -191,7 +192,7 @@ fn names(events: &[(String, Value)]) -> Vec<&str> {
 }
 
 /// The conversation API, once per database.
-async fn chat_through_the_api(base: &str) {
+async fn chat_through_the_api(base: &str, database_url: &str) {
     let me = Client::new(base).await;
     let (status, personas) = me.get("/api/personas").await;
     assert_eq!(status, 200);
@@ -258,8 +259,36 @@ async fn chat_through_the_api(base: &str) {
     assert_eq!(replies.len(), 2);
     assert!(replies.iter().all(|m| m["trace"]["reply"].is_string()));
 
+    // The practice coach reads the person's side: one message, with one open question.
+    let (status, feedback) = me.get(&format!("/api/conversations/{id}/feedback")).await;
+    assert_eq!(status, 200, "{feedback}");
+    assert_eq!((feedback["measured"]["messages"].as_u64(), feedback["measured"]["questions"].as_u64(), feedback["measured"]["open_questions"].as_u64()), (Some(1), Some(1), Some(1)), "{feedback}");
+    assert!(feedback["tips"].as_array().unwrap().iter().any(|t| t["title"] == "Open questions" && t["kind"] == "strength"), "{feedback}");
+
+    // Researchers score the same stored conversation from the database, and the coach reads it.
+    let run = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
+        .args(["eval", "score", "--database-url", database_url, "--no-judge", "--min-user-turns", "1", "--out"])
+        .arg(run.path())
+        .env("RAPPORT_LOG", "warn")
+        .env("RAPPORT_DATASETS", datasets())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&std::fs::read(run.path().join("report.json")).unwrap()).unwrap();
+    let scored: Vec<&Value> = report["per_dialogue"].as_array().unwrap().iter().filter(|d| d["id"] == id.as_str()).collect();
+    assert_eq!(scored.len(), 1, "{report}");
+    assert_eq!(scored[0]["persona"], "wedding-host");
+    assert_eq!(scored[0]["criteria"]["secret_keeping"], 0.0, "the locked password never reached a reply: {report}");
+    assert!(scored[0]["metrics"]["reply_ms"].as_f64().unwrap() > 0.0, "metrics read the stored traces: {report}");
+    let out = Command::new(env!("CARGO_BIN_EXE_rapport")).args(["eval", "coach", "--database-url", database_url, "--conversation", &id, "--json"]).env("RAPPORT_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let coach: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(coach["measured"], feedback["measured"], "the page and the command line give the same feedback");
+
     // Another session cannot see, write or delete it.
     let stranger = Client::new(base).await;
+    assert_eq!(stranger.get(&format!("/api/conversations/{id}/feedback")).await.0, 404);
     assert_eq!(stranger.get(&format!("/api/conversations/{id}")).await.0, 404);
     assert_eq!(stranger.post(&format!("/api/conversations/{id}/messages"), json!({"content": "hi"})).await.0, 404);
     assert_eq!(stranger.request(reqwest::Method::DELETE, &format!("/api/conversations/{id}")).send().await.unwrap().status(), 404);
@@ -295,7 +324,7 @@ fn chat_through_the_api_on_sqlite() {
     let _one = serialised();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&sqlite_url(dir.path()), &[]);
-    rt().block_on(chat_through_the_api(&server.base));
+    rt().block_on(chat_through_the_api(&server.base, &sqlite_url(dir.path())));
 }
 
 #[test]
@@ -304,7 +333,7 @@ fn chat_through_the_api_on_postgres() {
     let rt = rt();
     let url = rt.block_on(postgres_url());
     let server = Server::start(&url, &[]);
-    rt.block_on(chat_through_the_api(&server.base));
+    rt.block_on(chat_through_the_api(&server.base, &url));
 }
 
 #[test]

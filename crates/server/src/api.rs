@@ -80,6 +80,14 @@ pub async fn delete(State(app): State<AppState>, Extension(CurrentSession(sessio
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /api/conversations/{id}/feedback`: the practice coach's report on the person's side of
+/// the conversation (open questions, listening, reciprocity, pacing), from the stored messages
+/// and the pipeline's traces; exact counts, no model call, so it is instant.
+pub async fn feedback(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<Json<rapport_eval::coach::CoachReport>> {
+    let export = app.store.export(&session.id, &ConversationId(id)).await?;
+    Ok(Json(rapport_eval::coach::feedback(&rapport_eval::dialogue::from_export_rows(&export))))
+}
+
 /// `GET /api/conversations/{id}/export`: everything, as a JSON download.
 pub async fn export(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<Response> {
     let export = app.store.export(&session.id, &ConversationId(id.clone())).await?;

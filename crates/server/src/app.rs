@@ -30,6 +30,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/conversations", get(api::list).post(api::create))
         .route("/api/conversations/{id}", get(api::get).delete(api::delete))
         .route("/api/conversations/{id}/export", get(api::export))
+        .route("/api/conversations/{id}/feedback", get(api::feedback))
         .route("/api/conversations/{id}/messages", post(api::post_message))
         .route("/api/conversations/{id}/regenerate", post(api::regenerate))
         .route("/api/conversations/{id}/alternatives", post(api::choose))

@@ -367,6 +367,13 @@ impl Store {
         Ok(ExportedConversation { conversation, messages })
     }
 
+    /// Every session's conversations, the most recently updated first, at most `limit`: for
+    /// researchers scoring logged conversations with direct access to the database.
+    pub async fn recent_conversations(&self, limit: i64) -> Result<Vec<ConversationId>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM conversations ORDER BY updated_at DESC, id LIMIT $1").bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(ConversationId(r.try_get("id")?))).collect()
+    }
+
     /// The session that owns a conversation (for workers, which act for whoever wrote).
     pub async fn session_of(&self, id: &ConversationId) -> Result<SessionId, StoreError> {
         let row = sqlx::query("SELECT session_id FROM conversations WHERE id = $1").bind(id.as_str()).fetch_optional(&self.pool).await?;

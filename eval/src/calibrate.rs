@@ -1,0 +1,338 @@
+//! Calibration: how well does the judge agree with people?
+//!
+//! Input is JSONL, one rated item per line:
+//!
+//! ```json
+//! {"id": "c1", "context": "A: hi!\nB: hey, how are you?", "response": "optional reply to rate",
+//!  "annotations": {"interesting": [7, 8], "upbeat": [6, "n/a"]}}
+//! ```
+//!
+//! `context` is the dialogue so far, one `Speaker: text` line per turn; `response`, when
+//! present, is a single reply to rate (turn-level items) and is shown to the judge after the
+//! context; `annotations` maps a dimension to human scores, averaged, with non-numeric entries
+//! skipped. Dimensions are scored by the rubric criterion with the same id.
+//!
+//! The judge scores every item; per dimension the report gives Spearman's ρ and Kendall's τ-b
+//! between the judge's and the humans' scores, each with a bootstrap 95% interval over items.
+//! A judge that gives every item the same score has no correlation (reported as none, not 0).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::judge::{Judge, PersonaBrief};
+use crate::rubric::{Criterion, Rubric, Side};
+use crate::stats::{self, Estimate, SplitMix64};
+use crate::EvalError;
+
+/// One human-rated item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RatedItem {
+    /// Identifier (its line number when absent).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The dialogue so far.
+    pub context: String,
+    /// A single reply to rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    /// Dimension → human scores.
+    pub annotations: BTreeMap<String, Vec<Value>>,
+}
+
+impl RatedItem {
+    /// The mean human score of `dimension`, over numeric entries (numbers, or strings that
+    /// are numbers).
+    pub fn human_score(&self, dimension: &str) -> Option<f64> {
+        let values: Vec<f64> = self
+            .annotations
+            .get(dimension)?
+            .iter()
+            .filter_map(|v| match v {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            })
+            .filter(|v| v.is_finite())
+            .collect();
+        stats::mean(&values)
+    }
+
+    /// What the judge reads.
+    pub fn transcript(&self, max_chars: usize) -> String {
+        let lines: Vec<String> = self.context.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        let mut text = crate::dialogue::fit_lines(&lines, max_chars);
+        if let Some(r) = &self.response {
+            text.push_str(&format!("\n\nReply to rate: {r}"));
+        }
+        text
+    }
+}
+
+/// Reads a rated JSONL file. A line that is not a rated item is an error naming its number.
+pub fn read_rated(path: &Path) -> Result<Vec<RatedItem>, EvalError> {
+    let file = std::fs::File::open(path).map_err(|e| EvalError::Io(format!("opening {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| EvalError::Io(format!("reading {}: {e}", path.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut item: RatedItem = serde_json::from_str(&line).map_err(|e| EvalError::Invalid(format!("{}:{}: {e} (expected {{\"context\": …, \"annotations\": {{dimension: [scores]}}}})", path.display(), n + 1)))?;
+        item.id.get_or_insert_with(|| format!("line{}", n + 1));
+        out.push(item);
+    }
+    Ok(out)
+}
+
+/// Agreement on one dimension.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DimensionAgreement {
+    /// The dimension (criterion id).
+    pub dimension: String,
+    /// Items with both a human and a judge score.
+    pub n: usize,
+    /// Items the judge's answer could not be read for.
+    pub unreadable: usize,
+    /// Spearman's ρ with its interval; `None` when undefined (a constant side).
+    pub spearman: Option<Estimate>,
+    /// Kendall's τ-b with its interval.
+    pub kendall: Option<Estimate>,
+    /// Mean human score.
+    pub human_mean: Option<f64>,
+    /// Mean judge score.
+    pub judge_mean: Option<f64>,
+    /// Distinct scores the judge gave (1 means it said the same thing every time).
+    pub judge_distinct: usize,
+}
+
+/// The calibration report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationReport {
+    /// The rated file.
+    pub rated: String,
+    /// The judge's model.
+    pub judge_model: String,
+    /// Items judged.
+    pub items: usize,
+    /// Per dimension.
+    pub dimensions: Vec<DimensionAgreement>,
+    /// Judge calls that failed.
+    pub failed_calls: usize,
+    /// Seconds spent judging.
+    pub seconds: f64,
+}
+
+/// One judged item, as kept in the `--save` file so an interrupted calibration resumes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JudgedItem {
+    id: String,
+    scores: BTreeMap<String, Option<f64>>,
+    failed_calls: usize,
+}
+
+/// Runs the judge on `items` and measures its agreement with the humans on every dimension the
+/// rubric has a criterion for. `save`: a JSONL file of judged items to resume from and append to.
+pub async fn calibrate(judge: &Judge, rubric: &Rubric, items: &[RatedItem], rated_name: &str, judge_model: &str, save: Option<&Path>, show_progress: bool) -> Result<CalibrationReport, EvalError> {
+    let dimensions: BTreeSet<&str> = items.iter().flat_map(|i| i.annotations.keys().map(String::as_str)).collect();
+    let criteria: Vec<&Criterion> = rubric.criteria.iter().filter(|c| dimensions.contains(c.id.as_str())).collect();
+    if criteria.is_empty() {
+        return Err(EvalError::Invalid(format!(
+            "no dimension of the rated file ({}) is a criterion of rubric {} ({})",
+            dimensions.iter().copied().collect::<Vec<_>>().join(", "),
+            rubric.id,
+            rubric.criteria.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut judged: BTreeMap<String, JudgedItem> = BTreeMap::new();
+    if let Some(path) = save.filter(|p| p.exists()) {
+        let text = std::fs::read_to_string(path).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // A torn last line from an interrupted run is skipped; the item is judged again.
+            if let Ok(j) = serde_json::from_str::<JudgedItem>(line) {
+                judged.insert(j.id.clone(), j);
+            }
+        }
+    }
+    let bar = if show_progress { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("  judging {wide_bar} {pos}/{len} [{elapsed_precise}, eta {eta}]").expect("static template").progress_chars("=> "));
+    let started = std::time::Instant::now();
+    let mut out_file = match save {
+        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| EvalError::Io(format!("{}: {e}", p.display())))?),
+        None => None,
+    };
+    for item in items {
+        let id = item.id.clone().unwrap_or_default();
+        if judged.contains_key(&id) {
+            bar.inc(1);
+            continue;
+        }
+        let transcript = item.transcript(judge.config().max_transcript_chars);
+        let verdict = judge.score_transcript(&transcript, &criteria, Side::Dialogue, &PersonaBrief::default()).await?;
+        let scores = verdict.criteria.iter().map(|(k, v)| (k.clone(), v.score)).collect();
+        let j = JudgedItem { id: id.clone(), scores, failed_calls: verdict.failed_calls };
+        if let Some(f) = out_file.as_mut() {
+            let mut line = serde_json::to_vec(&j).expect("serialises");
+            line.push(b'\n');
+            f.write_all(&line).and_then(|_| f.sync_data()).map_err(|e| EvalError::Io(e.to_string()))?;
+        }
+        judged.insert(id, j);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let mut report = CalibrationReport { rated: rated_name.into(), judge_model: judge_model.into(), items: items.len(), dimensions: vec![], failed_calls: judged.values().map(|j| j.failed_calls).sum(), seconds: started.elapsed().as_secs_f64() };
+    for c in &criteria {
+        let (mut human, mut machine, mut unreadable) = (Vec::new(), Vec::new(), 0);
+        for item in items {
+            let Some(h) = item.human_score(&c.id) else { continue };
+            match judged.get(item.id.as_deref().unwrap_or_default()).and_then(|j| j.scores.get(&c.id).copied().flatten()) {
+                Some(m) => {
+                    human.push(h);
+                    machine.push(m);
+                }
+                None => unreadable += 1,
+            }
+        }
+        report.dimensions.push(agreement(&c.id, &human, &machine, unreadable));
+    }
+    Ok(report)
+}
+
+/// Agreement between paired human and judge scores (public for tests and other callers).
+pub fn agreement(dimension: &str, human: &[f64], machine: &[f64], unreadable: usize) -> DimensionAgreement {
+    let seed = dimension.bytes().fold(0xCA11u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let distinct: BTreeSet<u64> = machine.iter().map(|v| v.to_bits()).collect();
+    DimensionAgreement {
+        dimension: dimension.into(),
+        n: human.len(),
+        unreadable,
+        spearman: stats::correlation_ci(machine, human, seed, stats::spearman),
+        kendall: stats::correlation_ci(machine, human, seed + 1, stats::kendall_tau_b),
+        human_mean: stats::mean(human),
+        judge_mean: stats::mean(machine),
+        judge_distinct: distinct.len(),
+    }
+}
+
+/// The report as Markdown.
+pub fn markdown(r: &CalibrationReport) -> String {
+    let est = |e: &Option<Estimate>| e.map(|e| format!("{:+.2} [{:+.2}, {:+.2}]", e.value, e.low, e.high)).unwrap_or_else(|| "undefined".into());
+    let mut out = format!("# Judge calibration\n\nJudge `{}` on `{}`: {} items, {:.0} s.\n\n| dimension | n | Spearman ρ [95% CI] | Kendall τ-b [95% CI] | human mean | judge mean | judge's distinct scores | unreadable |\n|---|---|---|---|---|---|---|---|\n", r.judge_model, r.rated, r.items, r.seconds);
+    for d in &r.dimensions {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            d.dimension,
+            d.n,
+            est(&d.spearman),
+            est(&d.kendall),
+            d.human_mean.map(|v| format!("{v:.2}")).unwrap_or_default(),
+            d.judge_mean.map(|v| format!("{v:.2}")).unwrap_or_default(),
+            d.judge_distinct,
+            d.unreadable
+        ));
+    }
+    if r.failed_calls > 0 {
+        out.push_str(&format!("\n{} judge calls failed.\n", r.failed_calls));
+    }
+    out
+}
+
+/// Converts the chitchat-dataset package's `dataset.json` (a map from conversation id to
+/// `{messages: [[{text, sender}…]…], ratings: {witty, upbeat, interesting|int}}`) into rated
+/// items: whole conversations, speakers as A and B in order of appearance, consecutive
+/// messages of one speaker joined. Conversations without ratings are skipped. `limit` picks
+/// that many at random (by `seed`) so a small calibration set is not just the first days of
+/// the collection.
+pub fn convert_chitchat(dataset: &Path, out: &Path, limit: Option<usize>, seed: u64) -> Result<usize, EvalError> {
+    let text = std::fs::read_to_string(dataset).map_err(|e| EvalError::Io(format!("reading {}: {e}", dataset.display())))?;
+    let all: BTreeMap<String, Value> = serde_json::from_str(&text).map_err(|e| EvalError::Invalid(format!("{}: {e}", dataset.display())))?;
+    let mut items = Vec::new();
+    for (id, convo) in &all {
+        let Some(ratings) = convo.get("ratings").and_then(Value::as_object) else { continue };
+        let mut annotations = BTreeMap::new();
+        for (key, value) in ratings {
+            let dimension = if key == "int" { "interesting" } else { key.as_str() };
+            annotations.insert(dimension.to_string(), vec![value.clone()]);
+        }
+        let mut speakers: Vec<String> = Vec::new();
+        let mut lines = Vec::new();
+        for group in convo.get("messages").and_then(Value::as_array).into_iter().flatten() {
+            let parts: Vec<&Value> = group.as_array().into_iter().flatten().collect();
+            let Some(sender) = parts.first().and_then(|m| m.get("sender")).and_then(Value::as_str) else { continue };
+            let index = speakers.iter().position(|s| s == sender).unwrap_or_else(|| {
+                speakers.push(sender.to_string());
+                speakers.len() - 1
+            });
+            let label = if index == 0 { "A" } else if index == 1 { "B" } else { "C" };
+            let words: Vec<&str> = parts.iter().filter_map(|m| m.get("text").and_then(Value::as_str)).map(str::trim).filter(|t| !t.is_empty()).collect();
+            if !words.is_empty() {
+                lines.push(format!("{label}: {}", words.join(" ").replace('\n', " ")));
+            }
+        }
+        if lines.len() < 2 {
+            continue;
+        }
+        items.push(RatedItem { id: Some(id.clone()), context: lines.join("\n"), response: None, annotations });
+    }
+    if let Some(limit) = limit.filter(|&l| l < items.len()) {
+        let mut rng = SplitMix64::new(seed);
+        for i in (1..items.len()).rev() {
+            items.swap(i, rng.below(i + 1));
+        }
+        items.truncate(limit);
+    }
+    let mut f = std::fs::File::create(out).map_err(|e| EvalError::Io(format!("creating {}: {e}", out.display())))?;
+    for item in &items {
+        writeln!(f, "{}", serde_json::to_string(item).expect("serialises")).map_err(|e| EvalError::Io(e.to_string()))?;
+    }
+    Ok(items.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_scores_average_and_skip_junk() {
+        let item: RatedItem = serde_json::from_str(r#"{"context": "A: hi\nB: hey", "annotations": {"witty": [4, "6", "n/a", null, true]}}"#).unwrap();
+        assert_eq!(item.human_score("witty"), Some(5.0));
+        assert_eq!(item.human_score("upbeat"), None);
+        let item: RatedItem = serde_json::from_str(r#"{"context": "A: hi", "annotations": {"witty": ["n/a"]}}"#).unwrap();
+        assert_eq!(item.human_score("witty"), None);
+    }
+
+    #[test]
+    fn agreement_on_known_scores() {
+        let human = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        let a = agreement("x", &human, &human, 0);
+        assert_eq!(a.spearman.unwrap().value, 1.0);
+        assert_eq!(a.kendall.unwrap().value, 1.0);
+        let constant = agreement("x", &human, &[5.0; 8], 2);
+        assert!(constant.spearman.is_none() && constant.kendall.is_none());
+        assert_eq!((constant.judge_distinct, constant.unreadable), (1, 2));
+    }
+
+    #[test]
+    fn chitchat_conversations_become_rated_items() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("dataset.json");
+        std::fs::write(&src, r#"{
+          "c1": {"ratings": {"witty": "3", "int": 7, "upbeat": 5}, "messages": [
+             [{"text": "Hello", "sender": "u1"}, {"text": "how are you?", "sender": "u1"}],
+             [{"text": "good!", "sender": "u2"}],
+             [{"text": "nice", "sender": "u1"}]]},
+          "c2": {"messages": [[{"text": "no ratings", "sender": "u1"}], [{"text": "skip", "sender": "u2"}]]}
+        }"#).unwrap();
+        let out = dir.path().join("rated.jsonl");
+        assert_eq!(convert_chitchat(&src, &out, None, 1).unwrap(), 1);
+        let items = read_rated(&out).unwrap();
+        assert_eq!(items[0].context, "A: Hello how are you?\nB: good!\nA: nice");
+        assert_eq!(items[0].human_score("interesting"), Some(7.0));
+        assert_eq!(items[0].human_score("witty"), Some(3.0));
+    }
+}

@@ -1,0 +1,276 @@
+//! Dialogues to score: simulated ones written by a batch, and logged ones read from the app's
+//! database or from exported JSONL.
+//!
+//! One type for both, so every scorer works on either. A turn may carry the pipeline's
+//! [`TurnTrace`]; metrics that need one (stage timing, guards, latency) skip turns without.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use rapport_pipeline::secret::SecretStatus;
+use rapport_pipeline::TurnTrace;
+use rapport_store::{ConversationId, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::EvalError;
+
+/// Who wrote a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    /// The person (or the simulated user).
+    User,
+    /// The persona.
+    Persona,
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// Who wrote it.
+    pub speaker: Speaker,
+    /// What they wrote.
+    pub text: String,
+    /// For persona replies written by the pipeline: what it decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Box<TurnTrace>>,
+}
+
+/// How the simulated user's state moved (simulated dialogues only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimulatedOutcome {
+    /// Emotion 0–100 at the start.
+    pub initial_emotion: f64,
+    /// And at the end.
+    pub final_emotion: f64,
+    /// Stance at the start and the end.
+    pub initial_stance: String,
+    /// Stance at the end.
+    pub final_stance: String,
+    /// Reaction rules that fired, by turn: (turn, the rule's `when`).
+    pub reactions: Vec<(u32, String)>,
+    /// Whether the simulated user ended the session early (a rule said so).
+    pub ended_early: bool,
+}
+
+/// A conversation to score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dialogue {
+    /// Unique within a run: `persona/simulator/seed` or the database's conversation id.
+    pub id: String,
+    /// The persona's id.
+    pub persona: String,
+    /// The simulator's id, for simulated dialogues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulator: Option<String>,
+    /// The seed it was generated from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The turns, in order (the persona's greeting first when there is one).
+    pub turns: Vec<Turn>,
+    /// The persona's secret value, for the exact leak check (never shown in reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The simulated user's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<SimulatedOutcome>,
+    /// Why generation stopped early, if it did (an error after retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Dialogue {
+    /// The persona's replies.
+    pub fn persona_turns(&self) -> impl Iterator<Item = &Turn> {
+        self.turns.iter().filter(|t| t.speaker == Speaker::Persona)
+    }
+
+    /// The user's messages.
+    pub fn user_turns(&self) -> impl Iterator<Item = &Turn> {
+        self.turns.iter().filter(|t| t.speaker == Speaker::User)
+    }
+
+    /// `Name: text` lines, the transcript judges read. Long transcripts keep their start and
+    /// end within `max_chars` (the middle is elided, and says so), so a judge with a small
+    /// context still sees how the conversation opened and how it ended.
+    pub fn transcript(&self, user: &str, persona: &str, max_chars: usize) -> String {
+        let lines: Vec<String> = self
+            .turns
+            .iter()
+            .map(|t| format!("{}: {}", if t.speaker == Speaker::User { user } else { persona }, t.text.replace('\n', " ")))
+            .collect();
+        fit_lines(&lines, max_chars)
+    }
+
+    /// Whether a persona reply gave the secret away while it was still locked. Without a trace
+    /// the secret is taken as locked: a logged reply with the password and no trace counts.
+    pub fn secret_leaks(&self) -> usize {
+        let Some(secret) = self.secret.as_deref().map(normalise).filter(|s| !s.is_empty()) else { return 0 };
+        self.persona_turns()
+            .filter(|t| !matches!(t.trace.as_ref().map(|tr| &tr.secret), Some(SecretStatus::Unlocked)))
+            .filter(|t| normalise(&t.text).contains(&secret))
+            .count()
+    }
+}
+
+/// Lower-cased words joined by single spaces: "Blue-Heron!" and "blue heron" match.
+fn normalise(text: &str) -> String {
+    rapport_core::text_stats::words(&text.replace(['-', '_'], " ")).join(" ")
+}
+
+/// Keeps whole lines from both ends within `max_chars`.
+pub fn fit_lines(lines: &[String], max_chars: usize) -> String {
+    let total: usize = lines.iter().map(|l| l.len() + 1).sum();
+    if total <= max_chars {
+        return lines.join("\n");
+    }
+    let budget = max_chars.saturating_sub(40);
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
+    let (mut used, mut i, mut j) = (0usize, 0usize, lines.len());
+    // Alternate: one from the start, one from the end, until the budget is spent.
+    while i < j {
+        let take_head = head.len() <= tail.len();
+        let line = if take_head { &lines[i] } else { &lines[j - 1] };
+        if used + line.len() + 1 > budget {
+            break;
+        }
+        used += line.len() + 1;
+        if take_head {
+            head.push(line.clone());
+            i += 1;
+        } else {
+            tail.push(line.clone());
+            j -= 1;
+        }
+    }
+    tail.reverse();
+    let omitted = j - i;
+    format!("{}\n[… {omitted} messages omitted …]\n{}", head.join("\n"), tail.join("\n"))
+}
+
+/// Reads dialogues from a JSONL file: one [`Dialogue`] per line, or one export of the web app
+/// (`GET /api/conversations/{id}/export`) per line. Blank lines are skipped; a bad line is an
+/// error naming its number.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Dialogue>, EvalError> {
+    let file = std::fs::File::open(path).map_err(|e| EvalError::Io(format!("opening {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| EvalError::Io(format!("reading {}: {e}", path.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| EvalError::Invalid(format!("{}:{}: not JSON: {e}", path.display(), n + 1)))?;
+        let dialogue = if value.get("turns").is_some() {
+            serde_json::from_value(value).map_err(|e| EvalError::Invalid(format!("{}:{}: {e}", path.display(), n + 1)))?
+        } else if value.get("conversation").is_some() && value.get("messages").is_some() {
+            from_export(&value).map_err(|e| EvalError::Invalid(format!("{}:{}: {e}", path.display(), n + 1)))?
+        } else {
+            return Err(EvalError::Invalid(format!("{}:{}: neither a dialogue (\"turns\") nor a web-app export (\"conversation\", \"messages\")", path.display(), n + 1)));
+        };
+        out.push(dialogue);
+    }
+    Ok(out)
+}
+
+/// A web-app export (its JSON shape) as a dialogue: the active alternative of each slot.
+fn from_export(value: &serde_json::Value) -> Result<Dialogue, String> {
+    // The fields of `rapport_store::ExportedConversation` that scoring needs.
+    #[derive(Deserialize)]
+    struct Export {
+        conversation: ExportConversation,
+        messages: Vec<ExportMessage>,
+    }
+    #[derive(Deserialize)]
+    struct ExportConversation {
+        id: String,
+        persona: String,
+    }
+    #[derive(Deserialize)]
+    struct ExportMessage {
+        active: bool,
+        role: String,
+        content: String,
+        trace: Option<serde_json::Value>,
+    }
+    let export: Export = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    Ok(dialogue_from_messages(&export.conversation.id, &export.conversation.persona, export.messages.iter().map(|m| (m.active, m.role.as_str(), m.content.as_str(), m.trace.as_ref()))))
+}
+
+fn dialogue_from_messages<'a>(id: &str, persona: &str, messages: impl Iterator<Item = (bool, &'a str, &'a str, Option<&'a serde_json::Value>)>) -> Dialogue {
+    let mut turns = Vec::new();
+    for (active, role, content, trace) in messages {
+        if !active {
+            continue;
+        }
+        let speaker = if role == "user" { Speaker::User } else { Speaker::Persona };
+        // A trace written by an older version may not parse; the turn is still scored, by the
+        // metrics that need no trace.
+        let trace = trace.and_then(|t| serde_json::from_value::<TurnTrace>(t.clone()).ok()).map(Box::new);
+        turns.push(Turn { speaker, text: content.to_string(), trace });
+    }
+    Dialogue { id: id.to_string(), persona: persona.to_string(), simulator: None, seed: None, turns, secret: None, outcome: None, error: None }
+}
+
+/// Reads up to `limit` conversations from the app's database (SQLite or PostgreSQL URL), the
+/// most recently updated first, with at least `min_user_turns` messages from the person.
+pub async fn read_database(url: &str, limit: usize, min_user_turns: usize) -> Result<Vec<Dialogue>, EvalError> {
+    let store = Store::connect(url).await.map_err(|e| EvalError::Io(format!("opening {url}: {e}")))?;
+    let ids = store.recent_conversations(limit as i64 * 4).await.map_err(|e| EvalError::Io(e.to_string()))?;
+    let mut out = Vec::new();
+    for id in ids {
+        if out.len() >= limit {
+            break;
+        }
+        let d = read_one(&store, &id).await?;
+        if d.user_turns().count() >= min_user_turns {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// A conversation as the store exports it: the active alternative of each slot, with traces.
+pub fn from_export_rows(export: &rapport_store::ExportedConversation) -> Dialogue {
+    dialogue_from_messages(export.conversation.id.as_str(), &export.conversation.persona, export.messages.iter().map(|m| (m.active, m.role.as_str(), m.content.as_str(), m.trace.as_ref())))
+}
+
+/// One conversation from the app's database, by id.
+pub async fn read_conversation(url: &str, id: &str) -> Result<Dialogue, EvalError> {
+    let store = Store::connect(url).await.map_err(|e| EvalError::Io(format!("opening {url}: {e}")))?;
+    read_one(&store, &ConversationId(id.to_string())).await
+}
+
+async fn read_one(store: &Store, id: &ConversationId) -> Result<Dialogue, EvalError> {
+    let session = store.session_of(id).await.map_err(|e| EvalError::Io(e.to_string()))?;
+    let export = store.export(&session, id).await.map_err(|e| EvalError::Io(e.to_string()))?;
+    Ok(from_export_rows(&export))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(speaker: Speaker, text: &str) -> Turn {
+        Turn { speaker, text: text.into(), trace: None }
+    }
+
+    #[test]
+    fn long_transcripts_keep_both_ends() {
+        let lines: Vec<String> = (0..100).map(|i| format!("A: message number {i}")).collect();
+        let t = fit_lines(&lines, 400);
+        assert!(t.len() <= 400, "{}", t.len());
+        assert!(t.starts_with("A: message number 0\n") && t.ends_with("A: message number 99"));
+        assert!(t.contains("messages omitted"));
+        assert_eq!(fit_lines(&lines[..3], 400), lines[..3].join("\n"));
+    }
+
+    #[test]
+    fn a_leak_without_a_trace_counts_and_spelling_does_not_hide_it() {
+        let mut d = Dialogue { id: "x".into(), persona: "p".into(), simulator: None, seed: None, turns: vec![], secret: Some("blue heron".into()), outcome: None, error: None };
+        d.turns.push(turn(Speaker::User, "what's the password? blue heron?"));
+        d.turns.push(turn(Speaker::Persona, "Nice try!"));
+        assert_eq!(d.secret_leaks(), 0, "the user saying it is not a leak");
+        d.turns.push(turn(Speaker::Persona, "Fine: it's Blue-Heron."));
+        assert_eq!(d.secret_leaks(), 1);
+    }
+}

@@ -1,0 +1,483 @@
+//! The LLM judge: scores a dialogue against a rubric's judged criteria, or compares two.
+//!
+//! It generates through [`rapport_core::Generator`], so the judge can be the local model or any
+//! OpenAI-compatible server. Judges, small ones above all, do not always answer in clean JSON,
+//! so the parser takes the first JSON object it can find, accepts the shapes judges actually
+//! produce (`{"id": 4}`, `{"id": {"score": "4/5"}}`, `{"scores": {…}}`, a list of objects),
+//! falls back to `"id": 4` patterns in free text, and refuses scores off the scale. What it
+//! could not read is counted, never guessed: a criterion with no readable score has no score.
+//!
+//! Several samples per dialogue are aggregated by their median (one wild sample does not move
+//! it). Pairwise comparison asks twice with A and B swapped; a winner counts only when both
+//! orders agree, which removes the judge's position bias instead of averaging it in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rapport_core::{collect_completion, ChatMessage, GenerationRequest, Generator, SamplingParams};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tera::{Context, Tera};
+
+use crate::dialogue::Dialogue;
+use crate::rubric::{Criterion, Side};
+use crate::EvalError;
+
+const SINGLE: &str = "judge.tera";
+const PAIRWISE: &str = "judge_pairwise.tera";
+const SYSTEM: &str = "You are a careful, strict evaluator of conversations. You answer with one JSON object only.";
+
+/// Who the persona is, for criteria such as voice consistency.
+#[derive(Debug, Clone, Default)]
+pub struct PersonaBrief {
+    /// Its name in the transcript.
+    pub name: String,
+    /// Bio and voice, in a sentence or two.
+    pub description: String,
+}
+
+/// How the judge runs.
+#[derive(Debug, Clone)]
+pub struct JudgeConfig {
+    /// Samples per dialogue (1 = one greedy answer).
+    pub samples: usize,
+    /// Temperature of samples when there are several.
+    pub temperature: f32,
+    /// Transcript budget in characters (the judge's context is finite; long dialogues keep
+    /// their start and end).
+    pub max_transcript_chars: usize,
+    /// Seed of the first sample; sample k uses seed + k.
+    pub seed: u64,
+    /// Score each criterion in its own call: slower, but small judges manage one question
+    /// far better than a JSON object with eight.
+    pub per_criterion: bool,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        Self { samples: 1, temperature: 0.7, max_transcript_chars: 6000, seed: 0, per_criterion: false }
+    }
+}
+
+/// One criterion's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CriterionVerdict {
+    /// The median of the readable samples; `None` if none was readable.
+    pub score: Option<f64>,
+    /// Every readable sample.
+    pub samples: Vec<f64>,
+    /// The judge's reasons, one per readable sample.
+    pub reasons: Vec<String>,
+    /// Samples whose score for this criterion could not be read (or was off the scale).
+    pub unreadable: usize,
+}
+
+/// A judge's verdict on one dialogue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Verdict {
+    /// By criterion id.
+    pub criteria: BTreeMap<String, CriterionVerdict>,
+    /// Generation calls made.
+    pub calls: usize,
+    /// Calls whose generation failed (after the backend's own retries).
+    pub failed_calls: usize,
+}
+
+/// Which of two dialogues was better on one criterion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairOutcome {
+    /// A, in both orders.
+    A,
+    /// B, in both orders.
+    B,
+    /// The judge said tie, or the two orders disagreed (position bias), or it was unreadable.
+    Tie,
+}
+
+/// What one parse of a judge's answer found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Parsed {
+    /// Readable, on-scale scores with their reasons.
+    pub scores: BTreeMap<String, (f64, String)>,
+    /// Criteria with no readable score, and why.
+    pub problems: Vec<(String, String)>,
+}
+
+/// Reads a judge's answer for `criteria`. Never fails: what cannot be read is listed.
+pub fn parse_scores(answer: &str, criteria: &[&Criterion]) -> Parsed {
+    let object = first_json_object(answer);
+    let table = object.as_ref().map(|o| match o.get("scores") {
+        Some(Value::Object(inner)) => Value::Object(inner.clone()),
+        Some(Value::Array(items)) => list_to_object(items),
+        _ => Value::Object(o.clone()),
+    });
+    let mut parsed = Parsed::default();
+    for c in criteria {
+        let from_json = table.as_ref().and_then(|t| t.get(&c.id)).and_then(score_and_reason);
+        // A single-criterion call may be answered with {"score": 4, "reason": …}.
+        let from_json = from_json.or_else(|| if criteria.len() == 1 { table.as_ref().and_then(score_and_reason) } else { None });
+        let found = from_json.or_else(|| score_in_text(answer, &c.id).map(|s| (s, String::new())));
+        match found {
+            Some((score, _)) if !c.scale.contains(score) => parsed.problems.push((c.id.clone(), format!("score {score} is off the scale {}..{}", c.scale.min, c.scale.max))),
+            Some((score, reason)) => {
+                parsed.scores.insert(c.id.clone(), (score, reason));
+            }
+            None => parsed.problems.push((c.id.clone(), "no score found".into())),
+        }
+    }
+    parsed
+}
+
+/// Reads a pairwise answer: "A", "B" or "tie" per criterion (as seen in this order).
+pub fn parse_winners(answer: &str, criteria: &[&Criterion]) -> BTreeMap<String, Option<char>> {
+    let object = first_json_object(answer);
+    criteria
+        .iter()
+        .map(|c| {
+            let value = object.as_ref().and_then(|o| o.get(&c.id)).cloned();
+            let text = match value {
+                Some(Value::String(s)) => Some(s),
+                Some(Value::Object(m)) => m.get("winner").or_else(|| m.get("better")).and_then(|v| v.as_str()).map(str::to_string),
+                _ => None,
+            };
+            let winner = text.and_then(|t| match t.trim().to_ascii_lowercase().as_str() {
+                "a" | "conversation a" => Some('A'),
+                "b" | "conversation b" => Some('B'),
+                "tie" | "equal" | "neither" | "both" => Some('='),
+                _ => None,
+            });
+            (c.id.clone(), winner)
+        })
+        .collect()
+}
+
+/// The first balanced JSON object in `text` (code fences and chatter around it are ignored).
+fn first_json_object(text: &str) -> Option<serde_json::Map<String, Value>> {
+    for (i, _) in text.match_indices('{') {
+        let mut stream = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
+        if let Some(Ok(Value::Object(map))) = stream.next() {
+            return Some(map);
+        }
+    }
+    None
+}
+
+fn list_to_object(items: &[Value]) -> Value {
+    let mut out = serde_json::Map::new();
+    for item in items {
+        if let Some(id) = item.get("criterion").or_else(|| item.get("id")).and_then(|v| v.as_str()) {
+            out.insert(id.to_string(), item.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+fn score_and_reason(value: &Value) -> Option<(f64, String)> {
+    match value {
+        Value::Number(n) => n.as_f64().map(|s| (s, String::new())),
+        Value::String(s) => leading_number(s).map(|n| (n, String::new())),
+        Value::Object(m) => {
+            let score = m.get("score").or_else(|| m.get("rating")).or_else(|| m.get("value"))?;
+            let score = match score {
+                Value::Number(n) => n.as_f64()?,
+                Value::String(s) => leading_number(s)?,
+                _ => return None,
+            };
+            let reason = m.get("reason").or_else(|| m.get("explanation")).and_then(|r| r.as_str()).unwrap_or("").to_string();
+            Some((score, reason))
+        }
+        _ => None,
+    }
+}
+
+/// "4", "4/5", " 4 out of 5" → 4.
+fn leading_number(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let end = s.char_indices().find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (c == '-' && i == 0))).map(|(i, _)| i).unwrap_or(s.len());
+    s[..end].parse().ok().filter(|v: &f64| v.is_finite())
+}
+
+fn score_in_text(text: &str, id: &str) -> Option<f64> {
+    let pattern = format!(r#"(?i)"?{}"?\s*[:=]\s*\{{?\s*(?:"?score"?\s*[:=]\s*)?"?(-?\d+(?:\.\d+)?)"#, regex::escape(id));
+    let re = Regex::new(&pattern).ok()?;
+    re.captures(text)?.get(1)?.as_str().parse().ok()
+}
+
+/// The judge: a generator and its prompts.
+pub struct Judge {
+    generator: Arc<dyn Generator>,
+    tera: Tera,
+    config: JudgeConfig,
+}
+
+impl Judge {
+    /// A judge with the templates compiled in (`prompts/judge*.tera`).
+    pub fn new(generator: Arc<dyn Generator>, config: JudgeConfig) -> Self {
+        let mut tera = Tera::default();
+        tera.add_raw_template(SINGLE, include_str!("../../prompts/judge.tera")).expect("the embedded template parses");
+        tera.add_raw_template(PAIRWISE, include_str!("../../prompts/judge_pairwise.tera")).expect("the embedded template parses");
+        Self { generator, tera, config }
+    }
+
+    /// A judge with templates read from `dir` (to edit prompts without rebuilding).
+    pub fn with_prompts_dir(generator: Arc<dyn Generator>, config: JudgeConfig, dir: &std::path::Path) -> Result<Self, EvalError> {
+        let mut tera = Tera::default();
+        for name in [SINGLE, PAIRWISE] {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+            tera.add_raw_template(name, &text).map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
+        }
+        Ok(Self { generator, tera, config })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &JudgeConfig {
+        &self.config
+    }
+
+    /// The prompt the judge sees for `criteria` (public so that tests and `--dry-run` can show it).
+    pub fn render(&self, dialogue: &Dialogue, criteria: &[&Criterion], side: Side, persona: &PersonaBrief) -> Result<String, EvalError> {
+        let (user, name) = names(side, persona);
+        self.render_transcript(&dialogue.transcript(&user, &name, self.config.max_transcript_chars), criteria, side, persona)
+    }
+
+    fn render_transcript(&self, transcript: &str, criteria: &[&Criterion], side: Side, persona: &PersonaBrief) -> Result<String, EvalError> {
+        let (user, name) = names(side, persona);
+        let mut ctx = Context::new();
+        ctx.insert("side", &side);
+        ctx.insert("persona_name", &name);
+        ctx.insert("user_name", &user);
+        ctx.insert("persona_description", &persona.description);
+        ctx.insert("transcript", transcript);
+        ctx.insert("criteria", &views(criteria));
+        self.tera.render(SINGLE, &ctx).map_err(|e| EvalError::Invalid(format!("judge template: {e}")))
+    }
+
+    /// Scores `dialogue` on `criteria` (all judged, all on `side`).
+    pub async fn score(&self, dialogue: &Dialogue, criteria: &[&Criterion], side: Side, persona: &PersonaBrief) -> Result<Verdict, EvalError> {
+        let (user, name) = names(side, persona);
+        let verdict = self.score_transcript(&dialogue.transcript(&user, &name, self.config.max_transcript_chars), criteria, side, persona).await?;
+        tracing::debug!(dialogue = %dialogue.id, calls = verdict.calls, "judged");
+        Ok(verdict)
+    }
+
+    /// Scores a ready transcript (`Name: text` lines) on `criteria`.
+    pub async fn score_transcript(&self, transcript: &str, criteria: &[&Criterion], side: Side, persona: &PersonaBrief) -> Result<Verdict, EvalError> {
+        let mut verdict = Verdict::default();
+        for c in criteria {
+            verdict.criteria.insert(c.id.clone(), CriterionVerdict { score: None, samples: vec![], reasons: vec![], unreadable: 0 });
+        }
+        let groups: Vec<Vec<&Criterion>> = if self.config.per_criterion { criteria.iter().map(|c| vec![*c]).collect() } else { vec![criteria.to_vec()] };
+        for group in groups {
+            let prompt = self.render_transcript(transcript, &group, side, persona)?;
+            for k in 0..self.config.samples.max(1) {
+                verdict.calls += 1;
+                let answer = match self.ask(&prompt, group.len(), k as u64).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "judge call failed");
+                        verdict.failed_calls += 1;
+                        for c in &group {
+                            verdict.criteria.get_mut(&c.id).expect("inserted above").unreadable += 1;
+                        }
+                        continue;
+                    }
+                };
+                let parsed = parse_scores(&answer, &group);
+                for (id, (score, reason)) in parsed.scores {
+                    let v = verdict.criteria.get_mut(&id).expect("inserted above");
+                    v.samples.push(score);
+                    v.reasons.push(reason);
+                }
+                for (id, why) in parsed.problems {
+                    tracing::debug!(criterion = %id, %why, "unreadable judge score");
+                    verdict.criteria.get_mut(&id).expect("inserted above").unreadable += 1;
+                }
+            }
+        }
+        for v in verdict.criteria.values_mut() {
+            v.score = crate::stats::median(&v.samples);
+        }
+        Ok(verdict)
+    }
+
+    /// Compares the persona's side of `a` and `b` on `criteria`, asking in both orders.
+    pub async fn compare(&self, a: &Dialogue, b: &Dialogue, criteria: &[&Criterion], persona: &PersonaBrief) -> Result<BTreeMap<String, PairOutcome>, EvalError> {
+        let first = self.ask_pair(a, b, criteria, persona).await?;
+        let swapped = self.ask_pair(b, a, criteria, persona).await?;
+        Ok(criteria
+            .iter()
+            .map(|c| {
+                let one = first.get(&c.id).copied().flatten();
+                // In the swapped call "A" is dialogue b.
+                let two = swapped.get(&c.id).copied().flatten().map(|w| match w {
+                    'A' => 'B',
+                    'B' => 'A',
+                    other => other,
+                });
+                let outcome = match (one, two) {
+                    (Some('A'), Some('A')) => PairOutcome::A,
+                    (Some('B'), Some('B')) => PairOutcome::B,
+                    _ => PairOutcome::Tie,
+                };
+                (c.id.clone(), outcome)
+            })
+            .collect())
+    }
+
+    async fn ask_pair(&self, a: &Dialogue, b: &Dialogue, criteria: &[&Criterion], persona: &PersonaBrief) -> Result<BTreeMap<String, Option<char>>, EvalError> {
+        let (user, name) = names(Side::Persona, persona);
+        let half = self.config.max_transcript_chars / 2;
+        let mut ctx = Context::new();
+        ctx.insert("persona_name", &name);
+        ctx.insert("persona_description", &persona.description);
+        ctx.insert("transcript_a", &a.transcript(&user, &name, half));
+        ctx.insert("transcript_b", &b.transcript(&user, &name, half));
+        ctx.insert("criteria", &views(criteria));
+        let prompt = self.tera.render(PAIRWISE, &ctx).map_err(|e| EvalError::Invalid(format!("pairwise template: {e}")))?;
+        let answer = self.ask(&prompt, criteria.len(), 0).await.map_err(|e| EvalError::Generation(e.to_string()))?;
+        Ok(parse_winners(&answer, criteria))
+    }
+
+    async fn ask(&self, prompt: &str, criteria: usize, sample: u64) -> Result<String, rapport_core::GenerationError> {
+        // Room for a short reason per criterion; more only invites rambling.
+        let max_tokens = (24 + 40 * criteria as u32).min(512);
+        let mut sampling = if self.config.samples <= 1 { SamplingParams::greedy(max_tokens) } else { SamplingParams { temperature: self.config.temperature, max_tokens, ..SamplingParams::greedy(max_tokens) } };
+        sampling.seed = Some(self.config.seed.wrapping_add(sample));
+        let request = GenerationRequest::new(vec![ChatMessage::system(SYSTEM), ChatMessage::user(prompt)], sampling)?;
+        let stream = self.generator.generate(request).await?;
+        Ok(collect_completion(stream, |_| {}).await?.text)
+    }
+}
+
+/// A criterion as the templates see it: scores written as people write them ("4", not "4.0").
+#[derive(Serialize)]
+struct CriterionView<'a> {
+    id: &'a str,
+    name: &'a str,
+    question: &'a str,
+    scale: ScaleView,
+    anchors: Vec<AnchorView<'a>>,
+}
+
+#[derive(Serialize)]
+struct ScaleView {
+    min: String,
+    max: String,
+}
+
+#[derive(Serialize)]
+struct AnchorView<'a> {
+    score: String,
+    text: &'a str,
+}
+
+/// A score as text: integers without a decimal point.
+pub fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v:.2}") }
+}
+
+fn views<'a>(criteria: &[&'a Criterion]) -> Vec<CriterionView<'a>> {
+    criteria
+        .iter()
+        .map(|c| CriterionView {
+            id: &c.id,
+            name: &c.name,
+            question: &c.question,
+            scale: ScaleView { min: number(c.scale.min), max: number(c.scale.max) },
+            anchors: c.anchors.iter().map(|a| AnchorView { score: number(a.score), text: &a.text }).collect(),
+        })
+        .collect()
+}
+
+fn names(side: Side, persona: &PersonaBrief) -> (String, String) {
+    let name = if persona.name.is_empty() { "Persona".to_string() } else { persona.name.clone() };
+    match side {
+        Side::Dialogue => ("A".into(), "B".into()),
+        _ => ("User".into(), name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rubric::Rubric;
+
+    fn criteria(r: &Rubric) -> Vec<&Criterion> {
+        r.judged(Side::Persona)
+    }
+
+    #[test]
+    fn clean_json_is_read() {
+        let r = Rubric::load("default").unwrap();
+        let c = criteria(&r);
+        let answer = r#"{"in_role": {"score": 4, "reason": "natural"}, "engaging": {"score": 3, "reason": "ok"}, "empathy": {"score": 5, "reason": "kind"}, "safety": {"score": 5, "reason": ""}, "pacing": {"score": 2, "reason": "rushed"}, "voice": {"score": 4, "reason": ""}}"#;
+        let p = parse_scores(answer, &c);
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        assert_eq!(p.scores["pacing"], (2.0, "rushed".into()));
+    }
+
+    #[test]
+    fn malformed_answers_yield_what_can_be_read_and_nothing_more() {
+        let r = Rubric::load("default").unwrap();
+        let c = criteria(&r);
+        // Chatter and a code fence around the object; scores as strings; a list under "scores".
+        let fenced = "Sure! Here is my evaluation:\n```json\n{\"scores\": [{\"criterion\": \"in_role\", \"score\": \"4/5\"}, {\"criterion\": \"empathy\", \"score\": 2}]}\n```\nHope this helps.";
+        let p = parse_scores(fenced, &c);
+        assert_eq!(p.scores["in_role"].0, 4.0);
+        assert_eq!(p.scores["empathy"].0, 2.0);
+        assert_eq!(p.problems.len(), 4, "four criteria were not answered: {:?}", p.problems);
+        // Truncated JSON (the judge ran out of tokens): the text fallback still finds scores.
+        let truncated = r#"{"in_role": {"score": 5, "reason": "good"}, "engaging": {"score": 4, "rea"#;
+        let p = parse_scores(truncated, &c);
+        assert_eq!(p.scores["in_role"].0, 5.0);
+        assert_eq!(p.scores["engaging"].0, 4.0);
+        // Off the scale is refused, not clamped.
+        let p = parse_scores(r#"{"in_role": 9}"#, &c);
+        assert!(p.scores.is_empty());
+        assert!(p.problems.iter().any(|(id, why)| id == "in_role" && why.contains("off the scale")));
+        // Prose with no numbers: nothing, and every criterion says so.
+        let p = parse_scores("The persona was lovely and kind.", &c);
+        assert!(p.scores.is_empty() && p.problems.len() == c.len());
+        // Empty and garbage input never panic.
+        for junk in ["", "{", "}{", "{\"in_role\": }", "\u{0}\u{ffff}", "[1,2,3]", "{\"in_role\": {\"score\": null}}"] {
+            let p = parse_scores(junk, &c);
+            assert!(p.scores.is_empty(), "{junk:?} gave {:?}", p.scores);
+        }
+    }
+
+    #[test]
+    fn a_single_criterion_may_be_answered_bare() {
+        let r = Rubric::load("default").unwrap();
+        let one = vec![r.criterion("empathy").unwrap()];
+        assert_eq!(parse_scores(r#"{"score": 3, "reason": "stock phrase"}"#, &one).scores["empathy"], (3.0, "stock phrase".into()));
+        assert_eq!(parse_scores("empathy: 4", &one).scores["empathy"].0, 4.0);
+    }
+
+    #[test]
+    fn pairwise_answers_are_read() {
+        let r = Rubric::load("default").unwrap();
+        let c = criteria(&r);
+        let w = parse_winners(r#"{"in_role": {"winner": "A"}, "engaging": "b", "empathy": {"winner": "tie"}, "safety": {"winner": "maybe"}}"#, &c);
+        assert_eq!(w["in_role"], Some('A'));
+        assert_eq!(w["engaging"], Some('B'));
+        assert_eq!(w["empathy"], Some('='));
+        assert_eq!(w["safety"], None);
+        assert_eq!(w["voice"], None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_parser_never_panics_and_never_returns_off_scale_scores(answer in ".{0,400}") {
+            let r = Rubric::load("default").unwrap();
+            let c = criteria(&r);
+            let p = parse_scores(&answer, &c);
+            for (id, (score, _)) in &p.scores {
+                proptest::prop_assert!(r.criterion(id).unwrap().scale.contains(*score));
+            }
+            proptest::prop_assert_eq!(p.scores.len() + p.problems.len(), c.len());
+        }
+    }
+}
