@@ -307,24 +307,7 @@ impl Judge {
     pub async fn compare(&self, a: &Dialogue, b: &Dialogue, criteria: &[&Criterion], persona: &PersonaBrief) -> Result<BTreeMap<String, PairOutcome>, EvalError> {
         let first = self.ask_pair(a, b, criteria, persona).await?;
         let swapped = self.ask_pair(b, a, criteria, persona).await?;
-        Ok(criteria
-            .iter()
-            .map(|c| {
-                let one = first.get(&c.id).copied().flatten();
-                // In the swapped call "A" is dialogue b.
-                let two = swapped.get(&c.id).copied().flatten().map(|w| match w {
-                    'A' => 'B',
-                    'B' => 'A',
-                    other => other,
-                });
-                let outcome = match (one, two) {
-                    (Some('A'), Some('A')) => PairOutcome::A,
-                    (Some('B'), Some('B')) => PairOutcome::B,
-                    _ => PairOutcome::Tie,
-                };
-                (c.id.clone(), outcome)
-            })
-            .collect())
+        Ok(criteria.iter().map(|c| (c.id.clone(), combine(first.get(&c.id).copied().flatten(), swapped.get(&c.id).copied().flatten()))).collect())
     }
 
     async fn ask_pair(&self, a: &Dialogue, b: &Dialogue, criteria: &[&Criterion], persona: &PersonaBrief) -> Result<BTreeMap<String, Option<char>>, EvalError> {
@@ -349,6 +332,22 @@ impl Judge {
         let request = GenerationRequest::new(vec![ChatMessage::system(SYSTEM), ChatMessage::user(prompt)], sampling)?;
         let stream = self.generator.generate(request).await?;
         Ok(collect_completion(stream, |_| {}).await?.text)
+    }
+}
+
+/// One criterion's pairwise outcome from the answer with (a, b) in order and the answer with
+/// them swapped, where the second answer's "A" is dialogue b. A judge that always prefers the
+/// first position answers A then A, which after the swap is a disagreement: a tie.
+pub fn combine(in_order: Option<char>, swapped: Option<char>) -> PairOutcome {
+    let swapped = swapped.map(|w| match w {
+        'A' => 'B',
+        'B' => 'A',
+        other => other,
+    });
+    match (in_order, swapped) {
+        (Some('A'), Some('A')) => PairOutcome::A,
+        (Some('B'), Some('B')) => PairOutcome::B,
+        _ => PairOutcome::Tie,
     }
 }
 
@@ -466,6 +465,15 @@ mod tests {
         assert_eq!(w["empathy"], Some('='));
         assert_eq!(w["safety"], None);
         assert_eq!(w["voice"], None);
+    }
+
+    #[test]
+    fn pairwise_wins_count_only_when_both_orders_agree() {
+        assert_eq!(combine(Some('A'), Some('B')), PairOutcome::A, "a first, then a second: a");
+        assert_eq!(combine(Some('B'), Some('A')), PairOutcome::B);
+        assert_eq!(combine(Some('A'), Some('A')), PairOutcome::Tie, "position bias is not a win");
+        assert_eq!(combine(Some('='), Some('=')), PairOutcome::Tie);
+        assert_eq!(combine(None, Some('B')), PairOutcome::Tie, "unreadable is no win");
     }
 
     proptest::proptest! {

@@ -81,6 +81,16 @@ fn a_batch_killed_part_way_resumes_and_reports() {
     let text = String::from_utf8_lossy(&cmp.stdout);
     assert!(text.contains("Paired on 2 dialogues") && text.contains(": 0 of "), "{text}");
     assert!(std::fs::read_to_string(dir.path().join("cmp/compare.html")).unwrap().contains("<svg"));
+
+    // Pairwise, both orders: every pair and criterion ends as a win, a loss or a tie.
+    let cmp = rapport().args(["eval", "compare", "--pairwise", "-m", "smollm2-135m"]).arg(&out).arg(&out).args(["--out"]).arg(dir.path().join("pair")).output().unwrap();
+    assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stderr));
+    let c: Value = serde_json::from_slice(&std::fs::read(dir.path().join("pair/compare.json")).unwrap()).unwrap();
+    let tallies = c["pairwise"].as_object().unwrap();
+    assert_eq!(tallies.len(), 6, "the six judged criteria: {c}");
+    for (id, t) in tallies {
+        assert_eq!(t["a"].as_u64().unwrap() + t["b"].as_u64().unwrap() + t["tie"].as_u64().unwrap(), 2, "{id}: {t}");
+    }
 }
 
 #[test]
