@@ -123,7 +123,9 @@ pub struct CalibrationReport {
     pub dimensions: Vec<DimensionAgreement>,
     /// Judge calls that failed.
     pub failed_calls: usize,
-    /// Seconds spent judging.
+    /// Items judged by this invocation (the rest came from the `--save` file).
+    pub judged_now: usize,
+    /// Seconds this invocation spent judging.
     pub seconds: f64,
 }
 
@@ -161,6 +163,7 @@ pub async fn calibrate(judge: &Judge, rubric: &Rubric, items: &[RatedItem], rate
     let bar = if show_progress { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("  judging {wide_bar} {pos}/{len} [{elapsed_precise}, eta {eta}]").expect("static template").progress_chars("=> "));
     let started = std::time::Instant::now();
+    let mut judged_now = 0;
     let mut out_file = match save {
         Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| EvalError::Io(format!("{}: {e}", p.display())))?),
         None => None,
@@ -181,11 +184,12 @@ pub async fn calibrate(judge: &Judge, rubric: &Rubric, items: &[RatedItem], rate
             f.write_all(&line).and_then(|_| f.sync_data()).map_err(|e| EvalError::Io(e.to_string()))?;
         }
         judged.insert(id, j);
+        judged_now += 1;
         bar.inc(1);
     }
     bar.finish_and_clear();
 
-    let mut report = CalibrationReport { rated: rated_name.into(), judge_model: judge_model.into(), items: items.len(), dimensions: vec![], failed_calls: judged.values().map(|j| j.failed_calls).sum(), seconds: started.elapsed().as_secs_f64() };
+    let mut report = CalibrationReport { rated: rated_name.into(), judge_model: judge_model.into(), items: items.len(), dimensions: vec![], failed_calls: judged.values().map(|j| j.failed_calls).sum(), judged_now, seconds: started.elapsed().as_secs_f64() };
     for c in &criteria {
         let (mut human, mut machine, mut unreadable) = (Vec::new(), Vec::new(), 0);
         for item in items {
@@ -222,7 +226,7 @@ pub fn agreement(dimension: &str, human: &[f64], machine: &[f64], unreadable: us
 /// The report as Markdown.
 pub fn markdown(r: &CalibrationReport) -> String {
     let est = |e: &Option<Estimate>| e.map(|e| format!("{:+.2} [{:+.2}, {:+.2}]", e.value, e.low, e.high)).unwrap_or_else(|| "undefined".into());
-    let mut out = format!("# Judge calibration\n\nJudge `{}` on `{}`: {} items, {:.0} s.\n\n| dimension | n | Spearman ρ [95% CI] | Kendall τ-b [95% CI] | human mean | judge mean | judge's distinct scores | unreadable |\n|---|---|---|---|---|---|---|---|\n", r.judge_model, r.rated, r.items, r.seconds);
+    let mut out = format!("# Judge calibration\n\nJudge `{}` on `{}`: {} items ({} judged now, in {:.0} s).\n\n| dimension | n | Spearman ρ [95% CI] | Kendall τ-b [95% CI] | human mean | judge mean | judge's distinct scores | unreadable |\n|---|---|---|---|---|---|---|---|\n", r.judge_model, r.rated, r.items, r.judged_now, r.seconds);
     for d in &r.dimensions {
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |\n",

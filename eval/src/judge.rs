@@ -331,7 +331,10 @@ impl Judge {
         sampling.seed = Some(self.config.seed.wrapping_add(sample));
         let request = GenerationRequest::new(vec![ChatMessage::system(SYSTEM), ChatMessage::user(prompt)], sampling)?;
         let stream = self.generator.generate(request).await?;
-        Ok(collect_completion(stream, |_| {}).await?.text)
+        let answer = collect_completion(stream, |_| {}).await?.text;
+        // `RAPPORT_LOG=rapport_eval::judge=debug` shows what the judge actually wrote.
+        tracing::debug!(%answer, "judge answer");
+        Ok(answer)
     }
 }
 
