@@ -17,7 +17,7 @@
 //! A judge that gives every item the same score has no correlation (reported as none, not 0).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -75,13 +75,8 @@ impl RatedItem {
 
 /// Reads a rated JSONL file. A line that is not a rated item is an error naming its number.
 pub fn read_rated(path: &Path) -> Result<Vec<RatedItem>, EvalError> {
-    let file = std::fs::File::open(path).map_err(|e| EvalError::Io(format!("opening {}: {e}", path.display())))?;
     let mut out = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| EvalError::Io(format!("reading {}: {e}", path.display())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (n, line) in crate::dialogue::jsonl_lines(path)? {
         let mut item: RatedItem = serde_json::from_str(&line).map_err(|e| EvalError::Invalid(format!("{}:{}: {e} (expected {{\"context\": …, \"annotations\": {{dimension: [scores]}}}})", path.display(), n + 1)))?;
         item.id.get_or_insert_with(|| format!("line{}", n + 1));
         out.push(item);

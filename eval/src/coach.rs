@@ -114,7 +114,7 @@ pub fn user_side(dialogue: &Dialogue) -> UserSide {
         let signals = turns.get(i + 1).filter(|n| n.speaker == Speaker::Persona).and_then(|n| n.trace.as_deref()).map(|tr| &tr.signals);
         let lower = t.text.to_lowercase();
         let previous = turns[..i].iter().rev().find(|p| p.speaker == Speaker::Persona);
-        if let Some(prev) = previous.filter(|_| i > 0) {
+        if let Some(prev) = previous {
             // What the persona said recently: its last two replies (picking up a thread from
             // one message back is listening too).
             let theirs: Vec<String> = turns[..i].iter().rev().filter(|p| p.speaker == Speaker::Persona).take(2).flat_map(|p| content_words(&p.text)).collect();
@@ -225,19 +225,9 @@ pub fn feedback(dialogue: &Dialogue) -> CoachReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dialogue::Turn;
 
     fn dialogue(turns: &[(Speaker, &str)]) -> Dialogue {
-        Dialogue {
-            id: "d".into(),
-            persona: "p".into(),
-            simulator: None,
-            seed: None,
-            turns: turns.iter().map(|(s, t)| Turn { speaker: *s, text: t.to_string(), trace: None }).collect(),
-            secret: None,
-            outcome: None,
-            error: None,
-        }
+        Dialogue::of_turns(turns)
     }
 
     #[test]

@@ -242,16 +242,7 @@ mod tests {
     use crate::dialogue::{SimulatedOutcome, Turn};
 
     fn dialogue(turns: &[(Speaker, &str)]) -> Dialogue {
-        Dialogue {
-            id: "d".into(),
-            persona: "p".into(),
-            simulator: None,
-            seed: None,
-            turns: turns.iter().map(|(s, t)| Turn { speaker: *s, text: t.to_string(), trace: None }).collect(),
-            secret: None,
-            outcome: None,
-            error: None,
-        }
+        Dialogue::of_turns(turns)
     }
 
     #[test]

@@ -252,14 +252,10 @@ impl RuleMatcher {
 
     /// The index of the rule `reply` triggers, with its similarity.
     pub fn fire(&self, reply: &str, rules: &[ReactionRule]) -> Result<Option<(usize, f32)>, EvalError> {
-        let Some(nlu) = &self.nlu else { return Ok(None) };
-        if rules.is_empty() {
+        if self.nlu.is_none() || rules.is_empty() {
             return Ok(None);
         }
-        let mut texts: Vec<&str> = vec![reply];
-        texts.extend(rules.iter().map(|r| r.when.as_str()));
-        let vectors = nlu.encoder().encode_batch(&texts).map_err(|e| EvalError::Model(e.to_string()))?;
-        let best = vectors[1..].iter().enumerate().map(|(i, v)| (i, cosine(&vectors[0].0, &v.0))).max_by(|a, b| a.1.total_cmp(&b.1));
+        let best = self.scores(reply, rules)?.into_iter().enumerate().max_by(|a, b| a.1.total_cmp(&b.1));
         Ok(best.filter(|(_, s)| *s >= self.threshold))
     }
 }
