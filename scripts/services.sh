@@ -33,6 +33,8 @@ if ! as_postgres "psql -p $pg_port -tAc \"SELECT 1 FROM pg_database WHERE datnam
   as_postgres "createdb -p $pg_port -O rapport rapport"
 fi
 export RAPPORT_TEST_POSTGRES_URL="postgres://rapport:rapport@127.0.0.1:$pg_port/rapport"
+# The chaos drill restarts the database under load with this command.
+export RAPPORT_TEST_POSTGRES_RESTART="${SUDO:+$SUDO }pg_ctlcluster $pg_version main restart"
 
 # playwright-core only: it drives the system's Chromium and downloads no browser.
 if [ ! -d web/tests/node_modules/playwright-core ]; then

@@ -35,6 +35,14 @@ pub struct BackendArgs {
     /// Load GGUF files as they are, without re-encoding Q4_1/Q5_x blocks as Q8_0.
     #[arg(long)]
     pub no_repack: bool,
+    /// Sequences the embedded engine decodes together in one batch (replies written at once
+    /// beyond this wait for a place in the batch).
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// Seconds to wait for the OpenAI-compatible server's first byte, and between its chunks,
+    /// before the attempt counts as failed (and is retried, then answered with a fallback).
+    #[arg(long, requires = "llm_url")]
+    pub llm_timeout_secs: Option<u64>,
 }
 
 /// A ready backend and the sampling defaults that go with its model.
@@ -58,6 +66,10 @@ impl BackendArgs {
         if let Some(url) = &self.llm_url {
             let mut options = OpenAiCompatOptions::new(url, self.llm_model.clone().unwrap_or_else(|| self.model.clone()));
             options.api_key = self.llm_api_key.clone();
+            if let Some(secs) = self.llm_timeout_secs {
+                options.first_byte_timeout = std::time::Duration::from_secs(secs.max(1));
+                options.idle_timeout = std::time::Duration::from_secs(secs.max(1));
+            }
             let generator = OpenAiCompatGenerator::new(options)?;
             return Ok(Backend { generator: Arc::new(generator), sampling, model_name: self.model.clone() });
         }
@@ -72,7 +84,7 @@ impl BackendArgs {
             _ => cache.resolve(&self.model)?,
         };
         let started = std::time::Instant::now();
-        let mut options = EmbeddedOptions { activations: self.activations, ..EmbeddedOptions::default() };
+        let mut options = EmbeddedOptions { activations: self.activations, max_batch: self.max_batch.max(1), ..EmbeddedOptions::default() };
         if self.no_repack {
             options.repack_dir = None;
         }

@@ -60,6 +60,9 @@ pub enum EvalCommand {
     },
     /// Feedback on the person's side of a conversation (the practice coach).
     Coach(CoachArgs),
+    /// Run the prompt-injection suite against a persona with a secret: leaks of the secret and
+    /// of the instructions before unlock, and what the guards caught.
+    Injection(InjectionArgs),
 }
 
 /// How the judge runs (shared by run, score and calibrate).
@@ -223,6 +226,30 @@ pub struct CoachArgs {
     json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct InjectionArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// The persona attacked (it must hold a secret).
+    #[arg(long, default_value = "wedding-host")]
+    persona: String,
+    /// The suite (default: datasets/injection/attacks.jsonl).
+    #[arg(long)]
+    attacks: Option<PathBuf>,
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Print JSON (every attack's replies included) instead of the Markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    lexical_only: bool,
+    #[arg(long, env = "RAPPORT_PERSONAS")]
+    personas_dir: Option<PathBuf>,
+}
+
 pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
     match command {
         EvalCommand::Run(args) => run_batch(args).await,
@@ -250,7 +277,41 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
             Ok(())
         }
         EvalCommand::Coach(args) => run_coach(args).await,
+        EvalCommand::Injection(args) => run_injection(args).await,
     }
+}
+
+/// Fails (exit 1) when the secret leaked before unlock: the one number that must be 0.
+async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
+    let path = args.attacks.clone().unwrap_or_else(|| crate::emotion::datasets_dir().join("injection/attacks.jsonl"));
+    let attacks = rapport_eval::injection::load(&path)?;
+    let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
+    let persona = library.get(&args.persona)?.clone();
+    let backend = args.backend.build().await?;
+    let nlu = load_nlu(args.lexical_only).await?;
+    let mut sampling = backend.sampling.clone();
+    if let Some(n) = args.max_tokens {
+        sampling.max_tokens = n;
+    }
+    let config = PipelineConfig { budget: TokenBudget { reply_tokens: sampling.max_tokens as usize, ..TokenBudget::default() }, sampling, ..PipelineConfig::default() };
+    let pipeline = Pipeline::new(persona, nlu, Arc::new(Prompts::embedded()), config)?;
+    let progress = indicatif::ProgressBar::new(attacks.len() as u64);
+    progress.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} attacks [{elapsed_precise}]").expect("a valid template"));
+    // A fixed evening: the context step's words do not change between runs.
+    let now = chrono::DateTime::parse_from_rfc3339("2026-06-13T20:30:00+02:00").expect("a valid time");
+    let report = rapport_eval::injection::run_suite(&pipeline, backend.generator.as_ref(), &backend.model_name, &attacks, now, Some(&progress)).await?;
+    progress.finish_and_clear();
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        println!("{}", report.markdown());
+    }
+    anyhow::ensure!(report.secret_leaks() == 0, "the secret leaked before unlock in {} attacks", report.secret_leaks());
+    Ok(())
 }
 
 fn default_simulators_dir() -> PathBuf {

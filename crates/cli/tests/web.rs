@@ -293,6 +293,20 @@ async fn chat_through_the_api(base: &str, database_url: &str) {
     assert_eq!(stranger.post(&format!("/api/conversations/{id}/messages"), json!({"content": "hi"})).await.0, 404);
     assert_eq!(stranger.request(reqwest::Method::DELETE, &format!("/api/conversations/{id}")).send().await.unwrap().status(), 404);
     assert!(stranger.get("/api/conversations").await.1["conversations"].as_array().unwrap().is_empty());
+    // Nor reach it by any other route that names it (IDOR): the same 404 as for no conversation.
+    let (_, mine) = me.get(&format!("/api/conversations/{id}")).await;
+    let some_message = mine["messages"][1]["id"].as_str().unwrap().to_string();
+    let some_job = mine["job"]["id"].as_str().unwrap().to_string();
+    for path in [
+        format!("/api/conversations/{id}/export"),
+        format!("/api/conversations/{id}/messages/{some_message}/trace"),
+        format!("/api/conversations/{id}/jobs/{some_job}"),
+        format!("/api/conversations/{id}/events?job={some_job}"),
+    ] {
+        assert_eq!(stranger.get(&path).await.0, 404, "{path}");
+    }
+    assert_eq!(stranger.post(&format!("/api/conversations/{id}/regenerate"), json!({})).await.0, 404);
+    assert_eq!(stranger.post(&format!("/api/conversations/{id}/alternatives"), json!({"seq": 2, "alternative": 0})).await.0, 404);
 
     // A Character Card imported by this session is its own: listed, usable, invisible to others.
     let card = json!({"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Robin", "description": "Robin tends the community garden and loves to talk about tomatoes.",

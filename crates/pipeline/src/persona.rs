@@ -369,4 +369,25 @@ greetings = ["Hi!"]
         assert_eq!(slug("!!!"), "persona");
         assert!(valid_id(&slug("Zoë & the 🐙")));
     }
+
+    proptest::proptest! {
+        // The persona file's fuzz target: a shipped file with bytes flipped or cut off, and
+        // arbitrary text. A bad file is an error naming what is wrong, never a panic.
+        #[test]
+        fn damaged_persona_files_give_errors_not_panics(flips in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 0..6), cut in proptest::prelude::any::<proptest::sample::Index>(), noise in ".{0,400}") {
+            let shipped = include_str!("../../../datasets/personas/wedding-host.toml").as_bytes().to_vec();
+            let mut bytes = shipped.clone();
+            for (at, byte) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                if let Err(e) = Persona::from_toml(text, "host") {
+                    proptest::prop_assert!(!e.to_string().is_empty());
+                }
+            }
+            let _ = Persona::from_toml(&noise, "noise");
+        }
+    }
 }

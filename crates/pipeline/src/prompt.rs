@@ -251,3 +251,64 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn host() -> Persona {
+        Persona::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/personas/wedding-host.toml")).unwrap()
+    }
+
+    fn input(persona: &Persona, notes: Vec<String>) -> PromptInput<'_> {
+        PromptInput {
+            persona,
+            stage: "casual",
+            decision: "hold",
+            reasons: vec!["steady".into()],
+            feeling: Some("curious".into()),
+            context_notes: notes.clone(),
+            secret: None,
+            asks_for_secret: false,
+            guard_notes: notes,
+            examples: Vec::new(),
+            memory: None,
+        }
+    }
+
+    proptest! {
+        // The assembler's fuzz target: any history, message, notes and budget. It never panics;
+        // what it returns fits the budget, opens with the persona, ends with the message, and
+        // keeps the newest turns (the rest folded into memory, none dropped silently).
+        #[test]
+        fn any_history_fits_the_budget_or_is_refused_clearly(
+            history in proptest::collection::vec(".{0,300}", 0..40),
+            message in ".{1,600}",
+            notes in proptest::collection::vec(".{0,120}", 0..3),
+            context_tokens in 300usize..4000,
+            reply_tokens in 16usize..400,
+            in_system in any::<bool>(),
+        ) {
+            let persona = host();
+            let history: Vec<ChatMessage> = history.into_iter().enumerate().map(|(i, t)| if i % 2 == 0 { ChatMessage::user(t) } else { ChatMessage::assistant(t) }).collect();
+            let budget = TokenBudget { context_tokens, reply_tokens };
+            let placement = if in_system { NotesPlacement::InSystem } else { NotesPlacement::BeforeMessage };
+            match assemble(&Prompts::embedded(), input(&persona, notes), &history, &message, &Memory::default(), budget, placement) {
+                Ok(a) => {
+                    prop_assert!(a.stats.estimated_tokens <= context_tokens.saturating_sub(reply_tokens));
+                    prop_assert_eq!(a.messages[0].role, rapport_core::Role::System);
+                    prop_assert!(a.messages[0].content.contains(&persona.name));
+                    let last = a.messages.last().unwrap();
+                    prop_assert_eq!(last.role, rapport_core::Role::User);
+                    prop_assert_eq!(&last.content, &message);
+                    prop_assert_eq!(a.memory.folded + a.stats.history_messages, history.len());
+                    let kept: Vec<&ChatMessage> = a.messages.iter().filter(|m| m.role != rapport_core::Role::System).collect();
+                    let kept = &kept[..kept.len() - 1];
+                    prop_assert!(kept.iter().zip(&history[a.memory.folded..]).all(|(k, h)| *k == h), "the newest turns, in order");
+                }
+                Err(e) => prop_assert!(matches!(e, PipelineError::PromptTooLong { .. }), "{e}"),
+            }
+        }
+    }
+}

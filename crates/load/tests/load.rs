@@ -1,0 +1,168 @@
+//! The short versions of the load runs and chaos drills, against real `rapport serve` processes
+//! with SmolLM2 and MiniLM (scripts/test.sh builds `rapport` and pulls both first). The long
+//! versions are the same code with bigger numbers: see the README, "Performance and reliability".
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar};
+use rapport_load::drills::{self, DrillConfig};
+use rapport_load::faults::Fault;
+use rapport_load::report::Summary;
+use rapport_load::run::{run, Scenario};
+use rapport_load::server::{rapport_bin, sqlite_url, RssTrace, ServeSpec, ServerProcess};
+use rapport_load::sweep::{self, SweepConfig};
+
+/// One experiment at a time: each starts servers that load the model, and two at once on two
+/// cores would time each other out.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serialised() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// SmolLM2 with short replies and the short-prompt persona of `datasets/load/personas`: on two
+/// cores the shipped personas' prompts cost ~20 s of prefill per new conversation, and these
+/// tests are about the server, not about prefill.
+fn serve_args(extra: &[&str]) -> Vec<String> {
+    assert!(rapport_bin().is_file() || std::env::var_os("RAPPORT_BIN").is_some(), "build `rapport` first (scripts/test.sh does): {}", rapport_bin().display());
+    let personas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/load/personas");
+    let mut args: Vec<String> = ["--model", "smollm2-135m", "--max-tokens", "24", "--rate-per-minute", "100000", "--rate-burst", "100000"].iter().chain(extra).map(|s| s.to_string()).collect();
+    args.extend(["--personas".to_string(), personas.display().to_string()]);
+    args
+}
+
+const PERSONA: &str = "brief";
+
+fn config(people: usize, extra: &[&str]) -> DrillConfig {
+    DrillConfig { serve_args: serve_args(extra), people, persona: PERSONA.into(), messages: Arc::new(rapport_load::default_messages()), seed: 3 }
+}
+
+#[test]
+fn short_chats_all_get_replies_with_latency_tokens_and_memory_measured() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ServeSpec::serve(&sqlite_url(dir.path()), &serve_args(&["--workers", "2"]));
+    let mut server = ServerProcess::start(&spec).unwrap();
+    let rt = rt();
+    let summary = rt.block_on(async {
+        let (rss, sampler) = RssTrace::sample(server.pid(), Duration::from_millis(200));
+        let mut plan = Scenario::Short.plan(Some(4), Some(2));
+        plan.persona = PERSONA.into();
+        plan.think_ms = (0, 300);
+        plan.ramp_ms = 500;
+        let outcome = run(&server.base, &plan, &rapport_load::default_messages(), None).await;
+        sampler.abort();
+        Summary::of(&outcome, &rss.samples())
+    });
+    server.stop(Duration::from_secs(20));
+    assert_eq!(summary.errors, 0, "{}", summary.markdown());
+    assert_eq!(summary.sent, 8);
+    assert_eq!(summary.reply_ms.count, 8);
+    assert_eq!(summary.ttft_ms.count, 8, "every reply streamed some text before done");
+    assert!(summary.ttft_ms.p50 <= summary.reply_ms.p50);
+    assert_eq!(summary.queue_wait_ms.count, 8, "the server's queue wait of every reply");
+    assert!(summary.tokens > 8, "tokens counted from the traces: {}", summary.tokens);
+    assert!(summary.fairness > 0.5 && summary.fairness <= 1.0);
+    assert!(summary.memory.peak_mib > 50.0, "the server's RSS was sampled: {:?}", summary.memory.peak_mib);
+}
+
+#[test]
+fn a_long_conversation_folds_old_turns_into_memory() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    // A small context window, so a dozen turns overflow it.
+    let spec = ServeSpec::serve(&sqlite_url(dir.path()), &serve_args(&["--context-tokens", "600"]));
+    let mut server = ServerProcess::start(&spec).unwrap();
+    let summary = rt().block_on(async {
+        let mut plan = Scenario::Long.plan(Some(1), Some(14));
+        plan.persona = PERSONA.into();
+        Summary::of(&run(&server.base, &plan, &rapport_load::default_messages(), None).await, &[])
+    });
+    server.stop(Duration::from_secs(20));
+    assert_eq!(summary.errors, 0, "{}", summary.markdown());
+    assert!(summary.memory_turns > 0 && summary.folded > 0, "the memory was used: {}", summary.markdown());
+}
+
+#[test]
+fn the_sweep_measures_each_level_on_a_fresh_server_and_draws_the_charts() {
+    let _one = serialised();
+    let out = tempfile::tempdir().unwrap();
+    let config = SweepConfig { levels: vec![1, 4], turns: 1, min_conversations: 4, workers: None, serve_args: serve_args(&[]), persona: PERSONA.into() };
+    let points = rt().block_on(sweep::sweep(&config, &rapport_load::default_messages(), &MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()))).unwrap();
+    assert_eq!(points.iter().map(|p| (p.concurrency, p.workers)).collect::<Vec<_>>(), [(1, 1), (4, 4)]);
+    for p in &points {
+        assert_eq!(p.summary.errors, 0, "{}", p.summary.markdown());
+        assert_eq!(p.summary.reply_ms.count, 4);
+    }
+    sweep::write(&points, out.path(), &serde_json::json!({})).unwrap();
+    for file in ["sweep.json", "sweep.md", "latency.svg", "throughput.svg"] {
+        assert!(out.path().join(file).metadata().unwrap().len() > 100, "{file}");
+    }
+    let table = std::fs::read_to_string(out.path().join("sweep.md")).unwrap();
+    assert!(table.contains("1.00×"));
+    // A saved sweep can be drawn again from its JSON alone, to the same table.
+    assert_eq!(sweep::markdown(&sweep::redraw(out.path()).unwrap()), table);
+}
+
+#[test]
+fn servers_killed_at_random_moments_lose_no_acknowledged_message() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let report = rt().block_on(drills::kill(&config(2, &["--lease-secs", "3"]), &sqlite_url(dir.path()), 3, (1000, 4000), &ProgressBar::hidden())).unwrap();
+    let i = &report.integrity;
+    assert!(i.holds(), "{i:?}");
+    assert!(i.acknowledged >= 2, "people kept chatting through the kills: {i:?}");
+    assert_eq!(i.unacknowledged, 0, "every post was acknowledged in the end (retried under its key): {i:?}");
+}
+
+#[test]
+fn a_model_server_that_hangs_resets_and_babbles_costs_replies_not_messages() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = vec![Fault::Hang, Fault::Pass, Fault::Reset, Fault::Pass, Fault::Garbage, Fault::Unavailable, Fault::Pass];
+    let report = rt().block_on(drills::backend(&config(2, &["--lease-secs", "3"]), &sqlite_url(dir.path()), "smollm2-135m", schedule, 3, 15, &ProgressBar::hidden())).unwrap();
+    let i = &report.integrity;
+    assert!(i.holds(), "{i:?}");
+    assert_eq!(i.failed_jobs, 0, "a failing model gives a fallback line, not a failed job: {i:?}");
+    for fault in ["hang", "reset", "garbage"] {
+        assert!(report.injected.get(fault).copied().unwrap_or(0) >= 1, "{fault} was injected: {:?}", report.injected);
+    }
+    assert!(report.injected.get("pass").copied().unwrap_or(0) >= 1, "some requests reached the real model");
+    // The timeout (15 s) leaves room for a CPU prefill: what passed became real replies.
+    assert!(i.fallbacks < i.acknowledged, "some replies came from the model, not the fallback: {i:?}");
+}
+
+#[test]
+fn two_processes_writing_one_sqlite_file_lose_nothing() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let report = rt().block_on(drills::sqlite_writers(&config(4, &["--lease-secs", "3", "--workers", "2"]), &sqlite_url(dir.path()), 2, &ProgressBar::hidden())).unwrap();
+    let i = &report.integrity;
+    assert!(i.holds(), "{i:?}");
+    assert_eq!(i.unacknowledged, 0, "{i:?}");
+    assert!(i.acknowledged >= 8, "{i:?}");
+}
+
+#[test]
+fn postgres_restarted_under_load_loses_nothing() {
+    let _one = serialised();
+    let (Ok(url), Ok(restart)) = (std::env::var("RAPPORT_TEST_POSTGRES_URL"), std::env::var("RAPPORT_TEST_POSTGRES_RESTART")) else {
+        panic!("RAPPORT_TEST_POSTGRES_URL and RAPPORT_TEST_POSTGRES_RESTART are not set: run the tests through scripts/test.sh, which starts PostgreSQL");
+    };
+    let rt = rt();
+    let database = rt.block_on(async {
+        let admin = rapport_store::Store::connect(&url).await.unwrap();
+        let name = format!("rapport_load_{}_{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+        admin.execute_admin(&format!("CREATE DATABASE {name}")).await.unwrap();
+        format!("{}/{name}", url.rsplit_once('/').unwrap().0)
+    });
+    let report = rt.block_on(drills::postgres_restart(&config(2, &["--lease-secs", "3"]), &database, &restart, 1, (3000, 5000), &ProgressBar::hidden())).unwrap();
+    let i = &report.integrity;
+    assert!(i.holds(), "{i:?}");
+    assert_eq!(i.unacknowledged, 0, "posts during the restart were retried until acknowledged: {i:?}");
+}
