@@ -46,5 +46,108 @@ mod candle_patch {
         check::<BlockQ4K>(37, 256, 53);
         check::<BlockQ8_0>(9, 64, 17);
         check::<BlockQ8_0>(2, 32, 1);
+        // Q8_0 takes four rows per weight load (`vec_dot_x4`): exactly four (a batched decode
+        // step of four sequences), four plus a remainder, and SmolLM2's width.
+        check::<BlockQ8_0>(4, 96, 33);
+        check::<BlockQ8_0>(13, 576, 20);
+    }
+}
+
+/// The patched CPU attention of mistral.rs (vendor/PATCHES.md) must compute what upstream's
+/// kernels compute, for the layouts the models hand it: (B, S, H, D) views of (B, H, S, D)
+/// tensors, grouped key/value heads, causal and per-batch masks, decode and prefill, softcap.
+#[cfg(test)]
+mod attention_patch {
+    use candle_core::{Device, Tensor};
+    use mistralrs_core::{rapport_flash_attn_cpu_f32 as patched, rapport_upstream_flash_attn_cpu_f32 as upstream};
+
+    /// Deterministic values in [-2, 2): the test needs variety, not randomness.
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len).map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.75) - 2.0).collect()
+    }
+
+    /// A (B, H, S, D) tensor seen as (B, S, H, D), as the models pass it.
+    fn heads(b: usize, h: usize, s: usize, d: usize, seed: usize) -> Tensor {
+        Tensor::from_vec(values(b * h * s * d, seed), (b, h, s, d), &Device::Cpu).unwrap().transpose(1, 2).unwrap()
+    }
+
+    /// Causal mask for `q_len` new positions after `past` cached ones: 0 or -inf.
+    fn causal(q_len: usize, past: usize) -> Vec<f32> {
+        let kv = past + q_len;
+        (0..q_len * kv).map(|i| if i % kv > past + i / kv { f32::NEG_INFINITY } else { 0.0 }).collect()
+    }
+
+    fn assert_close(case: &str, a: &Tensor, b: &Tensor) {
+        assert_eq!(a.dims(), b.dims(), "{case}: shapes");
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{case}: largest difference {worst}");
+        assert!(a.iter().any(|x| x.abs() > 1e-3), "{case}: an all-zero output proves nothing");
+    }
+
+    #[test]
+    fn patched_cpu_attention_equals_upstream() {
+        let scale = 1.0 / 8.0;
+        // Prefill with a cached past, 6 query heads over 2 key/value heads, head size 64.
+        let (b, h, kvh, d, q_len, past) = (1, 6, 2, 64, 37, 5);
+        let (q, k, v) = (heads(b, h, q_len, d, 1), heads(b, kvh, past + q_len, d, 2), heads(b, kvh, past + q_len, d, 3));
+        let mask = Tensor::from_vec(causal(q_len, past), (q_len, past + q_len), &Device::Cpu).unwrap();
+        for softcap in [None, Some(5.0)] {
+            let case = format!("prefill, 2-D causal mask, softcap {softcap:?}");
+            assert_close(&case, &patched(&q, &k, &v, Some(&mask), scale, softcap).unwrap(), &upstream(&q, &k, &v, Some(&mask), scale, softcap).unwrap());
+        }
+        // Two sequences with their own (B, 1, S, KV) masks: the second sees only its last 3 keys.
+        let (b, q_len, kv) = (2, 9, 9);
+        let (q, k, v) = (heads(b, h, q_len, d, 4), heads(b, kvh, kv, d, 5), heads(b, kvh, kv, d, 6));
+        let mut rows = causal(q_len, 0);
+        rows.extend((0..q_len * kv).map(|i| if i % kv < kv - 3 { f32::NEG_INFINITY } else { 0.0 }));
+        let mask = Tensor::from_vec(rows, (b, 1, q_len, kv), &Device::Cpu).unwrap();
+        assert_close("batched prefill, 4-D mask", &patched(&q, &k, &v, Some(&mask), scale, None).unwrap(), &upstream(&q, &k, &v, Some(&mask), scale, None).unwrap());
+        // Decode: one query over 53 cached keys (more than upstream's 16-key tiles), no mask.
+        let (q, k, v) = (heads(1, h, 1, d, 7), heads(1, kvh, 53, d, 8), heads(1, kvh, 53, d, 9));
+        assert_close("decode", &patched(&q, &k, &v, None, scale, None).unwrap(), &upstream(&q, &k, &v, None, scale, None).unwrap());
+        // A head size that is not a multiple of the 16 dot-product lanes.
+        let (q, k, v) = (heads(1, 2, 4, 40, 10), heads(1, 2, 4, 40, 11), heads(1, 2, 4, 40, 12));
+        let mask = Tensor::from_vec(causal(4, 0), (4, 4), &Device::Cpu).unwrap();
+        assert_close("head size 40", &patched(&q, &k, &v, Some(&mask), scale, None).unwrap(), &upstream(&q, &k, &v, Some(&mask), scale, None).unwrap());
+    }
+
+    /// softmax(q k^T * scale + mask) v with plain tensor operations, (B, S, H, D) in,
+    /// (B, H, S, D) out, key/value heads repeated for their query heads.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
+        let (q, k, v) = (q.transpose(1, 2).unwrap(), k.transpose(1, 2).unwrap(), v.transpose(1, 2).unwrap());
+        let group = q.dim(1).unwrap() / k.dim(1).unwrap();
+        let repeat = |t: Tensor| Tensor::cat(&(0..k.dim(1).unwrap()).flat_map(|i| std::iter::repeat_n(t.narrow(1, i, 1).unwrap(), group)).collect::<Vec<_>>(), 1).unwrap().contiguous().unwrap();
+        let (k, v) = (repeat(k.clone()), repeat(v.clone()));
+        let mut scores = (q.contiguous().unwrap().matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask).unwrap();
+        }
+        let max = scores.max_keepdim(3).unwrap();
+        let weights = scores.broadcast_sub(&max).unwrap().exp().unwrap();
+        let weights = weights.broadcast_div(&weights.sum_keepdim(3).unwrap()).unwrap();
+        weights.matmul(&v).unwrap()
+    }
+
+    /// Several sequences decoded in one batch get what each would get alone. Upstream's decode
+    /// kernel fails this (its per-tile scratch is indexed by head only, so the sequences of a
+    /// batch overwrite and accumulate into each other's partial sums): batched replies came out
+    /// different from the same prompt decoded alone.
+    #[test]
+    fn batched_decode_equals_each_sequence_alone() {
+        let (b, h, kvh, d, kv) = (3, 6, 2, 64, 53);
+        let (q, k, v) = (heads(b, h, 1, d, 13), heads(b, kvh, kv, d, 14), heads(b, kvh, kv, d, 15));
+        let scale = 1.0 / 8.0;
+        let batched = patched(&q, &k, &v, None, scale, None).unwrap();
+        assert_close("batched decode vs reference", &batched, &reference(&q, &k, &v, None, scale as f64));
+        for i in 0..b {
+            let one = |t: &Tensor| t.narrow(0, i, 1).unwrap();
+            let alone = patched(&one(&q), &one(&k), &one(&v), None, scale, None).unwrap();
+            assert_close(&format!("sequence {i}"), &batched.narrow(0, i, 1).unwrap(), &alone);
+        }
+        let upstream_batched = upstream(&q, &k, &v, None, scale, None).unwrap();
+        let diff = (upstream_batched - &batched).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff > 0.1, "upstream's batched decode now agrees ({diff}): drop the claim in vendor/PATCHES.md");
     }
 }

@@ -86,6 +86,37 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
     }
 }
 
+/// RAPPORT PATCH (see vendor/PATCHES.md): `vec_dot_q8_0_q8_0` for one weight column and four
+/// activation rows. Each weight block is loaded, its magnitudes taken and its scale converted
+/// once for the four rows; every row then goes through the very operations, in the same order,
+/// that `vec_dot_q8_0_q8_0` applies, so each result is bit-identical to it.
+#[inline(always)]
+pub(crate) fn vec_dot_q8_0_q8_0_x4(n: usize, xs: &[BlockQ8_0], ys: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    debug_assert!(
+        n.is_multiple_of(QK8_0),
+        "vec_dot_q8_0_q8_0_x4: {n} is not divisible by {QK8_0}"
+    );
+    let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in 0..blocks {
+            let x = xs.get_unchecked(i);
+            let dx = f16::to_f32(x.d);
+            let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+            let ax = _mm256_sign_epi8(bx, bx);
+            for (acc, y) in acc.iter_mut().zip(ys.iter()) {
+                let y = y.get_unchecked(i);
+                let d = _mm256_set1_ps(dx * f16::to_f32(y.d));
+                let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                let sy = _mm256_sign_epi8(by, bx);
+                let q = mul_sum_us8_pairs_float(ax, sy);
+                *acc = _mm256_fmadd_ps(d, q, *acc);
+            }
+        }
+        acc.map(|a| hsum_float_8(a))
+    }
+}
+
 #[inline(always)]
 unsafe fn get_scale_shuffle(i: usize) -> __m128i {
     const K_SHUFFLE: [u8; 128] = [

@@ -52,6 +52,13 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
 
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
+
+    /// RAPPORT PATCH (see vendor/PATCHES.md): one weight column dotted with four activation
+    /// rows, each result exactly what `vec_dot` gives for that row. Types with a SIMD kernel
+    /// override it to load and prepare each weight block once for the four rows.
+    fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
+        ys.map(|y| Self::vec_dot(n, xs, y))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -646,6 +653,11 @@ impl GgmlType for BlockQ8_0 {
     }
 
     #[allow(unreachable_code)]
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
+        super::avx::vec_dot_q8_0_q8_0_x4(n, xs, ys)
+    }
+
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
         #[cfg(target_feature = "avx2")]
         return super::avx::vec_dot_q8_0_q8_0(n, xs, ys);
@@ -2341,12 +2353,19 @@ fn matmul_rows_blocked<T: GgmlType>(
             let cols = out.len() / m;
             for row_start in (0..m).step_by(ROWS) {
                 let rows = ROWS.min(m - row_start);
+                let lhs_row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
                 for c in 0..cols {
                     let col = first_col + c;
                     let rhs_col = &rhs_t[col * k_in_blocks..(col + 1) * k_in_blocks];
-                    for r in row_start..row_start + rows {
-                        let lhs_row = &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
-                        out[c * m + r] = T::vec_dot(k, rhs_col, lhs_row);
+                    // Four rows per weight load where the type has a kernel for it.
+                    let mut r = row_start;
+                    while r + 4 <= row_start + rows {
+                        let four = T::vec_dot_x4(k, rhs_col, [lhs_row(r), lhs_row(r + 1), lhs_row(r + 2), lhs_row(r + 3)]);
+                        out[c * m + r..c * m + r + 4].copy_from_slice(&four);
+                        r += 4;
+                    }
+                    for r in r..row_start + rows {
+                        out[c * m + r] = T::vec_dot(k, rhs_col, lhs_row(r));
                     }
                 }
             }
