@@ -154,30 +154,22 @@ impl Client {
     }
 }
 
+/// The events of one SSE response up to the first `last` one, decoded by rapport-core's
+/// `SseDecoder` (bytes, so a chunk may end inside a character); keep-alives are skipped.
 async fn read_events(response: reqwest::Response, last: impl Fn(&str) -> bool, limit: Duration) -> Vec<(String, Value)> {
     let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
+    let mut decoder = rapport_core::SseDecoder::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("the stream ended in time");
         let Some(chunk) = chunk else { return events };
-        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let mut name = "message".to_string();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    name = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
+        for event in decoder.push(&chunk.unwrap()).expect("an event stream") {
+            if event.data.is_empty() {
+                continue;
             }
-            if data.is_empty() {
-                continue; // keep-alive comment
-            }
-            let value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+            let name = event.event.unwrap_or_else(|| "message".to_string());
+            let value = serde_json::from_str(&event.data).unwrap_or(Value::String(event.data));
             let done = last(&name);
             events.push((name, value));
             if done {

@@ -1,5 +1,6 @@
 //! The shared vocabulary of Rapport: chat messages, sampling parameters, and the [`Generator`]
-//! trait that every text-generation backend implements.
+//! trait that every text-generation backend implements, plus the incremental decoder for the
+//! server-sent events those backends and Rapport's own clients read ([`sse`]).
 //!
 //! This crate sits below everything else. The pipeline builds a [`GenerationRequest`], a backend
 //! (embedded mistral.rs, or an OpenAI-compatible server) turns it into a stream of
@@ -17,6 +18,7 @@ mod generator;
 mod message;
 mod sampling;
 mod stop;
+pub mod sse;
 pub mod text_stats;
 
 pub use generator::{
@@ -25,4 +27,5 @@ pub use generator::{
 };
 pub use message::{ChatMessage, GenerationRequest, Role};
 pub use sampling::{DryParams, SamplingParams};
+pub use sse::{SseDecoder, SseEvent};
 pub use stop::{Released, StopFilter};

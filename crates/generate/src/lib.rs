@@ -14,11 +14,11 @@
 mod embedded;
 mod openai;
 pub mod repack;
-mod sse;
 
 pub use embedded::{Activations, EmbeddedOptions, MistralRsGenerator};
 pub use openai::{OpenAiCompatGenerator, OpenAiCompatOptions};
-pub use sse::{SseDecoder, SseEvent};
+// The decoder lives in rapport-core so that clients without mistral.rs (rapport-load, tests) share it.
+pub use rapport_core::{SseDecoder, SseEvent};
 
 /// The patched candle (vendor/PATCHES.md) must compute what upstream computes.
 #[cfg(test)]

@@ -10,7 +10,7 @@ use rapport_core::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::sse::SseDecoder;
+use rapport_core::SseDecoder;
 
 /// Where the server is and how long to wait for it.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use rapport_core::SseDecoder;
 use serde_json::{json, Value};
 
 /// What went wrong talking to the server.
@@ -231,8 +232,15 @@ impl Session {
                 }
                 Ok(Some(Ok(chunk))) => chunk,
             };
+            let events = match parser.feed(&chunk) {
+                Ok(events) => events,
+                Err(e) => {
+                    followed.ending = Ending::Broken(e);
+                    break;
+                }
+            };
             let mut finished = false;
-            for (name, data) in parser.feed(&chunk) {
+            for (name, data) in events {
                 match name.as_str() {
                     "started" => followed.starts += 1,
                     "delta" | "replace" => {
@@ -265,40 +273,28 @@ impl Session {
     }
 }
 
-/// Splits a byte stream into SSE events (name, JSON data). Keep-alive comments are skipped;
-/// a block may arrive split across chunks, and a chunk may hold several blocks.
+/// Splits a byte stream into SSE events (name, JSON data) with rapport-core's decoder (the one
+/// the OpenAI-compatible backend uses). Keep-alive comments and events without data are
+/// skipped; a block may arrive split across chunks, even inside a character.
 #[derive(Default)]
 pub struct EventParser {
-    buffer: Vec<u8>,
+    decoder: SseDecoder,
 }
 
 impl EventParser {
-    /// Feeds a chunk; returns the events it completed.
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<(String, Value)> {
-        self.buffer.extend_from_slice(chunk);
-        let mut events = Vec::new();
-        // Bytes, not text: a chunk boundary may fall inside a multi-byte character.
-        while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
-            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-            let block = String::from_utf8_lossy(&block);
-            let mut name = "message".to_string();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    name = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    if !data.is_empty() {
-                        data.push('\n');
-                    }
-                    data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                }
-            }
-            if data.is_empty() {
-                continue;
-            }
-            events.push((name, serde_json::from_str(&data).unwrap_or(Value::String(data))));
-        }
-        events
+    /// Feeds a chunk; returns the events it completed, or an error once one line grows past
+    /// the decoder's bound (not an event stream).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<(String, Value)>, String> {
+        Ok(self
+            .decoder
+            .push(chunk)?
+            .into_iter()
+            .filter(|event| !event.data.is_empty())
+            .map(|event| {
+                let value = serde_json::from_str(&event.data).unwrap_or(Value::String(event.data));
+                (event.event.unwrap_or_else(|| "message".to_string()), value)
+            })
+            .collect())
     }
 }
 
@@ -310,12 +306,12 @@ mod tests {
     #[test]
     fn events_split_anywhere_parse_the_same() {
         let stream = "event: started\ndata: {\"attempt\":1}\n\n: keep-alive\n\nevent: delta\ndata: {\"text\":\"héllo ✨\"}\n\nevent: done\ndata: {\"message\":{\"id\":\"m1\",\"content\":\"héllo ✨\"}}\n\n";
-        let whole = EventParser::default().feed(stream.as_bytes());
+        let whole = EventParser::default().feed(stream.as_bytes()).unwrap();
         assert_eq!(whole.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["started", "delta", "done"]);
         for cut in 0..stream.len() {
             let mut parser = EventParser::default();
-            let mut events = parser.feed(&stream.as_bytes()[..cut]);
-            events.extend(parser.feed(&stream.as_bytes()[cut..]));
+            let mut events = parser.feed(&stream.as_bytes()[..cut]).unwrap();
+            events.extend(parser.feed(&stream.as_bytes()[cut..]).unwrap());
             assert_eq!(events, whole, "cut at byte {cut}");
         }
     }
@@ -325,7 +321,7 @@ mod tests {
         fn arbitrary_bytes_never_panic_the_parser(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
             let mut parser = EventParser::default();
             for chunk in chunks {
-                parser.feed(&chunk);
+                let _ = parser.feed(&chunk);
             }
         }
     }
