@@ -460,13 +460,13 @@ fn exp_nonpositive(x: f32) -> f32 {
     if x < -87.0 { 0.0 } else { scaled }
 }
 
-/// RAPPORT PATCH: the mask values of one query row, `slope`-scaled, written into `row`.
+/// RAPPORT PATCH: the mask values of one query row, written into `row`. (Upstream scales them by
+/// an ALiBi slope that is always 1 here: its callers pass `max_bias` 0.)
 /// A mask whose last dimension is the key length (every mask the models build) is one
 /// contiguous slice per row; anything else goes through upstream's per-element lookup, so
 /// broadcasting and clamping behave exactly as before.
-#[allow(clippy::too_many_arguments)]
 #[inline]
-fn mask_row(mask: Option<&MaskInfo<'_>>, b_i: usize, h_i: usize, q_pos: usize, kv_len: usize, slope: f32, row: &mut Vec<f32>) {
+fn mask_row(mask: Option<&MaskInfo<'_>>, b_i: usize, h_i: usize, q_pos: usize, kv_len: usize, row: &mut Vec<f32>) {
     row.clear();
     let Some(mask) = mask else {
         row.resize(kv_len, 0.0);
@@ -477,12 +477,12 @@ fn mask_row(mask: Option<&MaskInfo<'_>>, b_i: usize, h_i: usize, q_pos: usize, k
         let last = mask_offset(mask.dims, mask.b, mask.h, b_i, h_i, q_pos, kv_len - 1);
         if let (Some(first), Some(last)) = (first, last) {
             if last == first + kv_len - 1 && last < mask.data.len() {
-                row.extend(mask.data[first..=last].iter().map(|m| slope * m));
+                row.extend_from_slice(&mask.data[first..=last]);
                 return;
             }
         }
     }
-    row.extend((0..kv_len).map(|kv_pos| slope * mask.value(b_i, h_i, q_pos, kv_pos)));
+    row.extend((0..kv_len).map(|kv_pos| mask.value(b_i, h_i, q_pos, kv_pos)));
 }
 
 /// RAPPORT PATCH: attention for every (batch, head, query position) row, decode (one query)
@@ -548,7 +548,7 @@ where
                     let q_row = &q_data[q_base..q_base + d];
 
                     // Pass 1: masked, scaled scores and their maximum.
-                    mask_row(mask_info.as_ref(), b_i, h_i, q_pos, kv_len, 1.0, scores);
+                    mask_row(mask_info.as_ref(), b_i, h_i, q_pos, kv_len, scores);
                     let mut max = f32::NEG_INFINITY;
                     for (kv_pos, score) in scores.iter_mut().enumerate() {
                         if *score == f32::NEG_INFINITY {
