@@ -1,4 +1,5 @@
-//! `rapport bench llm` (speed) and `rapport bench sampling` (do replies loop?).
+//! `rapport bench llm` (speed), `rapport bench batch` (does writing several replies at once pay?)
+//! and `rapport bench sampling` (do replies loop?).
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +16,35 @@ use crate::backend::{Backend, BackendArgs};
 pub enum BenchCommand {
     /// Time to first token, prefill and decode speed over a fixed prompt set (greedy).
     Llm(LlmArgs),
+    /// Aggregate throughput of several greedy replies written at once, against one at a time.
+    Batch(BatchArgs),
     /// Diversity and repetition of replies under several sampling configurations.
     Sampling(SamplingArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Replies in flight at once, one measurement per level (1 is the one-stream baseline).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    levels: Vec<usize>,
+    /// Replies measured per level (rounded up to whole rounds of the level).
+    #[arg(long, default_value_t = 8)]
+    replies: usize,
+    /// Tokens to generate per reply.
+    #[arg(long, default_value_t = 48)]
+    max_tokens: u32,
+    /// The system prompt every reply shares, as a persona's does.
+    #[arg(long, default_value = "You are Mia, a friendly person chatting by text. Keep replies short and warm.")]
+    system: String,
+    /// Give every reply a user line of its own length, as real conversations do; without it the
+    /// lines differ only in a number, so the prompts tokenise to the same length.
+    #[arg(long)]
+    varied_lengths: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +90,7 @@ pub struct SamplingArgs {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Llm(args) => llm(args).await,
+        BenchCommand::Batch(args) => batch(args).await,
         BenchCommand::Sampling(args) => sampling(args).await,
     }
 }
@@ -222,6 +251,119 @@ async fn timed_greedy(backend: &Backend, messages: &[ChatMessage], max_tokens: u
     Ok((t.time_to_first_token.unwrap_or(t.total).as_secs_f64(), done.summary))
 }
 
+/// The user line of reply `i` of a batch bench. Same-length lines differ in a two-digit number
+/// only; varied ones repeat a clause `i % 5` extra times, so prompts differ by whole clauses.
+fn batch_user_line(i: usize, varied_lengths: bool) -> String {
+    if varied_lengths {
+        let extra = " and honestly I keep thinking about it".repeat(i % 5);
+        format!("Something happened at work today{extra}. Can I tell you? ({i:02})")
+    } else {
+        format!("Something happened at work today. Can I tell you? ({i:02})")
+    }
+}
+
+#[derive(Serialize)]
+struct BatchLevel {
+    at_once: usize,
+    replies: usize,
+    completion_tokens: u64,
+    wall_s: f64,
+    replies_per_s: f64,
+    tokens_per_s: f64,
+    /// Aggregate tokens/s over the one-stream level of the same run.
+    tokens_per_s_vs_one: Option<f64>,
+    ttft_p50_s: f64,
+    ttft_p95_s: f64,
+    /// Per reply: tokens after the first over the time after the first.
+    decode_tok_per_s_p50: f64,
+}
+
+/// Several greedy replies at once, in rounds of `level`, on one backend (so the embedded
+/// engine's scheduler sees them together). Each round waits for its slowest reply: that is the
+/// batch's throughput, not an open arrival process (`rapport-load sweep` measures that).
+async fn batch(args: BatchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.levels.is_empty() && args.levels.iter().all(|&l| l >= 1), "--levels must be ≥ 1");
+    anyhow::ensure!(args.replies >= 1, "--replies must be at least 1");
+    let backend = args.backend.build().await?;
+    // Warm-up: the first reply pays one-off costs (allocations, the prefix cache's first entry)
+    // that would count against whichever level ran first.
+    timed_greedy(&backend, &[ChatMessage::system(&args.system), ChatMessage::user(batch_user_line(99, false))], args.max_tokens).await?;
+    let total: usize = args.levels.iter().map(|&l| args.replies.div_ceil(l) * l).sum();
+    let bar = progress(total as u64, "bench batch");
+    let mut rows: Vec<BatchLevel> = Vec::new();
+    let mut counter = 0usize;
+    for &level in &args.levels {
+        let rounds = args.replies.div_ceil(level);
+        let (mut ttfts, mut decode, mut tokens) = (Vec::new(), Vec::new(), 0u64);
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            let round = (0..level).map(|_| {
+                counter += 1;
+                let messages = vec![ChatMessage::system(&args.system), ChatMessage::user(batch_user_line(counter, args.varied_lengths))];
+                let (backend, bar) = (&backend, &bar);
+                async move {
+                    let r = timed_greedy(backend, &messages, args.max_tokens).await;
+                    bar.inc(1);
+                    r
+                }
+            });
+            for result in futures::future::join_all(round).await {
+                let (ttft, summary) = result?;
+                ttfts.push(ttft);
+                tokens += u64::from(summary.usage.completion_tokens);
+                if let Some(tps) = summary.timings.decode_tokens_per_sec(&summary.usage) {
+                    decode.push(tps);
+                }
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let replies = rounds * level;
+        let tokens_per_s = tokens as f64 / wall;
+        let one = rows.iter().find(|r| r.at_once == 1).map(|r| r.tokens_per_s);
+        rows.push(BatchLevel {
+            at_once: level,
+            replies,
+            completion_tokens: tokens,
+            wall_s: wall,
+            replies_per_s: replies as f64 / wall,
+            tokens_per_s,
+            tokens_per_s_vs_one: one.map(|o| tokens_per_s / o),
+            ttft_p50_s: percentile(&ttfts, 50.0),
+            ttft_p95_s: percentile(&ttfts, 95.0),
+            decode_tok_per_s_p50: if decode.is_empty() { 0.0 } else { percentile(&decode, 50.0) },
+        });
+    }
+    bar.finish_and_clear();
+    let report = serde_json::json!({
+        "engine": backend.generator.name(),
+        "model": backend.model_name,
+        "max_tokens": args.max_tokens,
+        "varied_lengths": args.varied_lengths,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "levels": rows,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} on {}, greedy, {} tokens, {} prompt lengths",
+            backend.model_name,
+            backend.generator.name(),
+            args.max_tokens,
+            if args.varied_lengths { "varied" } else { "equal" }
+        );
+        println!("{:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12}", "at once", "replies", "tokens", "replies/s", "tokens/s", "× one", "ttft p50", "ttft p95", "decode p50");
+        for r in &rows {
+            let ratio = r.tokens_per_s_vs_one.map_or("-".to_string(), |x| format!("{x:.2}×"));
+            println!(
+                "{:>8} {:>8} {:>8} {:>10.3} {:>10.1} {:>8} {:>9.2}s {:>9.2}s {:>12.1}",
+                r.at_once, r.replies, r.completion_tokens, r.replies_per_s, r.tokens_per_s, ratio, r.ttft_p50_s, r.ttft_p95_s, r.decode_tok_per_s_p50
+            );
+        }
+    }
+    Ok(())
+}
+
 fn sampling_config(name: &str, preset: &SamplingParams) -> anyhow::Result<SamplingParams> {
     let max_tokens = preset.max_tokens;
     Ok(match name {
@@ -316,6 +458,13 @@ mod tests {
         assert_eq!(with_run_suffix(&m, 0), m);
         let r = with_run_suffix(&m, 2);
         assert_eq!((r[0].content.as_str(), r[1].content.as_str()), ("s", "hi (2)"));
+    }
+
+    #[test]
+    fn batch_lines_differ_and_only_varied_ones_change_length() {
+        assert_ne!(batch_user_line(1, false), batch_user_line(2, false));
+        assert_eq!(batch_user_line(1, false).len(), batch_user_line(2, false).len());
+        assert_ne!(batch_user_line(1, true).len(), batch_user_line(2, true).len());
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! all-MiniLM-L6-v2: BERT, mean pooling over real tokens, L2 normalisation.
+//! all-MiniLM-L6-v2: BERT ([`crate::bert`]), mean pooling over each text's tokens, L2
+//! normalisation.
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use candle_core::{Device, Tensor};
+use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::bert::{Bert, HiddenStates};
 use crate::NluError;
 
 /// Width of the sentence vectors.
@@ -30,34 +30,30 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 /// The sentence encoder, loaded once and shared (it is `Send + Sync`).
 pub struct SentenceEncoder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
 }
 
 impl SentenceEncoder {
     /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, NluError> {
         let load_err = |file: &str, e: &dyn std::fmt::Display| NluError::Load { path: dir.join(file), message: e.to_string() };
-        let config: Config = std::fs::read_to_string(dir.join("config.json"))
-            .map_err(|e| load_err("config.json", &e))
-            .and_then(|s| serde_json::from_str(&s).map_err(|e| load_err("config.json", &e)))?;
+        let config = std::fs::read_to_string(dir.join("config.json")).map_err(|e| load_err("config.json", &e))?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| load_err("tokenizer.json", &e))?;
+        // No padding: the encoder runs each text over its own tokens (see `bert`).
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
             .map_err(|e| load_err("tokenizer.json", &e))?;
-        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
-        let device = Device::Cpu;
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
             return Err(load_err("model.safetensors", &"no such file"));
         }
-        // SAFETY: the file is memory-mapped read-only; it is replaced only by an atomic rename
-        // of its whole directory, never modified in place.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
-            .map_err(|e| load_err("model.safetensors", &e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| load_err("model.safetensors", &e))?;
-        Ok(Self { model, tokenizer, device })
+        let model = Bert::load(&config, &weights).map_err(|e| NluError::Load { path: dir.to_path_buf(), message: e })?;
+        if model.hidden_size() != EMBEDDING_DIM {
+            return Err(load_err("config.json", &format!("hidden_size is {}, expected {EMBEDDING_DIM}", model.hidden_size())));
+        }
+        Ok(Self { model, tokenizer })
     }
 
     /// Encodes one text.
@@ -65,64 +61,66 @@ impl SentenceEncoder {
         Ok(self.encode_batch(&[text])?.pop().expect("one text in, one vector out"))
     }
 
-    /// Encodes several texts in one forward pass (padded to the longest).
+    /// Encodes several texts in one pass (each over its own tokens: no padding).
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Embedding>, NluError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let pooled = self.pooled(texts)?;
-        let rows = pooled.to_vec2::<f32>()?;
-        Ok(rows.into_iter().map(Embedding).collect())
+        let hidden = self.hidden(texts)?;
+        Ok((0..texts.len()).map(|i| Embedding(mean_normalised(hidden.text(i), EMBEDDING_DIM))).collect())
     }
 
     /// Mean-pooled, L2-normalised sentence vectors as a `[batch, 384]` tensor.
     pub fn pooled(&self, texts: &[&str]) -> Result<Tensor, NluError> {
-        let (hidden, mask) = self.hidden(texts)?;
-        mean_pool_normalised(&hidden, &mask)
+        let rows: Vec<f32> = self.encode_batch(texts)?.into_iter().flat_map(|e| e.0).collect();
+        Ok(Tensor::from_vec(rows, (texts.len(), EMBEDDING_DIM), &Device::Cpu)?)
     }
 
     /// Classifier features, `[batch, 768]`: the sentence vector, then the per-dimension maximum
-    /// over real tokens. The maximum keeps a strong signal from one word ("furious") that the
+    /// over the tokens. The maximum keeps a strong signal from one word ("furious") that the
     /// mean dilutes in a long message.
     pub fn features(&self, texts: &[&str]) -> Result<Tensor, NluError> {
-        let (hidden, mask) = self.hidden(texts)?;
-        let mean = mean_pool_normalised(&hidden, &mask)?;
-        // Padding positions get a large negative value so they never win the maximum.
-        let pad = mask.to_dtype(DType::F32)?.affine(1e4, -1e4)?.unsqueeze(2)?; // 0 for real, -1e4 for padding
-        let max = hidden.broadcast_add(&pad)?.max(1)?;
-        Ok(Tensor::cat(&[&mean, &max], 1)?)
+        let mut rows = Vec::with_capacity(texts.len() * 2 * EMBEDDING_DIM);
+        if !texts.is_empty() {
+            let hidden = self.hidden(texts)?;
+            for i in 0..texts.len() {
+                let tokens = hidden.text(i);
+                rows.extend(mean_normalised(tokens, EMBEDDING_DIM));
+                let mut max = vec![f32::NEG_INFINITY; EMBEDDING_DIM];
+                for token in tokens.chunks_exact(EMBEDDING_DIM) {
+                    for (m, v) in max.iter_mut().zip(token) {
+                        *m = m.max(*v);
+                    }
+                }
+                rows.extend(max);
+            }
+        }
+        Ok(Tensor::from_vec(rows, (texts.len(), 2 * EMBEDDING_DIM), &Device::Cpu)?)
     }
 
-    /// Last hidden states `[batch, tokens, 384]` and the attention mask `[batch, tokens]`.
-    fn hidden(&self, texts: &[&str]) -> Result<(Tensor, Tensor), NluError> {
+    /// Last hidden states of each text's tokens.
+    fn hidden(&self, texts: &[&str]) -> Result<HiddenStates, NluError> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| NluError::Tokenize(e.to_string()))?;
-        let rows = encodings.len();
-        let cols = encodings[0].get_ids().len();
-        let mut ids = Vec::with_capacity(rows * cols);
-        let mut mask = Vec::with_capacity(rows * cols);
-        for e in &encodings {
-            ids.extend_from_slice(e.get_ids());
-            mask.extend_from_slice(e.get_attention_mask());
-        }
-        let ids = Tensor::from_vec(ids, (rows, cols), &self.device)?;
-        let mask = Tensor::from_vec(mask, (rows, cols), &self.device)?;
-        let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
-        Ok((hidden, mask))
+        let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        self.model.forward(&ids).map_err(NluError::Data)
     }
 }
 
-/// Mean over real tokens only (padding must not pull short texts towards each other), then L2.
-fn mean_pool_normalised(hidden: &Tensor, mask: &Tensor) -> Result<Tensor, NluError> {
-    let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // [rows, cols, 1]
-    let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // [rows, 384]
-    let counts = mask_f.sum(1)?.clamp(1e-9, f64::MAX)?; // [rows, 1]
-    let mean = summed.broadcast_div(&counts)?;
-    let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-    Ok(mean.broadcast_div(&norm)?)
+/// The mean of a text's token rows, L2-normalised. Every row is a real token (nothing is
+/// padded), and the tokenizer always adds [CLS] and [SEP], so there is at least one row.
+fn mean_normalised(tokens: &[f32], width: usize) -> Vec<f32> {
+    let mut mean = vec![0.0f32; width];
+    let count = (tokens.len() / width).max(1) as f32;
+    for token in tokens.chunks_exact(width) {
+        for (m, v) in mean.iter_mut().zip(token) {
+            *m += v;
+        }
+    }
+    let norm = (mean.iter().map(|v| v * v).sum::<f32>().sqrt() / count).max(1e-12);
+    mean.iter().map(|v| v / count / norm).collect()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //!   input.
 #![deny(missing_docs)]
 
+mod bert;
 pub mod emotion;
 mod encoder;
 mod error;

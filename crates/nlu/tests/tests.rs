@@ -58,14 +58,63 @@ fn vectors_match_the_independent_reference() {
 }
 
 #[test]
-fn batching_with_padding_gives_the_same_vectors() {
+fn a_batch_gives_each_text_the_vector_it_gets_alone() {
     let refs = references();
     let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
     let batch = encoder().encode_batch(&texts).unwrap();
     assert_eq!(batch.len(), refs.len());
-    for (v, r) in batch.iter().zip(&refs) {
+    for ((v, r), text) in batch.iter().zip(&refs).zip(&texts) {
         let c = cosine(&v.0, &r.vector);
-        assert!(c >= 0.999, "{:?} in a padded batch: cosine {c}", r.text);
+        assert!(c >= 0.999, "{:?} in a batch: cosine {c}", r.text);
+        let alone = encoder().encode(text).unwrap();
+        let diff = v.0.iter().zip(&alone.0).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-6, "{text:?}: batch and alone differ by {diff}");
+    }
+}
+
+/// The fused pass against candle's own `BertModel` on the same weights (padded batch with an
+/// attention mask, as Rapport ran it before): the mean vectors and the max-over-tokens features
+/// the emotion head reads agree to the rounding of f16 weights.
+#[test]
+fn fused_encoder_equals_candle_bert() {
+    use candle_core::{DType, Device, Tensor};
+    use candle_transformers::models::bert::{BertModel, Config};
+
+    let dir = minilm_dir();
+    let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu) }.unwrap();
+    let model = BertModel::load(vb, &config).unwrap();
+    let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    tokenizer.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::BatchLongest, ..Default::default() }));
+
+    let texts = ["hi", "I had a really rough day at work and I just want to talk to someone.", "", "Ça va? 😊 très bien, merci!", &"word ".repeat(120)];
+    let enc = tokenizer.encode_batch(texts.to_vec(), true).unwrap();
+    let (rows, cols) = (enc.len(), enc[0].get_ids().len());
+    let ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().to_vec()).collect();
+    let mask: Vec<u32> = enc.iter().flat_map(|e| e.get_attention_mask().to_vec()).collect();
+    let ids = Tensor::from_vec(ids, (rows, cols), &Device::Cpu).unwrap();
+    let mask = Tensor::from_vec(mask, (rows, cols), &Device::Cpu).unwrap();
+    let hidden = model.forward(&ids, &ids.zeros_like().unwrap(), Some(&mask)).unwrap().to_vec3::<f32>().unwrap();
+    let mask = mask.to_vec2::<u32>().unwrap();
+
+    let fused = encoder().features(&texts).unwrap().to_vec2::<f32>().unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        let real: Vec<&Vec<f32>> = hidden[i].iter().zip(&mask[i]).filter(|(_, &m)| m == 1).map(|(h, _)| h).collect();
+        let mut mean = vec![0f32; EMBEDDING_DIM];
+        let mut max = vec![f32::NEG_INFINITY; EMBEDDING_DIM];
+        for h in &real {
+            for d in 0..EMBEDDING_DIM {
+                mean[d] += h[d] / real.len() as f32;
+                max[d] = max[d].max(h[d]);
+            }
+        }
+        let c = cosine(&fused[i][..EMBEDDING_DIM], &mean);
+        assert!(c > 0.99999, "{text:?}: cosine to candle's vector {c}");
+        // The fused pass stores weights in f16 (sums in f32): agreement to ~10⁻³ of values that
+        // reach ±5, far inside what the emotion head can tell apart.
+        let c = cosine(&fused[i][EMBEDDING_DIM..], &max);
+        let diff = fused[i][EMBEDDING_DIM..].iter().zip(&max).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(c > 0.99999 && diff < 1e-2, "{text:?}: max-over-tokens features: cosine {c}, largest difference {diff}");
     }
 }
 
