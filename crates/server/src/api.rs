@@ -10,6 +10,7 @@ use rapport_store::{ConversationId, JobId, MessageId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::body::json_object;
 use crate::error::{AppError, AppResult};
 use crate::practice::practice_view;
 use crate::session::CurrentSession;
@@ -48,8 +49,8 @@ pub struct NewConversation {
 }
 
 /// `POST /api/conversations`: a new conversation, opened with the persona's greeting.
-pub async fn create(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, body: Result<Json<NewConversation>, axum::extract::rejection::JsonRejection>) -> AppResult<Response> {
-    let Json(body) = body.map_err(json_rejection)?;
+pub async fn create(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, body: Result<Json<Value>, axum::extract::rejection::JsonRejection>) -> AppResult<Response> {
+    let body: NewConversation = json_object(body)?;
     let persona = app.personas.persona(&app.store, &body.persona, Some(&session.id)).await?;
     let pipeline = app.personas.pipeline(&app.store, &persona.id).await?;
     let start = pipeline.start();
@@ -117,9 +118,9 @@ pub async fn post_message(
     Extension(CurrentSession(session)): Extension<CurrentSession>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<NewMessage>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> AppResult<Response> {
-    let Json(body) = body.map_err(json_rejection)?;
+    let body: NewMessage = json_object(body)?;
     let id = ConversationId(id);
     app.store.conversation(&session.id, &id).await?;
     let content = body.content.trim();
@@ -145,15 +146,6 @@ pub async fn post_message(
     let queue = queue_view(&app, &posted.job).await;
     let status = if posted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(json!({"message": posted.message, "job": posted.job, "queue": queue, "duplicate": posted.duplicate}))).into_response())
-}
-
-/// A body that is not the JSON a route takes: axum's status (400 bad syntax, 415 wrong content
-/// type, 422 wrong shape, 413 too large) with its explanation.
-fn json_rejection(e: axum::extract::rejection::JsonRejection) -> AppError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large");
-    }
-    AppError::new(e.status(), "invalid_request_error", e.body_text())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
@@ -194,8 +186,8 @@ pub struct Choice {
 }
 
 /// `POST /api/conversations/{id}/alternatives`: show another alternative of the last reply.
-pub async fn choose(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>, body: Result<Json<Choice>, axum::extract::rejection::JsonRejection>) -> AppResult<Json<Value>> {
-    let Json(body) = body.map_err(json_rejection)?;
+pub async fn choose(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>, body: Result<Json<Value>, axum::extract::rejection::JsonRejection>) -> AppResult<Json<Value>> {
+    let body: Choice = json_object(body)?;
     let id = ConversationId(id);
     app.store.conversation(&session.id, &id).await?;
     Ok(Json(json!({"message": app.store.choose_alternative(&id, body.seq, body.alternative).await?})))

@@ -88,9 +88,9 @@ fn describe(messages: &[WireMessage]) -> AppResult<Described> {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body: Result<Json<PersonaRequest>, JsonRejection>) -> AppResult<Response> {
+pub async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body: Result<Json<serde_json::Value>, JsonRejection>) -> AppResult<Response> {
     authorise(&app, &headers)?;
-    let Json(request) = body.map_err(|e| AppError::new(e.status(), "invalid_request_error", e.body_text()))?;
+    let request: PersonaRequest = crate::body::json_object(body)?;
     if !app.personas.shipped().any(|p| p.id == request.model) {
         let known: Vec<&str> = app.personas.shipped().map(|p| p.id.as_str()).collect();
         return Err(AppError::new(StatusCode::NOT_FOUND, "model_not_found", format!("no persona '{}'; the models here are: {}", request.model, known.join(", "))));

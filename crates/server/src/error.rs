@@ -48,6 +48,15 @@ impl AppError {
     }
 }
 
+/// A body that is not the JSON object a route takes: 400 bad syntax, 415 wrong content type,
+/// 422 wrong shape, 413 too large.
+impl From<crate::body::BodyError> for AppError {
+    fn from(e: crate::body::BodyError) -> Self {
+        let kind = if e.status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_request_error" };
+        AppError::new(e.status, kind, e.message)
+    }
+}
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod app;
+pub mod body;
 pub mod companion;
 pub mod error;
 pub mod limits;

@@ -217,9 +217,9 @@ pub(crate) fn now_secs() -> u64 {
 
 async fn chat_completions(
     State(state): State<OpenAiState>,
-    body: Result<Json<ChatCompletionRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError { status: e.status(), kind: "invalid_request_error", message: e.body_text() })?;
+    let body: ChatCompletionRequest = crate::body::json_object(body).map_err(|e| ApiError { status: e.status, kind: "invalid_request_error", message: e.message })?;
     let (request, stream, include_usage) = body.into_generation(&state)?;
     let id = format!("chatcmpl-{:x}", rand_id());
     let created = now_secs();

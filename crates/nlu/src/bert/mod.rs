@@ -156,6 +156,13 @@ impl Bert {
     /// Last hidden states for each token sequence. Sequences longer than the position table are
     /// an error (the tokenizer truncates well before), as are ids outside the vocabulary.
     pub(crate) fn forward(&self, sequences: &[&[u32]]) -> Result<HiddenStates, String> {
+        // The whole pass runs on one of rayon's threads: the 24 matrix products below then
+        // split their panels with a cheap in-pool fork, instead of each waking the pool from
+        // outside and blocking the caller until it answers.
+        rayon::scope(|_| self.forward_in_pool(sequences))
+    }
+
+    fn forward_in_pool(&self, sequences: &[&[u32]]) -> Result<HiddenStates, String> {
         let h = self.hidden;
         let mut rows = Vec::with_capacity(sequences.len());
         let mut total = 0;
