@@ -112,15 +112,15 @@ impl SentenceEncoder {
 /// The mean of a text's token rows, L2-normalised. Every row is a real token (nothing is
 /// padded), and the tokenizer always adds [CLS] and [SEP], so there is at least one row.
 fn mean_normalised(tokens: &[f32], width: usize) -> Vec<f32> {
-    let mut mean = vec![0.0f32; width];
     let count = (tokens.len() / width).max(1) as f32;
+    let mut mean = vec![0.0f32; width];
     for token in tokens.chunks_exact(width) {
         for (m, v) in mean.iter_mut().zip(token) {
-            *m += v;
+            *m += v / count;
         }
     }
-    let norm = (mean.iter().map(|v| v * v).sum::<f32>().sqrt() / count).max(1e-12);
-    mean.iter().map(|v| v / count / norm).collect()
+    let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    mean.iter().map(|v| v / norm).collect()
 }
 
 #[cfg(test)]

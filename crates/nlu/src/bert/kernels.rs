@@ -2,8 +2,9 @@
 //! layer norm, GELU and a softmax, all on plain `f32` slices.
 //!
 //! Why not candle's ops: for a 17-token message every product is 17 rows against a 384 × 384 or
-//! 384 × 1536 weight, and a general GEMM repacks that weight on every call (the `gemm` crate
-//! candle calls reached 16–30 GFLOP/s on these shapes on 2 cores, the kernel below 44–55); every
+//! 384 × 1536 weight, and a general GEMM repacks that weight on every call (in a one-off scratch
+//! program the `gemm` crate candle calls reached 16–30 GFLOP/s on these shapes on 2 cores, the
+//! kernel below 44–55; `benches/nlu.rs` measures the whole encoder against candle's); every
 //! candle op also allocates its output. Here the weights are packed in the kernel's order when
 //! the model loads, and the pass writes into buffers it owns.
 //!
@@ -60,7 +61,7 @@ impl PackedLinear {
         let panels = self.outputs / PANEL;
         let threads = rayon::current_num_threads().clamp(1, panels);
         let per_thread = panels.div_ceil(threads);
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        let out_ptr = DisjointWrites(out.as_mut_ptr());
         rayon::scope(|s| {
             for t in 0..threads {
                 let range = (t * per_thread)..((t + 1) * per_thread).min(panels);
@@ -69,7 +70,7 @@ impl PackedLinear {
                     for p in range {
                         // SAFETY: each panel writes only its own 16 columns of `out`, and panel
                         // ranges do not overlap between threads; `out` outlives the scope.
-                        unsafe { self.panel_forward(x, rows, p, out_ptr.0) };
+                        unsafe { self.panel_forward(x, rows, p, out_ptr.get()) };
                     }
                 });
             }
@@ -95,9 +96,21 @@ impl PackedLinear {
     }
 }
 
-struct SharedOut(*mut f32);
-// SAFETY: threads write disjoint columns (see `PackedLinear::forward`).
-unsafe impl Sync for SharedOut {}
+/// An output buffer that parallel jobs write into, each to elements no other job writes: the
+/// panels of [`PackedLinear::forward`], the (text, head) blocks of the encoder's attention.
+pub(crate) struct DisjointWrites(pub(crate) *mut f32);
+
+// SAFETY: every user writes disjoint elements, and the buffer outlives the parallel section
+// (each use says why at its `unsafe` block).
+unsafe impl Sync for DisjointWrites {}
+
+impl DisjointWrites {
+    // A method, not `.0`: a closure naming `out.0` would capture the raw pointer itself, which
+    // is not `Sync`, instead of this wrapper.
+    pub(crate) fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// `n` rows (≤ 6) of `x` times one packed panel, plus bias, into `out` (row stride `ldo`).
 /// The scalar version is the reference the SIMD one is tested against, and what builds without

@@ -19,7 +19,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::Device;
 use serde::Deserialize;
 
-use kernels::{add_layer_norm, gelu_erf, layer_norm_row, softmax_row, PackedLinear};
+use kernels::{add_layer_norm, gelu_erf, layer_norm_row, softmax_row, DisjointWrites, PackedLinear};
 
 /// The fields of a BERT `config.json` this pass depends on.
 #[derive(Debug, Deserialize)]
@@ -214,7 +214,7 @@ impl Bert {
         let head = h / self.heads;
         let scale = 1.0 / (head as f32).sqrt();
         let jobs: Vec<(usize, usize)> = (0..rows.len()).flat_map(|t| (0..self.heads).map(move |hd| (t, hd))).collect();
-        let out = SharedContext(context.as_mut_ptr());
+        let out = DisjointWrites(context.as_mut_ptr());
         let run = |&(t, hd): &(usize, usize)| {
             let range = rows[t].clone();
             let n = range.len();
@@ -239,7 +239,7 @@ impl Bert {
                 unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out.get().add(i * h + hd * head), head) };
             }
         };
-        // Below ~64k multiply-adds a job the thread hand-off costs more than it saves.
+        // Below ~64k multiply-adds in all, handing jobs to other threads costs more than it saves.
         let work: usize = rows.iter().map(|r| r.len() * r.len()).sum::<usize>() * h;
         if work < 1 << 16 {
             jobs.iter().for_each(run);
@@ -247,18 +247,6 @@ impl Bert {
             use rayon::prelude::*;
             jobs.par_iter().for_each(run);
         }
-    }
-}
-
-struct SharedContext(*mut f32);
-// SAFETY: attention jobs write disjoint elements (see `Bert::attention`).
-unsafe impl Sync for SharedContext {}
-
-impl SharedContext {
-    // A method, not `.0`: a closure naming `out.0` would capture the raw pointer itself, which
-    // is not `Sync`, instead of this wrapper.
-    fn get(&self) -> *mut f32 {
-        self.0
     }
 }
 
