@@ -38,6 +38,9 @@ pub struct Integrity {
     pub failed_jobs: usize,
     /// Messages people sent that never got an acknowledgement (the person was told; not a loss).
     pub unacknowledged: usize,
+    /// Reply streams that said `failed` for a job that did not fail (must be 0: the page would
+    /// offer "try again" for a reply still on its way, and the store would refuse the retry).
+    pub false_failures: usize,
     /// What was wrong, for the first few problems.
     pub problems: Vec<String>,
 }
@@ -45,7 +48,7 @@ pub struct Integrity {
 impl Integrity {
     /// Nothing acknowledged was lost, doubled or left without its one reply.
     pub fn holds(&self) -> bool {
-        self.missing == 0 && self.duplicated == 0 && self.unanswered == 0 && self.double_replies == 0
+        self.missing == 0 && self.duplicated == 0 && self.unanswered == 0 && self.double_replies == 0 && self.false_failures == 0
     }
 
     fn problem(&mut self, p: String) {
@@ -65,6 +68,7 @@ impl Integrity {
         self.retaken_jobs += other.retaken_jobs;
         self.failed_jobs += other.failed_jobs;
         self.unacknowledged += other.unacknowledged;
+        self.false_failures += other.false_failures;
         for p in other.problems {
             self.problem(p);
         }
@@ -78,6 +82,10 @@ pub struct Ledger {
     /// (message id, job id) in the order sent.
     pub acknowledged: Vec<(String, String)>,
     pub unacknowledged: usize,
+    /// Why each unacknowledged post was given up.
+    pub refusals: Vec<String>,
+    /// Jobs whose stream said `failed` (checked against the job's stored status).
+    pub reported_failed: Vec<String>,
 }
 
 /// A person who keeps chatting until told to stop, surviving restarts: posts are retried under
@@ -95,6 +103,7 @@ pub async fn steady_person(session: Session, persona: String, messages: Arc<Vec<
                 sent.fetch_add(1, Ordering::Relaxed);
                 ledger.acknowledged.push((posted.message_id, posted.job_id.clone()));
                 if let Ending::Failed(why) = follow_to_the_end(&session, &conversation, &posted.job_id, Duration::from_secs(600)).await {
+                    ledger.reported_failed.push(posted.job_id.clone());
                     // What a person does on the page: press "try again" (regenerate), once.
                     tracing::info!(%why, "the reply failed; asking for it again");
                     if let Ok((_, body)) = session.regenerate(&conversation).await {
@@ -108,6 +117,7 @@ pub async fn steady_person(session: Session, persona: String, messages: Arc<Vec<
             Err(e) => {
                 tracing::warn!(error = %e, "a message was not acknowledged");
                 ledger.unacknowledged += 1;
+                ledger.refusals.push(e.to_string());
                 // A refusal will not change by asking again at once (a 409 waits for a reply).
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -154,6 +164,16 @@ pub async fn check(session: &Session, ledger: &Ledger) -> Integrity {
             return found;
         }
     };
+    for why in &ledger.refusals {
+        found.problem(format!("{}: a post was not acknowledged: {why}", ledger.conversation));
+    }
+    for job_id in &ledger.reported_failed {
+        let job = session.get(&format!("/api/conversations/{}/jobs/{job_id}", ledger.conversation)).await.map(|j| j["job"].clone()).unwrap_or(Value::Null);
+        if job["status"] != "failed" {
+            found.false_failures += 1;
+            found.problem(format!("{}: the stream said job {job_id} failed, but it is {}", ledger.conversation, job["status"]));
+        }
+    }
     let messages = convo["messages"].as_array().cloned().unwrap_or_default();
     for (index, (message_id, job_id)) in ledger.acknowledged.iter().enumerate() {
         let positions: Vec<usize> = messages.iter().enumerate().filter(|(_, m)| m["id"].as_str() == Some(message_id)).map(|(i, _)| i).collect();
@@ -257,5 +277,7 @@ mod tests {
         assert!(i.holds());
         i.unanswered = 1;
         assert!(!i.holds());
+        let told_wrong = Integrity { false_failures: 1, ..Integrity::default() };
+        assert!(!told_wrong.holds(), "a stream that says failed for a reply on its way breaks the promise too");
     }
 }

@@ -38,7 +38,7 @@ impl DrillReport {
     pub fn markdown_row(&self) -> String {
         let i = &self.integrity;
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.drill,
             self.disruptions,
             self.people,
@@ -49,6 +49,7 @@ impl DrillReport {
             i.unanswered,
             i.double_replies,
             i.failed_jobs,
+            i.false_failures,
             i.retaken_jobs,
             i.fallbacks,
             if i.holds() { "holds" } else { "BROKEN" }
@@ -57,7 +58,7 @@ impl DrillReport {
 
     /// The header that goes with [`markdown_row`](Self::markdown_row).
     pub fn markdown_header() -> &'static str {
-        "| drill | disruptions | people | acknowledged | refused (told) | missing | stored twice | unanswered | two replies | failed (told) | jobs retaken | fallback replies | promise |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| drill | disruptions | people | acknowledged | refused (told) | missing | stored twice | unanswered | two replies | failed (told) | said failed, was not | jobs retaken | fallback replies | promise |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     }
 }
 

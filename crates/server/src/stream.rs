@@ -5,13 +5,18 @@
 //! published, so a reload mid-reply loses nothing); while running in another process it follows
 //! the partial text that worker saves with each heartbeat; when done it sends the stored message.
 //! Events: `queued`, `started`, `prepared`, `delta`, `replace`, `retract`, `done`, `failed`.
+//!
+//! `failed` is said only when the job failed or cannot be read (not found, corrupt). A database
+//! that is briefly away (a PostgreSQL restart, a pool timeout) is waited out: the worker keeps
+//! writing through it, and a `failed` here would have the page offer "try again" for a reply
+//! that is still coming — a retry the store then refuses, because that reply is still open.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use rapport_store::{ConversationId, Job, JobId, JobStatus};
+use rapport_store::{ConversationId, Job, JobId, JobStatus, StoreError};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -63,7 +68,7 @@ async fn run(app: &AppState, conversation: &ConversationId, job_id: &JobId, tx: 
     let mut last_partial: Option<String> = None;
     let mut started = false;
     loop {
-        let job = match app.store.job(conversation, job_id).await {
+        let job = match through_outage(tx, || app.store.job(conversation, job_id)).await? {
             Ok(job) => job,
             Err(e) => return send(tx, "failed", json!({"error": e.to_string()})).await,
         };
@@ -99,7 +104,7 @@ async fn run(app: &AppState, conversation: &ConversationId, job_id: &JobId, tx: 
             }
             JobStatus::Done => {
                 let Some(reply) = job.reply_message_id else { return send(tx, "failed", json!({"error": "the job has no reply"})).await };
-                return match app.store.message(conversation, &reply).await {
+                return match through_outage(tx, || app.store.message(conversation, &reply)).await? {
                     Ok(message) => {
                         let practice = app.store.trace(conversation, &reply).await.ok().and_then(|t| serde_json::from_str(&t).ok()).map(|t| practice_view(&t));
                         send(tx, "done", json!({"message": message, "practice": practice})).await
@@ -108,6 +113,38 @@ async fn run(app: &AppState, conversation: &ConversationId, job_id: &JobId, tx: 
                 };
             }
             JobStatus::Failed => return send(tx, "failed", json!({"error": job.error.unwrap_or_else(|| "the reply could not be written".into())})).await,
+        }
+    }
+}
+
+/// Longest wait between reads while the database is away.
+const OUTAGE_BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// A read that waits out database errors (backing off up to [`OUTAGE_BACKOFF_CAP`]) for as long
+/// as the client stays; the store's own answers (not found, corrupt) come back as they are.
+async fn through_outage<T, F, Fut>(tx: &Tx, mut read: F) -> Result<Result<T, StoreError>, Gone>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match read().await {
+            Err(StoreError::Database(e)) => {
+                if !warned {
+                    tracing::warn!(error = %e, "a reply stream cannot read the database; waiting for it");
+                    warned = true;
+                }
+                // The keep-alive comments only flow while something polls the stream; a client
+                // that left must not keep this loop reading a dead database forever.
+                if tx.is_closed() {
+                    return Err(Gone);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(OUTAGE_BACKOFF_CAP);
+            }
+            answer => return Ok(answer),
         }
     }
 }

@@ -117,7 +117,7 @@ async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::wa
             record(app, &outcome.trace);
             let state = serde_json::to_string(&conversation).expect("conversation state serialises");
             let trace = serde_json::to_string(&outcome.trace).expect("trace serialises");
-            match app.store.complete(&job, &outcome.reply, &state, &trace).await {
+            match store_reply(app, &job, &outcome.reply, &state, &trace).await {
                 Ok(message) => {
                     app.live.publish(&id, LiveEvent::Done(message));
                     let kind = if outcome.trace.fallback.is_some() { "fallback" } else { "done" };
@@ -140,6 +140,29 @@ async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::wa
             let _ = app.store.fail(&id, &job.claim, &message).await;
             app.live.publish(&id, LiveEvent::Failed(message));
             app.metrics.count("rapport_jobs_total", &[("outcome", "failed")], 1);
+        }
+    }
+}
+
+/// How long a finished reply keeps trying to reach the database before it is dropped.
+const STORE_RETRY_WINDOW: Duration = Duration::from_secs(30);
+
+/// Stores a finished reply, waiting out a short database outage (a PostgreSQL restart): the
+/// reply cost the model seconds, and dropping it means writing it again. Retrying is safe
+/// because the store checks the claim: once the lease has lapsed and another worker has taken
+/// the job, the write is refused as a conflict, and a write whose commit did land is refused the
+/// same way (the job is no longer running) — never stored twice.
+async fn store_reply(app: &AppState, job: &ClaimedJob, reply: &str, state: &str, trace: &str) -> Result<rapport_store::MessageRow, StoreError> {
+    let give_up = Instant::now() + STORE_RETRY_WINDOW;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match app.store.complete(job, reply, state, trace).await {
+            Err(StoreError::Database(e)) if Instant::now() + backoff < give_up => {
+                tracing::warn!(job = %job.job.id, error = %e, "storing the reply failed; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            result => return result,
         }
     }
 }
