@@ -148,19 +148,29 @@ fn two_processes_writing_one_sqlite_file_lose_nothing() {
     assert!(i.acknowledged >= 8, "{i:?}");
 }
 
+/// A fresh database on the test cluster (scripts/test.sh starts it), with the admin
+/// connection that made it and its name.
+fn fresh_postgres_database(rt: &tokio::runtime::Runtime, prefix: &str) -> (rapport_store::Store, String, String) {
+    let Ok(url) = std::env::var("RAPPORT_TEST_POSTGRES_URL") else {
+        panic!("RAPPORT_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
+    };
+    rt.block_on(async {
+        let admin = rapport_store::Store::connect(&url).await.unwrap();
+        let name = format!("{prefix}_{}_{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+        admin.execute_admin(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let database = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+        (admin, database, name)
+    })
+}
+
 #[test]
 fn postgres_restarted_under_load_loses_nothing() {
     let _one = serialised();
-    let (Ok(url), Ok(restart)) = (std::env::var("RAPPORT_TEST_POSTGRES_URL"), std::env::var("RAPPORT_TEST_POSTGRES_RESTART")) else {
-        panic!("RAPPORT_TEST_POSTGRES_URL and RAPPORT_TEST_POSTGRES_RESTART are not set: run the tests through scripts/test.sh, which starts PostgreSQL");
+    let Ok(restart) = std::env::var("RAPPORT_TEST_POSTGRES_RESTART") else {
+        panic!("RAPPORT_TEST_POSTGRES_RESTART is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
     };
     let rt = rt();
-    let database = rt.block_on(async {
-        let admin = rapport_store::Store::connect(&url).await.unwrap();
-        let name = format!("rapport_load_{}_{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
-        admin.execute_admin(&format!("CREATE DATABASE {name}")).await.unwrap();
-        format!("{}/{name}", url.rsplit_once('/').unwrap().0)
-    });
+    let (_admin, database, _) = fresh_postgres_database(&rt, "rapport_load");
     // Three restarts 1.5-3.5 s apart: with one, a stream read rarely met the outage, and a
     // stream that said `failed` for a reply still being written slipped through most runs.
     let report = rt.block_on(drills::postgres_restart(&config(2, &["--lease-secs", "3"]), &database, &restart, 3, (1500, 3500), &ProgressBar::hidden())).unwrap();
@@ -168,4 +178,62 @@ fn postgres_restarted_under_load_loses_nothing() {
     assert!(i.holds(), "{i:?}");
     assert_eq!(i.false_failures, 0, "no stream said failed for a reply that was still coming: {i:?}");
     assert_eq!(i.unacknowledged, 0, "posts during the restart were retried until acknowledged: {i:?}");
+}
+
+/// The database goes away on purpose while one reply is being written and another waits in the
+/// queue: PostgreSQL refuses the server's connections (`CONNECTION LIMIT 0`, open ones
+/// terminated) for longer than the pool waits for a connection (10 s), so the server's reads and
+/// writes fail rather than wait. Neither stream may tell its person `failed` (before the fix,
+/// the queued reply's stream did, at its first failed read), and both replies end stored once.
+#[test]
+fn replies_ride_out_a_database_that_refuses_connections() {
+    use rapport_load::chaos::follow_to_the_end;
+    use rapport_load::client::{Ending, Session};
+
+    let _one = serialised();
+    let rt = rt();
+    let (admin, database, name) = fresh_postgres_database(&rt, "rapport_outage");
+    let mut server = ServerProcess::start(&ServeSpec::serve(&database, &serve_args(&["--workers", "1"]))).unwrap();
+    let base = server.base.clone();
+    rt.block_on(async {
+        let session = Session::open(&reqwest::Client::new(), &base, rapport_load::chaos::chaos_patience()).await.unwrap();
+        let (a, b) = (session.create(PERSONA).await.unwrap(), session.create(PERSONA).await.unwrap());
+        // One reply first, so the persona and the model are warm when the outage comes.
+        let warm = session.post(&a, "hi there", "warm").await.unwrap();
+        assert!(matches!(follow_to_the_end(&session, &a, &warm.job_id, Duration::from_secs(120)).await, Ending::Done { .. }));
+
+        let running = session.post(&a, "tell me about your day", "a-1").await.unwrap();
+        let waiting = session.post(&b, "what do you like to do?", "b-1").await.unwrap();
+        let follow = |conversation: String, job: String| {
+            let session = session.clone();
+            tokio::spawn(async move { session.follow(&conversation, &job).await })
+        };
+        let (first, queued) = (follow(a.clone(), running.job_id.clone()), follow(b.clone(), waiting.job_id.clone()));
+        // Away as soon as the first reply is being written (prefill alone takes longer than this
+        // loop's step); the second waits behind it for the one worker.
+        loop {
+            let job = session.get(&format!("/api/conversations/{a}/jobs/{}", running.job_id)).await.unwrap();
+            if job["job"]["status"] == "running" {
+                break;
+            }
+            assert_eq!(job["job"]["status"], "queued", "{job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        admin.execute_admin(&format!("ALTER DATABASE {name} CONNECTION LIMIT 0")).await.unwrap();
+        admin.execute_admin(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")).await.unwrap();
+        let outage_began = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        admin.execute_admin(&format!("ALTER DATABASE {name} CONNECTION LIMIT -1")).await.unwrap();
+        let (first, queued) = (first.await.unwrap(), queued.await.unwrap());
+        assert!(matches!(first.ending, Ending::Done { .. }), "the reply being written when the database left: {:?}", first.ending);
+        assert!(first.ended > outage_began, "the outage began before that reply was done");
+        assert!(matches!(queued.ending, Ending::Done { .. }), "the reply queued behind it: {:?}", queued.ending);
+        // Both replies stored once, and nothing else.
+        for (conversation, replies) in [(&a, 2), (&b, 1)] {
+            let convo = session.get(&format!("/api/conversations/{conversation}")).await.unwrap();
+            let assistant = convo["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "assistant").count();
+            assert_eq!(assistant, replies + 1, "the greeting and one reply per message: {convo}");
+        }
+    });
+    server.stop(Duration::from_secs(20));
 }
