@@ -38,6 +38,9 @@ pub struct Integrity {
     pub failed_jobs: usize,
     /// Messages people sent that never got an acknowledgement (the person was told; not a loss).
     pub unacknowledged: usize,
+    /// Requests that failed (a 5xx, no connection) and were sent again; the people never saw
+    /// these, but they are the outage's size as the clients felt it.
+    pub retried_requests: usize,
     /// Reply streams that said `failed` for a job that did not fail (must be 0: the page would
     /// offer "try again" for a reply still on its way, and the store would refuse the retry).
     pub false_failures: usize,
@@ -69,6 +72,7 @@ impl Integrity {
         self.failed_jobs += other.failed_jobs;
         self.unacknowledged += other.unacknowledged;
         self.false_failures += other.false_failures;
+        self.retried_requests += other.retried_requests;
         for p in other.problems {
             self.problem(p);
         }
@@ -86,6 +90,8 @@ pub struct Ledger {
     pub refusals: Vec<String>,
     /// Jobs whose stream said `failed` (checked against the job's stored status).
     pub reported_failed: Vec<String>,
+    /// Requests this person sent again after a failure.
+    pub retried_requests: usize,
 }
 
 /// A person who keeps chatting until told to stop, surviving restarts: posts are retried under
@@ -123,6 +129,7 @@ pub async fn steady_person(session: Session, persona: String, messages: Arc<Vec<
             }
         }
     }
+    ledger.retried_requests = session.retried();
     Ok(ledger)
 }
 
@@ -155,7 +162,7 @@ pub async fn settle(session_of: &[(Session, Ledger)], limit: Duration) {
 
 /// Checks one conversation against its ledger.
 pub async fn check(session: &Session, ledger: &Ledger) -> Integrity {
-    let mut found = Integrity { conversations: 1, acknowledged: ledger.acknowledged.len(), unacknowledged: ledger.unacknowledged, ..Integrity::default() };
+    let mut found = Integrity { conversations: 1, acknowledged: ledger.acknowledged.len(), unacknowledged: ledger.unacknowledged, retried_requests: ledger.retried_requests, ..Integrity::default() };
     let convo = match session.get(&format!("/api/conversations/{}", ledger.conversation)).await {
         Ok(c) => c,
         Err(e) => {

@@ -5,6 +5,8 @@
 //! refused connection or a 5xx (a server being restarted under it) waits and tries again, and a
 //! posted message always carries an Idempotency-Key so that a retry can never post it twice.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -48,6 +50,9 @@ pub struct Session {
     cookie: String,
     csrf: String,
     patience: Patience,
+    /// Requests that failed (a 5xx or no connection) and were sent again, by this session and
+    /// its moved copies.
+    retried: Arc<AtomicUsize>,
 }
 
 /// A message the server acknowledged (202, or 200 for a retry it recognised).
@@ -78,6 +83,8 @@ pub struct Followed {
     pub ending: Ending,
     /// The first `delta` (or non-empty `replace`) with text.
     pub first_text: Option<Instant>,
+    /// The last one.
+    pub last_text: Option<Instant>,
     /// When `done`/`failed` arrived, or the stream broke.
     pub ended: Instant,
     /// `started` events seen (more than one: the job was taken again after a crash).
@@ -87,7 +94,7 @@ pub struct Followed {
 impl Session {
     /// Opens a session: the server sets the cookie and hands out the CSRF token.
     pub async fn open(http: &reqwest::Client, base: &str, patience: Patience) -> Result<Session, ClientError> {
-        let mut session = Session { http: http.clone(), base: base.trim_end_matches('/').to_string(), cookie: String::new(), csrf: String::new(), patience };
+        let mut session = Session { http: http.clone(), base: base.trim_end_matches('/').to_string(), cookie: String::new(), csrf: String::new(), patience, retried: Arc::default() };
         let deadline = Instant::now() + patience.request;
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -118,6 +125,11 @@ impl Session {
         Session { base: base.trim_end_matches('/').to_string(), ..self.clone() }
     }
 
+    /// How many requests failed and were sent again (the person never saw those failures).
+    pub fn retried(&self) -> usize {
+        self.retried.load(Ordering::Relaxed)
+    }
+
     /// The server's base URL.
     pub fn base(&self) -> &str {
         &self.base
@@ -139,17 +151,18 @@ impl Session {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let wait = match request.send().await {
+            // (how long to wait, whether the request failed rather than was told to wait)
+            let (wait, failed) = match request.send().await {
                 Ok(r) => {
                     let status = r.status().as_u16();
                     let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
                     let text = r.text().await.unwrap_or_default();
                     match status {
-                        429 => Duration::from_secs(retry_after.unwrap_or(1).max(1)),
+                        429 => (Duration::from_secs(retry_after.unwrap_or(1).max(1)), false),
                         // A server starting, stopping or briefly without its database.
                         500 | 502 | 503 | 504 => {
                             last = format!("{status} {text}");
-                            Duration::from_millis(500)
+                            (Duration::from_millis(500), true)
                         }
                         _ if status < 400 => return Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null))),
                         _ => return Err(ClientError::Refused { method, path: path.to_string(), status, body: text }),
@@ -157,11 +170,14 @@ impl Session {
                 }
                 Err(e) => {
                     last = e.to_string();
-                    Duration::from_millis(300)
+                    (Duration::from_millis(300), true)
                 }
             };
             if Instant::now() + wait > deadline {
                 return Err(ClientError::Unreachable { method, path: path.to_string(), secs: self.patience.request.as_secs(), last });
+            }
+            if failed {
+                self.retried.fetch_add(1, Ordering::Relaxed);
             }
             tokio::time::sleep(wait).await;
         }
@@ -196,9 +212,15 @@ impl Session {
     /// Follows a job's reply stream to its end. A stream that breaks is reported as
     /// [`Ending::Broken`]; the caller decides whether to reconnect.
     pub async fn follow(&self, conversation: &str, job: &str) -> Followed {
+        self.follow_observed(conversation, job, |_| {}).await
+    }
+
+    /// [`follow`](Self::follow), calling `seen` with each event's name as it arrives (a test
+    /// that must act while a reply is at a given point).
+    pub async fn follow_observed(&self, conversation: &str, job: &str, mut seen: impl FnMut(&str)) -> Followed {
         let deadline = tokio::time::Instant::now() + self.patience.reply;
         let path = format!("/api/conversations/{conversation}/events?job={job}");
-        let mut followed = Followed { ending: Ending::Broken(String::new()), first_text: None, ended: Instant::now(), starts: 0 };
+        let mut followed = Followed { ending: Ending::Broken(String::new()), first_text: None, last_text: None, ended: Instant::now(), starts: 0 };
         let response = match tokio::time::timeout_at(deadline, self.request(reqwest::Method::GET, &path).send()).await {
             Ok(Ok(r)) if r.status() == 200 => r,
             Ok(Ok(r)) => {
@@ -241,12 +263,14 @@ impl Session {
             };
             let mut finished = false;
             for (name, data) in events {
+                seen(&name);
                 match name.as_str() {
                     "started" => followed.starts += 1,
                     "delta" | "replace" => {
                         let has_text = data["text"].as_str().is_some_and(|t| !t.trim().is_empty());
-                        if has_text && followed.first_text.is_none() {
-                            followed.first_text = Some(Instant::now());
+                        if has_text {
+                            followed.first_text.get_or_insert_with(Instant::now);
+                            followed.last_text = Some(Instant::now());
                         }
                     }
                     "done" => {

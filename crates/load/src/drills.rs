@@ -38,11 +38,12 @@ impl DrillReport {
     pub fn markdown_row(&self) -> String {
         let i = &self.integrity;
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.drill,
             self.disruptions,
             self.people,
             i.acknowledged,
+            i.retried_requests,
             i.unacknowledged,
             i.missing,
             i.duplicated,
@@ -58,7 +59,7 @@ impl DrillReport {
 
     /// The header that goes with [`markdown_row`](Self::markdown_row).
     pub fn markdown_header() -> &'static str {
-        "| drill | disruptions | people | acknowledged | refused (told) | missing | stored twice | unanswered | two replies | failed (told) | said failed, was not | jobs retaken | fallback replies | promise |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| drill | disruptions | people | acknowledged | requests retried | refused (told) | missing | stored twice | unanswered | two replies | failed (told) | said failed, was not | jobs retaken | fallback replies | promise |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     }
 }
 

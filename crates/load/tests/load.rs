@@ -204,21 +204,29 @@ fn replies_ride_out_a_database_that_refuses_connections() {
 
         let running = session.post(&a, "tell me about your day", "a-1").await.unwrap();
         let waiting = session.post(&b, "what do you like to do?", "b-1").await.unwrap();
-        let follow = |conversation: String, job: String| {
+        // Each stream signals once it shows the state the outage must catch it in: the first
+        // reply being written, the second queued behind it for the one worker.
+        let follow = |conversation: String, job: String, signal_on: &'static str| {
             let session = session.clone();
-            tokio::spawn(async move { session.follow(&conversation, &job).await })
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let mut tx = Some(tx);
+            let task = tokio::spawn(async move {
+                session
+                    .follow_observed(&conversation, &job, |event| {
+                        if event == signal_on {
+                            if let Some(tx) = tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                    })
+                    .await
+            });
+            (task, rx)
         };
-        let (first, queued) = (follow(a.clone(), running.job_id.clone()), follow(b.clone(), waiting.job_id.clone()));
-        // Away as soon as the first reply is being written (prefill alone takes longer than this
-        // loop's step); the second waits behind it for the one worker.
-        loop {
-            let job = session.get(&format!("/api/conversations/{a}/jobs/{}", running.job_id)).await.unwrap();
-            if job["job"]["status"] == "running" {
-                break;
-            }
-            assert_eq!(job["job"]["status"], "queued", "{job}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (first, first_started) = follow(a.clone(), running.job_id.clone(), "started");
+        let (queued, second_queued) = follow(b.clone(), waiting.job_id.clone(), "queued");
+        first_started.await.expect("the first reply started");
+        second_queued.await.expect("the second reply queued");
         admin.execute_admin(&format!("ALTER DATABASE {name} CONNECTION LIMIT 0")).await.unwrap();
         admin.execute_admin(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")).await.unwrap();
         let outage_began = std::time::Instant::now();
@@ -227,6 +235,10 @@ fn replies_ride_out_a_database_that_refuses_connections() {
         let (first, queued) = (first.await.unwrap(), queued.await.unwrap());
         assert!(matches!(first.ending, Ending::Done { .. }), "the reply being written when the database left: {:?}", first.ending);
         assert!(first.ended > outage_began, "the outage began before that reply was done");
+        // The worker kept streaming while its heartbeat could not reach the database (a
+        // heartbeat that waited out the pool's 10 s held the text back until then).
+        let streamed_until = first.last_text.expect("the reply streamed text").saturating_duration_since(outage_began);
+        assert!(streamed_until < Duration::from_secs(8), "the reply's text stopped flowing during the outage: last text {streamed_until:?} after it began");
         assert!(matches!(queued.ending, Ending::Done { .. }), "the reply queued behind it: {:?}", queued.ending);
         // Both replies stored once, and nothing else.
         for (conversation, replies) in [(&a, 2), (&b, 1)] {

@@ -77,7 +77,8 @@ async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::wa
     tokio::pin!(turn);
     // Every second (or a third of the lease, if shorter): often enough that a stream on
     // another process sees the text grow smoothly, and the lease never lapses on a live worker.
-    let mut heartbeat = tokio::time::interval((app.config.lease / 3).min(Duration::from_secs(1)));
+    let beat = (app.config.lease / 3).min(Duration::from_secs(1));
+    let mut heartbeat = tokio::time::interval(beat);
     heartbeat.tick().await;
     let deadline = tokio::time::sleep(app.config.turn_timeout);
     tokio::pin!(deadline);
@@ -87,13 +88,17 @@ async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::wa
             Some(event) = received.recv() => forward(app, &job, event),
             _ = heartbeat.tick() => {
                 let partial = app.live.text(&id);
-                match app.store.heartbeat(&id, &job.claim, app.config.lease, partial.as_deref()).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                // Bounded by one beat: while this arm waits, the loop forwards none of the
+                // reply's text to its streams, and a database that is away makes the pool wait
+                // 10 s for a connection.
+                match tokio::time::timeout(beat, app.store.heartbeat(&id, &job.claim, app.config.lease, partial.as_deref())).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
                         tracing::warn!(job = %id, "lost the claim; dropping the turn");
                         break None;
                     }
-                    Err(e) => tracing::warn!(job = %id, error = %e, "heartbeat failed; will retry"),
+                    Ok(Err(e)) => tracing::warn!(job = %id, error = %e, "heartbeat failed; will retry"),
+                    Err(_) => tracing::warn!(job = %id, "heartbeat got no answer within {} ms; will retry", beat.as_millis()),
                 }
             }
             _ = &mut deadline => break Some(Err(format!("the reply took longer than {} s", app.config.turn_timeout.as_secs()))),
