@@ -248,8 +248,15 @@ function follow(jobId, queue) {
   });
   on('failed', (d) => { closeStream(); const p = $('pending'); if (p) p.remove(); showFailed(d.error); });
   source.onerror = () => {
-    // The browser reconnects by itself; say so, so that a pause does not look like a hang.
-    if (state.source === source) showStatus('Connection lost; reconnecting… (your message is saved)');
+    if (state.source !== source) return;
+    // The browser reconnects by itself after a dropped connection; say so, so that a pause does
+    // not look like a hang.
+    showStatus('Connection lost; reconnecting… (your message is saved)');
+    // But an answer with an error status (a 502 from a proxy while the server restarts, a 500
+    // while its database does) closes an EventSource for good: open it again after a pause.
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(() => { if (state.source === source && state.current === conversation) follow(jobId); }, 2000);
+    }
   };
 }
 

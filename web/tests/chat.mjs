@@ -1,5 +1,6 @@
 // The chat page in headless Chromium: pick a persona, chat, watch the reply stream in, reload
-// and find the conversation, and check that markup in a message is shown, not run.
+// and find the conversation, check that markup in a message is shown, not run, and that a
+// reply stream refused with an error status is opened again.
 // Run by crates/cli/tests/web.rs with RAPPORT_URL, CHROMIUM and SCREENSHOTS set.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
@@ -67,6 +68,24 @@ try {
   assert.equal((await page.locator('#messages .bubble.assistant').nth(1).locator('.text').innerText()).trim(), reply.trim());
   assert.ok(await page.locator('#conversation-list li').count() >= 1);
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
+
+  // A reply stream answered with an error status (a 500 while the database restarts, a proxy's
+  // 502 while the server does): the browser gives that EventSource up for good, so the page
+  // must open it again itself. The first stream request is refused here (an injected fault),
+  // later ones reach the server.
+  const isStream = (u) => u.pathname.endsWith('/events');
+  let refused = 0;
+  const refuseOnce = async (route) => {
+    refused++;
+    await route.fulfill({ status: 500, contentType: 'application/json', body: '{"error":{"message":"injected","type":"internal_error"}}' });
+    await page.unroute(isStream, refuseOnce);
+  };
+  await page.route(isStream, refuseOnce);
+  await page.locator('#composer-input').fill('What do you love most about weddings?');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelectorAll('#messages .bubble.assistant').length === 3 && !document.getElementById('pending'), null, { timeout: 240_000 });
+  assert.equal(refused, 1, 'the first stream request was refused');
+  assert.ok((await page.locator('#messages .bubble.assistant').nth(2).locator('.text').innerText()).trim().length > 0, 'the reply arrived over the reopened stream');
 
   // Keyboard: the composer is reachable and Enter sends (checked above); focus is visible.
   await page.keyboard.press('Tab');

@@ -38,8 +38,9 @@ pub struct Integrity {
     pub failed_jobs: usize,
     /// Messages people sent that never got an acknowledgement (the person was told; not a loss).
     pub unacknowledged: usize,
-    /// Requests that failed (a 5xx, no connection) and were sent again; the people never saw
-    /// these, but they are the outage's size as the clients felt it.
+    /// Requests that failed (a 5xx, no connection) and were sent again, and reply streams that
+    /// broke and were followed again; the people never saw these, but they are the outage's
+    /// size as the clients felt it.
     pub retried_requests: usize,
     /// Reply streams that said `failed` for a job that did not fail (must be 0: the page would
     /// offer "try again" for a reply still on its way, and the store would refuse the retry).
@@ -90,7 +91,7 @@ pub struct Ledger {
     pub refusals: Vec<String>,
     /// Jobs whose stream said `failed` (checked against the job's stored status).
     pub reported_failed: Vec<String>,
-    /// Requests this person sent again after a failure.
+    /// Requests this person sent again after a failure, and streams followed again.
     pub retried_requests: usize,
 }
 
@@ -141,6 +142,7 @@ pub async fn follow_to_the_end(session: &Session, conversation: &str, job: &str,
         match followed.ending {
             Ending::Broken(e) if Instant::now() < deadline => {
                 tracing::debug!(error = %e, "the reply stream broke; following again");
+                session.note_retry();
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             ending => return ending,

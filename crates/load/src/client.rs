@@ -50,8 +50,8 @@ pub struct Session {
     cookie: String,
     csrf: String,
     patience: Patience,
-    /// Requests that failed (a 5xx or no connection) and were sent again, by this session and
-    /// its moved copies.
+    /// Requests that failed (a 5xx or no connection) and were sent again, and reply streams
+    /// that broke and were followed again, by this session and its moved copies.
     retried: Arc<AtomicUsize>,
 }
 
@@ -125,9 +125,15 @@ impl Session {
         Session { base: base.trim_end_matches('/').to_string(), ..self.clone() }
     }
 
-    /// How many requests failed and were sent again (the person never saw those failures).
+    /// How many requests failed and were sent again, and how many broken reply streams were
+    /// followed again (the person never saw those failures).
     pub fn retried(&self) -> usize {
         self.retried.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more retry made outside [`call`](Self::call) (a stream followed again).
+    pub fn note_retry(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The server's base URL.

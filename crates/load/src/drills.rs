@@ -59,7 +59,7 @@ impl DrillReport {
 
     /// The header that goes with [`markdown_row`](Self::markdown_row).
     pub fn markdown_header() -> &'static str {
-        "| drill | disruptions | people | acknowledged | requests retried | refused (told) | missing | stored twice | unanswered | two replies | failed (told) | said failed, was not | jobs retaken | fallback replies | promise |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| drill | disruptions | people | acknowledged | retried (requests, streams) | refused (told) | missing | stored twice | unanswered | two replies | failed (told) | said failed, was not | jobs retaken | fallback replies | promise |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     }
 }
 
