@@ -136,8 +136,8 @@ where
                     tracing::warn!(error = %e, "a reply stream cannot read the database; waiting for it");
                     warned = true;
                 }
-                // The keep-alive comments only flow while something polls the stream; a client
-                // that left must not keep this loop reading a dead database forever.
+                // This loop sends nothing while it waits, so a client that left is noticed
+                // here (its receiver is gone), not by a failed send.
                 if tx.is_closed() {
                     return Err(Gone);
                 }
