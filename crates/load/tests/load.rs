@@ -235,10 +235,6 @@ fn replies_ride_out_a_database_that_refuses_connections() {
         let (first, queued) = (first.await.unwrap(), queued.await.unwrap());
         assert!(matches!(first.ending, Ending::Done { .. }), "the reply being written when the database left: {:?}", first.ending);
         assert!(first.ended > outage_began, "the outage began before that reply was done");
-        // The worker kept streaming while its heartbeat could not reach the database (a
-        // heartbeat that waited out the pool's 10 s held the text back until then).
-        let streamed_until = first.last_text.expect("the reply streamed text").saturating_duration_since(outage_began);
-        assert!(streamed_until < Duration::from_secs(8), "the reply's text stopped flowing during the outage: last text {streamed_until:?} after it began");
         assert!(matches!(queued.ending, Ending::Done { .. }), "the reply queued behind it: {:?}", queued.ending);
         // Both replies stored once, and nothing else.
         for (conversation, replies) in [(&a, 2), (&b, 1)] {
