@@ -177,7 +177,7 @@ pub async fn check(session: &Session, ledger: &Ledger) -> Integrity {
         found.problem(format!("{}: a post was not acknowledged: {why}", ledger.conversation));
     }
     for job_id in &ledger.reported_failed {
-        let job = session.get(&format!("/api/conversations/{}/jobs/{job_id}", ledger.conversation)).await.map(|j| j["job"].clone()).unwrap_or(Value::Null);
+        let job = job_of(session, &ledger.conversation, job_id).await;
         if job["status"] != "failed" {
             found.false_failures += 1;
             found.problem(format!("{}: the stream said job {job_id} failed, but it is {}", ledger.conversation, job["status"]));
@@ -198,7 +198,7 @@ pub async fn check(session: &Session, ledger: &Ledger) -> Integrity {
                 found.problem(format!("{}: message {message_id} stored {n} times", ledger.conversation));
             }
         }
-        let job = session.get(&format!("/api/conversations/{}/jobs/{job_id}", ledger.conversation)).await.map(|j| j["job"].clone()).unwrap_or(Value::Null);
+        let job = job_of(session, &ledger.conversation, job_id).await;
         if job["attempts"].as_i64().unwrap_or(1) > 1 {
             found.retaken_jobs += 1;
         }
@@ -237,6 +237,11 @@ pub async fn check(session: &Session, ledger: &Ledger) -> Integrity {
         found.problem(format!("{}: {stored_user} user messages stored, {} acknowledged", ledger.conversation, ledger.acknowledged.len()));
     }
     found
+}
+
+/// A job as the server reports it, or `null` when it cannot be read.
+async fn job_of(session: &Session, conversation: &str, job: &str) -> Value {
+    session.get(&format!("/api/conversations/{conversation}/jobs/{job}")).await.map(|j| j["job"].clone()).unwrap_or(Value::Null)
 }
 
 /// Checks every ledger and adds the findings up.

@@ -83,8 +83,6 @@ pub struct Followed {
     pub ending: Ending,
     /// The first `delta` (or non-empty `replace`) with text.
     pub first_text: Option<Instant>,
-    /// The last one.
-    pub last_text: Option<Instant>,
     /// When `done`/`failed` arrived, or the stream broke.
     pub ended: Instant,
     /// `started` events seen (more than one: the job was taken again after a crash).
@@ -226,7 +224,7 @@ impl Session {
     pub async fn follow_observed(&self, conversation: &str, job: &str, mut seen: impl FnMut(&str)) -> Followed {
         let deadline = tokio::time::Instant::now() + self.patience.reply;
         let path = format!("/api/conversations/{conversation}/events?job={job}");
-        let mut followed = Followed { ending: Ending::Broken(String::new()), first_text: None, last_text: None, ended: Instant::now(), starts: 0 };
+        let mut followed = Followed { ending: Ending::Broken(String::new()), first_text: None, ended: Instant::now(), starts: 0 };
         let response = match tokio::time::timeout_at(deadline, self.request(reqwest::Method::GET, &path).send()).await {
             Ok(Ok(r)) if r.status() == 200 => r,
             Ok(Ok(r)) => {
@@ -274,9 +272,8 @@ impl Session {
                     "started" => followed.starts += 1,
                     "delta" | "replace" => {
                         let has_text = data["text"].as_str().is_some_and(|t| !t.trim().is_empty());
-                        if has_text {
-                            followed.first_text.get_or_insert_with(Instant::now);
-                            followed.last_text = Some(Instant::now());
+                        if has_text && followed.first_text.is_none() {
+                            followed.first_text = Some(Instant::now());
                         }
                     }
                     "done" => {
