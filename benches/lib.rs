@@ -17,8 +17,18 @@ pub fn classifier() -> EmotionClassifier {
     let cache = ModelCache::default_location().expect("a cache directory");
     let minilm = Puller::default().quiet().pull(&cache, &preset("minilm-l6").expect("preset")).expect("MiniLM");
     let encoder = SentenceEncoder::load(&minilm.dir).expect("encoder");
-    let head = EmotionHead::load(&repo().join("datasets/emotion/goemotions-mlp")).expect("trained head (rapport emotion train)");
-    EmotionClassifier::new(encoder, head)
+    let head = EmotionHead::load(&repo().join("datasets/emotion/goemotions-tuned")).expect("the shipped emotion model");
+    EmotionClassifier::new(encoder, head).expect("the emotion model fits the encoder")
+}
+
+/// The classifier `rapport emotion train` makes (a head on the frozen encoder's last layer), the
+/// peer that the shipped, fine-tuned model replaced.
+pub fn frozen_feature_classifier() -> EmotionClassifier {
+    let cache = ModelCache::default_location().expect("a cache directory");
+    let minilm = Puller::default().quiet().pull(&cache, &preset("minilm-l6").expect("preset")).expect("MiniLM");
+    let encoder = SentenceEncoder::load(&minilm.dir).expect("encoder");
+    let head = EmotionHead::load(&repo().join("datasets/emotion/goemotions-mlp")).expect("the frozen-feature head");
+    EmotionClassifier::new(encoder, head).expect("the head fits the encoder")
 }
 
 /// Up to `n` real user-like messages: GoEmotions dev texts when the shared data is there, else

@@ -2,15 +2,17 @@
 //! evaluation run or a busy server pushes through), and example retrieval (the search over a
 //! persona's embedded examples that step 7 runs once the message is encoded).
 //!
-//! The peer, measured in the same run: candle's `BertModel` on the same weights, run the way
-//! Rapport ran it before its fused encoder (padded batch, attention mask, mean pooling).
+//! Peers, measured in the same run: candle's `BertModel` on the same weights, run the way
+//! Rapport ran it before its fused encoder (padded batch, attention mask, mean pooling); and,
+//! for emotions, the head on the frozen encoder's six layers that the shipped fine-tuned
+//! branch (two layers, the second tuned) replaced.
 //!
 //! cargo bench -p rapport-benches --bench nlu
 //! Needs `rapport models pull minilm-l6` and the trained head in datasets/emotion/.
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rapport_benches::{classifier, sample_messages};
+use rapport_benches::{classifier, frozen_feature_classifier, sample_messages};
 use rapport_models::{preset, ModelCache, Puller};
 use rapport_nlu::{ExampleIndex, Exchange};
 
@@ -60,13 +62,21 @@ fn encode(c: &mut Criterion) {
     g.throughput(Throughput::Elements(64));
     g.bench_with_input(BenchmarkId::new("encode/batch", 64), &texts, |b, texts| b.iter(|| classifier.encoder().encode_batch(texts).unwrap()));
     g.bench_with_input(BenchmarkId::new("encode/batch, candle BertModel (peer)", 64), &texts, |b, texts| b.iter(|| peer.encode(texts)));
+    let frozen = frozen_feature_classifier();
     g.throughput(Throughput::Elements(1));
     g.bench_function("classify/1 message", |b| b.iter(|| classifier.classify(one).unwrap()));
+    g.bench_function("classify/1 message, frozen 6-layer head (peer)", |b| b.iter(|| frozen.classify(one).unwrap()));
+    // What a turn runs: the sentence vector for retrieval and the emotion, sharing what they can.
+    g.bench_function("understand/1 message", |b| b.iter(|| classifier.understand(one).unwrap()));
+    g.bench_function("understand/1 message, frozen 6-layer head (peer)", |b| b.iter(|| frozen.understand(one).unwrap()));
     for batch in [16usize, 64] {
         let texts: Vec<&str> = messages.iter().take(batch).map(String::as_str).collect();
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_with_input(BenchmarkId::new("classify/batch", batch), &texts, |b, texts| {
             b.iter(|| classifier.classify_batch(texts).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("classify/batch, frozen 6-layer head (peer)", batch), &texts, |b, texts| {
+            b.iter(|| frozen.classify_batch(texts).unwrap())
         });
     }
     g.finish();

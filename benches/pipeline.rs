@@ -46,6 +46,8 @@ fn turn(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("turn");
     g.bench_function("floor: encode one message", |b| b.iter(|| nlu.encoder().encode(message).unwrap()));
+    // What step 2 runs: the vector and the emotion (the encoder plus the emotion branch).
+    g.bench_function("floor: understand one message", |b| b.iter(|| nlu.understand(message).unwrap()));
     g.bench_function("prepare (steps 1-8)", |b| b.iter(|| pipeline.prepare(&conversation, message, now).unwrap()));
     g.bench_function("prepare without models (lexical)", |b| {
         let lexical = Pipeline::new(library.get("wedding-host").unwrap().clone(), None, Arc::new(Prompts::embedded()), PipelineConfig::default()).unwrap();

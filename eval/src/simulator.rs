@@ -431,8 +431,8 @@ author: moodsona maintainers
         let cache = rapport_models::ModelCache::default_location().unwrap();
         let installed = rapport_models::Puller::default().quiet().pull(&cache, &rapport_models::preset("minilm-l6").unwrap()).unwrap();
         let encoder = rapport_nlu::SentenceEncoder::load(&installed.dir).unwrap();
-        let head = rapport_nlu::emotion::EmotionHead::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/emotion/goemotions-mlp")).unwrap();
-        RuleMatcher::new(Some(Arc::new(EmotionClassifier::new(encoder, head))), RuleMatcher::DEFAULT_THRESHOLD)
+        let head = rapport_nlu::emotion::EmotionHead::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/emotion/goemotions-tuned")).unwrap();
+        RuleMatcher::new(Some(Arc::new(EmotionClassifier::new(encoder, head).unwrap())), RuleMatcher::DEFAULT_THRESHOLD)
     }
 
     #[test]

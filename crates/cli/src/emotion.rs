@@ -19,7 +19,14 @@ pub(crate) fn datasets_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"))
 }
 
+/// The model the app uses: MiniLM's first layer, then a copy of its second fine-tuned on
+/// GoEmotions (`crates/nlu/train/finetune_emotion.py --variant 2:1`).
 pub(crate) fn default_head() -> PathBuf {
+    datasets_dir().join("emotion/goemotions-tuned")
+}
+
+/// Where `rapport emotion train` writes: a head on the frozen encoder's features.
+fn frozen_feature_head() -> PathBuf {
     datasets_dir().join("emotion/goemotions-mlp")
 }
 
@@ -29,7 +36,8 @@ fn goemotions(file: &str) -> PathBuf {
 
 #[derive(Subcommand, Debug)]
 pub enum EmotionCommand {
-    /// Train the emotion head on GoEmotions (frozen MiniLM features, MLP, calibration).
+    /// Train a head on frozen MiniLM features (MLP, calibration) on GoEmotions. The shipped,
+    /// fine-tuned model comes from crates/nlu/train/finetune_emotion.py on a GPU.
     Train(TrainArgs),
     /// Print how a message reads: labels, probabilities, Ekman view, valence and arousal.
     Classify {
@@ -81,7 +89,7 @@ pub struct TrainArgs {
 /// The emotion classifier: MiniLM (pulled on first use) behind `head`, or the shipped head.
 pub(crate) fn classifier(head: Option<PathBuf>) -> anyhow::Result<EmotionClassifier> {
     let head = EmotionHead::load(&head.unwrap_or_else(default_head))?;
-    Ok(EmotionClassifier::new(encoder()?, head))
+    Ok(EmotionClassifier::new(encoder()?, head)?)
 }
 
 pub(crate) fn encoder() -> anyhow::Result<SentenceEncoder> {
@@ -111,7 +119,7 @@ fn cached_features(encoder: &SentenceEncoder, path: &Path, examples: &[Example])
     }
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let progress = bar(texts.len() as u64, &format!("encoding {}", path.file_name().unwrap_or_default().to_string_lossy()));
-    let features = extract_features(encoder, &texts, 64, |n| progress.inc(n as u64))?;
+    let features = extract_features(|batch| encoder.features(batch), &texts, 64, |n| progress.inc(n as u64))?;
     progress.finish_and_clear();
     std::fs::create_dir_all(&cache_dir)?;
     let tmp = file.with_extension("tmp");
@@ -180,12 +188,20 @@ pub fn run(command: EmotionCommand) -> anyhow::Result<()> {
             Ok(())
         }
         EmotionCommand::Eval { tsv, json, head } => {
-            let head = EmotionHead::load(&head.unwrap_or_else(default_head))?;
             let examples = read_tsv(&tsv)?;
             anyhow::ensure!(!examples.is_empty(), "{} holds no messages", tsv.display());
-            let encoder = encoder()?;
-            let features = cached_features(&encoder, &tsv, &examples)?;
-            let report = evaluate(&head, &features, &examples, &tsv)?;
+            let classifier = classifier(head)?;
+            let features = if classifier.head().is_tuned() {
+                // A tuned branch's features depend on the head's own weights: nothing to cache.
+                let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+                let progress = bar(texts.len() as u64, "classifying");
+                let features = extract_features(|batch| classifier.features(batch), &texts, 64, |n| progress.inc(n as u64))?;
+                progress.finish_and_clear();
+                features
+            } else {
+                cached_features(classifier.encoder(), &tsv, &examples)?
+            };
+            let report = evaluate(classifier.head(), &features, &examples, &tsv)?;
             if json { println!("{}", serde_json::to_string_pretty(&report)?) } else { print_eval(&report) }
             Ok(())
         }
@@ -195,7 +211,7 @@ pub fn run(command: EmotionCommand) -> anyhow::Result<()> {
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let train_path = args.train.unwrap_or_else(|| goemotions("train.tsv"));
     let dev_path = args.dev.unwrap_or_else(|| goemotions("dev.tsv"));
-    let out = args.out.unwrap_or_else(default_head);
+    let out = args.out.unwrap_or_else(frozen_feature_head);
     let train_examples = read_tsv(&train_path)?;
     let dev_examples = read_tsv(&dev_path)?;
     let encoder = encoder()?;

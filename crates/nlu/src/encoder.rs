@@ -1,12 +1,13 @@
 //! all-MiniLM-L6-v2: BERT ([`crate::bert`]), mean pooling over each text's tokens, L2
-//! normalisation.
+//! normalisation; and branches of it, tuned for one task, that share its lower layers.
 
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::bert::{Bert, HiddenStates};
+use crate::bert::{Bert, BertBranch, HiddenStates};
 use crate::NluError;
 
 /// Width of the sentence vectors.
@@ -27,6 +28,9 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
 }
+
+/// Tuned copies of the encoder's top layers (see [`SentenceEncoder::load_branch`]).
+pub struct EncoderBranch(BertBranch);
 
 /// The sentence encoder, loaded once and shared (it is `Send + Sync`).
 pub struct SentenceEncoder {
@@ -80,33 +84,75 @@ impl SentenceEncoder {
     /// over the tokens. The maximum keeps a strong signal from one word ("furious") that the
     /// mean dilutes in a long message.
     pub fn features(&self, texts: &[&str]) -> Result<Tensor, NluError> {
-        let mut rows = Vec::with_capacity(texts.len() * 2 * EMBEDDING_DIM);
-        if !texts.is_empty() {
-            let hidden = self.hidden(texts)?;
-            for i in 0..texts.len() {
-                let tokens = hidden.text(i);
-                rows.extend(mean_normalised(tokens, EMBEDDING_DIM));
-                let mut max = vec![f32::NEG_INFINITY; EMBEDDING_DIM];
-                for token in tokens.chunks_exact(EMBEDDING_DIM) {
-                    for (m, v) in max.iter_mut().zip(token) {
-                        *m = m.max(*v);
-                    }
-                }
-                rows.extend(max);
-            }
+        if texts.is_empty() {
+            return features_of(None);
         }
-        Ok(Tensor::from_vec(rows, (texts.len(), 2 * EMBEDDING_DIM), &Device::Cpu)?)
+        features_of(Some(&self.hidden(texts)?))
+    }
+
+    /// Reads a branch: tuned copies of layers `layers` (named `encoder.layer.N.…` as in the
+    /// model's own file) from `weights`. The branch replaces this encoder's layers from
+    /// `layers.start` on; the layers below are shared. A branch may end before the encoder does
+    /// (a smaller, faster model for its task).
+    pub fn load_branch(&self, weights: &Path, layers: Range<usize>) -> Result<EncoderBranch, NluError> {
+        let name = weights.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        self.model
+            .load_branch(weights, &name, layers)
+            .map(EncoderBranch)
+            .map_err(|message| NluError::Load { path: weights.to_path_buf(), message })
+    }
+
+    /// [`features`](Self::features) of the branch's last hidden states.
+    pub fn branch_features(&self, texts: &[&str], branch: &EncoderBranch) -> Result<Tensor, NluError> {
+        if texts.is_empty() {
+            return features_of(None);
+        }
+        let ids = self.token_ids(texts)?;
+        let ids: Vec<&[u32]> = ids.iter().map(|e| e.get_ids()).collect();
+        features_of(Some(&self.model.forward_branch(&ids, &branch.0).map_err(NluError::Data)?))
+    }
+
+    /// Sentence vectors and the branch's features from one pass: the layers below the branch
+    /// run once for both.
+    pub fn encode_with_branch(&self, texts: &[&str], branch: &EncoderBranch) -> Result<(Vec<Embedding>, Tensor), NluError> {
+        if texts.is_empty() {
+            return Ok((Vec::new(), features_of(None)?));
+        }
+        let ids = self.token_ids(texts)?;
+        let ids: Vec<&[u32]> = ids.iter().map(|e| e.get_ids()).collect();
+        let (trunk, tuned) = self.model.forward_both(&ids, &branch.0).map_err(NluError::Data)?;
+        let vectors = (0..texts.len()).map(|i| Embedding(mean_normalised(trunk.text(i), EMBEDDING_DIM))).collect();
+        Ok((vectors, features_of(Some(&tuned))?))
     }
 
     /// Last hidden states of each text's tokens.
     fn hidden(&self, texts: &[&str]) -> Result<HiddenStates, NluError> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| NluError::Tokenize(e.to_string()))?;
+        let encodings = self.token_ids(texts)?;
         let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
         self.model.forward(&ids).map_err(NluError::Data)
     }
+
+    fn token_ids(&self, texts: &[&str]) -> Result<Vec<tokenizers::Encoding>, NluError> {
+        self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| NluError::Tokenize(e.to_string()))
+    }
+}
+
+/// `[texts, 768]`: each text's L2-normalised mean row, then its per-dimension maximum.
+fn features_of(hidden: Option<&HiddenStates>) -> Result<Tensor, NluError> {
+    let count = hidden.map_or(0, |h| h.rows.len());
+    let mut rows = Vec::with_capacity(count * 2 * EMBEDDING_DIM);
+    for i in 0..count {
+        let tokens = hidden.expect("count is 0 without hidden states").text(i);
+        rows.extend(mean_normalised(tokens, EMBEDDING_DIM));
+        let mut max = vec![f32::NEG_INFINITY; EMBEDDING_DIM];
+        for token in tokens.chunks_exact(EMBEDDING_DIM) {
+            for (m, v) in max.iter_mut().zip(token) {
+                *m = m.max(*v);
+            }
+        }
+        rows.extend(max);
+    }
+    Ok(Tensor::from_vec(rows, (count, 2 * EMBEDDING_DIM), &Device::Cpu)?)
 }
 
 /// The mean of a text's token rows, L2-normalised. Every row is a real token (nothing is

@@ -22,6 +22,6 @@ mod error;
 pub mod goemotions;
 mod retrieval;
 
-pub use encoder::{cosine, Embedding, SentenceEncoder, EMBEDDING_DIM, MAX_TOKENS};
+pub use encoder::{cosine, Embedding, EncoderBranch, SentenceEncoder, EMBEDDING_DIM, MAX_TOKENS};
 pub use error::NluError;
 pub use retrieval::{Exchange, ExampleIndex, Hit};

@@ -28,9 +28,9 @@ fn classifier() -> &'static EmotionClassifier {
         // The path comes from cargo at run time, not compile time: a binary reused from another
         // checkout of the same tree would otherwise read that checkout's files.
         let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests");
-        let head = EmotionHead::load(&std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-mlp"))
+        let head = EmotionHead::load(&std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-tuned"))
             .expect("the trained head ships in datasets/emotion");
-        EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head)
+        EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head).unwrap()
     })
 }
 
@@ -159,6 +159,76 @@ fn plainly_worded_messages_get_their_emotion() {
         assert!(r.probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
     }
     assert!(right >= 5, "{right}/6 plainly worded messages recognised");
+}
+
+#[derive(serde::Deserialize)]
+struct EmotionReference {
+    text: String,
+    probabilities: Vec<f32>,
+}
+
+/// The shipped model's probabilities from its PyTorch trainer
+/// (`tests/fixtures/make_emotion_reference.py`): Rapport's pass over the tuned branch must give
+/// the same numbers, up to the f16 rounding of the frozen weights on the trainer's side.
+#[test]
+fn the_tuned_model_agrees_with_its_trainer() {
+    let references: Vec<EmotionReference> = serde_json::from_str(include_str!("fixtures/emotion_reference.json")).unwrap();
+    assert!(references.len() >= 40);
+    let texts: Vec<&str> = references.iter().map(|r| r.text.as_str()).collect();
+    let readings = classifier().classify_batch(&texts).unwrap();
+    let mut worst = (0.0f32, "");
+    for (r, reading) in references.iter().zip(&readings) {
+        for (got, want) in reading.probabilities.iter().zip(&r.probabilities) {
+            if (got - want).abs() > worst.0 {
+                worst = ((got - want).abs(), r.text.as_str());
+            }
+        }
+    }
+    assert!(worst.0 < 0.01, "probabilities differ by {} on {:?}", worst.0, worst.1);
+}
+
+/// `understand` shares the layers below the branch between the sentence vector and the
+/// emotion; each half must equal what the separate calls give.
+#[test]
+fn understanding_equals_encoding_plus_classifying() {
+    for text in ["My dog died this morning.", "haha that's brilliant", ""] {
+        let (vector, reading) = classifier().understand(text).unwrap();
+        let alone = encoder().encode(text).unwrap();
+        assert!(cosine(&vector.0, &alone.0) > 0.99999, "{text:?}: the vector changed");
+        let classified = classifier().classify(text).unwrap();
+        let diff = reading.probabilities.iter().zip(&classified.probabilities).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{text:?}: the emotion changed by {diff}");
+    }
+}
+
+/// `rapport emotion train`'s kind of head (frozen encoder features, no tuned layers) still
+/// loads and reads plain messages.
+#[test]
+fn the_frozen_feature_head_still_works() {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap();
+    let head = EmotionHead::load(&std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-mlp")).unwrap();
+    assert!(!head.is_tuned());
+    let classifier = EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head).unwrap();
+    let reading = classifier.classify("Thank you so much, you really helped me!").unwrap();
+    assert!(reading.label_names().contains(&"gratitude"), "{:?}", reading.label_names());
+}
+
+/// A head whose branch names layers the encoder lacks, or whose file lacks them, is refused
+/// with the file's name, not run on half a model.
+#[test]
+fn a_head_with_missing_tuned_layers_is_refused() {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap();
+    let shipped = std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-tuned");
+    let dir = tempfile::tempdir().unwrap();
+    let stem = dir.path().join("broken");
+    std::fs::copy(shipped.with_extension("safetensors"), stem.with_extension("safetensors")).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shipped.with_extension("json")).unwrap()).unwrap();
+    // The file holds the tuned layer 1 only; ask for layers 1..3.
+    meta["encoder"]["layers"] = serde_json::json!(3);
+    std::fs::write(stem.with_extension("json"), meta.to_string()).unwrap();
+    let head = EmotionHead::load(&stem).unwrap();
+    let err = EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head).err().expect("refused").to_string();
+    assert!(err.contains("broken.safetensors") && err.contains("encoder.layer.2"), "{err}");
 }
 
 #[test]

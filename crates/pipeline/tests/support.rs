@@ -42,8 +42,8 @@ pub fn classifier() -> Arc<EmotionClassifier> {
     NLU.get_or_init(|| {
         let cache = ModelCache::default_location().unwrap();
         let dir = Puller::default().quiet().pull(&cache, &preset("minilm-l6").unwrap()).unwrap().dir;
-        let head = EmotionHead::load(&datasets().join("emotion/goemotions-mlp")).unwrap();
-        Arc::new(EmotionClassifier::new(SentenceEncoder::load(&dir).unwrap(), head))
+        let head = EmotionHead::load(&datasets().join("emotion/goemotions-tuned")).unwrap();
+        Arc::new(EmotionClassifier::new(SentenceEncoder::load(&dir).unwrap(), head).unwrap())
     })
     .clone()
 }

@@ -48,10 +48,6 @@ impl PackedLinear {
         Self { inputs, outputs, panels, bias: bias.to_vec() }
     }
 
-    pub(crate) fn outputs(&self) -> usize {
-        self.outputs
-    }
-
     /// `out[r] = x[r] Wᵀ + b` for each of the `rows` rows of `x` (`rows × inputs`, row-major),
     /// into `out` (`rows × outputs`). The panels are split between rayon's threads; each thread
     /// runs every row against its panels, so a panel is read from memory once per call.

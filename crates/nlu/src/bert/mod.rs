@@ -62,7 +62,71 @@ pub(crate) struct Bert {
     /// Rapport sends one segment, so only token type 0's embedding is kept.
     token_type0: Vec<f32>,
     embedding_norm: Norm,
+    intermediate: usize,
     layers: Vec<Layer>,
+}
+
+/// Tuned layers that replace the encoder's own from layer `from` on (see
+/// [`Bert::load_branch`]): the frozen layers below are shared with the sentence vectors.
+pub(crate) struct BertBranch {
+    from: usize,
+    layers: Vec<Layer>,
+}
+
+#[derive(Clone, Copy)]
+struct LayerDims {
+    hidden: usize,
+    intermediate: usize,
+}
+
+fn open_weights(weights: &Path) -> Result<MmapedSafetensors, String> {
+    // SAFETY: the file is memory-mapped read-only and only while loading; model files are
+    // replaced by an atomic rename of their directory (or, in the repository, by a commit),
+    // never modified in place.
+    unsafe { MmapedSafetensors::new(weights) }.map_err(|e| format!("{}: {e}", weights.display()))
+}
+
+/// One tensor as f32 (any stored float type), checked for its element count.
+fn read_tensor(file: &MmapedSafetensors, file_name: &str, name: &str, len: usize) -> Result<Vec<f32>, String> {
+    let t = file.load(name, &Device::Cpu).map_err(|e| format!("{file_name}: {name}: {e}"))?;
+    let v = t.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1::<f32>());
+    let v = v.map_err(|e| format!("{file_name}: {name}: {e}"))?;
+    if v.len() != len {
+        return Err(format!("{file_name}: {name} has {} values, expected {len}", v.len()));
+    }
+    Ok(v)
+}
+
+fn load_layers(file: &MmapedSafetensors, file_name: &str, indices: Range<usize>, dims: LayerDims) -> Result<Vec<Layer>, String> {
+    let LayerDims { hidden, intermediate } = dims;
+    let tensor = |name: &str, len: usize| read_tensor(file, file_name, name, len);
+    let norm = |prefix: &str| -> Result<Norm, String> {
+        Ok(Norm { gamma: tensor(&format!("{prefix}.weight"), hidden)?, beta: tensor(&format!("{prefix}.bias"), hidden)? })
+    };
+    let linear = |prefix: &str, outputs: usize, inputs: usize| -> Result<PackedLinear, String> {
+        let w = tensor(&format!("{prefix}.weight"), outputs * inputs)?;
+        let b = tensor(&format!("{prefix}.bias"), outputs)?;
+        Ok(PackedLinear::new(&w, &b, outputs, inputs))
+    };
+    let mut layers = Vec::with_capacity(indices.len());
+    for l in indices {
+        let p = format!("encoder.layer.{l}");
+        let mut qkv_w = Vec::with_capacity(3 * hidden * hidden);
+        let mut qkv_b = Vec::with_capacity(3 * hidden);
+        for part in ["query", "key", "value"] {
+            qkv_w.extend(tensor(&format!("{p}.attention.self.{part}.weight"), hidden * hidden)?);
+            qkv_b.extend(tensor(&format!("{p}.attention.self.{part}.bias"), hidden)?);
+        }
+        layers.push(Layer {
+            qkv: PackedLinear::new(&qkv_w, &qkv_b, 3 * hidden, hidden),
+            attention_out: linear(&format!("{p}.attention.output.dense"), hidden, hidden)?,
+            attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
+            up: linear(&format!("{p}.intermediate.dense"), intermediate, hidden)?,
+            down: linear(&format!("{p}.output.dense"), hidden, intermediate)?,
+            output_norm: norm(&format!("{p}.output.LayerNorm"))?,
+        });
+    }
+    Ok(layers)
 }
 
 /// Last hidden states of a batch: the rows of text `i` are `rows[i]` of `data` (`hidden` wide).
@@ -92,44 +156,13 @@ impl Bert {
         if heads == 0 || hidden % heads != 0 {
             return Err(format!("config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"));
         }
-        // SAFETY: the file is memory-mapped read-only and only while loading; model files are
-        // replaced by an atomic rename of their directory, never modified in place.
-        let file = unsafe { MmapedSafetensors::new(weights) }.map_err(|e| format!("model.safetensors: {e}"))?;
-        let tensor = |name: &str, len: usize| -> Result<Vec<f32>, String> {
-            let t = file.load(name, &Device::Cpu).map_err(|e| format!("model.safetensors: {name}: {e}"))?;
-            let v = t.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1::<f32>());
-            let v = v.map_err(|e| format!("model.safetensors: {name}: {e}"))?;
-            if v.len() != len {
-                return Err(format!("model.safetensors: {name} has {} values, expected {len}", v.len()));
-            }
-            Ok(v)
-        };
+        let file = open_weights(weights)?;
+        let dims = LayerDims { hidden, intermediate: config.intermediate_size };
+        let layers = load_layers(&file, "model.safetensors", 0..config.num_hidden_layers, dims)?;
+        let tensor = |name: &str, len: usize| read_tensor(&file, "model.safetensors", name, len);
         let norm = |prefix: &str| -> Result<Norm, String> {
             Ok(Norm { gamma: tensor(&format!("{prefix}.weight"), hidden)?, beta: tensor(&format!("{prefix}.bias"), hidden)? })
         };
-        let linear = |prefix: &str, outputs: usize, inputs: usize| -> Result<PackedLinear, String> {
-            let w = tensor(&format!("{prefix}.weight"), outputs * inputs)?;
-            let b = tensor(&format!("{prefix}.bias"), outputs)?;
-            Ok(PackedLinear::new(&w, &b, outputs, inputs))
-        };
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for l in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            let mut qkv_w = Vec::with_capacity(3 * hidden * hidden);
-            let mut qkv_b = Vec::with_capacity(3 * hidden);
-            for part in ["query", "key", "value"] {
-                qkv_w.extend(tensor(&format!("{p}.attention.self.{part}.weight"), hidden * hidden)?);
-                qkv_b.extend(tensor(&format!("{p}.attention.self.{part}.bias"), hidden)?);
-            }
-            layers.push(Layer {
-                qkv: PackedLinear::new(&qkv_w, &qkv_b, 3 * hidden, hidden),
-                attention_out: linear(&format!("{p}.attention.output.dense"), hidden, hidden)?,
-                attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                up: linear(&format!("{p}.intermediate.dense"), config.intermediate_size, hidden)?,
-                down: linear(&format!("{p}.output.dense"), hidden, config.intermediate_size)?,
-                output_norm: norm(&format!("{p}.output.LayerNorm"))?,
-            });
-        }
         let token_types = tensor("embeddings.token_type_embeddings.weight", config.type_vocab_size * hidden)?;
         if token_types.is_empty() {
             return Err("config.json: type_vocab_size is 0".into());
@@ -144,8 +177,24 @@ impl Bert {
             position: tensor("embeddings.position_embeddings.weight", config.max_position_embeddings * hidden)?,
             token_type0: token_types[..hidden].to_vec(),
             embedding_norm: norm("embeddings.LayerNorm")?,
+            intermediate: config.intermediate_size,
             layers,
         })
+    }
+
+    /// Reads tuned copies of layers `layers` (named as in the model's own file) from another
+    /// safetensors file: a branch that takes over from this encoder after layer
+    /// `layers.start`. `file_name` names the file in errors.
+    pub(crate) fn load_branch(&self, weights: &Path, file_name: &str, layers: Range<usize>) -> Result<BertBranch, String> {
+        if layers.start > self.layers.len() || layers.is_empty() {
+            return Err(format!(
+                "{file_name}: a branch of layers {layers:?} does not fit an encoder of {} layers",
+                self.layers.len()
+            ));
+        }
+        let file = open_weights(weights)?;
+        let dims = LayerDims { hidden: self.hidden, intermediate: self.intermediate };
+        Ok(BertBranch { from: layers.start, layers: load_layers(&file, file_name, layers, dims)? })
     }
 
     /// Width of the hidden states.
@@ -159,10 +208,41 @@ impl Bert {
         // The whole pass runs on one of rayon's threads: the 24 matrix products below then
         // split their panels with a cheap in-pool fork, instead of each waking the pool from
         // outside and blocking the caller until it answers.
-        rayon::scope(|_| self.forward_in_pool(sequences))
+        rayon::scope(|_| {
+            let (mut x, rows) = self.embed(sequences)?;
+            self.run_layers(&self.layers, &mut x, &rows);
+            Ok(HiddenStates { data: x, rows, width: self.hidden })
+        })
     }
 
-    fn forward_in_pool(&self, sequences: &[&[u32]]) -> Result<HiddenStates, String> {
+    /// Last hidden states of `branch`: this encoder's layers below the branch, then the
+    /// branch's own.
+    pub(crate) fn forward_branch(&self, sequences: &[&[u32]], branch: &BertBranch) -> Result<HiddenStates, String> {
+        rayon::scope(|_| {
+            let (mut x, rows) = self.embed(sequences)?;
+            self.run_layers(&self.layers[..branch.from], &mut x, &rows);
+            self.run_layers(&branch.layers, &mut x, &rows);
+            Ok(HiddenStates { data: x, rows, width: self.hidden })
+        })
+    }
+
+    /// Both [`forward`](Self::forward) and [`forward_branch`](Self::forward_branch), paying
+    /// once for the layers they share.
+    pub(crate) fn forward_both(&self, sequences: &[&[u32]], branch: &BertBranch) -> Result<(HiddenStates, HiddenStates), String> {
+        rayon::scope(|_| {
+            let (mut x, rows) = self.embed(sequences)?;
+            self.run_layers(&self.layers[..branch.from], &mut x, &rows);
+            let mut y = x.clone();
+            self.run_layers(&self.layers[branch.from..], &mut x, &rows);
+            self.run_layers(&branch.layers, &mut y, &rows);
+            let trunk = HiddenStates { data: x, rows: rows.clone(), width: self.hidden };
+            Ok((trunk, HiddenStates { data: y, rows, width: self.hidden }))
+        })
+    }
+
+    /// The embedding layer's output for every token of every sequence, stacked, and the rows
+    /// of each sequence.
+    fn embed(&self, sequences: &[&[u32]]) -> Result<(Vec<f32>, Vec<Range<usize>>), String> {
         let h = self.hidden;
         let mut rows = Vec::with_capacity(sequences.len());
         let mut total = 0;
@@ -188,23 +268,28 @@ impl Bert {
                 layer_norm_row(row, &self.embedding_norm.gamma, &self.embedding_norm.beta, self.eps);
             }
         }
+        Ok((x, rows))
+    }
 
+    /// Runs `layers` over the stacked token rows `x` in place.
+    fn run_layers(&self, layers: &[Layer], x: &mut [f32], rows: &[Range<usize>]) {
+        let h = self.hidden;
+        let total = x.len() / h;
         // Scratch reused by every layer.
         let mut qkv = vec![0.0f32; total * 3 * h];
         let mut context = vec![0.0f32; total * h];
         let mut attended = vec![0.0f32; total * h];
-        let mut up = vec![0.0f32; total * self.layers.first().map_or(0, |l| l.up.outputs())];
-        for layer in &self.layers {
-            layer.qkv.forward(&x, total, &mut qkv);
-            self.attention(&qkv, &rows, &mut context);
+        let mut up = vec![0.0f32; total * self.intermediate];
+        for layer in layers {
+            layer.qkv.forward(x, total, &mut qkv);
+            self.attention(&qkv, rows, &mut context);
             layer.attention_out.forward(&context, total, &mut attended);
-            add_layer_norm(&mut attended, &x, &layer.attention_norm.gamma, &layer.attention_norm.beta, self.eps);
+            add_layer_norm(&mut attended, x, &layer.attention_norm.gamma, &layer.attention_norm.beta, self.eps);
             layer.up.forward(&attended, total, &mut up);
             gelu_erf(&mut up);
-            layer.down.forward(&up, total, &mut x);
-            add_layer_norm(&mut x, &attended, &layer.output_norm.gamma, &layer.output_norm.beta, self.eps);
+            layer.down.forward(&up, total, x);
+            add_layer_norm(x, &attended, &layer.output_norm.gamma, &layer.output_norm.beta, self.eps);
         }
-        Ok(HiddenStates { data: x, rows, width: h })
     }
 
     /// Scaled dot-product attention of every head, each text over its own tokens only.

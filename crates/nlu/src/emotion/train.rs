@@ -13,7 +13,7 @@ use super::metrics::best_threshold;
 use super::model::{sigmoid, EmotionHead, HeadMeta, FEATURE_DIM};
 use super::{LABELS, NUM_LABELS};
 use crate::goemotions::Example;
-use crate::{NluError, SentenceEncoder};
+use crate::NluError;
 
 /// Training settings.
 #[derive(Debug, Clone, Serialize)]
@@ -69,10 +69,11 @@ pub struct TrainReport {
     pub holdout_macro_f1: f64,
 }
 
-/// Encoder features `[n, 768]` of many texts. Texts are batched by length so that padding costs
-/// little; `progress` is told how many texts are done.
+/// Features `[n, 768]` of many texts, computed by `features` (e.g. [`SentenceEncoder::features`]
+/// or [`super::EmotionClassifier::features`]) in batches of similar length; `progress` is told
+/// how many texts are done.
 pub fn extract_features(
-    encoder: &SentenceEncoder,
+    features: impl Fn(&[&str]) -> Result<Tensor, NluError>,
     texts: &[&str],
     batch_size: usize,
     mut progress: impl FnMut(usize),
@@ -82,7 +83,7 @@ pub fn extract_features(
     let mut rows: Vec<Option<Tensor>> = vec![None; texts.len()];
     for chunk in order.chunks(batch_size.max(1)) {
         let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
-        let f = encoder.features(&batch)?;
+        let f = features(&batch)?;
         for (k, &i) in chunk.iter().enumerate() {
             rows[i] = Some(f.get(k)?);
         }
@@ -208,6 +209,7 @@ pub fn train_head(
         format: 1,
         features: "all-MiniLM-L6-v2: L2-normalised mean over tokens, then max over tokens (768)".into(),
         hidden: options.hidden,
+        encoder: None,
         labels: LABELS.iter().map(|s| s.to_string()).collect(),
         platt,
         thresholds,
