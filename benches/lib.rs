@@ -12,23 +12,23 @@ pub fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// The emotion classifier as the app runs it: MiniLM from the cache, the shipped head.
+/// The emotion classifier as the app runs it: MiniLM from the cache, the shipped model.
 pub fn classifier() -> EmotionClassifier {
-    let cache = ModelCache::default_location().expect("a cache directory");
-    let minilm = Puller::default().quiet().pull(&cache, &preset("minilm-l6").expect("preset")).expect("MiniLM");
-    let encoder = SentenceEncoder::load(&minilm.dir).expect("encoder");
-    let head = EmotionHead::load(&repo().join("datasets/emotion/goemotions-tuned")).expect("the shipped emotion model");
-    EmotionClassifier::new(encoder, head).expect("the emotion model fits the encoder")
+    classifier_with("datasets/emotion/goemotions-tuned")
 }
 
 /// The classifier `rapport emotion train` makes (a head on the frozen encoder's last layer), the
 /// peer that the shipped, fine-tuned model replaced.
 pub fn frozen_feature_classifier() -> EmotionClassifier {
+    classifier_with("datasets/emotion/goemotions-mlp")
+}
+
+fn classifier_with(head: &str) -> EmotionClassifier {
     let cache = ModelCache::default_location().expect("a cache directory");
     let minilm = Puller::default().quiet().pull(&cache, &preset("minilm-l6").expect("preset")).expect("MiniLM");
     let encoder = SentenceEncoder::load(&minilm.dir).expect("encoder");
-    let head = EmotionHead::load(&repo().join("datasets/emotion/goemotions-mlp")).expect("the frozen-feature head");
-    EmotionClassifier::new(encoder, head).expect("the head fits the encoder")
+    let head = EmotionHead::load(&repo().join(head)).unwrap_or_else(|e| panic!("{head}: {e}"));
+    EmotionClassifier::new(encoder, head).expect("the emotion model fits the encoder")
 }
 
 /// Up to `n` real user-like messages: GoEmotions dev texts when the shared data is there, else
