@@ -66,6 +66,20 @@ fn sentence_ends(text: &str) -> Vec<usize> {
     ends
 }
 
+/// [`sentence_ends`] without the ends of whitespace-only stretches (the line breaks after a
+/// sentence that already ended).
+fn nonblank_sentence_ends(text: &str) -> Vec<usize> {
+    let mut kept = Vec::new();
+    let mut last = 0;
+    for end in sentence_ends(text) {
+        if !text[last..end].trim().is_empty() {
+            kept.push(end);
+            last = end;
+        }
+    }
+    kept
+}
+
 fn leading_label() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     R.get_or_init(|| Regex::new(r"(?i)^\s*(?:assistant|you|me|reply|response)\s*:\s*").expect("label pattern compiles"))
@@ -122,7 +136,9 @@ impl Cleaner {
             text = text.replace('"', "");
             edits.push("removed_quotes".to_string());
         }
-        let ends = sentence_ends(&text);
+        // A line break ends a sentence, but a blank line is not one: "Hi.\n\nHow are you?" is
+        // two sentences, not four, and must not use up the persona's budget.
+        let ends = nonblank_sentence_ends(&text);
         if ends.len() >= self.max_sentences {
             let cut = ends[self.max_sentences - 1];
             if !text[cut..].trim().is_empty() {
@@ -193,6 +209,14 @@ mod tests {
             prop_assert!(c.text.len() <= raw.len());
             let r = releasable(&c.text);
             prop_assert!(c.text.starts_with(r));
+        }
+
+        #[test]
+        fn blank_lines_do_not_count_as_sentences(gap in "\n{1,3}") {
+            let raw = format!("One.{gap}Two.{gap}Three.");
+            prop_assert_eq!(Cleaner::new("Mia", 3).clean(&raw, true, false).text, raw.clone());
+            let four = format!("{raw}{gap}Four.");
+            prop_assert_eq!(Cleaner::new("Mia", 3).clean(&four, true, false).text, raw);
         }
 
         #[test]

@@ -475,9 +475,11 @@ impl Pipeline {
         };
         let hits = self.guards.check_reply(&cleaned.text, vector.clone().map(Embedding).as_ref(), locked_secret, leaks);
         if hits.is_empty() {
-            let shown_trimmed = shown.trim_end();
-            if cleaned.text.starts_with(shown_trimmed) {
-                let rest = &cleaned.text[shown_trimmed.len()..];
+            // The rest follows exactly what was shown, whitespace included: `shown` may end in
+            // the line break after a sentence, which the rest must not repeat. Only a final text
+            // that stops right there (trimmed) leaves that whitespace shown and nothing to add.
+            let rest = cleaned.text.strip_prefix(shown.as_str()).or_else(|| (cleaned.text == shown.trim_end()).then_some(""));
+            if let Some(rest) = rest {
                 if !rest.is_empty() {
                     on_event(TurnEvent::Delta(rest.to_string()));
                 }

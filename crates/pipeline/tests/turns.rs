@@ -117,6 +117,25 @@ fn a_draft_that_breaks_the_rules_is_regenerated_with_a_steering_note_then_replac
     });
 }
 
+/// What a person saw streamed is what was stored: a reply whose first sentence ends in a line
+/// break used to stream that break twice (once with the sentence, once again with the rest),
+/// and blank lines used to count against the persona's sentence budget (three here).
+#[test]
+fn the_streamed_text_is_the_stored_text() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let p = pipeline("creator", true, greedy_config());
+        for reply in ["Oh, they sold out by noon.\nI'm making more this week.", "Ha! Good question.\n\nThe blue one is my favourite.", "Mugs, mostly. Bowls too.\nAnd vases."] {
+            let said = Scripted::new(smollm2().await, vec![Script::Say(reply)]);
+            let mut c = p.start();
+            let (out, shown, retractions) = turn(&p, &mut c, "What do you make?", 0, &said).await;
+            assert_eq!(out.reply, reply, "accepted as written");
+            assert_eq!(retractions, 0);
+            assert_eq!(shown, reply, "streamed and stored differ");
+        }
+    });
+}
+
 /// The party game with the default test model: the host warms up over a real conversation,
 /// the password stays out of every prompt and reply until the gate opens, and once it is open
 /// and asked for, it is in the prompt.
