@@ -35,7 +35,7 @@ for line in open(LOG, encoding="utf-8"):
 W, H = 900, 420
 left, right, top, bottom = 70, 370, 40, 60
 y_lo, y_hi = 0.49, 0.535
-x_of = lambda layers, tuned: left + (layers - 0.5) / 6.0 * (W - left - right) + (tuned - 1) * 9
+x_of = lambda layers, tuned: left + (layers - 0.5) / 6.0 * (W - left - right) + (tuned - 1) * 6
 y_of = lambda v: top + (y_hi - v) / (y_hi - y_lo) * (H - top - bottom)
 
 out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
