@@ -117,15 +117,26 @@ fn cached_features(encoder: &SentenceEncoder, path: &Path, examples: &[Example])
             return Ok(f.clone());
         }
     }
-    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-    let progress = bar(texts.len() as u64, &format!("encoding {}", path.file_name().unwrap_or_default().to_string_lossy()));
-    let features = extract_features(|batch| encoder.features(batch), &texts, 64, |n| progress.inc(n as u64))?;
-    progress.finish_and_clear();
+    let label = format!("encoding {}", path.file_name().unwrap_or_default().to_string_lossy());
+    let features = features_with_progress(&label, examples, |batch| encoder.features(batch))?;
     std::fs::create_dir_all(&cache_dir)?;
     let tmp = file.with_extension("tmp");
     candle_core::safetensors::save(&std::collections::HashMap::from([("features".to_string(), features.clone())]), &tmp)?;
     std::fs::rename(&tmp, &file)?;
     Ok(features)
+}
+
+/// The features of every example, computed in batches of 64 behind a progress bar.
+fn features_with_progress(
+    label: &str,
+    examples: &[Example],
+    features: impl Fn(&[&str]) -> Result<candle_core::Tensor, rapport_nlu::NluError>,
+) -> anyhow::Result<candle_core::Tensor> {
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let progress = bar(texts.len() as u64, label);
+    let extracted = extract_features(features, &texts, 64, |n| progress.inc(n as u64))?;
+    progress.finish_and_clear();
+    Ok(extracted)
 }
 
 #[derive(serde::Serialize)]
@@ -193,11 +204,7 @@ pub fn run(command: EmotionCommand) -> anyhow::Result<()> {
             let classifier = classifier(head)?;
             let features = if classifier.head().is_tuned() {
                 // A tuned branch's features depend on the head's own weights: nothing to cache.
-                let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-                let progress = bar(texts.len() as u64, "classifying");
-                let features = extract_features(|batch| classifier.features(batch), &texts, 64, |n| progress.inc(n as u64))?;
-                progress.finish_and_clear();
-                features
+                features_with_progress("classifying", &examples, |batch| classifier.features(batch))?
             } else {
                 cached_features(classifier.encoder(), &tsv, &examples)?
             };

@@ -85,9 +85,9 @@ impl SentenceEncoder {
     /// mean dilutes in a long message.
     pub fn features(&self, texts: &[&str]) -> Result<Tensor, NluError> {
         if texts.is_empty() {
-            return features_of(None);
+            return no_features();
         }
-        features_of(Some(&self.hidden(texts)?))
+        features_of(&self.hidden(texts)?)
     }
 
     /// Reads a branch: tuned copies of layers `layers` (named `encoder.layer.N.…` as in the
@@ -105,44 +105,41 @@ impl SentenceEncoder {
     /// [`features`](Self::features) of the branch's last hidden states.
     pub fn branch_features(&self, texts: &[&str], branch: &EncoderBranch) -> Result<Tensor, NluError> {
         if texts.is_empty() {
-            return features_of(None);
+            return no_features();
         }
-        let ids = self.token_ids(texts)?;
-        let ids: Vec<&[u32]> = ids.iter().map(|e| e.get_ids()).collect();
-        features_of(Some(&self.model.forward_branch(&ids, &branch.0).map_err(NluError::Data)?))
+        features_of(&self.run(texts, |ids| self.model.forward_branch(ids, &branch.0))?)
     }
 
     /// Sentence vectors and the branch's features from one pass: the layers below the branch
     /// run once for both.
     pub fn encode_with_branch(&self, texts: &[&str], branch: &EncoderBranch) -> Result<(Vec<Embedding>, Tensor), NluError> {
         if texts.is_empty() {
-            return Ok((Vec::new(), features_of(None)?));
+            return Ok((Vec::new(), no_features()?));
         }
-        let ids = self.token_ids(texts)?;
-        let ids: Vec<&[u32]> = ids.iter().map(|e| e.get_ids()).collect();
-        let (trunk, tuned) = self.model.forward_both(&ids, &branch.0).map_err(NluError::Data)?;
+        let (trunk, tuned) = self.run(texts, |ids| self.model.forward_both(ids, &branch.0))?;
         let vectors = (0..texts.len()).map(|i| Embedding(mean_normalised(trunk.text(i), EMBEDDING_DIM))).collect();
-        Ok((vectors, features_of(Some(&tuned))?))
+        Ok((vectors, features_of(&tuned)?))
     }
 
     /// Last hidden states of each text's tokens.
     fn hidden(&self, texts: &[&str]) -> Result<HiddenStates, NluError> {
-        let encodings = self.token_ids(texts)?;
-        let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
-        self.model.forward(&ids).map_err(NluError::Data)
+        self.run(texts, |ids| self.model.forward(ids))
     }
 
-    fn token_ids(&self, texts: &[&str]) -> Result<Vec<tokenizers::Encoding>, NluError> {
-        self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| NluError::Tokenize(e.to_string()))
+    /// Tokenizes `texts` and hands their token ids to one of the model's passes.
+    fn run<T>(&self, texts: &[&str], pass: impl FnOnce(&[&[u32]]) -> Result<T, String>) -> Result<T, NluError> {
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| NluError::Tokenize(e.to_string()))?;
+        let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        pass(&ids).map_err(NluError::Data)
     }
 }
 
 /// `[texts, 768]`: each text's L2-normalised mean row, then its per-dimension maximum.
-fn features_of(hidden: Option<&HiddenStates>) -> Result<Tensor, NluError> {
-    let count = hidden.map_or(0, |h| h.rows.len());
+fn features_of(hidden: &HiddenStates) -> Result<Tensor, NluError> {
+    let count = hidden.rows.len();
     let mut rows = Vec::with_capacity(count * 2 * EMBEDDING_DIM);
     for i in 0..count {
-        let tokens = hidden.expect("count is 0 without hidden states").text(i);
+        let tokens = hidden.text(i);
         rows.extend(mean_normalised(tokens, EMBEDDING_DIM));
         let mut max = vec![f32::NEG_INFINITY; EMBEDDING_DIM];
         for token in tokens.chunks_exact(EMBEDDING_DIM) {
@@ -153,6 +150,11 @@ fn features_of(hidden: Option<&HiddenStates>) -> Result<Tensor, NluError> {
         rows.extend(max);
     }
     Ok(Tensor::from_vec(rows, (count, 2 * EMBEDDING_DIM), &Device::Cpu)?)
+}
+
+/// The features of no texts, `[0, 768]`: no text, no pass.
+fn no_features() -> Result<Tensor, NluError> {
+    Ok(Tensor::zeros((0, 2 * EMBEDDING_DIM), candle_core::DType::F32, &Device::Cpu)?)
 }
 
 /// The mean of a text's token rows, L2-normalised. Every row is a real token (nothing is
