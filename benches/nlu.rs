@@ -5,7 +5,7 @@
 //! Peers, measured in the same run: candle's `BertModel` on the same weights, run the way
 //! Rapport ran it before its fused encoder (padded batch, attention mask, mean pooling); and,
 //! for emotions, the head on the frozen encoder's six layers that the shipped fine-tuned
-//! branch (two layers, the second tuned) replaced.
+//! branch (one layer, tuned, where the sentence vectors run six) replaced.
 //!
 //! cargo bench -p rapport-benches --bench nlu
 //! Needs `rapport models pull minilm-l6` and the trained head in datasets/emotion/.

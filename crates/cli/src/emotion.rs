@@ -19,8 +19,8 @@ pub(crate) fn datasets_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"))
 }
 
-/// The model the app uses: MiniLM's first layer, then a copy of its second fine-tuned on
-/// GoEmotions (`crates/nlu/train/finetune_emotion.py --variant 2:1`).
+/// The model the app uses: MiniLM's embeddings, then a copy of its first layer fine-tuned on
+/// GoEmotions (`crates/nlu/train/finetune_emotion.py --variant 1:1 --epochs 10`).
 pub(crate) fn default_head() -> PathBuf {
     datasets_dir().join("emotion/goemotions-tuned")
 }

@@ -129,6 +129,34 @@ fn load_layers(file: &MmapedSafetensors, file_name: &str, indices: Range<usize>,
     Ok(layers)
 }
 
+/// The buffers of one pass, kept by each thread from one pass to the next. A 64-message
+/// batch's are ~20 MB: allocated fresh, the kernel faulted their pages in and zeroed them on
+/// every call, 12% of the batch's time.
+#[derive(Default)]
+struct Scratch {
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    attended: Vec<f32>,
+    up: Vec<f32>,
+    /// Rows regrouped for the matrix kernel ([`kernels::pack_rows`]).
+    grouped: Vec<f32>,
+}
+
+impl Scratch {
+    /// Past 64 MB (a batch of ~4,000 tokens) the buffers are freed rather than kept: an
+    /// evaluation's one big batch should not pin its memory for the life of the process.
+    fn release_if_large(&mut self) {
+        let floats = self.qkv.capacity() + self.context.capacity() + self.attended.capacity() + self.up.capacity() + self.grouped.capacity();
+        if floats * 4 > 64 << 20 {
+            *self = Scratch::default();
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
 /// Last hidden states of a batch: the rows of text `i` are `rows[i]` of `data` (`hidden` wide).
 pub(crate) struct HiddenStates {
     pub data: Vec<f32>,
@@ -153,8 +181,10 @@ impl Bert {
             return Err(format!("config.json: hidden_act {:?} is not supported (only gelu)", config.hidden_act));
         }
         let (hidden, heads) = (config.hidden_size, config.num_attention_heads);
-        if heads == 0 || hidden % heads != 0 {
-            return Err(format!("config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"));
+        if heads == 0 || hidden % heads != 0 || (hidden / heads) % 8 != 0 {
+            return Err(format!(
+                "config.json: hidden_size {hidden} over num_attention_heads {heads} must give heads a multiple of 8 wide"
+            ));
         }
         let file = open_weights(weights)?;
         let dims = LayerDims { hidden, intermediate: config.intermediate_size };
@@ -273,23 +303,37 @@ impl Bert {
 
     /// Runs `layers` over the stacked token rows `x` in place.
     fn run_layers(&self, layers: &[Layer], x: &mut [f32], rows: &[Range<usize>]) {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => self.run_layers_in(layers, x, rows, &mut scratch),
+            // This thread is inside another pass already: while a pass waits for its matrix
+            // products, rayon may run a second caller's pass on the waiting thread. The first
+            // keeps the buffers; this one gets its own.
+            Err(_) => self.run_layers_in(layers, x, rows, &mut Scratch::default()),
+        })
+    }
+
+    fn run_layers_in(&self, layers: &[Layer], x: &mut [f32], rows: &[Range<usize>], scratch: &mut Scratch) {
         let h = self.hidden;
         let total = x.len() / h;
-        // Scratch reused by every layer.
-        let mut qkv = vec![0.0f32; total * 3 * h];
-        let mut context = vec![0.0f32; total * h];
-        let mut attended = vec![0.0f32; total * h];
-        let mut up = vec![0.0f32; total * self.intermediate];
-        for layer in layers {
-            layer.qkv.forward(x, total, &mut qkv);
-            self.attention(&qkv, rows, &mut context);
-            layer.attention_out.forward(&context, total, &mut attended);
-            add_layer_norm(&mut attended, x, &layer.attention_norm.gamma, &layer.attention_norm.beta, self.eps);
-            layer.up.forward(&attended, total, &mut up);
-            gelu_erf(&mut up);
-            layer.down.forward(&up, total, x);
-            add_layer_norm(x, &attended, &layer.output_norm.gamma, &layer.output_norm.beta, self.eps);
+        {
+            let Scratch { qkv, context, attended, up, grouped } = &mut *scratch;
+            // Every element of these is written before it is read; resizing keeps lengths.
+            qkv.resize(total * 3 * h, 0.0);
+            context.resize(total * h, 0.0);
+            attended.resize(total * h, 0.0);
+            up.resize(total * self.intermediate, 0.0);
+            for layer in layers {
+                layer.qkv.forward(x, total, qkv, grouped);
+                self.attention(qkv, rows, context);
+                layer.attention_out.forward(context, total, attended, grouped);
+                add_layer_norm(attended, x, &layer.attention_norm.gamma, &layer.attention_norm.beta, self.eps);
+                layer.up.forward(attended, total, up, grouped);
+                gelu_erf(up);
+                layer.down.forward(up, total, x, grouped);
+                add_layer_norm(x, attended, &layer.output_norm.gamma, &layer.output_norm.beta, self.eps);
+            }
         }
+        scratch.release_if_large();
     }
 
     /// Scaled dot-product attention of every head, each text over its own tokens only.
@@ -303,21 +347,47 @@ impl Bert {
         let run = |&(t, hd): &(usize, usize)| {
             let range = rows[t].clone();
             let n = range.len();
-            let mut scores = vec![0.0f32; n];
+            // This head's keys, transposed and padded with zeros to whole vectors of eight: a
+            // query's scores are then multiply-adds along the keys into eight-wide accumulators,
+            // which vectorise, instead of one short dot product (and its horizontal sum) per key.
+            let width = n.div_ceil(8) * 8;
+            let mut keys_t = vec![0.0f32; head * width];
+            for (j, row) in range.clone().enumerate() {
+                let k = &qkv[row * 3 * h + h + hd * head..][..head];
+                for (d, &v) in k.iter().enumerate() {
+                    keys_t[d * width + j] = v;
+                }
+            }
+            let mut padded_scores = vec![0.0f32; width];
             let mut acc = vec![0.0f32; head];
             for i in range.clone() {
-                let q = &qkv[i * 3 * h + hd * head..i * 3 * h + (hd + 1) * head];
-                for (j, s) in range.clone().zip(scores.iter_mut()) {
-                    let k = &qkv[j * 3 * h + h + hd * head..j * 3 * h + h + (hd + 1) * head];
-                    *s = dot(q, k) * scale;
-                }
-                softmax_row(&mut scores);
-                acc.iter_mut().for_each(|a| *a = 0.0);
-                for (j, &p) in range.clone().zip(scores.iter()) {
-                    let v = &qkv[j * 3 * h + 2 * h + hd * head..j * 3 * h + 2 * h + (hd + 1) * head];
-                    for (a, v) in acc.iter_mut().zip(v) {
-                        *a += p * v;
+                let q = &qkv[i * 3 * h + hd * head..][..head];
+                // Eight-wide local accumulators, not the output slice: the compiler cannot prove
+                // the slices apart, and kept the slice version scalar.
+                for (c, out) in padded_scores.chunks_exact_mut(8).enumerate() {
+                    let mut lanes = [0.0f32; 8];
+                    for (d, &qd) in q.iter().enumerate() {
+                        let k = &keys_t[d * width + c * 8..][..8];
+                        for l in 0..8 {
+                            lanes[l] += qd * k[l];
+                        }
                     }
+                    for l in 0..8 {
+                        out[l] = lanes[l] * scale;
+                    }
+                }
+                // The padding's scores are not keys: only the first n take part.
+                let scores = &mut padded_scores[..n];
+                softmax_row(scores);
+                for (c, out) in acc.chunks_exact_mut(8).enumerate() {
+                    let mut lanes = [0.0f32; 8];
+                    for (j, &p) in range.clone().zip(scores.iter()) {
+                        let v = &qkv[j * 3 * h + 2 * h + hd * head + c * 8..][..8];
+                        for l in 0..8 {
+                            lanes[l] += p * v[l];
+                        }
+                    }
+                    out.copy_from_slice(&lanes);
                 }
                 // SAFETY: job (t, hd) writes only row i ∈ rows[t], columns of head hd: no two
                 // jobs write the same element, and `context` outlives the parallel loop.
@@ -332,32 +402,5 @@ impl Bert {
             use rayon::prelude::*;
             jobs.par_iter().for_each(run);
         }
-    }
-}
-
-/// Dot product in eight independent lanes, so it vectorises (a single running sum is a serial
-/// chain the compiler may not reorder).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dot;
-
-    #[test]
-    fn dot_handles_lengths_that_are_not_multiples_of_eight() {
-        let a: Vec<f32> = (0..21).map(|i| i as f32).collect();
-        let b: Vec<f32> = (0..21).map(|i| 1.0 - i as f32 * 0.5).collect();
-        let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - want).abs() < 1e-3);
     }
 }
