@@ -97,12 +97,18 @@ fn read_tensor(file: &MmapedSafetensors, file_name: &str, name: &str, len: usize
     Ok(v)
 }
 
+/// The LayerNorm `prefix` (`.weight` and `.bias`, `width` each).
+fn read_norm(file: &MmapedSafetensors, file_name: &str, prefix: &str, width: usize) -> Result<Norm, String> {
+    Ok(Norm {
+        gamma: read_tensor(file, file_name, &format!("{prefix}.weight"), width)?,
+        beta: read_tensor(file, file_name, &format!("{prefix}.bias"), width)?,
+    })
+}
+
 fn load_layers(file: &MmapedSafetensors, file_name: &str, indices: Range<usize>, dims: LayerDims) -> Result<Vec<Layer>, String> {
     let LayerDims { hidden, intermediate } = dims;
     let tensor = |name: &str, len: usize| read_tensor(file, file_name, name, len);
-    let norm = |prefix: &str| -> Result<Norm, String> {
-        Ok(Norm { gamma: tensor(&format!("{prefix}.weight"), hidden)?, beta: tensor(&format!("{prefix}.bias"), hidden)? })
-    };
+    let norm = |prefix: &str| read_norm(file, file_name, prefix, hidden);
     let linear = |prefix: &str, outputs: usize, inputs: usize| -> Result<PackedLinear, String> {
         let w = tensor(&format!("{prefix}.weight"), outputs * inputs)?;
         let b = tensor(&format!("{prefix}.bias"), outputs)?;
@@ -190,9 +196,6 @@ impl Bert {
         let dims = LayerDims { hidden, intermediate: config.intermediate_size };
         let layers = load_layers(&file, "model.safetensors", 0..config.num_hidden_layers, dims)?;
         let tensor = |name: &str, len: usize| read_tensor(&file, "model.safetensors", name, len);
-        let norm = |prefix: &str| -> Result<Norm, String> {
-            Ok(Norm { gamma: tensor(&format!("{prefix}.weight"), hidden)?, beta: tensor(&format!("{prefix}.bias"), hidden)? })
-        };
         let token_types = tensor("embeddings.token_type_embeddings.weight", config.type_vocab_size * hidden)?;
         if token_types.is_empty() {
             return Err("config.json: type_vocab_size is 0".into());
@@ -206,7 +209,7 @@ impl Bert {
             word: tensor("embeddings.word_embeddings.weight", config.vocab_size * hidden)?,
             position: tensor("embeddings.position_embeddings.weight", config.max_position_embeddings * hidden)?,
             token_type0: token_types[..hidden].to_vec(),
-            embedding_norm: norm("embeddings.LayerNorm")?,
+            embedding_norm: read_norm(&file, "model.safetensors", "embeddings.LayerNorm", hidden)?,
             intermediate: config.intermediate_size,
             layers,
         })
@@ -402,5 +405,24 @@ impl Bert {
             use rayon::prelude::*;
             jobs.par_iter().for_each(run);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bert;
+
+    /// Attention runs eight lanes at a time over a head's width, so a configuration whose heads
+    /// are not a multiple of eight wide is refused by name before any weight is read.
+    #[test]
+    fn heads_that_are_not_a_multiple_of_eight_wide_are_refused() {
+        let config = r#"{"hidden_size": 384, "num_attention_heads": 32, "num_hidden_layers": 6,
+            "intermediate_size": 1536, "max_position_embeddings": 512, "layer_norm_eps": 1e-12,
+            "hidden_act": "gelu", "vocab_size": 30522, "type_vocab_size": 2}"#;
+        let err = Bert::load(config, std::path::Path::new("/nonexistent/model.safetensors")).err().expect("refused");
+        assert!(err.contains("config.json") && err.contains("num_attention_heads 32"), "{err}");
+        let twelve = config.replace("\"num_attention_heads\": 32", "\"num_attention_heads\": 12");
+        let err = Bert::load(&twelve, std::path::Path::new("/nonexistent/model.safetensors")).err().expect("no weights");
+        assert!(err.contains("/nonexistent/model.safetensors"), "{err}");
     }
 }

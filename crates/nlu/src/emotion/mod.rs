@@ -1,8 +1,8 @@
 //! Emotion recognition: the 28 GoEmotions labels (multi-label, calibrated), and the views of
 //! them the pipeline reads (Ekman's six plus neutral, valence and arousal).
 //!
-//! The shipped model ([`EmotionClassifier`]) is all-MiniLM-L6-v2's embeddings and first layer,
-//! then a copy of its second layer fine-tuned on GoEmotions (Demszky et al., ACL 2020; CC BY 4.0) by
+//! The shipped model ([`EmotionClassifier`]) is all-MiniLM-L6-v2's embeddings, then a copy of
+//! its first layer fine-tuned on GoEmotions (Demszky et al., ACL 2020; CC BY 4.0) by
 //! `crates/nlu/train/finetune_emotion.py`, then a small MLP head. [`train::train_head`] trains
 //! the earlier kind of model, a head on the frozen encoder's features, on the CPU.
 
