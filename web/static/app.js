@@ -166,7 +166,11 @@ async function send(event) {
   setBusy(true);
   const key = crypto.randomUUID();
   const offset = -new Date().getTimezoneOffset();
-  // Shown at once; a retry with the same key after a network error can never store it twice.
+  // Shown at once; a retry with the same key can never store it twice (the server answers a
+  // known key with the message it already stored), so every failure that may be passing is
+  // retried: a lost connection, and a server or proxy error (the database restarting, a
+  // restart behind a proxy). A refusal about the message itself (4xx) is not: it would fail
+  // again the same way.
   const mine = el('li', { class: 'bubble user pending' }, el('span', { class: 'text' }, content));
   $('messages').append(mine);
   scrollDown();
@@ -180,16 +184,33 @@ async function send(event) {
       follow(data.job.id, data.queue);
       return;
     } catch (e) {
-      if (e instanceof ApiError || attempt >= 3) {
+      if (!mayPass(e) || attempt >= SEND_RETRIES) {
+        // The text stays in the composer: nothing the person wrote is lost.
         mine.remove();
         setBusy(false);
         const wait = e.retryAfter ? ` Try again in ${e.retryAfter} s.` : '';
         showStatus(`Not sent: ${e.message}.${wait}`, 'error');
         return;
       }
-      await new Promise((r) => setTimeout(r, 1000 * (attempt + 1)));
+      showStatus(`Sending again (${attempt + 1} of ${SEND_RETRIES})…`);
+      await new Promise((r) => setTimeout(r, retryDelayMs(e, attempt)));
     }
   }
+}
+
+/** Retries of one message after failures that may pass. */
+const SEND_RETRIES = 3;
+
+/** A lost connection, or a server-side error: worth the same request again. */
+function mayPass(e) {
+  return !(e instanceof ApiError) || e.status >= 500;
+}
+
+/** The server's Retry-After when it gave one (capped: the person is watching), else 1, 2, 3 s. */
+function retryDelayMs(e, attempt) {
+  const asked = Number(e.retryAfter);
+  if (Number.isFinite(asked) && asked > 0) return Math.min(asked, 10) * 1000;
+  return 1000 * (attempt + 1);
 }
 
 async function regenerate() {

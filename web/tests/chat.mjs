@@ -1,6 +1,7 @@
 // The chat page in headless Chromium: pick a persona, chat, watch the reply stream in, reload
 // and find the conversation, check that markup in a message is shown, not run, and that a
-// reply stream refused with an error status is opened again.
+// reply stream refused with an error status is opened again; a message whose answer was lost is
+// sent again and stored once, and a refused one is kept in the composer.
 // Run by crates/cli/tests/web.rs with RAPPORT_URL, CHROMIUM and SCREENSHOTS set.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
@@ -86,6 +87,46 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('#messages .bubble.assistant').length === 3 && !document.getElementById('pending'), null, { timeout: 240_000 });
   assert.equal(refused, 1, 'the first stream request was refused');
   assert.ok((await page.locator('#messages .bubble.assistant').nth(2).locator('.text').innerText()).trim().length > 0, 'the reply arrived over the reopened stream');
+
+  // A message the server stored, whose answer a proxy then lost (a 502): the page sends it
+  // again under the same Idempotency-Key, the server answers with the stored one, and the
+  // conversation holds it once, with one reply.
+  const isPost = (u) => u.pathname.endsWith('/messages');
+  const keys = [];
+  const loseAnswerOnce = async (route) => {
+    keys.push(route.request().headers()['idempotency-key']);
+    if (keys.length > 1) return route.continue();
+    const stored = await route.fetch();
+    assert.equal(stored.status(), 202, 'the server stored the first send');
+    await route.fulfill({ status: 502, contentType: 'text/html', body: '<h1>502 Bad Gateway</h1>' });
+  };
+  await page.route(isPost, loseAnswerOnce, { times: 2 });
+  const onceOnly = 'Is the dog really the ring bearer?';
+  await page.locator('#composer-input').fill(onceOnly);
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelectorAll('#messages .bubble.assistant').length === 4 && !document.getElementById('pending'), null, { timeout: 240_000 });
+  assert.equal(keys.length, 2, 'the message was sent twice');
+  assert.ok(keys[0] && keys[0] === keys[1], 'under one Idempotency-Key');
+  assert.equal(await page.locator('#composer-input').inputValue(), '', 'the composer is cleared once the message is acknowledged');
+  await page.reload();
+  await page.locator('#messages .bubble.user').first().waitFor();
+  const userTexts = await page.locator('#messages .bubble.user .text').allInnerTexts();
+  assert.equal(userTexts.filter((t) => t === onceOnly).length, 1, 'stored once');
+  assert.equal(await page.locator('#messages .bubble.assistant').count(), 4, 'answered once');
+
+  // A refusal about the message itself (4xx) is not retried, and the text stays to be edited.
+  let refusedPosts = 0;
+  await page.route(isPost, async (route) => {
+    refusedPosts++;
+    await route.fulfill({ status: 422, contentType: 'application/json', body: '{"error":{"message":"injected refusal","type":"unprocessable"}}' });
+  }, { times: 1 });
+  await page.locator('#composer-input').fill('This one is refused.');
+  await page.keyboard.press('Enter');
+  await page.locator('#status.error').waitFor();
+  assert.match(await page.locator('#status').innerText(), /Not sent: injected refusal/);
+  assert.equal(refusedPosts, 1, 'a 4xx is not sent again');
+  assert.equal(await page.locator('#composer-input').inputValue(), 'This one is refused.', 'the text is kept');
+  assert.equal(await page.locator('#messages .bubble.user.pending').count(), 0, 'no unsent bubble left behind');
 
   // Keyboard: the composer is reachable and Enter sends (checked above); focus is visible.
   await page.keyboard.press('Tab');

@@ -29,6 +29,17 @@ struct Server {
 
 impl Server {
     fn start(database_url: &str, extra: &[&str]) -> Server {
+        Self::spawn(database_url, extra, None)
+    }
+
+    /// As [`Server::start`], also sending each line the server logs to `log` (and on to the
+    /// test's own stderr), for tests that wait for the server to reach a state only its log
+    /// tells.
+    fn start_logging(database_url: &str, extra: &[&str], log: std::sync::mpsc::Sender<String>) -> Server {
+        Self::spawn(database_url, extra, Some(log))
+    }
+
+    fn spawn(database_url: &str, extra: &[&str], log: Option<std::sync::mpsc::Sender<String>>) -> Server {
         super::ensure_smollm2();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rapport"))
             .args(["serve", "--model", "smollm2-135m", "--listen", "127.0.0.1:0", "--database-url", database_url])
@@ -39,9 +50,18 @@ impl Server {
             .env("RAPPORT_LOG", "warn,mistralrs_core::pipeline::gguf=error")
             .env("RAPPORT_DATASETS", datasets())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if log.is_some() { Stdio::piped() } else { Stdio::inherit() })
             .spawn()
             .unwrap();
+        if let Some(log) = log {
+            let stderr = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    let _ = log.send(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -61,17 +81,19 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then wait: the clean shutdown path.
-    fn stop(&mut self) {
+    /// SIGTERM, then wait: the clean shutdown path. Returns how long the process took to exit
+    /// (`None`: it was still running after 20 s and was killed).
+    fn stop(&mut self) -> Option<Duration> {
+        let asked = Instant::now();
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+        while asked.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return Some(asked.elapsed());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         self.kill();
+        None
     }
 }
 
@@ -567,6 +589,63 @@ fn a_clean_shutdown_puts_the_reply_back_in_the_queue() {
         assert_eq!(names(&events).last(), Some(&"done"));
         let (_, j) = me.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
         assert_eq!(j["job"]["attempts"], 1, "handed back, not expired and taken over: {j}");
+    });
+}
+
+#[test]
+fn a_shutdown_does_not_wait_out_a_locked_database_and_the_reply_is_written_after_restart() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let lease = ["--lease-secs", "3", "--max-tokens", "60"];
+    let (log, lines) = std::sync::mpsc::channel();
+    let mut first = Server::start_logging(&url, &lease, log);
+    let rt = rt();
+    let (me, id, job) = rt.block_on(async {
+        let me = Client::new(&first.base).await;
+        let id = me.create("wedding-host").await;
+        let (status, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({"content": "What is the plan for tomorrow?"})).await;
+        assert_eq!(status, 202);
+        let job = posted["job"]["id"].as_str().unwrap().to_string();
+        let r = me.request(reqwest::Method::GET, &format!("/api/conversations/{id}/events?job={job}")).send().await.unwrap();
+        let seen = read_events(r, |n| n == "prepared" || n == "done", Duration::from_secs(120)).await;
+        assert_eq!(names(&seen).last(), Some(&"prepared"), "the reply was stored before the database could be locked");
+        (me, id, job)
+    });
+    // Another program takes SQLite's write lock and holds it (the locked or busy database of a
+    // real deployment: a backup, a second writer); the reply finishes and cannot be stored.
+    let mut locker = Command::new("python3")
+        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()"])
+        .arg(dir.path().join("rapport.db"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut locked = String::new();
+    BufReader::new(locker.stdout.take().unwrap()).read_line(&mut locked).unwrap();
+    assert_eq!(locked.trim(), "locked");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut log = std::iter::from_fn(|| lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok());
+    assert!(log.any(|l| l.contains("storing the reply failed; trying again")), "the server said it is waiting for the database");
+    // The write would be retried for 30 s; a stop gives it up at once and hands the job back
+    // (which the lock refuses too: the job returns when its lease runs out).
+    let took = first.stop();
+    eprintln!("the server exited {took:?} after SIGTERM");
+    assert!(took.is_some(), "the server was still running 20 s after SIGTERM");
+    assert!(log.any(|l| l.contains("stopping before the reply could be stored")), "the server gave the write up when asked to stop");
+    drop(locker.stdin.take());
+    locker.wait().unwrap();
+
+    let second = Server::start(&url, &lease);
+    rt.block_on(async {
+        let me = Client { base: second.base.clone(), ..me };
+        let events = me.events(&id, &job).await;
+        assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
+        let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
+        let messages = convo["messages"].as_array().unwrap();
+        assert_eq!(messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(), ["assistant", "user", "assistant"], "the message once, one reply");
+        let (_, j) = me.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
+        assert_eq!(j["job"]["status"], "done");
     });
 }
 

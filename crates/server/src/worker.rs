@@ -103,9 +103,8 @@ async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::wa
             }
             _ = &mut deadline => break Some(Err(format!("the reply took longer than {} s", app.config.turn_timeout.as_secs()))),
             _ = shutdown.changed() => {
-                // Put it back for the next process; a reply half-written is not kept.
-                let _ = app.store.release(&id, &job.claim).await;
-                app.live.abandon(&id);
+                // A reply half-written is not kept.
+                hand_back(app, &job).await;
                 return;
             }
         }
@@ -122,7 +121,19 @@ async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::wa
             record(app, &outcome.trace);
             let state = serde_json::to_string(&conversation).expect("conversation state serialises");
             let trace = serde_json::to_string(&outcome.trace).expect("trace serialises");
-            match store_reply(app, &job, &outcome.reply, &state, &trace).await {
+            let stored = tokio::select! {
+                stored = store_reply(app, &job, &outcome.reply, &state, &trace) => stored,
+                // Waiting out a database that is away can take the whole retry window; a
+                // process asked to stop should not. Abandoning the write midway is safe for
+                // the reason retrying it is: the store checks the claim, so a commit that did
+                // land closed the job, and one that did not leaves it to be taken again.
+                _ = shutdown.changed() => {
+                    tracing::warn!(job = %id, "stopping before the reply could be stored; it will be written again");
+                    hand_back(app, &job).await;
+                    return;
+                }
+            };
+            match stored {
                 Ok(message) => {
                     app.live.publish(&id, LiveEvent::Done(message));
                     let kind = if outcome.trace.fallback.is_some() { "fallback" } else { "done" };
@@ -148,6 +159,20 @@ async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::wa
         }
     }
 }
+
+/// Puts a claimed job back in the queue for the next process, as the process stops. Bounded:
+/// with the database away, the release would wait for it, and the job's lease runs out anyway
+/// (then any process takes it).
+async fn hand_back(app: &AppState, job: &ClaimedJob) {
+    let id = &job.job.id;
+    if tokio::time::timeout(HAND_BACK_WAIT, app.store.release(id, &job.claim)).await.is_err() {
+        tracing::warn!(job = %id, "the database did not take the job back in time; it returns when its lease runs out");
+    }
+    app.live.abandon(id);
+}
+
+/// How long a stopping process tries to hand its job back.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a finished reply keeps trying to reach the database before it is dropped.
 const STORE_RETRY_WINDOW: Duration = Duration::from_secs(30);
