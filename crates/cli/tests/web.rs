@@ -524,6 +524,30 @@ fn two_processes_on_one_postgres_share_conversations_and_never_run_a_job_twice()
     drop((a, b));
 }
 
+/// A conversation with the wedding host whose reply is under way: posts `content`, then follows
+/// the job's stream until one of `stop_at` (or `done`). Returns the conversation, the job and
+/// the events seen.
+async fn reply_under_way(me: &Client, content: &str, stop_at: &[&str]) -> (String, String, Vec<(String, Value)>) {
+    let id = me.create("wedding-host").await;
+    let (status, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({ "content": content })).await;
+    assert_eq!(status, 202, "{posted}");
+    let job = posted["job"]["id"].as_str().unwrap().to_string();
+    let r = me.request(reqwest::Method::GET, &format!("/api/conversations/{id}/events?job={job}")).send().await.unwrap();
+    let seen = read_events(r, |n| n == "done" || stop_at.contains(&n), Duration::from_secs(120)).await;
+    (id, job, seen)
+}
+
+/// After a restart: the job's reply arrives, and the conversation holds the message once and
+/// one reply to it. Returns the conversation's messages.
+async fn answered_once(me: &Client, id: &str, job: &str) -> Vec<Value> {
+    let events = me.events(id, job).await;
+    assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
+    let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
+    let messages = convo["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(), ["assistant", "user", "assistant"], "the message once, one reply");
+    messages
+}
+
 #[test]
 fn a_server_killed_mid_reply_finishes_it_after_restart() {
     let _one = serialised();
@@ -534,13 +558,8 @@ fn a_server_killed_mid_reply_finishes_it_after_restart() {
     let rt = rt();
     let (me, id, job) = rt.block_on(async {
         let me = Client::new(&first.base).await;
-        let id = me.create("wedding-host").await;
-        let (status, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({"content": "Tell me a long story about how you met the bride, with every detail."})).await;
-        assert_eq!(status, 202);
-        let job = posted["job"]["id"].as_str().unwrap().to_string();
         // Wait until the reply is being written (steps done, model running).
-        let r = me.request(reqwest::Method::GET, &format!("/api/conversations/{id}/events?job={job}")).send().await.unwrap();
-        let seen = read_events(r, |n| n == "prepared" || n == "delta" || n == "done", Duration::from_secs(120)).await;
+        let (id, job, seen) = reply_under_way(&me, "Tell me a long story about how you met the bride, with every detail.", &["prepared", "delta"]).await;
         assert_ne!(names(&seen).last(), Some(&"done"), "the reply finished before the kill; make it longer");
         (me, id, job)
     });
@@ -549,11 +568,7 @@ fn a_server_killed_mid_reply_finishes_it_after_restart() {
     let second = Server::start(&url, &lease);
     rt.block_on(async {
         let me = Client { base: second.base.clone(), ..me };
-        let events = me.events(&id, &job).await;
-        assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
-        let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
-        let messages = convo["messages"].as_array().unwrap();
-        assert_eq!(messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(), ["assistant", "user", "assistant"], "the message once, one reply");
+        let messages = answered_once(&me, &id, &job).await;
         assert_eq!(messages[1]["content"], "Tell me a long story about how you met the bride, with every detail.");
         assert_eq!(messages[2]["alternatives"], 1);
         let (_, j) = me.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
@@ -571,11 +586,7 @@ fn a_clean_shutdown_puts_the_reply_back_in_the_queue() {
     let rt = rt();
     let (me, id, job) = rt.block_on(async {
         let me = Client::new(&first.base).await;
-        let id = me.create("wedding-host").await;
-        let (_, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({"content": "Tell me everything about the venue, in detail."})).await;
-        let job = posted["job"]["id"].as_str().unwrap().to_string();
-        let r = me.request(reqwest::Method::GET, &format!("/api/conversations/{id}/events?job={job}")).send().await.unwrap();
-        read_events(r, |n| n == "prepared" || n == "done", Duration::from_secs(120)).await;
+        let (id, job, _) = reply_under_way(&me, "Tell me everything about the venue, in detail.", &["prepared"]).await;
         (me, id, job)
     });
     first.stop();
@@ -603,12 +614,7 @@ fn a_shutdown_does_not_wait_out_a_locked_database_and_the_reply_is_written_after
     let rt = rt();
     let (me, id, job) = rt.block_on(async {
         let me = Client::new(&first.base).await;
-        let id = me.create("wedding-host").await;
-        let (status, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({"content": "What is the plan for tomorrow?"})).await;
-        assert_eq!(status, 202);
-        let job = posted["job"]["id"].as_str().unwrap().to_string();
-        let r = me.request(reqwest::Method::GET, &format!("/api/conversations/{id}/events?job={job}")).send().await.unwrap();
-        let seen = read_events(r, |n| n == "prepared" || n == "done", Duration::from_secs(120)).await;
+        let (id, job, seen) = reply_under_way(&me, "What is the plan for tomorrow?", &["prepared"]).await;
         assert_eq!(names(&seen).last(), Some(&"prepared"), "the reply was stored before the database could be locked");
         (me, id, job)
     });
@@ -639,11 +645,7 @@ fn a_shutdown_does_not_wait_out_a_locked_database_and_the_reply_is_written_after
     let second = Server::start(&url, &lease);
     rt.block_on(async {
         let me = Client { base: second.base.clone(), ..me };
-        let events = me.events(&id, &job).await;
-        assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
-        let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
-        let messages = convo["messages"].as_array().unwrap();
-        assert_eq!(messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(), ["assistant", "user", "assistant"], "the message once, one reply");
+        answered_once(&me, &id, &job).await;
         let (_, j) = me.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
         assert_eq!(j["job"]["status"], "done");
     });
