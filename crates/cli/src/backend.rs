@@ -32,7 +32,7 @@ pub struct BackendArgs {
     /// Activation dtype of the embedded engine: f32 (fast on CPU), f16 or bf16.
     #[arg(long, default_value = "f32", env = "RAPPORT_ACTIVATIONS")]
     pub activations: Activations,
-    /// Load GGUF files as they are, without re-encoding Q4_1/Q5_x blocks as Q8_0.
+    /// Load GGUF files as they are, without re-encoding Q5_0/Q5_1 blocks as Q8_0.
     #[arg(long)]
     pub no_repack: bool,
     /// Sequences the embedded engine decodes together in one batch (replies written at once

@@ -23,7 +23,7 @@ pub use rapport_core::{SseDecoder, SseEvent};
 /// The patched candle (vendor/PATCHES.md) must compute what upstream computes.
 #[cfg(test)]
 mod candle_patch {
-    use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ8_0, GgmlType};
+    use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType};
 
     fn check<T: GgmlType>(m: usize, k: usize, n: usize) {
         let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
@@ -50,6 +50,27 @@ mod candle_patch {
         // step of four sequences), four plus a remainder, and SmolLM2's width.
         check::<BlockQ8_0>(4, 96, 33);
         check::<BlockQ8_0>(13, 576, 20);
+        // Q4_1 (SmolLM2 as shipped) has its own four-row kernel.
+        check::<BlockQ4_1>(4, 96, 33);
+        check::<BlockQ4_1>(13, 576, 20);
+    }
+
+    /// The AVX2 Q4_1 kernel against upstream's scalar one, on SmolLM2's widths and on values
+    /// that reach the ends of both ranges (nibbles 0 and 15, activations ±127). Different
+    /// summation orders, so equal to float rounding, not bit for bit.
+    #[test]
+    fn q4_1_simd_kernel_equals_the_scalar_one() {
+        for (k, seed) in [(32, 1usize), (576, 2), (1536, 3)] {
+            let weights: Vec<f32> = (0..k).map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.0) - 1.7).collect();
+            let acts: Vec<f32> = (0..k).map(|i| (((i * 7 + seed) * 40_503 % 65_521) as f32 / 8_000.0) - 4.0).collect();
+            let mut xs = vec![BlockQ4_1::zeros(); k / 32];
+            let mut ys = vec![BlockQ8_1::zeros(); k / 32];
+            BlockQ4_1::from_float(&weights, &mut xs);
+            BlockQ8_1::from_float(&acts, &mut ys);
+            let (simd, scalar) = (BlockQ4_1::vec_dot(k, &xs, &ys), BlockQ4_1::vec_dot_unopt(k, &xs, &ys));
+            assert!(scalar.abs() > 1.0, "k={k}: a near-zero dot product proves little ({scalar})");
+            assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "k={k}: simd {simd} vs scalar {scalar}");
+        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! Re-encoding GGUF tensors into block formats candle computes fast on CPU.
 //!
 //! candle 0.10.2 has AVX2 dot products for Q4_0, Q8_0 and the K-quants, and only a scalar loop
-//! for Q4_1, Q5_0 and Q5_1: on SmolLM2 (Q4_1) that loop was 55% of decode time. Such tensors are
-//! re-encoded as Q8_0 once, into a cached copy of the file. Q8_0 (8-bit blocks of 32) is finer
-//! than any of the three, so the copy computes what the original does to within Q8_0's rounding,
-//! at about 1.7× the weight bytes of Q4_1.
+//! for Q4_1, Q5_0 and Q5_1: on SmolLM2 (Q4_1) that loop was 55% of decode time. Rapport's
+//! patched candle adds an AVX2 Q4_1 kernel (vendor/PATCHES.md), which decodes SmolLM2 faster
+//! than a Q8_0 copy and computes the weights as shipped, so Q4_1 is loaded as it is. Q5_0 and
+//! Q5_1 tensors are re-encoded as Q8_0 once, into a cached copy of the file. Q8_0 (8-bit blocks
+//! of 32) is finer than either, so the copy computes what the original does to within Q8_0's
+//! rounding.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,7 +20,7 @@ use sha2::{Digest, Sha256};
 /// Formats without a SIMD kernel in candle 0.10.2, and what they become.
 fn fast_format(dtype: GgmlDType) -> Option<GgmlDType> {
     match dtype {
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => Some(GgmlDType::Q8_0),
+        GgmlDType::Q5_0 | GgmlDType::Q5_1 => Some(GgmlDType::Q8_0),
         _ => None,
     }
 }
@@ -123,16 +125,20 @@ mod tests {
     fn files_with_fast_formats_are_loaded_as_they_are() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("m.gguf");
-        write_gguf(&src, &[("w", QTensor::quantize(&weights(4, 64), GgmlDType::Q4_0).unwrap())]);
+        write_gguf(&src, &[
+            ("w", QTensor::quantize(&weights(4, 64), GgmlDType::Q4_0).unwrap()),
+            // Q4_1 has its own kernel in the patched candle.
+            ("v", QTensor::quantize(&weights(4, 64), GgmlDType::Q4_1).unwrap()),
+        ]);
         let p = prepare(&src, &dir.path().join("cache")).unwrap();
         assert_eq!(p, Prepared { path: src, repacked_tensors: 0 });
     }
 
     #[test]
-    fn q4_1_is_re_encoded_within_a_q8_0_rounding_and_cached() {
+    fn q5_1_is_re_encoded_within_a_q8_0_rounding_and_cached() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("m.gguf");
-        let original = QTensor::quantize(&weights(8, 128), GgmlDType::Q4_1).unwrap();
+        let original = QTensor::quantize(&weights(8, 128), GgmlDType::Q5_1).unwrap();
         let keep = QTensor::quantize(&weights(2, 64), GgmlDType::Q8_0).unwrap();
         write_gguf(&src, &[("slow", original), ("other", keep)]);
         let cache = dir.path().join("cache");
@@ -140,7 +146,7 @@ mod tests {
         assert_eq!(p.repacked_tensors, 1);
         assert_ne!(p.path, src);
         let counts = formats(&p.path).unwrap();
-        assert_eq!(counts.get("Q4_1"), None, "{counts:?}");
+        assert_eq!(counts.get("Q5_1"), None, "{counts:?}");
 
         // Every weight moved by at most 0.6 of a Q8_0 step of its block (step = max|x| / 127):
         // half a step of rounding, plus the f16 rounding of the block's scale (up to 127 * 2^-11 step).

@@ -1,5 +1,6 @@
 use super::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, QK8_0, QK_K,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1, QK8_0, QK8_1, QK_K,
 };
 use byteorder::{ByteOrder, LittleEndian};
 use half::f16;
@@ -31,6 +32,30 @@ pub(crate) unsafe fn hsum_float_8(x: __m256) -> f32 {
     _mm_cvtss_f32(res)
 }
 
+/// RAPPORT PATCH (see vendor/PATCHES.md): `d_x * d_y` of two f16 block scales, broadcast.
+/// `f16::to_f32` builds a vector whose only used lane is the first, so LLVM inserts the half
+/// into whatever register is at hand (`vpinsrw` into the accumulator, seen in the binary): each
+/// block's scale then waited for the previous block's sum. Converting both halves from one
+/// integer (`vmovd`, which writes the whole register) keeps them independent; the product is
+/// the same f32 multiplication, so results do not change.
+#[inline(always)]
+pub(crate) unsafe fn scale_product(dx: f16, dy: f16) -> __m256 {
+    let both = _mm_cvtph_ps(_mm_cvtsi32_si128((dx.to_bits() as u32 | ((dy.to_bits() as u32) << 16)) as i32));
+    _mm256_broadcastss_ps(_mm_mul_ss(both, _mm_movehdup_ps(both)))
+}
+
+/// RAPPORT PATCH: a Q4_1 block's `d * d_y` (lane 0) and `m * s_y` (lane 1), converted together
+/// for the same reason as [`scale_product`].
+#[inline(always)]
+unsafe fn q4_1_scales(x: &BlockQ4_1, y: &BlockQ8_1) -> __m128 {
+    let bits = x.d.to_bits() as u64
+        | (x.m.to_bits() as u64) << 16
+        | (y.d.to_bits() as u64) << 32
+        | (y.s.to_bits() as u64) << 48;
+    let v = _mm_cvtph_ps(_mm_set_epi64x(0, bits as i64)); // [d, m, d_y, s_y]
+    _mm_mul_ps(v, _mm_movehl_ps(v, v))
+}
+
 #[inline(always)]
 pub(crate) unsafe fn bytes_from_nibbles_32(rsi: *const u8) -> __m256i {
     let tmp = _mm_loadu_si128(rsi as *const __m128i);
@@ -55,7 +80,7 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
     unsafe {
         let mut acc = _mm256_setzero_ps();
         for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
+            let d = scale_product(x.d, y.d);
             let bx = bytes_from_nibbles_32(x.qs.as_ptr());
             let off = _mm256_set1_epi8(8);
             let bx = _mm256_sub_epi8(bx, off);
@@ -76,7 +101,7 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
     unsafe {
         let mut acc = _mm256_setzero_ps();
         for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
+            let d = scale_product(x.d, y.d);
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
             let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
             let q = mul_sum_i8_pairs_float(bx, by);
@@ -86,9 +111,68 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
     }
 }
 
+/// RAPPORT PATCH (see vendor/PATCHES.md): Q4_1 weights against Q8_1 activations. Upstream has
+/// only the scalar `vec_dot_unopt` for Q4_1, so a Q4_1 model ran its decode on scalar code.
+/// A weight is `d * q + m` with `q` in 0..16; an activation is `dy * qy`, and the block of the
+/// activation also stores `s = dy * sum(qy)`. So a block's dot product is
+/// `d * dy * sum(q * qy) + m * s`: the integer part with unsigned-by-signed byte products
+/// (`maddubs`, which needs no sign trick since `q` is unsigned), the offset part summed in a
+/// lane of its own.
+#[inline(always)]
+pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
+    debug_assert!(
+        n.is_multiple_of(QK8_1),
+        "vec_dot_q4_1_q8_1: {n} is not divisible by {QK8_1}"
+    );
+    let blocks = xs.len().min(ys.len());
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = _mm_setzero_ps();
+        for i in 0..blocks {
+            let (x, y) = (xs.get_unchecked(i), ys.get_unchecked(i));
+            let scales = q4_1_scales(x, y);
+            offsets = _mm_add_ps(offsets, scales);
+            let d = _mm256_broadcastss_ps(scales);
+            let qx = bytes_from_nibbles_32(x.qs.as_ptr());
+            let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc);
+        }
+        hsum_float_8(acc) + _mm_cvtss_f32(_mm_movehdup_ps(offsets))
+    }
+}
+
+/// RAPPORT PATCH: `vec_dot_q4_1_q8_1` for one weight column and four activation rows (prefill):
+/// each weight block is unpacked once; every row then goes through the operations of
+/// `vec_dot_q4_1_q8_1` in the same order, so each result is bit-identical to it.
+#[inline(always)]
+pub(crate) fn vec_dot_q4_1_q8_1_x4(n: usize, xs: &[BlockQ4_1], ys: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    debug_assert!(
+        n.is_multiple_of(QK8_1),
+        "vec_dot_q4_1_q8_1_x4: {n} is not divisible by {QK8_1}"
+    );
+    let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offsets = [_mm_setzero_ps(); 4];
+        for i in 0..blocks {
+            let x = xs.get_unchecked(i);
+            let qx = bytes_from_nibbles_32(x.qs.as_ptr());
+            for r in 0..4 {
+                let y = ys[r].get_unchecked(i);
+                let scales = q4_1_scales(x, y);
+                offsets[r] = _mm_add_ps(offsets[r], scales);
+                let d = _mm256_broadcastss_ps(scales);
+                let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                acc[r] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc[r]);
+            }
+        }
+        [0, 1, 2, 3].map(|r| hsum_float_8(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[r])))
+    }
+}
+
 /// RAPPORT PATCH (see vendor/PATCHES.md): `vec_dot_q8_0_q8_0` for one weight column and four
-/// activation rows. Each weight block is loaded, its magnitudes taken and its scale converted
-/// once for the four rows; every row then goes through the very operations, in the same order,
+/// activation rows. Each weight block is loaded and its magnitudes taken once for the four
+/// rows; every row then goes through the very operations, in the same order,
 /// that `vec_dot_q8_0_q8_0` applies, so each result is bit-identical to it.
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0_x4(n: usize, xs: &[BlockQ8_0], ys: [&[BlockQ8_0]; 4]) -> [f32; 4] {
@@ -101,12 +185,11 @@ pub(crate) fn vec_dot_q8_0_q8_0_x4(n: usize, xs: &[BlockQ8_0], ys: [&[BlockQ8_0]
         let mut acc = [_mm256_setzero_ps(); 4];
         for i in 0..blocks {
             let x = xs.get_unchecked(i);
-            let dx = f16::to_f32(x.d);
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
             let ax = _mm256_sign_epi8(bx, bx);
             for (acc, y) in acc.iter_mut().zip(ys.iter()) {
                 let y = y.get_unchecked(i);
-                let d = _mm256_set1_ps(dx * f16::to_f32(y.d));
+                let d = scale_product(x.d, y.d);
                 let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
                 let sy = _mm256_sign_epi8(by, bx);
                 let q = mul_sum_us8_pairs_float(ax, sy);

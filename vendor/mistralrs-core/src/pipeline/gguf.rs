@@ -739,6 +739,10 @@ impl MetadataMixin for GGUFPipeline {
     }
 }
 
+/// RAPPORT PATCH: whether `forward_inputs` runs the model on rayon's pool (see there).
+static FORWARD_ON_POOL: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var_os("RAPPORT_FORWARD_OFF_POOL").is_none());
+
 #[async_trait::async_trait]
 impl Pipeline for GGUFPipeline {
     fn forward_inputs(
@@ -770,7 +774,15 @@ impl Pipeline for GGUFPipeline {
             }
             (None, None) => None,
         };
-        let logits = match self.model {
+        // RAPPORT PATCH: the whole forward pass runs on one of rayon's global threads. Every
+        // parallel kernel inside it (quantized matmuls, norms, attention) is then forked from a
+        // pool thread, which joins by working, instead of from the engine's thread, which hands
+        // each kernel to the pool and sleeps on a lock until it is done: hundreds of such
+        // hand-overs per token cost a 135M model a large share of its decode time.
+        // `RAPPORT_FORWARD_OFF_POOL=1` keeps upstream's way, to measure the difference.
+        let model = &self.model;
+        let forward = || -> Result<Tensor, candle_core::Error> {
+            Ok(match *model {
             Model::Llama(ref model) => {
                 model.forward(&input_ids, &seqlen_offsets, context_lens, paged_attn_meta)?
             }
@@ -814,7 +826,9 @@ impl Pipeline for GGUFPipeline {
             Model::Qwen3MoE(ref model) => {
                 model.forward(&input_ids, &seqlen_offsets, context_lens, paged_attn_meta)?
             }
+            })
         };
+        let logits = if *FORWARD_ON_POOL { rayon::scope(|_| forward())? } else { forward()? };
         if return_raw_logits {
             Ok(ForwardInputsResult::RawLogits { logits })
         } else {

@@ -533,7 +533,10 @@ where
     // dominating short prompts.
     let rows_per_task = (65_536 / (kv_len * d).max(1)).max(1);
 
-    FLASH_ATTN_POOL.install(|| {
+    // RAPPORT PATCH: run on the caller's pool (the global one, where the model's forward pass
+    // runs, see `GGUFPipeline::forward_inputs`) rather than upstream's second pool: a second
+    // set of threads spinning beside the first took cores from the work on a 2-core machine.
+    {
         out.par_chunks_mut(dv)
             .with_min_len(rows_per_task)
             .enumerate()
@@ -591,7 +594,7 @@ where
                     }
                 },
             );
-    });
+    }
 
     Tensor::from_vec(out, (b, h, q_len, dv), &Device::Cpu)
 }
