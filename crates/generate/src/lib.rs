@@ -23,7 +23,9 @@ pub use rapport_core::{SseDecoder, SseEvent};
 /// The patched candle (vendor/PATCHES.md) must compute what upstream computes.
 #[cfg(test)]
 mod candle_patch {
-    use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType};
+    use candle_core::quantized::k_quants::{
+        matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_0, BlockQ8_1, GgmlType,
+    };
 
     fn check<T: GgmlType>(m: usize, k: usize, n: usize) {
         let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
@@ -53,6 +55,12 @@ mod candle_patch {
         // Q4_1 (SmolLM2 as shipped) has its own four-row kernel.
         check::<BlockQ4_1>(4, 96, 33);
         check::<BlockQ4_1>(13, 576, 20);
+        // Q4_K and Q6_K (Qwen2.5's Q4_K_M) have theirs too: more than one 256-wide block per
+        // column, four rows plus a remainder.
+        check::<BlockQ4K>(4, 512, 33);
+        check::<BlockQ4K>(13, 1536, 20);
+        check::<BlockQ6K>(4, 256, 17);
+        check::<BlockQ6K>(13, 1536, 20);
     }
 
     /// The AVX2 Q4_1 kernel against upstream's scalar one, on SmolLM2's widths and on values

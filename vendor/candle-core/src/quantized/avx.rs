@@ -329,6 +329,71 @@ pub(crate) fn vec_dot_q6k_q8k(n: usize, xs: &[BlockQ6K], ys: &[BlockQ8K]) -> f32
     }
 }
 
+/// RAPPORT PATCH (see vendor/PATCHES.md): `vec_dot_q6k_q8k` for one weight column and four
+/// activation rows (prefill, batched decoding). The six-bit weights and their scales are
+/// unpacked once per block for the four rows, where they cost more than the products; every row
+/// then goes through `vec_dot_q6k_q8k`'s integer steps and its one float step per block, in the
+/// same order, so each result is bit-identical to it.
+#[inline(always)]
+pub(crate) fn vec_dot_q6k_q8k_x4(n: usize, xs: &[BlockQ6K], ys: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    debug_assert!(
+        n.is_multiple_of(QK_K),
+        "vec_dot_q6k_q8k_x4: {n} is not divisible by {QK_K}"
+    );
+    let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
+    unsafe {
+        let m4 = _mm256_set1_epi8(0xF);
+        let m2 = _mm256_set1_epi8(3);
+        let m32s = _mm256_set1_epi8(32);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in 0..blocks {
+            let x = xs.get_unchecked(i);
+            let xd = x.d.to_f32();
+            let scales = _mm_loadu_si128(x.scales.as_ptr() as *const __m128i);
+            let mut sumi = [_mm256_setzero_si256(); 4];
+            for j in 0..QK_K / 128 {
+                let is = j * 4;
+                let sc = [0, 1, 2, 3].map(|t| {
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, get_scale_shuffle(is + t)))
+                });
+                let q4 = x.ql.as_ptr().add(64 * j);
+                let q4bits1 = _mm256_loadu_si256(q4 as *const __m256i);
+                let q4bits2 = _mm256_loadu_si256(q4.add(32) as *const __m256i);
+                let q4bits_h = _mm256_loadu_si256(x.qh.as_ptr().add(32 * j) as *const __m256i);
+                let q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, m2), 4);
+                let q4h_1 =
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 2), m2), 4);
+                let q4h_2 =
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 4), m2), 4);
+                let q4h_3 =
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 6), m2), 4);
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(q4bits1, m4), q4h_0),
+                    _mm256_or_si256(_mm256_and_si256(q4bits2, m4), q4h_1),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), q4h_2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), q4h_3),
+                ];
+                for (sumi, y) in sumi.iter_mut().zip(ys.iter()) {
+                    let q8 = y.get_unchecked(i).qs.as_ptr().add(128 * j);
+                    let p = [0, 1, 2, 3].map(|t| {
+                        let q8 = _mm256_loadu_si256(q8.add(32 * t) as *const __m256i);
+                        let q8s = _mm256_maddubs_epi16(m32s, q8);
+                        let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[t], q8), q8s);
+                        _mm256_madd_epi16(sc[t], p16)
+                    });
+                    *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(p[0], p[1]));
+                    *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(p[2], p[3]));
+                }
+            }
+            for r in 0..4 {
+                let d = ys[r].get_unchecked(i).d * xd;
+                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            }
+        }
+        acc.map(|a| hsum_float_8(a))
+    }
+}
+
 #[inline(always)]
 unsafe fn mm256_set_m128i(a: __m128i, b: __m128i) -> __m256i {
     _mm256_insertf128_si256(_mm256_castsi128_si256(b), a, 1)
@@ -635,6 +700,88 @@ pub(crate) fn vec_dot_q4k_q8k(n: usize, xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32
         let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
 
         hsum_float_8(acc) + _mm_cvtss_f32(acc_m)
+    }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): `vec_dot_q4k_q8k` for one weight column and four
+/// activation rows (prefill, batched decoding). A block's packed scales and mins are decoded
+/// and its nibbles split once for the four rows; every row then goes through
+/// `vec_dot_q4k_q8k`'s integer steps and its two float steps per block, in the same order, so
+/// each result is bit-identical to it.
+#[inline(always)]
+pub(crate) fn vec_dot_q4k_q8k_x4(n: usize, xs: &[BlockQ4K], ys: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    debug_assert!(
+        n.is_multiple_of(QK_K),
+        "vec_dot_q4k_q8k_x4: {n} is not divisible by {QK_K}"
+    );
+    let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
+    let mut utmp = [0u32; 4];
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    unsafe {
+        let m4 = _mm256_set1_epi8(0xF);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_m = [_mm_setzero_ps(); 4];
+        for i in 0..blocks {
+            let x = xs.get_unchecked(i);
+            let (xd, xdmin) = (x.d.to_f32(), x.dmin.to_f32());
+
+            LittleEndian::read_u32_into(&x.scales, &mut utmp[0..3]);
+            utmp[3] = ((utmp[2] >> 4) & KMASK2) | (((utmp[1] >> 6) & KMASK3) << 4);
+            let uaux = utmp[1] & KMASK1;
+            utmp[1] = (utmp[2] & KMASK2) | (((utmp[0] >> 6) & KMASK3) << 4);
+            utmp[2] = uaux;
+            utmp[0] &= KMASK1;
+            let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(
+                utmp[3] as i32,
+                utmp[2] as i32,
+                utmp[1] as i32,
+                utmp[0] as i32,
+            ));
+            let mins = _mm256_extracti128_si256(mins_and_scales, 1);
+            let sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
+            let scales = mm256_set_m128i(sc128, sc128);
+
+            for r in 0..4 {
+                let y = ys[r].get_unchecked(i);
+                let dmin = -y.d * xdmin;
+                let q8sums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+                let q8s = _mm_hadd_epi16(
+                    _mm256_extracti128_si256(q8sums, 0),
+                    _mm256_extracti128_si256(q8sums, 1),
+                );
+                let prod = _mm_madd_epi16(mins, q8s);
+                acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r]);
+            }
+
+            let mut sumi = [_mm256_setzero_si256(); 4];
+            for j in 0..QK_K / 64 {
+                let scale_l = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2 * j));
+                let scale_h = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2 * j + 1));
+                let q4bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j) as *const __m256i);
+                let q4l = _mm256_and_si256(q4bits, m4);
+                let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+                for (sumi, y) in sumi.iter_mut().zip(ys.iter()) {
+                    let q8 = y.get_unchecked(i).qs.as_ptr().add(64 * j);
+                    let q8l = _mm256_loadu_si256(q8 as *const __m256i);
+                    let p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
+                    *sumi = _mm256_add_epi32(*sumi, p16l);
+                    let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
+                    let p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
+                    *sumi = _mm256_add_epi32(*sumi, p16h);
+                }
+            }
+            for r in 0..4 {
+                let d = ys[r].get_unchecked(i).d * xd;
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            }
+        }
+        [0, 1, 2, 3].map(|r| {
+            let acc_m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
+            let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+            hsum_float_8(acc[r]) + _mm_cvtss_f32(acc_m)
+        })
     }
 }
 

@@ -1377,6 +1377,12 @@ impl GgmlType for BlockQ4K {
     const BLCK_SIZE: usize = QK_K;
     type VecDotType = BlockQ8K;
 
+    // RAPPORT PATCH (see vendor/PATCHES.md): four rows per weight block where AVX2 is on.
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
+        super::avx::vec_dot_q4k_q8k_x4(n, xs, ys)
+    }
+
     #[allow(unreachable_code)]
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
         #[cfg(target_feature = "avx2")]
@@ -1934,6 +1940,12 @@ impl GgmlType for BlockQ6K {
     const DTYPE: GgmlDType = GgmlDType::Q6K;
     const BLCK_SIZE: usize = QK_K;
     type VecDotType = BlockQ8K;
+
+    // RAPPORT PATCH (see vendor/PATCHES.md): four rows per weight block where AVX2 is on.
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
+        super::avx::vec_dot_q6k_q8k_x4(n, xs, ys)
+    }
 
     #[allow(unreachable_code)]
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
