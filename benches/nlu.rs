@@ -7,7 +7,7 @@
 //! for emotions, the head on the frozen encoder's six layers that the shipped fine-tuned
 //! branch (one layer, tuned, where the sentence vectors run six) replaced.
 //!
-//! cargo bench -p rapport-benches --bench nlu
+//! cargo bench --workspace --bench nlu
 //! Needs `rapport models pull minilm-l6` and the trained head in datasets/emotion/.
 
 use candle_core::{DType, Device, Tensor};

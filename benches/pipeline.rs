@@ -4,7 +4,7 @@
 //! forward pass of one message is measured beside them: it is the floor the turn cannot go
 //! under, and the ratio to it shows what the pipeline itself adds.
 //!
-//! cargo bench -p rapport-benches --bench pipeline
+//! cargo bench --workspace --bench pipeline
 
 use std::sync::Arc;
 

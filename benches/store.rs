@@ -5,7 +5,7 @@
 //! - `claim_complete`: a worker's database work per reply — claim the job, store the reply,
 //!   its trace and state, close the job.
 //!
-//! source scripts/services.sh; cargo bench -p rapport-benches --bench store
+//! source scripts/services.sh; cargo bench --workspace --bench store
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use rapport_store::{ConversationId, SessionId, Store};

@@ -141,3 +141,41 @@ fn a_prompt_longer_than_the_context_is_a_clear_error_and_the_engine_keeps_servin
         assert!(done.summary.usage.completion_tokens >= 1);
     });
 }
+
+/// mistral.rs (patched, `vendor/mistralrs-core/src/kv_cache/left_padded.rs`) decodes
+/// sequences of different lengths as one left-padded batch. Every row's arithmetic is the one it
+/// gets alone (the quantized kernels are bit-identical per row, attention skips the padding), so
+/// greedy replies must not change by being written together — a wrong mask, position or cache
+/// row shows up here as a different reply. The lengths differ in prompt and in reply, so
+/// sequences leave the batch while the others go on (the running set changes mid-reply).
+#[test]
+fn greedy_replies_of_different_lengths_written_together_equal_each_written_alone() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let asks = [
+            ("Say hi.", 10),
+            ("Tell me about the sea, the waves and the boats that sail on it.", 24),
+            ("Name three colours.", 17),
+            ("I had a long day at work and my feet hurt. What should I cook for dinner tonight?", 31),
+        ];
+        let mut alone = Vec::new();
+        for (user, max_tokens) in asks {
+            let done = collect_completion(model.generate(request(user, SamplingParams::greedy(max_tokens))).await.unwrap(), |_| {})
+                .await
+                .unwrap();
+            alone.push(done);
+        }
+        let together = futures::future::join_all(asks.iter().map(|&(user, max_tokens)| {
+            let model = model.clone();
+            async move { collect_completion(model.generate(request(user, SamplingParams::greedy(max_tokens))).await.unwrap(), |_| {}).await.unwrap() }
+        }))
+        .await;
+        let prompt_lengths: Vec<u32> = alone.iter().map(|d| d.summary.usage.prompt_tokens).collect();
+        assert!(prompt_lengths.windows(2).all(|w| w[0] != w[1]), "the prompts must differ in length: {prompt_lengths:?}");
+        for ((a, t), (user, _)) in alone.iter().zip(&together).zip(asks) {
+            assert_eq!(a.text, t.text, "the reply to {user:?} changed when written beside the others");
+            assert_eq!(a.summary.usage, t.summary.usage, "{user:?}");
+        }
+    });
+}

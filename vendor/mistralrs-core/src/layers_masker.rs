@@ -163,6 +163,41 @@ impl CausalMasker {
         Ok(k_cache_1.dims()[2])
     }
 
+    /// RAPPORT PATCH: the attention mask of one decoding step over a left-padded batch
+    /// (`kv_cache::LeftPaddedCacheManager`), `[batch, 1, 1, past + 1]`, or `None` when no
+    /// sequence is padded — upstream's decode, which needs no mask. A sequence's padding is
+    /// the batch's cache length minus its own position (`seqlen_offsets`: the tokens it has
+    /// cached); those leading keys are zeros and get `-inf`. An offset beyond the cache's
+    /// length means a cache that keeps only a window (rotating): no padding there either.
+    pub fn left_padding_mask_for_decode(
+        &self,
+        input_ids: &Tensor,
+        cache: &dyn PastKvLenCache,
+        seqlen_offsets: &[usize],
+        dtype: DType,
+    ) -> Result<Option<Tensor>> {
+        let (b_sz, tgt_len) = input_ids.dims2()?;
+        if tgt_len != 1 || seqlen_offsets.len() != b_sz {
+            return Ok(None);
+        }
+        let past = cache.get_past_kv_len()?;
+        if seqlen_offsets.iter().all(|&offset| offset == past)
+            || seqlen_offsets.iter().any(|&offset| offset > past)
+        {
+            return Ok(None);
+        }
+        let keys = past + 1;
+        let mut mask = Vec::with_capacity(b_sz * keys);
+        for &offset in seqlen_offsets {
+            let padding = past - offset;
+            mask.extend(std::iter::repeat_n(f32::NEG_INFINITY, padding));
+            mask.extend(std::iter::repeat_n(0f32, keys - padding));
+        }
+        Tensor::from_vec(mask, (b_sz, 1, 1, keys), input_ids.device())?
+            .to_dtype(dtype)
+            .map(Some)
+    }
+
     pub fn make_causal_mask_matrix(
         &self,
         input_ids: &Tensor,

@@ -1,4 +1,4 @@
-use candle_core::{Device, Result};
+use candle_core::Result;
 use indexmap::IndexMap;
 use itertools::Itertools;
 use tracing::info;
@@ -100,7 +100,12 @@ impl PrefixCacheManagerV2 {
         // For paged attention, prefix caching is handled by the KVCacheManager.
         // PrefixCacheManagerV2 only handles non-paged attention caching.
         if !self.has_paged_attention {
-            let cache = seq.normal_cache().to_vec();
+            // RAPPORT PATCH: copied out of the batch it was a view of (`KvCache::detached`).
+            let cache = seq
+                .normal_cache()
+                .iter()
+                .map(|layer| layer.as_ref().map(KvCache::detached))
+                .collect::<Vec<_>>();
 
             self.caches.insert(
                 seq.get_toks().to_vec().into(),
@@ -141,9 +146,11 @@ impl PrefixCacheManagerV2 {
                 KvCache::Shared { .. } => continue,
             };
 
-            if !matches!(cache_device, Device::Cpu) {
-                n_on_device += 1;
-            }
+            // RAPPORT PATCH: entries in CPU memory count too. Upstream counted only those on
+            // an accelerator, so on a CPU-only engine nothing was ever evicted and every
+            // finished reply's KV cache stayed for the life of the process.
+            let _ = cache_device;
+            n_on_device += 1;
         }
         let mut n_evicted = 0;
         // Intentionally evict the first ones first, as they are the oldest
@@ -169,10 +176,9 @@ impl PrefixCacheManagerV2 {
                 KvCache::Shared { .. } => continue,
             };
 
-            if !matches!(cache_device, Device::Cpu) {
-                cache.cache.clear();
-                n_evicted += 1;
-            }
+            let _ = cache_device; // RAPPORT PATCH: as above, CPU entries are evicted too.
+            cache.cache.clear();
+            n_evicted += 1;
         }
 
         self.caches.retain(|_tokens, cache| !cache.cache.is_empty());

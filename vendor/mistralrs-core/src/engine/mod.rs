@@ -222,6 +222,11 @@ impl Engine {
 
         let has_paged_attention = get_mut_arcmutex!(scheduler).kv_cache_manager().is_some();
 
+        // RAPPORT PATCH: without paged attention the default scheduler runs one length at a
+        // time; a pipeline that can left-pad a batch lets every decoding sequence share a step.
+        let left_padded = !no_kv_cache && get_mut_arcmutex!(pipeline).supports_left_padded_decode();
+        get_mut_arcmutex!(scheduler).set_mixed_length_decoding(left_padded);
+
         Ok(Self {
             tx,
             rx: Arc::new(Mutex::new(rx)),

@@ -10,6 +10,8 @@ use crate::{
 
 mod full_cache;
 mod hybrid_cache;
+// RAPPORT PATCH: batches of sequences of different lengths (see the module).
+mod left_padded;
 mod rotating_cache;
 mod single_cache;
 
@@ -18,6 +20,7 @@ pub use hybrid_cache::{
     HybridCache, HybridCacheConfig, HybridLayerCache, HybridLayerType, RecurrentLayerConfig,
     RecurrentStateSnapshot,
 };
+pub use left_padded::LeftPaddedCacheManager;
 pub use rotating_cache::RotatingCache;
 pub use single_cache::SingleCache;
 

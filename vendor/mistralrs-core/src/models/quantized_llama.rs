@@ -676,6 +676,17 @@ impl ModelWeights {
             self.dtype,
             self.layers[0].n_head,
         )?;
+        // RAPPORT PATCH: a decoding step over sequences of different lengths (left-padded
+        // into one batch by `LeftPaddedCacheManager`) masks each one's padding.
+        let mask = match (mask, &metadata) {
+            (None, None) => CausalMasker.left_padding_mask_for_decode(
+                x,
+                cache as &dyn PastKvLenCache,
+                start_offsets,
+                self.dtype,
+            )?,
+            (mask, _) => mask,
+        };
         // PagedAttention prompt chunking
         let mask = mask.filter(|_| {
             metadata

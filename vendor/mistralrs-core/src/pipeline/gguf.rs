@@ -15,7 +15,7 @@ use crate::gguf::{
     get_gguf_chat_template, {convert_gguf_to_hf_tokenizer, GgufTokenizerConversion},
 };
 use crate::gguf::{Content, GGUFArchitecture};
-use crate::kv_cache::{FullCacheManager, NormalCacheManager};
+use crate::kv_cache::{FullCacheManager, KvCache, LeftPaddedCacheManager, NormalCacheManager};
 use crate::lora::Ordering;
 use crate::paged_attention::{
     calculate_cache_config, AttentionImplementation, CacheEngine, ModelConfigLike,
@@ -655,6 +655,8 @@ impl CacheManagerMixin for GGUFPipeline {
     fn clone_in_cache(&self, seqs: &mut [&mut Sequence]) {
         if matches!(self.cache(), EitherCache::Full(_)) {
             FullCacheManager.clone_in_cache(self, seqs, false)
+        } else if self.left_padded_caches() {
+            LeftPaddedCacheManager.clone_in_cache(self, seqs, false)
         } else {
             NormalCacheManager.clone_in_cache(self, seqs, false)
         }
@@ -662,9 +664,18 @@ impl CacheManagerMixin for GGUFPipeline {
     fn clone_out_cache(&self, seqs: &mut [&mut Sequence]) {
         if matches!(self.cache(), EitherCache::Full(_)) {
             FullCacheManager.clone_out_cache(self, seqs, false)
+        } else if self.left_padded_caches() {
+            LeftPaddedCacheManager.clone_out_cache(self, seqs, false)
         } else {
             NormalCacheManager.clone_out_cache(self, seqs, false)
         }
+    }
+    /// RAPPORT PATCH: whether the scheduler may put sequences of different lengths in one
+    /// decoding step. `RAPPORT_DECODE_BY_LENGTH=1` keeps upstream's one length per step, to
+    /// measure; the cache manager stays the left-padded one, which also stacks caches of
+    /// different capacities (upstream's panics on those).
+    fn supports_left_padded_decode(&self) -> bool {
+        !*DECODE_BY_LENGTH && self.left_padded_caches()
     }
     fn set_none_cache(
         &self,
@@ -738,6 +749,30 @@ impl MetadataMixin for GGUFPipeline {
         Some(&*self.mapper)
     }
 }
+
+impl GGUFPipeline {
+    /// RAPPORT PATCH: the two architectures whose forward pass masks a left-padded decoding
+    /// batch (`models/quantized_llama.rs`, `models/quantized_qwen.rs`), with caches that keep
+    /// every position (a rotating cache's length is not its sequence's).
+    fn left_padded_caches(&self) -> bool {
+        let patched_model = matches!(self.model, Model::Llama(_) | Model::Qwen(_));
+        patched_model
+            && !self.no_kv_cache
+            && match self.cache() {
+                EitherCache::Normal(cache) => cache
+                    .lock()
+                    .expect("the model's cache lock")
+                    .0
+                    .iter()
+                    .all(|layer| matches!(layer, KvCache::Normal { .. })),
+                _ => false,
+            }
+    }
+}
+
+/// RAPPORT PATCH: upstream's batching by length instead of left-padded decoding batches.
+static DECODE_BY_LENGTH: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var_os("RAPPORT_DECODE_BY_LENGTH").is_some());
 
 /// RAPPORT PATCH: whether `forward_inputs` runs the model on rayon's pool (see there).
 static FORWARD_ON_POOL: std::sync::LazyLock<bool> =

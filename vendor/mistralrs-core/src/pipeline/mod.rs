@@ -211,6 +211,11 @@ pub trait CacheManagerMixin {
         load_preallocated_cache: bool,
     );
     fn cache(&self) -> &EitherCache;
+    /// RAPPORT PATCH: whether this pipeline's cache managers and models decode sequences of
+    /// different lengths as one left-padded batch (`kv_cache::LeftPaddedCacheManager`).
+    fn supports_left_padded_decode(&self) -> bool {
+        false
+    }
 }
 
 pub trait MetadataMixin {

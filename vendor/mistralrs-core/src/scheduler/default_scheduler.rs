@@ -72,7 +72,15 @@ pub trait BucketingManager<Backer: FcfsBacker>: Send + Sync {
 // Bucket by that metric for images because if we are not a prompt, then this doesn't apply
 type BucketKey = (usize, bool, usize);
 
-struct FixedBucketingManager;
+struct FixedBucketingManager {
+    /// RAPPORT PATCH: every decoding sequence goes into one bucket, whatever its length, for a
+    /// pipeline that batches different lengths (`CacheManagerMixin::supports_left_padded_decode`).
+    merge_decoding: bool,
+}
+
+/// RAPPORT PATCH: the key of the one bucket all decoding sequences share when merged. No
+/// prompt has this length, and it sorts after every prompt when the shortest bucket is picked.
+const MERGED_DECODING: BucketKey = (usize::MAX, false, usize::MAX);
 
 impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
     /// Move the sequences into buckets, and run the ones with the shortest lengths.
@@ -88,45 +96,28 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
         let mut seq_buckets: HashMap<BucketKey, Vec<Sequence>> = HashMap::new();
         let mut seq_priorities: HashMap<BucketKey, f64> = HashMap::new();
         for seq in running {
-            let len = seq.len();
-            match seq_buckets.get_mut(&(
-                len,
-                seq.images().is_some() && seq.is_prompt(),
-                seq.token_offset(),
-            )) {
-                Some(bucket) => {
-                    if !discrete {
-                        *seq_priorities
-                            .get_mut(&(
-                                len,
-                                seq.images().is_some() && seq.is_prompt(),
-                                seq.token_offset(),
-                            ))
-                            .unwrap() += seq.compute_priority();
-                    }
-                    bucket.push(seq);
-                }
-                None => {
-                    if !discrete {
-                        seq_priorities.insert(
-                            (
-                                len,
-                                seq.images().is_some() && seq.is_prompt(),
-                                seq.token_offset(),
-                            ),
-                            seq.compute_priority(),
-                        );
-                    }
-                    seq_buckets.insert(
-                        (
-                            len,
-                            seq.images().is_some() && seq.is_prompt(),
-                            seq.token_offset(),
-                        ),
-                        vec![seq],
-                    );
+            let key = if self.merge_decoding && seq.is_completion() {
+                MERGED_DECODING
+            } else {
+                (
+                    seq.len(),
+                    seq.images().is_some() && seq.is_prompt(),
+                    seq.token_offset(),
+                )
+            };
+            if !discrete {
+                let priority = seq.compute_priority();
+                let entry = seq_priorities.entry(key).or_insert(0.0);
+                // RAPPORT PATCH: a merged bucket counts as its most urgent sequence, not as the
+                // sum of them all; summed, sixty decoding sequences would outweigh a waiting
+                // prompt for sixty steps and new conversations would wait that long to start.
+                if key == MERGED_DECODING {
+                    *entry = entry.max(priority);
+                } else {
+                    *entry += priority;
                 }
             }
+            seq_buckets.entry(key).or_default().push(seq);
         }
         let running = if seq_buckets.len() <= 1 {
             // Full steam ahead or have everything
@@ -180,7 +171,9 @@ pub struct DefaultScheduler<Backer: FcfsBacker> {
 impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
     pub fn new(method: DefaultSchedulerMethod) -> Self {
         let bucketing_manager: Box<dyn BucketingManager<_>> = match method {
-            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager),
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager {
+                merge_decoding: false,
+            }),
         };
         Self {
             running: Vec::new(),
@@ -346,5 +339,10 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
     }
     fn set_prefix_caching_enabled(&mut self, _enabled: bool) {
         // DefaultScheduler doesn't use PagedAttention prefix caching
+    }
+    fn set_mixed_length_decoding(&mut self, enabled: bool) {
+        self.bucketing_manager = Box::new(FixedBucketingManager {
+            merge_decoding: enabled,
+        });
     }
 }

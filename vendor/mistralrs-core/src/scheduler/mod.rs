@@ -69,4 +69,7 @@ pub trait Scheduler: Send + Sync {
     /// Set whether prefix caching is enabled. Called by Engine after creation
     /// to synchronize with the global no_prefix_cache setting.
     fn set_prefix_caching_enabled(&mut self, enabled: bool);
+    /// RAPPORT PATCH: let sequences of different lengths decode in one step (the default
+    /// scheduler; the pipeline must support it). Other schedulers batch them already.
+    fn set_mixed_length_decoding(&mut self, _enabled: bool) {}
 }
