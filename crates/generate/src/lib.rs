@@ -179,4 +179,38 @@ mod attention_patch {
         let diff = (upstream_batched - &batched).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert!(diff > 0.1, "upstream's batched decode now agrees ({diff}): drop the claim in vendor/PATCHES.md");
     }
+
+    /// A decoding step over sequences of different lengths, left-padded into one batch as
+    /// `kv_cache::LeftPaddedCacheManager` builds it (zeros in front, `-inf` over them in the
+    /// mask), gives every sequence exactly — bit for bit — what it gets alone over its own keys:
+    /// padding is skipped, not weighted by zero, and the query heads sharing a key/value head
+    /// are computed together with each head's sums in the order it has alone.
+    #[test]
+    fn left_padded_batched_decode_equals_each_sequence_alone_exactly() {
+        let (h, kvh, d) = (6, 2, 64);
+        let lengths = [53usize, 40, 17];
+        let longest = lengths[0];
+        let scale = 1.0 / 8.0;
+        let (mut qs, mut ks, mut vs, mut mask) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut alone = Vec::new();
+        for (i, &len) in lengths.iter().enumerate() {
+            let (q, k, v) = (heads(1, h, 1, d, 20 + i), heads(1, kvh, len, d, 30 + i), heads(1, kvh, len, d, 40 + i));
+            alone.push(patched(&q, &k, &v, None, scale, None).unwrap());
+            let pad = Tensor::zeros((1, longest - len, kvh, d), candle_core::DType::F32, &Device::Cpu).unwrap();
+            ks.push(Tensor::cat(&[&pad, &k], 1).unwrap());
+            vs.push(Tensor::cat(&[&pad, &v], 1).unwrap());
+            qs.push(q);
+            mask.extend((0..longest).map(|j| if j < longest - len { f32::NEG_INFINITY } else { 0.0 }));
+        }
+        let cat = |ts: &[Tensor]| Tensor::cat(ts, 0).unwrap();
+        let mask = Tensor::from_vec(mask, (lengths.len(), 1, 1, longest), &Device::Cpu).unwrap();
+        let batched = patched(&cat(&qs), &cat(&ks), &cat(&vs), Some(&mask), scale, None).unwrap();
+        for (i, alone) in alone.iter().enumerate() {
+            let row = batched.narrow(0, i, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(row, alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "sequence {i} (length {})", lengths[i]);
+        }
+        let unmasked = patched(&cat(&qs), &cat(&ks), &cat(&vs), None, scale, None).unwrap();
+        let short = unmasked.narrow(0, 2, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(short, alone[2].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "without the mask the padding must count");
+    }
 }
