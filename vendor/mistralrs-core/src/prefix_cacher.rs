@@ -1,6 +1,5 @@
 use candle_core::Result;
 use indexmap::IndexMap;
-use itertools::Itertools;
 use tracing::info;
 
 use crate::{
@@ -126,57 +125,27 @@ impl PrefixCacheManagerV2 {
         if self.no_prefix_cache {
             return Ok(0);
         }
-        let mut n_on_device = 0;
-        for cache in self.caches.values() {
-            let first_non_none = cache
+        // RAPPORT PATCH: every entry that holds KV data counts, in CPU memory too. Upstream
+        // counted only entries on an accelerator (it read each entry's device for that alone),
+        // so on a CPU-only engine nothing was ever evicted and every finished reply's KV cache
+        // stayed for the life of the process.
+        let holds_kv = |cache: &CacheElement| {
+            cache
                 .cache
                 .iter()
-                .find_or_first(|x| x.as_ref().is_some_and(|kv| kv.k().ok().flatten().is_some()));
-            let Some(Some(first_non_none)) = first_non_none else {
-                continue;
-            };
-
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            // RAPPORT PATCH: entries in CPU memory count too. Upstream counted only those on
-            // an accelerator, so on a CPU-only engine nothing was ever evicted and every
-            // finished reply's KV cache stayed for the life of the process.
-            let _ = cache_device;
-            n_on_device += 1;
-        }
+                .flatten()
+                .any(|kv| kv.k().ok().flatten().is_some())
+        };
+        let n_on_device = self.caches.values().filter(|c| holds_kv(c)).count();
         let mut n_evicted = 0;
         // Intentionally evict the first ones first, as they are the oldest
         for cache in self.caches.values_mut() {
             if n_on_device - n_evicted <= self.n_on_device {
                 break;
             }
-            let first_non_none = cache
-                .cache
-                .iter()
-                .find_or_first(|x| x.as_ref().is_some_and(|kv| kv.k().ok().flatten().is_some()));
-            let Some(Some(first_non_none)) = first_non_none else {
+            if !holds_kv(cache) {
                 continue;
-            };
-
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            let _ = cache_device; // RAPPORT PATCH: as above, CPU entries are evicted too.
+            }
             cache.cache.clear();
             n_evicted += 1;
         }

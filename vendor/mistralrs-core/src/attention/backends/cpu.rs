@@ -485,6 +485,25 @@ fn mask_row(mask: Option<&MaskInfo<'_>>, b_i: usize, h_i: usize, q_pos: usize, k
     row.extend((0..kv_len).map(|kv_pos| mask.value(b_i, h_i, q_pos, kv_pos)));
 }
 
+/// RAPPORT PATCH: one key's scaled (and soft-capped) score for one query row.
+#[inline(always)]
+fn key_score<T: UpcastF32 + Copy>(q: &[T], k: &[T], scale: f32, logit_softcap: f32) -> f32 {
+    let s = dot_lanes(q, k) * scale;
+    if logit_softcap != 0.0 {
+        logit_softcap * (s / logit_softcap).tanh()
+    } else {
+        s
+    }
+}
+
+/// RAPPORT PATCH: `acc += p * v`, one value row into a head's running sum.
+#[inline(always)]
+fn add_weighted<T: UpcastF32 + Copy>(acc: &mut [f32], p: f32, v: &[T]) {
+    for (a, v) in acc.iter_mut().zip(v) {
+        *a += p * v.to_f32();
+    }
+}
+
 /// RAPPORT PATCH: attention for every (batch, head, query position) row, decode (one query)
 /// and prefill alike; output (B, H, S, D).
 ///
@@ -581,11 +600,7 @@ where
                             if *score == f32::NEG_INFINITY {
                                 return;
                             }
-                            let mut s = dot_lanes(q_row(j), k_row) * scale;
-                            if logit_softcap != 0.0 {
-                                s = logit_softcap * (s / logit_softcap).tanh();
-                            }
-                            *score += s;
+                            *score += key_score(q_row(j), k_row, scale, logit_softcap);
                             maxes[j] = maxes[j].max(*score);
                         };
                         for kv_pos in 0..kv_len {
@@ -604,11 +619,7 @@ where
                                 if *score == f32::NEG_INFINITY {
                                     continue;
                                 }
-                                let mut s = dot_lanes(q, k_row(kv_pos)) * scale;
-                                if logit_softcap != 0.0 {
-                                    s = logit_softcap * (s / logit_softcap).tanh();
-                                }
-                                *score += s;
+                                *score += key_score(q, k_row(kv_pos), scale, logit_softcap);
                                 max = max.max(*score);
                             }
                             maxes[j] = max;
@@ -629,21 +640,18 @@ where
 
                     // Pass 3: weighted sums of the value rows that carry weight, each row read
                     // once for the group when the value heads group like the key heads.
-                    let weigh_value = |acc: &mut [f32], j: usize, kv_pos: usize| {
-                        let p = scores[j][kv_pos];
-                        if maxes[j] == f32::NEG_INFINITY || p == 0.0 {
-                            return;
-                        }
+                    let v_row = |j: usize, kv_pos: usize| {
                         let v_head = (first_head + j) / rv2;
                         let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        for (a, v) in acc[j * dv..(j + 1) * dv].iter_mut().zip(&v_data[v_base..v_base + dv]) {
-                            *a += p * v.to_f32();
-                        }
+                        &v_data[v_base..v_base + dv]
                     };
                     if q_len == 1 {
                         for kv_pos in 0..kv_len {
                             for j in 0..rk2 {
-                                weigh_value(acc, j, kv_pos);
+                                let p = scores[j][kv_pos];
+                                if maxes[j] != f32::NEG_INFINITY && p != 0.0 {
+                                    add_weighted(&mut acc[j * dv..(j + 1) * dv], p, v_row(j, kv_pos));
+                                }
                             }
                         }
                     } else {
@@ -651,15 +659,10 @@ where
                             if maxes[j] == f32::NEG_INFINITY {
                                 continue;
                             }
-                            let v_head = (first_head + j) / rv2;
                             let acc = &mut acc[j * dv..(j + 1) * dv];
                             for (kv_pos, &p) in scores[j].iter().enumerate() {
-                                if p == 0.0 {
-                                    continue;
-                                }
-                                let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                                for (a, v) in acc.iter_mut().zip(&v_data[v_base..v_base + dv]) {
-                                    *a += p * v.to_f32();
+                                if p != 0.0 {
+                                    add_weighted(acc, p, v_row(j, kv_pos));
                                 }
                             }
                         }
