@@ -41,6 +41,11 @@ pub struct TokenUsage {
     pub prompt_tokens: u32,
     /// Tokens generated.
     pub completion_tokens: u32,
+    /// Of the prompt's tokens, those the backend did not read again because its prefix cache
+    /// held them (an earlier turn of the conversation, or another conversation with the same
+    /// persona); 0 where the backend does not say.
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
 }
 
 /// Wall-clock timings of one generation, measured where the backend is called.
@@ -187,9 +192,9 @@ mod tests {
     #[test]
     fn decode_speed_excludes_the_first_token() {
         let t = Timings { time_to_first_token: Some(Duration::from_secs(1)), total: Duration::from_secs(3) };
-        let u = TokenUsage { prompt_tokens: 10, completion_tokens: 21 };
+        let u = TokenUsage { prompt_tokens: 10, completion_tokens: 21, cached_prompt_tokens: 0 };
         assert_eq!(t.decode_tokens_per_sec(&u), Some(10.0));
-        let one = TokenUsage { prompt_tokens: 10, completion_tokens: 1 };
+        let one = TokenUsage { prompt_tokens: 10, completion_tokens: 1, cached_prompt_tokens: 0 };
         assert_eq!(t.decode_tokens_per_sec(&one), None);
     }
 
@@ -204,7 +209,7 @@ mod tests {
     async fn collect_gathers_chunks_in_order() {
         let summary = GenerationSummary {
             stop_reason: StopReason::Stop,
-            usage: TokenUsage { prompt_tokens: 3, completion_tokens: 2 },
+            usage: TokenUsage { prompt_tokens: 3, completion_tokens: 2, cached_prompt_tokens: 0 },
             timings: Timings::default(),
         };
         let s: TextStream = Box::pin(futures::stream::iter(vec![

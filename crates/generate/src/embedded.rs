@@ -230,10 +230,11 @@ impl Generator for MistralRsGenerator {
                         let usage = chunk.usage.map(|u| TokenUsage {
                             prompt_tokens: u.prompt_tokens as u32,
                             completion_tokens: u.completion_tokens as u32,
+                            cached_prompt_tokens: u.cached_prompt_tokens as u32,
                         });
                         Ok(GenerationEvent::Done(GenerationSummary {
                             stop_reason: StopReason::from_finish_reason(&reason),
-                            usage: usage.unwrap_or(TokenUsage { prompt_tokens: 0, completion_tokens: chunks }),
+                            usage: usage.unwrap_or(TokenUsage { completion_tokens: chunks, ..TokenUsage::default() }),
                             timings: Timings { time_to_first_token: first_token, total: started.elapsed() },
                         }))
                     }
@@ -245,6 +246,7 @@ impl Generator for MistralRsGenerator {
                             usage: TokenUsage {
                                 prompt_tokens: done.usage.prompt_tokens as u32,
                                 completion_tokens: done.usage.completion_tokens as u32,
+                                cached_prompt_tokens: done.usage.cached_prompt_tokens as u32,
                             },
                             timings: Timings { time_to_first_token: first_token, total: started.elapsed() },
                         }))

@@ -146,6 +146,16 @@ struct ChunkDelta {
 struct ChunkUsage {
     prompt_tokens: u32,
     completion_tokens: u32,
+    /// OpenAI's place for cached prompt tokens; vLLM and llama.cpp's server fill it in when
+    /// their prefix caching is on.
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u32>,
 }
 
 /// What the stream has said so far; turned into the summary at `[DONE]`.
@@ -179,7 +189,7 @@ impl StreamState {
                 stop_reason: StopReason::from_finish_reason(&reason),
                 // Servers that ignore `include_usage` leave us the chunk count, one token each
                 // on every server we know; better an estimate than a zero.
-                usage: self.usage.unwrap_or(TokenUsage { prompt_tokens: 0, completion_tokens: self.chunks }),
+                usage: self.usage.unwrap_or(TokenUsage { completion_tokens: self.chunks, ..TokenUsage::default() }),
                 timings: Timings { time_to_first_token: self.first_token, total: self.started.elapsed() },
             }));
             return Ok(events);
@@ -193,7 +203,11 @@ impl StreamState {
         let chunk: Chunk = serde_json::from_value(value)
             .map_err(|e| GenerationError::Protocol(format!("an event is not a chat completion chunk ({e}): {}", preview(data))))?;
         if let Some(u) = chunk.usage {
-            self.usage = Some(TokenUsage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens });
+            self.usage = Some(TokenUsage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                cached_prompt_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+            });
         }
         let mut text = String::new();
         for choice in chunk.choices {
@@ -384,8 +398,17 @@ mod tests {
         s.on_data(r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#).unwrap();
         let [GenerationEvent::Done(summary)] = &s.on_data("[DONE]").unwrap()[..] else { panic!("expected Done") };
         assert_eq!(summary.stop_reason, StopReason::Length);
-        assert_eq!(summary.usage, TokenUsage { prompt_tokens: 7, completion_tokens: 3 });
+        assert_eq!(summary.usage, TokenUsage { prompt_tokens: 7, completion_tokens: 3, cached_prompt_tokens: 0 });
         assert!(summary.timings.time_to_first_token.is_some());
+    }
+
+    #[test]
+    fn cached_prompt_tokens_are_read_where_openai_puts_them() {
+        let mut s = state();
+        s.on_data(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":"stop"}]}"#).unwrap();
+        s.on_data(r#"{"choices":[],"usage":{"prompt_tokens":700,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":512}}}"#).unwrap();
+        let [GenerationEvent::Done(summary)] = &s.on_data("[DONE]").unwrap()[..] else { panic!("expected Done") };
+        assert_eq!(summary.usage, TokenUsage { prompt_tokens: 700, completion_tokens: 3, cached_prompt_tokens: 512 });
     }
 
     #[test]

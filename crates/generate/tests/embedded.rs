@@ -3,6 +3,9 @@
 use futures::StreamExt;
 use rapport_core::{collect_completion, ChatMessage, GenerationEvent, GenerationRequest, Generator, SamplingParams, StopReason};
 
+use rapport_generate::{EmbeddedOptions, MistralRsGenerator};
+use rapport_models::{preset, ModelCache, Puller};
+
 use crate::{exclusive, request, rt, smollm2};
 
 #[test]
@@ -175,7 +178,81 @@ fn greedy_replies_of_different_lengths_written_together_equal_each_written_alone
         assert!(prompt_lengths.windows(2).all(|w| w[0] != w[1]), "the prompts must differ in length: {prompt_lengths:?}");
         for ((a, t), (user, _)) in alone.iter().zip(&together).zip(asks) {
             assert_eq!(a.text, t.text, "the reply to {user:?} changed when written beside the others");
-            assert_eq!(a.summary.usage, t.summary.usage, "{user:?}");
+            assert_eq!(
+                (a.summary.usage.prompt_tokens, a.summary.usage.completion_tokens),
+                (t.summary.usage.prompt_tokens, t.summary.usage.completion_tokens),
+                "{user:?}"
+            );
         }
+    });
+}
+
+/// People who start talking to one persona at the same moment share its system prompt. The
+/// engine (patched: `Engine::match_queued_prompts`, `PrefixCacheManagerV2::add_prompt`) keeps a
+/// prompt in its prefix cache as soon as it has been read, and hands it to the prompts still
+/// queued: of four that arrive together, one reads the persona and the other three only their
+/// own lines. Upstream looked a prompt up only on arrival and learnt one only when its reply
+/// was done, so all four read it in full. Reading less must not change a reply: the same four,
+/// one at a time afterwards, write the same greedy text.
+#[test]
+fn conversations_that_arrive_together_read_their_shared_persona_prompt_once() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        // A persona no earlier test used, so that only these four can share it.
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let persona = format!("Session {nonce}.\n{}", include_str!("../../../datasets/prompts/persona-700tok.txt"));
+        let asks = ["Hi!", "Hey, how was your weekend?", "Hello there, I just moved to town and know nobody yet.", "Good evening. Do you like cooking, or do you mostly eat out when you are busy?"];
+        let ask = |user: &str| {
+            let model = model.clone();
+            let request = GenerationRequest::new(vec![ChatMessage::system(&persona), ChatMessage::user(user)], SamplingParams::greedy(12)).unwrap();
+            async move { collect_completion(model.generate(request).await.unwrap(), |_| {}).await.unwrap() }
+        };
+        let together = futures::future::join_all(asks.iter().map(|user| ask(user))).await;
+        let usage: Vec<_> = together.iter().map(|d| d.summary.usage).collect();
+        let persona_tokens = usage.iter().map(|u| u.prompt_tokens).min().unwrap() - 20;
+        assert!(persona_tokens > 400, "the persona prompt is long: {usage:?}");
+        let read_in_full = usage.iter().filter(|u| u.cached_prompt_tokens < 20).count();
+        let shared_persona = usage.iter().filter(|u| u.cached_prompt_tokens >= persona_tokens).count();
+        assert_eq!((read_in_full, shared_persona), (1, 3), "one reads the persona, three reuse it: {usage:?}");
+        for (user, t) in asks.iter().zip(&together) {
+            let alone = ask(user).await;
+            assert_eq!(alone.text, t.text, "the reply to {user:?} changed by reusing another conversation's prompt");
+        }
+    });
+}
+
+/// mistral.rs keys a finished reply's cache entry by every token, but the last one was sampled,
+/// never read: the cache holds one position less. The next turn repeats the reply whole (the
+/// chat template closes it with the same end-of-turn token), so upstream matched one token
+/// further than the cache reached and read that position as zeros. Patched
+/// (`PrefixCacheManagerV2::add_sequence`): the entry's key stops where its cache does. Both
+/// the count and the reply are checked, the reply against an engine without a prefix cache.
+#[test]
+fn the_next_turn_reuses_only_what_the_model_read() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let system = ChatMessage::system(format!("Session {nonce}. You are a helpful assistant. Answer briefly."));
+        let first = GenerationRequest::new(vec![system.clone(), ChatMessage::user("Tell me about the sea.")], SamplingParams::greedy(16)).unwrap();
+        let first = collect_completion(model.generate(first).await.unwrap(), |_| {}).await.unwrap();
+        let second = GenerationRequest::new(
+            vec![system, ChatMessage::user("Tell me about the sea."), ChatMessage::assistant(first.text.clone()), ChatMessage::user("And the mountains?")],
+            SamplingParams::greedy(16),
+        )
+        .unwrap();
+        let reused = collect_completion(model.generate(second.clone()).await.unwrap(), |_| {}).await.unwrap();
+        let (before, now) = (first.summary.usage, reused.summary.usage);
+        let read = before.prompt_tokens + before.completion_tokens - 1;
+        assert!(now.cached_prompt_tokens > before.prompt_tokens, "the first turn and its reply are reused: {before:?} then {now:?}");
+        assert!(now.cached_prompt_tokens <= read, "only the {read} tokens the model read can come from the cache: {now:?}");
+
+        let cache = ModelCache::default_location().unwrap();
+        let installed = Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
+        let uncached = MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions { prefix_cache: 0, ..EmbeddedOptions::default() }).await.unwrap();
+        let fresh = collect_completion(uncached.generate(second).await.unwrap(), |_| {}).await.unwrap();
+        assert_eq!(fresh.summary.usage.cached_prompt_tokens, 0);
+        assert_eq!(reused.text, fresh.text, "the reply changed by reusing the cached turn");
     });
 }

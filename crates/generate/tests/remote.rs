@@ -44,7 +44,11 @@ fn the_remote_backend_matches_the_embedded_one_through_a_real_server() {
             let over_http = collect_completion(remote.generate(req).await.unwrap(), |_| pieces += 1).await.unwrap();
             // Greedy decoding of the same model: the same words, counted the same way.
             assert_eq!(over_http.text, local.text);
-            assert_eq!(over_http.summary.usage, local.summary.usage);
+            let (http, here) = (over_http.summary.usage, local.summary.usage);
+            assert_eq!((http.prompt_tokens, http.completion_tokens), (here.prompt_tokens, here.completion_tokens));
+            // The same prompt again: the engine's prefix cache holds all of it but the last token
+            // (re-read for its logits), and the count crosses HTTP in OpenAI's field.
+            assert_eq!(http.cached_prompt_tokens, http.prompt_tokens - 1, "{http:?}");
             assert_eq!(over_http.summary.stop_reason, local.summary.stop_reason);
             assert!(pieces >= 2, "the reply was streamed, not sent whole");
         }

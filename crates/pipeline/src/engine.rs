@@ -366,7 +366,7 @@ impl Pipeline {
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
     ) -> (Attempt, Option<(String, Option<Vec<f32>>)>, u64) {
         let started = Instant::now();
-        let mut record = Attempt { number, steering, retries: 0, outcome: AttemptOutcome::Accepted, cleanup: Vec::new(), prompt_tokens: None, completion_tokens: None, ttft_ms: None, total_ms: 0 };
+        let mut record = Attempt { number, steering, retries: 0, outcome: AttemptOutcome::Accepted, cleanup: Vec::new(), prompt_tokens: None, cached_prompt_tokens: None, completion_tokens: None, ttft_ms: None, total_ms: 0 };
         let mut review_us = 0u64;
         let result = match GenerationRequest::new(prompt, self.config.sampling.clone()) {
             Err(e) => Err(e),
@@ -391,6 +391,7 @@ impl Pipeline {
                 record.ttft_ms = draft.first_chunk_ms;
                 if let Some(s) = &draft.summary {
                     record.prompt_tokens = Some(s.usage.prompt_tokens);
+                    record.cached_prompt_tokens = Some(s.usage.cached_prompt_tokens);
                     record.completion_tokens = Some(s.usage.completion_tokens);
                 }
                 if draft.hits.is_empty() {

@@ -65,6 +65,9 @@ pub struct Attempt {
     pub cleanup: Vec<String>,
     /// Prompt tokens as the backend counted them.
     pub prompt_tokens: Option<u32>,
+    /// Of those, the ones its prefix cache served (not read again).
+    #[serde(default)]
+    pub cached_prompt_tokens: Option<u32>,
     /// Reply tokens.
     pub completion_tokens: Option<u32>,
     /// Time from the generation call to the first text, ms (retries not included).

@@ -133,7 +133,7 @@ impl<G: Generator> Generator for Scripted<G> {
                     text.split_inclusive(' ').map(|w| Ok(GenerationEvent::Chunk(w.to_string()))).collect();
                 events.push(Ok(GenerationEvent::Done(GenerationSummary {
                     stop_reason: StopReason::Stop,
-                    usage: TokenUsage { prompt_tokens: 0, completion_tokens: text.split_whitespace().count() as u32 },
+                    usage: TokenUsage { completion_tokens: text.split_whitespace().count() as u32, ..TokenUsage::default() },
                     timings: Timings::default(),
                 })));
                 Ok(Box::pin(futures::stream::iter(events)))

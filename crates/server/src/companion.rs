@@ -147,10 +147,12 @@ fn completion(id: &str, created: u64, model: &str, outcome: &TurnOutcome) -> Val
     let accepted = outcome.trace.attempts.last();
     let prompt = accepted.and_then(|a| a.prompt_tokens).unwrap_or(0);
     let completion = accepted.and_then(|a| a.completion_tokens).unwrap_or(0);
+    let cached = accepted.and_then(|a| a.cached_prompt_tokens).unwrap_or(0);
     json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": outcome.reply}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                  "prompt_tokens_details": {"cached_tokens": cached}},
         // Not OpenAI's: what the engine read and decided, for clients that want it.
         "rapport": {"practice": practice_view(&outcome.trace), "fallback": outcome.trace.fallback},
     })

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use rapport_core::{
     collect_completion, ChatMessage, DryParams, GenerationError, GenerationEvent, GenerationRequest, Generator,
-    Role, SamplingParams, StopReason,
+    Role, SamplingParams, StopReason, TokenUsage,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -202,6 +202,14 @@ impl ChatCompletionRequest {
     }
 }
 
+/// OpenAI's usage object, with the prompt tokens the backend's prefix cache served where
+/// OpenAI puts them (`prompt_tokens_details.cached_tokens`).
+fn usage_json(u: &TokenUsage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+           "total_tokens": u.prompt_tokens + u.completion_tokens,
+           "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens}})
+}
+
 pub(crate) fn finish_reason(reason: &StopReason) -> &str {
     match reason {
         StopReason::Stop => "stop",
@@ -233,8 +241,7 @@ async fn chat_completions(
             "id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
                          "finish_reason": finish_reason(&done.summary.stop_reason)}],
-            "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                      "total_tokens": u.prompt_tokens + u.completion_tokens},
+            "usage": usage_json(&u),
         }))
         .into_response());
     }
@@ -254,8 +261,7 @@ async fn chat_completions(
                         let u = summary.usage;
                         let mut usage = chunk(json!({}), None);
                         usage["choices"] = json!([]);
-                        usage["usage"] = json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                                                "total_tokens": u.prompt_tokens + u.completion_tokens});
+                        usage["usage"] = usage_json(&u);
                         v.push(usage);
                     }
                     v

@@ -52,6 +52,9 @@ pub struct PrefixCacheManagerV2 {
     n_on_device: usize,
     no_prefix_cache: bool,
     has_paged_attention: bool,
+    /// RAPPORT PATCH: bumped at every insertion, so the engine can tell when a queued prompt
+    /// might find a hit it did not find on arrival (`generation`).
+    generation: u64,
 }
 
 #[derive(Clone)]
@@ -78,7 +81,87 @@ impl PrefixCacheManagerV2 {
             n_on_device,
             no_prefix_cache,
             has_paged_attention,
+            generation: 0,
         }
+    }
+
+    /// RAPPORT PATCH: changes whenever an entry is added.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// RAPPORT PATCH: keep `element` under `tokens`, unless an entry already covers it (its
+    /// tokens start with these and its caches can be cut back to them); entries it covers go.
+    /// A prompt is published when it has been read and again, longer, when its reply is done,
+    /// and a conversation's next message extends both: without this each would hold a slot of
+    /// the bounded cache for what one entry serves.
+    fn insert(&mut self, tokens: Vec<u32>, element: CacheElement) {
+        let plain = |e: &CacheElement| {
+            e.image_hashes.is_none() && e.audio_hashes.is_none() && e.video_hashes.is_none() && e.recurrent_snapshots.is_none()
+        };
+        let new_is_plain = plain(&element);
+        let covers = |longer: &[u32], longer_element: &CacheElement, shorter: &[u32]| {
+            longer.len() >= shorter.len() && longer.starts_with(shorter) && longer_element.can_rewind_to(shorter.len())
+        };
+        if new_is_plain
+            && self
+                .caches
+                .iter()
+                .any(|(k, e)| plain(e) && covers(&k.0, e, &tokens))
+        {
+            return;
+        }
+        if new_is_plain {
+            self.caches
+                .retain(|k, e| !(plain(e) && covers(&tokens, &element, &k.0)));
+        }
+        self.caches.insert(tokens.into(), element);
+        self.generation += 1;
+    }
+
+    /// RAPPORT PATCH: keep a sequence's cache as soon as its prompt has been read, not only
+    /// when its reply is done, so that prompts queued behind it that share its opening (one
+    /// persona's system prompt, for people who arrive together) read only the rest
+    /// (`Engine` hands it to them through `Scheduler::unread_prompts_mut`). Only text
+    /// sequences with a normal cache in every layer; the entry is a copy, and the reply's own
+    /// entry replaces it when done (`insert`).
+    pub fn add_prompt(&mut self, seq: &mut Sequence) -> Result<()> {
+        if self.no_prefix_cache
+            || self.has_paged_attention
+            || seq.recurrent_state_idx().is_some()
+            || seq.has_images()
+            || seq.has_audios()
+            || seq.has_videos()
+        {
+            return Ok(());
+        }
+        let cache = seq.normal_cache();
+        let Some(read) = cache.first().and_then(|layer| layer.as_ref()).map(KvCache::current_seq_len) else {
+            return Ok(());
+        };
+        if read == 0
+            || !cache
+                .iter()
+                .all(|layer| matches!(layer, Some(layer @ KvCache::Normal { .. }) if layer.current_seq_len() == read))
+        {
+            return Ok(());
+        }
+        let cache = cache
+            .iter()
+            .map(|layer| layer.as_ref().map(KvCache::detached))
+            .collect::<Vec<_>>();
+        let tokens = seq.get_toks()[..read.min(seq.get_toks().len())].to_vec();
+        self.insert(
+            tokens,
+            CacheElement {
+                cache,
+                recurrent_snapshots: None,
+                image_hashes: None,
+                audio_hashes: None,
+                video_hashes: None,
+            },
+        );
+        self.evict_caches().map(|_| ())
     }
 
     fn paged_recurrent_capacity(&self) -> usize {
@@ -106,8 +189,21 @@ impl PrefixCacheManagerV2 {
                 .map(|layer| layer.as_ref().map(KvCache::detached))
                 .collect::<Vec<_>>();
 
-            self.caches.insert(
-                seq.get_toks().to_vec().into(),
+            // RAPPORT PATCH: the key stops where the cache does. The reply's last token was
+            // sampled but never read, so its keys and values are not in the cache; upstream
+            // keyed the entry by every token, and a next prompt that repeats the reply whole
+            // (the chat template closes it with the same end-of-turn token) got a hit one
+            // position longer than the cache, whose last position then held zeros.
+            let toks = seq.get_toks();
+            let cached = cache
+                .iter()
+                .flatten()
+                .filter(|layer| !matches!(layer, KvCache::Shared { .. }))
+                .map(KvCache::current_seq_len)
+                .min()
+                .map_or(toks.len(), |len| len.min(toks.len()));
+            self.insert(
+                toks[..cached].to_vec(),
                 CacheElement {
                     cache,
                     recurrent_snapshots,
@@ -227,7 +323,10 @@ impl PrefixCacheManagerV2 {
 
         let mut best_match: Option<(usize, &CacheElement, usize, usize, usize)> = None;
         for (k, v) in &self.caches {
-            let match_len = toks.shared_prefix_len(k);
+            // RAPPORT PATCH: a prompt the entry holds whole (a request sent again, e.g. a retry)
+            // keeps all but its last token, which is read again for its logits. Upstream found
+            // no hit at all then and read the whole prompt.
+            let match_len = toks.shared_prefix_len(k).min(toks.0.len().saturating_sub(1));
             if match_len == 0 {
                 continue;
             }

@@ -133,6 +133,9 @@ pub struct Usage {
     pub total_time_sec: f32,
     pub total_prompt_time_sec: f32,
     pub total_completion_time_sec: f32,
+    /// RAPPORT PATCH: prompt tokens whose keys and values came from the prefix cache instead of
+    /// being read by the model (OpenAI's `prompt_tokens_details.cached_tokens`).
+    pub cached_prompt_tokens: usize,
 }
 
 generate_repr!(Usage);

@@ -687,12 +687,37 @@ impl Sequence {
         toks: Vec<u32>,
         offset: usize,
     ) -> Self {
+        self.adopt_prefix_cache(cache, toks, offset);
+        self
+    }
+
+    /// RAPPORT PATCH: `prefill_v2_normal` in place, for a sequence that already waits in the
+    /// scheduler (`Scheduler::unread_prompts_mut`).
+    pub fn adopt_prefix_cache(&mut self, cache: Vec<Option<KvCache>>, toks: Vec<u32>, offset: usize) {
         self.normal_cache = cache;
         self.prefill_prompt_toks = Some(toks);
         self.set_state(SequenceState::RunningPrefillPrompt);
         self.token_offset = offset;
         self.prefix_cache_len = offset;
-        self
+    }
+
+    /// RAPPORT PATCH: a text prompt the model has not read yet. Whatever cache it holds came
+    /// from the prefix cache on arrival (a prompt is read in one step, all its chunks included,
+    /// and leaves the prompt states when it has been), so it may still be handed a longer hit.
+    /// Multimodal and recurrent-state sequences are left alone: their hits need work
+    /// (`add_request`) that only happens on arrival.
+    pub fn is_unread_text_prompt(&self) -> bool {
+        matches!(
+            *self.state.read().unwrap(),
+            SequenceState::Waiting | SequenceState::RunningPrompt | SequenceState::RunningPrefillPrompt
+        ) && self.recurrent_state_idx.is_none()
+            && !(self.has_images() || self.has_audios() || self.has_videos())
+    }
+
+    /// RAPPORT PATCH: the whole prompt, also when a prefix-cache hit left only its tail to read
+    /// (`get_toks` then returns the tail).
+    pub fn prompt_and_generated_toks(&self) -> &[u32] {
+        &self.tokens
     }
 
     /// This is the number of tokens. If the KV cache is Some, then it will use that.
@@ -1069,6 +1094,7 @@ impl Sequence {
         get_mut_group!(self).total_time = now - self.timestamp;
 
         get_mut_group!(self).total_prompt_toks = self.prompt_len;
+        get_mut_group!(self).cached_prompt_toks = self.prefix_cache_len;
         get_mut_group!(self).total_toks = self.len();
     }
 
@@ -1335,6 +1361,8 @@ pub struct SequenceGroup {
     n_choices: usize, // The target number of choices to return. Can be decreased if an error is thrown.
     best_of: Option<usize>, // Top n seqs based on cumulative logprobs.
     pub total_prompt_toks: usize,
+    /// RAPPORT PATCH: how many of them the prefix cache served.
+    pub cached_prompt_toks: usize,
     pub total_toks: usize,
     pub total_prompt_time: u128,
     pub total_time: u128,
@@ -1367,6 +1395,7 @@ impl SequenceGroup {
             completion_choices: Vec::new(),
             n_choices,
             total_prompt_toks: 0,
+            cached_prompt_toks: 0,
             total_toks: 0,
             total_prompt_time: 0,
             total_time: 0,
@@ -1433,6 +1462,7 @@ impl SequenceGroup {
             total_time_sec: self.total_time as f32 / 1000.,
             total_completion_time_sec: self.total_completion_time as f32 / 1000.,
             total_prompt_time_sec: self.total_prompt_time as f32 / 1000.,
+            cached_prompt_tokens: self.cached_prompt_toks,
         }
     }
 

@@ -6,7 +6,7 @@ use crate::{
         text_models_inputs_processor::PagedAttentionMeta,
         CacheBackendMetadata, CacheInstruction,
     },
-    prefix_cacher::PrefixCacheManagerV2,
+    prefix_cacher::{MatchingCache, PrefixCacheManagerV2},
     response::CompletionChoice,
     scheduler::{Scheduler, SchedulerOutput},
     search::{self, rag::SearchPipeline},
@@ -243,7 +243,11 @@ impl Engine {
                 no_prefix_cache,
                 has_paged_attention,
             ))),
-            is_debug: DEBUG.load(Ordering::Relaxed),
+            // RAPPORT PATCH: `MISTRALRS_DEBUG=1` alone turns on the per-step log ("Prompt[..]
+            // Completion[..] - ms"); upstream only reads it in `initialize_logging`, which an
+            // embedding program does not call.
+            is_debug: DEBUG.load(Ordering::Relaxed)
+                || std::env::var("MISTRALRS_DEBUG").is_ok_and(|v| v.contains('1')),
             disable_eos_stop,
             throughput_logging_enabled,
             logger,
@@ -265,6 +269,34 @@ impl Engine {
         }
     }
 
+    /// RAPPORT PATCH: give queued prompts the prefix-cache hits that appeared after they
+    /// arrived. Upstream looks a prompt up once, on arrival (`add_request`), and the cache
+    /// learns a prompt only when its reply is done, so people who arrived together each read
+    /// the whole persona prompt. Now a read prompt is kept at once
+    /// (`PrefixCacheManagerV2::add_prompt`) and, whenever the cache has changed, the prompts
+    /// still queued are matched again before the next step is scheduled.
+    fn match_queued_prompts(&self, scheduler: &mut dyn Scheduler, generation_matched: &mut u64) {
+        let mut prefix_cacher = get_mut_arcmutex!(self.prefix_cacher);
+        if prefix_cacher.generation() == *generation_matched {
+            return;
+        }
+        *generation_matched = prefix_cacher.generation();
+        for seq in scheduler.unread_prompts_mut() {
+            // A prompt found on arrival what the cache held then, which is usually only the
+            // chat template's first tokens: any entry shares those.
+            match prefix_cacher.search_for_matching_cache(seq.prompt_and_generated_toks(), None, None, None) {
+                Ok(Some(MatchingCache::Normal { normal, toks, offset, .. })) if offset > seq.token_offset() => {
+                    if seq.token_offset() == 0 {
+                        self.logger.add_prefix_cache_hit();
+                    }
+                    seq.adopt_prefix_cache(normal, toks, offset);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("Prefix-cache lookup for a queued prompt failed: {e}"),
+            }
+        }
+    }
+
     pub async fn run(self: Arc<Self>) {
         if self.throughput_logging_enabled {
             self.logger.enable_logging();
@@ -272,6 +304,8 @@ impl Engine {
 
         let rng = Arc::new(std::sync::Mutex::new(Isaac64Rng::seed_from_u64(SEED)));
         let mut last_completion_ids: Vec<usize> = vec![];
+        // RAPPORT PATCH: the prefix cache's generation when queued prompts were last matched.
+        let mut prefix_generation_matched = 0u64;
         'lp: loop {
             let should_terminate = || {
                 matches!(
@@ -365,6 +399,7 @@ impl Engine {
 
             let run_start = Instant::now();
             let mut scheduler = get_mut_arcmutex!(self.scheduler);
+            self.match_queued_prompts(&mut *scheduler, &mut prefix_generation_matched);
             let scheduled = scheduler.schedule(&self.logger);
 
             match scheduled {
@@ -511,6 +546,16 @@ impl Engine {
                             seq.prompt_timestamp = Some(now);
                             seq.total_prompt_time = Some(prompt_exec_time.as_millis());
                             seq.step_start_instant = None;
+                        }
+                        // RAPPORT PATCH: what was just read may be the opening of prompts still
+                        // queued (`match_queued_prompts`).
+                        if !self.no_kv_cache {
+                            let mut prefix_cacher = get_mut_arcmutex!(self.prefix_cacher);
+                            for seq in scheduled.prompt.iter_mut().filter(|seq| seq.is_completion()) {
+                                if let Err(e) = prefix_cacher.add_prompt(seq) {
+                                    tracing::warn!("Could not keep a read prompt in the prefix cache: {e}");
+                                }
+                            }
                         }
                         last_completion_ids = vec![];
                     }

@@ -345,4 +345,12 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
             merge_decoding: enabled,
         });
     }
+    fn unread_prompts_mut(&mut self) -> Vec<&mut Sequence> {
+        // Between steps every sequence that did not run in the last one is back in `waiting`
+        // (bucketing returns the ones it did not pick), and the ones in `running` all ran.
+        self.waiting
+            .iter_mut()
+            .filter(|seq| seq.is_unread_text_prompt())
+            .collect()
+    }
 }

@@ -72,4 +72,11 @@ pub trait Scheduler: Send + Sync {
     /// RAPPORT PATCH: let sequences of different lengths decode in one step (the default
     /// scheduler; the pipeline must support it). Other schedulers batch them already.
     fn set_mixed_length_decoding(&mut self, _enabled: bool) {}
+    /// RAPPORT PATCH: the queued text prompts the model has not read yet
+    /// (`Sequence::is_unread_text_prompt`), so that the engine can hand them a prefix-cache
+    /// entry that appeared after they arrived. Schedulers that keep their own prefix cache
+    /// (paged attention) return none.
+    fn unread_prompts_mut(&mut self) -> Vec<&mut Sequence> {
+        Vec::new()
+    }
 }
