@@ -213,4 +213,34 @@ mod attention_patch {
         let short = unmasked.narrow(0, 2, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_ne!(short, alone[2].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "without the mask the padding must count");
     }
+
+    /// A position gets, bit for bit, the same attention output whether it is read in a whole
+    /// prompt, read in a later prompt over a cached past, or decoded alone: the prefix cache
+    /// relies on it (a turn that reuses the cache must compute what a full read computes).
+    /// The kernel computes rows in tasks and keys in blocks and vector lanes, so positions are
+    /// chosen on every kind of edge: first and last keys of a 64- (head size 64) or 32-key
+    /// (head size 128) block, of an 8-key lane group, and the prompt's two ends.
+    #[test]
+    fn a_position_gets_the_same_output_in_a_prompt_a_later_prompt_or_decoded_alone() {
+        for (h, kvh, d) in [(9, 3, 64), (12, 2, 128)] {
+            let len = 150;
+            let scale = 1.0 / (d as f32).sqrt();
+            let (q, k, v) = (heads(1, h, len, d, 50), heads(1, kvh, len, d, 51), heads(1, kvh, len, d, 52));
+            let whole_mask = Tensor::from_vec(causal(len, 0), (len, len), &Device::Cpu).unwrap();
+            let whole = patched(&q, &k, &v, Some(&whole_mask), scale, None).unwrap();
+            assert_close("whole prompt vs reference", &whole, &reference(&q, &k, &v, Some(&whole_mask), scale as f64));
+            let row = |t: &Tensor, p: usize| t.narrow(2, p, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for p in [0, 1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 127, 128, 149] {
+                let upto = |t: &Tensor| t.narrow(1, 0, p + 1).unwrap();
+                let alone = patched(&q.narrow(1, p, 1).unwrap(), &upto(&k), &upto(&v), None, scale, None).unwrap();
+                assert_eq!(row(&whole, p), row(&alone, 0), "head size {d}: position {p} decoded alone");
+            }
+            let past = 97;
+            let later_mask = Tensor::from_vec(causal(len - past, past), (len - past, len), &Device::Cpu).unwrap();
+            let later = patched(&q.narrow(1, past, len - past).unwrap(), &k, &v, Some(&later_mask), scale, None).unwrap();
+            for p in past..len {
+                assert_eq!(row(&whole, p), row(&later, p - past), "head size {d}: position {p} read after {past} cached");
+            }
+        }
+    }
 }

@@ -38,6 +38,9 @@ unsafe fn prefetch(_addr: *const u8) {}
 
 use crate::attention::SdpaParams;
 
+// RAPPORT PATCH: the kernel the engine runs (decode and prefill); see its module doc.
+use super::cpu_blocked;
+
 #[cfg(target_os = "macos")]
 /// Elevate the thread QoS so macOS prefers running it on Performance (P) cores.
 unsafe fn set_thread_affinity() {
@@ -381,7 +384,7 @@ where
     let k_stride = k.stride();
     let v_stride = v.stride();
 
-    // RAPPORT PATCH: one kernel for decode and prefill (see `attend_rows`); upstream's two
+    // RAPPORT PATCH: one kernel for decode and prefill (see `cpu_blocked`); upstream's two
     // kernels stay below, reachable only through `rapport_upstream_flash_attn_cpu_f32` for the test
     // that compares them.
     let mask_dims_ref = mask_dims.as_deref();
@@ -402,7 +405,7 @@ where
             sdpa_params.softmax_scale, 0.0, sdpa_params.softcap.unwrap_or(0.0),
         );
     }
-    attend_rows(
+    attend_patched(
         q_data, k_data, v_data, mask_slice, mask_dims_ref,
         q.shape().dims(), k.shape().dims(), v.shape().dims(),
         q_stride, k_stride, v_stride,
@@ -410,66 +413,16 @@ where
     )
 }
 
-/// RAPPORT PATCH: lanes of the dot product. Sixteen independent sums (two AVX registers) keep
-/// the adds out of one serial chain; upstream's four-term unroll added into a single scalar,
-/// which the compiler may not reorder, so every product waited for the previous add.
-const DOT_LANES: usize = 16;
-
-/// RAPPORT PATCH: dot product in `f32` over `DOT_LANES` independent partial sums (vectorised).
-#[inline]
-fn dot_lanes<T: UpcastF32 + Copy>(a: &[T], b: &[T]) -> f32 {
-    let n = a.len().min(b.len()) / DOT_LANES * DOT_LANES;
-    let mut acc = [0f32; DOT_LANES];
-    for (ca, cb) in a[..n].chunks_exact(DOT_LANES).zip(b[..n].chunks_exact(DOT_LANES)) {
-        for i in 0..DOT_LANES {
-            let (x, y) = (ca[i].to_f32(), cb[i].to_f32());
-            acc[i] = if cfg!(target_feature = "fma") { x.mul_add(y, acc[i]) } else { acc[i] + x * y };
-        }
-    }
-    // Fold the lanes pairwise (16 -> 8 -> 4 -> 2 -> 1): vector adds, then a short tree, rather
-    // than a 16-add serial chain per dot product.
-    let mut width = DOT_LANES / 2;
-    while width > 0 {
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-        width /= 2;
-    }
-    let mut sum = acc[0];
-    for (x, y) in a[n..].iter().zip(&b[n..]) {
-        sum += x.to_f32() * y.to_f32();
-    }
-    sum
-}
-
-/// RAPPORT PATCH: `exp(x)` for `x <= 0` (a score minus the row's maximum) without a libm call,
-/// so the softmax pass vectorises: Cody-Waite reduction `x = n ln 2 + r`, a degree-6 Taylor
-/// polynomial on |r| <= ln 2 / 2 (relative error < 2e-7), `2^n` from the exponent bits.
-/// Below -87 the true value is under f32's normal range; it returns 0 there, so masked keys
-/// (-inf) get exactly 0 weight.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const C1: f32 = 0.693_359_4; // ln 2, high part (exact in f32)
-    const C2: f32 = -2.121_944_4e-4; // ln 2 - C1
-    let xc = x.max(-87.0);
-    let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = xc - n * C1 - n * C2;
-    let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scaled = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if x < -87.0 { 0.0 } else { scaled }
-}
-
-/// RAPPORT PATCH: the mask values of one query row, written into `row`. (Upstream scales them by
-/// an ALiBi slope that is always 1 here: its callers pass `max_bias` 0.)
+/// RAPPORT PATCH: the mask values of one query row over all its keys, written into `row`.
+/// (Upstream scales them by an ALiBi slope that is always 1 here: its callers pass `max_bias` 0.)
 /// A mask whose last dimension is the key length (every mask the models build) is one
 /// contiguous slice per row; anything else goes through upstream's per-element lookup, so
 /// broadcasting and clamping behave exactly as before.
 #[inline]
-fn mask_row(mask: Option<&MaskInfo<'_>>, b_i: usize, h_i: usize, q_pos: usize, kv_len: usize, row: &mut Vec<f32>) {
-    row.clear();
+fn mask_row(mask: Option<&MaskInfo<'_>>, b_i: usize, h_i: usize, q_pos: usize, row: &mut [f32]) {
+    let kv_len = row.len();
     let Some(mask) = mask else {
-        row.resize(kv_len, 0.0);
+        row.fill(0.0);
         return;
     };
     if kv_len > 0 && mask.dims.last() == Some(&kv_len) {
@@ -477,53 +430,21 @@ fn mask_row(mask: Option<&MaskInfo<'_>>, b_i: usize, h_i: usize, q_pos: usize, k
         let last = mask_offset(mask.dims, mask.b, mask.h, b_i, h_i, q_pos, kv_len - 1);
         if let (Some(first), Some(last)) = (first, last) {
             if last == first + kv_len - 1 && last < mask.data.len() {
-                row.extend_from_slice(&mask.data[first..=last]);
+                row.copy_from_slice(&mask.data[first..=last]);
                 return;
             }
         }
     }
-    row.extend((0..kv_len).map(|kv_pos| mask.value(b_i, h_i, q_pos, kv_pos)));
-}
-
-/// RAPPORT PATCH: one key's scaled (and soft-capped) score for one query row.
-#[inline(always)]
-fn key_score<T: UpcastF32 + Copy>(q: &[T], k: &[T], scale: f32, logit_softcap: f32) -> f32 {
-    let s = dot_lanes(q, k) * scale;
-    if logit_softcap != 0.0 {
-        logit_softcap * (s / logit_softcap).tanh()
-    } else {
-        s
+    for (kv_pos, m) in row.iter_mut().enumerate() {
+        *m = mask.value(b_i, h_i, q_pos, kv_pos);
     }
 }
 
-/// RAPPORT PATCH: `acc += p * v`, one value row into a head's running sum.
-#[inline(always)]
-fn add_weighted<T: UpcastF32 + Copy>(acc: &mut [f32], p: f32, v: &[T]) {
-    for (a, v) in acc.iter_mut().zip(v) {
-        *a += p * v.to_f32();
-    }
-}
-
-/// RAPPORT PATCH: attention for every (batch, head, query position) row, decode (one query)
-/// and prefill alike; output (B, H, S, D).
-///
-/// Each row runs in three vectorised passes over its keys instead of upstream's one scalar
-/// pass with an online softmax: scores (mask, then `q·k` only where the mask lets the key
-/// through: the causal half is never computed), `exp(score - max)` with their sum, then the
-/// weighted sum of value rows. Upstream's prefill kernel spent most of a long prompt in its
-/// serial dot product and per-element mask lookups (`perf` on a 754-token SmolLM2 prompt:
-/// `vec_dot_f32` 21%, its row closure 30%); this one gives the same values to float rounding
-/// (checked against upstream in Rapport's `crates/generate` tests).
-///
-/// The query heads that share a key/value head (grouped-query attention: SmolLM2 has three
-/// per KV head, Qwen2.5-1.5B six) are computed together, so each key and value row is read
-/// from memory once for the group instead of once per head. With long contexts the cache,
-/// not the weights, is most of what a decoding step reads (`perf` on eight batched SmolLM2
-/// replies over a 700-token persona prompt put a third of the time in the value-row loop).
-/// Each head's arithmetic is unchanged (same dot product, same order of keys), so every row
-/// gets exactly what it got computed alone.
+/// RAPPORT PATCH: the patched kernel (`cpu_blocked`) computes in `f32`; other element types
+/// are converted on the way in and out (the CPU models here run in `f32`, so this is a
+/// fallback, not a path anyone waits on).
 #[allow(clippy::too_many_arguments)]
-fn attend_rows<T>(
+fn attend_patched<T>(
     q_data: &[T],
     k_data: &[T],
     v_data: &[T],
@@ -539,154 +460,51 @@ fn attend_rows<T>(
     logit_softcap: f32,
 ) -> Result<Tensor>
 where
-    T: WithDType + Copy + UpcastF32 + DowncastF32,
+    T: WithDType + Copy + UpcastF32,
 {
-    let (b, q_len, h, d) = (qshape[0], qshape[1], qshape[2], qshape[3]);
-    let kv_len = kshape[1];
-    let kv_heads = kshape[2];
-    let rk2 = h / kv_heads;
-    let rv2 = h / vshape[2];
-    let dv = d;
     assert_eq!(qstride[3], 1, "q must have contiguous rows");
     assert_eq!(kstride[3], 1, "k must have contiguous rows");
     assert_eq!(vstride[3], 1, "v must have contiguous rows");
-
+    let as_f32 = |data: &[T]| -> std::borrow::Cow<'_, [f32]> {
+        if T::DTYPE == candle_core::DType::F32 {
+            // SAFETY: `T` is `f32` (its dtype says so), so the slice is already `[f32]`.
+            std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(data.as_ptr() as *const f32, data.len()) })
+        } else {
+            std::borrow::Cow::Owned(data.iter().map(|x| x.to_f32()).collect())
+        }
+    };
+    let (q32, k32, v32) = (as_f32(q_data), as_f32(k_data), as_f32(v_data));
+    let d = qshape[3];
+    fn rows<'a>(data: &'a [f32], stride: &[usize], head_size: usize) -> cpu_blocked::HeadRows<'a> {
+        cpu_blocked::HeadRows { data, strides: [stride[0], stride[1], stride[2]], head_size }
+    }
+    let shape = cpu_blocked::AttentionShape {
+        batch: qshape[0],
+        q_len: qshape[1],
+        heads: qshape[2],
+        kv_len: kshape[1],
+        k_heads: kshape[2],
+        v_heads: vshape[2],
+        head_size: d,
+    };
     let mask_info = match (mask_vec, mask_dims) {
-        (Some(data), Some(dims)) => Some(MaskInfo { data, dims, b, h }),
+        (Some(data), Some(dims)) => Some(MaskInfo { data, dims, b: qshape[0], h: qshape[2] }),
         _ => None,
     };
-    // (B, KV heads, S, group, D): one task's heads are one contiguous chunk, and the tasks of
-    // one key/value head follow each other, so a prompt's consecutive tasks read the same
-    // keys and values (one head's rows of a 700-token cache fit in L2, three heads' do not).
-    let mut out = vec![T::cast(0.0); b * q_len * h * dv];
-    // A row costs about `kv_len * d` multiply-adds twice; hand rayon pieces worth ~64k of them
-    // so that a decode step (few rows) still splits across threads without per-row overhead
-    // dominating short prompts.
-    let groups_per_task = (65_536 / (kv_len * d * rk2).max(1)).max(1);
-
-    // RAPPORT PATCH: run on the caller's pool (the global one, where the model's forward pass
-    // runs, see `GGUFPipeline::forward_inputs`) rather than upstream's second pool: a second
-    // set of threads spinning beside the first took cores from the work on a 2-core machine.
-    {
-        out.par_chunks_mut(rk2 * dv)
-            .with_min_len(groups_per_task)
-            .enumerate()
-            .for_each_init(
-                || (vec![Vec::<f32>::with_capacity(kv_len); rk2], vec![0f32; rk2 * dv], vec![0f32; rk2], vec![0f32; rk2]),
-                |(scores, acc, maxes, sums), (group_idx, out_group)| {
-                    let b_i = group_idx / (kv_heads * q_len);
-                    let k_head = (group_idx / q_len) % kv_heads;
-                    let q_pos = group_idx % q_len;
-                    let first_head = k_head * rk2;
-                    let q_row = |j: usize| {
-                        let q_base = b_i * qstride[0] + q_pos * qstride[1] + (first_head + j) * qstride[2];
-                        &q_data[q_base..q_base + d]
-                    };
-
-                    // Pass 1: masked, scaled scores and their maximum, each key row read once
-                    // for the whole group.
-                    for (j, row) in scores.iter_mut().enumerate() {
-                        mask_row(mask_info.as_ref(), b_i, first_head + j, q_pos, kv_len, row);
-                    }
-                    maxes.iter_mut().for_each(|m| *m = f32::NEG_INFINITY);
-                    let k_row = |kv_pos: usize| {
-                        let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
-                        &k_data[k_base..k_base + d]
-                    };
-                    if q_len == 1 {
-                        // Decoding: the keys come from memory; read each row once for the group.
-                        let mut score_key = |j: usize, kv_pos: usize, k_row: &[T]| {
-                            let score = &mut scores[j][kv_pos];
-                            if *score == f32::NEG_INFINITY {
-                                return;
-                            }
-                            *score += key_score(q_row(j), k_row, scale, logit_softcap);
-                            maxes[j] = maxes[j].max(*score);
-                        };
-                        for kv_pos in 0..kv_len {
-                            let k_row = k_row(kv_pos);
-                            for j in 0..rk2 {
-                                score_key(j, kv_pos, k_row);
-                            }
-                        }
-                    } else {
-                        // A prompt: consecutive tasks share the keys, which stay in cache; one
-                        // head at a time, with its maximum in a register, as it ran alone.
-                        for (j, row) in scores.iter_mut().enumerate() {
-                            let q = q_row(j);
-                            let mut max = f32::NEG_INFINITY;
-                            for (kv_pos, score) in row.iter_mut().enumerate() {
-                                if *score == f32::NEG_INFINITY {
-                                    continue;
-                                }
-                                *score += key_score(q, k_row(kv_pos), scale, logit_softcap);
-                                max = max.max(*score);
-                            }
-                            maxes[j] = max;
-                        }
-                    }
-
-                    // Pass 2: softmax weights per head (a masked score becomes 0).
-                    acc.iter_mut().for_each(|a| *a = 0.0);
-                    for j in 0..rk2 {
-                        if maxes[j] == f32::NEG_INFINITY {
-                            continue;
-                        }
-                        for score in scores[j].iter_mut() {
-                            *score = exp_nonpositive(*score - maxes[j]);
-                        }
-                        sums[j] = scores[j].iter().sum();
-                    }
-
-                    // Pass 3: weighted sums of the value rows that carry weight, each row read
-                    // once for the group when the value heads group like the key heads.
-                    let v_row = |j: usize, kv_pos: usize| {
-                        let v_head = (first_head + j) / rv2;
-                        let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        &v_data[v_base..v_base + dv]
-                    };
-                    if q_len == 1 {
-                        for kv_pos in 0..kv_len {
-                            for j in 0..rk2 {
-                                let p = scores[j][kv_pos];
-                                if maxes[j] != f32::NEG_INFINITY && p != 0.0 {
-                                    add_weighted(&mut acc[j * dv..(j + 1) * dv], p, v_row(j, kv_pos));
-                                }
-                            }
-                        }
-                    } else {
-                        for j in 0..rk2 {
-                            if maxes[j] == f32::NEG_INFINITY {
-                                continue;
-                            }
-                            let acc = &mut acc[j * dv..(j + 1) * dv];
-                            for (kv_pos, &p) in scores[j].iter().enumerate() {
-                                if p != 0.0 {
-                                    add_weighted(acc, p, v_row(j, kv_pos));
-                                }
-                            }
-                        }
-                    }
-                    for j in 0..rk2 {
-                        let out_row = &mut out_group[j * dv..(j + 1) * dv];
-                        if maxes[j] == f32::NEG_INFINITY {
-                            // Every key masked: upstream divided 0 by 0 here; zeros are the
-                            // defined answer for "attends to nothing".
-                            out_row.iter_mut().for_each(|o| *o = T::cast(0.0));
-                            continue;
-                        }
-                        let inv = 1.0 / sums[j];
-                        for (o, a) in out_row.iter_mut().zip(&acc[j * dv..(j + 1) * dv]) {
-                            *o = T::cast(a * inv);
-                        }
-                    }
-                },
-            );
+    let out = cpu_blocked::attend_blocked(
+        rows(&q32, qstride, d),
+        rows(&k32, kstride, d),
+        rows(&v32, vstride, d),
+        shape,
+        |b_i, h_i, q_pos, row: &mut [f32]| mask_row(mask_info.as_ref(), b_i, h_i, q_pos, row),
+        scale,
+        logit_softcap,
+    )?;
+    if T::DTYPE == candle_core::DType::F32 {
+        Ok(out)
+    } else {
+        out.to_dtype(T::DTYPE)
     }
-
-    Tensor::from_vec(out, (b, kv_heads, q_len, rk2, dv), &Device::Cpu)?
-        .transpose(2, 3)?
-        .reshape((b, h, q_len, dv))
 }
 
 /// Optimised path for the common decode case: q_len == 1 but kv_len ≫ 1.

@@ -1,4 +1,6 @@
 pub(super) mod cpu;
+// RAPPORT PATCH: the blocked CPU attention kernel `cpu` dispatches to.
+mod cpu_blocked;
 mod flash;
 mod naive;
 mod sinks;
