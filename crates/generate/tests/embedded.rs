@@ -187,6 +187,12 @@ fn greedy_replies_of_different_lengths_written_together_equal_each_written_alone
     });
 }
 
+/// A first line no other prompt has: the tests share one engine, whose prefix cache outlives
+/// each test, so a prompt whose cache use is counted must not meet an earlier test's entries.
+fn unseen_session() -> String {
+    format!("Session {}.", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
 /// People who start talking to one persona at the same moment share its system prompt. The
 /// engine (patched: `Engine::match_queued_prompts`, `PrefixCacheManagerV2::add_prompt`) keeps a
 /// prompt in its prefix cache as soon as it has been read, and hands it to the prompts still
@@ -200,8 +206,7 @@ fn conversations_that_arrive_together_read_their_shared_persona_prompt_once() {
         let _turn = exclusive().await;
         let model = smollm2().await;
         // A persona no earlier test used, so that only these four can share it.
-        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let persona = format!("Session {nonce}.\n{}", include_str!("../../../datasets/prompts/persona-700tok.txt"));
+        let persona = format!("{}\n{}", unseen_session(), include_str!("../../../datasets/prompts/persona-700tok.txt"));
         let asks = ["Hi!", "Hey, how was your weekend?", "Hello there, I just moved to town and know nobody yet.", "Good evening. Do you like cooking, or do you mostly eat out when you are busy?"];
         let ask = |user: &str| {
             let model = model.clone();
@@ -233,8 +238,7 @@ fn the_next_turn_reuses_only_what_the_model_read() {
     rt().block_on(async {
         let _turn = exclusive().await;
         let model = smollm2().await;
-        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let system = ChatMessage::system(format!("Session {nonce}. You are a helpful assistant. Answer briefly."));
+        let system = ChatMessage::system(format!("{} You are a helpful assistant. Answer briefly.", unseen_session()));
         let first = GenerationRequest::new(vec![system.clone(), ChatMessage::user("Tell me about the sea.")], SamplingParams::greedy(16)).unwrap();
         let first = collect_completion(model.generate(first).await.unwrap(), |_| {}).await.unwrap();
         let second = GenerationRequest::new(

@@ -18,10 +18,11 @@
 //! Each row's arithmetic depends only on that row, never on which rows or keys share its task
 //! or block: a score is the same chain of fused multiply-adds over the head's elements whichever
 //! lane or block its key lands in, the softmax sum runs over the row's own unmasked span
-//! counted from its first key, and the weighted values add up key by key in order. So a position gets bit for bit the same output
-//! whether it is decoded alone, read as part of a prompt, or decoded in a left-padded batch;
-//! the prefix cache relies on this (a next turn that reuses the cache must read what a full
-//! read of the conversation would), and Rapport's tests in `crates/generate` check it.
+//! counted from its first key, and the weighted values add up key by key in order. So a
+//! position gets bit for bit the same output whether it is decoded alone, read as part of a
+//! prompt, or decoded in a left-padded batch; the prefix cache relies on this (a next turn that
+//! reuses the cache must read what a full read of the conversation would), and Rapport's tests
+//! in `crates/generate` check it.
 
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
@@ -122,6 +123,9 @@ where
         // No rows, or no keys to attend to: zeros, as for a row whose keys are all masked.
         return Tensor::from_vec(out, (batch, heads, q_len, d), &Device::Cpu);
     }
+    // On the caller's pool (the global one, where the model's forward pass runs, see
+    // `GGUFPipeline::forward_inputs`), not upstream's second pool: a second set of threads
+    // spinning beside the first took cores from the work on a 2-core machine.
     out.par_chunks_mut(q_len * group * d).enumerate().for_each(|(task_head, head_out)| {
         let (b_i, k_head) = (task_head / k_heads, task_head % k_heads);
         head_out.par_chunks_mut(positions_per_task * group * d).enumerate().for_each_init(Scratch::default, |scratch, (block, block_out)| {
@@ -281,12 +285,11 @@ fn score_block(queries: &[&[f32]], keys_t: &[f32], width: usize, block_start: us
         }
     };
     let d = keys_t.len() / width;
-    // Whole groups of eight lanes, from the group holding the first key.
-    let first_lane = (keys.start - block_start) / KEY_LANES * KEY_LANES;
     let end_lane = keys.end - block_start;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     {
-        let mut lane = first_lane;
+        // Whole groups of eight lanes, from the group holding the first key.
+        let mut lane = (keys.start - block_start) / KEY_LANES * KEY_LANES;
         while lane < end_lane {
             let groups = (end_lane - lane).div_ceil(KEY_LANES).min(avx::MAX_GROUPS / queries.len());
             let mut dots = [[0f32; avx::MAX_GROUPS * KEY_LANES]; 2];
@@ -304,7 +307,7 @@ fn score_block(queries: &[&[f32]], keys_t: &[f32], width: usize, block_start: us
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
     for (row, q) in rows.iter_mut().zip(queries) {
-        for l in first_lane.max(keys.start - block_start)..end_lane {
+        for l in keys.start - block_start..end_lane {
             let mut dot = 0f32;
             for (i, x) in q.iter().enumerate().take(d) {
                 let k = keys_t[i * width + l];
