@@ -24,16 +24,20 @@ pub use rapport_core::{SseDecoder, SseEvent};
 #[cfg(test)]
 mod candle_patch {
     use candle_core::quantized::k_quants::{
-        matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_0, BlockQ8_1, GgmlType,
+        matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
     };
 
     fn check<T: GgmlType>(m: usize, k: usize, n: usize) {
         let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
         let rhs: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0).collect();
+        check_values::<T>((m, k, n), &lhs, &rhs);
+    }
+
+    fn check_values<T: GgmlType>((m, k, n): (usize, usize, usize), lhs: &[f32], rhs: &[f32]) {
         let mut rhs_t = vec![T::zeros(); n * k / T::BLCK_SIZE];
         T::from_float(&rhs, &mut rhs_t);
         let mut blocked = vec![0f32; m * n];
-        matmul((m, k, n), &lhs, &rhs_t, &mut blocked).unwrap();
+        matmul((m, k, n), lhs, &rhs_t, &mut blocked).unwrap();
         // Upstream's arithmetic: each row alone, through the unchanged one-row path.
         for r in 0..m {
             let mut row = vec![0f32; n];
@@ -59,8 +63,67 @@ mod candle_patch {
         // column, four rows plus a remainder.
         check::<BlockQ4K>(4, 512, 33);
         check::<BlockQ4K>(13, 1536, 20);
+        // Q4_K goes eight columns at a time (`matmul_columns`): whole 16-column tasks, a task
+        // with one group of eight and a remainder (29 = 16 + 8 + 5), and one to three rows.
+        check::<BlockQ4K>(4, 1536, 32);
+        check::<BlockQ4K>(9, 512, 29);
+        check::<BlockQ4K>(3, 256, 16);
+        check::<BlockQ4K>(2, 256, 24);
         check::<BlockQ6K>(4, 256, 17);
         check::<BlockQ6K>(13, 1536, 20);
+        // Q6_K eight columns at a time from four rows on, a row at a time below.
+        check::<BlockQ6K>(4, 1536, 32);
+        check::<BlockQ6K>(9, 512, 29);
+        check::<BlockQ6K>(3, 256, 16);
+        check::<BlockQ6K>(2, 256, 24);
+    }
+
+    /// The eight-column Q4_K kernel adds eight products of nibbles and activation bytes as
+    /// 16-bit integers before it multiplies by the scales. With every nibble at 15 and every
+    /// activation at -128 that sum is -30720, the closest the kernel comes to overflowing;
+    /// the one-row kernel never sums in 16 bits, so a wrap would show as a difference.
+    #[test]
+    fn q4k_eight_column_kernel_holds_the_largest_products() {
+        let (m, k, n) = (5, 512, 16);
+        // Each 32-weight sub-block holds one 0 and 31 ones: the ones quantize to nibble 15, the
+        // 0 to nibble 0 (the min), so nothing is clipped.
+        let rhs: Vec<f32> = (0..n * k).map(|i| if i % 32 == 0 { 0.0 } else { 1.0 }).collect();
+        let lhs = vec![-1.0f32; m * k];
+        check_values::<BlockQ4K>((m, k, n), &lhs, &rhs);
+    }
+
+    /// The same for Q6_K, which adds two products of six-bit weights in 16 bits: every weight
+    /// at 63 (the largest, +31 after the offset) and every activation at -128 give 2 x 2 x 63 x
+    /// 128 = 32256 in magnitude.
+    #[test]
+    fn q6k_eight_column_kernel_holds_the_largest_products() {
+        let (m, k, n) = (5, 512, 16);
+        // Per 16-weight sub-block one -1 and fifteen ~1s: the scale is set by the -1 (q = 0),
+        // so the largest positive weights quantize to q = 63.
+        let rhs: Vec<f32> = (0..n * k).map(|i| if i % 16 == 0 { -1.0 } else { 0.97 }).collect();
+        let lhs = vec![-1.0f32; m * k];
+        check_values::<BlockQ6K>((m, k, n), &lhs, &rhs);
+    }
+
+    /// The AVX2 Q4_K and Q6_K kernels (their float steps re-ordered for the eight-column
+    /// kernels) against upstream's scalar ones: equal to float rounding.
+    #[test]
+    fn k_quant_simd_kernels_equal_the_scalar_ones() {
+        fn compare<T: GgmlType<VecDotType = BlockQ8K>>() {
+            for (k, seed) in [(256, 1usize), (1536, 2), (8960, 3)] {
+                let weights: Vec<f32> = (0..k).map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.0) - 1.7).collect();
+                let acts: Vec<f32> = (0..k).map(|i| (((i * 7 + seed) * 40_503 % 65_521) as f32 / 8_000.0) - 4.0).collect();
+                let mut xs = vec![T::zeros(); k / 256];
+                let mut ys = vec![BlockQ8K::zeros(); k / 256];
+                T::from_float(&weights, &mut xs);
+                BlockQ8K::from_float(&acts, &mut ys);
+                let (simd, scalar) = (T::vec_dot(k, &xs, &ys), T::vec_dot_unopt(k, &xs, &ys));
+                assert!(scalar.abs() > 1.0, "{:?} k={k}: a near-zero dot product proves little ({scalar})", T::DTYPE);
+                assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{:?} k={k}: simd {simd} vs scalar {scalar}", T::DTYPE);
+            }
+        }
+        compare::<BlockQ4K>();
+        compare::<BlockQ6K>();
     }
 
     /// The AVX2 Q4_1 kernel against upstream's scalar one, on SmolLM2's widths and on values

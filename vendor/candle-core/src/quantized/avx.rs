@@ -252,7 +252,7 @@ pub(crate) fn vec_dot_q6k_q8k(n: usize, xs: &[BlockQ6K], ys: &[BlockQ8K]) -> f32
         let m4 = _mm256_set1_epi8(0xF);
         let m2 = _mm256_set1_epi8(3);
         let m32s = _mm256_set1_epi8(32);
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = 0f32;
         for (x, y) in xs.iter().zip(ys.iter()) {
             let d = y.d * x.d.to_f32();
             let mut q4 = x.ql.as_ptr();
@@ -323,74 +323,12 @@ pub(crate) fn vec_dot_q6k_q8k(n: usize, xs: &[BlockQ6K], ys: &[BlockQ8K]) -> f32
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_0, p16_1));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_2, p16_3));
             }
-            acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), acc);
+            // RAPPORT PATCH (see vendor/PATCHES.md): the block's exact integer sum times `d`,
+            // one fused multiply-add per block, as `q6k_rows_by_eight_columns` does per column;
+            // upstream kept eight float lanes.
+            acc = d.mul_add(hsum_i32_8(sumi) as f32, acc);
         }
-        hsum_float_8(acc)
-    }
-}
-
-/// RAPPORT PATCH (see vendor/PATCHES.md): `vec_dot_q6k_q8k` for one weight column and four
-/// activation rows (prefill, batched decoding). The six-bit weights and their scales are
-/// unpacked once per block for the four rows, where they cost more than the products; every row
-/// then goes through `vec_dot_q6k_q8k`'s integer steps and its one float step per block, in the
-/// same order, so each result is bit-identical to it.
-#[inline(always)]
-pub(crate) fn vec_dot_q6k_q8k_x4(n: usize, xs: &[BlockQ6K], ys: [&[BlockQ8K]; 4]) -> [f32; 4] {
-    debug_assert!(
-        n.is_multiple_of(QK_K),
-        "vec_dot_q6k_q8k_x4: {n} is not divisible by {QK_K}"
-    );
-    let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
-    unsafe {
-        let m4 = _mm256_set1_epi8(0xF);
-        let m2 = _mm256_set1_epi8(3);
-        let m32s = _mm256_set1_epi8(32);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for i in 0..blocks {
-            let x = xs.get_unchecked(i);
-            let xd = x.d.to_f32();
-            let scales = _mm_loadu_si128(x.scales.as_ptr() as *const __m128i);
-            let mut sumi = [_mm256_setzero_si256(); 4];
-            for j in 0..QK_K / 128 {
-                let is = j * 4;
-                let sc = [0, 1, 2, 3].map(|t| {
-                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, get_scale_shuffle(is + t)))
-                });
-                let q4 = x.ql.as_ptr().add(64 * j);
-                let q4bits1 = _mm256_loadu_si256(q4 as *const __m256i);
-                let q4bits2 = _mm256_loadu_si256(q4.add(32) as *const __m256i);
-                let q4bits_h = _mm256_loadu_si256(x.qh.as_ptr().add(32 * j) as *const __m256i);
-                let q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, m2), 4);
-                let q4h_1 =
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 2), m2), 4);
-                let q4h_2 =
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 4), m2), 4);
-                let q4h_3 =
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 6), m2), 4);
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(q4bits1, m4), q4h_0),
-                    _mm256_or_si256(_mm256_and_si256(q4bits2, m4), q4h_1),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), q4h_2),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), q4h_3),
-                ];
-                for (sumi, y) in sumi.iter_mut().zip(ys.iter()) {
-                    let q8 = y.get_unchecked(i).qs.as_ptr().add(128 * j);
-                    let p = [0, 1, 2, 3].map(|t| {
-                        let q8 = _mm256_loadu_si256(q8.add(32 * t) as *const __m256i);
-                        let q8s = _mm256_maddubs_epi16(m32s, q8);
-                        let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[t], q8), q8s);
-                        _mm256_madd_epi16(sc[t], p16)
-                    });
-                    *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(p[0], p[1]));
-                    *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(p[2], p[3]));
-                }
-            }
-            for r in 0..4 {
-                let d = ys[r].get_unchecked(i).d * xd;
-                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-            }
-        }
-        acc.map(|a| hsum_float_8(a))
+        acc
     }
 }
 
@@ -618,58 +556,74 @@ pub(crate) fn vec_dot_q3k_q8k(n: usize, xs: &[BlockQ3K], ys: &[BlockQ8K]) -> f32
     }
 }
 
+/// A Q4_K block's six-bit scales (`.0`, lanes 0..8) and mins (`.1`), as sixteen-bit integers.
+#[inline(always)]
+unsafe fn q4k_scales_and_mins(x: &BlockQ4K) -> (__m128i, __m128i) {
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    let mut utmp = [0u32; 4];
+    LittleEndian::read_u32_into(&x.scales, &mut utmp[0..3]);
+    utmp[3] = ((utmp[2] >> 4) & KMASK2) | (((utmp[1] >> 6) & KMASK3) << 4);
+    let uaux = utmp[1] & KMASK1;
+    utmp[1] = (utmp[2] & KMASK2) | (((utmp[0] >> 6) & KMASK3) << 4);
+    utmp[2] = uaux;
+    utmp[0] &= KMASK1;
+    let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(
+        utmp[3] as i32,
+        utmp[2] as i32,
+        utmp[1] as i32,
+        utmp[0] as i32,
+    ));
+    (
+        _mm256_extracti128_si256(mins_and_scales, 0),
+        _mm256_extracti128_si256(mins_and_scales, 1),
+    )
+}
+
+#[inline(always)]
+unsafe fn hsum_i32_8(x: __m256i) -> i32 {
+    let x = _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+    hsum_i32_4(x)
+}
+
+#[inline(always)]
+unsafe fn hsum_i32_4(x: __m128i) -> i32 {
+    let x = _mm_add_epi32(x, _mm_unpackhi_epi64(x, x));
+    let x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0b01));
+    _mm_cvtsi128_si32(x)
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): upstream's integer steps, with the float steps
+/// defined per block and per column so that `q4k_rows_by_eight_columns` (prefill) computes
+/// every result bit for bit as this one-row kernel (decoding) does. A block adds
+/// `(d_y * d) * S` to one sum and `(d_y * dmin) * M` to another, each a fused multiply-add,
+/// where `S` (scales times weight-activation dots) and `M` (mins times activation sums) are
+/// exact integers whatever order they were summed in; the result is the first sum minus the
+/// second. Upstream kept eight float lanes per column, which an eight-column kernel cannot
+/// reproduce.
 #[inline(always)]
 pub(crate) fn vec_dot_q4k_q8k(n: usize, xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32 {
     debug_assert!(
         n.is_multiple_of(QK_K),
         "vec_dot_q4k_q8k: {n} is not divisible by {QK_K}"
     );
-    let mut utmp = [0u32; 4];
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-
     unsafe {
         let m4 = _mm256_set1_epi8(0xF);
-
-        let mut acc = _mm256_setzero_ps();
-        let mut acc_m = _mm_setzero_ps();
-
+        let (mut acc, mut acc_m) = (0f32, 0f32);
         for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = y.d * x.d.to_f32();
-            let dmin = -y.d * x.dmin.to_f32();
-
-            LittleEndian::read_u32_into(&x.scales, &mut utmp[0..3]);
-
-            utmp[3] = ((utmp[2] >> 4) & KMASK2) | (((utmp[1] >> 6) & KMASK3) << 4);
-            let uaux = utmp[1] & KMASK1;
-            utmp[1] = (utmp[2] & KMASK2) | (((utmp[0] >> 6) & KMASK3) << 4);
-            utmp[2] = uaux;
-            utmp[0] &= KMASK1;
-
-            let mut q4 = x.qs.as_ptr();
-            let mut q8 = y.qs.as_ptr();
-
-            let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(
-                utmp[3] as i32,
-                utmp[2] as i32,
-                utmp[1] as i32,
-                utmp[0] as i32,
-            ));
-
+            let (sc128, mins) = q4k_scales_and_mins(x);
             let q8sums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
             let q8s = _mm_hadd_epi16(
                 _mm256_extracti128_si256(q8sums, 0),
                 _mm256_extracti128_si256(q8sums, 1),
             );
-            let prod = _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
-            acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
-
-            let sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
+            let mins_sum = hsum_i32_4(_mm_madd_epi16(mins, q8s));
             let scales = mm256_set_m128i(sc128, sc128);
 
+            let mut q4 = x.qs.as_ptr();
+            let mut q8 = y.qs.as_ptr();
             let mut sumi = _mm256_setzero_si256();
-
             for j in 0..QK_K / 64 {
                 let scale_l = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2 * j));
                 let scale_h = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2 * j + 1));
@@ -691,98 +645,417 @@ pub(crate) fn vec_dot_q4k_q8k(n: usize, xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32
                 let p16h = _mm256_madd_epi16(scale_h, p16h);
                 sumi = _mm256_add_epi32(sumi, p16h);
             }
-
-            let vd = _mm256_set1_ps(d);
-            acc = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(sumi), acc);
+            let scaled_sum = hsum_i32_8(sumi);
+            acc = (y.d * x.d.to_f32()).mul_add(scaled_sum as f32, acc);
+            acc_m = (y.d * x.dmin.to_f32()).mul_add(mins_sum as f32, acc_m);
         }
-
-        let acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-        let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-
-        hsum_float_8(acc) + _mm_cvtss_f32(acc_m)
+        acc - acc_m
     }
 }
 
-/// RAPPORT PATCH (see vendor/PATCHES.md): `vec_dot_q4k_q8k` for one weight column and four
-/// activation rows (prefill, batched decoding). A block's packed scales and mins are decoded
-/// and its nibbles split once for the four rows; every row then goes through
-/// `vec_dot_q4k_q8k`'s integer steps and its two float steps per block, in the same order, so
-/// each result is bit-identical to it.
+/// RAPPORT PATCH (see vendor/PATCHES.md): eight Q4_K weight columns re-laid for
+/// `q4k_rows_by_eight_columns`, built once per prefill task and read by every row.
+///
+/// The kernel multiplies one broadcast group of four activation bytes by the same four weight
+/// positions of eight columns at once, so the weights are stored as unpacked nibbles with the
+/// columns interleaved four bytes at a time: register `(block, sub-block, group)` holds
+/// positions `32 * sub-block + 4 * group ..+4` of columns 0..8. A sub-block's eight products
+/// then share one scale per column, which lets them be added as 16-bit integers before a single
+/// multiply by the scales (`madd`), where the one-column kernel multiplies by the scale after
+/// every product: this is most of the speed-up (llama.cpp's repacked Q4_K kernels do the same).
+#[derive(Default)]
+pub(crate) struct Q4KEightColumns {
+    /// `[block][sub-block][group]`: 8 columns x 4 nibbles (0..16), column-major.
+    weights: Vec<__m256i>,
+    /// `[block][sub-block]`: each column's scale, twice (one per 16-bit pair `maddubs` leaves).
+    scales: Vec<__m256i>,
+    /// `[block][sub-block]`: each column's min, twice (for the two activation sums of 16).
+    mins: Vec<__m256i>,
+    /// `[block]`: each column's `d` and `dmin` as f32.
+    d: Vec<__m256>,
+    dmin: Vec<__m256>,
+}
+
+/// The transpose of an 8x8 matrix of 32-bit elements held in eight registers.
 #[inline(always)]
-pub(crate) fn vec_dot_q4k_q8k_x4(n: usize, xs: &[BlockQ4K], ys: [&[BlockQ8K]; 4]) -> [f32; 4] {
-    debug_assert!(
-        n.is_multiple_of(QK_K),
-        "vec_dot_q4k_q8k_x4: {n} is not divisible by {QK_K}"
-    );
-    let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
-    let mut utmp = [0u32; 4];
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-    unsafe {
-        let m4 = _mm256_set1_epi8(0xF);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut acc_m = [_mm_setzero_ps(); 4];
-        for i in 0..blocks {
-            let x = xs.get_unchecked(i);
-            let (xd, xdmin) = (x.d.to_f32(), x.dmin.to_f32());
+unsafe fn transpose_8x8_epi32(rows: [__m256i; 8]) -> [__m256i; 8] {
+    let r = rows.map(|r| _mm256_castsi256_ps(r));
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+    .map(|r| _mm256_castps_si256(r))
+}
 
-            LittleEndian::read_u32_into(&x.scales, &mut utmp[0..3]);
-            utmp[3] = ((utmp[2] >> 4) & KMASK2) | (((utmp[1] >> 6) & KMASK3) << 4);
-            let uaux = utmp[1] & KMASK1;
-            utmp[1] = (utmp[2] & KMASK2) | (((utmp[0] >> 6) & KMASK3) << 4);
-            utmp[2] = uaux;
-            utmp[0] &= KMASK1;
-            let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(
-                utmp[3] as i32,
-                utmp[2] as i32,
-                utmp[1] as i32,
-                utmp[0] as i32,
-            ));
-            let mins = _mm256_extracti128_si256(mins_and_scales, 1);
-            let sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
-            let scales = mm256_set_m128i(sc128, sc128);
+/// Eight columns' eight 16-bit values (scales or mins, `[column][sub-block]`) as one register
+/// per sub-block holding each column's value twice (`[sub-block][column][2]`), by an 8x8
+/// transpose of 16-bit elements.
+#[inline(always)]
+unsafe fn per_sub_block_pairs(by_column: [__m128i; 8]) -> [__m256i; 8] {
+    let r = by_column;
+    let a: [__m128i; 8] = std::array::from_fn(|i| {
+        let (x, y) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+        if i % 2 == 0 { _mm_unpacklo_epi16(x, y) } else { _mm_unpackhi_epi16(x, y) }
+    });
+    // a[0], a[1]: columns 0-1 of sub-blocks 0-3, 4-7; a[2], a[3]: columns 2-3; ...
+    let b = [
+        _mm_unpacklo_epi32(a[0], a[2]),
+        _mm_unpackhi_epi32(a[0], a[2]),
+        _mm_unpacklo_epi32(a[1], a[3]),
+        _mm_unpackhi_epi32(a[1], a[3]),
+        _mm_unpacklo_epi32(a[4], a[6]),
+        _mm_unpackhi_epi32(a[4], a[6]),
+        _mm_unpacklo_epi32(a[5], a[7]),
+        _mm_unpackhi_epi32(a[5], a[7]),
+    ];
+    // b[0]: columns 0-3 of sub-blocks 0 and 1, b[4]: columns 4-7 of the same; ...
+    std::array::from_fn(|s| {
+        let (x, y) = (b[s / 2], b[s / 2 + 4]);
+        let row = if s % 2 == 0 { _mm_unpacklo_epi64(x, y) } else { _mm_unpackhi_epi64(x, y) };
+        let widened = _mm256_cvtepu16_epi32(row);
+        _mm256_or_si256(widened, _mm256_slli_epi32(widened, 16))
+    })
+}
 
-            for r in 0..4 {
-                let y = ys[r].get_unchecked(i);
-                let dmin = -y.d * xdmin;
-                let q8sums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
-                let q8s = _mm_hadd_epi16(
-                    _mm256_extracti128_si256(q8sums, 0),
-                    _mm256_extracti128_si256(q8sums, 1),
-                );
-                let prod = _mm_madd_epi16(mins, q8s);
-                acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r]);
-            }
-
-            let mut sumi = [_mm256_setzero_si256(); 4];
-            for j in 0..QK_K / 64 {
-                let scale_l = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2 * j));
-                let scale_h = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2 * j + 1));
-                let q4bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j) as *const __m256i);
-                let q4l = _mm256_and_si256(q4bits, m4);
-                let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
-                for (sumi, y) in sumi.iter_mut().zip(ys.iter()) {
-                    let q8 = y.get_unchecked(i).qs.as_ptr().add(64 * j);
-                    let q8l = _mm256_loadu_si256(q8 as *const __m256i);
-                    let p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
-                    *sumi = _mm256_add_epi32(*sumi, p16l);
-                    let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
-                    let p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
-                    *sumi = _mm256_add_epi32(*sumi, p16h);
+impl Q4KEightColumns {
+    /// Re-lays `columns` (eight columns of `blocks` blocks each, one after the other).
+    pub(crate) fn pack(&mut self, columns: &[BlockQ4K], blocks: usize) {
+        debug_assert_eq!(columns.len(), 8 * blocks);
+        unsafe {
+            let zero = _mm256_setzero_si256();
+            self.weights.resize(blocks * 64, zero);
+            self.scales.resize(blocks * 8, zero);
+            self.mins.resize(blocks * 8, zero);
+            self.d.resize(blocks, _mm256_setzero_ps());
+            self.dmin.resize(blocks, _mm256_setzero_ps());
+            let column = |c: usize, i: usize| columns.get_unchecked(c * blocks + i);
+            let m4 = _mm256_set1_epi8(0xF);
+            for i in 0..blocks {
+                let decoded: [(__m128i, __m128i); 8] = std::array::from_fn(|c| q4k_scales_and_mins(column(c, i)));
+                let scales = per_sub_block_pairs(decoded.map(|(sc, _)| sc));
+                let mins = per_sub_block_pairs(decoded.map(|(_, mn)| mn));
+                self.scales[i * 8..(i + 1) * 8].copy_from_slice(&scales);
+                self.mins[i * 8..(i + 1) * 8].copy_from_slice(&mins);
+                self.d[i] = _mm256_cvtph_ps(_mm_setr_epi16(
+                    column(0, i).d.to_bits() as i16,
+                    column(1, i).d.to_bits() as i16,
+                    column(2, i).d.to_bits() as i16,
+                    column(3, i).d.to_bits() as i16,
+                    column(4, i).d.to_bits() as i16,
+                    column(5, i).d.to_bits() as i16,
+                    column(6, i).d.to_bits() as i16,
+                    column(7, i).d.to_bits() as i16,
+                ));
+                self.dmin[i] = _mm256_cvtph_ps(_mm_setr_epi16(
+                    column(0, i).dmin.to_bits() as i16,
+                    column(1, i).dmin.to_bits() as i16,
+                    column(2, i).dmin.to_bits() as i16,
+                    column(3, i).dmin.to_bits() as i16,
+                    column(4, i).dmin.to_bits() as i16,
+                    column(5, i).dmin.to_bits() as i16,
+                    column(6, i).dmin.to_bits() as i16,
+                    column(7, i).dmin.to_bits() as i16,
+                ));
+                // Sub-blocks 2j and 2j+1 are the low and high nibbles of bytes 32j..32j+32.
+                for j in 0..QK_K / 64 {
+                    let bits: [__m256i; 8] = std::array::from_fn(|c| {
+                        _mm256_loadu_si256(column(c, i).qs.as_ptr().add(32 * j) as *const __m256i)
+                    });
+                    let low = transpose_8x8_epi32(bits.map(|b| _mm256_and_si256(b, m4)));
+                    let high = transpose_8x8_epi32(bits.map(|b| _mm256_and_si256(_mm256_srli_epi16(b, 4), m4)));
+                    let at = (i * 8 + 2 * j) * 8;
+                    self.weights[at..at + 8].copy_from_slice(&low);
+                    self.weights[at + 8..at + 16].copy_from_slice(&high);
                 }
             }
-            for r in 0..4 {
-                let d = ys[r].get_unchecked(i).d * xd;
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        }
+    }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): `R` activation rows times the eight columns of
+/// `cols`, each result bit-identical to `vec_dot_q4k_q8k` on that row and column (same exact
+/// integers per block, same float steps in the same order).
+///
+/// Per sub-block and row, eight `maddubs` of the broadcast activation bytes by the eight
+/// interleaved weight registers, summed as 16-bit integers (at most 8 x 2 x 15 x 128 = 30720 in
+/// magnitude, inside i16: Q8_K activations lie in -128..=127), then one `madd` by the columns'
+/// scales into 32-bit sums.
+#[inline(always)]
+pub(crate) fn q4k_rows_by_eight_columns<const R: usize>(cols: &Q4KEightColumns, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+    let blocks = cols.d.len();
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc_m = [_mm256_setzero_ps(); R];
+        for i in 0..blocks {
+            let ys: [&BlockQ8K; R] = std::array::from_fn(|r| rows[r].get_unchecked(i));
+            let mut scaled = [_mm256_setzero_si256(); R];
+            for s in 0..8 {
+                let weights = cols.weights.as_ptr().add((i * 8 + s) * 8);
+                let mut products = [_mm256_setzero_si256(); R];
+                for g in 0..8 {
+                    let w = *weights.add(g);
+                    for r in 0..R {
+                        let act = (ys[r].qs.as_ptr().add(32 * s + 4 * g) as *const i32).read_unaligned();
+                        products[r] = _mm256_add_epi16(products[r], _mm256_maddubs_epi16(w, _mm256_set1_epi32(act)));
+                    }
+                }
+                let sc = *cols.scales.get_unchecked(i * 8 + s);
+                for r in 0..R {
+                    scaled[r] = _mm256_add_epi32(scaled[r], _mm256_madd_epi16(products[r], sc));
+                }
+            }
+            let mut mins = [_mm256_setzero_si256(); R];
+            for s in 0..8 {
+                let mn = *cols.mins.get_unchecked(i * 8 + s);
+                for r in 0..R {
+                    let sums = (ys[r].bsums.as_ptr().add(2 * s) as *const i32).read_unaligned();
+                    mins[r] = _mm256_add_epi32(mins[r], _mm256_madd_epi16(mn, _mm256_set1_epi32(sums)));
+                }
+            }
+            let (d, dmin) = (*cols.d.get_unchecked(i), *cols.dmin.get_unchecked(i));
+            for r in 0..R {
+                let yd = _mm256_set1_ps(ys[r].d);
+                acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(yd, d), _mm256_cvtepi32_ps(scaled[r]), acc[r]);
+                acc_m[r] = _mm256_fmadd_ps(_mm256_mul_ps(yd, dmin), _mm256_cvtepi32_ps(mins[r]), acc_m[r]);
             }
         }
-        [0, 1, 2, 3].map(|r| {
-            let acc_m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
-            let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-            hsum_float_8(acc[r]) + _mm_cvtss_f32(acc_m)
+        std::array::from_fn(|r| {
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc[r], acc_m[r]));
+            out
         })
     }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): eight Q6_K weight columns re-laid for
+/// `q6k_rows_by_eight_columns`, the same interleaving as `Q4KEightColumns` with six-bit
+/// weights (0..64, the -32 applied through the activation sums).
+#[derive(Default)]
+pub(crate) struct Q6KEightColumns {
+    /// `[block][32-weight chunk][group]`: 8 columns x 4 weights (0..64), column-major.
+    weights: Vec<__m256i>,
+    /// `[block][16-weight sub-block]`: each column's scale, twice.
+    scales: Vec<__m256i>,
+    /// `[block][pair of sub-blocks]`: each column's two scales, for the activation sums.
+    scale_pairs: Vec<__m256i>,
+    /// `[block]`: each column's `d` as f32.
+    d: Vec<__m256>,
+}
+
+impl Q6KEightColumns {
+    /// Re-lays `columns` (eight columns of `blocks` blocks each, one after the other).
+    pub(crate) fn pack(&mut self, columns: &[BlockQ6K], blocks: usize) {
+        debug_assert_eq!(columns.len(), 8 * blocks);
+        unsafe {
+            let zero = _mm256_setzero_si256();
+            self.weights.resize(blocks * 64, zero);
+            self.scales.resize(blocks * 16, zero);
+            self.scale_pairs.resize(blocks * 8, zero);
+            self.d.resize(blocks, _mm256_setzero_ps());
+            let column = |c: usize, i: usize| columns.get_unchecked(c * blocks + i);
+            let (m4, m2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x30));
+            for i in 0..blocks {
+                let wide: [__m256i; 8] = std::array::from_fn(|c| {
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(column(c, i).scales.as_ptr() as *const __m128i))
+                });
+                let low = per_sub_block_pairs(wide.map(|w| _mm256_castsi256_si128(w)));
+                let high = per_sub_block_pairs(wide.map(|w| _mm256_extracti128_si256(w, 1)));
+                self.scales[i * 16..i * 16 + 8].copy_from_slice(&low);
+                self.scales[i * 16 + 8..i * 16 + 16].copy_from_slice(&high);
+                // A column's sixteen 16-bit scales are eight 32-bit pairs: transposed, each
+                // register holds one pair of every column.
+                self.scale_pairs[i * 8..(i + 1) * 8].copy_from_slice(&transpose_8x8_epi32(wide));
+                self.d[i] = _mm256_cvtph_ps(_mm_setr_epi16(
+                    column(0, i).d.to_bits() as i16,
+                    column(1, i).d.to_bits() as i16,
+                    column(2, i).d.to_bits() as i16,
+                    column(3, i).d.to_bits() as i16,
+                    column(4, i).d.to_bits() as i16,
+                    column(5, i).d.to_bits() as i16,
+                    column(6, i).d.to_bits() as i16,
+                    column(7, i).d.to_bits() as i16,
+                ));
+                // Each half of 128 weights: 64 bytes of low nibbles and 32 of two-bit highs;
+                // chunk t of the half (32 weights) takes nibbles from `ql[32 * (t % 2)..]`
+                // (low for t < 2, high after) and bits 2t..2t+2 of `qh`, as in vec_dot_q6k_q8k.
+                for half in 0..2 {
+                    let chunks: [[__m256i; 8]; 4] = {
+                        let per_column: [[__m256i; 4]; 8] = std::array::from_fn(|c| {
+                            let x = column(c, i);
+                            let ql = x.ql.as_ptr().add(64 * half);
+                            let ql0 = _mm256_loadu_si256(ql as *const __m256i);
+                            let ql1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * half) as *const __m256i);
+                            [
+                                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2)),
+                                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2)),
+                                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m2)),
+                                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2)),
+                            ]
+                        });
+                        std::array::from_fn(|t| transpose_8x8_epi32(per_column.map(|chunks| chunks[t])))
+                    };
+                    for (t, chunk) in chunks.iter().enumerate() {
+                        let at = (i * 8 + 4 * half + t) * 8;
+                        self.weights[at..at + 8].copy_from_slice(chunk);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): `R` activation rows times the eight columns of
+/// `cols`, each result bit-identical to `vec_dot_q6k_q8k` on that row and column: per block the
+/// same exact integer, `sum(scale * dot(weight, activation)) - 32 * sum(scale * activation
+/// sum)`, then the same fused multiply-add. Two products of six-bit weights are added as 16-bit
+/// integers (at most 2 x 2 x 63 x 128 = 32256, inside i16) before the multiply by the scales.
+#[inline(always)]
+pub(crate) fn q6k_rows_by_eight_columns<const R: usize>(cols: &Q6KEightColumns, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+    let blocks = cols.d.len();
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for i in 0..blocks {
+            let ys: [&BlockQ8K; R] = std::array::from_fn(|r| rows[r].get_unchecked(i));
+            let mut scaled = [_mm256_setzero_si256(); R];
+            for chunk in 0..8 {
+                let weights = cols.weights.as_ptr().add((i * 8 + chunk) * 8);
+                for pair in 0..4 {
+                    let (w0, w1) = (*weights.add(2 * pair), *weights.add(2 * pair + 1));
+                    let sc = *cols.scales.get_unchecked(i * 16 + 2 * chunk + pair / 2);
+                    for r in 0..R {
+                        let act = ys[r].qs.as_ptr().add(32 * chunk + 8 * pair) as *const i32;
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(w0, _mm256_set1_epi32(act.read_unaligned())),
+                            _mm256_maddubs_epi16(w1, _mm256_set1_epi32(act.add(1).read_unaligned())),
+                        );
+                        scaled[r] = _mm256_add_epi32(scaled[r], _mm256_madd_epi16(p, sc));
+                    }
+                }
+            }
+            let mut offsets = [_mm256_setzero_si256(); R];
+            for t in 0..8 {
+                let sc = *cols.scale_pairs.get_unchecked(i * 8 + t);
+                for r in 0..R {
+                    let sums = (ys[r].bsums.as_ptr().add(2 * t) as *const i32).read_unaligned();
+                    offsets[r] = _mm256_add_epi32(offsets[r], _mm256_madd_epi16(sc, _mm256_set1_epi32(sums)));
+                }
+            }
+            let d = *cols.d.get_unchecked(i);
+            for r in 0..R {
+                let total = _mm256_sub_epi32(scaled[r], _mm256_slli_epi32(offsets[r], 5));
+                acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(ys[r].d), d), _mm256_cvtepi32_ps(total), acc[r]);
+            }
+        }
+        std::array::from_fn(|r| {
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), acc[r]);
+            out
+        })
+    }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): a type's weights re-laid eight columns at a time,
+/// and its kernel over them.
+pub(crate) trait EightColumns: Default {
+    type Block;
+    /// Below this many rows, re-laying the weights costs more than it saves (criterion bench
+    /// `quantized_matmul`: re-laying eight Q6_K columns costs as much as ~3 rows through the
+    /// one-row kernel, eight Q4_K columns ~1); the caller then takes a row at a time.
+    const MIN_ROWS: usize;
+    /// Re-lays `columns` (eight columns of `blocks` blocks each, one after the other).
+    fn pack(&mut self, columns: &[Self::Block], blocks: usize);
+    /// `R` rows times the eight columns, each result bit-identical to the type's `vec_dot`.
+    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R];
+}
+
+impl EightColumns for Q4KEightColumns {
+    type Block = BlockQ4K;
+    const MIN_ROWS: usize = 2;
+    fn pack(&mut self, columns: &[BlockQ4K], blocks: usize) {
+        Q4KEightColumns::pack(self, columns, blocks)
+    }
+    #[inline(always)]
+    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+        q4k_rows_by_eight_columns(self, rows)
+    }
+}
+
+impl EightColumns for Q6KEightColumns {
+    type Block = BlockQ6K;
+    const MIN_ROWS: usize = 4;
+    fn pack(&mut self, columns: &[BlockQ6K], blocks: usize) {
+        Q6KEightColumns::pack(self, columns, blocks)
+    }
+    #[inline(always)]
+    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+        q6k_rows_by_eight_columns(self, rows)
+    }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): the weight columns `rhs_cols` (`k_in_blocks` blocks
+/// each) times all `m` rows of `lhs_b`, eight columns at a time (re-laid into `columns`, which
+/// the caller keeps between calls) and four rows at a time; results go column-major into `out`
+/// (`[col][row]`). Returns the columns written: a remainder of fewer than eight, and all of
+/// them below `C::MIN_ROWS` rows, are left to the caller.
+pub(crate) fn matmul_eight_columns_at_a_time<C: EightColumns>(
+    k_in_blocks: usize,
+    rhs_cols: &[C::Block],
+    lhs_b: &[BlockQ8K],
+    m: usize,
+    out: &mut [f32],
+    columns: &mut C,
+) -> usize {
+    if m < C::MIN_ROWS {
+        return 0;
+    }
+    let groups = rhs_cols.len() / k_in_blocks / 8;
+    let row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
+    for group in 0..groups {
+        columns.pack(&rhs_cols[group * 8 * k_in_blocks..(group + 1) * 8 * k_in_blocks], k_in_blocks);
+        let out = &mut out[group * 8 * m..(group + 1) * 8 * m];
+        let mut write = |first_row: usize, results: &[[f32; 8]]| {
+            for (r, by_col) in results.iter().enumerate() {
+                for (c, &v) in by_col.iter().enumerate() {
+                    out[c * m + first_row + r] = v;
+                }
+            }
+        };
+        let mut r = 0;
+        while r + 4 <= m {
+            write(r, &columns.rows::<4>([row(r), row(r + 1), row(r + 2), row(r + 3)]));
+            r += 4;
+        }
+        match m - r {
+            3 => write(r, &columns.rows::<3>([row(r), row(r + 1), row(r + 2)])),
+            2 => write(r, &columns.rows::<2>([row(r), row(r + 1)])),
+            1 => write(r, &columns.rows::<1>([row(r)])),
+            _ => {}
+        }
+    }
+    groups * 8
 }
 
 #[inline(always)]

@@ -59,6 +59,15 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
         ys.map(|y| Self::vec_dot(n, xs, y))
     }
+
+    /// RAPPORT PATCH (see vendor/PATCHES.md): the weight columns `rhs_cols` (consecutive, of
+    /// `k_in_blocks` blocks each) times all `m` rows of `lhs_b`, written column-major into
+    /// `out` (`[col][row]`), for types with a kernel that takes several columns at once. Returns
+    /// how many leading columns it wrote; the caller takes the rest one column at a time. Each
+    /// result must be bit-identical to `vec_dot` on its row and column.
+    fn matmul_columns(_k_in_blocks: usize, _rhs_cols: &[Self], _lhs_b: &[Self::VecDotType], _m: usize, _out: &mut [f32]) -> usize {
+        0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1377,10 +1386,14 @@ impl GgmlType for BlockQ4K {
     const BLCK_SIZE: usize = QK_K;
     type VecDotType = BlockQ8K;
 
-    // RAPPORT PATCH (see vendor/PATCHES.md): four rows per weight block where AVX2 is on.
+    // RAPPORT PATCH (see vendor/PATCHES.md): eight columns at a time where AVX2 is on.
     #[cfg(target_feature = "avx2")]
-    fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
-        super::avx::vec_dot_q4k_q8k_x4(n, xs, ys)
+    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &mut [f32]) -> usize {
+        // One re-laid copy per thread, kept between calls: a prompt makes hundreds of them.
+        thread_local! {
+            static COLUMNS: std::cell::RefCell<super::avx::Q4KEightColumns> = Default::default();
+        }
+        COLUMNS.with_borrow_mut(|columns| super::avx::matmul_eight_columns_at_a_time(k_in_blocks, rhs_cols, lhs_b, m, out, columns))
     }
 
     #[allow(unreachable_code)]
@@ -1941,10 +1954,14 @@ impl GgmlType for BlockQ6K {
     const BLCK_SIZE: usize = QK_K;
     type VecDotType = BlockQ8K;
 
-    // RAPPORT PATCH (see vendor/PATCHES.md): four rows per weight block where AVX2 is on.
+    // RAPPORT PATCH (see vendor/PATCHES.md): eight columns at a time where AVX2 is on.
     #[cfg(target_feature = "avx2")]
-    fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
-        super::avx::vec_dot_q6k_q8k_x4(n, xs, ys)
+    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &mut [f32]) -> usize {
+        // One re-laid copy per thread, kept between calls: a prompt makes hundreds of them.
+        thread_local! {
+            static COLUMNS: std::cell::RefCell<super::avx::Q6KEightColumns> = Default::default();
+        }
+        COLUMNS.with_borrow_mut(|columns| super::avx::matmul_eight_columns_at_a_time(k_in_blocks, rhs_cols, lhs_b, m, out, columns))
     }
 
     #[allow(unreachable_code)]
@@ -2373,10 +2390,12 @@ fn matmul_rows_blocked<T: GgmlType>(
         .for_each(|(block, out)| {
             let first_col = block * COLS;
             let cols = out.len() / m;
+            let rhs_block = &rhs_t[first_col * k_in_blocks..(first_col + cols) * k_in_blocks];
+            let done = T::matmul_columns(k_in_blocks, rhs_block, lhs_b, m, out);
             for row_start in (0..m).step_by(ROWS) {
                 let rows = ROWS.min(m - row_start);
                 let lhs_row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
-                for c in 0..cols {
+                for c in done..cols {
                     let col = first_col + c;
                     let rhs_col = &rhs_t[col * k_in_blocks..(col + 1) * k_in_blocks];
                     // Four rows per weight load where the type has a kernel for it.

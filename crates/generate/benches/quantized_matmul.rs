@@ -1,0 +1,47 @@
+//! The quantized matrix products of Qwen2.5-1.5B's Q4_K_M layers as the patched candle runs a
+//! prompt (vendor/PATCHES.md: eight weight columns at a time, re-laid once per call and read by
+//! every row) against the same rows taken one at a time through the one-row kernel (decoding's
+//! path, and how upstream candle runs every prompt: one pass over the weights per row), in the
+//! same run. Shapes: the feed-forward up/gate projection (1536 → 8960, Q4_K) and the
+//! down projection (8960 → 1536, Q6_K in half the layers); rows: four sequences decoding
+//! together, a short prompt, a long one.
+//!
+//! cargo bench --workspace --bench quantized_matmul
+
+use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ6K, GgmlType};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+/// Deterministic values in [-1, 1): the timing needs realistic magnitudes, not randomness.
+fn values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len).map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 500_001.5) - 1.0).collect()
+}
+
+fn products<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: usize) {
+    let mut weights = vec![T::zeros(); n * k / T::BLCK_SIZE];
+    T::from_float(&values(n * k, 1), &mut weights);
+    let mut group = c.benchmark_group(format!("quantized-matmul/{name}"));
+    group.sample_size(10);
+    for m in [4, 32, 256] {
+        let rows = values(m * k, 2);
+        let mut out = vec![0f32; m * n];
+        group.bench_with_input(BenchmarkId::new("eight-columns", m), &m, |b, &m| {
+            b.iter(|| matmul((m, k, n), &rows, &weights, &mut out).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("one-row-at-a-time", m), &m, |b, &m| {
+            b.iter(|| {
+                for r in 0..m {
+                    matmul((1, k, n), &rows[r * k..(r + 1) * k], &weights, &mut out[r * n..(r + 1) * n]).unwrap();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn quantized_matmul(c: &mut Criterion) {
+    products::<BlockQ4K>(c, "q4k-1536x8960", 1536, 8960);
+    products::<BlockQ6K>(c, "q6k-8960x1536", 8960, 1536);
+}
+
+criterion_group!(benches, quantized_matmul);
+criterion_main!(benches);
