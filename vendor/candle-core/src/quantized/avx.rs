@@ -1,5 +1,5 @@
 use super::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0,
+    ColumnsOut, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0,
     BlockQ8_1, QK8_0, QK8_1, QK_K,
 };
 use byteorder::{ByteOrder, LittleEndian};
@@ -1017,15 +1017,15 @@ impl EightColumns for Q6KEightColumns {
 
 /// RAPPORT PATCH (see vendor/PATCHES.md): the weight columns `rhs_cols` (`k_in_blocks` blocks
 /// each) times all `m` rows of `lhs_b`, eight columns at a time (re-laid into `columns`, which
-/// the caller keeps between calls) and four rows at a time; results go column-major into `out`
-/// (`[col][row]`). Returns the columns written: a remainder of fewer than eight, and all of
-/// them below `C::MIN_ROWS` rows, are left to the caller.
+/// the caller keeps between calls) and four rows at a time, into `out`. Returns the columns
+/// written: a remainder of fewer than eight, and all of them below `C::MIN_ROWS` rows, are left
+/// to the caller.
 pub(crate) fn matmul_eight_columns_at_a_time<C: EightColumns>(
     k_in_blocks: usize,
     rhs_cols: &[C::Block],
     lhs_b: &[BlockQ8K],
     m: usize,
-    out: &mut [f32],
+    out: &ColumnsOut,
     columns: &mut C,
 ) -> usize {
     if m < C::MIN_ROWS {
@@ -1035,12 +1035,9 @@ pub(crate) fn matmul_eight_columns_at_a_time<C: EightColumns>(
     let row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
     for group in 0..groups {
         columns.pack(&rhs_cols[group * 8 * k_in_blocks..(group + 1) * 8 * k_in_blocks], k_in_blocks);
-        let out = &mut out[group * 8 * m..(group + 1) * 8 * m];
-        let mut write = |first_row: usize, results: &[[f32; 8]]| {
+        let write = |first_row: usize, results: &[[f32; 8]]| {
             for (r, by_col) in results.iter().enumerate() {
-                for (c, &v) in by_col.iter().enumerate() {
-                    out[c * m + first_row + r] = v;
-                }
+                out.write_eight(first_row + r, group * 8, by_col);
             }
         };
         let mut r = 0;

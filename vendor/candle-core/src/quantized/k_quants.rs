@@ -61,11 +61,11 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     }
 
     /// RAPPORT PATCH (see vendor/PATCHES.md): the weight columns `rhs_cols` (consecutive, of
-    /// `k_in_blocks` blocks each) times all `m` rows of `lhs_b`, written column-major into
-    /// `out` (`[col][row]`), for types with a kernel that takes several columns at once. Returns
-    /// how many leading columns it wrote; the caller takes the rest one column at a time. Each
-    /// result must be bit-identical to `vec_dot` on its row and column.
-    fn matmul_columns(_k_in_blocks: usize, _rhs_cols: &[Self], _lhs_b: &[Self::VecDotType], _m: usize, _out: &mut [f32]) -> usize {
+    /// `k_in_blocks` blocks each) times all `m` rows of `lhs_b`, written into `out`, for types
+    /// with a kernel that takes several columns at once. Returns how many leading columns it
+    /// wrote; the caller takes the rest one column at a time. Each result must be bit-identical
+    /// to `vec_dot` on its row and column.
+    fn matmul_columns(_k_in_blocks: usize, _rhs_cols: &[Self], _lhs_b: &[Self::VecDotType], _m: usize, _out: &ColumnsOut) -> usize {
         0
     }
 }
@@ -1388,7 +1388,7 @@ impl GgmlType for BlockQ4K {
 
     // RAPPORT PATCH (see vendor/PATCHES.md): eight columns at a time where AVX2 is on.
     #[cfg(target_feature = "avx2")]
-    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &mut [f32]) -> usize {
+    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &ColumnsOut) -> usize {
         // One re-laid copy per thread, kept between calls: a prompt makes hundreds of them.
         thread_local! {
             static COLUMNS: std::cell::RefCell<super::avx::Q4KEightColumns> = Default::default();
@@ -1956,7 +1956,7 @@ impl GgmlType for BlockQ6K {
 
     // RAPPORT PATCH (see vendor/PATCHES.md): eight columns at a time where AVX2 is on.
     #[cfg(target_feature = "avx2")]
-    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &mut [f32]) -> usize {
+    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &ColumnsOut) -> usize {
         // One re-laid copy per thread, kept between calls: a prompt makes hundreds of them.
         thread_local! {
             static COLUMNS: std::cell::RefCell<super::avx::Q6KEightColumns> = Default::default();
@@ -2366,11 +2366,43 @@ pub fn matmul<T: GgmlType>(
     Ok(())
 }
 
+/// RAPPORT PATCH (see vendor/PATCHES.md): one task's columns of the row-major output of
+/// `matmul_rows_blocked`. Tasks own disjoint columns of the same rows, which no slice can
+/// express, so each writes through the raw pointer; every write is bounds-checked against its
+/// own columns, which keeps the tasks apart.
+pub struct ColumnsOut {
+    base: *mut f32,
+    row_stride: usize,
+    rows: usize,
+    cols: usize,
+}
+
+// SAFETY: a `ColumnsOut` only writes inside its own columns (checked on every write), and the
+// tasks that share the output hold disjoint columns of it.
+unsafe impl Send for ColumnsOut {}
+unsafe impl Sync for ColumnsOut {}
+
+impl ColumnsOut {
+    #[inline(always)]
+    pub(crate) fn write(&self, row: usize, col: usize, value: f32) {
+        assert!(row < self.rows && col < self.cols, "({row}, {col}) outside {}x{}", self.rows, self.cols);
+        unsafe { *self.base.add(row * self.row_stride + col) = value }
+    }
+
+    /// Eight consecutive columns of one row.
+    #[inline(always)]
+    pub(crate) fn write_eight(&self, row: usize, first_col: usize, values: &[f32; 8]) {
+        assert!(row < self.rows && first_col + 8 <= self.cols, "({row}, {first_col}..+8) outside {}x{}", self.rows, self.cols);
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.base.add(row * self.row_stride + first_col), 8) }
+    }
+}
+
 // RAPPORT PATCH (see vendor/PATCHES.md): several rows (prefill). Upstream runs one parallel pass
 // over every weight column *per row*: a 700-token prompt reads the weights 700 times and forks
 // and joins the thread pool 700 times per matrix. Here one parallel pass goes over blocks of
 // columns; each block's weights are dotted with every row, a few rows at a time, while they are
-// in cache. The arithmetic (the same `vec_dot` on the same blocks) is unchanged.
+// in cache, and the results go straight to their places in `dst`. The arithmetic (the same
+// `vec_dot` on the same blocks) is unchanged.
 fn matmul_rows_blocked<T: GgmlType>(
     (m, k, n): (usize, usize, usize),
     k_in_blocks: usize,
@@ -2382,43 +2414,42 @@ fn matmul_rows_blocked<T: GgmlType>(
     // both stay in L2 while they are combined.
     const COLS: usize = 16;
     const ROWS: usize = 8;
-    // Results of a column block, column-major ([col][row]), then scattered into `dst`.
-    let mut by_col = vec![0f32; n * m];
-    by_col
-        .par_chunks_mut(COLS * m)
-        .enumerate()
-        .for_each(|(block, out)| {
-            let first_col = block * COLS;
-            let cols = out.len() / m;
-            let rhs_block = &rhs_t[first_col * k_in_blocks..(first_col + cols) * k_in_blocks];
-            let done = T::matmul_columns(k_in_blocks, rhs_block, lhs_b, m, out);
-            for row_start in (0..m).step_by(ROWS) {
-                let rows = ROWS.min(m - row_start);
-                let lhs_row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
-                for c in done..cols {
-                    let col = first_col + c;
-                    let rhs_col = &rhs_t[col * k_in_blocks..(col + 1) * k_in_blocks];
-                    // Four rows per weight load where the type has a kernel for it.
-                    let mut r = row_start;
-                    while r + 4 <= row_start + rows {
-                        let four = T::vec_dot_x4(k, rhs_col, [lhs_row(r), lhs_row(r + 1), lhs_row(r + 2), lhs_row(r + 3)]);
-                        out[c * m + r..c * m + r + 4].copy_from_slice(&four);
-                        r += 4;
+    assert!(dst.len() >= m * n, "dst holds {} of {m}x{n} results", dst.len());
+    let base = dst.as_mut_ptr();
+    let columns_of = |first_col: usize, cols: usize| ColumnsOut {
+        // In bounds: first_col < n, so the offset stays inside `dst`.
+        base: unsafe { base.add(first_col) },
+        row_stride: n,
+        rows: m,
+        cols,
+    };
+    let blocks: Vec<ColumnsOut> = (0..n.div_ceil(COLS)).map(|b| columns_of(b * COLS, COLS.min(n - b * COLS))).collect();
+    blocks.par_iter().enumerate().for_each(|(block, out)| {
+        let first_col = block * COLS;
+        let cols = out.cols;
+        let rhs_block = &rhs_t[first_col * k_in_blocks..(first_col + cols) * k_in_blocks];
+        let done = T::matmul_columns(k_in_blocks, rhs_block, lhs_b, m, out);
+        for row_start in (0..m).step_by(ROWS) {
+            let rows = ROWS.min(m - row_start);
+            let lhs_row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
+            for c in done..cols {
+                let col = first_col + c;
+                let rhs_col = &rhs_t[col * k_in_blocks..(col + 1) * k_in_blocks];
+                // Four rows per weight load where the type has a kernel for it.
+                let mut r = row_start;
+                while r + 4 <= row_start + rows {
+                    let four = T::vec_dot_x4(k, rhs_col, [lhs_row(r), lhs_row(r + 1), lhs_row(r + 2), lhs_row(r + 3)]);
+                    for (i, v) in four.into_iter().enumerate() {
+                        out.write(r + i, c, v);
                     }
-                    for r in r..row_start + rows {
-                        out[c * m + r] = T::vec_dot(k, rhs_col, lhs_row(r));
-                    }
+                    r += 4;
+                }
+                for r in r..row_start + rows {
+                    out.write(r, c, T::vec_dot(k, rhs_col, lhs_row(r)));
                 }
             }
-        });
-    dst[..m * n]
-        .par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(r, dst_row)| {
-            for (c, d) in dst_row.iter_mut().enumerate() {
-                *d = by_col[c * m + r];
-            }
-        });
+        }
+    });
 }
 
 pub fn matmul_f16<T: GgmlType>(
