@@ -24,7 +24,7 @@ pub use rapport_core::{SseDecoder, SseEvent};
 #[cfg(test)]
 mod candle_patch {
     use candle_core::quantized::k_quants::{
-        matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+        matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_0, GgmlType,
     };
 
     fn check<T: GgmlType>(m: usize, k: usize, n: usize) {
@@ -105,42 +105,37 @@ mod candle_patch {
         check_values::<BlockQ6K>((m, k, n), &lhs, &rhs);
     }
 
-    /// The AVX2 Q4_K and Q6_K kernels (their float steps re-ordered for the eight-column
-    /// kernels) against upstream's scalar ones: equal to float rounding.
-    #[test]
-    fn k_quant_simd_kernels_equal_the_scalar_ones() {
-        fn compare<T: GgmlType<VecDotType = BlockQ8K>>() {
-            for (k, seed) in [(256, 1usize), (1536, 2), (8960, 3)] {
-                let weights: Vec<f32> = (0..k).map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.0) - 1.7).collect();
-                let acts: Vec<f32> = (0..k).map(|i| (((i * 7 + seed) * 40_503 % 65_521) as f32 / 8_000.0) - 4.0).collect();
-                let mut xs = vec![T::zeros(); k / 256];
-                let mut ys = vec![BlockQ8K::zeros(); k / 256];
-                T::from_float(&weights, &mut xs);
-                BlockQ8K::from_float(&acts, &mut ys);
-                let (simd, scalar) = (T::vec_dot(k, &xs, &ys), T::vec_dot_unopt(k, &xs, &ys));
-                assert!(scalar.abs() > 1.0, "{:?} k={k}: a near-zero dot product proves little ({scalar})", T::DTYPE);
-                assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{:?} k={k}: simd {simd} vs scalar {scalar}", T::DTYPE);
-            }
-        }
-        compare::<BlockQ4K>();
-        compare::<BlockQ6K>();
+    /// A type's AVX2 `vec_dot` against upstream's scalar `vec_dot_unopt`, on deterministic
+    /// weights and activations `k` wide. Different summation orders, so equal to float rounding,
+    /// not bit for bit.
+    fn simd_kernel_equals_the_scalar_one<T: GgmlType>(k: usize, seed: usize) {
+        let weights: Vec<f32> = (0..k).map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.0) - 1.7).collect();
+        let acts: Vec<f32> = (0..k).map(|i| (((i * 7 + seed) * 40_503 % 65_521) as f32 / 8_000.0) - 4.0).collect();
+        let mut xs = vec![T::zeros(); k / T::BLCK_SIZE];
+        let mut ys = vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE];
+        T::from_float(&weights, &mut xs);
+        T::VecDotType::from_float(&acts, &mut ys);
+        let (simd, scalar) = (T::vec_dot(k, &xs, &ys), T::vec_dot_unopt(k, &xs, &ys));
+        assert!(scalar.abs() > 1.0, "{:?} k={k}: a near-zero dot product proves little ({scalar})", T::DTYPE);
+        assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{:?} k={k}: simd {simd} vs scalar {scalar}", T::DTYPE);
     }
 
-    /// The AVX2 Q4_1 kernel against upstream's scalar one, on SmolLM2's widths and on values
-    /// that reach the ends of both ranges (nibbles 0 and 15, activations ±127). Different
-    /// summation orders, so equal to float rounding, not bit for bit.
+    /// The AVX2 Q4_K and Q6_K kernels, their float steps re-ordered for the eight-column
+    /// kernels, on one block, Qwen's width and its feed-forward width.
+    #[test]
+    fn k_quant_simd_kernels_equal_the_scalar_ones() {
+        for (k, seed) in [(256, 1usize), (1536, 2), (8960, 3)] {
+            simd_kernel_equals_the_scalar_one::<BlockQ4K>(k, seed);
+            simd_kernel_equals_the_scalar_one::<BlockQ6K>(k, seed);
+        }
+    }
+
+    /// The AVX2 Q4_1 kernel, on SmolLM2's widths and on values that reach the ends of both
+    /// ranges (nibbles 0 and 15, activations ±127).
     #[test]
     fn q4_1_simd_kernel_equals_the_scalar_one() {
         for (k, seed) in [(32, 1usize), (576, 2), (1536, 3)] {
-            let weights: Vec<f32> = (0..k).map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.0) - 1.7).collect();
-            let acts: Vec<f32> = (0..k).map(|i| (((i * 7 + seed) * 40_503 % 65_521) as f32 / 8_000.0) - 4.0).collect();
-            let mut xs = vec![BlockQ4_1::zeros(); k / 32];
-            let mut ys = vec![BlockQ8_1::zeros(); k / 32];
-            BlockQ4_1::from_float(&weights, &mut xs);
-            BlockQ8_1::from_float(&acts, &mut ys);
-            let (simd, scalar) = (BlockQ4_1::vec_dot(k, &xs, &ys), BlockQ4_1::vec_dot_unopt(k, &xs, &ys));
-            assert!(scalar.abs() > 1.0, "k={k}: a near-zero dot product proves little ({scalar})");
-            assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "k={k}: simd {simd} vs scalar {scalar}");
+            simd_kernel_equals_the_scalar_one::<BlockQ4_1>(k, seed);
         }
     }
 }

@@ -594,6 +594,20 @@ unsafe fn hsum_i32_4(x: __m128i) -> i32 {
     _mm_cvtsi128_si32(x)
 }
 
+/// Eight f16 values (one per column) as f32 lanes.
+#[inline(always)]
+unsafe fn eight_halves(values: [f16; 8]) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(values.as_ptr() as *const __m128i))
+}
+
+/// The eight lanes of `x`, one per column.
+#[inline(always)]
+unsafe fn by_column(x: __m256) -> [f32; 8] {
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), x);
+    out
+}
+
 /// RAPPORT PATCH (see vendor/PATCHES.md): upstream's integer steps, with the float steps
 /// defined per block and per column so that `q4k_rows_by_eight_columns` (prefill) computes
 /// every result bit for bit as this one-row kernel (decoding) does. A block adds
@@ -651,6 +665,20 @@ pub(crate) fn vec_dot_q4k_q8k(n: usize, xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32
         }
         acc - acc_m
     }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): a type's weights re-laid eight columns at a time,
+/// and its kernel over them.
+pub(crate) trait EightColumns: Default {
+    type Block;
+    /// Below this many rows, re-laying the weights costs more than it saves (criterion bench
+    /// `quantized_matmul`: re-laying eight Q6_K columns costs as much as ~3 rows through the
+    /// one-row kernel, eight Q4_K columns ~1); the caller then takes a row at a time.
+    const MIN_ROWS: usize;
+    /// Re-lays `columns` (eight columns of `blocks` blocks each, one after the other).
+    fn pack(&mut self, columns: &[Self::Block], blocks: usize);
+    /// `R` rows times the eight columns, each result bit-identical to the type's `vec_dot`.
+    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R];
 }
 
 /// RAPPORT PATCH (see vendor/PATCHES.md): eight Q4_K weight columns re-laid for
@@ -739,9 +767,11 @@ unsafe fn per_sub_block_pairs(by_column: [__m128i; 8]) -> [__m256i; 8] {
     })
 }
 
-impl Q4KEightColumns {
-    /// Re-lays `columns` (eight columns of `blocks` blocks each, one after the other).
-    pub(crate) fn pack(&mut self, columns: &[BlockQ4K], blocks: usize) {
+impl EightColumns for Q4KEightColumns {
+    type Block = BlockQ4K;
+    const MIN_ROWS: usize = 2;
+
+    fn pack(&mut self, columns: &[BlockQ4K], blocks: usize) {
         debug_assert_eq!(columns.len(), 8 * blocks);
         unsafe {
             let zero = _mm256_setzero_si256();
@@ -758,26 +788,8 @@ impl Q4KEightColumns {
                 let mins = per_sub_block_pairs(decoded.map(|(_, mn)| mn));
                 self.scales[i * 8..(i + 1) * 8].copy_from_slice(&scales);
                 self.mins[i * 8..(i + 1) * 8].copy_from_slice(&mins);
-                self.d[i] = _mm256_cvtph_ps(_mm_setr_epi16(
-                    column(0, i).d.to_bits() as i16,
-                    column(1, i).d.to_bits() as i16,
-                    column(2, i).d.to_bits() as i16,
-                    column(3, i).d.to_bits() as i16,
-                    column(4, i).d.to_bits() as i16,
-                    column(5, i).d.to_bits() as i16,
-                    column(6, i).d.to_bits() as i16,
-                    column(7, i).d.to_bits() as i16,
-                ));
-                self.dmin[i] = _mm256_cvtph_ps(_mm_setr_epi16(
-                    column(0, i).dmin.to_bits() as i16,
-                    column(1, i).dmin.to_bits() as i16,
-                    column(2, i).dmin.to_bits() as i16,
-                    column(3, i).dmin.to_bits() as i16,
-                    column(4, i).dmin.to_bits() as i16,
-                    column(5, i).dmin.to_bits() as i16,
-                    column(6, i).dmin.to_bits() as i16,
-                    column(7, i).dmin.to_bits() as i16,
-                ));
+                self.d[i] = eight_halves(std::array::from_fn(|c| column(c, i).d));
+                self.dmin[i] = eight_halves(std::array::from_fn(|c| column(c, i).dmin));
                 // Sub-blocks 2j and 2j+1 are the low and high nibbles of bytes 32j..32j+32.
                 for j in 0..QK_K / 64 {
                     let bits: [__m256i; 8] = std::array::from_fn(|c| {
@@ -791,6 +803,11 @@ impl Q4KEightColumns {
                 }
             }
         }
+    }
+
+    #[inline(always)]
+    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+        q4k_rows_by_eight_columns(self, rows)
     }
 }
 
@@ -841,11 +858,7 @@ pub(crate) fn q4k_rows_by_eight_columns<const R: usize>(cols: &Q4KEightColumns, 
                 acc_m[r] = _mm256_fmadd_ps(_mm256_mul_ps(yd, dmin), _mm256_cvtepi32_ps(mins[r]), acc_m[r]);
             }
         }
-        std::array::from_fn(|r| {
-            let mut out = [0f32; 8];
-            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc[r], acc_m[r]));
-            out
-        })
+        std::array::from_fn(|r| by_column(_mm256_sub_ps(acc[r], acc_m[r])))
     }
 }
 
@@ -864,9 +877,11 @@ pub(crate) struct Q6KEightColumns {
     d: Vec<__m256>,
 }
 
-impl Q6KEightColumns {
-    /// Re-lays `columns` (eight columns of `blocks` blocks each, one after the other).
-    pub(crate) fn pack(&mut self, columns: &[BlockQ6K], blocks: usize) {
+impl EightColumns for Q6KEightColumns {
+    type Block = BlockQ6K;
+    const MIN_ROWS: usize = 4;
+
+    fn pack(&mut self, columns: &[BlockQ6K], blocks: usize) {
         debug_assert_eq!(columns.len(), 8 * blocks);
         unsafe {
             let zero = _mm256_setzero_si256();
@@ -887,16 +902,7 @@ impl Q6KEightColumns {
                 // A column's sixteen 16-bit scales are eight 32-bit pairs: transposed, each
                 // register holds one pair of every column.
                 self.scale_pairs[i * 8..(i + 1) * 8].copy_from_slice(&transpose_8x8_epi32(wide));
-                self.d[i] = _mm256_cvtph_ps(_mm_setr_epi16(
-                    column(0, i).d.to_bits() as i16,
-                    column(1, i).d.to_bits() as i16,
-                    column(2, i).d.to_bits() as i16,
-                    column(3, i).d.to_bits() as i16,
-                    column(4, i).d.to_bits() as i16,
-                    column(5, i).d.to_bits() as i16,
-                    column(6, i).d.to_bits() as i16,
-                    column(7, i).d.to_bits() as i16,
-                ));
+                self.d[i] = eight_halves(std::array::from_fn(|c| column(c, i).d));
                 // Each half of 128 weights: 64 bytes of low nibbles and 32 of two-bit highs;
                 // chunk t of the half (32 weights) takes nibbles from `ql[32 * (t % 2)..]`
                 // (low for t < 2, high after) and bits 2t..2t+2 of `qh`, as in vec_dot_q6k_q8k.
@@ -924,6 +930,11 @@ impl Q6KEightColumns {
                 }
             }
         }
+    }
+
+    #[inline(always)]
+    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+        q6k_rows_by_eight_columns(self, rows)
     }
 }
 
@@ -969,51 +980,12 @@ pub(crate) fn q6k_rows_by_eight_columns<const R: usize>(cols: &Q6KEightColumns, 
                 acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(ys[r].d), d), _mm256_cvtepi32_ps(total), acc[r]);
             }
         }
-        std::array::from_fn(|r| {
-            let mut out = [0f32; 8];
-            _mm256_storeu_ps(out.as_mut_ptr(), acc[r]);
-            out
-        })
+        std::array::from_fn(|r| by_column(acc[r]))
     }
 }
 
-/// RAPPORT PATCH (see vendor/PATCHES.md): a type's weights re-laid eight columns at a time,
-/// and its kernel over them.
-pub(crate) trait EightColumns: Default {
-    type Block;
-    /// Below this many rows, re-laying the weights costs more than it saves (criterion bench
-    /// `quantized_matmul`: re-laying eight Q6_K columns costs as much as ~3 rows through the
-    /// one-row kernel, eight Q4_K columns ~1); the caller then takes a row at a time.
-    const MIN_ROWS: usize;
-    /// Re-lays `columns` (eight columns of `blocks` blocks each, one after the other).
-    fn pack(&mut self, columns: &[Self::Block], blocks: usize);
-    /// `R` rows times the eight columns, each result bit-identical to the type's `vec_dot`.
-    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R];
-}
 
-impl EightColumns for Q4KEightColumns {
-    type Block = BlockQ4K;
-    const MIN_ROWS: usize = 2;
-    fn pack(&mut self, columns: &[BlockQ4K], blocks: usize) {
-        Q4KEightColumns::pack(self, columns, blocks)
-    }
-    #[inline(always)]
-    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
-        q4k_rows_by_eight_columns(self, rows)
-    }
-}
 
-impl EightColumns for Q6KEightColumns {
-    type Block = BlockQ6K;
-    const MIN_ROWS: usize = 4;
-    fn pack(&mut self, columns: &[BlockQ6K], blocks: usize) {
-        Q6KEightColumns::pack(self, columns, blocks)
-    }
-    #[inline(always)]
-    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
-        q6k_rows_by_eight_columns(self, rows)
-    }
-}
 
 /// RAPPORT PATCH (see vendor/PATCHES.md): the weight columns `rhs_cols` (`k_in_blocks` blocks
 /// each) times all `m` rows of `lhs_b`, eight columns at a time (re-laid into `columns`, which
