@@ -103,7 +103,7 @@ fn concurrent_passes_give_what_each_gets_alone() {
 
 /// The fused pass against candle's own `BertModel` on the same weights (padded batch with an
 /// attention mask, as Rapport ran it before): the mean vectors and the max-over-tokens features
-/// the emotion head reads agree to the rounding of f16 weights.
+/// the emotion head reads agree to the rounding of the pass's 16-bit integer products.
 #[test]
 fn fused_encoder_equals_candle_bert() {
     use candle_core::{DType, Device, Tensor};
@@ -138,12 +138,14 @@ fn fused_encoder_equals_candle_bert() {
             }
         }
         let c = cosine(&fused[i][..EMBEDDING_DIM], &mean);
-        assert!(c > 0.99999, "{text:?}: cosine to candle's vector {c}");
-        // The fused pass stores weights in f16 (sums in f32): agreement to ~10⁻³ of values that
-        // reach ±5, far inside what the emotion head can tell apart.
+        assert!(c > 0.9995, "{text:?}: cosine to candle's vector {c}");
+        // The fused pass multiplies 16-bit integers (weights to ±511 per column, activations to
+        // 11–13 bits per row): on these texts cosines 0.99985–0.99997 and differences up to
+        // 0.04 of values that reach ±5; dev macro-F1 moved by 0.0003 (README, "Understanding
+        // the user"). The bounds leave ~3× room; a wrong column, scale or bias breaks them.
         let c = cosine(&fused[i][EMBEDDING_DIM..], &max);
         let diff = fused[i][EMBEDDING_DIM..].iter().zip(&max).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(c > 0.99999 && diff < 1e-2, "{text:?}: max-over-tokens features: cosine {c}, largest difference {diff}");
+        assert!(c > 0.9995 && diff < 0.1, "{text:?}: max-over-tokens features: cosine {c}, largest difference {diff}");
     }
 }
 
@@ -198,8 +200,8 @@ struct EmotionReference {
 
 /// The shipped model's probabilities computed outside Rapport, by the trainer's definitions in
 /// NumPy (`tests/fixtures/make_emotion_reference.py`, itself checked against the PyTorch
-/// trainer): Rapport's pass over the tuned branch must give the same numbers, up to the f16
-/// rounding of its weights.
+/// trainer): Rapport's pass over the tuned branch must give the same numbers, up to the
+/// rounding of its 16-bit integer products (0.002 at most on these texts).
 #[test]
 fn the_tuned_model_agrees_with_an_independent_reference() {
     let references: Vec<EmotionReference> = serde_json::from_str(include_str!("fixtures/emotion_reference.json")).unwrap();
