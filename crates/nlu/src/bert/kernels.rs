@@ -48,6 +48,11 @@ pub(crate) struct PackedLinear {
     activation_limit: f32,
 }
 
+/// The largest |value| of `values` (0 for none): what a quantization scale maps to its limit.
+fn largest_magnitude(values: &[f32]) -> f32 {
+    values.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
 /// The largest activation magnitude `a` for which a row's sum cannot overflow: every pair sum
 /// `vpmaddwd` forms is at most `2 · a · 511` and a row adds `pairs` of them, so
 /// `a = ⌊(2³¹ − 1) / (511 · 2 · pairs)⌋` (capped to fit an `i16`).
@@ -63,10 +68,7 @@ impl PackedLinear {
         assert_eq!(bias.len(), outputs, "one bias per output");
         assert_eq!(outputs % PANEL, 0, "outputs must be a multiple of {PANEL}");
         let pairs = inputs.div_ceil(2);
-        let weight_scales: Vec<f32> = weight
-            .chunks_exact(inputs.max(1))
-            .map(|column| column.iter().fold(0.0f32, |m, v| m.max(v.abs())) / WEIGHT_LIMIT as f32)
-            .collect();
+        let weight_scales: Vec<f32> = (0..outputs).map(|c| largest_magnitude(&weight[c * inputs..(c + 1) * inputs]) / WEIGHT_LIMIT as f32).collect();
         let quantized = |c: usize, i: usize| -> i16 {
             let scale = weight_scales[c];
             if i >= inputs || scale == 0.0 {
@@ -180,14 +182,16 @@ impl QuantizedRows {
             let (first, n) = (g * ROWS, scales.len());
             for (r, scale) in scales.iter_mut().enumerate() {
                 let src = &x[(first + r) * inputs..(first + r + 1) * inputs];
-                let largest = src.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let largest = largest_magnitude(src);
                 // A row of zeros (or one whose largest value is not finite, which the pass never
                 // produces from finite weights) gets zeros and scale 0: its products are the bias.
                 let to_steps = if largest > 0.0 && largest.is_finite() { limit / largest } else { 0.0 };
                 *scale = if to_steps > 0.0 { largest / limit } else { 0.0 };
-                let step = |i: usize| -> i32 { src.get(i).map_or(0, |&v| (v * to_steps).round() as i16) as u16 as i32 };
-                for q in 0..pairs {
-                    dst[q * n + r] = step(2 * q) | (step(2 * q + 1) << 16);
+                // An i16's bits, zero-extended, so that the high half can be or-ed above it.
+                let step = |v: f32| -> i32 { (v * to_steps).round() as i16 as u16 as i32 };
+                for (q, pair) in src.chunks(2).enumerate() {
+                    let high = pair.get(1).map_or(0, |&v| step(v));
+                    dst[q * n + r] = step(pair[0]) | (high << 16);
                 }
             }
         };
@@ -476,8 +480,8 @@ mod tests {
     /// each value is off by at most half a step of its own scale, so the product is off by at
     /// most `Σ |x|·½s_w + |w|·½s_x + ¼s_x·s_w`, plus the float rounding of the plain sum.
     fn quantization_bound(x: &[f32], w: &[f32], x_limit: f32) -> f32 {
-        let x_step = x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / x_limit;
-        let w_step = w.iter().fold(0.0f32, |m, v| m.max(v.abs())) / WEIGHT_LIMIT as f32;
+        let x_step = largest_magnitude(x) / x_limit;
+        let w_step = largest_magnitude(w) / WEIGHT_LIMIT as f32;
         let bound: f32 = x.iter().zip(w).map(|(x, w)| x.abs() * w_step / 2.0 + w.abs() * x_step / 2.0 + x_step * w_step / 4.0).sum();
         bound * 1.001 + 1e-5
     }

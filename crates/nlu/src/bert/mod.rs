@@ -7,7 +7,7 @@
 //! - every linear layer's weight is quantized and packed once, at load, in the order the matrix
 //!   kernel reads it;
 //! - the products multiply 16-bit integers, twice the multiply-adds per instruction of f32 (the
-//!   sums cannot overflow, and the rounding costs 0.0004 of the emotion model's dev macro-F1);
+//!   sums cannot overflow, and the rounding moved the emotion model's dev macro-F1 from 0.5108 to 0.5104);
 //! - sequences are never padded: the token rows of all texts of a batch are stacked into one
 //!   matrix for the linear layers (which treat rows independently), and attention runs per
 //!   text over its own rows only. A batch costs the sum of its texts, not its count times the
