@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use rapport_core::{Generator, SamplingParams};
-use rapport_generate::{Activations, EmbeddedOptions, MistralRsGenerator, OpenAiCompatGenerator, OpenAiCompatOptions};
+use rapport_generate::{Activations, EmbeddedOptions, KvCacheDtype, MistralRsGenerator, OpenAiCompatGenerator, OpenAiCompatOptions};
 use rapport_models::{ModelCache, ModelKind, ModelSource, Puller};
 
 /// The default chat model for people; tests and CI name `smollm2-135m` explicitly.
@@ -32,6 +32,10 @@ pub struct BackendArgs {
     /// Activation dtype of the embedded engine: f32 (fast on CPU), f16 or bf16.
     #[arg(long, default_value = "f32", env = "RAPPORT_ACTIVATIONS")]
     pub activations: Activations,
+    /// How the embedded engine's key/value cache stores keys and values under f32 activations:
+    /// f16 (half the memory and the bytes each decoding step reads, as llama.cpp) or f32.
+    #[arg(long, default_value = "f16", env = "RAPPORT_KV_CACHE")]
+    pub kv_cache: KvCacheDtype,
     /// Load GGUF files as they are, without re-encoding Q5_0/Q5_1 blocks as Q8_0.
     #[arg(long)]
     pub no_repack: bool,
@@ -84,7 +88,7 @@ impl BackendArgs {
             _ => cache.resolve(&self.model)?,
         };
         let started = std::time::Instant::now();
-        let mut options = EmbeddedOptions { activations: self.activations, max_batch: self.max_batch.max(1), ..EmbeddedOptions::default() };
+        let mut options = EmbeddedOptions { activations: self.activations, kv_cache: self.kv_cache, max_batch: self.max_batch.max(1), ..EmbeddedOptions::default() };
         if self.no_repack {
             options.repack_dir = None;
         }

@@ -39,6 +39,28 @@ impl std::str::FromStr for Activations {
     }
 }
 
+/// How the key/value cache stores keys and values under `f32` activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCacheDtype {
+    /// 16-bit floats, as llama.cpp keeps its cache: a decoding step reads every key and value of
+    /// its sequence, and on a CPU that read is what attention waits on, so half the bytes make
+    /// it faster, and a conversation's cache (and a batch's copy of it) takes half the memory.
+    F16,
+    /// 32-bit floats, as mistral.rs keeps it: the activations exactly.
+    F32,
+}
+
+impl std::str::FromStr for KvCacheDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(Self::F16),
+            "f32" => Ok(Self::F32),
+            other => Err(format!("unknown key/value cache dtype '{other}' (f16, f32)")),
+        }
+    }
+}
+
 /// How the embedded engine is set up.
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
@@ -51,6 +73,10 @@ pub struct EmbeddedOptions {
     /// Activation dtype. mistral.rs's GGUF builder always lets the engine choose, and on CPU it
     /// chooses F16, which AVX2 cannot compute in: every attention op converts back and forth.
     pub activations: Activations,
+    /// How the key/value cache stores keys and values when activations are `f32` (with `f16` or
+    /// `bf16` activations the cache holds the activations' dtype). mistral.rs reads this setting
+    /// process-wide, so the last engine loaded decides for every engine in the process.
+    pub kv_cache: KvCacheDtype,
     /// Where to keep copies of GGUF files whose slow block formats were re-encoded
     /// ([`crate::repack`]); `None` loads every file as it is.
     pub repack_dir: Option<PathBuf>,
@@ -62,6 +88,7 @@ impl Default for EmbeddedOptions {
             max_batch: 16,
             prefix_cache: 16,
             activations: Activations::F32,
+            kv_cache: KvCacheDtype::F16,
             repack_dir: rapport_models::cache_root().ok().map(|c| c.join("repacked")),
         }
     }
@@ -109,6 +136,7 @@ impl MistralRsGenerator {
             Activations::F16 => ModelDType::F16,
             Activations::Bf16 => ModelDType::BF16,
         };
+        mistralrs_core::set_cpu_kv_cache_f16(options.kv_cache == KvCacheDtype::F16);
         let loader = GGUFLoaderBuilder::new(None, None, dir, vec![file], GGUFSpecificConfig { topology: None }, false, None).build();
         // Loading maps and parses the file: blocking work, kept off the async workers.
         let pipeline = tokio::task::spawn_blocking(move || {

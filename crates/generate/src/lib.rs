@@ -15,7 +15,7 @@ mod embedded;
 mod openai;
 pub mod repack;
 
-pub use embedded::{Activations, EmbeddedOptions, MistralRsGenerator};
+pub use embedded::{Activations, EmbeddedOptions, KvCacheDtype, MistralRsGenerator};
 pub use openai::{OpenAiCompatGenerator, OpenAiCompatOptions};
 // The decoder lives in rapport-core so that clients without mistral.rs (rapport-load, tests) share it.
 pub use rapport_core::{SseDecoder, SseEvent};
@@ -52,12 +52,17 @@ mod candle_patch {
         check::<BlockQ4K>(37, 256, 53);
         check::<BlockQ8_0>(9, 64, 17);
         check::<BlockQ8_0>(2, 32, 1);
-        // Q8_0 takes four rows per weight load (`vec_dot_x4`): exactly four (a batched decode
-        // step of four sequences), four plus a remainder, and SmolLM2's width.
-        check::<BlockQ8_0>(4, 96, 33);
+        // Q8_0 takes up to four rows per weight load (`vec_dot_rows`): exactly four (a batched
+        // decode step of four sequences), two and three (the batch as its replies end), four
+        // plus each remainder, and SmolLM2's width.
+        for m in [2, 3, 4, 6, 7, 13] {
+            check::<BlockQ8_0>(m, 96, 33);
+        }
         check::<BlockQ8_0>(13, 576, 20);
-        // Q4_1 (SmolLM2 as shipped) has its own four-row kernel.
-        check::<BlockQ4_1>(4, 96, 33);
+        // Q4_1 (SmolLM2 as shipped) has its own multi-row kernel.
+        for m in [2, 3, 4, 6, 7, 13] {
+            check::<BlockQ4_1>(m, 96, 33);
+        }
         check::<BlockQ4_1>(13, 576, 20);
         // Q4_K and Q6_K (Qwen2.5's Q4_K_M) have theirs too: more than one 256-wide block per
         // column, four rows plus a remainder.
@@ -145,7 +150,7 @@ mod candle_patch {
 /// tensors, grouped key/value heads, causal and per-batch masks, decode and prefill, softcap.
 #[cfg(test)]
 mod attention_patch {
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
     use mistralrs_core::{rapport_flash_attn_cpu_f32 as patched, rapport_upstream_flash_attn_cpu_f32 as upstream};
 
     /// Deterministic values in [-2, 2): the test needs variety, not randomness.
@@ -198,6 +203,33 @@ mod attention_patch {
         let (q, k, v) = (heads(1, 2, 4, 40, 10), heads(1, 2, 4, 40, 11), heads(1, 2, 4, 40, 12));
         let mask = Tensor::from_vec(causal(4, 0), (4, 4), &Device::Cpu).unwrap();
         assert_close("head size 40", &patched(&q, &k, &v, Some(&mask), scale, None).unwrap(), &upstream(&q, &k, &v, Some(&mask), scale, None).unwrap());
+    }
+
+    /// Keys and values stored in `f16` (the CPU cache Rapport keeps) give bit for bit what the
+    /// same values rounded to `f16` give stored as `f32`: the kernel only widens them as it
+    /// loads them. Prefill with a causal mask and a head size off the 64-column and 8-lane
+    /// blocks (scalar tails), and decoding, where the rounding stays within f16's precision of
+    /// the `f32` answer.
+    #[test]
+    fn half_precision_keys_and_values_are_only_rounded() {
+        let scale = 1.0 / 8.0;
+        let f16 = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
+        let rounded = |t: &Tensor| t.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+        for (d, q_len, past) in [(64, 37, 5), (40, 4, 0), (64, 1, 90)] {
+            let (q, k, v) = (heads(1, 6, q_len, d, 50), heads(1, 2, past + q_len, d, 51), heads(1, 2, past + q_len, d, 52));
+            let mask = Tensor::from_vec(causal(q_len, past), (q_len, past + q_len), &Device::Cpu).unwrap();
+            let half = patched(&q, &f16(&k), &f16(&v), Some(&mask), scale, None).unwrap();
+            let widened = patched(&q, &rounded(&k), &rounded(&v), Some(&mask), scale, None).unwrap();
+            let (half, widened) = (half.flatten_all().unwrap().to_vec1::<f32>().unwrap(), widened.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert!(half.iter().zip(&widened).all(|(a, b)| a.to_bits() == b.to_bits()), "head size {d}, {q_len} rows after {past}");
+            let full = patched(&q, &k, &v, Some(&mask), scale, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let worst = half.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst > 0.0 && worst < 1e-2, "head size {d}: f16 rounding moved an output by {worst}");
+        }
+        // Keys in f16 with values in f32 is not a cache anyone builds: a clear error, not a guess.
+        let (q, k, v) = (heads(1, 6, 1, 64, 53), heads(1, 2, 9, 64, 54), heads(1, 2, 9, 64, 55));
+        let err = patched(&q, &f16(&k), &v, None, scale, None).unwrap_err().to_string();
+        assert!(err.contains("different dtypes"), "{err}");
     }
 
     /// softmax(q k^T * scale + mask) v with plain tensor operations, (B, S, H, D) in,

@@ -51,6 +51,41 @@ fn max_tokens_stops_with_length_and_counts_exactly() {
     });
 }
 
+/// A reply whose token limit falls inside a character (an emoji takes several tokens) still
+/// ends with its summary, and its text stops before the cut character. mistral.rs held an
+/// incomplete character back for the next token and, with no next token, never sent the chunk
+/// that carries the finish reason: the stream closed without one (vendor/PATCHES.md).
+#[test]
+fn a_reply_cut_inside_a_character_still_ends_with_its_summary() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let mut cuts_inside = 0;
+        let mut last = String::new();
+        // Greedy SmolLM2 answers the first with words; the others with emojis of 2-4 tokens each.
+        for prompt in ["Answer with a row of ten emojis, nothing else.", "Repeat exactly: 😊🌳🍻🎉🐦💬", "Copy this line: 🎉🎉🎉 🐦🐦🐦 😂😂😂"] {
+            let mut previous = String::new();
+            for limit in 1..=16 {
+                let done = collect_completion(model.generate(request(prompt, SamplingParams::greedy(limit))).await.unwrap(), |_| {})
+                    .await
+                    .unwrap_or_else(|e| panic!("{prompt:?}, limit {limit}: {e}"));
+                if done.summary.stop_reason != StopReason::Length {
+                    break;
+                }
+                assert_eq!(done.summary.usage.completion_tokens, limit);
+                assert!(!done.text.contains('\u{FFFD}'), "{prompt:?}, limit {limit}: {:?}", done.text);
+                // A token that adds no whole character: the limit cut one.
+                if limit > 1 && done.text == previous {
+                    cuts_inside += 1;
+                }
+                previous = done.text;
+            }
+            last = previous;
+        }
+        assert!(cuts_inside > 0, "no limit fell inside a character, so this proves nothing: {last:?}");
+    });
+}
+
 #[test]
 fn a_stop_string_ends_the_reply_before_it() {
     rt().block_on(async {

@@ -1038,6 +1038,21 @@ impl Sequence {
         new_decoded
     }
 
+    /// RAPPORT PATCH: the text not yet streamed when the sequence is done, without the incomplete
+    /// character it may end in (no token will complete it); advances the stream index to the end.
+    pub fn take_final_delta(&mut self) -> String {
+        let rest = &self.completion_bytes[self.stream_idx..];
+        let text = match std::str::from_utf8(rest) {
+            Ok(text) => text.to_string(),
+            // Only the tail is incomplete: keep what precedes it.
+            Err(e) if e.error_len().is_none() => String::from_utf8_lossy(&rest[..e.valid_up_to()]).into_owned(),
+            Err(_) => String::from_utf8_lossy(rest).into_owned(),
+        };
+        let text = if self.stream_idx == 0 { text.trim_start().to_string() } else { text };
+        self.stream_idx = self.completion_bytes.len();
+        text
+    }
+
     /// Peeks at the delta between the last two decoded sequences, but does not advance the stream index.
     pub fn peek_delta(&self) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
         let is_first = self.stream_idx == 0;

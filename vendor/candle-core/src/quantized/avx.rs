@@ -141,23 +141,23 @@ pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) ->
     }
 }
 
-/// RAPPORT PATCH: `vec_dot_q4_1_q8_1` for one weight column and four activation rows (prefill):
-/// each weight block is unpacked once; every row then goes through the operations of
-/// `vec_dot_q4_1_q8_1` in the same order, so each result is bit-identical to it.
+/// RAPPORT PATCH: `vec_dot_q4_1_q8_1` for one weight column and `R` activation rows (prefill,
+/// batched decoding): each weight block is unpacked once; every row then goes through the
+/// operations of `vec_dot_q4_1_q8_1` in the same order, so each result is bit-identical to it.
 #[inline(always)]
-pub(crate) fn vec_dot_q4_1_q8_1_x4(n: usize, xs: &[BlockQ4_1], ys: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+pub(crate) fn vec_dot_q4_1_q8_1_rows<const R: usize>(n: usize, xs: &[BlockQ4_1], ys: [&[BlockQ8_1]; R]) -> [f32; R] {
     debug_assert!(
         n.is_multiple_of(QK8_1),
-        "vec_dot_q4_1_q8_1_x4: {n} is not divisible by {QK8_1}"
+        "vec_dot_q4_1_q8_1_rows: {n} is not divisible by {QK8_1}"
     );
     let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut offsets = [_mm_setzero_ps(); 4];
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offsets = [_mm_setzero_ps(); R];
         for i in 0..blocks {
             let x = xs.get_unchecked(i);
             let qx = bytes_from_nibbles_32(x.qs.as_ptr());
-            for r in 0..4 {
+            for r in 0..R {
                 let y = ys[r].get_unchecked(i);
                 let scales = q4_1_scales(x, y);
                 offsets[r] = _mm_add_ps(offsets[r], scales);
@@ -166,23 +166,23 @@ pub(crate) fn vec_dot_q4_1_q8_1_x4(n: usize, xs: &[BlockQ4_1], ys: [&[BlockQ8_1]
                 acc[r] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc[r]);
             }
         }
-        [0, 1, 2, 3].map(|r| hsum_float_8(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[r])))
+        std::array::from_fn(|r| hsum_float_8(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[r])))
     }
 }
 
-/// RAPPORT PATCH (see vendor/PATCHES.md): `vec_dot_q8_0_q8_0` for one weight column and four
-/// activation rows. Each weight block is loaded and its magnitudes taken once for the four
+/// RAPPORT PATCH (see vendor/PATCHES.md): `vec_dot_q8_0_q8_0` for one weight column and `R`
+/// activation rows. Each weight block is loaded and its magnitudes taken once for all the
 /// rows; every row then goes through the very operations, in the same order,
 /// that `vec_dot_q8_0_q8_0` applies, so each result is bit-identical to it.
 #[inline(always)]
-pub(crate) fn vec_dot_q8_0_q8_0_x4(n: usize, xs: &[BlockQ8_0], ys: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+pub(crate) fn vec_dot_q8_0_q8_0_rows<const R: usize>(n: usize, xs: &[BlockQ8_0], ys: [&[BlockQ8_0]; R]) -> [f32; R] {
     debug_assert!(
         n.is_multiple_of(QK8_0),
-        "vec_dot_q8_0_q8_0_x4: {n} is not divisible by {QK8_0}"
+        "vec_dot_q8_0_q8_0_rows: {n} is not divisible by {QK8_0}"
     );
     let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [_mm256_setzero_ps(); R];
         for i in 0..blocks {
             let x = xs.get_unchecked(i);
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);

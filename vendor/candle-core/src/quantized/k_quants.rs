@@ -53,10 +53,12 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
 
-    /// RAPPORT PATCH (see vendor/PATCHES.md): one weight column dotted with four activation
-    /// rows, each result exactly what `vec_dot` gives for that row. Types with a SIMD kernel
-    /// override it to load and prepare each weight block once for the four rows.
-    fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
+    /// RAPPORT PATCH (see vendor/PATCHES.md): one weight column dotted with `R` activation
+    /// rows (2 to 4), each result exactly what `vec_dot` gives for that row. Types with a SIMD
+    /// kernel override it to load and prepare each weight block once for all the rows. Not only
+    /// four: a decoding batch shrinks as its replies end, and its last two or three rows went
+    /// through `vec_dot` one at a time, unpacking every weight block once per row.
+    fn vec_dot_rows<const R: usize>(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; R]) -> [f32; R] {
         ys.map(|y| Self::vec_dot(n, xs, y))
     }
 
@@ -301,8 +303,8 @@ impl GgmlType for BlockQ4_1 {
     }
 
     #[cfg(target_feature = "avx2")]
-    fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
-        super::avx::vec_dot_q4_1_q8_1_x4(n, xs, ys)
+    fn vec_dot_rows<const R: usize>(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; R]) -> [f32; R] {
+        super::avx::vec_dot_q4_1_q8_1_rows(n, xs, ys)
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -673,8 +675,8 @@ impl GgmlType for BlockQ8_0 {
 
     #[allow(unreachable_code)]
     #[cfg(target_feature = "avx2")]
-    fn vec_dot_x4(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; 4]) -> [f32; 4] {
-        super::avx::vec_dot_q8_0_q8_0_x4(n, xs, ys)
+    fn vec_dot_rows<const R: usize>(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; R]) -> [f32; R] {
+        super::avx::vec_dot_q8_0_q8_0_rows(n, xs, ys)
     }
 
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2442,21 +2444,34 @@ fn matmul_rows_blocked<T: GgmlType>(
             for c in done..cols {
                 let col = first_col + c;
                 let rhs_col = &rhs_t[col * k_in_blocks..(col + 1) * k_in_blocks];
-                // Four rows per weight load where the type has a kernel for it.
+                // Up to four rows per weight load where the type has a kernel for it.
+                let end = row_start + rows;
                 let mut r = row_start;
-                while r + 4 <= row_start + rows {
-                    let four = T::vec_dot_x4(k, rhs_col, [lhs_row(r), lhs_row(r + 1), lhs_row(r + 2), lhs_row(r + 3)]);
-                    for (i, v) in four.into_iter().enumerate() {
-                        out.write(r + i, c, v);
-                    }
-                    r += 4;
-                }
-                for r in r..row_start + rows {
-                    out.write(r, c, T::vec_dot(k, rhs_col, lhs_row(r)));
+                while r < end {
+                    let taken = match end - r {
+                        1 => dot_rows::<T, 1>(k, rhs_col, r, &lhs_row, c, out),
+                        2 => dot_rows::<T, 2>(k, rhs_col, r, &lhs_row, c, out),
+                        3 => dot_rows::<T, 3>(k, rhs_col, r, &lhs_row, c, out),
+                        _ => dot_rows::<T, 4>(k, rhs_col, r, &lhs_row, c, out),
+                    };
+                    r += taken;
                 }
             }
         }
     });
+}
+
+/// RAPPORT PATCH: column `c` (`rhs_col`) times rows `first..first + R` into `out`; returns `R`.
+#[inline(always)]
+fn dot_rows<'a, T: GgmlType, const R: usize>(k: usize, rhs_col: &[T], first: usize, lhs_row: &impl Fn(usize) -> &'a [T::VecDotType], c: usize, out: &ColumnsOut) -> usize
+where
+    T::VecDotType: 'a,
+{
+    let values = if R == 1 { [T::vec_dot(k, rhs_col, lhs_row(first)); R] } else { T::vec_dot_rows::<R>(k, rhs_col, std::array::from_fn(|i| lhs_row(first + i))) };
+    for (i, v) in values.into_iter().enumerate() {
+        out.write(first + i, c, v);
+    }
+    R
 }
 
 pub fn matmul_f16<T: GgmlType>(

@@ -41,6 +41,46 @@ pub trait CacheManager<T: CacheManagerMixin + MetadataMixin + ?Sized> {
     );
 }
 
+/// RAPPORT PATCH (see vendor/PATCHES.md): whether CPU caches under `f32` activations keep keys
+/// and values in `f16`. A decoding step reads every key and value its sequence has cached, and
+/// on a CPU that read is what attention waits on; llama.cpp keeps its cache in `f16` for the
+/// same reason. Off unless an embedder turns it on (upstream's behaviour). Process-wide: it is
+/// read at every append, so set it before loading a model, not while one is serving.
+static CPU_KV_CACHE_F16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// RAPPORT PATCH: see [`CPU_KV_CACHE_F16`].
+pub fn set_cpu_kv_cache_f16(enabled: bool) {
+    CPU_KV_CACHE_F16.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// RAPPORT PATCH: whether CPU caches keep `f32` keys and values in `f16`.
+pub fn cpu_kv_cache_f16() -> bool {
+    CPU_KV_CACHE_F16.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// RAPPORT PATCH: the dtype a cache holds for activations of `dtype` on `device` (what
+/// [`stored_form`] converts to), for caches allocated before their first append.
+pub(crate) fn stored_dtype(dtype: candle_core::DType, device: &candle_core::Device) -> candle_core::DType {
+    if cpu_kv_cache_f16() && device.is_cpu() && dtype == candle_core::DType::F32 {
+        candle_core::DType::F16
+    } else {
+        dtype
+    }
+}
+
+/// RAPPORT PATCH: a new key or value block as the cache stores it: contiguous, and in `f16`
+/// when it is `f32` on the CPU and the half-precision cache is on. Every reader of the cache
+/// (attention, the prefix cache, batch copies) then sees one dtype, so a position read from a
+/// prompt and the same position read back from the cache are the same numbers.
+fn stored_form(x: &Tensor) -> Result<Tensor> {
+    let dtype = stored_dtype(x.dtype(), x.device());
+    if dtype != x.dtype() {
+        x.to_dtype(dtype)?.contiguous()
+    } else {
+        x.contiguous()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum KvCache {
     Normal { k: SingleCache, v: SingleCache },
@@ -82,8 +122,7 @@ impl KvCache {
     }
 
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let k = k.contiguous()?;
-        let v = v.contiguous()?;
+        let (k, v) = (stored_form(k)?, stored_form(v)?);
         let (out_k, out_v) = match self {
             Self::Normal { k: kc, v: vc } => {
                 kc.append(&k)?;

@@ -89,7 +89,14 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                     seq.finalize_reasoning();
                 }
                 let delta_result = seq.get_delta();
-                if let Some(delta) = crate::handle_seq_error_ok!(delta_result, seq.responder()) {
+                let delta = crate::handle_seq_error_ok!(delta_result, seq.responder());
+                // RAPPORT PATCH (see vendor/PATCHES.md): `get_delta` holds text back while it ends
+                // in an incomplete character, waiting for the next token to finish it. A reply
+                // that ends there (its token limit cut an emoji in two) has no next token, and
+                // upstream then never sent the chunk that carries the finish reason: the stream
+                // closed without one. The last chunk now carries the text up to the cut.
+                let delta = if delta.is_none() && is_done.is_some() { Some(seq.take_final_delta()) } else { delta };
+                if let Some(delta) = delta {
                     if seq.get_mut_group().is_chat {
                         let (content_delta, reasoning_delta) = if seq.reasoning_mode().is_some() {
                             (

@@ -342,17 +342,17 @@ where
     } else {
         return Err(candle_core::Error::Msg("Expected CPU storage for q".into()));
     };
+    // RAPPORT PATCH: keys and values in the queries' dtype, or in `f16` (the half-precision
+    // CPU cache, see `kv_cache::set_cpu_kv_cache_f16`).
     let (k_guard, k_layout) = k.storage_and_layout();
-    let k_data: &[T] = if let Storage::Cpu(cpu) = &*k_guard {
-        let data = cpu.as_slice::<T>().context("Expected CPU storage for k")?;
-        &data[k_layout.start_offset()..]
+    let k_data = if let Storage::Cpu(cpu) = &*k_guard {
+        KvRows::<T>::of(cpu, k_layout.start_offset(), "k")?
     } else {
         return Err(candle_core::Error::Msg("Expected CPU storage for k".into()));
     };
     let (v_guard, v_layout) = v.storage_and_layout();
-    let v_data: &[T] = if let Storage::Cpu(cpu) = &*v_guard {
-        let data = cpu.as_slice::<T>().context("Expected CPU storage for v")?;
-        &data[v_layout.start_offset()..]
+    let v_data = if let Storage::Cpu(cpu) = &*v_guard {
+        KvRows::<T>::of(cpu, v_layout.start_offset(), "v")?
     } else {
         return Err(candle_core::Error::Msg("Expected CPU storage for v".into()));
     };
@@ -390,6 +390,9 @@ where
     let mask_dims_ref = mask_dims.as_deref();
     let mask_slice = mask_buffer.as_deref();
     if upstream {
+        let (KvRows::Same(k_data), KvRows::Same(v_data)) = (k_data, v_data) else {
+            candle_core::bail!("upstream's CPU attention takes keys and values in the queries' dtype");
+        };
         if q.shape().dims()[1] == 1 {
             return flash_attn_cpu_single_q(
                 q_data, k_data, v_data, mask_slice, mask_dims_ref,
@@ -411,6 +414,28 @@ where
         q_stride, k_stride, v_stride,
         sdpa_params.softmax_scale, sdpa_params.softcap.unwrap_or(0.0),
     )
+}
+
+/// RAPPORT PATCH: key or value rows as the cache holds them: in the queries' dtype `T`, or in
+/// `f16` under `f32` queries (the half-precision CPU cache).
+enum KvRows<'a, T> {
+    Same(&'a [T]),
+    Half(&'a [half::f16]),
+}
+
+impl<'a, T: WithDType> KvRows<'a, T> {
+    fn of(cpu: &'a candle_core::CpuStorage, start: usize, role: &str) -> Result<Self> {
+        use candle_core::backend::BackendStorage;
+        if cpu.dtype() == T::DTYPE {
+            let data = cpu.as_slice::<T>().with_context(|| format!("Expected CPU storage for {role}"))?;
+            Ok(Self::Same(&data[start..]))
+        } else if cpu.dtype() == candle_core::DType::F16 && T::DTYPE == candle_core::DType::F32 {
+            let data = cpu.as_slice::<half::f16>().with_context(|| format!("Expected CPU storage for {role}"))?;
+            Ok(Self::Half(&data[start..]))
+        } else {
+            candle_core::bail!("{role} is {:?}, queries are {:?}: the CPU attention takes keys and values in the queries' dtype or in f16 under f32", cpu.dtype(), T::DTYPE)
+        }
+    }
 }
 
 /// RAPPORT PATCH: the mask values of one query row over all its keys, written into `row`.
@@ -446,8 +471,8 @@ fn mask_row(mask: Option<&MaskInfo<'_>>, b_i: usize, h_i: usize, q_pos: usize, r
 #[allow(clippy::too_many_arguments)]
 fn attend_patched<T>(
     q_data: &[T],
-    k_data: &[T],
-    v_data: &[T],
+    k_data: KvRows<'_, T>,
+    v_data: KvRows<'_, T>,
     mask_vec: Option<&[f32]>,
     mask_dims: Option<&[usize]>,
     qshape: &[usize],
@@ -473,9 +498,9 @@ where
             std::borrow::Cow::Owned(data.iter().map(|x| x.to_f32()).collect())
         }
     };
-    let (q32, k32, v32) = (as_f32(q_data), as_f32(k_data), as_f32(v_data));
+    let q32 = as_f32(q_data);
     let d = qshape[3];
-    fn rows<'a>(data: &'a [f32], stride: &[usize], head_size: usize) -> cpu_blocked::HeadRows<'a> {
+    fn rows<'a, E>(data: &'a [E], stride: &[usize], head_size: usize) -> cpu_blocked::HeadRows<'a, E> {
         cpu_blocked::HeadRows { data, strides: [stride[0], stride[1], stride[2]], head_size }
     }
     let shape = cpu_blocked::AttentionShape {
@@ -491,15 +516,15 @@ where
         (Some(data), Some(dims)) => Some(MaskInfo { data, dims, b: qshape[0], h: qshape[2] }),
         _ => None,
     };
-    let out = cpu_blocked::attend_blocked(
-        rows(&q32, qstride, d),
-        rows(&k32, kstride, d),
-        rows(&v32, vstride, d),
-        shape,
-        |b_i, h_i, q_pos, row: &mut [f32]| mask_row(mask_info.as_ref(), b_i, h_i, q_pos, row),
-        scale,
-        logit_softcap,
-    )?;
+    let mask = |b_i, h_i, q_pos, row: &mut [f32]| mask_row(mask_info.as_ref(), b_i, h_i, q_pos, row);
+    let out = match (k_data, v_data) {
+        (KvRows::Half(k), KvRows::Half(v)) => cpu_blocked::attend_blocked(rows(&q32, qstride, d), rows(k, kstride, d), rows(v, vstride, d), shape, mask, scale, logit_softcap)?,
+        (KvRows::Same(k), KvRows::Same(v)) => {
+            let (k32, v32) = (as_f32(k), as_f32(v));
+            cpu_blocked::attend_blocked(rows(&q32, qstride, d), rows(&*k32, kstride, d), rows(&*v32, vstride, d), shape, mask, scale, logit_softcap)?
+        }
+        _ => candle_core::bail!("keys and values are stored in different dtypes"),
+    };
     if T::DTYPE == candle_core::DType::F32 {
         Ok(out)
     } else {

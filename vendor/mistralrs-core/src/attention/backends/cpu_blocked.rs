@@ -23,6 +23,13 @@
 //! prompt, or decoded in a left-padded batch; the prefix cache relies on this (a next turn that
 //! reuses the cache must read what a full read of the conversation would), and Rapport's tests
 //! in `crates/generate` check it.
+//!
+//! Keys and values may be stored as `f32` or as `f16` ([`KvElement`]): a decoding step reads
+//! every key and value row of its sequence, ~32 MB per SmolLM2 token at 700 tokens of context
+//! in `f32`, and that read is what the step waits on; Rapport keeps the CPU cache in `f16`, as
+//! llama.cpp does. Rows are widened to `f32` as they are loaded (exactly: every `f16` is an
+//! `f32`), so the arithmetic above is the same for both, and an `f16` row gives bit for bit what
+//! the same row rounded to `f16` and stored as `f32` gives.
 
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
@@ -42,19 +49,59 @@ const BLOCK_BYTES: usize = 16 * 1024;
 /// a short prompt still splits into tasks for every thread.
 const ROWS_PER_TASK: usize = 12;
 
+/// How a key or value element is stored: `f32`, or `f16` for a cache half the size.
+pub(super) trait KvElement: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+
+    /// Eight consecutive elements from `p`, widened to `f32`.
+    ///
+    /// # Safety
+    /// `p..p + 8` must be readable.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256;
+}
+
+impl KvElement for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256 {
+        core::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl KvElement for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+
+    // F16C comes with every AVX2 CPU (and is part of x86-64-v3).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256 {
+        use core::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
 /// Rows of one role (queries, keys or values) as the models pass them: (B, S, H, D) with
-/// contiguous rows and any strides between them.
+/// contiguous rows and any strides between them. Queries are always `f32`.
 #[derive(Clone, Copy)]
-pub(super) struct HeadRows<'a> {
-    pub data: &'a [f32],
+pub(super) struct HeadRows<'a, E = f32> {
+    pub data: &'a [E],
     /// Strides of batch, position and head, in elements.
     pub strides: [usize; 3],
     pub head_size: usize,
 }
 
-impl<'a> HeadRows<'a> {
+impl<'a, E> HeadRows<'a, E> {
     #[inline(always)]
-    fn row(&self, batch: usize, position: usize, head: usize) -> &'a [f32] {
+    fn row(&self, batch: usize, position: usize, head: usize) -> &'a [E] {
         let start = batch * self.strides[0] + position * self.strides[1] + head * self.strides[2];
         &self.data[start..start + self.head_size]
     }
@@ -63,7 +110,7 @@ impl<'a> HeadRows<'a> {
     /// row's start to the last row's end, with the stride between rows. Bounds are checked
     /// once here, so that a kernel can walk the rows by pointer.
     #[inline(always)]
-    fn rows(&self, batch: usize, positions: std::ops::Range<usize>, head: usize) -> StridedRows<'a> {
+    fn rows(&self, batch: usize, positions: std::ops::Range<usize>, head: usize) -> StridedRows<'a, E> {
         let start = batch * self.strides[0] + positions.start * self.strides[1] + head * self.strides[2];
         let len = (positions.len() - 1) * self.strides[1] + self.head_size;
         StridedRows { data: &self.data[start..start + len], stride: self.strides[1], count: positions.len() }
@@ -71,8 +118,8 @@ impl<'a> HeadRows<'a> {
 }
 
 /// `count` rows of `head_size` elements, `stride` apart, inside `data`.
-struct StridedRows<'a> {
-    data: &'a [f32],
+struct StridedRows<'a, E> {
+    data: &'a [E],
     stride: usize,
     count: usize,
 }
@@ -107,9 +154,10 @@ struct Scratch {
 /// softmax(q·kᵀ · scale (soft-capped) + mask) · v for every row; output (B, H, S, D).
 /// `mask_row(batch, head, position, row)` writes the mask values of one query row over all
 /// `kv_len` keys (0 everywhere when there is no mask); `-inf` marks a key the row must not see.
-pub(super) fn attend_blocked<M>(q: HeadRows<'_>, k: HeadRows<'_>, v: HeadRows<'_>, shape: AttentionShape, mask_row: M, scale: f32, softcap: f32) -> Result<Tensor>
+pub(super) fn attend_blocked<M, E>(q: HeadRows<'_>, k: HeadRows<'_, E>, v: HeadRows<'_, E>, shape: AttentionShape, mask_row: M, scale: f32, softcap: f32) -> Result<Tensor>
 where
     M: Fn(usize, usize, usize, &mut [f32]) + Sync,
+    E: KvElement,
 {
     let AttentionShape { batch, q_len, heads, kv_len, k_heads, v_heads, head_size: d } = shape;
     let group = heads / k_heads;
@@ -244,12 +292,12 @@ fn unmasked_span(row: &[f32]) -> (usize, usize) {
 /// Copies the key rows of `block` into `keys_t` transposed: element `i` of the block's `j`th
 /// key goes to `keys_t[i * width + j]`.
 #[inline]
-fn transpose_keys<'k>(key: impl Fn(usize) -> &'k [f32], block: std::ops::Range<usize>, keys_t: &mut [f32], width: usize) {
+fn transpose_keys<'k, E: KvElement + 'k>(key: impl Fn(usize) -> &'k [E], block: std::ops::Range<usize>, keys_t: &mut [f32], width: usize) {
     let d = keys_t.len() / width;
     let mut j = 0;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     while j + KEY_LANES <= block.len() {
-        let rows: [&[f32]; KEY_LANES] = std::array::from_fn(|l| key(block.start + j + l));
+        let rows: [&[E]; KEY_LANES] = std::array::from_fn(|l| key(block.start + j + l));
         let mut i = 0;
         while i + KEY_LANES <= d {
             // SAFETY: AVX is a compile-time feature; each key row has `d` elements and
@@ -259,14 +307,14 @@ fn transpose_keys<'k>(key: impl Fn(usize) -> &'k [f32], block: std::ops::Range<u
         }
         for i in i..d {
             for (l, row) in rows.iter().enumerate() {
-                keys_t[i * width + j + l] = row[i];
+                keys_t[i * width + j + l] = row[i].to_f32();
             }
         }
         j += KEY_LANES;
     }
     for j in j..block.len() {
         for (i, &x) in key(block.start + j).iter().enumerate() {
-            keys_t[i * width + j] = x;
+            keys_t[i * width + j] = x.to_f32();
         }
     }
 }
@@ -342,7 +390,7 @@ fn sum_lanes(xs: &[f32]) -> f32 {
 /// `acc += Σ_i weights[i] · values[i]`, value rows in order, one fused multiply-add per column
 /// and key. With AVX2, 64 columns at a time stay in registers across all the keys.
 #[inline]
-fn add_weighted_rows(acc: &mut [f32], weights: &[f32], values: StridedRows<'_>) {
+fn add_weighted_rows<E: KvElement>(acc: &mut [f32], weights: &[f32], values: StridedRows<'_, E>) {
     let d = acc.len();
     assert!(weights.len() == values.count && (values.count - 1) * values.stride + d <= values.data.len());
     let mut done = 0;
@@ -357,7 +405,8 @@ fn add_weighted_rows(acc: &mut [f32], weights: &[f32], values: StridedRows<'_>) 
         for (i, &p) in weights.iter().enumerate() {
             let row = &values.data[i * values.stride..][..d];
             for (a, x) in acc[done..].iter_mut().zip(&row[done..]) {
-                *a = if cfg!(target_feature = "fma") { p.mul_add(*x, *a) } else { *a + p * x };
+                let x = x.to_f32();
+                *a = if cfg!(target_feature = "fma") { p.mul_add(x, *a) } else { *a + p * x };
             }
         }
     }
@@ -389,6 +438,7 @@ pub(super) fn exp_nonpositive(x: f32) -> f32 {
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod avx {
+    use super::KvElement;
     use core::arch::x86_64::*;
 
     /// Columns `add_weighted_64` keeps in registers: eight AVX registers of accumulators.
@@ -442,8 +492,8 @@ mod avx {
     /// Eight rows of eight elements (from `rows[l]`) written transposed: element `i` of row
     /// `l` to `dst[i * stride + l]`.
     #[inline(always)]
-    pub(super) unsafe fn transpose8(rows: [*const f32; 8], dst: *mut f32, stride: usize) {
-        let r = rows.map(|p| _mm256_loadu_ps(p));
+    pub(super) unsafe fn transpose8<E: KvElement>(rows: [*const E; 8], dst: *mut f32, stride: usize) {
+        let r = rows.map(|p| E::load8(p));
         // Per 128-bit half: [a0 b0 a1 b1] and [a2 b2 a3 b3] (elements 4..8 in the upper half).
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -481,13 +531,13 @@ mod avx {
     /// `acc[0..64] += Σ_i weights[i] · row_i[0..64]`, row `i` at `values + i * stride`, the
     /// accumulators held in registers.
     #[inline(always)]
-    pub(super) unsafe fn add_weighted_64(acc: *mut f32, weights: &[f32], values: *const f32, stride: usize) {
+    pub(super) unsafe fn add_weighted_64<E: KvElement>(acc: *mut f32, weights: &[f32], values: *const E, stride: usize) {
         let mut a: [__m256; 8] = std::array::from_fn(|c| _mm256_loadu_ps(acc.add(8 * c)));
         let mut row = values;
         for &p in weights {
             let p = _mm256_set1_ps(p);
             for c in 0..8 {
-                a[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row.add(8 * c)), a[c]);
+                a[c] = _mm256_fmadd_ps(p, E::load8(row.add(8 * c)), a[c]);
             }
             row = row.add(stride);
         }
