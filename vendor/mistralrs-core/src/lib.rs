@@ -110,7 +110,7 @@ pub use mistralrs_mcp::{
 pub use mistralrs_quant::{IsqBits, IsqType, MULTI_LORA_DELIMITER};
 pub use paged_attention::{MemoryGpuConfig, PagedAttentionConfig, PagedCacheType};
 // RAPPORT PATCH: the half-precision CPU key/value cache (see `kv_cache`).
-pub use kv_cache::{cpu_kv_cache_f16, set_cpu_kv_cache_f16};
+pub use kv_cache::set_cpu_kv_cache_f16;
 pub use pipeline::hf::{hf_home_dir, hf_hub_cache_dir, hf_token_path};
 pub use pipeline::{
     chat_template::ChatTemplate, expand_isq_value, parse_isq_value, AdapterPaths, AnyMoeLoader,

@@ -54,7 +54,7 @@ pub fn set_cpu_kv_cache_f16(enabled: bool) {
 }
 
 /// RAPPORT PATCH: whether CPU caches keep `f32` keys and values in `f16`.
-pub fn cpu_kv_cache_f16() -> bool {
+fn cpu_kv_cache_f16() -> bool {
     CPU_KV_CACHE_F16.load(std::sync::atomic::Ordering::Relaxed)
 }
 

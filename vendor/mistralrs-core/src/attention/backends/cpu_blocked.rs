@@ -32,6 +32,8 @@
 //! the same row rounded to `f16` and stored as `f32` gives.
 
 use candle_core::{Device, Result, Tensor};
+
+use super::cpu::UpcastF32;
 use rayon::prelude::*;
 
 /// Lanes of the softmax sum: sixteen independent sums (two AVX registers) keep the adds out of
@@ -49,10 +51,10 @@ const BLOCK_BYTES: usize = 16 * 1024;
 /// a short prompt still splits into tasks for every thread.
 const ROWS_PER_TASK: usize = 12;
 
-/// How a key or value element is stored: `f32`, or `f16` for a cache half the size.
-pub(super) trait KvElement: Copy + Send + Sync {
-    fn to_f32(self) -> f32;
-
+/// How a key or value element is stored: `f32`, or `f16` for a cache half the size. One at a
+/// time it widens through `UpcastF32` (the conversion upstream's kernels use); this adds the
+/// vector load.
+pub(super) trait KvElement: UpcastF32 + Copy + Send + Sync {
     /// Eight consecutive elements from `p`, widened to `f32`.
     ///
     /// # Safety
@@ -62,11 +64,6 @@ pub(super) trait KvElement: Copy + Send + Sync {
 }
 
 impl KvElement for f32 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
-
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256 {
@@ -75,11 +72,6 @@ impl KvElement for f32 {
 }
 
 impl KvElement for half::f16 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        half::f16::to_f32(self)
-    }
-
     // F16C comes with every AVX2 CPU (and is part of x86-64-v3).
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     #[inline(always)]
