@@ -43,6 +43,17 @@ fn models_path_of_an_unknown_or_missing_model_fails_clearly() {
 }
 
 #[test]
+fn an_unknown_cache_or_activation_dtype_is_refused_by_name() {
+    // Refused while the arguments are parsed, before any model is looked for or loaded.
+    for (flag, value, valid) in [("--kv-cache", "f8", "(f16, f32)"), ("--activations", "int4", "(f32, f16, bf16)")] {
+        let out = rapport().args(["chat", "--model", "smollm2-135m", flag, value]).output().unwrap();
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(value) && stderr.contains(valid), "{stderr}");
+    }
+}
+
+#[test]
 fn a_piped_chat_answers_every_turn_and_keeps_history() {
     ensure_smollm2();
     let mut child = rapport()
