@@ -38,11 +38,21 @@ mod candle_patch {
         T::from_float(&rhs, &mut rhs_t);
         let mut blocked = vec![0f32; m * n];
         matmul((m, k, n), lhs, &rhs_t, &mut blocked).unwrap();
-        // Upstream's arithmetic: each row alone, through the unchanged one-row path.
+        let k_in_blocks = k / T::BLCK_SIZE;
         for r in 0..m {
+            // Each row alone, through the one-row path (a decoding step of one sequence).
+            let lhs_row = &lhs[r * k..(r + 1) * k];
             let mut row = vec![0f32; n];
-            matmul((1, k, n), &lhs[r * k..(r + 1) * k], &rhs_t, &mut row).unwrap();
+            matmul((1, k, n), lhs_row, &rhs_t, &mut row).unwrap();
             assert_eq!(&blocked[r * n..(r + 1) * n], &row[..], "row {r} of {m}x{k}x{n}");
+            // And each result the type's one-column `vec_dot`, whichever kernel wrote it (eight
+            // columns at a time, several rows at a time, or the remainder one at a time).
+            let mut row_q = vec![T::VecDotType::zeros(); k_in_blocks];
+            T::VecDotType::from_float(lhs_row, &mut row_q);
+            for c in 0..n {
+                let alone = T::vec_dot(k, &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks], &row_q);
+                assert_eq!(row[c].to_bits(), alone.to_bits(), "row {r}, column {c} of {m}x{k}x{n}: {} vs vec_dot {alone}", row[c]);
+            }
         }
     }
 
@@ -59,11 +69,15 @@ mod candle_patch {
             check::<BlockQ8_0>(m, 96, 33);
         }
         check::<BlockQ8_0>(13, 576, 20);
-        // Q4_1 (SmolLM2 as shipped) has its own multi-row kernel.
-        for m in [2, 3, 4, 6, 7, 13] {
+        // Q4_1 (SmolLM2 as shipped) goes eight columns at a time from one row on (33 = 16 + 16
+        // + 1: two whole tasks and a one-column remainder; 29 = 16 + 8 + 5), and up to four
+        // rows per weight load in the remainder.
+        for m in [1, 2, 3, 4, 6, 7, 13] {
             check::<BlockQ4_1>(m, 96, 33);
         }
+        check::<BlockQ4_1>(1, 576, 29);
         check::<BlockQ4_1>(13, 576, 20);
+        check::<BlockQ4_1>(5, 1536, 64);
         // Q4_K and Q6_K (Qwen2.5's Q4_K_M) have theirs too: more than one 256-wide block per
         // column, four rows plus a remainder.
         check::<BlockQ4K>(4, 512, 33);
@@ -95,6 +109,18 @@ mod candle_patch {
         let rhs: Vec<f32> = (0..n * k).map(|i| if i % 32 == 0 { 0.0 } else { 1.0 }).collect();
         let lhs = vec![-1.0f32; m * k];
         check_values::<BlockQ4K>((m, k, n), &lhs, &rhs);
+    }
+
+    /// The same for Q4_1, whose eight-column kernel adds sixteen products of nibbles and
+    /// activation bytes as 16-bit integers: with every nibble at 15 and every activation at
+    /// -127, -30480.
+    #[test]
+    fn q4_1_eight_column_kernel_holds_the_largest_products() {
+        let (m, k, n) = (5, 256, 16);
+        // Per 32-weight block one 0 and 31 ones: the ones quantize to nibble 15, the 0 to 0.
+        let rhs: Vec<f32> = (0..n * k).map(|i| if i % 32 == 0 { 0.0 } else { 1.0 }).collect();
+        let lhs = vec![-1.0f32; m * k];
+        check_values::<BlockQ4_1>((m, k, n), &lhs, &rhs);
     }
 
     /// The same for Q6_K, which adds two products of six-bit weights in 16 bits: every weight

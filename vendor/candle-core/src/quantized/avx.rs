@@ -44,18 +44,6 @@ pub(crate) unsafe fn scale_product(dx: f16, dy: f16) -> __m256 {
     _mm256_broadcastss_ps(_mm_mul_ss(both, _mm_movehdup_ps(both)))
 }
 
-/// RAPPORT PATCH: a Q4_1 block's `d * d_y` (lane 0) and `m * s_y` (lane 1), converted together
-/// for the same reason as [`scale_product`].
-#[inline(always)]
-unsafe fn q4_1_scales(x: &BlockQ4_1, y: &BlockQ8_1) -> __m128 {
-    let bits = x.d.to_bits() as u64
-        | (x.m.to_bits() as u64) << 16
-        | (y.d.to_bits() as u64) << 32
-        | (y.s.to_bits() as u64) << 48;
-    let v = _mm_cvtph_ps(_mm_set_epi64x(0, bits as i64)); // [d, m, d_y, s_y]
-    _mm_mul_ps(v, _mm_movehl_ps(v, v))
-}
-
 #[inline(always)]
 pub(crate) unsafe fn bytes_from_nibbles_32(rsi: *const u8) -> __m256i {
     let tmp = _mm_loadu_si128(rsi as *const __m128i);
@@ -116,34 +104,21 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
 /// A weight is `d * q + m` with `q` in 0..16; an activation is `dy * qy`, and the block of the
 /// activation also stores `s = dy * sum(qy)`. So a block's dot product is
 /// `d * dy * sum(q * qy) + m * s`: the integer part with unsigned-by-signed byte products
-/// (`maddubs`, which needs no sign trick since `q` is unsigned), the offset part summed in a
-/// lane of its own.
+/// (`maddubs`, which needs no sign trick since `q` is unsigned).
+///
+/// The float steps are defined per block so that [`q4_1_rows_by_eight_columns`], which holds
+/// one column per lane, computes every result bit for bit as this kernel does: the block's
+/// exact integer `sum(q * qy)` as f32 times `d * dy` is fused-added to the sum, then `m * s`.
+/// (The first AVX2 kernel kept eight float lanes per column and added them at the end, an
+/// order no eight-column kernel can reproduce.)
 #[inline(always)]
 pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
-    debug_assert!(
-        n.is_multiple_of(QK8_1),
-        "vec_dot_q4_1_q8_1: {n} is not divisible by {QK8_1}"
-    );
-    let blocks = xs.len().min(ys.len());
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        let mut offsets = _mm_setzero_ps();
-        for i in 0..blocks {
-            let (x, y) = (xs.get_unchecked(i), ys.get_unchecked(i));
-            let scales = q4_1_scales(x, y);
-            offsets = _mm_add_ps(offsets, scales);
-            let d = _mm256_broadcastss_ps(scales);
-            let qx = bytes_from_nibbles_32(x.qs.as_ptr());
-            let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-            acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc);
-        }
-        hsum_float_8(acc) + _mm_cvtss_f32(_mm_movehdup_ps(offsets))
-    }
+    let [sum] = vec_dot_q4_1_q8_1_rows::<1>(n, xs, [ys]);
+    sum
 }
 
-/// RAPPORT PATCH: `vec_dot_q4_1_q8_1` for one weight column and `R` activation rows (prefill,
-/// batched decoding): each weight block is unpacked once; every row then goes through the
-/// operations of `vec_dot_q4_1_q8_1` in the same order, so each result is bit-identical to it.
+/// RAPPORT PATCH: `vec_dot_q4_1_q8_1` for one weight column and `R` activation rows: each weight
+/// block is unpacked once, and every row goes through the same steps as alone.
 #[inline(always)]
 pub(crate) fn vec_dot_q4_1_q8_1_rows<const R: usize>(n: usize, xs: &[BlockQ4_1], ys: [&[BlockQ8_1]; R]) -> [f32; R] {
     debug_assert!(
@@ -152,21 +127,151 @@ pub(crate) fn vec_dot_q4_1_q8_1_rows<const R: usize>(n: usize, xs: &[BlockQ4_1],
     );
     let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut offsets = [_mm_setzero_ps(); R];
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [0f32; R];
         for i in 0..blocks {
             let x = xs.get_unchecked(i);
             let qx = bytes_from_nibbles_32(x.qs.as_ptr());
+            let (d, m) = (x.d.to_f32(), x.m.to_f32());
             for r in 0..R {
                 let y = ys[r].get_unchecked(i);
-                let scales = q4_1_scales(x, y);
-                offsets[r] = _mm_add_ps(offsets[r], scales);
-                let d = _mm256_broadcastss_ps(scales);
                 let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-                acc[r] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc[r]);
+                let sum = hsum_i32_8(_mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones));
+                acc[r] = (sum as f32).mul_add(d * y.d.to_f32(), acc[r]);
+                acc[r] = m.mul_add(y.s.to_f32(), acc[r]);
             }
         }
-        std::array::from_fn(|r| hsum_float_8(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[r])))
+        acc
+    }
+}
+
+/// RAPPORT PATCH: a Q8_1 block's `d` and `s` as f32, each broadcast to every lane.
+#[inline(always)]
+unsafe fn q8_1_scales(y: &BlockQ8_1) -> (__m256, __m256) {
+    // `d` and `s` are the block's first two halves: one 32-bit load, one conversion.
+    let both = _mm_cvtph_ps(_mm_cvtsi32_si128((y as *const BlockQ8_1 as *const i32).read_unaligned()));
+    (_mm256_broadcastss_ps(both), _mm256_broadcastss_ps(_mm_movehdup_ps(both)))
+}
+
+/// RAPPORT PATCH: block `i` of eight Q4_1 columns, interleaved in registers for
+/// [`q4_1_rows_by_eight_columns`]: `weights[g]` holds, for each column (one per 32-bit lane),
+/// the low nibbles of its bytes `4g..4g + 4` (weights `4g..4g + 4`), `weights[4 + g]` their high
+/// nibbles (weights `16 + 4g..`); then the columns' `d` and `m` as f32 lanes. Read in place,
+/// unlike Q4_K's re-laid copy: a Q4_1 block is small enough to interleave per use, which lets
+/// one decoding row (the one-stream case) take this kernel too.
+#[inline(always)]
+unsafe fn q4_1_eight_blocks(x: [&BlockQ4_1; 8]) -> ([__m256i; 8], __m256, __m256) {
+    let quants = |c: usize| _mm_loadu_si128(x[c].qs.as_ptr() as *const __m128i);
+    // Columns c and c + 4 side by side, then a 4x4 transpose of 32-bit groups in each half.
+    let a: [__m256i; 4] = std::array::from_fn(|c| _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(quants(c)), quants(c + 4)));
+    let t0 = _mm256_unpacklo_epi32(a[0], a[1]);
+    let t1 = _mm256_unpackhi_epi32(a[0], a[1]);
+    let t2 = _mm256_unpacklo_epi32(a[2], a[3]);
+    let t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+    let groups = [_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2), _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)];
+    let low = _mm256_set1_epi8(0xF);
+    let weights = std::array::from_fn(|j| {
+        let g = groups[j % 4];
+        if j < 4 { _mm256_and_si256(g, low) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(g), low) }
+    });
+    // Each block opens with `d` then `m`: one 32-bit word per column, split into the two
+    // halves' registers ([d0..d3 m0..m3 | d4..d7 m4..m7], then the middle quarters swapped).
+    // Inserted word by word: eight scalar stores read back as one vector would stall on
+    // store forwarding (seen in the profile, ~20% of the kernel).
+    let word = |c: usize| (x[c] as *const BlockQ4_1 as *const i32).read_unaligned();
+    let four = |c: usize| _mm_insert_epi32::<3>(_mm_insert_epi32::<2>(_mm_insert_epi32::<1>(_mm_cvtsi32_si128(word(c)), word(c + 1)), word(c + 2)), word(c + 3));
+    let dm = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(four(0)), four(4));
+    let halves = _mm256_packus_epi32(_mm256_and_si256(dm, _mm256_set1_epi32(0xFFFF)), _mm256_srli_epi32::<16>(dm));
+    let halves = _mm256_permute4x64_epi64::<0b11_01_10_00>(halves);
+    (weights, _mm256_cvtph_ps(_mm256_castsi256_si128(halves)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(halves)))
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): `R` activation rows times eight Q4_1 weight columns,
+/// each result bit-identical to `vec_dot_q4_1_q8_1` on that row and column.
+///
+/// Per block and row, eight `maddubs` of a broadcast group of four activation bytes by the
+/// interleaved weights, added as 16-bit integers (at most 8 x 2 x 15 x 127 = 30480 in
+/// magnitude, inside i16: Q8_1 activations lie in -127..=127), one `madd` into each column's
+/// exact block sum; no horizontal sums. The one-column kernel spends most of its time on the
+/// per-block scales and sums that here serve eight columns at once.
+#[inline(always)]
+///
+/// `next` (the following eight columns, or fewer, or none) is brought into cache over the
+/// blocks, a share per block.
+pub(crate) fn q4_1_rows_by_eight_columns<const R: usize>(cols: [&[BlockQ4_1]; 8], next: &[BlockQ4_1], rows: [&[BlockQ8_1]; R]) -> [[f32; 8]; R] {
+    let blocks = cols.iter().map(|c| c.len()).chain(rows.iter().map(|r| r.len())).min().unwrap_or(0);
+    // The next group's eight blocks of each position are 8 x 20 = 160 bytes; three lines from
+    // its share's start cover them.
+    const SHARE: usize = 8 * std::mem::size_of::<BlockQ4_1>();
+    let (next_start, next_bytes) = (next.as_ptr() as *const i8, std::mem::size_of_val(next));
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for i in 0..blocks {
+            if i * SHARE < next_bytes {
+                // Never dereferenced, and a prefetch past the end of `next` cannot fault.
+                let share = next_start.wrapping_add(i * SHARE);
+                _mm_prefetch::<_MM_HINT_T0>(share);
+                _mm_prefetch::<_MM_HINT_T0>(share.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T0>(share.wrapping_add(128));
+            }
+            let block = q4_1_eight_blocks(std::array::from_fn(|c| cols[c].get_unchecked(i)));
+            q4_1_add_block_of_rows(&block, i, rows, ones, &mut acc);
+        }
+        acc.map(|a| by_column(a))
+    }
+}
+
+/// Block `i` of eight Q4_1 columns (as [`q4_1_eight_blocks`] lays it out) times block `i` of
+/// `R` rows, added to each row's per-column sums.
+#[inline(always)]
+unsafe fn q4_1_add_block_of_rows<const R: usize>((weights, d, m): &([__m256i; 8], __m256, __m256), i: usize, rows: [&[BlockQ8_1]; R], ones: __m256i, acc: &mut [__m256; R]) {
+    for r in 0..R {
+        let y = rows[r].get_unchecked(i);
+        let act = |g: usize| _mm256_set1_epi32((y.qs.as_ptr() as *const i32).add(g).read_unaligned());
+        let mut sum = _mm256_maddubs_epi16(weights[0], act(0));
+        for g in 1..8 {
+            sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(weights[g], act(g)));
+        }
+        let (dy, sy) = q8_1_scales(y);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones)), _mm256_mul_ps(*d, dy), acc[r]);
+        acc[r] = _mm256_fmadd_ps(*m, sy, acc[r]);
+    }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): eight Q4_1 columns interleaved once for a prompt's
+/// rows. [`q4_1_rows_by_eight_columns`] interleaves each block again for every four rows, a
+/// quarter of its work; a prompt of hundreds of rows keeps the interleaved copy instead.
+#[derive(Default)]
+pub(crate) struct Q4_1EightColumns {
+    blocks: Vec<([__m256i; 8], __m256, __m256)>,
+}
+
+impl EightColumns for Q4_1EightColumns {
+    type Block = BlockQ4_1;
+    /// Below eight rows the blocks are interleaved where they lie, at most twice per block.
+    const MIN_ROWS: usize = 8;
+
+    fn pack(&mut self, columns: &[BlockQ4_1], blocks: usize) {
+        debug_assert_eq!(columns.len(), 8 * blocks);
+        self.blocks.clear();
+        self.blocks.extend((0..blocks).map(|i| unsafe { q4_1_eight_blocks(std::array::from_fn(|c| columns.get_unchecked(c * blocks + i))) }));
+    }
+}
+
+impl RowsByEightColumns for Q4_1EightColumns {
+    type Row = BlockQ8_1;
+
+    #[inline(always)]
+    fn rows<const R: usize>(&self, rows: [&[BlockQ8_1]; R]) -> [[f32; 8]; R] {
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (i, block) in self.blocks.iter().enumerate() {
+                q4_1_add_block_of_rows(block, i, rows, ones, &mut acc);
+            }
+            acc.map(|a| by_column(a))
+        }
     }
 }
 
@@ -667,9 +772,17 @@ pub(crate) fn vec_dot_q4k_q8k(n: usize, xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32
     }
 }
 
+/// RAPPORT PATCH (see vendor/PATCHES.md): a kernel for activation rows times eight weight
+/// columns.
+pub(crate) trait RowsByEightColumns {
+    type Row;
+    /// `R` rows times the eight columns, each result bit-identical to the type's `vec_dot`.
+    fn rows<const R: usize>(&self, rows: [&[Self::Row]; R]) -> [[f32; 8]; R];
+}
+
 /// RAPPORT PATCH (see vendor/PATCHES.md): a type's weights re-laid eight columns at a time,
-/// and its kernel over them.
-pub(crate) trait EightColumns: Default {
+/// for its kernel over them.
+pub(crate) trait EightColumns: Default + RowsByEightColumns {
     type Block;
     /// Below this many rows, re-laying the weights costs more than it saves (criterion bench
     /// `quantized_matmul`: re-laying eight Q6_K columns costs as much as ~3 rows through the
@@ -677,8 +790,6 @@ pub(crate) trait EightColumns: Default {
     const MIN_ROWS: usize;
     /// Re-lays `columns` (eight columns of `blocks` blocks each, one after the other).
     fn pack(&mut self, columns: &[Self::Block], blocks: usize);
-    /// `R` rows times the eight columns, each result bit-identical to the type's `vec_dot`.
-    fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R];
 }
 
 /// RAPPORT PATCH (see vendor/PATCHES.md): eight Q4_K weight columns re-laid for
@@ -804,6 +915,11 @@ impl EightColumns for Q4KEightColumns {
             }
         }
     }
+
+}
+
+impl RowsByEightColumns for Q4KEightColumns {
+    type Row = BlockQ8K;
 
     #[inline(always)]
     fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
@@ -932,6 +1048,11 @@ impl EightColumns for Q6KEightColumns {
         }
     }
 
+}
+
+impl RowsByEightColumns for Q6KEightColumns {
+    type Row = BlockQ8K;
+
     #[inline(always)]
     fn rows<const R: usize>(&self, rows: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
         q6k_rows_by_eight_columns(self, rows)
@@ -995,7 +1116,7 @@ pub(crate) fn q6k_rows_by_eight_columns<const R: usize>(cols: &Q6KEightColumns, 
 pub(crate) fn matmul_eight_columns_at_a_time<C: EightColumns>(
     k_in_blocks: usize,
     rhs_cols: &[C::Block],
-    lhs_b: &[BlockQ8K],
+    lhs_b: &[C::Row],
     m: usize,
     out: &ColumnsOut,
     columns: &mut C,
@@ -1004,27 +1125,82 @@ pub(crate) fn matmul_eight_columns_at_a_time<C: EightColumns>(
         return 0;
     }
     let groups = rhs_cols.len() / k_in_blocks / 8;
-    let row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
     for group in 0..groups {
         columns.pack(&rhs_cols[group * 8 * k_in_blocks..(group + 1) * 8 * k_in_blocks], k_in_blocks);
-        let write = |first_row: usize, results: &[[f32; 8]]| {
-            for (r, by_col) in results.iter().enumerate() {
-                out.write_eight(first_row + r, group * 8, by_col);
-            }
-        };
-        let mut r = 0;
-        while r + 4 <= m {
-            write(r, &columns.rows::<4>([row(r), row(r + 1), row(r + 2), row(r + 3)]));
-            r += 4;
-        }
-        match m - r {
-            3 => write(r, &columns.rows::<3>([row(r), row(r + 1), row(r + 2)])),
-            2 => write(r, &columns.rows::<2>([row(r), row(r + 1)])),
-            1 => write(r, &columns.rows::<1>([row(r)])),
-            _ => {}
-        }
+        every_row_four_at_a_time(&*columns, k_in_blocks, lhs_b, m, group * 8, out);
     }
     groups * 8
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): eight Q4_1 weight columns, read where they lie, and
+/// the blocks to fetch while they are read.
+struct Q4_1Columns<'a> {
+    cols: [&'a [BlockQ4_1]; 8],
+    next: &'a [BlockQ4_1],
+}
+
+impl RowsByEightColumns for Q4_1Columns<'_> {
+    type Row = BlockQ8_1;
+
+    #[inline(always)]
+    fn rows<const R: usize>(&self, rows: [&[BlockQ8_1]; R]) -> [[f32; 8]; R] {
+        q4_1_rows_by_eight_columns(self.cols, self.next, rows)
+    }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): Q4_1 columns times `m` rows, eight columns at a
+/// time, from one row on (decoding included): below `Q4_1EightColumns::MIN_ROWS` rows each
+/// block is interleaved where it lies, from there on into a copy kept for all the rows (same
+/// arithmetic either way). Returns the columns written; a remainder of fewer than eight is
+/// left to the caller.
+///
+/// While a group is computed, the next eight columns (from `following` after the last group)
+/// are fetched: a group reads eight short runs of blocks, one per column, too short for the
+/// hardware prefetcher to pick up, and one decoding row leaves the kernel waiting on memory
+/// (measured: 20% slower than the one-column kernel, which reads one long run, before this).
+pub(crate) fn q4_1_matmul_eight_columns_at_a_time(k_in_blocks: usize, rhs_cols: &[BlockQ4_1], following: &[BlockQ4_1], lhs_b: &[BlockQ8_1], m: usize, out: &ColumnsOut) -> usize {
+    if m >= Q4_1EightColumns::MIN_ROWS {
+        // One interleaved copy per thread, kept between calls, as for Q4_K.
+        thread_local! {
+            static COLUMNS: std::cell::RefCell<Q4_1EightColumns> = Default::default();
+        }
+        return COLUMNS.with_borrow_mut(|columns| matmul_eight_columns_at_a_time(k_in_blocks, rhs_cols, lhs_b, m, out, columns));
+    }
+    let groups = rhs_cols.len() / k_in_blocks / 8;
+    let group_len = 8 * k_in_blocks;
+    for group in 0..groups {
+        let column = |c: usize| &rhs_cols[(group * 8 + c) * k_in_blocks..(group * 8 + c + 1) * k_in_blocks];
+        let next = match rhs_cols.get((group + 1) * group_len..) {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => following,
+        };
+        let columns = Q4_1Columns { cols: std::array::from_fn(column), next: &next[..next.len().min(group_len)] };
+        every_row_four_at_a_time(&columns, k_in_blocks, lhs_b, m, group * 8, out);
+    }
+    groups * 8
+}
+
+/// All `m` rows of `lhs_b` (`k_in_blocks` blocks each) times the eight columns of `kernel`,
+/// four rows at a time, written into `out` from column `first_col`.
+#[inline(always)]
+fn every_row_four_at_a_time<K: RowsByEightColumns>(kernel: &K, k_in_blocks: usize, lhs_b: &[K::Row], m: usize, first_col: usize, out: &ColumnsOut) {
+    let row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
+    let write = |first_row: usize, results: &[[f32; 8]]| {
+        for (r, by_col) in results.iter().enumerate() {
+            out.write_eight(first_row + r, first_col, by_col);
+        }
+    };
+    let mut r = 0;
+    while r + 4 <= m {
+        write(r, &kernel.rows::<4>([row(r), row(r + 1), row(r + 2), row(r + 3)]));
+        r += 4;
+    }
+    match m - r {
+        3 => write(r, &kernel.rows::<3>([row(r), row(r + 1), row(r + 2)])),
+        2 => write(r, &kernel.rows::<2>([row(r), row(r + 1)])),
+        1 => write(r, &kernel.rows::<1>([row(r)])),
+        _ => {}
+    }
 }
 
 #[inline(always)]

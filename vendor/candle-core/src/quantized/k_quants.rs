@@ -66,10 +66,16 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     /// `k_in_blocks` blocks each) times all `m` rows of `lhs_b`, written into `out`, for types
     /// with a kernel that takes several columns at once. Returns how many leading columns it
     /// wrote; the caller takes the rest one column at a time. Each result must be bit-identical
-    /// to `vec_dot` on its row and column.
-    fn matmul_columns(_k_in_blocks: usize, _rhs_cols: &[Self], _lhs_b: &[Self::VecDotType], _m: usize, _out: &ColumnsOut) -> usize {
+    /// to `vec_dot` on its row and column. `following` is the rest of the matrix after these
+    /// columns (likely this thread's next task), for a kernel that reads ahead.
+    fn matmul_columns(_k_in_blocks: usize, _rhs_cols: &[Self], _following: &[Self], _lhs_b: &[Self::VecDotType], _m: usize, _out: &ColumnsOut) -> usize {
         0
     }
+
+    /// RAPPORT PATCH (see vendor/PATCHES.md): whether one row (a decoding step of one
+    /// sequence) also goes through `matmul_columns`. Only for a type whose column kernel needs
+    /// no re-laid copy of the weights, which one row could not repay.
+    const ONE_ROW_BY_COLUMNS: bool = false;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -305,6 +311,16 @@ impl GgmlType for BlockQ4_1 {
     #[cfg(target_feature = "avx2")]
     fn vec_dot_rows<const R: usize>(n: usize, xs: &[Self], ys: [&[Self::VecDotType]; R]) -> [f32; R] {
         super::avx::vec_dot_q4_1_q8_1_rows(n, xs, ys)
+    }
+
+    // Eight columns per pass, read in place (`q4_1_rows_by_eight_columns`): a decoding row
+    // takes it too, so a row's arithmetic is the same alone as in a batch.
+    #[cfg(target_feature = "avx2")]
+    const ONE_ROW_BY_COLUMNS: bool = true;
+
+    #[cfg(target_feature = "avx2")]
+    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], following: &[Self], lhs_b: &[Self::VecDotType], m: usize, out: &ColumnsOut) -> usize {
+        super::avx::q4_1_matmul_eight_columns_at_a_time(k_in_blocks, rhs_cols, following, lhs_b, m, out)
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -1390,7 +1406,7 @@ impl GgmlType for BlockQ4K {
 
     // RAPPORT PATCH (see vendor/PATCHES.md): eight columns at a time where AVX2 is on.
     #[cfg(target_feature = "avx2")]
-    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &ColumnsOut) -> usize {
+    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], _following: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &ColumnsOut) -> usize {
         // One re-laid copy per thread, kept between calls: a prompt makes hundreds of them.
         thread_local! {
             static COLUMNS: std::cell::RefCell<super::avx::Q4KEightColumns> = Default::default();
@@ -1958,7 +1974,7 @@ impl GgmlType for BlockQ6K {
 
     // RAPPORT PATCH (see vendor/PATCHES.md): eight columns at a time where AVX2 is on.
     #[cfg(target_feature = "avx2")]
-    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &ColumnsOut) -> usize {
+    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], _following: &[Self], lhs_b: &[BlockQ8K], m: usize, out: &ColumnsOut) -> usize {
         // One re-laid copy per thread, kept between calls: a prompt makes hundreds of them.
         thread_local! {
             static COLUMNS: std::cell::RefCell<super::avx::Q6KEightColumns> = Default::default();
@@ -2357,7 +2373,7 @@ pub fn matmul<T: GgmlType>(
         }
     }
 
-    if m == 1 {
+    if m == 1 && !T::ONE_ROW_BY_COLUMNS {
         // One row (decoding): unchanged upstream path.
         let lhs_row = &lhs_b[..k_in_blocks];
         dst[..n]
@@ -2436,8 +2452,8 @@ fn matmul_rows_blocked<T: GgmlType>(
     blocks.par_iter().enumerate().for_each(|(block, out)| {
         let first_col = block * COLS;
         let cols = out.cols;
-        let rhs_block = &rhs_t[first_col * k_in_blocks..(first_col + cols) * k_in_blocks];
-        let done = T::matmul_columns(k_in_blocks, rhs_block, lhs_b, m, out);
+        let (rhs_block, following) = rhs_t[first_col * k_in_blocks..].split_at(cols * k_in_blocks);
+        let done = T::matmul_columns(k_in_blocks, rhs_block, following, lhs_b, m, out);
         for row_start in (0..m).step_by(ROWS) {
             let rows = ROWS.min(m - row_start);
             let lhs_row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
