@@ -393,6 +393,11 @@ impl Pipeline {
                     record.prompt_tokens = Some(s.usage.prompt_tokens);
                     record.cached_prompt_tokens = Some(s.usage.cached_prompt_tokens);
                     record.completion_tokens = Some(s.usage.completion_tokens);
+                } else if draft.chunks > 0 {
+                    // Cut short, so no summary: count what it streamed. Without this, load
+                    // reports counted such replies (most of SmolLM2's, which run past the
+                    // sentence budget) as zero tokens.
+                    record.completion_tokens = Some(draft.chunks);
                 }
                 if draft.hits.is_empty() {
                     record.total_ms = started.elapsed().as_millis() as u64;
@@ -426,9 +431,11 @@ impl Pipeline {
         let mut raw = String::new();
         let mut shown = String::new();
         let mut summary: Option<GenerationSummary> = None;
+        let mut chunks = 0u32;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(GenerationEvent::Chunk(piece)) => {
+                    chunks += 1;
                     if first_chunk_ms.is_none() && !piece.is_empty() {
                         first_chunk_ms = Some(started.elapsed().as_millis() as u64);
                     }
@@ -442,7 +449,7 @@ impl Pipeline {
                         let hits = self.guards.check_reply(ready, None, locked_secret, leaks);
                         if !hits.is_empty() {
                             *review_us += t.elapsed().as_micros() as u64;
-                            return Ok(Draft { text: String::new(), vector: None, hits, edits: partial.edits, summary: None, shown: !shown.is_empty(), first_chunk_ms });
+                            return Ok(Draft { text: String::new(), vector: None, hits, edits: partial.edits, summary: None, chunks, shown: !shown.is_empty(), first_chunk_ms });
                         }
                         on_event(TurnEvent::Delta(ready[shown.len()..].to_string()));
                         shown = ready.to_string();
@@ -490,7 +497,7 @@ impl Pipeline {
             }
         }
         *review_us += t.elapsed().as_micros() as u64;
-        Ok(Draft { text: cleaned.text, vector, hits, edits: cleaned.edits, summary, shown: !shown.is_empty(), first_chunk_ms })
+        Ok(Draft { text: cleaned.text, vector, hits, edits: cleaned.edits, summary, chunks, shown: !shown.is_empty(), first_chunk_ms })
     }
 
     /// An in-character line for when no acceptable reply could be generated; never the same as
@@ -513,6 +520,9 @@ struct Draft {
     hits: Vec<GuardHit>,
     edits: Vec<String>,
     summary: Option<GenerationSummary>,
+    /// Text chunks the backend streamed: one per token from mistral.rs, vLLM and llama.cpp's
+    /// server (a token that only completes a character with the next is not sent alone).
+    chunks: u32,
     shown: bool,
     first_chunk_ms: Option<u64>,
 }

@@ -68,7 +68,9 @@ pub struct Attempt {
     /// Of those, the ones its prefix cache served (not read again).
     #[serde(default)]
     pub cached_prompt_tokens: Option<u32>,
-    /// Reply tokens.
+    /// Reply tokens: the backend's count, or for a draft cut short (it began the person's next
+    /// line or ran past the sentence budget, and the stream was dropped before any summary) the
+    /// chunks it streamed, one per token on the backends Rapport talks to.
     pub completion_tokens: Option<u32>,
     /// Time from the generation call to the first text, ms (retries not included).
     pub ttft_ms: Option<u64>,

@@ -136,6 +136,25 @@ fn the_streamed_text_is_the_stored_text() {
     });
 }
 
+/// A draft cut where the model began the person's next line ends without the backend's summary
+/// (the stream is dropped so as not to pay for tokens that would be cut), so its reply tokens
+/// are the chunks it streamed; load reports used to count such replies as none.
+#[test]
+fn a_draft_cut_at_the_next_turn_counts_the_tokens_it_streamed() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let p = pipeline("creator", true, greedy_config());
+        let said = Scripted::new(smollm2().await, vec![Script::Say("Mugs, mostly. Bowls too.\nThem: nice\nMe: yes")]);
+        let mut c = p.start();
+        let (out, _, _) = turn(&p, &mut c, "What do you make?", 0, &said).await;
+        assert_eq!(out.reply, "Mugs, mostly. Bowls too.");
+        let attempt = &out.trace.attempts[0];
+        assert!(attempt.cleanup.iter().any(|e| e == "cut_at_next_turn"), "{attempt:?}");
+        // "Mugs, " "mostly. " "Bowls " "too.\nThem: ": the fourth chunk begins the next turn.
+        assert_eq!(attempt.completion_tokens, Some(4), "{attempt:?}");
+    });
+}
+
 /// The party game with the default test model: the host warms up over a real conversation,
 /// the password stays out of every prompt and reply until the gate opens, and once it is open
 /// and asked for, it is in the prompt.
