@@ -6,10 +6,18 @@
 //! down projection (8960 → 1536, Q6_K in half the layers); rows: four sequences decoding
 //! together, a short prompt, a long one.
 //!
+//!
+//! Then SmolLM2's Q4_1 products for one decoding row, which since the eight-column Q4_1 kernel
+//! also go eight columns at a time, against one column at a time through the same type's
+//! `vec_dot` spread over the pool as upstream's one-row path spreads it. One pass over 64
+//! matrices of 576 → 1536 (~36 MB, a token's worth of SmolLM2's layers, more than the L3), so
+//! that the weights come from memory as they do when decoding.
+//!
 //! cargo bench --workspace --bench quantized_matmul
 
-use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ6K, GgmlType};
+use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_1, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use rayon::prelude::*;
 
 /// Deterministic values in [-1, 1): the timing needs realistic magnitudes, not randomness.
 fn values(len: usize, seed: usize) -> Vec<f32> {
@@ -38,9 +46,47 @@ fn products<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: usize) {
     group.finish();
 }
 
+fn one_row_from_memory(c: &mut Criterion, name: &str, k: usize, n: usize, matrices: usize) {
+    let k_in_blocks = k / BlockQ4_1::BLCK_SIZE;
+    let weights: Vec<Vec<BlockQ4_1>> = (0..matrices)
+        .map(|i| {
+            let mut w = vec![BlockQ4_1::zeros(); n * k_in_blocks];
+            BlockQ4_1::from_float(&values(n * k, i + 1), &mut w);
+            w
+        })
+        .collect();
+    let row = values(k, 0);
+    let mut out = vec![0f32; n];
+    let mut group = c.benchmark_group(format!("quantized-matmul/{name}"));
+    group.sample_size(20);
+    group.bench_function("eight-columns", |b| {
+        b.iter(|| {
+            for w in &weights {
+                matmul((1, k, n), &row, w, &mut out).unwrap();
+            }
+        })
+    });
+    let mut row_q = vec![BlockQ8_1::zeros(); k_in_blocks];
+    group.bench_function("one-column-at-a-time", |b| {
+        b.iter(|| {
+            for w in &weights {
+                // As `matmul` does: quantize the row, then every column on the pool.
+                BlockQ8_1::from_float(&row, &mut row_q);
+                out.par_iter_mut()
+                    .enumerate()
+                    .with_min_len(128)
+                    .with_max_len(512)
+                    .for_each(|(col, dst)| *dst = BlockQ4_1::vec_dot(k, &w[col * k_in_blocks..(col + 1) * k_in_blocks], &row_q));
+            }
+        })
+    });
+    group.finish();
+}
+
 fn quantized_matmul(c: &mut Criterion) {
     products::<BlockQ4K>(c, "q4k-1536x8960", 1536, 8960);
     products::<BlockQ6K>(c, "q6k-8960x1536", 8960, 1536);
+    one_row_from_memory(c, "q4_1-one-row-64x576x1536", 576, 1536, 64);
 }
 
 criterion_group!(benches, quantized_matmul);
