@@ -16,7 +16,8 @@ use rapport_core::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// The dtype of activations (and of the KV cache). Weights stay in their GGUF quantisation.
+/// The dtype of activations (and of the KV cache, unless [`KvCacheDtype`] keeps it in f16 under
+/// f32 activations). Weights stay in their GGUF quantisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activations {
     /// 32-bit floats: the fast choice on CPUs without native half-precision arithmetic.

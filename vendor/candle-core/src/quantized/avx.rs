@@ -194,10 +194,10 @@ unsafe fn q4_1_eight_blocks(x: [&BlockQ4_1; 8]) -> ([__m256i; 8], __m256, __m256
 /// magnitude, inside i16: Q8_1 activations lie in -127..=127), one `madd` into each column's
 /// exact block sum; no horizontal sums. The one-column kernel spends most of its time on the
 /// per-block scales and sums that here serve eight columns at once.
-#[inline(always)]
 ///
 /// `next` (the following eight columns, or fewer, or none) is brought into cache over the
 /// blocks, a share per block.
+#[inline(always)]
 pub(crate) fn q4_1_rows_by_eight_columns<const R: usize>(cols: [&[BlockQ4_1]; 8], next: &[BlockQ4_1], rows: [&[BlockQ8_1]; R]) -> [[f32; 8]; R] {
     let blocks = cols.iter().map(|c| c.len()).chain(rows.iter().map(|r| r.len())).min().unwrap_or(0);
     // The next group's eight blocks of each position are 8 x 20 = 160 bytes; three lines from
