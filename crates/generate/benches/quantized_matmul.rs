@@ -7,15 +7,17 @@
 //! together, a short prompt, a long one.
 //!
 //!
-//! Then SmolLM2's Q4_1 products for one decoding row, which since the eight-column Q4_1 kernel
+//! Then one decoding row: SmolLM2's Q4_1 products for one decoding row, which since the eight-column Q4_1 kernel
 //! also go eight columns at a time, against one column at a time through the same type's
 //! `vec_dot` spread over the pool as upstream's one-row path spreads it. One pass over 64
 //! matrices of 576 → 1536 (~36 MB, a token's worth of SmolLM2's layers, more than the L3), so
-//! that the weights come from memory as they do when decoding.
+//! that the weights come from memory as they do when decoding. Qwen's one-row products go four
+//! columns per kernel call (the row loaded once for the four); the same comparison over 8 of its
+//! feed-forward matrices of each type (62 MB of Q4_K, 90 MB of Q6_K).
 //!
 //! cargo bench --workspace --bench quantized_matmul
 
-use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_1, GgmlType};
+use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ6K, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rayon::prelude::*;
 
@@ -46,12 +48,12 @@ fn products<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: usize) {
     group.finish();
 }
 
-fn one_row_from_memory(c: &mut Criterion, name: &str, k: usize, n: usize, matrices: usize) {
-    let k_in_blocks = k / BlockQ4_1::BLCK_SIZE;
-    let weights: Vec<Vec<BlockQ4_1>> = (0..matrices)
+fn one_row_from_memory<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: usize, matrices: usize, kernel: &str) {
+    let k_in_blocks = k / T::BLCK_SIZE;
+    let weights: Vec<Vec<T>> = (0..matrices)
         .map(|i| {
-            let mut w = vec![BlockQ4_1::zeros(); n * k_in_blocks];
-            BlockQ4_1::from_float(&values(n * k, i + 1), &mut w);
+            let mut w = vec![T::zeros(); n * k_in_blocks];
+            T::from_float(&values(n * k, i + 1), &mut w);
             w
         })
         .collect();
@@ -59,24 +61,24 @@ fn one_row_from_memory(c: &mut Criterion, name: &str, k: usize, n: usize, matric
     let mut out = vec![0f32; n];
     let mut group = c.benchmark_group(format!("quantized-matmul/{name}"));
     group.sample_size(20);
-    group.bench_function("eight-columns", |b| {
+    group.bench_function(kernel, |b| {
         b.iter(|| {
             for w in &weights {
                 matmul((1, k, n), &row, w, &mut out).unwrap();
             }
         })
     });
-    let mut row_q = vec![BlockQ8_1::zeros(); k_in_blocks];
+    let mut row_q = vec![T::VecDotType::zeros(); k_in_blocks];
     group.bench_function("one-column-at-a-time", |b| {
         b.iter(|| {
             for w in &weights {
-                // As `matmul` does: quantize the row, then every column on the pool.
-                BlockQ8_1::from_float(&row, &mut row_q);
+                // As upstream's `matmul` does: quantize the row, then every column on the pool.
+                T::VecDotType::from_float(&row, &mut row_q);
                 out.par_iter_mut()
                     .enumerate()
                     .with_min_len(128)
                     .with_max_len(512)
-                    .for_each(|(col, dst)| *dst = BlockQ4_1::vec_dot(k, &w[col * k_in_blocks..(col + 1) * k_in_blocks], &row_q));
+                    .for_each(|(col, dst)| *dst = T::vec_dot(k, &w[col * k_in_blocks..(col + 1) * k_in_blocks], &row_q));
             }
         })
     });
@@ -86,7 +88,9 @@ fn one_row_from_memory(c: &mut Criterion, name: &str, k: usize, n: usize, matric
 fn quantized_matmul(c: &mut Criterion) {
     products::<BlockQ4K>(c, "q4k-1536x8960", 1536, 8960);
     products::<BlockQ6K>(c, "q6k-8960x1536", 8960, 1536);
-    one_row_from_memory(c, "q4_1-one-row-64x576x1536", 576, 1536, 64);
+    one_row_from_memory::<BlockQ4_1>(c, "q4_1-one-row-64x576x1536", 576, 1536, 64, "eight-columns");
+    one_row_from_memory::<BlockQ4K>(c, "q4k-one-row-8x1536x8960", 1536, 8960, 8, "four-columns");
+    one_row_from_memory::<BlockQ6K>(c, "q6k-one-row-8x8960x1536", 8960, 1536, 8, "four-columns");
 }
 
 criterion_group!(benches, quantized_matmul);

@@ -95,6 +95,14 @@ mod candle_patch {
         check::<BlockQ6K>(9, 512, 29);
         check::<BlockQ6K>(3, 256, 16);
         check::<BlockQ6K>(2, 256, 24);
+        // One row (decoding) takes Q4_K and Q6_K four columns at a time: whole fours, then
+        // fours and a remainder of one to three, one block per column and Qwen's widths.
+        for n in [4, 37, 130, 131] {
+            check::<BlockQ4K>(1, 256, n);
+            check::<BlockQ6K>(1, 256, n);
+        }
+        check::<BlockQ4K>(1, 1536, 138);
+        check::<BlockQ6K>(1, 8960, 22);
     }
 
     /// The eight-column Q4_K kernel adds eight products of nibbles and activation bytes as
@@ -109,6 +117,8 @@ mod candle_patch {
         let rhs: Vec<f32> = (0..n * k).map(|i| if i % 32 == 0 { 0.0 } else { 1.0 }).collect();
         let lhs = vec![-1.0f32; m * k];
         check_values::<BlockQ4K>((m, k, n), &lhs, &rhs);
+        // And one row, four columns at a time.
+        check_values::<BlockQ4K>((1, k, n), &lhs[..k], &rhs);
     }
 
     /// The same for Q4_1, whose eight-column kernel adds sixteen products of nibbles and
@@ -134,6 +144,8 @@ mod candle_patch {
         let rhs: Vec<f32> = (0..n * k).map(|i| if i % 16 == 0 { -1.0 } else { 0.97 }).collect();
         let lhs = vec![-1.0f32; m * k];
         check_values::<BlockQ6K>((m, k, n), &lhs, &rhs);
+        // And one row, four columns at a time (whose offset of 32 comes from the row's sums).
+        check_values::<BlockQ6K>((1, k, n), &lhs[..k], &rhs);
     }
 
     /// A type's AVX2 `vec_dot` against upstream's scalar `vec_dot_unopt`, on deterministic

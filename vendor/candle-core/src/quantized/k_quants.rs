@@ -76,6 +76,16 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     /// sequence) also goes through `matmul_columns`. Only for a type whose column kernel needs
     /// no re-laid copy of the weights, which one row could not repay.
     const ONE_ROW_BY_COLUMNS: bool = false;
+
+    /// RAPPORT PATCH (see vendor/PATCHES.md): one activation row (decoding) times four weight
+    /// columns, each result bit for bit what `vec_dot` gives for its column. Types with a kernel
+    /// that loads the row once for the four columns override it and set
+    /// `ONE_ROW_FOUR_COLUMNS_AT_A_TIME`, which routes one-row products through it. `next` holds
+    /// the following columns (up to four, possibly none), for a kernel that reads ahead.
+    fn vec_dot_four_columns(n: usize, columns: [&[Self]; 4], _next: &[Self], ys: &[Self::VecDotType]) -> [f32; 4] {
+        columns.map(|xs| Self::vec_dot(n, xs, ys))
+    }
+    const ONE_ROW_FOUR_COLUMNS_AT_A_TIME: bool = false;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1414,6 +1424,14 @@ impl GgmlType for BlockQ4K {
         COLUMNS.with_borrow_mut(|columns| super::avx::matmul_eight_columns_at_a_time(k_in_blocks, rhs_cols, lhs_b, m, out, columns))
     }
 
+    // RAPPORT PATCH (see vendor/PATCHES.md): one row four columns at a time where AVX2 is on.
+    #[cfg(target_feature = "avx2")]
+    const ONE_ROW_FOUR_COLUMNS_AT_A_TIME: bool = true;
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_four_columns(n: usize, columns: [&[Self]; 4], next: &[Self], ys: &[BlockQ8K]) -> [f32; 4] {
+        super::avx::q4k_row_by_four_columns(n, columns, next, ys)
+    }
+
     #[allow(unreachable_code)]
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
         #[cfg(target_feature = "avx2")]
@@ -1982,6 +2000,14 @@ impl GgmlType for BlockQ6K {
         COLUMNS.with_borrow_mut(|columns| super::avx::matmul_eight_columns_at_a_time(k_in_blocks, rhs_cols, lhs_b, m, out, columns))
     }
 
+    // RAPPORT PATCH (see vendor/PATCHES.md): one row four columns at a time where AVX2 is on.
+    #[cfg(target_feature = "avx2")]
+    const ONE_ROW_FOUR_COLUMNS_AT_A_TIME: bool = true;
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_four_columns(n: usize, columns: [&[Self]; 4], next: &[Self], ys: &[BlockQ8K]) -> [f32; 4] {
+        super::avx::q6k_row_by_four_columns(n, columns, next, ys)
+    }
+
     #[allow(unreachable_code)]
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
         #[cfg(target_feature = "avx2")]
@@ -2373,6 +2399,30 @@ pub fn matmul<T: GgmlType>(
         }
     }
 
+    if m == 1 && T::ONE_ROW_FOUR_COLUMNS_AT_A_TIME {
+        // RAPPORT PATCH (see vendor/PATCHES.md): one row (decoding), four columns per kernel
+        // call, in tasks of as many columns as upstream's below; a last partial four goes one
+        // column at a time.
+        let lhs_row = &lhs_b[..k_in_blocks];
+        let column = |col: usize| &rhs_t[col * k_in_blocks..(col + 1) * k_in_blocks];
+        dst[..n]
+            .par_chunks_mut(4)
+            .enumerate()
+            .with_min_len(32)
+            .with_max_len(128)
+            .for_each(|(four, dst)| {
+                let first = four * 4;
+                if let Ok(dst) = <&mut [f32; 4]>::try_from(&mut *dst) {
+                    let next = &rhs_t[((first + 4) * k_in_blocks).min(rhs_t.len())..((first + 8) * k_in_blocks).min(rhs_t.len())];
+                    *dst = T::vec_dot_four_columns(k, [column(first), column(first + 1), column(first + 2), column(first + 3)], next, lhs_row);
+                } else {
+                    for (c, dst) in dst.iter_mut().enumerate() {
+                        *dst = T::vec_dot(k, column(first + c), lhs_row);
+                    }
+                }
+            });
+        return Ok(());
+    }
     if m == 1 && !T::ONE_ROW_BY_COLUMNS {
         // One row (decoding): unchanged upstream path.
         let lhs_row = &lhs_b[..k_in_blocks];
