@@ -6,9 +6,8 @@
 //! down projection (8960 → 1536, Q6_K in half the layers); rows: four sequences decoding
 //! together, a short prompt, a long one.
 //!
-//!
-//! Then one decoding row: SmolLM2's Q4_1 products for one decoding row, which since the eight-column Q4_1 kernel
-//! also go eight columns at a time, against one column at a time through the same type's
+//! Then one decoding row: SmolLM2's Q4_1 products, which since the eight-column Q4_1 kernel also
+//! go eight columns at a time, against one column at a time through the same type's
 //! `vec_dot` spread over the pool as upstream's one-row path spreads it. One pass over 64
 //! matrices of 576 → 1536 (~36 MB, a token's worth of SmolLM2's layers, more than the L3), so
 //! that the weights come from memory as they do when decoding. Qwen's one-row products go four
