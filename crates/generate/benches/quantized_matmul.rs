@@ -14,9 +14,12 @@
 //! columns per kernel call (the row loaded once for the four); the same comparison over 8 of its
 //! feed-forward matrices of each type (62 MB of Q4_K, 90 MB of Q6_K).
 //!
+//! Last, quantizing the activations (what every Q4_1 product does first) against upstream's
+//! scalar loop.
+//!
 //! cargo bench --workspace --bench quantized_matmul
 
-use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ6K, GgmlType};
+use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_1, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rayon::prelude::*;
 
@@ -84,6 +87,36 @@ fn one_row_from_memory<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: 
     group.finish();
 }
 
+/// Upstream's scalar `quantize_row_q8_1` (the peer): the same bytes as the patched one, which
+/// the `candle_patch` unit test checks.
+fn upstream_quantize_q8_1(xs: &[f32], out: &mut [(f32, [i8; 32], i32)]) {
+    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(32)) {
+        let amax = xs.iter().fold(0f32, |amax, x| amax.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0f32 { 1. / d } else { 0. };
+        let mut sum = 0;
+        for (q, &x) in block.1.iter_mut().zip(xs) {
+            *q = f32::round(x * id) as i8;
+            sum += *q as i32;
+        }
+        *block = (d, block.1, sum);
+    }
+}
+
+/// The activation rows of a 64-row SmolLM2 prompt chunk (64 x 576) quantized to Q8_1, as every
+/// Q4_1 product does first: the patched candle's 32-at-a-time quantizer against upstream's
+/// scalar loop (which also left the f16 conversions to the caller here, so the peer does less).
+fn activation_quantization(c: &mut Criterion) {
+    let (m, k) = (64, 576);
+    let rows = values(m * k, 3);
+    let mut group = c.benchmark_group("quantize-activations/q8_1-64x576");
+    let mut patched = vec![BlockQ8_1::zeros(); m * k / 32];
+    group.bench_function("32-at-a-time", |b| b.iter(|| BlockQ8_1::from_float(&rows, &mut patched)));
+    let mut upstream = vec![(0f32, [0i8; 32], 0i32); m * k / 32];
+    group.bench_function("upstream-scalar", |b| b.iter(|| upstream_quantize_q8_1(&rows, &mut upstream)));
+    group.finish();
+}
+
 fn quantized_matmul(c: &mut Criterion) {
     products::<BlockQ4K>(c, "q4k-1536x8960", 1536, 8960);
     products::<BlockQ6K>(c, "q6k-8960x1536", 8960, 1536);
@@ -92,5 +125,5 @@ fn quantized_matmul(c: &mut Criterion) {
     one_row_from_memory::<BlockQ6K>(c, "q6k-one-row-8x8960x1536", 8960, 1536, 8, "four-columns");
 }
 
-criterion_group!(benches, quantized_matmul);
+criterion_group!(benches, quantized_matmul, activation_quantization);
 criterion_main!(benches);

@@ -24,7 +24,7 @@ pub use rapport_core::{SseDecoder, SseEvent};
 #[cfg(test)]
 mod candle_patch {
     use candle_core::quantized::k_quants::{
-        matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_0, GgmlType,
+        matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_0, BlockQ8_1, GgmlType,
     };
 
     fn check<T: GgmlType>(m: usize, k: usize, n: usize) {
@@ -171,6 +171,61 @@ mod candle_patch {
             simd_kernel_equals_the_scalar_one::<BlockQ4K>(k, seed);
             simd_kernel_equals_the_scalar_one::<BlockQ6K>(k, seed);
         }
+    }
+
+    /// Upstream's scalar `quantize_row_q8_0` / `quantize_row_q8_1` for one block, as the bytes
+    /// of the block: `d` (f16), for Q8_1 then `s` (f16, the sum of the bytes times `d`), then
+    /// the 32 bytes.
+    fn upstream_q8_block(xs: &[f32], with_sum: bool) -> Vec<u8> {
+        use half::f16;
+        let amax = xs.iter().fold(0f32, |amax, x| amax.max(x.abs()));
+        let d = amax / ((1 << 7) - 1) as f32;
+        let id = if d != 0f32 { 1. / d } else { 0. };
+        let qs: Vec<i8> = xs.iter().map(|&x| f32::round(x * id) as i8).collect();
+        let d16 = f16::from_f32(d);
+        let mut bytes = d16.to_le_bytes().to_vec();
+        if with_sum {
+            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+            bytes.extend((f16::from_f32(sum as f32) * d16).to_le_bytes());
+        }
+        bytes.extend(qs.iter().map(|&q| q as u8));
+        bytes
+    }
+
+    /// The blocks' bytes as they lie in memory (both types are `repr(C)` plain data).
+    fn block_bytes<T: GgmlType>(blocks: &[T]) -> &[u8] {
+        // SAFETY: plain-data blocks without padding (their sizes are asserted in candle).
+        unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks)) }
+    }
+
+    /// Activations are quantized (Q8_0 for Q8_0 weights, Q8_1 for Q4_1) 32 values at a time in
+    /// the patched candle; the bytes must be upstream's scalar ones, ties and edges included.
+    #[test]
+    fn vectorized_activation_quantization_gives_upstreams_bytes() {
+        let mut blocks: Vec<Vec<f32>> = vec![
+            vec![0.0; 32],
+            // amax 127 makes d = 1 and id = 1, so x * id lands exactly on halves: round away
+            // from zero (2.5 -> 3, -2.5 -> -3), and just below a half stays down.
+            (0..32).map(|i| if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 }).collect(),
+            (0..32).map(|i| if i == 31 { -127.0 } else { -(i as f32) - 0.5 }).collect(),
+            (0..32).map(|i| if i == 0 { 127.0 } else { 0.49999997 * if i % 2 == 0 { 1.0 } else { -1.0 } }).collect(),
+            // One huge value, the rest rounding to zero or one step; -0.0 and subnormals.
+            (0..32).map(|i| match i { 0 => 3.0e38, 1 => -0.0, 2 => 1.0e-40, _ => i as f32 * 1.0e36 }).collect(),
+            // A NaN (upstream: `max` skips it, `as i8` makes it 0).
+            (0..32).map(|i| if i == 5 { f32::NAN } else { i as f32 / 7.0 - 2.0 }).collect(),
+        ];
+        // And SmolLM2-like activations.
+        for seed in 0..64usize {
+            blocks.push((0..32).map(|i| (((i + 32 * seed) * 2_654_435_761 % 1_000_003) as f32 / 83_000.0) - 6.0).collect());
+        }
+        let xs: Vec<f32> = blocks.concat();
+        let expected = |with_sum: bool| blocks.iter().flat_map(|b| upstream_q8_block(b, with_sum)).collect::<Vec<u8>>();
+        let mut q8_0 = vec![BlockQ8_0::zeros(); blocks.len()];
+        BlockQ8_0::from_float(&xs, &mut q8_0);
+        assert_eq!(block_bytes(&q8_0), &expected(false)[..]);
+        let mut q8_1 = vec![BlockQ8_1::zeros(); blocks.len()];
+        BlockQ8_1::from_float(&xs, &mut q8_1);
+        assert_eq!(block_bytes(&q8_1), &expected(true)[..]);
     }
 
     /// The AVX2 Q4_1 kernel, on SmolLM2's widths and on values that reach the ends of both

@@ -684,6 +684,18 @@ impl GgmlType for BlockQ8_0 {
             ys.len(),
             Self::BLCK_SIZE
         );
+        // RAPPORT PATCH (see vendor/PATCHES.md): the same bytes, 32 values at a time.
+        #[cfg(target_feature = "avx2")]
+        {
+            for (ys, xs) in ys.iter_mut().zip(xs.chunks_exact(Self::BLCK_SIZE)) {
+                let (d, qs) = super::avx::quantize_block_q8(xs);
+                ys.d = f16::from_f32(d);
+                // SAFETY: 32 bytes into the block's 32 quantized values.
+                unsafe { std::arch::x86_64::_mm256_storeu_si256(ys.qs.as_mut_ptr() as *mut _, qs) };
+            }
+            return;
+        }
+        #[allow(unreachable_code)]
         for (i, ys) in ys.iter_mut().enumerate() {
             let mut amax = 0f32;
             let xs = &xs[i * Self::BLCK_SIZE..(i + 1) * Self::BLCK_SIZE];
@@ -778,6 +790,19 @@ impl GgmlType for BlockQ8_1 {
             ys.len(),
             Self::BLCK_SIZE
         );
+        // RAPPORT PATCH (see vendor/PATCHES.md): the same bytes and sums, 32 values at a time.
+        #[cfg(target_feature = "avx2")]
+        {
+            for (ys, xs) in ys.iter_mut().zip(xs.chunks_exact(Self::BLCK_SIZE)) {
+                let (d, qs) = super::avx::quantize_block_q8(xs);
+                ys.d = f16::from_f32(d);
+                // SAFETY: 32 bytes into the block's 32 quantized values.
+                unsafe { std::arch::x86_64::_mm256_storeu_si256(ys.qs.as_mut_ptr() as *mut _, qs) };
+                ys.s = f16::from_f32(super::avx::sum_i8_32(qs) as f32) * ys.d;
+            }
+            return;
+        }
+        #[allow(unreachable_code)]
         for (i, ys) in ys.iter_mut().enumerate() {
             let mut amax = 0f32;
             let xs = &xs[i * Self::BLCK_SIZE..(i + 1) * Self::BLCK_SIZE];
