@@ -242,6 +242,11 @@ async fn chat_through_the_api(base: &str, database_url: &str) {
     assert!(!reply.trim().is_empty());
     assert!(streamed.is_empty() || reply.starts_with(streamed.trim_end()) || streamed.contains(reply), "streamed {streamed:?} vs stored {reply:?}");
     assert!(done["practice"]["stage"]["to"].is_string() && done["practice"]["closeness"]["reasons"].is_array(), "{done}");
+    // A client that follows the job after the reply was written (a reconnect, or a short reply
+    // written between two polls of a queued job) still gets the text before `done`.
+    let late = me.events(&id, job).await;
+    assert_eq!(names(&late), ["replace", "done"], "{late:?}");
+    assert_eq!(late[0].1["text"].as_str(), Some(reply));
 
     // Stored: greeting, message, reply; the trace is there.
     let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;

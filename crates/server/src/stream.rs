@@ -67,6 +67,10 @@ async fn run(app: &AppState, conversation: &ConversationId, job_id: &JobId, tx: 
     let mut last_queue = Value::Null;
     let mut last_partial: Option<String> = None;
     let mut started = false;
+    // Whether this stream has carried any of the reply's text: a reply written entirely between
+    // two polls of a queued job (a short one, under light load) would otherwise reach its
+    // client as a bare `done`, with no text streamed before it.
+    let mut text_sent = false;
     loop {
         let job = match through_outage(tx, || app.store.job(conversation, job_id)).await? {
             Ok(job) => job,
@@ -90,12 +94,14 @@ async fn run(app: &AppState, conversation: &ConversationId, job_id: &JobId, tx: 
                     if let Some(view) = snapshot.prepared {
                         send(tx, "prepared", view).await?;
                     }
+                    text_sent = !snapshot.text.trim().is_empty();
                     send(tx, "replace", json!({"text": snapshot.text})).await?;
-                    relay(app, job_id, receiver, tx).await?;
+                    relay(app, job_id, receiver, tx, &mut text_sent).await?;
                     // The job ended here (or the worker dropped it): the database says how,
                     // the same way for every process.
                 } else {
                     if last_partial.as_deref() != Some(job.partial.as_str()) {
+                        text_sent = !job.partial.trim().is_empty();
                         send(tx, "replace", json!({"text": job.partial})).await?;
                         last_partial = Some(job.partial.clone());
                     }
@@ -106,6 +112,9 @@ async fn run(app: &AppState, conversation: &ConversationId, job_id: &JobId, tx: 
                 let Some(reply) = job.reply_message_id else { return send(tx, "failed", json!({"error": "the job has no reply"})).await };
                 return match through_outage(tx, || app.store.message(conversation, &reply)).await? {
                     Ok(message) => {
+                        if !text_sent && !message.content.trim().is_empty() {
+                            send(tx, "replace", json!({"text": message.content})).await?;
+                        }
                         let practice = app.store.trace(conversation, &reply).await.ok().and_then(|t| serde_json::from_str(&t).ok()).map(|t| practice_view(&t));
                         send(tx, "done", json!({"message": message, "practice": practice})).await
                     }
@@ -150,16 +159,24 @@ where
 }
 
 /// Relays this process's events until the job ends here.
-async fn relay(app: &AppState, job_id: &JobId, mut receiver: broadcast::Receiver<LiveEvent>, tx: &Tx) -> Result<(), Gone> {
+async fn relay(app: &AppState, job_id: &JobId, mut receiver: broadcast::Receiver<LiveEvent>, tx: &Tx, text_sent: &mut bool) -> Result<(), Gone> {
     loop {
         match receiver.recv().await {
             Ok(LiveEvent::Prepared(view)) => send(tx, "prepared", view).await?,
-            Ok(LiveEvent::Delta(text)) => send(tx, "delta", json!({"text": text})).await?,
-            Ok(LiveEvent::Retract) => send(tx, "retract", json!({})).await?,
+            Ok(LiveEvent::Delta(text)) => {
+                *text_sent |= !text.trim().is_empty();
+                send(tx, "delta", json!({"text": text})).await?
+            }
+            Ok(LiveEvent::Retract) => {
+                // The client clears what it showed; what follows must stream again.
+                *text_sent = false;
+                send(tx, "retract", json!({})).await?
+            }
             Ok(LiveEvent::Done(_)) | Ok(LiveEvent::Failed(_)) => return Ok(()),
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Fell behind: resynchronise on the whole text.
                 let text = app.live.text(job_id).unwrap_or_default();
+                *text_sent = !text.trim().is_empty();
                 send(tx, "replace", json!({"text": text})).await?;
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
