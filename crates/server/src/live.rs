@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use rapport_store::{JobId, MessageRow};
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 /// One event of a reply being written.
 #[derive(Debug, Clone)]
@@ -45,6 +45,9 @@ struct Channel {
 #[derive(Default)]
 pub struct Live {
     jobs: Mutex<HashMap<JobId, Channel>>,
+    /// Told whenever a worker here starts a job, so that streams of queued jobs look again at
+    /// once instead of at their next poll.
+    began: Notify,
 }
 
 impl Live {
@@ -54,6 +57,14 @@ impl Live {
         // the snapshot.
         let (sender, _) = broadcast::channel(256);
         self.jobs.lock().expect("live lock").insert(job.clone(), Channel { snapshot: Snapshot::default(), sender });
+        self.began.notify_waiters();
+    }
+
+    /// Completes when a worker here next starts a job. It counts from this call, polled or not,
+    /// so a caller takes it before it reads the job's state: a start between the two is not
+    /// missed.
+    pub fn next_start(&self) -> tokio::sync::futures::Notified<'_> {
+        self.began.notified()
     }
 
     /// Records and forwards one event; `Done` and `Failed` end the job here.
