@@ -688,10 +688,8 @@ impl GgmlType for BlockQ8_0 {
         #[cfg(target_feature = "avx2")]
         {
             for (ys, xs) in ys.iter_mut().zip(xs.chunks_exact(Self::BLCK_SIZE)) {
-                let (d, qs) = super::avx::quantize_block_q8(xs);
+                let (d, _) = super::avx::quantize_block_q8(xs, &mut ys.qs);
                 ys.d = f16::from_f32(d);
-                // SAFETY: 32 bytes into the block's 32 quantized values.
-                unsafe { std::arch::x86_64::_mm256_storeu_si256(ys.qs.as_mut_ptr() as *mut _, qs) };
             }
             return;
         }
@@ -794,10 +792,8 @@ impl GgmlType for BlockQ8_1 {
         #[cfg(target_feature = "avx2")]
         {
             for (ys, xs) in ys.iter_mut().zip(xs.chunks_exact(Self::BLCK_SIZE)) {
-                let (d, qs) = super::avx::quantize_block_q8(xs);
+                let (d, qs) = super::avx::quantize_block_q8(xs, &mut ys.qs);
                 ys.d = f16::from_f32(d);
-                // SAFETY: 32 bytes into the block's 32 quantized values.
-                unsafe { std::arch::x86_64::_mm256_storeu_si256(ys.qs.as_mut_ptr() as *mut _, qs) };
                 ys.s = f16::from_f32(super::avx::sum_i8_32(qs) as f32) * ys.d;
             }
             return;
