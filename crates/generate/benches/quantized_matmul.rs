@@ -14,12 +14,17 @@
 //! columns per kernel call (the row loaded once for the four); the same comparison over 8 of its
 //! feed-forward matrices of each type (62 MB of Q4_K, 90 MB of Q6_K).
 //!
+//! SmolLM2's output projection (576 → 49,152, Q8_0, ~30 MB) for one row and for four (a batched
+//! decoding step): the patched eight-column Q8_0 kernel against upstream's one-column kernel
+//! (eight float lanes per column, copied below, since the patched `vec_dot` is no longer
+//! upstream's) spread over the pool as upstream's `matmul` spreads it, every row after the other.
+//!
 //! Last, quantizing the activations (what every Q4_1 product does first) against upstream's
 //! scalar loop.
 //!
 //! cargo bench --workspace --bench quantized_matmul
 
-use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_1, GgmlType};
+use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_0, BlockQ8_1, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rayon::prelude::*;
 
@@ -87,6 +92,79 @@ fn one_row_from_memory<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: 
     group.finish();
 }
 
+/// Upstream candle's AVX2 `vec_dot_q8_0_q8_0` (the peer): per block, the 32 byte products
+/// summed into eight i32 lanes, converted, scaled by `d_x * d_y` and added into eight float lanes,
+/// which are summed at the end. `BlockQ8_0` keeps its fields to the crate; it is `repr(C)`,
+/// 34 bytes: the scale's f16 bits, then the 32 quants.
+#[cfg(target_feature = "avx2")]
+fn upstream_vec_dot_q8_0(xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
+    use std::arch::x86_64::*;
+    const BLOCK: usize = std::mem::size_of::<BlockQ8_0>();
+    let scale = |b: *const u8| unsafe { half::f16::from_bits(u16::from_le_bytes([*b, *b.add(1)])).to_f32() };
+    unsafe {
+        let (x, y) = (xs.as_ptr() as *const u8, ys.as_ptr() as *const u8);
+        let mut acc = _mm256_setzero_ps();
+        for i in 0..xs.len().min(ys.len()) {
+            let (bx, by) = (x.add(i * BLOCK), y.add(i * BLOCK));
+            let d = _mm256_set1_ps(scale(bx) * scale(by));
+            let qx = _mm256_loadu_si256(bx.add(2) as *const __m256i);
+            let qy = _mm256_loadu_si256(by.add(2) as *const __m256i);
+            let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
+            let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot));
+            acc = _mm256_fmadd_ps(d, q, acc);
+        }
+        let res = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+        let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        _mm_cvtss_f32(_mm_add_ss(res, _mm_movehdup_ps(res)))
+    }
+}
+
+/// SmolLM2's Q8_0 output projection (576 → 49,152) for one row and for four, from memory: two
+/// matrices (~60 MB) taken in turn, more than the L3 holds.
+#[cfg(target_feature = "avx2")]
+fn q8_0_output_projection(c: &mut Criterion) {
+    let (k, n) = (576, 49_152);
+    let k_in_blocks = k / 32;
+    let weights: Vec<Vec<BlockQ8_0>> = (0..2)
+        .map(|i| {
+            let mut w = vec![BlockQ8_0::zeros(); n * k_in_blocks];
+            BlockQ8_0::from_float(&values(n * k, i + 1), &mut w);
+            w
+        })
+        .collect();
+    let mut group = c.benchmark_group("quantized-matmul/q8_0-output-projection-2x576x49152");
+    group.sample_size(20);
+    for m in [1, 4] {
+        let rows = values(m * k, 5);
+        let mut out = vec![0f32; m * n];
+        group.bench_with_input(BenchmarkId::new("eight-columns", m), &m, |b, &m| {
+            b.iter(|| {
+                for w in &weights {
+                    matmul((m, k, n), &rows, w, &mut out).unwrap();
+                }
+            })
+        });
+        let mut rows_q = vec![BlockQ8_0::zeros(); m * k_in_blocks];
+        group.bench_with_input(BenchmarkId::new("upstream-one-column", m), &m, |b, &m| {
+            b.iter(|| {
+                for w in &weights {
+                    BlockQ8_0::from_float(&rows, &mut rows_q);
+                    for r in 0..m {
+                        let row = &rows_q[r * k_in_blocks..(r + 1) * k_in_blocks];
+                        out[r * n..(r + 1) * n]
+                            .par_iter_mut()
+                            .enumerate()
+                            .with_min_len(128)
+                            .with_max_len(512)
+                            .for_each(|(col, dst)| *dst = upstream_vec_dot_q8_0(&w[col * k_in_blocks..(col + 1) * k_in_blocks], row));
+                    }
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Upstream's scalar `quantize_row_q8_1` (the peer): the same bytes as the patched one, which
 /// the `candle_patch` unit test checks.
 fn upstream_quantize_q8_1(xs: &[f32], out: &mut [(f32, [i8; 32], i32)]) {
@@ -123,6 +201,8 @@ fn quantized_matmul(c: &mut Criterion) {
     one_row_from_memory::<BlockQ4_1>(c, "q4_1-one-row-64x576x1536", 576, 1536, 64, "eight-columns");
     one_row_from_memory::<BlockQ4K>(c, "q4k-one-row-8x1536x8960", 1536, 8960, 8, "four-columns");
     one_row_from_memory::<BlockQ6K>(c, "q6k-one-row-8x8960x1536", 8960, 1536, 8, "four-columns");
+    #[cfg(target_feature = "avx2")]
+    q8_0_output_projection(c);
 }
 
 criterion_group!(benches, quantized_matmul, activation_quantization);

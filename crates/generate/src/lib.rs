@@ -69,6 +69,13 @@ mod candle_patch {
             check::<BlockQ8_0>(m, 96, 33);
         }
         check::<BlockQ8_0>(13, 576, 20);
+        // And eight columns at a time from one row on (SmolLM2's output projection): one row
+        // (decoding one sequence), four (a batched step), with whole tasks, a group of eight
+        // and a remainder (29 = 16 + 8 + 5; 33 = 16 + 16 + 1).
+        for m in [1, 4, 5] {
+            check::<BlockQ8_0>(m, 576, 29);
+            check::<BlockQ8_0>(m, 64, 33);
+        }
         // Q4_1 (SmolLM2 as shipped) goes eight columns at a time from one row on (33 = 16 + 16
         // + 1: two whole tasks and a one-column remainder; 29 = 16 + 8 + 5), and up to four
         // rows per weight load in the remainder.
@@ -146,6 +153,42 @@ mod candle_patch {
         check_values::<BlockQ6K>((m, k, n), &lhs, &rhs);
         // And one row, four columns at a time (whose offset of 32 comes from the row's sums).
         check_values::<BlockQ6K>((1, k, n), &lhs[..k], &rhs);
+    }
+
+    /// Q8_0's eight-column kernel adds each pair of byte products in 16 bits (`maddubs` of a
+    /// weight's magnitude and the activation with the weight's sign): weights and activations
+    /// at ±127 give 2 x 127 x 127 = 32258, and a weight of -128 (which a GGUF file may hold,
+    /// though `from_float` never writes it) 2 x 128 x 127 = 32512.
+    #[test]
+    fn q8_0_eight_column_kernel_holds_the_largest_products() {
+        let (m, k, n) = (5, 256, 16);
+        let rhs: Vec<f32> = (0..n * k).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let lhs: Vec<f32> = (0..m * k).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect();
+        check_values::<BlockQ8_0>((m, k, n), &lhs, &rhs);
+        check_values::<BlockQ8_0>((1, k, n), &lhs[..k], &rhs);
+        // Every weight -128 (d = 1/128), against every activation at -127 and at 127.
+        let mut weights = vec![BlockQ8_0::zeros(); n * k / 32];
+        BlockQ8_0::from_float(&vec![-1.0f32; n * k], &mut weights);
+        for block in weights.iter_mut() {
+            let bytes = unsafe { std::slice::from_raw_parts_mut(block as *mut BlockQ8_0 as *mut u8, std::mem::size_of::<BlockQ8_0>()) };
+            bytes[..2].copy_from_slice(&half::f16::from_f32(1.0 / 128.0).to_bits().to_le_bytes());
+            bytes[2..].fill(0x80);
+        }
+        for sign in [-1.0f32, 1.0] {
+            let lhs = vec![sign; m * k];
+            let mut out = vec![0f32; m * n];
+            matmul((m, k, n), &lhs, &weights, &mut out).unwrap();
+            let mut row = vec![0f32; n];
+            matmul((1, k, n), &lhs[..k], &weights, &mut row).unwrap();
+            assert_eq!(&row[..], &out[..n]);
+            // Upstream's scalar kernel, exact here (`d_x` is a power of two and each block's
+            // product has few significant bits): about -k x sign, a saturated sum would not be.
+            let mut row_q = vec![BlockQ8_0::zeros(); k / 32];
+            BlockQ8_0::from_float(&lhs[..k], &mut row_q);
+            let expected = BlockQ8_0::vec_dot_unopt(k, &weights[..k / 32], &row_q);
+            assert!((expected + sign * k as f32).abs() < 0.01 * k as f32, "{expected}");
+            assert!(out.iter().all(|&v| v == expected), "{sign}: {:?} vs {expected}", &out[..4]);
+        }
     }
 
     /// A type's AVX2 `vec_dot` against upstream's scalar `vec_dot_unopt`, on deterministic
@@ -234,6 +277,9 @@ mod candle_patch {
     fn q4_1_simd_kernel_equals_the_scalar_one() {
         for (k, seed) in [(32, 1usize), (576, 2), (1536, 3)] {
             simd_kernel_equals_the_scalar_one::<BlockQ4_1>(k, seed);
+            // And Q8_0 (SmolLM2's output projection), its float steps re-ordered for the
+            // eight-column kernel.
+            simd_kernel_equals_the_scalar_one::<BlockQ8_0>(k, seed);
         }
     }
 }

@@ -129,23 +129,17 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
     }
 }
 
+/// RAPPORT PATCH (see vendor/PATCHES.md): upstream's integer steps (the sign trick and
+/// `maddubs`), with the float steps defined per block so that [`q8_0_rows_by_eight_columns`],
+/// which holds one column per lane, computes every result bit for bit as this kernel does: the
+/// block's exact integer sum (at most 32 x 128 x 127 in magnitude, exact in f32) times
+/// `d_x * d_y`, fused-added to the column's sum. Upstream kept eight float lanes per column
+/// and added them at the end, an order no eight-column kernel can reproduce. Used for the
+/// columns left over after the groups of eight.
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
-    debug_assert!(
-        n.is_multiple_of(QK8_0),
-        "vec_dot_q8_0_q8_0: {n} is not divisible by {QK8_0}"
-    );
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = scale_product(x.d, y.d);
-            let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-            let q = mul_sum_i8_pairs_float(bx, by);
-            acc = _mm256_fmadd_ps(d, q, acc);
-        }
-        hsum_float_8(acc)
-    }
+    let [sum] = vec_dot_q8_0_q8_0_rows::<1>(n, xs, [ys]);
+    sum
 }
 
 /// RAPPORT PATCH (see vendor/PATCHES.md): Q4_1 weights against Q8_1 activations. Upstream has
@@ -316,9 +310,8 @@ impl RowsByEightColumns for Q4_1EightColumns {
 }
 
 /// RAPPORT PATCH (see vendor/PATCHES.md): `vec_dot_q8_0_q8_0` for one weight column and `R`
-/// activation rows. Each weight block is loaded and its magnitudes taken once for all the
-/// rows; every row then goes through the very operations, in the same order,
-/// that `vec_dot_q8_0_q8_0` applies, so each result is bit-identical to it.
+/// activation rows: each weight block is loaded and its magnitudes taken once for all the rows,
+/// and every row goes through the same steps as alone.
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0_rows<const R: usize>(n: usize, xs: &[BlockQ8_0], ys: [&[BlockQ8_0]; R]) -> [f32; R] {
     debug_assert!(
@@ -327,22 +320,97 @@ pub(crate) fn vec_dot_q8_0_q8_0_rows<const R: usize>(n: usize, xs: &[BlockQ8_0],
     );
     let blocks = xs.len().min(ys.iter().map(|y| y.len()).min().unwrap_or(0));
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); R];
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [0f32; R];
         for i in 0..blocks {
             let x = xs.get_unchecked(i);
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
             let ax = _mm256_sign_epi8(bx, bx);
-            for (acc, y) in acc.iter_mut().zip(ys.iter()) {
-                let y = y.get_unchecked(i);
-                let d = scale_product(x.d, y.d);
+            let dx = f16_to_f32(x.d);
+            for r in 0..R {
+                let y = ys[r].get_unchecked(i);
                 let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-                let sy = _mm256_sign_epi8(by, bx);
-                let q = mul_sum_us8_pairs_float(ax, sy);
-                *acc = _mm256_fmadd_ps(d, q, *acc);
+                let sum = hsum_i32_8(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(by, bx)), ones));
+                acc[r] = (sum as f32).mul_add(dx * f16_to_f32(y.d), acc[r]);
             }
         }
-        acc.map(|a| hsum_float_8(a))
+        acc
     }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): `R` activation rows times eight Q8_0 weight columns,
+/// each result bit-identical to `vec_dot_q8_0_q8_0` on that row and column.
+///
+/// The one-column kernel spends most of its instructions per block and row on the float steps
+/// (two scale conversions, a product, a conversion and a multiply-add over eight lanes) rather
+/// than on the 32 byte products; SmolLM2's 49,152-column output projection is Q8_0, and a
+/// batched decoding step spent 15% of its time there (`perf`), a row at a time. Here each
+/// column's block still gets its `maddubs` and `madd`, but the eight columns' lanes are added
+/// into one register (a column per lane), so the conversion and the multiply-add serve eight
+/// columns, and the columns' scales are converted once for all the rows. `maddubs` adds two
+/// products of a magnitude (at most 128) and an activation (at most 127): inside i16.
+///
+/// `next` (the following eight columns, or fewer, or none) is brought into cache over the
+/// blocks, a share per block: eight columns are eight short runs of blocks, which the hardware
+/// prefetcher does not follow.
+#[inline(always)]
+pub(crate) fn q8_0_rows_by_eight_columns<const R: usize>(cols: [&[BlockQ8_0]; 8], next: &[BlockQ8_0], rows: [&[BlockQ8_0]; R]) -> [[f32; 8]; R] {
+    let blocks = cols.iter().map(|c| c.len()).chain(rows.iter().map(|r| r.len())).min().unwrap_or(0);
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for i in 0..blocks {
+            // The next group's eight blocks of this position, 8 x 34 = 272 bytes.
+            prefetch_share(next, i, 8 * std::mem::size_of::<BlockQ8_0>());
+            let x: [&BlockQ8_0; 8] = std::array::from_fn(|c| cols[c].get_unchecked(i));
+            let weights: [__m256i; 8] = std::array::from_fn(|c| _mm256_loadu_si256(x[c].qs.as_ptr() as *const __m256i));
+            let magnitudes = weights.map(|w| _mm256_sign_epi8(w, w));
+            let dx = q8_0_eight_scales(x);
+            for r in 0..R {
+                let y = rows[r].get_unchecked(i);
+                let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                let sums = std::array::from_fn(|c| _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes[c], _mm256_sign_epi8(by, weights[c])), ones));
+                let dy = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(y.d.to_bits() as i32)));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum_eight_i32_8(sums)), _mm256_mul_ps(dx, dy), acc[r]);
+            }
+        }
+        acc.map(|a| by_column(a))
+    }
+}
+
+/// One f16 as f32 through a register of its own: `half`'s conversion let LLVM insert the half
+/// into whatever register was free, the accumulator included, which chained every block's
+/// scale to the previous block's sum (see `scale_product`).
+#[inline(always)]
+unsafe fn f16_to_f32(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+/// The `d` of eight Q8_0 blocks as f32 lanes. Inserted half by half: eight scalar stores read
+/// back as one vector would stall on store forwarding (as measured for Q4_1's).
+#[inline(always)]
+unsafe fn q8_0_eight_scales(x: [&BlockQ8_0; 8]) -> __m256 {
+    let d = |c: usize| x[c].d.to_bits() as i32;
+    let v = _mm_cvtsi32_si128(d(0));
+    let v = _mm_insert_epi16::<1>(v, d(1));
+    let v = _mm_insert_epi16::<2>(v, d(2));
+    let v = _mm_insert_epi16::<3>(v, d(3));
+    let v = _mm_insert_epi16::<4>(v, d(4));
+    let v = _mm_insert_epi16::<5>(v, d(5));
+    let v = _mm_insert_epi16::<6>(v, d(6));
+    let v = _mm_insert_epi16::<7>(v, d(7));
+    _mm256_cvtph_ps(v)
+}
+
+/// The eight horizontal sums of `x` (eight 32-bit lanes each), lane `c` holding `x[c]`'s.
+/// Integer adds: any order gives the same exact sums.
+#[inline(always)]
+unsafe fn hsum_eight_i32_8(x: [__m256i; 8]) -> __m256i {
+    // Two rounds of pairwise adds leave [x0..x3 over their low halves | x0..x3 over their high
+    // halves], and the same for x4..x7; the halves are then put side by side and added.
+    let first = _mm256_hadd_epi32(_mm256_hadd_epi32(x[0], x[1]), _mm256_hadd_epi32(x[2], x[3]));
+    let second = _mm256_hadd_epi32(_mm256_hadd_epi32(x[4], x[5]), _mm256_hadd_epi32(x[6], x[7]));
+    _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(first, second), _mm256_permute2x128_si256::<0x31>(first, second))
 }
 
 #[inline(always)]
@@ -1370,6 +1438,46 @@ pub(crate) fn q4_1_matmul_eight_columns_at_a_time(k_in_blocks: usize, rhs_cols: 
         }
         return COLUMNS.with_borrow_mut(|columns| matmul_eight_columns_at_a_time(k_in_blocks, rhs_cols, lhs_b, m, out, columns));
     }
+    eight_columns_in_place(k_in_blocks, rhs_cols, following, lhs_b, m, out, |cols, next| Q4_1Columns { cols, next })
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): eight Q8_0 weight columns, read where they lie, and
+/// the blocks to fetch while they are read.
+struct Q8_0Columns<'a> {
+    cols: [&'a [BlockQ8_0]; 8],
+    next: &'a [BlockQ8_0],
+}
+
+impl RowsByEightColumns for Q8_0Columns<'_> {
+    type Row = BlockQ8_0;
+
+    #[inline(always)]
+    fn rows<const R: usize>(&self, rows: [&[BlockQ8_0]; R]) -> [[f32; 8]; R] {
+        q8_0_rows_by_eight_columns(self.cols, self.next, rows)
+    }
+}
+
+/// RAPPORT PATCH (see vendor/PATCHES.md): Q8_0 columns times `m` rows, eight columns at a
+/// time, read where they lie, from one row on (decoding included; a Q8_0 block needs no
+/// unpacking, so there is nothing a re-laid copy would save). Returns the columns written; a
+/// remainder of fewer than eight is left to the caller.
+pub(crate) fn q8_0_matmul_eight_columns_at_a_time(k_in_blocks: usize, rhs_cols: &[BlockQ8_0], following: &[BlockQ8_0], lhs_b: &[BlockQ8_0], m: usize, out: &ColumnsOut) -> usize {
+    eight_columns_in_place(k_in_blocks, rhs_cols, following, lhs_b, m, out, |cols, next| Q8_0Columns { cols, next })
+}
+
+/// Whole groups of eight of `rhs_cols` times all `m` rows, each group through the kernel
+/// `columns` makes of its eight columns and the blocks to fetch meanwhile (the next group's,
+/// from `following` after the last group). Returns the columns written.
+#[inline(always)]
+fn eight_columns_in_place<'a, B, K: RowsByEightColumns>(
+    k_in_blocks: usize,
+    rhs_cols: &'a [B],
+    following: &'a [B],
+    lhs_b: &[K::Row],
+    m: usize,
+    out: &ColumnsOut,
+    columns: impl Fn([&'a [B]; 8], &'a [B]) -> K,
+) -> usize {
     let groups = rhs_cols.len() / k_in_blocks / 8;
     let group_len = 8 * k_in_blocks;
     for group in 0..groups {
@@ -1378,8 +1486,8 @@ pub(crate) fn q4_1_matmul_eight_columns_at_a_time(k_in_blocks: usize, rhs_cols: 
             Some(rest) if !rest.is_empty() => rest,
             _ => following,
         };
-        let columns = Q4_1Columns { cols: std::array::from_fn(column), next: &next[..next.len().min(group_len)] };
-        every_row_four_at_a_time(&columns, k_in_blocks, lhs_b, m, group * 8, out);
+        let kernel = columns(std::array::from_fn(column), &next[..next.len().min(group_len)]);
+        every_row_four_at_a_time(&kernel, k_in_blocks, lhs_b, m, group * 8, out);
     }
     groups * 8
 }

@@ -715,6 +715,17 @@ impl GgmlType for BlockQ8_0 {
         super::avx::vec_dot_q8_0_q8_0_rows(n, xs, ys)
     }
 
+    // RAPPORT PATCH (see vendor/PATCHES.md): eight columns per pass, read in place
+    // (`q8_0_rows_by_eight_columns`), from one row on, so a row's arithmetic is the same alone
+    // as in a batch.
+    #[cfg(target_feature = "avx2")]
+    const ONE_ROW_BY_COLUMNS: bool = true;
+
+    #[cfg(target_feature = "avx2")]
+    fn matmul_columns(k_in_blocks: usize, rhs_cols: &[Self], following: &[Self], lhs_b: &[Self::VecDotType], m: usize, out: &ColumnsOut) -> usize {
+        super::avx::q8_0_matmul_eight_columns_at_a_time(k_in_blocks, rhs_cols, following, lhs_b, m, out)
+    }
+
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
         #[cfg(target_feature = "avx2")]
         return super::avx::vec_dot_q8_0_q8_0(n, xs, ys);
