@@ -370,7 +370,7 @@ pub(crate) fn q8_0_rows_by_eight_columns<const R: usize>(cols: [&[BlockQ8_0]; 8]
                 let y = rows[r].get_unchecked(i);
                 let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
                 let sums = std::array::from_fn(|c| _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes[c], _mm256_sign_epi8(by, weights[c])), ones));
-                let dy = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(y.d.to_bits() as i32)));
+                let dy = _mm256_set1_ps(f16_to_f32(y.d));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum_eight_i32_8(sums)), _mm256_mul_ps(dx, dy), acc[r]);
             }
         }
