@@ -42,13 +42,19 @@ brief=(--personas datasets/load/personas --persona brief)
 if has sweep; then
   # Two curves. One worker (the default on a CPU): people queue for the model, fairly. As many
   # workers as people: mistral.rs batches their sequences; the ratio to one stream is the gain.
+  # The batched servers log their engine steps, summarised beside the sweep: how much of the
+  # engine's time went to reading prompts, which no batching shares on a CPU.
+  mkdir -p "$out/sweep-batched"
+  steps="$out/sweep-batched/engine-steps.log"
+  rm -f "$steps"
   if [ $short -eq 1 ]; then
     "$load" sweep --levels 1,4 --turns 1 --min-conversations 4 --workers 1 "${brief[@]}" --out "$out/sweep-queue"
-    "$load" sweep --levels 1,4 --turns 1 --min-conversations 4 "${brief[@]}" --out "$out/sweep-batched"
+    "$load" sweep --levels 1,4 --turns 1 --min-conversations 4 "${brief[@]}" --engine-steps "$steps" --out "$out/sweep-batched"
   else
     "$load" sweep --levels 1,4,16,64 --turns 1 --min-conversations 8 --workers 1 "${brief[@]}" --out "$out/sweep-queue"
-    "$load" sweep --levels 1,4,16 --turns 1 --min-conversations 8 "${brief[@]}" --out "$out/sweep-batched"
+    "$load" sweep --levels 1,4,16,64 --turns 1 --min-conversations 8 "${brief[@]}" --engine-steps "$steps" --out "$out/sweep-batched"
   fi
+  python3 benches/engine_steps.py "$steps" | tee "$out/sweep-batched/engine-steps.md"
 fi
 if has load; then
   if [ $short -eq 1 ]; then

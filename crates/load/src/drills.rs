@@ -138,7 +138,7 @@ pub async fn kill(config: &DrillConfig, database_url: &str, rounds: usize, gap_m
 /// Generation through a proxy that injects `schedule`'s faults in front of a real model server.
 pub async fn backend(config: &DrillConfig, database_url: &str, model: &str, schedule: Vec<Fault>, turns: usize, timeout_secs: u64, progress: &ProgressBar) -> anyhow::Result<DrillReport> {
     let started = Instant::now();
-    let llm = start(ServeSpec { bin: crate::server::rapport_bin(), args: vec!["serve-llm".into(), "--model".into(), model.into()], listen: "127.0.0.1:0".into(), datasets: None }).await?;
+    let llm = start(ServeSpec { bin: crate::server::rapport_bin(), args: vec!["serve-llm".into(), "--model".into(), model.into()], listen: "127.0.0.1:0".into(), datasets: None, engine_steps: None }).await?;
     let proxy = faults::start(&llm.base, schedule).await?;
     let mut args = vec!["--llm-url".into(), proxy.base.clone(), "--llm-timeout-secs".into(), timeout_secs.to_string()];
     args.extend(config.serve_args.iter().cloned());

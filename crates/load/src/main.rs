@@ -113,6 +113,11 @@ struct SweepArgs {
     /// Fixed workers for every level (default: as many as people).
     #[arg(long)]
     workers: Option<usize>,
+    /// Append every level's server log, with the engine's per-step lines, to this file
+    /// (summarised by `python3 benches/engine_steps.py FILE`: time reading prompts against
+    /// decoding, batch sizes, cache rebuilds).
+    #[arg(long)]
+    engine_steps: Option<PathBuf>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -274,6 +279,7 @@ async fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
         workers: args.workers,
         serve_args: args.server.serve_args(),
         persona: args.server.persona.clone(),
+        engine_steps: args.engine_steps.clone(),
     };
     let bars = MultiProgress::new();
     let points = sweep::sweep(&config, &messages, &bars).await?;

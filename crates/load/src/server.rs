@@ -38,6 +38,9 @@ pub struct ServeSpec {
     pub listen: String,
     /// The personas and datasets directory (`RAPPORT_DATASETS`), if not the default.
     pub datasets: Option<PathBuf>,
+    /// Append the server's log, with the engine's per-step lines, to this file instead of
+    /// printing warnings among this program's progress bars (`benches/engine_steps.py` reads it).
+    pub engine_steps: Option<PathBuf>,
 }
 
 impl ServeSpec {
@@ -45,7 +48,7 @@ impl ServeSpec {
     pub fn serve(database_url: &str, args: &[String]) -> ServeSpec {
         let mut all = vec!["serve".to_string(), "--database-url".into(), database_url.into()];
         all.extend(args.iter().cloned());
-        ServeSpec { bin: rapport_bin(), args: all, listen: "127.0.0.1:0".into(), datasets: None }
+        ServeSpec { bin: rapport_bin(), args: all, listen: "127.0.0.1:0".into(), datasets: None, engine_steps: None }
     }
 
     /// The same server, to be started again on the address it got.
@@ -66,13 +69,19 @@ impl ServerProcess {
     /// Starts the server and waits until it listens (model loading included).
     pub fn start(spec: &ServeSpec) -> anyhow::Result<ServerProcess> {
         let mut command = Command::new(&spec.bin);
-        command
-            .args(&spec.args)
-            .args(["--listen", &spec.listen])
-            // Warnings only, minus mistral.rs's "mix of GPU and CPU" notice every CPU start prints.
-            .env("RAPPORT_LOG", std::env::var("RAPPORT_LOG").unwrap_or_else(|_| "warn,mistralrs_core::pipeline::gguf=error".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        command.args(&spec.args).args(["--listen", &spec.listen]).stdout(Stdio::piped());
+        match &spec.engine_steps {
+            Some(path) => {
+                let log = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+                // mistral.rs's info lines mark each model load (its warm-up steps are no reply's)
+                // and `MISTRALRS_DEBUG=1` adds one line per engine step.
+                command.env("MISTRALRS_DEBUG", "1").env("RAPPORT_LOG", "warn,mistralrs_core=info,mistralrs_core::pipeline::gguf=error,rapport=info").stderr(Stdio::from(log));
+            }
+            None => {
+                // Warnings only, minus mistral.rs's "mix of GPU and CPU" notice every CPU start prints.
+                command.env("RAPPORT_LOG", std::env::var("RAPPORT_LOG").unwrap_or_else(|_| "warn,mistralrs_core::pipeline::gguf=error".into())).stderr(Stdio::inherit());
+            }
+        }
         if let Some(d) = &spec.datasets {
             command.env("RAPPORT_DATASETS", d);
         }
@@ -97,7 +106,10 @@ impl ServerProcess {
                 }
                 Err(_) => {
                     if let Some(status) = child.try_wait()? {
-                        bail!("the server exited before listening ({status}); its log is above");
+                        match &spec.engine_steps {
+                            Some(path) => bail!("the server exited before listening ({status}); its log is in {}", path.display()),
+                            None => bail!("the server exited before listening ({status}); its log is above"),
+                        }
                     }
                 }
             }

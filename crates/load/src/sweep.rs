@@ -35,6 +35,8 @@ pub struct SweepConfig {
     /// `rapport serve` arguments besides the database, workers and batch.
     pub serve_args: Vec<String>,
     pub persona: String,
+    /// Where each level's server appends its log with the engine's step lines, if anywhere.
+    pub engine_steps: Option<std::path::PathBuf>,
 }
 
 /// Runs every level and returns its point.
@@ -47,7 +49,7 @@ pub async fn sweep(config: &SweepConfig, messages: &[String], bars: &MultiProgre
         let dir = tempfile::tempdir()?;
         let mut args = config.serve_args.clone();
         args.extend(["--workers".into(), workers.to_string(), "--max-batch".into(), workers.to_string()]);
-        let spec = ServeSpec::serve(&sqlite_url(dir.path()), &args);
+        let spec = ServeSpec { engine_steps: config.engine_steps.clone(), ..ServeSpec::serve(&sqlite_url(dir.path()), &args) };
         overall.set_message(format!("{level} at once: starting the server"));
         let mut server = tokio::task::spawn_blocking(move || ServerProcess::start(&spec)).await??;
         let (rss, sampler) = RssTrace::sample(server.pid(), std::time::Duration::from_millis(500));

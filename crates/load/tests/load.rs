@@ -92,7 +92,8 @@ fn a_long_conversation_folds_old_turns_into_memory() {
 fn the_sweep_measures_each_level_on_a_fresh_server_and_draws_the_charts() {
     let _one = serialised();
     let out = tempfile::tempdir().unwrap();
-    let config = SweepConfig { levels: vec![1, 4], turns: 1, min_conversations: 4, workers: None, serve_args: serve_args(&[]), persona: PERSONA.into() };
+    let steps = out.path().join("engine-steps.log");
+    let config = SweepConfig { levels: vec![1, 4], turns: 1, min_conversations: 4, workers: None, serve_args: serve_args(&[]), persona: PERSONA.into(), engine_steps: Some(steps.clone()) };
     let points = rt().block_on(sweep::sweep(&config, &rapport_load::default_messages(), &MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()))).unwrap();
     assert_eq!(points.iter().map(|p| (p.concurrency, p.workers)).collect::<Vec<_>>(), [(1, 1), (4, 4)]);
     for p in &points {
@@ -107,6 +108,19 @@ fn the_sweep_measures_each_level_on_a_fresh_server_and_draws_the_charts() {
     assert!(table.contains("1.00×"));
     // A saved sweep can be drawn again from its JSON alone, to the same table.
     assert_eq!(sweep::markdown(&sweep::redraw(out.path()).unwrap()), table);
+
+    // Both servers logged their engine steps, and the summary finds each level's replies in
+    // them: a prompt read per attempt (at least one per reply; a draft the clean-up rejects is
+    // written again), a batch of more than one at four.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/engine_steps.py");
+    let summary = std::process::Command::new("python3").arg(&script).arg(&steps).output().unwrap();
+    let summary = String::from_utf8_lossy(&summary.stdout);
+    let rows: Vec<Vec<&str>> = summary.lines().skip(2).map(|line| line.split('|').map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
+    assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["1 worker(s)", "4 worker(s)"], "{summary}");
+    assert!(rows.iter().all(|r| r[1].parse::<usize>().unwrap() >= 4), "{summary}");
+    let mean_batch = |row: &[&str]| row[9].parse::<f64>().unwrap();
+    assert_eq!(mean_batch(&rows[0]), 1.0, "{summary}");
+    assert!(mean_batch(&rows[1]) > 1.0, "four people shared decoding steps: {summary}");
 }
 
 #[test]

@@ -181,6 +181,14 @@ impl Drop for Engine {
     }
 }
 
+/// RAPPORT PATCH: whether the per-step log is on ("Prompt[..] Completion[..] - ms", and the
+/// left-padded cache manager's "Batch[..] rebuilt - ms"). `MISTRALRS_DEBUG=1` alone turns it
+/// on; upstream only reads that variable in `initialize_logging`, which an embedding program
+/// does not call.
+pub(crate) fn step_log_enabled() -> bool {
+    DEBUG.load(Ordering::Relaxed) || std::env::var("MISTRALRS_DEBUG").is_ok_and(|v| v.contains('1'))
+}
+
 impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -243,11 +251,7 @@ impl Engine {
                 no_prefix_cache,
                 has_paged_attention,
             ))),
-            // RAPPORT PATCH: `MISTRALRS_DEBUG=1` alone turns on the per-step log ("Prompt[..]
-            // Completion[..] - ms"); upstream only reads it in `initialize_logging`, which an
-            // embedding program does not call.
-            is_debug: DEBUG.load(Ordering::Relaxed)
-                || std::env::var("MISTRALRS_DEBUG").is_ok_and(|v| v.contains('1')),
+            is_debug: step_log_enabled(),
             disable_eos_stop,
             throughput_logging_enabled,
             logger,
@@ -564,10 +568,15 @@ impl Engine {
                         let ms_from_last_run = run_start.elapsed().as_secs_f64();
                         let total_len = scheduled.prompt.len() + scheduled.completion.len();
                         if total_len > 0 {
+                            // RAPPORT PATCH: a prompt the prefix cache served in part says how
+                            // much ("552 (364 cached)"): the step read only the rest.
                             let prompt_lengths = scheduled
                                 .prompt
                                 .iter()
-                                .map(|seq| seq.len().to_string())
+                                .map(|seq| match seq.token_offset() {
+                                    0 => seq.len().to_string(),
+                                    cached => format!("{} ({cached} cached)", seq.len()),
+                                })
                                 .collect::<Vec<_>>()
                                 .join(", ");
 
