@@ -47,7 +47,7 @@ class Server:
             for entry in prompts.split(", "):
                 match = PROMPT.fullmatch(entry)
                 if not match:
-                    raise ValueError(f"unreadable prompt entry {entry!r}")
+                    raise ValueError(f"unreadable prompt length {entry!r}")
                 length, cached = int(match.group(1)), int(match.group(2) or 0)
                 self.prompts += 1
                 self.prompt_tokens_read += length - cached
@@ -82,7 +82,7 @@ def read(lines):
     servers = []
     current = None
     warming_up = False
-    for raw in lines:
+    for number, raw in enumerate(lines, 1):
         line = ANSI.sub("", raw)
         if "Beginning dummy run" in line:
             # A server loading its model: its warm-up steps belong to no reply, and what follows
@@ -103,7 +103,10 @@ def read(lines):
         step = STEP.search(line)
         rebuild = REBUILD.search(line)
         if step:
-            current.add_step(step.group(1), step.group(2), float(step.group(3)))
+            try:
+                current.add_step(step.group(1), step.group(2), float(step.group(3)))
+            except ValueError as e:
+                raise ValueError(f"line {number}: {e}") from None
         elif rebuild:
             current.rebuilds += 1
             current.rebuild_ms += float(rebuild.group(2))
@@ -113,8 +116,13 @@ def read(lines):
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    with open(sys.argv[1], encoding="utf-8", errors="replace") as log:
-        servers = read(log)
+    try:
+        with open(sys.argv[1], encoding="utf-8", errors="replace") as log:
+            servers = read(log)
+    except OSError as e:
+        sys.exit(f"{sys.argv[1]}: {e.strerror}")
+    except ValueError as e:
+        sys.exit(f"{sys.argv[1]}: {e}")
     rows = [row for row in (s.row() for s in servers) if row]
     if not rows:
         sys.exit(f"{sys.argv[1]}: no engine steps after a model load (were MISTRALRS_DEBUG=1 and RAPPORT_LOG=warn,mistralrs_core=info set?)")

@@ -106,10 +106,8 @@ impl ServerProcess {
                 }
                 Err(_) => {
                     if let Some(status) = child.try_wait()? {
-                        match &spec.engine_steps {
-                            Some(path) => bail!("the server exited before listening ({status}); its log is in {}", path.display()),
-                            None => bail!("the server exited before listening ({status}); its log is above"),
-                        }
+                        let log = spec.engine_steps.as_ref().map_or("above".to_string(), |path| format!("in {}", path.display()));
+                        bail!("the server exited before listening ({status}); its log is {log}");
                     }
                 }
             }

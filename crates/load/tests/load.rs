@@ -124,6 +124,30 @@ fn the_sweep_measures_each_level_on_a_fresh_server_and_draws_the_charts() {
 }
 
 #[test]
+fn a_step_log_that_cannot_be_written_or_read_gets_a_clear_error() {
+    // A log path whose folder does not exist: refused before any server starts.
+    let missing = std::path::Path::new("/nonexistent-rapport-dir/steps.log");
+    let spec = ServeSpec { engine_steps: Some(missing.into()), ..ServeSpec::serve("sqlite::memory:", &[]) };
+    let error = ServerProcess::start(&spec).err().expect("no server without its log").to_string();
+    assert!(error.contains("opening /nonexistent-rapport-dir/steps.log"), "{error}");
+
+    // The summary refuses a missing log, a log without engine steps and a garbled step line by
+    // name and reason, with a failing status and no traceback.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/engine_steps.py");
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = dir.path().join("quiet.log");
+    std::fs::write(&quiet, "model smollm2-135m · 1 worker(s)\n").unwrap();
+    let garbled = dir.path().join("garbled.log");
+    std::fs::write(&garbled, "Beginning dummy run\nDummy run completed\nPrompt[five] Completion[] - 3.0ms\n").unwrap();
+    for (log, reason) in [(missing, "No such file"), (quiet.as_path(), "no engine steps"), (garbled.as_path(), "line 3: unreadable prompt length 'five'")] {
+        let out = std::process::Command::new("python3").arg(&script).arg(log).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{log:?}");
+        assert!(stderr.contains(reason) && !stderr.contains("Traceback"), "{log:?}: {stderr}");
+    }
+}
+
+#[test]
 fn servers_killed_at_random_moments_lose_no_acknowledged_message() {
     let _one = serialised();
     let dir = tempfile::tempdir().unwrap();

@@ -71,10 +71,7 @@ fn right_aligned(parts: &[&SingleCache]) -> candle_core::Result<SingleCache> {
     // faulting in) the unused capacity of every row, most of the batch's memory.
     let batch = unsafe { Tensor::empty(dims, first.dtype(), first.device())? };
     for (row, part) in parts.iter().enumerate() {
-        let held = match part.all_data.as_ref() {
-            Some(_) => part.current_seq_len,
-            None => 0,
-        };
+        let held = part.all_data.as_ref().map_or(0, |_| part.current_seq_len);
         let padding = longest - held;
         let row_cache = batch.narrow(0, row, 1)?;
         if padding > 0 {
@@ -106,8 +103,8 @@ fn copy_positions(to: &Tensor, from: &Tensor, dim: usize, len: usize, at: usize)
         return to.slice_set(&from.narrow(dim, 0, len)?.contiguous()?, dim, at);
     }
     for head in 0..from.dim(1)? {
-        let positions = from.narrow(1, head, 1)?.narrow(dim, 0, len)?;
-        let positions = if positions.is_contiguous() { positions } else { positions.contiguous()? };
+        // One head's positions are contiguous, so `contiguous` copies nothing here.
+        let positions = from.narrow(1, head, 1)?.narrow(dim, 0, len)?.contiguous()?;
         to.narrow(1, head, 1)?.slice_set(&positions, dim, at)?;
     }
     Ok(())
