@@ -8,8 +8,11 @@ its log on stderr, then:
     python3 benches/engine_steps.py steps.log
 
 The engine logs one line per step ("Prompt[552 (364 cached)] Completion[] - 314.7ms", or
-"Prompt[] Completion[548, 536, 553] - 58.9ms") and one per rebuild of the decoding batch's cache
-("Batch[4] rebuilt - 48.2ms", part of the next step's time). Each server's "Beginning dummy run"
+"Prompt[] Completion[548, 536, 553] - 58.9ms") and one per change of a batch's cache, part of
+that step's time: "Batch[4] rebuilt - 48.2ms" when every sequence was copied into a new one (a
+prompt step that reuses cached prefixes, or a decoding batch that could not be joined), "Batch[5]
+joined - 0.9ms" when the decoding batch kept its rows and only new or moved sequences were
+copied. Each server's "Beginning dummy run"
 (its model loading) starts a row, and its "· N worker(s)" line names it; the log must therefore
 include `mistralrs_core`'s info lines, not only the engine's.
 
@@ -25,7 +28,7 @@ import sys
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STEP = re.compile(r"Prompt\[(.*?)\] Completion\[(.*?)\] - ([\d.]+)ms")
-REBUILD = re.compile(r"Batch\[(\d+)\] rebuilt - ([\d.]+)ms")
+BATCH_CHANGE = re.compile(r"Batch\[(\d+)\] (rebuilt|joined) - ([\d.]+)ms")
 SERVER = re.compile(r"· (\d+) worker\(s\)")
 PROMPT = re.compile(r"(\d+)(?: \((\d+) cached\))?")
 
@@ -41,6 +44,8 @@ class Server:
         self.decoded = 0
         self.rebuilds = 0
         self.rebuild_ms = 0.0
+        self.joins = 0
+        self.join_ms = 0.0
 
     def add_step(self, prompts, completions, ms):
         if prompts:
@@ -74,6 +79,7 @@ class Server:
             per_prompt(self.decode_ms),
             f"{self.decoded / max(self.decode_steps, 1):.2f}",
             f"{self.rebuilds} / {self.rebuild_ms / 1000:.2f} s",
+            f"{self.joins} / {self.join_ms / 1000:.2f} s",
             f"{busy / self.prompt_ms:.2f}×",
         ]
 
@@ -101,15 +107,18 @@ def read(lines):
         if warming_up or current is None:
             continue
         step = STEP.search(line)
-        rebuild = REBUILD.search(line)
+        change = BATCH_CHANGE.search(line)
         if step:
             try:
                 current.add_step(step.group(1), step.group(2), float(step.group(3)))
             except ValueError as e:
                 raise ValueError(f"line {number}: {e}") from None
-        elif rebuild:
+        elif change and change.group(2) == "rebuilt":
             current.rebuilds += 1
-            current.rebuild_ms += float(rebuild.group(2))
+            current.rebuild_ms += float(change.group(3))
+        elif change:
+            current.joins += 1
+            current.join_ms += float(change.group(3))
     return servers
 
 
@@ -129,7 +138,7 @@ def main():
     header = [
         "server", "prompts read", "engine busy", "reading prompts", "per prompt",
         "tokens read per prompt", "prefill tok/s", "decoding", "decoding per prompt",
-        "mean batch", "batch rebuilds", "busy ÷ prompts",
+        "mean batch", "batch rebuilds", "batch joins", "busy ÷ prompts",
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -20,6 +20,64 @@ pub use openai::{OpenAiCompatGenerator, OpenAiCompatOptions};
 // The decoder lives in rapport-core so that clients without mistral.rs (rapport-load, tests) share it.
 pub use rapport_core::{SseDecoder, SseEvent};
 
+/// The row order of the patched engine's decoding batch (vendor/PATCHES.md, "A running batch
+/// joined instead of rebuilt"). The vendored crate's own tests are not run by the workspace, so
+/// its pure part is included here, its unit tests with it.
+#[cfg(test)]
+#[path = "../../../vendor/mistralrs-core/src/engine/row_order.rs"]
+mod batch_row_order;
+
+/// What the batch cache's `rejoin` relies on, for any change of the batch: the order is a
+/// permutation, survivors keep their rows where they can, and a row that moves comes from past
+/// the rows kept, so moving it never overwrites a row still to be read.
+#[cfg(test)]
+mod batch_row_order_properties {
+    use super::batch_row_order::row_order;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    /// Previous rows (distinct ids) and the current sequences: some of the previous ones, in a
+    /// shuffled order, plus newcomers.
+    fn batches() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+        (prop::collection::hash_set(0usize..200, 0..40), prop::collection::hash_set(200usize..300, 0..12))
+            .prop_flat_map(|(previous, joining)| {
+                let previous: Vec<usize> = previous.into_iter().collect();
+                let n = previous.len();
+                (
+                    Just(previous.clone()),
+                    prop::sample::subsequence(previous, 0..=n),
+                    Just(joining.into_iter().collect::<Vec<_>>()),
+                )
+            })
+            .prop_flat_map(|(previous, staying, joining)| {
+                let current: Vec<usize> = staying.into_iter().chain(joining).collect();
+                (Just(previous), Just(current).prop_shuffle())
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn survivors_stay_put_and_moved_rows_come_from_past_the_kept_ones((previous, current) in batches()) {
+            let order = row_order(&previous, &current);
+            let mut seen = order.clone();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..current.len()).collect::<Vec<_>>(), "not a permutation");
+
+            let was: HashSet<usize> = previous.iter().copied().collect();
+            let rows: Vec<usize> = order.iter().map(|&index| current[index]).collect();
+            let kept = rows.iter().filter(|id| was.contains(id)).count();
+            for (row, id) in rows.iter().enumerate() {
+                match previous.iter().position(|p| p == id) {
+                    Some(_) if row >= kept => prop_assert!(false, "survivor {} placed after a newcomer", id),
+                    Some(old) if old != row => prop_assert!(old >= kept, "{} moved from row {} into the kept rows", id, old),
+                    Some(_) => {}
+                    None => prop_assert!(row >= kept, "newcomer {} placed among the kept rows", id),
+                }
+            }
+        }
+    }
+}
+
 /// The patched candle (vendor/PATCHES.md) must compute what upstream computes.
 #[cfg(test)]
 mod candle_patch {

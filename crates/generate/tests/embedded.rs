@@ -222,6 +222,63 @@ fn greedy_replies_of_different_lengths_written_together_equal_each_written_alone
     });
 }
 
+/// Sequences join a decoding batch that is already running and leave it mid-reply. The batch
+/// is not rebuilt for that (patched: `kv_cache::left_padded`, `engine::batch_rows`): a new
+/// sequence is copied into a spare row, right-aligned with the others; a finished one's row is
+/// taken by the last row; the batch is set aside while a prompt is read and goes on after it;
+/// and a batch whose longest sequence has left keeps its length, every row more padded. None
+/// of it may change a reply. Each request starts once the one before it has streamed a few
+/// tokens, so it joins a batch in flight; the prompts are new to the prefix cache (the first
+/// line), so each is read while the others decode.
+#[test]
+fn greedy_replies_that_join_and_leave_a_running_batch_equal_each_written_alone() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let system = ChatMessage::system(format!("{} You are a helpful assistant. Answer briefly.", unseen_session()));
+        // The first keeps the batch running while the others join; they are shorter and longer
+        // than it, and finish before it, after each other and after it.
+        let asks = [
+            ("Tell me a long story about a lighthouse keeper and the storm that changed his life forever.", 44),
+            ("Say hi.", 6),
+            ("Name three colours.", 30),
+            ("I had a long day at work and my feet hurt. What should I cook for dinner tonight?", 12),
+            ("What is the capital of France?", 24),
+            ("Hello!", 40),
+        ];
+        let ask = |user: &str, max_tokens: u32| GenerationRequest::new(vec![system.clone(), ChatMessage::user(user)], SamplingParams::greedy(max_tokens)).unwrap();
+        let mut running = Vec::new();
+        for &(user, max_tokens) in &asks {
+            let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+            let stream = model.generate(ask(user, max_tokens)).await.unwrap();
+            running.push(tokio::spawn(async move {
+                let mut started = Some(started);
+                let mut tokens = 0;
+                let done = collect_completion(stream, |_| {
+                    tokens += 1;
+                    if tokens == 3 {
+                        started.take().map(|tx| tx.send(()));
+                    }
+                })
+                .await;
+                drop(started);
+                done
+            }));
+            // Until it is decoding (or has finished, for a reply of fewer tokens).
+            let _ = has_started.await;
+        }
+        let mut together = Vec::new();
+        for reply in running {
+            together.push(reply.await.unwrap().unwrap());
+        }
+        for ((user, max_tokens), t) in asks.iter().zip(&together) {
+            let alone = collect_completion(model.generate(ask(user, *max_tokens)).await.unwrap(), |_| {}).await.unwrap();
+            assert_eq!(alone.text, t.text, "the reply to {user:?} changed by joining a running batch");
+            assert_eq!(alone.summary.usage.completion_tokens, t.summary.usage.completion_tokens, "{user:?}");
+        }
+    });
+}
+
 /// A first line no other prompt has: the tests share one engine, whose prefix cache outlives
 /// each test, so a prompt whose cache use is counted must not meet an earlier test's entries.
 fn unseen_session() -> String {

@@ -1,5 +1,6 @@
 use crate::{
     distributed,
+    kv_cache::{EitherCache, NormalCache},
     paged_attention::block_hash::compute_block_hashes,
     pipeline::{
         llg::{constraint_from_llg_grammar, llg_grammar_from_constraint},
@@ -52,7 +53,9 @@ use crate::{
 };
 
 mod add_request;
+mod batch_rows;
 mod logger;
+mod row_order;
 mod search_request;
 
 pub enum EngineInstruction {
@@ -179,6 +182,24 @@ impl Drop for Engine {
             handle.abort();
         }
     }
+}
+
+/// RAPPORT PATCH: takes the decoding batch's cache out of the model for a prompt step, leaving
+/// an empty cache of the same layout (which the prompt step replaces).
+fn park_decoding_batch(cache: &EitherCache) -> NormalCache {
+    let mut running = cache.normal();
+    let empty = NormalCache(
+        running
+            .0
+            .iter()
+            .map(|layer| {
+                let mut layer = layer.clone();
+                layer.reset();
+                layer
+            })
+            .collect(),
+    );
+    std::mem::replace(&mut *running, empty)
 }
 
 /// RAPPORT PATCH: whether the per-step log is on ("Prompt[..] Completion[..] - ms", and the
@@ -410,6 +431,13 @@ impl Engine {
                 SchedulerOutput::DefaultScheduler {
                     output: mut scheduled,
                 } => {
+                    // RAPPORT PATCH: sequences that stay in the batch keep their rows, so
+                    // that a change of the batch copies only what joins or moves.
+                    let keep_rows = !self.no_kv_cache
+                        && get_mut_arcmutex!(self.pipeline).supports_left_padded_decode();
+                    if keep_rows {
+                        batch_rows::keep_rows(&last_completion_ids, &mut scheduled.completion);
+                    }
                     if !scheduled.completion.is_empty() {
                         let current_completion_ids: Vec<usize> =
                             scheduled.completion.iter().map(|seq| *seq.id()).collect();
@@ -453,6 +481,11 @@ impl Engine {
                                 .await
                         };
 
+                        if res.is_err() && keep_rows {
+                            // RAPPORT PATCH: a step that failed may have appended to some
+                            // layers and not others; nothing joins such a batch.
+                            drop(park_decoding_batch(get_mut_arcmutex!(self.pipeline).cache()));
+                        }
                         handle_pipeline_forward_error!(
                             "completion step",
                             res,
@@ -501,7 +534,13 @@ impl Engine {
                                 }
                             };
 
-                            pipeline
+                            // RAPPORT PATCH: the prompt step replaces the model's cache with
+                            // the prompts'; the decoding batch is set aside and put back after
+                            // it, so that the next decoding step goes on with it (joined by the
+                            // prompts just read) instead of rebuilding it.
+                            let parked = (keep_rows && !last_completion_ids.is_empty())
+                                .then(|| park_decoding_batch(pipeline.cache()));
+                            let result = pipeline
                                 .step(
                                     &mut scheduled.prompt,
                                     true,
@@ -511,7 +550,12 @@ impl Engine {
                                     rng.clone(),
                                     CacheBackendMetadata::DefaultInstructions { pre_op, post_op },
                                 )
-                                .await
+                                .await;
+                            match parked {
+                                Some(batch) => *pipeline.cache().normal() = batch,
+                                None => last_completion_ids = vec![],
+                            }
+                            result
                         };
 
                         let prompt_exec_time = handle_pipeline_forward_error!(
@@ -561,7 +605,6 @@ impl Engine {
                                 }
                             }
                         }
-                        last_completion_ids = vec![];
                     }
 
                     if self.is_debug {

@@ -1,6 +1,6 @@
 use candle_core::{Result, Tensor};
 
-use super::NormalCache;
+use super::{left_padded::BatchSlot, NormalCache};
 
 #[derive(Debug, Clone)]
 pub struct SingleCache {
@@ -13,6 +13,9 @@ pub struct SingleCache {
     pub current_seq_len: usize,
     pub capacity_seq_len: usize,
     pub max_seq_len: usize,
+    /// RAPPORT PATCH: where this cache stands in a left-padded decoding batch
+    /// (`left_padded.rs`); `None` for a cache of its own.
+    pub(crate) batch: Option<BatchSlot>,
 }
 
 impl SingleCache {
@@ -23,6 +26,7 @@ impl SingleCache {
             current_seq_len: 0,
             max_seq_len,
             capacity_seq_len,
+            batch: None,
         }
     }
 
@@ -53,6 +57,7 @@ impl SingleCache {
     pub fn reset(&mut self) {
         self.current_seq_len = 0;
         self.all_data = None;
+        self.batch = None;
     }
 
     pub fn try_set_len(&self, len: usize) -> candle_core::Result<()> {
@@ -100,6 +105,10 @@ impl SingleCache {
             let ad = Tensor::zeros(shape, src.dtype(), src.device())?;
             ad.slice_set(self.all_data.as_ref().unwrap(), self.dim, 0)?;
             self.all_data = Some(ad);
+            // RAPPORT PATCH: the rows kept for sequences joining the batch stayed behind.
+            if let Some(batch) = self.batch.as_mut() {
+                batch.lose_spare_rows();
+            }
         }
 
         let ad = self.all_data.as_mut().unwrap();
