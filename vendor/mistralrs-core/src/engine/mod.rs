@@ -167,6 +167,9 @@ pub struct Engine {
     scheduler: Arc<Mutex<dyn Scheduler>>,
     id: Arc<Mutex<usize>>,
     no_kv_cache: bool,
+    /// RAPPORT PATCH: every decoding sequence shares one left-padded batch (decided once, in
+    /// `new`), so the step loop keeps each sequence on its row of it.
+    left_padded_decode: bool,
     prefix_cacher: Arc<Mutex<PrefixCacheManagerV2>>,
     is_debug: bool,
     disable_eos_stop: bool,
@@ -267,6 +270,7 @@ impl Engine {
             scheduler: scheduler.clone(),
             id: Arc::new(Mutex::new(0)),
             no_kv_cache,
+            left_padded_decode: left_padded,
             prefix_cacher: Arc::new(Mutex::new(PrefixCacheManagerV2::new(
                 prefix_cache_n,
                 no_prefix_cache,
@@ -433,8 +437,7 @@ impl Engine {
                 } => {
                     // RAPPORT PATCH: sequences that stay in the batch keep their rows, so
                     // that a change of the batch copies only what joins or moves.
-                    let keep_rows = !self.no_kv_cache
-                        && get_mut_arcmutex!(self.pipeline).supports_left_padded_decode();
+                    let keep_rows = self.left_padded_decode;
                     if keep_rows {
                         batch_rows::keep_rows(&last_completion_ids, &mut scheduled.completion);
                     }

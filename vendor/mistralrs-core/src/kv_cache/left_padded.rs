@@ -139,15 +139,15 @@ fn right_aligned(parts: &[&SingleCache]) -> candle_core::Result<SingleCache> {
 /// before it, its positions up to `len`. Returns the row's padding.
 fn write_right_aligned(row_cache: &Tensor, part: &SingleCache, len: usize) -> candle_core::Result<usize> {
     let dim = part.dim;
-    let held = held(part);
-    let padding = len - held;
+    let own = held(part);
+    let padding = len - own;
     if padding > 0 {
         let mut padding_dims = row_cache.dims().to_vec();
         padding_dims[dim] = padding;
         row_cache.slice_set(&Tensor::zeros(padding_dims, row_cache.dtype(), row_cache.device())?, dim, 0)?;
     }
-    if let Some(all_data) = part.all_data.as_ref().filter(|_| held > 0) {
-        copy_positions(row_cache, all_data, dim, held, padding)?;
+    if let Some(all_data) = part.all_data.as_ref().filter(|_| own > 0) {
+        copy_positions(row_cache, all_data, dim, own, padding)?;
     }
     Ok(padding)
 }
