@@ -13,7 +13,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use rapport_benches::{classifier, repo};
 use rapport_core::ChatMessage;
 use rapport_pipeline::cleanup::Cleaner;
-use rapport_pipeline::guards::{Guards, LeakDetector};
+use rapport_pipeline::guards::{Guards, LeakDetector, LockedSecret};
+use rapport_pipeline::listening::question_sentences;
 use rapport_pipeline::prompt::Prompts;
 use rapport_pipeline::{PersonaLibrary, Pipeline, PipelineConfig};
 
@@ -36,6 +37,11 @@ fn turn(c: &mut Criterion) {
     for (user, reply) in HISTORY {
         conversation.history.push(ChatMessage::user(user));
         conversation.history.push(ChatMessage::assistant(reply));
+        // What the engine keeps after each turn, so the repeat and listening checks compare
+        // against a full thread, as in a real conversation.
+        conversation.thread.push_message(Some(&nlu.encoder().encode(user).unwrap().0));
+        let question = question_sentences(reply).pop().map(|q| nlu.encoder().encode(&q).unwrap().0);
+        conversation.thread.push_reply(Some(&nlu.encoder().encode(reply).unwrap().0), question.as_deref());
     }
     conversation.turns = HISTORY.len() as u32;
     let now = DateTime::parse_from_rfc3339("2026-11-21T23:40:00+01:00").unwrap();
@@ -53,11 +59,14 @@ fn turn(c: &mut Criterion) {
         let lexical = Pipeline::new(library.get("wedding-host").unwrap().clone(), None, Arc::new(Prompts::embedded()), PipelineConfig::default()).unwrap();
         b.iter(|| lexical.prepare(&conversation, message, now).unwrap())
     });
+    let locked = LockedSecret::new("blue heron", message).unwrap();
+    // The review of the finished reply, with the vector of its question kept for the next turn.
     g.bench_function("review a reply", |b| {
         b.iter(|| {
             let cleaned = cleaner.clean(reply, true, false);
             let vector = nlu.encoder().encode(&cleaned.text).unwrap();
-            guards.check_reply(&cleaned.text, Some(&vector), Some("blue heron"), &leaks)
+            let question = question_sentences(&cleaned.text).pop().map(|q| nlu.encoder().encode(&q).unwrap());
+            (guards.check_reply(&cleaned.text, Some(&vector), Some(&locked), &leaks), question)
         })
     });
     g.finish();

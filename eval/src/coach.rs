@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::dialogue::{Dialogue, Speaker};
 use rapport_core::text_stats::words;
+// The live closeness decision reads listening with the same words and families as the coach
+// does after the fact: one definition of "picked up what was said".
+use rapport_pipeline::listening::{content_words, question_sentences, related, FILLERS};
 
 /// The person's side, measured. `None` where nothing could be measured (no questions asked, no
 /// question received).
@@ -37,8 +40,6 @@ pub struct UserSide {
 
 /// Words that open a question inviting more than yes or no.
 const OPEN_STARTS: [&str; 12] = ["what", "what's", "whats", "how", "how's", "hows", "why", "tell", "describe", "which", "where", "who"];
-/// Filler that may precede a question's first real word ("so, what…", "and how…").
-const FILLERS: [&str; 9] = ["so", "and", "but", "oh", "ok", "okay", "well", "hey", "then"];
 /// Phrases that reflect the other person's words back.
 const REFLECTIONS: [&str; 8] = ["sounds like", "so you", "you mean", "that must", "you said", "must be", "i hear you", "that sounds"];
 /// Phrases that push for closeness (used when a turn has no trace to read the pipeline's own
@@ -46,44 +47,12 @@ const REFLECTIONS: [&str; 8] = ["sounds like", "so you", "you mean", "that must"
 const PUSHES: [&str; 12] = ["love you", "kiss", "marry", "date me", "your number", "meet up", "meet in person", "send a pic", "send pic", "come over", "be mine", "girlfriend"];
 /// Words that make a question one about the other person.
 const ASK_BACK: [&str; 5] = ["you", "your", "you're", "yours", "yourself"];
-/// Too common to show that someone listened.
-const STOPWORDS: [&str; 40] = [
-    "that", "this", "with", "have", "just", "like", "what", "your", "about", "there", "they", "were", "been", "from", "really", "would", "could", "should", "some", "when",
-    "then", "than", "them", "very", "much", "also", "into", "it's", "i'm", "you're", "don't", "know", "think", "well", "here", "more", "good", "sure", "yeah", "thing",
-];
-
-fn question_sentences(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for ch in text.chars() {
-        current.push(ch);
-        if matches!(ch, '.' | '!' | '\n') {
-            current.clear();
-        } else if ch == '?' {
-            if !words(&current).is_empty() {
-                out.push(current.trim().to_string());
-            }
-            current.clear();
-        }
-    }
-    out
-}
 
 /// Whether a question invites more than yes or no.
 pub fn is_open_question(question: &str) -> bool {
     let w = words(question);
     let first = w.iter().find(|w| !FILLERS.contains(&w.as_str()));
     first.is_some_and(|f| OPEN_STARTS.contains(&f.as_str()))
-}
-
-fn content_words(text: &str) -> Vec<String> {
-    words(text).into_iter().filter(|w| w.chars().count() >= 4 && !STOPWORDS.contains(&w.as_str())).collect()
-}
-
-/// Same word family: equal, or sharing the first five letters ("hiking"/"hike" do not, but
-/// "travelled"/"travelling" do; cheap and predictable, no stemmer).
-fn related(a: &str, b: &str) -> bool {
-    a == b || (a.len() >= 5 && b.len() >= 5 && a.chars().take(5).eq(b.chars().take(5)))
 }
 
 /// Measures the person's side of `dialogue`.

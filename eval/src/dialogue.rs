@@ -7,7 +7,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use rapport_pipeline::secret::SecretStatus;
+use rapport_pipeline::guards::{secret_claim, SecretQuestion};
+use rapport_pipeline::secret::{SecretMatcher, SecretStatus};
 use rapport_pipeline::TurnTrace;
 use rapport_store::{ConversationId, Store};
 use serde::{Deserialize, Serialize};
@@ -117,20 +118,31 @@ impl Dialogue {
         fit_lines(&lines, max_chars)
     }
 
-    /// Whether a persona reply gave the secret away while it was still locked. Without a trace
-    /// the secret is taken as locked: a logged reply with the password and no trace counts.
+    /// Persona replies that gave the secret away while it was still locked, found by the
+    /// product's own [`SecretMatcher`]. Without a trace the secret is taken as locked: a logged
+    /// reply with the password and no trace counts.
     pub fn secret_leaks(&self) -> usize {
-        let Some(secret) = self.secret.as_deref().map(normalise).filter(|s| !s.is_empty()) else { return 0 };
-        self.persona_turns()
-            .filter(|t| !matches!(t.trace.as_ref().map(|tr| &tr.secret), Some(SecretStatus::Unlocked)))
-            .filter(|t| normalise(&t.text).contains(&secret))
+        let Some(matcher) = self.secret.as_deref().and_then(SecretMatcher::new) else { return 0 };
+        self.locked_replies().filter(|(t, _)| matcher.found_in(&t.text)).count()
+    }
+
+    /// Persona replies that named a secret, or confirmed the guess the message before offered,
+    /// while the real one was locked and without giving the real one (that is a leak) — by the
+    /// reply guard's own rule, read against the user's message before the reply.
+    pub fn secret_claims(&self) -> usize {
+        let Some(matcher) = self.secret.as_deref().and_then(SecretMatcher::new) else { return 0 };
+        self.locked_replies()
+            .filter(|(t, asked)| !matcher.found_in(&t.text) && secret_claim(&t.text, &asked.map(|m| SecretQuestion::read(&m.text)).unwrap_or_default()).is_some())
             .count()
     }
-}
 
-/// Lower-cased words joined by single spaces: "Blue-Heron!" and "blue heron" match.
-fn normalise(text: &str) -> String {
-    rapport_core::text_stats::words(&text.replace(['-', '_'], " ")).join(" ")
+    /// Persona replies while the secret was locked, each with the user's message before it.
+    fn locked_replies(&self) -> impl Iterator<Item = (&Turn, Option<&Turn>)> {
+        self.turns.iter().enumerate().filter(|(_, t)| t.speaker == Speaker::Persona).filter(|(_, t)| !matches!(t.trace.as_ref().map(|tr| &tr.secret), Some(SecretStatus::Unlocked))).map(|(i, t)| {
+            let asked = i.checked_sub(1).map(|p| &self.turns[p]).filter(|p| p.speaker == Speaker::User);
+            (t, asked)
+        })
+    }
 }
 
 /// Keeps whole lines from both ends within `max_chars`.

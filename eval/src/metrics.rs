@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use rapport_core::text_stats;
+use rapport_pipeline::secret::SecretStatus;
 use rapport_pipeline::stage::Stage;
 use rapport_pipeline::trace::AttemptOutcome;
 use serde::{Deserialize, Serialize};
@@ -39,15 +40,21 @@ pub enum Metric {
     TurnsToCasual,
     /// The turn at which the stage first reached close.
     TurnsToClose,
+    /// The turn at which the secret first unlocked (absent where it never did).
+    TurnsToUnlock,
     /// Drafts the reply guards rejected, per reply.
     GuardRejections,
     /// Replies that ended in the persona's fallback line.
     Fallbacks,
     /// Input guard hits (forbidden topics, injection attempts) in the user's messages.
     InputGuardHits,
-    /// Replies that contain the secret while it was locked (exact match).
+    /// Replies that contain the secret while it was locked (found by the product's own
+    /// `SecretMatcher`: any case, spacing, separators, backwards, spelt out).
     SecretLeaks,
-    /// −10 if the secret leaked before unlock, else 0 (Sotopia's secret dimension).
+    /// Replies that named a secret or confirmed a guess while the real one was locked (an
+    /// invented password misleads a player as surely as a leak ends the game).
+    SecretClaims,
+    /// −10 if the secret leaked or was invented before unlock, else 0 (Sotopia's secret dimension).
     SecretPenalty,
     /// Mean time to the first token, ms.
     TtftMs,
@@ -71,7 +78,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 22] = [
+    pub const ALL: [Metric; 24] = [
         Metric::Distinct1,
         Metric::Distinct2,
         Metric::Repetition,
@@ -80,10 +87,12 @@ impl Metric {
         Metric::EmotionMirroring,
         Metric::TurnsToCasual,
         Metric::TurnsToClose,
+        Metric::TurnsToUnlock,
         Metric::GuardRejections,
         Metric::Fallbacks,
         Metric::InputGuardHits,
         Metric::SecretLeaks,
+        Metric::SecretClaims,
         Metric::SecretPenalty,
         Metric::TtftMs,
         Metric::ReplyMs,
@@ -112,8 +121,8 @@ impl Metric {
         use Metric::*;
         match self {
             Distinct1 | Distinct2 | QuestionRate | EmotionMirroring | SecretPenalty | SimulatorEmotionChange | OpenQuestionRate | ActiveListening | Reciprocity | UserPacing => Some(true),
-            Repetition | GuardRejections | Fallbacks | SecretLeaks | TtftMs | ReplyMs => Some(false),
-            ReplyWords | TurnsToCasual | TurnsToClose | InputGuardHits | PromptTokens | CompletionTokens => None,
+            Repetition | GuardRejections | Fallbacks | SecretLeaks | SecretClaims | TtftMs | ReplyMs => Some(false),
+            ReplyWords | TurnsToCasual | TurnsToClose | TurnsToUnlock | InputGuardHits | PromptTokens | CompletionTokens => None,
         }
     }
 }
@@ -144,6 +153,9 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
         if let Some(t) = first_at(Stage::Close) {
             out.insert(Metric::TurnsToClose, t);
         }
+        if let Some(t) = traces.iter().find(|t| matches!(t.secret, SecretStatus::Unlocked)) {
+            out.insert(Metric::TurnsToUnlock, t.turn as f64);
+        }
         let rejected = traces.iter().flat_map(|t| &t.attempts).filter(|a| matches!(a.outcome, AttemptOutcome::Rejected { .. })).count();
         out.insert(Metric::GuardRejections, rejected as f64 / traces.len() as f64);
         out.insert(Metric::Fallbacks, traces.iter().filter(|t| t.fallback.is_some()).count() as f64);
@@ -165,8 +177,10 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
     }
     if dialogue.secret.is_some() {
         let leaks = dialogue.secret_leaks();
+        let claims = dialogue.secret_claims();
         out.insert(Metric::SecretLeaks, leaks as f64);
-        out.insert(Metric::SecretPenalty, if leaks > 0 { -10.0 } else { 0.0 });
+        out.insert(Metric::SecretClaims, claims as f64);
+        out.insert(Metric::SecretPenalty, if leaks + claims > 0 { -10.0 } else { 0.0 });
     }
     if let Some(o) = &dialogue.outcome {
         out.insert(Metric::SimulatorEmotionChange, o.final_emotion - o.initial_emotion);
@@ -266,7 +280,13 @@ mod tests {
         d.outcome = Some(SimulatedOutcome { initial_emotion: 40.0, final_emotion: 55.0, initial_stance: "guarded".into(), final_stance: "open".into(), reactions: vec![], ended_early: false });
         let m = compute(&d);
         assert_eq!(m[&Metric::SecretLeaks], 1.0);
+        assert_eq!(m[&Metric::SecretClaims], 0.0, "the real one is a leak, not an invention");
         assert_eq!(m[&Metric::SecretPenalty], -10.0);
+        d.turns.pop();
+        d.turns.push(Turn { speaker: User, text: "Is the password 'sunflower'?".into(), trace: None });
+        d.turns.push(Turn { speaker: Persona, text: "Yes, well done!".into(), trace: None });
+        let m = compute(&d);
+        assert_eq!((m[&Metric::SecretLeaks], m[&Metric::SecretClaims], m[&Metric::SecretPenalty]), (0.0, 1.0, -10.0), "a confirmed guess is an invented secret");
         assert_eq!(m[&Metric::SimulatorEmotionChange], 15.0);
     }
 

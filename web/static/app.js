@@ -297,11 +297,21 @@ function updatePractice(p) {
   $('p-closeness').textContent = `${p.closeness.before} → ${p.closeness.after}`;
   $('p-decision').textContent = p.closeness.decision.replace('_', ' ');
   $('p-reasons').replaceChildren(...p.closeness.reasons.map((r) => el('li', {}, `${r.detail} (${r.points > 0 ? '+' : ''}${r.points.toFixed(1)})`)));
+  $('p-listening').textContent = listeningLine(p.listening || {});
   const labels = p.emotion.labels.map(([name, prob]) => `${name} ${Math.round(prob * 100)}%`).join(', ');
   $('p-emotion').textContent = `${p.emotion.ekman}${labels ? ` — ${labels}` : ''}; valence ${p.emotion.valence.toFixed(2)}, arousal ${p.emotion.arousal.toFixed(2)}${p.emotion.distress ? '; distress noticed' : ''}`;
   const s = p.secret || { status: 'none' };
   $('p-secret').textContent = s.status === 'locked' ? `locked (needs ${s.missing.join(', ')})` : s.status === 'unlocked' ? 'unlocked: they may tell you now' : 'none';
   $('p-guards').textContent = p.guards.length ? p.guards.join(', ') : 'none';
+}
+
+// What the engine read of the message against the conversation: did it take up what the
+// persona said, repeat an earlier message, answer her question? Closeness is earned by these.
+function listeningLine(t) {
+  if (t.repeats) return `you said this before (${t.repeats}): it earns nothing again`;
+  const parts = [t.listened ? `you ${t.listened}` : t.could_listen ? 'you did not pick up anything she said' : null];
+  if (t.question) parts.push(t.answered ? `you answered her question (${t.answered})` : `her question went unanswered: "${t.question}"`);
+  return parts.filter(Boolean).join('; ') || '—';
 }
 
 // ---- the practice coach ----

@@ -55,6 +55,8 @@ try {
   await page.locator('#p-stage').waitFor();
   assert.ok((await page.locator('#p-stage').innerText()).length > 0);
   assert.ok((await page.locator('#p-decision').innerText()).length > 0);
+  // …and what the message did with the conversation (closeness is earned by listening).
+  assert.ok((await page.locator('#p-listening').innerText()).length > 1);
   // The practice coach: feedback on the person's side, with tips.
   await page.locator('#get-feedback').click();
   await page.locator('#feedback .tips li').first().waitFor();

@@ -125,6 +125,7 @@ pub fn import_json(text: &str) -> Result<ImportedCard, PipelineError> {
         examples,
         forbidden_topics: Vec::new(),
         pacing: Default::default(),
+        weights: Default::default(),
         secret: None,
         fallbacks: Vec::new(),
         max_sentences: 4,
@@ -278,6 +279,8 @@ fn apply_rapport_extension(persona: &mut Persona, value: Value) -> Result<(), Pi
         #[serde(default)]
         pacing: Option<crate::persona::Pacing>,
         #[serde(default)]
+        weights: Option<crate::persona::Weights>,
+        #[serde(default)]
         secret: Option<crate::persona::Secret>,
         #[serde(default)]
         fallbacks: Vec<String>,
@@ -303,6 +306,9 @@ fn apply_rapport_extension(persona: &mut Persona, value: Value) -> Result<(), Pi
     persona.forbidden_topics = ext.forbidden_topics;
     if let Some(p) = ext.pacing {
         persona.pacing = p;
+    }
+    if let Some(w) = ext.weights {
+        persona.weights = w;
     }
     persona.secret = ext.secret;
     persona.fallbacks = ext.fallbacks;
@@ -332,6 +338,7 @@ pub fn export_v2(persona: &Persona, with_secret: bool) -> Value {
             "examples": persona.examples,
             "forbidden_topics": persona.forbidden_topics,
             "pacing": persona.pacing,
+            "weights": persona.weights,
             "secret": if with_secret { serde_json::to_value(&persona.secret).expect("secret serialises") } else { Value::Null },
             "fallbacks": persona.fallbacks,
             "max_sentences": persona.max_sentences,

@@ -20,11 +20,12 @@ use crate::cleanup::{releasable, Cleaner};
 use crate::closeness::{decide, Closeness};
 use crate::context::{read_context, ContextInput};
 use crate::fewshot::FewShot;
-use crate::guards::{AllowedRuns, GuardHit, Guards, LeakDetector};
+use crate::guards::{AllowedRuns, GuardHit, Guards, LeakDetector, LockedSecret};
+use crate::listening::{question_sentences, read_thread, Thread, ThreadInput, RECENT_REPLIES};
 use crate::memory::Memory;
 use crate::persona::Persona;
 use crate::prompt::{assemble, NotesPlacement, PromptInput, Prompts, TokenBudget};
-use crate::secret::{gate, SecretStatus};
+use crate::secret::{gate, Provenance, SecretStatus};
 use crate::signals::read_signals;
 use crate::stage::{record_reply, track, StageInput, StageState};
 use crate::trace::{Attempt, AttemptOutcome, StepTimings, TurnTrace};
@@ -75,10 +76,15 @@ pub struct Conversation {
     pub started_at: Option<DateTime<FixedOffset>>,
     /// When the user last wrote.
     pub last_message_at: Option<DateTime<FixedOffset>>,
-    /// The last reply's sentence vector (query context for the examples). Not stored: after a
-    /// restart the first turn simply retrieves by the message alone.
-    #[serde(skip)]
-    pub last_reply_vector: Option<Vec<f32>>,
+    /// What step 2 keeps to read the next message against the conversation (vectors of recent
+    /// messages and replies, repeats, secret asks, messages that listened). Saved with the
+    /// state; a state saved before it existed reads as empty, and the lexical halves decide.
+    #[serde(default)]
+    pub thread: Thread,
+    /// Where the history came from: a conversation rebuilt from what a client sent can never
+    /// unlock a secret.
+    #[serde(default)]
+    pub provenance: Provenance,
 }
 
 /// What a caller sees while a turn runs.
@@ -110,7 +116,7 @@ pub struct PreparedTurn {
     pub trace: TurnTrace,
     next: Conversation,
     leaks: LeakDetector,
-    locked_secret: Option<String>,
+    locked_secret: Option<LockedSecret>,
 }
 
 /// A persona, ready to run turns: its examples embedded, its guards compiled.
@@ -164,7 +170,8 @@ impl Pipeline {
             turns: 0,
             started_at: None,
             last_message_at: None,
-            last_reply_vector: None,
+            thread: Thread::default(),
+            provenance: Provenance::Held,
         }
     }
 
@@ -181,12 +188,28 @@ impl Pipeline {
         let (vector, emotion) = self.understand(message, &mut next.mood)?;
         let understand_us = understood.elapsed().as_micros() as u64;
 
-        let persona_asked = conversation.history.last().is_some_and(|m| m.role == Role::Assistant && m.content.contains('?'));
-        let signals = read_signals(message, persona_asked, persona.secret.as_ref().map(|s| s.label.as_str()));
-        let stage_input = StageInput { turn, signals: &signals, emotion: &emotion, closeness: conversation.closeness.get() };
+        let mut signals = read_signals(message, persona.secret.as_ref().map(|s| s.label.as_str()));
+        let earlier: Vec<&str> = conversation.history.iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect();
+        let mut replies: Vec<&str> = conversation.history.iter().rev().filter(|m| m.role == Role::Assistant).take(RECENT_REPLIES).map(|m| m.content.as_str()).collect();
+        replies.reverse();
+        let reading = read_thread(&ThreadInput {
+            message,
+            vector: vector.as_ref().map(|v| v.0.as_slice()),
+            earlier_messages: &earlier,
+            recent_replies: &replies,
+            thread: &conversation.thread,
+            persona_name: &persona.name,
+        });
+        let locked_before = gate(persona.secret.as_ref(), conversation.stage.stage, conversation.closeness, conversation.provenance).is_locked();
+        let asks_while_locked = signals.asks_for_secret && locked_before;
+        signals.answered_question = reading.answered.is_some() && !signals.rudeness;
+        signals.asks_for_secret_again = asks_while_locked && conversation.thread.secret_asks >= 1;
+        let listened = conversation.thread.listened + u32::from(reading.listened.is_some());
+        signals.thread = reading;
+        let stage_input = StageInput { turn, signals: &signals, emotion: &emotion, closeness: conversation.closeness.get(), listened };
         let (stage_state, stage_change) = track(&conversation.stage, &stage_input, &persona.pacing);
-        let decision = decide(conversation.closeness, &signals, &emotion, &stage_change, &persona.pacing);
-        let secret = gate(persona.secret.as_ref(), stage_state.stage, decision.after);
+        let decision = decide(conversation.closeness, &signals, &emotion, &stage_change, &persona.pacing, &persona.weights);
+        let secret = gate(persona.secret.as_ref(), stage_state.stage, decision.after, conversation.provenance);
 
         let input_guards = self.guards.check_message(message, vector.as_ref());
         let mut guard_notes = self.guards.redirects(&input_guards);
@@ -197,12 +220,12 @@ impl Pipeline {
             ));
         }
 
-        let context_vector = conversation.last_reply_vector.clone().map(Embedding);
+        let context_vector = conversation.thread.replies.last().map(|v| Embedding(v.values().to_vec()));
         let examples = self.fewshot.choose(vector.as_ref(), context_vector.as_ref(), stage_state.stage, self.config.examples);
 
         let prompt_started = Instant::now();
         let input = PromptInput {
-            persona,
+            persona: persona.into(),
             stage: stage_state.stage.as_str(),
             decision: decision.decision.as_str(),
             reasons: decision.reasons.iter().map(|r| r.code.clone()).collect(),
@@ -210,6 +233,7 @@ impl Pipeline {
             context_notes: context.notes.clone(),
             secret: secret.for_prompt(persona.secret.as_ref()),
             asks_for_secret: signals.asks_for_secret,
+            repeating: signals.thread.repeats_in_a_row >= 2,
             guard_notes,
             examples: examples.clone(),
             memory: None,
@@ -222,11 +246,17 @@ impl Pipeline {
         let instructions = assembled.messages.iter().filter(|m| m.role == Role::System).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
         let leaks = LeakDetector::new(&instructions, &[&self.persona_runs, &memory_runs]);
         let locked_secret = match (&secret, &persona.secret) {
-            (SecretStatus::Locked { .. }, Some(s)) => Some(s.value.clone()),
+            (SecretStatus::Locked { .. }, Some(s)) => LockedSecret::new(&s.value, message),
             _ => None,
         };
+        let mut thread = conversation.thread.clone();
+        thread.repeats_in_a_row = signals.thread.repeats_in_a_row;
+        thread.secret_asks += u32::from(asks_while_locked);
+        thread.listened = listened;
+        thread.push_message(vector.as_ref().map(|v| v.0.as_slice()));
 
         next.stage = stage_state;
+        next.thread = thread;
         next.closeness = decision.after;
         next.memory = assembled.memory;
         next.turns = turn;
@@ -257,9 +287,12 @@ impl Pipeline {
     /// Rebuilds the state a conversation would have after `exchanges` (user message, the reply
     /// the user saw), all at `now`: for clients that send the whole history each time (the
     /// OpenAI API) instead of keeping a conversation here. Steps 1–8 run for each message; the
-    /// given replies are taken as they are.
+    /// given replies are taken as they are (lexically: they are not encoded, so the replayed
+    /// thread has no reply vectors). Any of it may be invented, so the conversation is marked
+    /// [`Provenance::ClientSent`] and its secret stays locked however close it reads.
     pub fn replay(&self, greeting: Option<&str>, exchanges: &[(String, String)], now: DateTime<FixedOffset>) -> Result<Conversation, PipelineError> {
         let mut conversation = self.start();
+        conversation.provenance = Provenance::ClientSent;
         match greeting {
             Some(text) => conversation.history[0].content = text.to_string(),
             None => conversation.history.clear(),
@@ -267,6 +300,7 @@ impl Pipeline {
         for (message, reply) in exchanges {
             let PreparedTurn { mut next, .. } = self.prepare(&conversation, message, now)?;
             record_reply(&mut next.stage, reply);
+            next.thread.push_reply(None, None);
             next.history.push(ChatMessage::user(message.clone()));
             next.history.push(ChatMessage::assistant(reply.clone()));
             conversation = next;
@@ -311,7 +345,7 @@ impl Pipeline {
                 let notes = prompt.iter().rposition(|m| m.role == Role::System).expect("the prompt opens with a system message");
                 prompt[notes].content.push_str(&format!("\n\nImportant: {note}"));
             }
-            let (attempt, draft, spent_review) = self.attempt(number, steering.clone(), prompt, generator, &leaks, locked_secret.as_deref(), on_event).await;
+            let (attempt, draft, spent_review) = self.attempt(number, steering.clone(), prompt, generator, &leaks, locked_secret.as_ref(), on_event).await;
             review_us += spent_review;
             let outcome = attempt.outcome.clone();
             trace.attempts.push(attempt);
@@ -324,11 +358,8 @@ impl Pipeline {
                 AttemptOutcome::Failed { .. } => break,
             }
         }
-        let reply = match reply {
-            Some((text, vector)) => {
-                next.last_reply_vector = vector;
-                text
-            }
+        let (reply, reply_vector) = match reply {
+            Some((text, vector)) => (text, vector),
             None => {
                 trace.fallback = trace.attempts.last().map(|a| match &a.outcome {
                     AttemptOutcome::Rejected { hits } => format!("the draft was rejected ({})", hits.iter().map(GuardHit::code).collect::<Vec<_>>().join(", ")),
@@ -337,10 +368,13 @@ impl Pipeline {
                 });
                 let line = self.fallback(conversation);
                 on_event(TurnEvent::Delta(line.clone()));
-                next.last_reply_vector = None;
-                line
+                (line, None)
             }
         };
+        let kept = Instant::now();
+        let (reply_vector, question_vector) = self.reply_vectors(&reply, reply_vector);
+        next.thread.push_reply(reply_vector.as_deref(), question_vector.as_deref());
+        review_us += kept.elapsed().as_micros() as u64;
         trace.timings_us.generate = (generate_started.elapsed().as_micros() as u64).saturating_sub(review_us);
         trace.timings_us.review = review_us;
 
@@ -350,6 +384,23 @@ impl Pipeline {
         trace.reply = reply.clone();
         *conversation = next;
         Ok(TurnOutcome { reply, trace })
+    }
+
+    /// The reply's vector (the review's, when it made one) and its question's, for reading the
+    /// next message against; none without an encoder. An encoding error only costs the next
+    /// turn its semantic checks (the lexical ones still run), so it is logged, not raised.
+    fn reply_vectors(&self, reply: &str, known: Option<Vec<f32>>) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+        let Some(nlu) = &self.nlu else { return (None, None) };
+        let encode = |text: &str| match nlu.encoder().encode(text) {
+            Ok(v) => Some(v.0),
+            Err(e) => {
+                tracing::warn!(error = %e, "encoding a reply for the next turn's reading");
+                None
+            }
+        };
+        let reply_vector = known.or_else(|| encode(reply));
+        let question_vector = question_sentences(reply).pop().and_then(|q| encode(&q));
+        (reply_vector, question_vector)
     }
 
     /// One draft: generate (retrying transient failures), stream what passes, review the rest.
@@ -362,7 +413,7 @@ impl Pipeline {
         prompt: Vec<ChatMessage>,
         generator: &dyn Generator,
         leaks: &LeakDetector,
-        locked_secret: Option<&str>,
+        locked_secret: Option<&LockedSecret>,
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
     ) -> (Attempt, Option<(String, Option<Vec<f32>>)>, u64) {
         let started = Instant::now();
@@ -421,7 +472,7 @@ impl Pipeline {
         request: GenerationRequest,
         generator: &dyn Generator,
         leaks: &LeakDetector,
-        locked_secret: Option<&str>,
+        locked_secret: Option<&LockedSecret>,
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
         review_us: &mut u64,
     ) -> Result<Draft, GenerationError> {

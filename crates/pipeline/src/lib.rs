@@ -6,7 +6,9 @@
 //! 1. [`context`]: time of day, weekday, how long the conversation has run, the gap since the
 //!    last message, the turn count.
 //! 2. [`understand`]: the emotion of the user's message and its trajectory over the conversation,
-//!    plus the lexical [`signals`] (self-disclosure, reciprocity, rudeness, pushing too fast).
+//!    plus the lexical [`signals`] (self-disclosure, rudeness, pushing too fast) and what the
+//!    message does with the conversation, [`listening`] (takes up what the persona said, repeats
+//!    itself, answers her question).
 //! 3. [`stage`]: ice-breaker → casual → close, and back.
 //! 4. [`closeness`]: a score and a decision (hold / go closer / step back) with its reasons.
 //! 5. [`secret`]: whether the persona's secret may enter the prompt this turn.
@@ -23,8 +25,11 @@
 //! - Steps 1–8 are pure functions of their inputs: no IO, no clock, no randomness. The engine
 //!   reads the clock once per turn and passes it in, which is why every decision can be
 //!   replayed from a trace.
-//! - The secret's text is in a prompt only when [`secret::SecretStatus::Unlocked`]. Nothing the
-//!   user writes can make a locked secret leak, because the model never saw it.
+//! - The secret's text is in a prompt only when [`secret::SecretStatus::Unlocked`]: templates see a
+//!   [`prompt::PersonaView`], which has no secret. Nothing the user writes can make a locked
+//!   secret leak, because the model never saw it; a conversation rebuilt from client-sent
+//!   history ([`secret::Provenance::ClientSent`]) never unlocks. [`secret::SecretMatcher`] is
+//!   the one way to find the secret in a text, for the guards and the evaluation alike.
 //! - This crate never links a model runtime: the engine takes `&dyn Generator`.
 #![deny(missing_docs)]
 
@@ -36,6 +41,7 @@ pub mod engine;
 mod error;
 pub mod fewshot;
 pub mod guards;
+pub mod listening;
 pub mod memory;
 pub mod persona;
 mod png;

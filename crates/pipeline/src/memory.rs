@@ -36,7 +36,7 @@ impl Memory {
             for sentence in crate::cleanup::split_sentences(&m.content) {
                 let sentence: String = sentence.trim().chars().take(SENTENCE_CHARS).collect();
                 match m.role {
-                    Role::User if read_signals(&sentence, false, None).self_disclosure >= 0.5 => push_capped(&mut self.about_them, sentence, ABOUT_THEM),
+                    Role::User if read_signals(&sentence, None).self_disclosure >= 0.5 => push_capped(&mut self.about_them, sentence, ABOUT_THEM),
                     Role::Assistant if persona_discloses(&sentence) => push_capped(&mut self.about_you, sentence, ABOUT_YOU),
                     _ => {}
                 }

@@ -41,6 +41,9 @@ pub struct Persona {
     /// How fast closeness may grow.
     #[serde(default)]
     pub pacing: Pacing,
+    /// What each signal is worth to the closeness decision.
+    #[serde(default, skip_serializing_if = "Weights::is_default")]
+    pub weights: Weights,
     /// What the persona guards, if anything.
     #[serde(default)]
     pub secret: Option<Secret>,
@@ -110,11 +113,93 @@ pub struct Pacing {
     pub min_turns_close: u32,
     /// Self-disclosures each side must have made before the close stage.
     pub min_mutual_disclosures: u32,
+    /// Messages that took up what the persona said before the close stage: closeness is earned
+    /// by listening, and a script that never does cannot get there however warm its words.
+    pub min_listening_turns: u32,
 }
 
 impl Default for Pacing {
     fn default() -> Self {
-        Self { warmth: 1.0, max_gain_per_turn: 8, casual_at: 15, close_at: 55, min_turns_casual: 2, min_turns_close: 6, min_mutual_disclosures: 2 }
+        Self { warmth: 1.0, max_gain_per_turn: 8, casual_at: 15, close_at: 55, min_turns_casual: 2, min_turns_close: 6, min_mutual_disclosures: 2, min_listening_turns: 3 }
+    }
+}
+
+/// What each signal is worth to the closeness decision, in points before the persona's warmth
+/// and the per-turn cap. Gains are zero or more, losses zero or less.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Weights {
+    /// A message of six words or more.
+    pub engaged: f32,
+    /// A full self-disclosure (partial ones earn their share).
+    pub self_disclosure: f32,
+    /// A question about the persona.
+    pub curiosity: f32,
+    /// An answer to the persona's question.
+    pub reciprocity: f32,
+    /// Taking up what the persona said.
+    pub listening: f32,
+    /// A kind word about the persona.
+    pub compliment: f32,
+    /// A happy message, times its valence.
+    pub positive_mood: f32,
+    /// A mood that keeps sinking.
+    pub sinking_mood: f32,
+    /// An insult.
+    pub rudeness: f32,
+    /// Pushing for physical intimacy.
+    pub physical_push: f32,
+    /// Pushing for romance before the close stage.
+    pub romantic_push: f32,
+    /// Each repeat of an earlier message from the second in a row.
+    pub repeating: f32,
+    /// Asking for the secret again while it is locked.
+    pub secret_push: f32,
+    /// Share of the gains a message keeps when it neither takes up what the persona said nor
+    /// answers her question, 0–1.
+    pub unheard_share: f32,
+}
+
+impl Weights {
+    /// The shipped weights.
+    pub const DEFAULT: Weights = Weights {
+        engaged: 1.0,
+        self_disclosure: 5.0,
+        curiosity: 2.0,
+        reciprocity: 2.0,
+        listening: 3.0,
+        compliment: 2.0,
+        positive_mood: 3.0,
+        sinking_mood: -2.0,
+        rudeness: -15.0,
+        physical_push: -10.0,
+        romantic_push: -5.0,
+        repeating: -2.0,
+        secret_push: -3.0,
+        unheard_share: 0.5,
+    };
+
+    fn is_default(&self) -> bool {
+        *self == Self::DEFAULT
+    }
+
+    /// The first weight with the wrong sign or out of range, named.
+    fn invalid(&self) -> Option<String> {
+        let gains = [("engaged", self.engaged), ("self_disclosure", self.self_disclosure), ("curiosity", self.curiosity), ("reciprocity", self.reciprocity), ("listening", self.listening), ("compliment", self.compliment), ("positive_mood", self.positive_mood)];
+        let losses = [("sinking_mood", self.sinking_mood), ("rudeness", self.rudeness), ("physical_push", self.physical_push), ("romantic_push", self.romantic_push), ("repeating", self.repeating), ("secret_push", self.secret_push)];
+        if let Some((name, v)) = gains.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0 && *v <= 100.0)) {
+            return Some(format!("weights.{name} {v} must be a gain in [0, 100]"));
+        }
+        if let Some((name, v)) = losses.iter().find(|(_, v)| !(v.is_finite() && *v <= 0.0 && *v >= -100.0)) {
+            return Some(format!("weights.{name} {v} must be a loss in [-100, 0]"));
+        }
+        (!(0.0..=1.0).contains(&self.unheard_share)).then(|| format!("weights.unheard_share {} must be in [0, 1]", self.unheard_share))
+    }
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }
 
@@ -215,6 +300,9 @@ impl Persona {
         }
         if p.max_gain_per_turn == 0 {
             return bad("pacing.max_gain_per_turn must be at least 1".into());
+        }
+        if let Some(m) = self.weights.invalid() {
+            return bad(m);
         }
         for t in &self.forbidden_topics {
             if t.name.trim().is_empty() || t.examples.iter().all(|e| e.trim().is_empty()) || t.redirect.trim().is_empty() {
@@ -347,6 +435,19 @@ greetings = ["Hi!"]
         let text = format!("{MINIMAL}\nfacts = [\"My wifi password is swordfish\"]\n[secret]\nlabel = \"password\"\nvalue = \"Swordfish\"\nunlock_closeness = 70\ntease = \"Earn it.\"\n");
         let err = Persona::from_toml(&text, "ana").unwrap_err().to_string();
         assert!(err.contains("facts"), "{err}");
+    }
+
+    #[test]
+    fn weights_default_and_a_wrong_sign_is_named() {
+        let p = Persona::from_toml(&format!("{MINIMAL}\n[weights]\nlistening = 4.5\n"), "ana").unwrap();
+        assert_eq!(p.weights.listening, 4.5);
+        assert_eq!(p.weights.rudeness, Weights::DEFAULT.rudeness);
+        assert!(!Persona::from_toml(MINIMAL, "ana").unwrap().to_toml().contains("[weights]"), "defaults are not written out");
+        let err = Persona::from_toml(&format!("{MINIMAL}\n[weights]\nrudeness = 5.0\n"), "ana").unwrap_err().to_string();
+        assert!(err.contains("weights.rudeness"), "{err}");
+        let err = Persona::from_toml(&format!("{MINIMAL}\n[weights]\nunheard_share = 1.5\n"), "ana").unwrap_err().to_string();
+        assert!(err.contains("unheard_share"), "{err}");
+        assert!(Persona::from_toml(&format!("{MINIMAL}\n[weights]\nlistenning = 1.0\n"), "ana").is_err(), "a typo is an error");
     }
 
     #[test]

@@ -57,11 +57,39 @@ impl Prompts {
     }
 }
 
+/// What templates may know of the persona: everything a prompt may say about it, and nothing
+/// of its secret, which reaches a prompt only through [`PromptInput::secret`] (its value only
+/// once unlocked). So a template loaded with `--prompts DIR` can print its whole context
+/// (`{{ __tera_context }}`) and still find no locked secret in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PersonaView<'a> {
+    /// The persona's id.
+    pub id: &'a str,
+    /// The name it goes by.
+    pub name: &'a str,
+    /// Who it is.
+    pub bio: &'a str,
+    /// What it knows about itself.
+    pub facts: &'a [String],
+    /// How it talks.
+    pub voice: &'a [String],
+    /// Its greetings.
+    pub greetings: &'a [String],
+    /// Longest reply, in sentences.
+    pub max_sentences: usize,
+}
+
+impl<'a> From<&'a Persona> for PersonaView<'a> {
+    fn from(p: &'a Persona) -> Self {
+        Self { id: &p.id, name: &p.name, bio: &p.bio, facts: &p.facts, voice: &p.voice, greetings: &p.greetings, max_sentences: p.max_sentences }
+    }
+}
+
 /// Everything the system template sees.
 #[derive(Debug, Clone, Serialize)]
 pub struct PromptInput<'a> {
-    /// The persona.
-    pub persona: &'a Persona,
+    /// The persona, without its secret.
+    pub persona: PersonaView<'a>,
     /// The stage, as its name.
     pub stage: &'static str,
     /// The decision, as its name.
@@ -76,6 +104,8 @@ pub struct PromptInput<'a> {
     pub secret: Option<SecretForPrompt<'a>>,
     /// The user asked for the secret.
     pub asks_for_secret: bool,
+    /// The user keeps sending the same message.
+    pub repeating: bool,
     /// What the guards want the persona to know this turn.
     pub guard_notes: Vec<String>,
     /// Few-shot examples.
@@ -263,7 +293,7 @@ mod tests {
 
     fn input(persona: &Persona, notes: Vec<String>) -> PromptInput<'_> {
         PromptInput {
-            persona,
+            persona: persona.into(),
             stage: "casual",
             decision: "hold",
             reasons: vec!["steady".into()],
@@ -271,10 +301,34 @@ mod tests {
             context_notes: notes.clone(),
             secret: None,
             asks_for_secret: false,
+            repeating: false,
             guard_notes: notes,
             examples: Vec::new(),
             memory: None,
         }
+    }
+
+    #[test]
+    fn a_template_that_prints_its_whole_context_finds_no_locked_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [SYSTEM, TURN] {
+            std::fs::write(dir.path().join(name), "{{ __tera_context }} {{ persona | json_encode() }} {% if persona.secret %}{{ persona.secret.value }}{% endif %}").unwrap();
+        }
+        let prompts = Prompts::from_dir(dir.path()).unwrap();
+        let roomy = TokenBudget { context_tokens: 16_000, reply_tokens: 100 };
+        let persona = host();
+        let value = persona.secret.as_ref().unwrap().value.clone();
+        let matcher = crate::secret::SecretMatcher::new(&value).unwrap();
+        let mut locked = input(&persona, Vec::new());
+        locked.secret = crate::secret::SecretStatus::Locked { missing: vec![] }.for_prompt(persona.secret.as_ref());
+        let a = assemble(&prompts, locked, &[], "hi", &Memory::default(), roomy, NotesPlacement::BeforeMessage).unwrap();
+        let text: String = a.messages.iter().map(|m| m.content.as_str()).collect();
+        assert!(text.contains("Margot") && text.contains("the last envelope"), "the template did print its context: {text}");
+        assert!(!matcher.found_in(&text), "{text}");
+        let mut unlocked = input(&persona, Vec::new());
+        unlocked.secret = crate::secret::SecretStatus::Unlocked.for_prompt(persona.secret.as_ref());
+        let a = assemble(&prompts, unlocked, &[], "hi", &Memory::default(), roomy, NotesPlacement::BeforeMessage).unwrap();
+        assert!(matcher.found_in(&a.messages[0].content), "unlocked, the value is there");
     }
 
     proptest! {
@@ -298,7 +352,7 @@ mod tests {
                 Ok(a) => {
                     prop_assert!(a.stats.estimated_tokens <= context_tokens.saturating_sub(reply_tokens));
                     prop_assert_eq!(a.messages[0].role, rapport_core::Role::System);
-                    prop_assert!(a.messages[0].content.contains(&persona.name));
+                    prop_assert!(a.messages[0].content.contains(persona.name.as_str()));
                     let last = a.messages.last().unwrap();
                     prop_assert_eq!(last.role, rapport_core::Role::User);
                     prop_assert_eq!(&last.content, &message);

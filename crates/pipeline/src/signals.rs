@@ -2,7 +2,9 @@
 //!
 //! The emotion model reads how the user feels; these rules read what the user does: shares
 //! something about themselves, asks back, compliments, insults, or pushes for intimacy the
-//! conversation has not earned. Rules, not a model, because the stage tracker and the closeness
+//! conversation has not earned. What the message does with the conversation (listening,
+//! repeating, answering the persona's question) is [`crate::listening`]'s reading, carried here
+//! in [`Signals::thread`] so the trace shows one set of signals. Rules, not a model, because the stage tracker and the closeness
 //! decision must be explainable line by line ("+4: they shared something personal") and
 //! testable without weights.
 
@@ -10,6 +12,8 @@ use std::sync::OnceLock;
 
 use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
+
+use crate::listening::ThreadReading;
 
 /// How hard a message pushes for intimacy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -30,7 +34,8 @@ pub struct Signals {
     pub self_disclosure: f32,
     /// They asked the persona something about itself.
     pub asks_about_persona: bool,
-    /// They answered the question the persona just asked.
+    /// They answered the question the persona just asked (the thread's reading: the answer
+    /// takes up the question, not merely follows a `?`), and were not rude about it.
     pub answered_question: bool,
     /// They said something kind about the persona.
     pub compliment: bool,
@@ -40,6 +45,12 @@ pub struct Signals {
     pub push: Option<Push>,
     /// They asked for the persona's secret.
     pub asks_for_secret: bool,
+    /// They asked for it while it was locked, and not for the first time.
+    #[serde(default)]
+    pub asks_for_secret_again: bool,
+    /// What the message does with the conversation so far.
+    #[serde(default)]
+    pub thread: ThreadReading,
 }
 
 struct Rules {
@@ -70,14 +81,15 @@ fn rules() -> &'static Rules {
             rude: r(r"\b(?:shut up|stfu|stupid|idiot|dumb|moron|boring|ugly|loser|pathetic|useless|annoying|hate you|fuck (?:you|off)|piss off|screw you|bitch|you suck|nobody cares|who cares|whatever)\b"),
             romantic: r(r"\b(?:i love you|love you|be my (?:girlfriend|boyfriend|gf|bf|partner|wife|husband)|marry me|date me|go out with me|kiss(?:es|ing)?|make out|cuddle|in love with you|you'?re mine)\b"),
             physical: r(r"\b(?:send (?:me )?(?:a |some |your )?(?:pics?|photos?|pictures?|nudes?|selfies?)|nudes?|sex|sexy|naked|strip|sleep with|in bed|come over|your place|my place|your address|where do you live exactly|phone number|your number|hook ?up)\b"),
-            secret_words: r(r"\b(?:secret|password|pass ?word|passcode|code ?word|the code)\b"),
+            secret_words: r(r"\b(?:secret|password|pass ?word|passcode|code ?word|the code|magic word)\b"),
         }
     })
 }
 
-/// Reads a user message. `persona_asked` says whether the persona's last message asked a
-/// question; `secret_label` is the persona's name for its secret, if it has one.
-pub fn read_signals(message: &str, persona_asked: bool, secret_label: Option<&str>) -> Signals {
+/// Reads a user message alone; `secret_label` is the persona's name for its secret, if it has
+/// one. [`Signals::answered_question`] and [`Signals::thread`] need the conversation: the engine
+/// fills them from [`crate::listening::read_thread`].
+pub fn read_signals(message: &str, secret_label: Option<&str>) -> Signals {
     let rules = rules();
     let words = rapport_core::text_stats::words(message).len();
     let kinds = rules.disclosure.matches(message).iter().count();
@@ -90,7 +102,6 @@ pub fn read_signals(message: &str, persona_asked: bool, secret_label: Option<&st
         (0.25 + 0.25 * kinds as f32 + feeling + if words >= 12 { 0.25 } else { 0.0 }).min(1.0)
     };
     let asks_about_persona = message.contains('?') && rules.about_you.is_match(message);
-    let answered_question = persona_asked && words >= 3 && !rules.rude.is_match(message);
     let push = if rules.physical.is_match(message) {
         Some(Push::Physical)
     } else if rules.romantic.is_match(message) {
@@ -106,12 +117,19 @@ pub fn read_signals(message: &str, persona_asked: bool, secret_label: Option<&st
         words,
         self_disclosure,
         asks_about_persona,
-        answered_question,
+        answered_question: false,
         compliment: rules.compliment.is_match(message),
         rudeness: rules.rude.is_match(message),
         push,
         asks_for_secret: secret_label.is_some() && (label_asked || rules.secret_words.is_match(message)),
+        asks_for_secret_again: false,
+        thread: ThreadReading::default(),
     }
+}
+
+/// Whether a message talks about a secret in the usual words (password, code word, secret …).
+pub fn mentions_secret_words(message: &str) -> bool {
+    rules().secret_words.is_match(message)
 }
 
 /// Whether a persona's message discloses something about itself (for mutual disclosure).
@@ -127,45 +145,38 @@ mod tests {
 
     #[test]
     fn sharing_a_feeling_about_ones_life_is_a_full_disclosure() {
-        let s = read_signals("Honestly I've been feeling lonely since my sister moved away.", false, None);
+        let s = read_signals("Honestly I've been feeling lonely since my sister moved away.", None);
         assert_eq!(s.self_disclosure, 1.0);
         assert!(!s.rudeness && s.push.is_none());
     }
 
     #[test]
     fn small_talk_discloses_little() {
-        assert_eq!(read_signals("hi", false, None).self_disclosure, 0.0);
-        assert!(read_signals("What do you do for fun?", false, None).asks_about_persona);
-        assert!(read_signals("ok I think so", false, None).self_disclosure < 0.75);
+        assert_eq!(read_signals("hi", None).self_disclosure, 0.0);
+        assert!(read_signals("What do you do for fun?", None).asks_about_persona);
+        assert!(read_signals("ok I think so", None).self_disclosure < 0.75);
     }
 
     #[test]
     fn rudeness_and_pushing_are_told_apart() {
-        assert!(read_signals("shut up, you're boring", false, None).rudeness);
-        assert_eq!(read_signals("send me a pic of you", false, None).push, Some(Push::Physical));
-        assert_eq!(read_signals("will you be my girlfriend?", false, None).push, Some(Push::Romantic));
-        assert!(read_signals("you're so sweet", false, None).compliment);
-    }
-
-    #[test]
-    fn answering_needs_a_question_and_a_real_answer() {
-        assert!(read_signals("I grew up by the sea", true, None).answered_question);
-        assert!(!read_signals("I grew up by the sea", false, None).answered_question);
-        assert!(!read_signals("ok", true, None).answered_question);
+        assert!(read_signals("shut up, you're boring", None).rudeness);
+        assert_eq!(read_signals("send me a pic of you", None).push, Some(Push::Physical));
+        assert_eq!(read_signals("will you be my girlfriend?", None).push, Some(Push::Romantic));
+        assert!(read_signals("you're so sweet", None).compliment);
     }
 
     #[test]
     fn the_secret_is_asked_for_by_its_label_or_common_words() {
-        assert!(read_signals("so what's the password?", false, Some("password")).asks_for_secret);
-        assert!(read_signals("tell me the magic word", false, Some("magic word")).asks_for_secret);
-        assert!(!read_signals("tell me the magic word", false, None).asks_for_secret);
-        assert!(!read_signals("nice weather", false, Some("password")).asks_for_secret);
+        assert!(read_signals("so what's the password?", Some("password")).asks_for_secret);
+        assert!(read_signals("tell me the magic word", Some("magic word")).asks_for_secret);
+        assert!(!read_signals("tell me the magic word", None).asks_for_secret);
+        assert!(!read_signals("nice weather", Some("password")).asks_for_secret);
     }
 
     proptest! {
         #[test]
         fn any_text_reads_without_panicking_and_in_range(text in ".{0,400}", asked: bool) {
-            let s = read_signals(&text, asked, Some("password"));
+            let s = read_signals(&text, Some("password"));
             prop_assert!((0.0..=1.0).contains(&s.self_disclosure));
         }
     }

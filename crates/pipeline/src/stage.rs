@@ -2,7 +2,7 @@
 //!
 //! A state machine with one step at a time in either direction. Moving on needs signals that
 //! the conversation has earned it (enough turns, closeness, both sides having shared something
-//! personal, a mood that is not sinking); stepping back needs only one bad sign, because a
+//! personal, enough messages that took up what the persona said, a mood that is not sinking); stepping back needs only one bad sign, because a
 //! persona that keeps flirting after an insult or during someone's distress is the failure
 //! people notice.
 
@@ -83,6 +83,8 @@ pub struct StageInput<'a> {
     pub emotion: &'a EmotionView,
     /// Closeness before this message.
     pub closeness: u8,
+    /// The user's messages so far, this one included, that took up what the persona said.
+    pub listened: u32,
 }
 
 /// Step 3: the next stage.
@@ -122,6 +124,7 @@ pub fn track(state: &StageState, input: &StageInput<'_>, pacing: &Pacing) -> (St
                     (input.closeness >= pacing.close_at, format!("closeness {} of {}", input.closeness, pacing.close_at)),
                     (next.user_disclosures >= m, format!("their disclosures {} of {m}", next.user_disclosures)),
                     (next.persona_disclosures >= m, format!("your disclosures {} of {m}", next.persona_disclosures)),
+                    (input.listened >= pacing.min_listening_turns, format!("messages that took up what you said {} of {}", input.listened, pacing.min_listening_turns)),
                     (input.emotion.mood >= SINKING_MOOD, format!("a mood above {SINKING_MOOD} (now {:.2})", input.emotion.mood)),
                     (!input.emotion.distress, "no distress".to_string()),
                 ]);
@@ -153,7 +156,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn step(state: &StageState, turn: u32, closeness: u8, signals: Signals, emotion: &EmotionView) -> (StageState, StageChange) {
-        track(state, &StageInput { turn, signals: &signals, emotion, closeness }, &Pacing::default())
+        track(state, &StageInput { turn, signals: &signals, emotion, closeness, listened: 3 }, &Pacing::default())
     }
 
     #[test]
@@ -180,6 +183,17 @@ mod tests {
     }
 
     #[test]
+    fn close_needs_messages_that_listened() {
+        let s = StageState { stage: Stage::Casual, user_disclosures: 5, persona_disclosures: 5, ..Default::default() };
+        let (signals, emotion) = (Signals::default(), neutral());
+        let input = |listened| StageInput { turn: 10, signals: &signals, emotion: &emotion, closeness: 80, listened };
+        let (n, c) = track(&s, &input(2), &Pacing::default());
+        assert_eq!(n.stage, Stage::Casual);
+        assert!(c.why.contains("took up what you said 2 of 3"), "{}", c.why);
+        assert_eq!(track(&s, &input(3), &Pacing::default()).0.stage, Stage::Close);
+    }
+
+    #[test]
     fn rudeness_pushing_and_distress_step_back() {
         let e = neutral();
         let close = StageState { stage: Stage::Close, ..Default::default() };
@@ -192,7 +206,7 @@ mod tests {
 
     fn any_signals() -> impl Strategy<Value = Signals> {
         (0f32..=1.0, any::<bool>(), any::<bool>(), any::<bool>(), prop_oneof![Just(None), Just(Some(Push::Romantic)), Just(Some(Push::Physical))])
-            .prop_map(|(d, a, r, c, push)| Signals { words: 8, self_disclosure: d, asks_about_persona: a, answered_question: a, compliment: c, rudeness: r, push, asks_for_secret: false })
+            .prop_map(|(d, a, r, c, push)| Signals { words: 8, self_disclosure: d, asks_about_persona: a, answered_question: a, compliment: c, rudeness: r, push, ..Signals::default() })
     }
 
     proptest! {

@@ -10,3 +10,7 @@ mod personas;
 mod guards;
 // Whole turns with the real model: streaming, retries, fallback, the secret game.
 mod turns;
+// The secret game cannot be farmed and stays winnable (the engine with canned replies).
+mod secret_game;
+// The substance signal: does a message answer the question? Tuned and measured on held-out data.
+mod answers;

@@ -157,7 +157,9 @@ fn a_draft_cut_at_the_next_turn_counts_the_tokens_it_streamed() {
 
 /// The party game with the default test model: the host warms up over a real conversation,
 /// the password stays out of every prompt and reply until the gate opens, and once it is open
-/// and asked for, it is in the prompt.
+/// and asked for, it is in the prompt. The guest listens: each message takes up a word of her
+/// last reply (from her question when she asked one) before saying its own line, because
+/// closeness is earned by listening and a script that ignores her never gets close.
 #[test]
 fn the_secret_game_end_to_end() {
     const GUEST: [&str; 12] = [
@@ -181,8 +183,15 @@ fn the_secret_game_end_to_end() {
         let secret = p.persona().secret.clone().unwrap().value.to_lowercase();
         let mut c = p.start();
         let mut unlocked_at = None;
+        let mut said: Vec<String> = Vec::new();
         for (i, line) in GUEST.iter().enumerate() {
-            let (out, _, _) = turn(&p, &mut c, line, i as u32 * 2, &model).await;
+            let last_reply = c.history.last().map(|m| m.content.clone()).unwrap_or_default();
+            let message = match take_up(&last_reply, &said, "Margot") {
+                Some(word) => format!("You said {word}, I love that! {line}"),
+                None => line.to_string(),
+            };
+            said.push(message.clone());
+            let (out, _, _) = turn(&p, &mut c, &message, i as u32 * 2, &model).await;
             let t = &out.trace;
             eprintln!("turn {}: stage {:?} closeness {} {:?} → {}", t.turn, t.stage.to, t.closeness.after.get(), t.secret, out.reply);
             if t.secret == SecretStatus::Unlocked {
@@ -204,6 +213,16 @@ fn the_secret_game_end_to_end() {
         assert!(prompt.contains(&secret), "the unlocked prompt carries the secret");
         eprintln!("asked for the password: {}", out.reply);
     });
+}
+
+/// A word of `reply` a listening guest would pick up: from its question if it asked one, five
+/// letters or more, not the persona's name, not a word the guest already used.
+fn take_up(reply: &str, said: &[String], name: &str) -> Option<String> {
+    use rapport_pipeline::listening::{content_words, question_sentences, related};
+    let used: Vec<String> = said.iter().flat_map(|m| content_words(m)).collect();
+    let fresh = |w: &String| w.chars().count() >= 5 && *w != name.to_lowercase() && !used.iter().any(|u| related(u, w));
+    let from_question = question_sentences(reply).pop().and_then(|q| content_words(&q).into_iter().find(fresh));
+    from_question.or_else(|| content_words(reply).into_iter().find(fresh))
 }
 
 #[test]

@@ -158,12 +158,7 @@ fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
 }
 
 fn limit(app: &AppState, session: &rapport_store::SessionId) -> AppResult<()> {
-    app.limiter.take(session).map_err(|wait| {
-        let seconds = wait.as_secs_f64().ceil() as u64;
-        let mut e = AppError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many messages: wait {seconds} s (the limit is {} per minute)", app.config.rate.per_minute));
-        e.retry_after = Some(seconds.max(1));
-        e
-    })
+    app.limiter.take(session).map_err(|wait| AppError::rate_limited(wait, "messages", app.config.rate.per_minute))
 }
 
 /// `POST /api/conversations/{id}/regenerate`: another reply to the last message.

@@ -123,7 +123,8 @@ pub async fn serve(app: AppState, addr: SocketAddr) -> std::io::Result<()> {
     println!("listening on http://{local}");
     tracing::info!(%local, workers = workers.len(), database = ?app.store.backend(), "serving");
     let shutdown = app.shutdown.clone();
-    axum::serve(listener, router(app))
+    // The peer's address keys the persona API's limiter (it has no session to key by).
+    axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             stop_signal().await;
             tracing::info!("shutting down: putting unfinished replies back in the queue");

@@ -4,19 +4,25 @@
 //!
 //! Such clients send the whole conversation each time and keep nothing here, so the pipeline's
 //! state (stage, closeness, mood) is rebuilt by replaying steps 1–8 over the history; the
-//! replies the client shows are taken as they are. The persona's own sampling applies; a
-//! client's sampling fields are ignored. A stream sends the reply only once it has passed the
-//! guards on the reply, because an OpenAI client has no way to take back text it was shown.
+//! replies the client shows are taken as they are. Any of that history may be invented — nine
+//! made-up exchanges of a perfect guest would otherwise walk the wedding host to her password —
+//! so a persona's secret never unlocks here ([`rapport_pipeline::secret::Provenance`]): the
+//! secret game is played in conversations the server holds (the page and its JSON API). The
+//! persona's own sampling applies; a client's sampling fields are ignored. A stream sends the
+//! reply only once it has passed the guards on the reply, because an OpenAI client has no way
+//! to take back text it was shown. Each client (API key and address) is rate-limited like a
+//! session of the page.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use rapport_pipeline::TurnOutcome;
 use serde::Deserialize;
@@ -48,6 +54,14 @@ fn authorise(app: &AppState, headers: &HeaderMap) -> AppResult<()> {
     } else {
         Err(AppError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "send the server's API key as 'Authorization: Bearer KEY'"))
     }
+}
+
+/// Takes a token for this client: the API key it authenticated with (or none) and its address.
+/// Checked before the body is read, so a flood of bad requests is limited too.
+fn limit(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> AppResult<()> {
+    let who = if app.config.api_key.is_some() && headers.contains_key(header::AUTHORIZATION) { "key" } else { "open" };
+    let address = peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "unknown".into());
+    app.api_limiter.take(&format!("{who}@{address}")).map_err(|wait| AppError::rate_limited(wait, "requests", app.config.rate.per_minute))
 }
 
 /// The conversation a request describes: the greeting (a leading assistant message), the
@@ -88,8 +102,14 @@ fn describe(messages: &[WireMessage]) -> AppResult<Described> {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body: Result<Json<serde_json::Value>, JsonRejection>) -> AppResult<Response> {
+pub async fn chat_completions(
+    State(app): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> AppResult<Response> {
     authorise(&app, &headers)?;
+    limit(&app, &headers, peer.map(|Extension(ConnectInfo(addr))| addr))?;
     let request: PersonaRequest = crate::body::json_object(body)?;
     if !app.personas.shipped().any(|p| p.id == request.model) {
         let known: Vec<&str> = app.personas.shipped().map(|p| p.id.as_str()).collect();

@@ -31,6 +31,14 @@ impl AppError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", message)
     }
 
+    /// 429 with `Retry-After`: `what` ("messages") came faster than `per_minute`.
+    pub fn rate_limited(wait: std::time::Duration, what: &str, per_minute: u32) -> Self {
+        let seconds = wait.as_secs_f64().ceil() as u64;
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many {what}: wait {seconds} s (the limit is {per_minute} per minute)"));
+        e.retry_after = Some(seconds.max(1));
+        e
+    }
+
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)

@@ -1,9 +1,11 @@
-//! Per-session rate limits: a token bucket per session, in this process.
+//! Rate limits: a token bucket per session (the page) or per client (the OpenAI-compatible
+//! persona API, which has no session), in this process.
 //!
 //! Each process limits on its own, so N processes behind a balancer allow up to N times the
 //! rate; sticky sessions or a shared limiter would close that (noted in the README).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,20 +25,20 @@ struct Bucket {
     at: Instant,
 }
 
-/// The buckets.
-pub struct RateLimiter {
+/// The buckets, one per key (a session, or a client of the API).
+pub struct RateLimiter<K = SessionId> {
     limit: RateLimit,
-    buckets: Mutex<HashMap<SessionId, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// Limits to `limit`.
     pub fn new(limit: RateLimit) -> Self {
         Self { limit, buckets: Mutex::new(HashMap::new()) }
     }
 
     /// Takes one token for `session`, or says how long until one is there.
-    pub fn take(&self, session: &SessionId) -> Result<(), Duration> {
+    pub fn take(&self, session: &K) -> Result<(), Duration> {
         let per_second = self.limit.per_minute.max(1) as f64 / 60.0;
         let burst = self.limit.burst.max(1) as f64;
         let now = Instant::now();

@@ -3,8 +3,9 @@
 use rapport_pipeline::TurnTrace;
 use serde_json::{json, Value};
 
-/// Stage, closeness and its decision with reasons, the emotion read, the secret's state and
-/// the guards that fired on the message.
+/// Stage, closeness and its decision with reasons, what the message did with the conversation
+/// (took up her words, repeated itself, answered her question), the emotion read, the secret's
+/// state and the guards that fired on the message.
 pub fn practice_view(trace: &TurnTrace) -> Value {
     let mut labels = trace.emotion.labels.clone();
     labels.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -18,6 +19,7 @@ pub fn practice_view(trace: &TurnTrace) -> Value {
             "decision": trace.closeness.decision.as_str(),
             "reasons": trace.closeness.reasons,
         },
+        "listening": trace.signals.thread,
         "emotion": {
             "ekman": trace.emotion.ekman,
             "labels": labels,

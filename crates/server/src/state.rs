@@ -72,6 +72,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Per-session limits.
     pub limiter: Arc<RateLimiter>,
+    /// Per-client limits of the OpenAI-compatible persona API (the same rate as a session's).
+    pub api_limiter: Arc<RateLimiter<String>>,
     /// Generation slots: workers and the OpenAI API take one per reply, so the model never
     /// writes more replies at once than configured.
     pub slots: Arc<Semaphore>,
@@ -91,6 +93,7 @@ impl AppState {
             personas: Arc::new(personas),
             generator,
             limiter: Arc::new(RateLimiter::new(config.rate)),
+            api_limiter: Arc::new(RateLimiter::new(config.rate)),
             config: Arc::new(config),
             live: Arc::new(Live::default()),
             metrics: Arc::new(Metrics::default()),
