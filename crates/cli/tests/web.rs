@@ -540,6 +540,36 @@ fn openai_clients_chat_with_a_persona() {
     });
 }
 
+/// The page's door to the secret game: the same flattering, self-disclosing message posted
+/// again and again through the JSON API (the build before this rule unlocked the host's
+/// password after about seven of them) earns nothing after the first, and the practice view
+/// says why.
+#[test]
+fn the_page_api_cannot_farm_the_secret_with_one_repeated_message() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_url(dir.path()), &["--rate-burst", "20"]);
+    rt().block_on(async {
+        let me = Client::new(&server.base).await;
+        let id = me.create("wedding-host").await;
+        let farm = "Honestly I feel so happy talking to you, you're so sweet. What do you do for fun?";
+        for _ in 0..9 {
+            let (status, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({"content": farm})).await;
+            assert_eq!(status, 202, "{posted}");
+            let events = me.events(&id, posted["job"]["id"].as_str().unwrap()).await;
+            assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
+        }
+        let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
+        let practice = &convo["practice"];
+        assert_eq!(practice["secret"]["status"], "locked", "{practice}");
+        assert_ne!(practice["stage"]["to"], "close", "{practice}");
+        assert!(practice["listening"]["repeats"].is_string(), "{practice}");
+        let reasons = practice["closeness"]["reasons"].as_array().unwrap();
+        assert!(reasons.iter().any(|r| r["code"] == "repeating" && r["points"].as_f64().unwrap() < 0.0), "{reasons:?}");
+        assert!(practice["closeness"]["after"].as_u64().unwrap() < 15, "{practice}");
+    });
+}
+
 #[test]
 fn two_processes_on_one_postgres_share_conversations_and_never_run_a_job_twice() {
     let _one = serialised();
