@@ -98,6 +98,8 @@ pub fn decide(before: Closeness, signals: &Signals, emotion: &EmotionView, stage
     let thread = &signals.thread;
     // A message that neither takes up what she said nor answers her question.
     let unheard = thread.could_listen && thread.listened.is_none() && !signals.answered_question;
+    // What "not listening" takes back from the message's gains (before warmth and the cap).
+    let mut taken_back = 0.0;
 
     if let Some(repeat) = &thread.repeats {
         // Nothing a repeated message says is heard again; a run of them is not listening.
@@ -132,7 +134,8 @@ pub fn decide(before: Closeness, signals: &Signals, emotion: &EmotionView, stage
         let earned: f32 = reasons.iter().map(|r| r.points).filter(|p| *p > 0.0).sum();
         if unheard && earned > 0.0 {
             let share = w.unheard_share;
-            add(&mut reasons, "not_listening", -(earned * (1.0 - share)), &format!("they did not take up anything you said or answer your question: {:.0}% of the rest counts, and never past {}", share * 100.0, pacing.close_at));
+            taken_back = earned * (1.0 - share);
+            add(&mut reasons, "not_listening", -taken_back, &format!("they did not take up anything you said or answer your question: {:.0}% of the rest counts, and never past {}", share * 100.0, pacing.close_at));
         }
     }
     if emotion.trend < -0.1 {
@@ -158,10 +161,9 @@ pub fn decide(before: Closeness, signals: &Signals, emotion: &EmotionView, stage
 
     // "Not listening" takes back part of what the message earned, so it counts against the
     // gains (before warmth and the cap); every other loss counts in full.
-    let on_gains = |r: &&Reason| r.points > 0.0 || r.code == "not_listening";
-    let gains: f32 = reasons.iter().filter(on_gains).map(|r| r.points).sum::<f32>().max(0.0) * pacing.warmth;
-    let gains = gains.min(pacing.max_gain_per_turn as f32);
-    let losses: f32 = reasons.iter().filter(|r| !on_gains(r)).map(|r| r.points).filter(|p| *p < 0.0).sum();
+    let earned: f32 = reasons.iter().map(|r| r.points).filter(|p| *p > 0.0).sum();
+    let gains = ((earned - taken_back).max(0.0) * pacing.warmth).min(pacing.max_gain_per_turn as f32);
+    let losses: f32 = reasons.iter().map(|r| r.points).filter(|p| *p < 0.0).sum::<f32>() + taken_back;
     let delta = gains + losses;
     let mut after = Closeness::new(before.get() as i32 + delta.round() as i32);
     if unheard && thread.repeats.is_none() {
