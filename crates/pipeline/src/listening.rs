@@ -123,9 +123,7 @@ impl Thread {
     /// Remembers the user's message (after it was read).
     pub fn push_message(&mut self, vector: Option<&[f32]>) {
         if let Some(v) = vector {
-            self.messages.push(KeptVector::new(v));
-            let excess = self.messages.len().saturating_sub(KEPT_MESSAGES);
-            self.messages.drain(..excess);
+            keep_last(&mut self.messages, v, KEPT_MESSAGES);
         }
     }
 
@@ -133,15 +131,18 @@ impl Thread {
     /// a vector forgets the older ones (they would be paired with the wrong reply).
     pub fn push_reply(&mut self, reply: Option<&[f32]>, question: Option<&[f32]>) {
         match reply {
-            Some(v) => {
-                self.replies.push(KeptVector::new(v));
-                let excess = self.replies.len().saturating_sub(RECENT_REPLIES);
-                self.replies.drain(..excess);
-            }
+            Some(v) => keep_last(&mut self.replies, v, RECENT_REPLIES),
             None => self.replies.clear(),
         }
         self.question = question.map(KeptVector::new);
     }
+}
+
+/// Appends `vector` to `kept`, dropping the oldest beyond `most`.
+fn keep_last(kept: &mut Vec<KeptVector>, vector: &[f32], most: usize) {
+    kept.push(KeptVector::new(vector));
+    let excess = kept.len().saturating_sub(most);
+    kept.drain(..excess);
 }
 
 /// What the conversation so far says about one message.
