@@ -188,11 +188,13 @@ async function send(event) {
         // The text stays in the composer: nothing the person wrote is lost.
         mine.remove();
         setBusy(false);
-        const wait = e.retryAfter ? ` Try again in ${e.retryAfter} s.` : '';
+        // The server's refusals for load already say how long to wait.
+        const wait = e.retryAfter && !/try again/i.test(e.message) ? ` Try again in ${e.retryAfter} s.` : '';
         showStatus(`Not sent: ${e.message}.${wait}`, 'error');
         return;
       }
-      showStatus(`Sending again (${attempt + 1} of ${SEND_RETRIES})…`);
+      const busy = e instanceof ApiError && e.status === 503;
+      showStatus(busy ? `The server is busy; sending again in ${Math.round(retryDelayMs(e, attempt) / 1000)} s (${attempt + 1} of ${SEND_RETRIES})…` : `Sending again (${attempt + 1} of ${SEND_RETRIES})…`);
       await new Promise((r) => setTimeout(r, retryDelayMs(e, attempt)));
     }
   }

@@ -130,6 +130,24 @@ try {
   assert.equal(await page.locator('#composer-input').inputValue(), 'This one is refused.', 'the text is kept');
   assert.equal(await page.locator('#messages .bubble.user.pending').count(), 0, 'no unsent bubble left behind');
 
+  // A full queue (503 with Retry-After, the server's own wording): the page says the server is
+  // busy and when it sends again, retries by itself, and in the end says how long to wait, once.
+  let busyPosts = 0;
+  const busyBody = '{"error":{"message":"the server is busy: 100 replies are already waiting; try again in about 1 s","type":"queue_full"}}';
+  await page.route(isPost, async (route) => {
+    busyPosts++;
+    await route.fulfill({ status: 503, contentType: 'application/json', headers: { 'Retry-After': '1' }, body: busyBody });
+  }, { times: 4 });
+  await page.locator('#composer-input').fill('Are you busy tonight?');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => /The server is busy; sending again in 1 s/.test(document.getElementById('status').innerText));
+  await page.locator('#status.error').waitFor({ timeout: 20_000 });
+  const busyStatus = await page.locator('#status').innerText();
+  assert.match(busyStatus, /Not sent: the server is busy: 100 replies are already waiting; try again in about 1 s\./);
+  assert.doesNotMatch(busyStatus, /Try again in/, 'the wait is said once');
+  assert.equal(busyPosts, 4, 'the first send and three retries');
+  assert.equal(await page.locator('#composer-input').inputValue(), 'Are you busy tonight?', 'the text is kept');
+
   // Keyboard: the composer is reachable and Enter sends (checked above); focus is visible.
   await page.keyboard.press('Tab');
 

@@ -60,6 +60,87 @@ pub struct ServeArgs {
     /// Require this bearer token on the OpenAI-compatible API (/v1).
     #[arg(long, env = "RAPPORT_API_KEY")]
     api_key: Option<String>,
+    #[command(flatten)]
+    door: DoorArgs,
+}
+
+/// Limits that follow the client's address, the queue's bounds, and expiry (docs/operate/open.md).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Running in the open")]
+pub struct DoorArgs {
+    /// Messages one client address may send per minute over all its sessions (sustained).
+    #[arg(long, default_value_t = 60)]
+    client_rate_per_minute: u32,
+    /// Messages one client address may send at once.
+    #[arg(long, default_value_t = 20)]
+    client_rate_burst: u32,
+    /// Sessions one client address may create per minute (a session is created by its first
+    /// write; reads create nothing).
+    #[arg(long, default_value_t = 20)]
+    session_rate_per_minute: u32,
+    /// Sessions one client address may create at once.
+    #[arg(long, default_value_t = 20)]
+    session_rate_burst: u32,
+    /// Most replies waiting for a worker; past it new messages get 503 with Retry-After.
+    #[arg(long, default_value_t = 100)]
+    max_queued: usize,
+    /// Most unfinished replies of one client address; past it, 429 with Retry-After. Guests
+    /// behind one NAT (a venue's Wi-Fi) share it: raise it for them.
+    #[arg(long, default_value_t = 4)]
+    max_queued_per_client: usize,
+    /// Header a trusted reverse proxy puts the client's address in (X-Forwarded-For or
+    /// X-Real-IP). Off by default: the TCP peer is the client.
+    #[arg(long, env = "RAPPORT_CLIENT_IP_HEADER")]
+    client_ip_header: Option<String>,
+    /// Proxies whose --client-ip-header is believed (addresses or networks, comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,::1", env = "RAPPORT_TRUSTED_PROXIES")]
+    trusted_proxies: Vec<rapport_server::client::Network>,
+    /// A session unused this long is deleted with its conversations: 30d, 12h, 90m, 45s; 0
+    /// keeps sessions forever.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    session_ttl: Duration,
+    /// A session that never sent a message, and a conversation with only the greeting, unused
+    /// this long is deleted; 0 keeps them.
+    #[arg(long, default_value = "1d", value_parser = parse_duration)]
+    empty_ttl: Duration,
+    /// Time between expiry sweeps.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    sweep_every: Duration,
+}
+
+impl DoorArgs {
+    fn apply(&self, config: &mut AppConfig) -> anyhow::Result<()> {
+        config.client_rate = RateLimit { per_minute: self.client_rate_per_minute, burst: self.client_rate_burst };
+        config.session_rate = RateLimit { per_minute: self.session_rate_per_minute, burst: self.session_rate_burst };
+        config.max_queued = self.max_queued.max(1);
+        config.max_queued_per_client = self.max_queued_per_client.max(1);
+        config.clients = rapport_server::client::ClientPolicy {
+            header: self.client_ip_header.as_deref().map(|h| h.parse()).transpose().with_context(|| format!("--client-ip-header {:?} is not a header name", self.client_ip_header))?,
+            trusted: self.trusted_proxies.clone(),
+        };
+        let keep = |d: Duration| (!d.is_zero()).then_some(d);
+        config.expiry = rapport_server::state::ExpiryConfig { session_idle: keep(self.session_ttl), empty_idle: keep(self.empty_ttl), sweep_every: self.sweep_every.max(Duration::from_secs(1)) };
+        Ok(())
+    }
+}
+
+/// `30d`, `12h`, `90m`, `45s`, or `0`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?}: write a whole number and a unit, like 30d, 12h, 90m or 45s"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d (like 30d)")),
+    };
+    Ok(Duration::from_secs(n * seconds))
 }
 
 fn default_database() -> anyhow::Result<String> {
@@ -83,7 +164,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let nlu = if args.lexical_only { None } else { Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??)) };
     let config = PipelineConfig { budget: TokenBudget { context_tokens: args.context_tokens, reply_tokens: sampling.max_tokens as usize }, sampling, ..PipelineConfig::default() };
     let personas = Personas::new(library, nlu, Arc::new(Prompts::embedded()), config);
-    let app_config = AppConfig {
+    let mut app_config = AppConfig {
         workers: args.workers.max(1),
         lease: Duration::from_secs(args.lease_secs.max(2)),
         max_message_chars: args.max_message_chars,
@@ -92,7 +173,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         api_key: args.api_key.clone(),
         ..AppConfig::default()
     };
-    eprintln!("model {} · database {} · {} worker(s)", backend.model_name, redact(&url), app_config.workers);
+    args.door.apply(&mut app_config)?;
+    let tls = match store.encrypted().await {
+        Ok(Some(true)) => " (TLS)",
+        Ok(Some(false)) => " (not encrypted: add ?sslmode=verify-full&sslrootcert=… to the URL)",
+        _ => "",
+    };
+    eprintln!("model {} · database {}{tls} · {} worker(s)", backend.model_name, redact(&url), app_config.workers);
     let app = AppState::new(store, personas, backend.generator, app_config);
     rapport_server::serve(app, args.listen).await?;
     Ok(())
@@ -109,5 +196,20 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_with_their_unit() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("3 weeks").unwrap_err().contains("unit"));
+        assert!(parse_duration("d").unwrap_err().contains("whole number"));
     }
 }

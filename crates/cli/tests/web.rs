@@ -142,7 +142,7 @@ impl Client {
             assert!(set_cookie.contains(attribute), "{set_cookie}");
         }
         let token = set_cookie.split(';').next().unwrap().strip_prefix("rapport_session=").unwrap().to_string();
-        assert_eq!(token.len(), 32, "128 random bits in hex");
+        assert_eq!(token.len(), 64, "128 random bits and a 128-bit signature, in hex");
         let body: Value = response.json().await.unwrap();
         Client { http, base: base.to_string(), cookie: format!("rapport_session={token}"), csrf: body["csrf_token"].as_str().unwrap().to_string() }
     }
@@ -603,6 +603,96 @@ fn two_processes_on_one_postgres_share_conversations_and_never_run_a_job_twice()
         }
     });
     drop((a, b));
+}
+
+/// Every limit of the front door holds over two processes on one PostgreSQL database: a client
+/// (one address, as a trusted proxy names it) that alternates between the processes gets the
+/// limits once, not twice.
+#[test]
+fn every_limit_holds_with_two_processes_on_one_postgres() {
+    let _one = serialised();
+    let rt = rt();
+    let url = rt.block_on(postgres_url());
+    let limits = ["--client-ip-header", "x-forwarded-for", "--session-rate-burst", "3", "--session-rate-per-minute", "1", "--client-rate-burst", "2", "--client-rate-per-minute", "1", "--max-queued-per-client", "1", "--rate-burst", "2", "--rate-per-minute", "1"];
+    let servers = [Server::start(&url, &limits), Server::start(&url, &limits)];
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        // A visitor at `address` on server `n`: a fresh session, its cookie and CSRF token.
+        let visit = |n: usize, address: &'static str| {
+            let (http, base) = (http.clone(), servers[n % 2].base.clone());
+            async move {
+                let r = http.get(format!("{base}/api/session")).header("x-forwarded-for", address).send().await.unwrap();
+                let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+                let csrf = r.json::<Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_string();
+                (base, cookie, csrf)
+            }
+        };
+        let post = |(base, cookie, csrf): &(String, String, String), address: &str, path: &str, body: Value| {
+            http.post(format!("{base}{path}")).header("x-forwarded-for", address).header("cookie", cookie).header("x-csrf-token", csrf).json(&body).send()
+        };
+        // New sessions: three at once from one address, over both processes.
+        let mut created = Vec::new();
+        for n in 0..6 {
+            let visitor = visit(n, "203.0.113.5").await;
+            let r = post(&visitor, "203.0.113.5", "/api/conversations", json!({"persona": "wedding-host"})).await.unwrap();
+            if r.status() == 201 {
+                let id = r.json::<Value>().await.unwrap()["conversation"]["id"].as_str().unwrap().to_string();
+                created.push((visitor, id));
+            } else {
+                assert_eq!(r.status(), 429);
+                assert!(r.headers().contains_key("retry-after"));
+            }
+        }
+        assert_eq!(created.len(), 3, "the session limit is shared");
+        // Messages from that address, each session on its own process in turn, each after the
+        // last reply (so the queue's bound of one is not what refuses): two at once.
+        let mut statuses = Vec::new();
+        for (visitor, id) in &created {
+            let r = post(visitor, "203.0.113.5", &format!("/api/conversations/{id}/messages"), json!({"content": "Hello there!"})).await.unwrap();
+            statuses.push(r.status().as_u16());
+            if r.status() == 202 {
+                let job = r.json::<Value>().await.unwrap()["job"]["id"].as_str().unwrap().to_string();
+                let (base, cookie, _) = visitor;
+                let deadline = Instant::now() + Duration::from_secs(240);
+                loop {
+                    let j: Value = http.get(format!("{base}/api/conversations/{id}/jobs/{job}")).header("cookie", cookie).send().await.unwrap().json().await.unwrap();
+                    if j["job"]["status"] == "done" || j["job"]["status"] == "failed" {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "the reply never came: {j}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        assert_eq!(statuses, [202, 202, 429], "the per-address message limit is shared");
+        // The queue's share of one client: one unfinished reply, whichever process is asked.
+        let mut statuses = Vec::new();
+        for n in 0..2 {
+            let visitor = visit(n, "198.51.100.9").await;
+            let r = post(&visitor, "198.51.100.9", "/api/conversations", json!({"persona": "wedding-host"})).await.unwrap();
+            let id = r.json::<Value>().await.unwrap()["conversation"]["id"].as_str().unwrap().to_string();
+            let r = post(&visitor, "198.51.100.9", &format!("/api/conversations/{id}/messages"), json!({"content": "Hi! Who are you?"})).await.unwrap();
+            statuses.push(r.status().as_u16());
+            if r.status() == 429 {
+                assert_eq!(r.json::<Value>().await.unwrap()["error"]["type"], "client_queue_full");
+            }
+        }
+        assert_eq!(statuses, [202, 429], "the per-client queue bound is shared");
+        // The persona API: two requests at once per address, over both processes.
+        let mut statuses = Vec::new();
+        for n in 0..4 {
+            let r = http
+                .post(format!("{}/v1/chat/completions", servers[n % 2].base))
+                .header("x-forwarded-for", "192.0.2.77")
+                .json(&json!({"model": "wedding-host", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            statuses.push(r.status().as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 429, 429], "the persona API's limit is shared");
+    });
+    drop(servers);
 }
 
 /// A conversation with the wedding host whose reply is under way: posts `content`, then follows

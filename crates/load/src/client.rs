@@ -53,6 +53,16 @@ pub struct Session {
     /// Requests that failed (a 5xx or no connection) and were sent again, and reply streams
     /// that broke and were followed again, by this session and its moved copies.
     retried: Arc<AtomicUsize>,
+    /// The address this person says they come from, in `X-Forwarded-For` (servers started by
+    /// this program trust loopback's word for it), so that each simulated person is its own
+    /// client to the server's per-address limits; `None`: the loopback peer is the client.
+    address: Option<String>,
+}
+
+/// The address simulated person `n` comes from: 198.18.0.0/15, the range set aside for
+/// benchmarks (RFC 2544), so no real client is ever named.
+pub fn person_address(n: usize) -> String {
+    format!("198.{}.{}.{}", 18 + ((n >> 16) & 1), (n >> 8) & 255, n & 255)
 }
 
 /// A message the server acknowledged (202, or 200 for a retry it recognised).
@@ -92,11 +102,20 @@ pub struct Followed {
 impl Session {
     /// Opens a session: the server sets the cookie and hands out the CSRF token.
     pub async fn open(http: &reqwest::Client, base: &str, patience: Patience) -> Result<Session, ClientError> {
-        let mut session = Session { http: http.clone(), base: base.trim_end_matches('/').to_string(), cookie: String::new(), csrf: String::new(), patience, retried: Arc::default() };
+        Self::open_as(http, base, patience, None).await
+    }
+
+    /// Opens a session for a person at `address` (see [`person_address`]).
+    pub async fn open_as(http: &reqwest::Client, base: &str, patience: Patience, address: Option<String>) -> Result<Session, ClientError> {
+        let mut session = Session { http: http.clone(), base: base.trim_end_matches('/').to_string(), cookie: String::new(), csrf: String::new(), patience, retried: Arc::default(), address };
         let deadline = Instant::now() + patience.request;
         let mut last = String::new();
         while Instant::now() < deadline {
-            match http.get(format!("{}/api/session", session.base)).send().await {
+            let mut request = http.get(format!("{}/api/session", session.base));
+            if let Some(a) = &session.address {
+                request = request.header("x-forwarded-for", a);
+            }
+            match request.send().await {
                 Ok(r) if r.status() == 200 => {
                     let cookie = r
                         .headers()
@@ -140,7 +159,11 @@ impl Session {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf)
+        let request = self.http.request(method, format!("{}{path}", self.base)).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf);
+        match &self.address {
+            Some(a) => request.header("x-forwarded-for", a),
+            None => request,
+        }
     }
 
     /// Sends until the server gives an answer that retrying cannot change.

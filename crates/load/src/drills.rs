@@ -97,7 +97,7 @@ fn spawn_people(config: &DrillConfig, bases: &[String], stop: &Arc<AtomicBool>, 
         .map(|n| {
             let (http, base, persona, messages, stop, sent) = (http.clone(), bases[n % bases.len()].clone(), config.persona.clone(), config.messages.clone(), stop.clone(), sent.clone());
             tokio::spawn(async move {
-                let session = Session::open(&http, &base, chaos_patience()).await?;
+                let session = Session::open_as(&http, &base, chaos_patience(), Some(crate::client::person_address(n))).await?;
                 let ledger = steady_person(session.clone(), persona, messages, n * 5, stop, sent).await.map_err(anyhow::Error::msg)?;
                 Ok((session, ledger))
             })

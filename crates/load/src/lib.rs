@@ -9,8 +9,11 @@
 //! The flow of a run follows the modules: [`server`] starts `rapport serve`, [`client`] is one
 //! person's session, [`run`] is many people at once, [`report`] and [`sweep`] summarise and chart
 //! ([`stats`], [`chart`]); [`chaos`] keeps the ledgers and checks them, [`drills`] are the
-//! disruptions, [`faults`] is the fault-injecting proxy in front of a real model server.
+//! disruptions, [`faults`] is the fault-injecting proxy in front of a real model server;
+//! [`abuse`] is a hostile crowd (cookie-less readers, cookie-dropping flooders) beside one
+//! patient guest.
 
+pub mod abuse;
 pub mod chaos;
 pub mod chart;
 pub mod client;

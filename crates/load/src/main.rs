@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use rapport_load::abuse::{abuse, AbuseConfig};
 use rapport_load::chart::{line_chart, Axes, Series};
 use rapport_load::drills::{self, DrillConfig, DrillReport};
 use rapport_load::faults::Fault;
@@ -31,6 +32,9 @@ enum Command {
     /// Break something under load, then check every acknowledged message is stored once and
     /// answered once.
     Chaos(ChaosArgs),
+    /// A hostile crowd (cookie-less readers, cookie-dropping flooders) beside one patient guest:
+    /// the guest's latency quiet and under the flood, database growth, what was refused.
+    Abuse(AbuseArgs),
     /// Draw a saved sweep's table and charts again from its sweep.json.
     Redraw {
         /// The sweep's directory.
@@ -63,6 +67,16 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// The server as deployed: its own limits, not the load runs' raised ones.
+    fn serve_args_with_limits(&self) -> Vec<String> {
+        let mut args: Vec<String> = ["--model", &self.model, "--max-tokens", &self.max_tokens.to_string()].iter().map(|s| s.to_string()).collect();
+        if let Some(dir) = &self.personas {
+            args.extend(["--personas".into(), dir.display().to_string()]);
+        }
+        args.extend(self.serve_args.iter().cloned());
+        args
+    }
+
     fn serve_args(&self) -> Vec<String> {
         // Load is about the model and the queue, not the per-person rate limit.
         let mut args: Vec<String> = ["--model", &self.model, "--max-tokens", &self.max_tokens.to_string(), "--rate-per-minute", "100000", "--rate-burst", "100000"].iter().map(|s| s.to_string()).collect();
@@ -118,6 +132,42 @@ struct SweepArgs {
     /// decoding, batch sizes, cache rebuilds).
     #[arg(long)]
     engine_steps: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args)]
+struct AbuseArgs {
+    /// Server processes sharing the database (2 on PostgreSQL shows the limits are shared).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Default: a fresh SQLite file.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The guest's messages in the quiet phase and again during the flood.
+    #[arg(long, default_value_t = 4)]
+    turns: usize,
+    /// Cookie-less read loops.
+    #[arg(long, default_value_t = 4)]
+    readers: usize,
+    /// Reads per second over all readers.
+    #[arg(long, default_value_t = 100.0)]
+    reads_per_second: f64,
+    /// Seconds of reads alone, after which the database must be unchanged.
+    #[arg(long, default_value_t = 10)]
+    reads_secs: u64,
+    /// Flooding loops (each: fresh session, new conversation, a message; Retry-After ignored).
+    #[arg(long, default_value_t = 8)]
+    flooders: usize,
+    /// Addresses the flooders spread over (1: one script on one machine).
+    #[arg(long, default_value_t = 1)]
+    flood_addresses: usize,
+    /// Milliseconds between a flooder's rounds.
+    #[arg(long, default_value_t = 20)]
+    flood_pause_ms: u64,
+    /// Seconds the guest waits after each reply before writing again (the flood runs on).
+    #[arg(long, default_value_t = 5)]
+    guest_pause_secs: u64,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -218,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run_load(args).await,
         Command::Sweep(args) => run_sweep(args).await,
         Command::Chaos(args) => run_chaos(args.drill).await,
+        Command::Abuse(args) => run_abuse(args).await,
         Command::Redraw { dir } => {
             println!("{}", sweep::markdown(&sweep::redraw(&dir)?));
             Ok(())
@@ -334,6 +385,40 @@ async fn run_chaos(drill: Drill) -> anyhow::Result<()> {
         println!("- {p}");
     }
     anyhow::ensure!(report.integrity.holds(), "the promise broke: see the problems above");
+    Ok(())
+}
+
+async fn run_abuse(args: AbuseArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let database_url = args.database_url.clone().unwrap_or_else(|| sqlite_url(dir.path()));
+    let config = AbuseConfig {
+        serve_args: args.server.serve_args_with_limits(),
+        database_url,
+        processes: args.processes,
+        persona: args.server.persona.clone(),
+        messages: Arc::new(rapport_load::default_messages()),
+        turns: args.turns,
+        readers: args.readers,
+        reads_per_second: args.reads_per_second,
+        reads_secs: args.reads_secs,
+        flooders: args.flooders,
+        flood_addresses: args.flood_addresses,
+        flood_pause: Duration::from_millis(args.flood_pause_ms),
+        guest_pause: Duration::from_secs(args.guest_pause_secs),
+    };
+    let progress = bar(2 * args.turns as u64, "guest replies");
+    progress.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} guest replies · {msg} [{elapsed_precise}]").expect("a valid template"));
+    let report = abuse(&config, &progress).await?;
+    progress.finish_and_clear();
+    let model = args.server.model.rsplit('/').next().unwrap_or(&args.server.model).trim_end_matches(".gguf").to_string();
+    let name = format!("abuse-{}-{}x-{}addr-{model}", report.shared_database.to_lowercase(), report.processes, args.flood_addresses);
+    std::fs::create_dir_all(&args.server.out)?;
+    let context = serde_json::json!({"model": args.server.model, "max_tokens": args.server.max_tokens, "serve_args": config.serve_args, "flooders": args.flooders, "flood_addresses": args.flood_addresses, "readers": args.readers, "reads_per_second": args.reads_per_second, "machine": machine(), "date": chrono::Utc::now().format("%Y-%m-%d").to_string()});
+    std::fs::write(args.server.out.join(format!("{name}.json")), serde_json::to_string_pretty(&serde_json::json!({"context": context, "report": report}))?)?;
+    std::fs::write(args.server.out.join(format!("{name}.md")), report.markdown())?;
+    println!("{}", report.markdown());
+    anyhow::ensure!(report.reads.wrote_nothing(), "the cookie-less reads changed the database");
+    anyhow::ensure!(report.flood.answered == report.flood.sent, "the guest lost replies during the flood: {:?}", report.flood.problems);
     Ok(())
 }
 

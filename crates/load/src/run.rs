@@ -179,7 +179,7 @@ async fn person(
 ) -> (Vec<ReplyRecord>, Vec<String>) {
     let mut records = Vec::new();
     let mut rng = user as u64 * 7919 + 1;
-    let session = match Session::open(http, base, plan.patience).await {
+    let session = match Session::open_as(http, base, plan.patience, Some(crate::client::person_address(user))).await {
         Ok(s) => s,
         Err(e) => {
             // Still meet the others at every wave, or they would wait forever.

@@ -44,9 +44,12 @@ pub struct ServeSpec {
 }
 
 impl ServeSpec {
-    /// `rapport serve` on `database_url` with `args` after it.
+    /// `rapport serve` on `database_url` with `args` after it. The simulated people name their
+    /// address in `X-Forwarded-For` ([`crate::client::person_address`]) and the server believes
+    /// it from loopback, so each person is its own client to the per-address limits, as people
+    /// on their own devices are.
     pub fn serve(database_url: &str, args: &[String]) -> ServeSpec {
-        let mut all = vec!["serve".to_string(), "--database-url".into(), database_url.into()];
+        let mut all = vec!["serve".to_string(), "--database-url".into(), database_url.into(), "--client-ip-header".into(), "x-forwarded-for".into()];
         all.extend(args.iter().cloned());
         ServeSpec { bin: rapport_bin(), args: all, listen: "127.0.0.1:0".into(), datasets: None, engine_steps: None }
     }

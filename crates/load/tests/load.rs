@@ -283,3 +283,49 @@ fn replies_ride_out_a_database_that_refuses_connections() {
     });
     server.stop(Duration::from_secs(20));
 }
+
+/// The abuse drill, short, on two server processes sharing one PostgreSQL database: reads
+/// without cookies write nothing, the cookie-dropping flood is refused with clear reasons
+/// (the session limit held across both processes: the flood made at most the burst plus the
+/// rate's worth of sessions), and the guest's replies all arrive meanwhile.
+#[test]
+fn the_abuse_drill_refuses_the_flood_and_the_guest_is_still_answered() {
+    let _one = serialised();
+    let rt = rt();
+    let (_admin, database, _) = fresh_postgres_database(&rt, "rapport_abuse");
+    // The server's own limits (not the raised ones of the load runs), short replies.
+    let personas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/load/personas");
+    let serve_args = ["--model", "smollm2-135m", "--max-tokens", "24", "--personas", &personas.display().to_string()].iter().map(|s| s.to_string()).collect();
+    let config = rapport_load::abuse::AbuseConfig {
+        serve_args,
+        database_url: database,
+        processes: 2,
+        persona: PERSONA.into(),
+        messages: Arc::new(rapport_load::default_messages()),
+        turns: 2,
+        readers: 2,
+        reads_per_second: 60.0,
+        reads_secs: 3,
+        flooders: 4,
+        flood_addresses: 1,
+        flood_pause: Duration::from_millis(20),
+        guest_pause: Duration::from_secs(1),
+    };
+    let report = rt.block_on(rapport_load::abuse::abuse(&config, &ProgressBar::hidden())).unwrap();
+    eprintln!("{}", report.markdown());
+    assert!(report.reads.reads >= 100, "{:?}", report.reads);
+    assert!(report.reads.wrote_nothing(), "reads without a cookie changed the database: {:?}", report.reads);
+    assert_eq!((report.quiet.answered, report.flood.answered), (2, 2), "{:?} {:?}", report.quiet.problems, report.flood.problems);
+    assert!(report.flood_refused() > 0 && report.flood_accepted() >= 1, "{:?}", report.flood_answers);
+    for answer in report.flood_answers.keys() {
+        assert!(answer.ends_with(" 201") || answer.ends_with(" 202") || answer.contains(" 429 rate_limited") || answer.contains(" 429 client_queue_full"), "an answer the drill did not expect: {answer}");
+    }
+    let sessions = |rows: &[(String, i64)]| rows.iter().find(|(t, _)| t == "sessions").unwrap().1;
+    let made = sessions(&report.rows_after_flood) - sessions(&report.rows_before_flood);
+    // Default: 20 at once, then 20 a minute, for one address, over both processes.
+    let allowed = 20 + (report.flood_seconds / 3.0).ceil() as i64 + 1;
+    assert!(made <= allowed, "the flood made {made} sessions over two processes; the shared limit allows {allowed}");
+    let refused_sessions = report.flood_answers.get("POST /conversations 429 rate_limited").copied().unwrap_or(0) as f64;
+    assert_eq!(report.rejections.get("client_sessions").copied().unwrap_or(0.0), refused_sessions, "the servers counted what the clients were told");
+    assert!(report.flood.first_words_ms.max < 30_000.0, "{:?}", report.flood.first_words_ms);
+}

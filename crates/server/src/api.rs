@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::body::json_object;
+use crate::client::ClientAddress;
+use crate::door;
 use crate::error::{AppError, AppResult};
+use crate::limits::Scope;
 use crate::practice::practice_view;
 use crate::session::CurrentSession;
 use crate::state::AppState;
@@ -116,6 +119,7 @@ pub struct NewMessage {
 pub async fn post_message(
     State(app): State<AppState>,
     Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Extension(client): Extension<ClientAddress>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
@@ -137,9 +141,9 @@ pub async fn post_message(
     let key = idempotency_key(&headers)?;
     // A retry with a known key is answered before the limiter: retries must not cost a token.
     if key.is_none() || !app.store.has_idempotency_key(&id, key.as_deref().unwrap_or_default()).await? {
-        limit(&app, &session.id)?;
+        limit(&app, &session.id, &client).await?;
     }
-    let posted = app.store.post_message(&id, content, key.as_deref(), body.utc_offset_min).await?;
+    let posted = door::queued(&app, app.store.post_message(&id, content, key.as_deref(), body.utc_offset_min, &door::admission(&app, &client)).await).await?;
     if !posted.duplicate {
         app.queued.notify_one();
     }
@@ -157,16 +161,19 @@ fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
     Ok(Some(key.to_string()))
 }
 
-fn limit(app: &AppState, session: &rapport_store::SessionId) -> AppResult<()> {
-    app.limiter.take(session).map_err(|wait| AppError::rate_limited(wait, "messages", app.config.rate.per_minute))
+/// A message costs one from its session's limit and one from its client's: a script that
+/// drops its cookie gets a fresh session each time but stays one client.
+async fn limit(app: &AppState, session: &rapport_store::SessionId, client: &ClientAddress) -> AppResult<()> {
+    door::limit(app, Scope::SessionMessages, session.as_str()).await?;
+    door::limit(app, Scope::ClientMessages, client.as_str()).await
 }
 
 /// `POST /api/conversations/{id}/regenerate`: another reply to the last message.
-pub async fn regenerate(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<Response> {
+pub async fn regenerate(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Extension(client): Extension<ClientAddress>, Path(id): Path<String>) -> AppResult<Response> {
     let id = ConversationId(id);
     app.store.conversation(&session.id, &id).await?;
-    limit(&app, &session.id)?;
-    let job = app.store.regenerate(&id).await?;
+    limit(&app, &session.id, &client).await?;
+    let job = door::queued(&app, app.store.regenerate(&id, &door::admission(&app, &client)).await).await?;
     app.queued.notify_one();
     let queue = queue_view(&app, &job).await;
     Ok((StatusCode::ACCEPTED, Json(json!({"job": job, "queue": queue}))).into_response())

@@ -14,7 +14,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{api, companion, page, session, worker};
+use crate::{api, client, companion, page, session, sweeper, worker};
 
 /// Largest Character Card upload (PNG cards carry a picture).
 const MAX_CARD_BYTES: usize = 8 * 1024 * 1024;
@@ -54,6 +54,7 @@ pub fn router(app: AppState) -> Router {
         .fallback(|| async { AppError::not_found("route") })
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
         .layer(from_fn(json_errors))
+        .layer(from_fn_with_state(app.clone(), client::identify))
         .layer(from_fn_with_state(app.clone(), measure))
         .with_state(app)
 }
@@ -119,11 +120,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
 pub async fn serve(app: AppState, addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let workers = worker::spawn_all(&app);
+    let mut workers = worker::spawn_all(&app);
+    workers.push(sweeper::spawn(&app));
     println!("listening on http://{local}");
-    tracing::info!(%local, workers = workers.len(), database = ?app.store.backend(), "serving");
+    tracing::info!(%local, workers = workers.len() - 1, database = ?app.store.backend(), shared_limits = app.limits.is_shared(), "serving");
     let shutdown = app.shutdown.clone();
-    // The peer's address keys the persona API's limiter (it has no session to key by).
+    // The peer's address is the client the limits follow (`client::identify`).
     axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             stop_signal().await;

@@ -11,14 +11,13 @@
 //! persona's own sampling applies; a client's sampling fields are ignored. A stream sends the
 //! reply only once it has passed the guards on the reply, because an OpenAI client has no way
 //! to take back text it was shown. Each client (API key and address) is rate-limited like a
-//! session of the page.
+//! session of the page, and holds at most as many replies in flight as it may queue.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +27,10 @@ use rapport_pipeline::TurnOutcome;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::client::ClientAddress;
+use crate::door;
 use crate::error::{AppError, AppResult};
+use crate::limits::Scope;
 use crate::openai::{content_text, now_secs, rand_id, WireMessage};
 use crate::practice::practice_view;
 use crate::state::AppState;
@@ -56,12 +58,11 @@ fn authorise(app: &AppState, headers: &HeaderMap) -> AppResult<()> {
     }
 }
 
-/// Takes a token for this client: the API key it authenticated with (or none) and its address.
-/// Checked before the body is read, so a flood of bad requests is limited too.
-fn limit(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> AppResult<()> {
+/// Takes one from this client's limit: the API key it authenticated with (or none) and its
+/// address. Checked before the body is read, so a flood of bad requests is limited too.
+async fn limit(app: &AppState, headers: &HeaderMap, client: &ClientAddress) -> AppResult<()> {
     let who = if app.config.api_key.is_some() && headers.contains_key(header::AUTHORIZATION) { "key" } else { "open" };
-    let address = peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "unknown".into());
-    app.api_limiter.take(&format!("{who}@{address}")).map_err(|wait| AppError::rate_limited(wait, "requests", app.config.rate.per_minute))
+    door::limit(app, Scope::ApiRequests, &format!("{who}@{}", client.as_str())).await
 }
 
 /// The conversation a request describes: the greeting (a leading assistant message), the
@@ -104,12 +105,12 @@ fn describe(messages: &[WireMessage]) -> AppResult<Described> {
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(app): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Extension(client): Extension<ClientAddress>,
     headers: HeaderMap,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> AppResult<Response> {
     authorise(&app, &headers)?;
-    limit(&app, &headers, peer.map(|Extension(ConnectInfo(addr))| addr))?;
+    limit(&app, &headers, &client).await?;
     let request: PersonaRequest = crate::body::json_object(body)?;
     if !app.personas.shipped().any(|p| p.id == request.model) {
         let known: Vec<&str> = app.personas.shipped().map(|p| p.id.as_str()).collect();
@@ -120,6 +121,9 @@ pub async fn chat_completions(
     if chars > app.config.max_message_chars {
         return Err(AppError::unprocessable(format!("the message is {chars} characters long; the limit is {} characters", app.config.max_message_chars)));
     }
+    // This route writes its reply while the caller waits, outside the queue: the queue's bounds
+    // apply to it in this process, held until the reply is written or the caller goes.
+    let place = app.in_flight.enter(client.as_str(), app.config.max_queued_per_client.max(1), app.config.max_queued.max(1)).map_err(|full| door::in_flight_full(&app, full))?;
     let pipeline = app.personas.pipeline(&app.store, &request.model).await?;
     let now = Utc::now().fixed_offset();
     let mut conversation = pipeline.replay(greeting.as_deref(), &exchanges, now)?;
@@ -132,6 +136,7 @@ pub async fn chat_completions(
         async move {
             // Wait for a generation slot like any queued job, so the model is never asked for
             // more replies at once than it was configured for.
+            let _place = place;
             let _slot = app.slots.clone().acquire_owned().await.expect("slots are never closed");
             let mut ignore = |_| {};
             pipeline.respond(&mut conversation, &message, now, app.generator.as_ref(), &mut ignore).await

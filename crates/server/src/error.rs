@@ -70,6 +70,8 @@ impl From<StoreError> for AppError {
         match e {
             StoreError::NotFound(what) => AppError::not_found(what),
             StoreError::Conflict(message) => AppError::new(StatusCode::CONFLICT, "conflict", message),
+            // Routes that queue map this with a wait estimate (`door::queued`); this is the rest.
+            StoreError::QueueFull(full) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", full.to_string()),
             StoreError::Config(_) | StoreError::Corrupt(_) | StoreError::Database(_) => AppError::internal(e),
         }
     }

@@ -1,7 +1,8 @@
 //! Rapport's HTTP surface: the chat app and the workers that write its replies.
 //!
-//! A request flows: [`session`] (cookie, CSRF) → [`api`] (validation, limits) → the store
-//! (message and job committed together) → 202. Then a [`worker`] claims the job, runs the
+//! A request flows: [`client`] (whose address) → [`session`] (cookie, CSRF; a stranger's reads
+//! write nothing) → [`api`] (validation, then [`door`]: rate limits per session and per client,
+//! the queue's bounds) → the store (message and job committed together) → 202. Then a [`worker`] claims the job, runs the
 //! pipeline, and stores the reply; [`stream`] relays the reply to the page as Server-Sent
 //! Events from wherever it is being written ([`live`] in this process, the job's saved partial
 //! text from another). [`companion`] offers the personas to OpenAI clients; [`openai`] offers a
@@ -15,12 +16,16 @@
 //! - Every conversation read or write goes through the session's id; another session's ids
 //!   read as not found.
 //! - Every error leaves as `{"error": {"message", "type"}}` (axum's own rejections included).
+//! - A request without a stored session that only reads writes nothing to the database.
+//! - Every refusal for load (429, 503) carries `Retry-After` and is counted by reason.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod app;
 pub mod body;
+pub mod client;
 pub mod companion;
+pub mod door;
 pub mod error;
 pub mod limits;
 pub mod live;
@@ -32,6 +37,7 @@ pub mod practice;
 pub mod session;
 pub mod state;
 pub mod stream;
+pub mod sweeper;
 pub mod worker;
 
 pub use app::{router, serve};

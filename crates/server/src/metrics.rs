@@ -52,6 +52,8 @@ const HELP: &[(&str, &str, &str)] = &[
     ("rapport_guard_hits_total", "counter", "Guard hits by guard and direction (message, reply)."),
     ("rapport_jobs_total", "counter", "Finished jobs by outcome (done, fallback, failed, lost)."),
     ("rapport_errors_total", "counter", "Errors by kind."),
+    ("rapport_rejections_total", "counter", "Requests refused for load (429/503) by reason: session_messages, client_messages, client_sessions, api_requests, client_queue_full, queue_full."),
+    ("rapport_expired_total", "counter", "Rows deleted by the expiry sweep (sessions, conversations, rate_limits)."),
 ];
 
 impl Metrics {

@@ -7,7 +7,8 @@ use rapport_core::Generator;
 use rapport_store::Store;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::limits::{RateLimit, RateLimiter};
+use crate::client::ClientPolicy;
+use crate::limits::{InFlight, Limits, RateLimit};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::personas::Personas;
@@ -26,6 +27,19 @@ pub struct AppConfig {
     pub max_body_bytes: usize,
     /// Messages per session.
     pub rate: RateLimit,
+    /// Messages per client address, over all its sessions (a script that drops its cookie is
+    /// still one client).
+    pub client_rate: RateLimit,
+    /// Sessions a client address may create (on their first write).
+    pub session_rate: RateLimit,
+    /// Most replies waiting for a worker, over all clients; past it, 503 with `Retry-After`.
+    pub max_queued: usize,
+    /// Most unfinished replies of one client address; past it, 429 with `Retry-After`.
+    pub max_queued_per_client: usize,
+    /// Where a client's address comes from (the peer, or a trusted proxy's header).
+    pub clients: ClientPolicy,
+    /// What expires, and how often the server looks.
+    pub expiry: ExpiryConfig,
     /// Time limit of ordinary requests (not streams).
     pub request_timeout: Duration,
     /// Longest a whole turn may take before the job is failed.
@@ -46,12 +60,44 @@ impl Default for AppConfig {
             max_message_chars: 2000,
             max_body_bytes: 64 * 1024,
             rate: RateLimit { per_minute: 20, burst: 6 },
+            client_rate: RateLimit { per_minute: 60, burst: 20 },
+            session_rate: RateLimit { per_minute: 20, burst: 20 },
+            max_queued: 100,
+            max_queued_per_client: 4,
+            clients: ClientPolicy::default(),
+            expiry: ExpiryConfig::default(),
             request_timeout: Duration::from_secs(30),
             turn_timeout: Duration::from_secs(600),
             worker_name: format!("pid{}", std::process::id()),
             secure_cookies: false,
             api_key: None,
         }
+    }
+}
+
+/// What expires (see `rapport_store::Expiry`), and how often the server sweeps.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpiryConfig {
+    /// A session unseen this long goes with everything in it; `None` keeps sessions.
+    pub session_idle: Option<Duration>,
+    /// A session that never sent a message, or a greeting-only conversation, unseen this long
+    /// goes; `None` keeps them.
+    pub empty_idle: Option<Duration>,
+    /// Time between sweeps (the first runs a minute after start).
+    pub sweep_every: Duration,
+}
+
+impl Default for ExpiryConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self { session_idle: Some(Duration::from_secs(30 * DAY)), empty_idle: Some(Duration::from_secs(DAY)), sweep_every: Duration::from_secs(600) }
+    }
+}
+
+impl ExpiryConfig {
+    /// The store's policy.
+    pub fn policy(&self) -> rapport_store::Expiry {
+        rapport_store::Expiry { session_idle_ms: self.session_idle.map(|d| d.as_millis() as i64), empty_idle_ms: self.empty_idle.map(|d| d.as_millis() as i64) }
     }
 }
 
@@ -70,10 +116,10 @@ pub struct AppState {
     pub live: Arc<Live>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Per-session limits.
-    pub limiter: Arc<RateLimiter>,
-    /// Per-client limits of the OpenAI-compatible persona API (the same rate as a session's).
-    pub api_limiter: Arc<RateLimiter<String>>,
+    /// Rate limits (shared through PostgreSQL, or in this process on SQLite).
+    pub limits: Arc<Limits>,
+    /// Replies the OpenAI-compatible route is writing or waiting for, per client.
+    pub in_flight: Arc<InFlight>,
     /// Generation slots: workers and the OpenAI API take one per reply, so the model never
     /// writes more replies at once than configured.
     pub slots: Arc<Semaphore>,
@@ -89,11 +135,11 @@ impl AppState {
     pub fn new(store: Store, personas: Personas, generator: Arc<dyn Generator>, config: AppConfig) -> Self {
         let workers = config.workers.max(1);
         Self {
+            limits: Arc::new(Limits::new(&store)),
+            in_flight: Arc::new(InFlight::default()),
             store,
             personas: Arc::new(personas),
             generator,
-            limiter: Arc::new(RateLimiter::new(config.rate)),
-            api_limiter: Arc::new(RateLimiter::new(config.rate)),
             config: Arc::new(config),
             live: Arc::new(Live::default()),
             metrics: Arc::new(Metrics::default()),

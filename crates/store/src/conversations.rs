@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::ids::random_hex;
-use crate::queue::{insert_job, job_of_message, Job, JobKind};
+use crate::queue::{admit_job, job_of_message, Admission, Job, JobKind};
 use crate::{now_ms, ConversationId, MessageId, SessionId, Store, StoreError};
 
 /// A conversation as listed.
@@ -198,9 +198,10 @@ impl Store {
         message_row(&row.ok_or(StoreError::NotFound("message"))?)
     }
 
-    /// Stores a user's message and queues its reply, in one transaction. With an idempotency
-    /// key that was seen before, returns the first message and its job and creates nothing.
-    pub async fn post_message(&self, conversation: &ConversationId, content: &str, idempotency_key: Option<&str>, utc_offset_min: i64) -> Result<Posted, StoreError> {
+    /// Stores a user's message and queues its reply, in one transaction, if `admission`'s
+    /// bounds allow (else `QueueFull` and nothing is stored). With an idempotency key that was
+    /// seen before, returns the first message and its job and creates nothing.
+    pub async fn post_message(&self, conversation: &ConversationId, content: &str, idempotency_key: Option<&str>, utc_offset_min: i64, admission: &Admission) -> Result<Posted, StoreError> {
         if let Some(key) = idempotency_key {
             if let Some(posted) = self.posted_with_key(conversation, key).await? {
                 return Ok(posted);
@@ -219,7 +220,7 @@ impl Store {
             // The job first: its unique index refuses a second open job before anything else is
             // written, and on SQLite a transaction that writes first never has to upgrade a read
             // lock (which can fail instead of waiting).
-            let job = insert_job(&mut tx, conversation, &message_id, JobKind::Reply, now).await?;
+            let job = admit_job(&mut tx, self.backend, conversation, &message_id, JobKind::Reply, now, admission).await?;
             let row = sqlx::query(
                 "INSERT INTO messages (id, conversation_id, seq, alternative, active, role, content, idempotency_key, utc_offset_min, created_at) \
                  SELECT $1, $2, COALESCE(MAX(seq), -1) + 1, 0, 1, 'user', $3, $4, $5, $6 FROM messages WHERE conversation_id = $2 RETURNING seq",
@@ -283,8 +284,9 @@ impl Store {
     }
 
     /// Queues another reply to the last user message (kept beside the earlier ones as
-    /// alternatives), or the first reply when the last attempt failed.
-    pub async fn regenerate(&self, conversation: &ConversationId) -> Result<Job, StoreError> {
+    /// alternatives), or the first reply when the last attempt failed, if `admission`'s bounds
+    /// allow.
+    pub async fn regenerate(&self, conversation: &ConversationId, admission: &Admission) -> Result<Job, StoreError> {
         let messages = self.messages(conversation).await?;
         let last = messages.last().ok_or(StoreError::NotFound("conversation"))?;
         let (user_message, kind) = if last.role == "user" {
@@ -296,7 +298,7 @@ impl Store {
             (user.id.clone(), JobKind::Regenerate)
         };
         let mut tx = self.pool.begin().await?;
-        let job = match insert_job(&mut tx, conversation, &user_message, kind, now_ms()).await {
+        let job = match admit_job(&mut tx, self.backend, conversation, &user_message, kind, now_ms(), admission).await {
             Err(e) if e.is_unique_violation() => return Err(StoreError::Conflict("a reply is still being written in this conversation".into())),
             other => other?,
         };

@@ -14,6 +14,9 @@ pub enum StoreError {
     /// last message has no reply).
     #[error("{0}")]
     Conflict(String),
+    /// The queue, or the client's share of it, is at its bound; nothing was queued.
+    #[error("{0}")]
+    QueueFull(crate::QueueFull),
     /// A stored value is not what this version wrote.
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -16,11 +16,16 @@
 //!   nothing. A reply is therefore written at most once, and, because expired claims are taken
 //!   again, at least once while the job is retried.
 //! - Every read or write a browser asks for is scoped by its session id.
+//! - Reads never write: a session's row is written on its first write, and a stranger who only
+//!   reads leaves the database as it was.
+//! - A job is queued only if the queue, and its client's share of it, are under their bounds,
+//!   checked in the transaction that queues it; workers take jobs round-robin across clients.
 #![deny(missing_docs)]
 
 mod conversations;
 mod error;
 mod ids;
+mod limits;
 mod queue;
 mod schema;
 mod sessions;
@@ -34,8 +39,9 @@ use sqlx::{AnyPool, Executor};
 pub use conversations::{ConversationRow, ExportedConversation, MessageRow, Posted, StoredPersona};
 pub use error::StoreError;
 pub use ids::{now_ms, ConversationId, JobId, MessageId, SessionId};
-pub use queue::{ClaimedJob, Job, JobKind, JobStatus, QueuePosition};
-pub use sessions::{session_id_of, NewSession, Session};
+pub use limits::Gcra;
+pub use queue::{Admission, ClaimedJob, Job, JobKind, JobStatus, QueueFull, QueuePosition};
+pub use sessions::{session_id_of, Expired, Expiry, NewSession, Session};
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,7 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    session_key: sessions::SessionKey,
 }
 
 impl std::fmt::Debug for Store {
@@ -62,6 +69,11 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens `url` (`sqlite:///path/to/file.db` or `postgres://user:pass@host/db`), creating a
     /// SQLite file if needed, and applies the migrations the database lacks.
+    ///
+    /// PostgreSQL connections use TLS (rustls) as the URL's `sslmode` says: `prefer` (the
+    /// default) encrypts when the server offers it, `require` refuses a server that does not,
+    /// `verify-ca` and `verify-full` also check the certificate against `sslrootcert` (or the
+    /// Mozilla roots built in) and, for `verify-full`, the host name.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -98,9 +110,9 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        let store = Self { pool, backend };
-        schema::migrate(&store).await?;
-        Ok(store)
+        schema::migrate(&pool, backend).await?;
+        let session_key = sessions::load_key(&pool).await?;
+        Ok(Self { pool, backend, session_key })
     }
 
     /// Which database this is.
@@ -112,6 +124,17 @@ impl Store {
     pub async fn execute_admin(&self, sql: &str) -> Result<(), StoreError> {
         sqlx::query(sql).execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Whether this pool's connection to the database is encrypted, as PostgreSQL sees it
+    /// (`None` on SQLite, a local file). Logged at start so an operator sees what `sslmode`
+    /// gave them.
+    pub async fn encrypted(&self) -> Result<Option<bool>, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT CAST(CASE WHEN ssl THEN 1 ELSE 0 END AS BIGINT) AS tls FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&self.pool).await?;
+        Ok(Some(sqlx::Row::try_get::<i64, _>(&row, "tls")? == 1))
     }
 
     /// Succeeds when the database answers (for `/readyz`).

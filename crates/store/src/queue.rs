@@ -6,6 +6,13 @@
 //! the statement is atomic as it is). A claim is a lease: the worker extends it while it works;
 //! a job whose lease ran out belongs to a process that died and is claimed again. Each claim
 //! carries a fresh token, and a result is committed only together with a check of that token.
+//!
+//! The queue is bounded and fair. A job is admitted only while the waiting jobs and its
+//! client's unfinished ones are under their bounds ([`Admission`]), checked in the transaction
+//! that queues it (on PostgreSQL under a transaction-scoped advisory lock, so processes cannot
+//! both squeeze past a bound). Each job gets a *turn*: one after its client's previous
+//! unfinished job, never behind the turn claimed last; workers take the lowest turn. A client
+//! that queues a burst therefore waits behind everyone else's next job, not in front of it.
 
 use std::time::Duration;
 
@@ -93,6 +100,81 @@ pub struct Job {
     pub reply_message_id: Option<MessageId>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Its place in the round-robin (internal: not sent to clients).
+    #[serde(skip)]
+    pub turn: i64,
+}
+
+/// Who asks for a reply and how much of the queue they may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// The client (its network address, or what a trusted proxy says it is).
+    pub client: String,
+    /// Most jobs waiting for a worker, over all clients.
+    pub max_queued: i64,
+    /// Most unfinished (waiting or running) jobs of one client.
+    pub max_per_client: i64,
+}
+
+impl Admission {
+    /// No bounds, for tools and tests that queue on their own behalf.
+    pub fn unbounded(client: impl Into<String>) -> Self {
+        Self { client: client.into(), max_queued: i64::MAX, max_per_client: i64::MAX }
+    }
+}
+
+/// Why a job was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFull {
+    /// The client already has `limit` unfinished jobs.
+    Client {
+        /// Its unfinished jobs, counting the one refused.
+        unfinished: i64,
+        /// The bound.
+        limit: i64,
+    },
+    /// `limit` jobs are already waiting.
+    Server {
+        /// Jobs waiting, counting the one refused.
+        waiting: i64,
+        /// The bound.
+        limit: i64,
+    },
+}
+
+impl std::fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueFull::Client { limit, .. } => write!(f, "this address already has {limit} replies waiting or being written"),
+            QueueFull::Server { limit, .. } => write!(f, "the server is busy: {limit} replies are already waiting"),
+        }
+    }
+}
+
+/// Any constant; it names the lock that serialises admissions across processes (PostgreSQL).
+const ADMISSION_LOCK: i64 = 0x7261_7070_7175;
+
+/// Queues a job for `admission.client` in `tx` if the bounds allow; the caller commits. The
+/// job is inserted first and the bounds checked after (a SQLite transaction that writes first
+/// never has to upgrade a read lock, which can fail instead of waiting); the caller's rollback
+/// takes it out again when refused.
+pub(crate) async fn admit_job(tx: &mut Transaction<'_, Any>, backend: Backend, conversation: &ConversationId, message: &MessageId, kind: JobKind, now: i64, admission: &Admission) -> Result<Job, StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(ADMISSION_LOCK).execute(&mut **tx).await?;
+    }
+    let job = insert_job(tx, conversation, message, kind, now, &admission.client).await?;
+    let row = sqlx::query("SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued') AS waiting, (SELECT COUNT(*) FROM jobs WHERE client = $1 AND status IN ('queued', 'running')) AS unfinished")
+        .bind(&admission.client)
+        .fetch_one(&mut **tx)
+        .await?;
+    let (waiting, unfinished): (i64, i64) = (row.try_get("waiting")?, row.try_get("unfinished")?);
+    if unfinished > admission.max_per_client {
+        return Err(StoreError::QueueFull(QueueFull::Client { unfinished, limit: admission.max_per_client }));
+    }
+    if waiting > admission.max_queued {
+        return Err(StoreError::QueueFull(QueueFull::Server { waiting, limit: admission.max_queued }));
+    }
+    Ok(job)
 }
 
 /// A job a worker holds, with what it needs to run the turn.
@@ -123,7 +205,7 @@ pub struct QueuePosition {
     pub running: i64,
 }
 
-const JOB_COLUMNS: &str = "id, conversation_id, user_message_id, kind, status, attempts, enqueued_at, started_at, finished_at, partial, reply_message_id, error";
+const JOB_COLUMNS: &str = "id, conversation_id, user_message_id, kind, status, attempts, enqueued_at, started_at, finished_at, partial, reply_message_id, error, turn";
 
 fn job_row(row: &AnyRow) -> Result<Job, StoreError> {
     let kind: String = row.try_get("kind")?;
@@ -144,19 +226,29 @@ fn job_row(row: &AnyRow) -> Result<Job, StoreError> {
         partial: row.try_get("partial")?,
         reply_message_id: row.try_get::<Option<String>, _>("reply_message_id")?.map(MessageId),
         error: row.try_get("error")?,
+        turn: row.try_get("turn")?,
     })
 }
 
-pub(crate) async fn insert_job(tx: &mut Transaction<'_, Any>, conversation: &ConversationId, message: &MessageId, kind: JobKind, now: i64) -> Result<Job, StoreError> {
+async fn insert_job(tx: &mut Transaction<'_, Any>, conversation: &ConversationId, message: &MessageId, kind: JobKind, now: i64, client: &str) -> Result<Job, StoreError> {
     let id = JobId(random_hex());
-    sqlx::query("INSERT INTO jobs (id, conversation_id, user_message_id, kind, status, enqueued_at, attempts, partial) VALUES ($1, $2, $3, $4, 'queued', $5, 0, '')")
-        .bind(id.as_str())
-        .bind(conversation.as_str())
-        .bind(message.as_str())
-        .bind(kind.as_str())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    // The turn in the same statement as the insert, so no read comes before the write.
+    let row = sqlx::query(
+        "INSERT INTO jobs (id, conversation_id, user_message_id, kind, status, enqueued_at, attempts, partial, client, turn) \
+         SELECT $1, $2, $3, $4, 'queued', $5, 0, '', $6, CASE WHEN mine.t + 1 > claimed.t THEN mine.t + 1 ELSE claimed.t END \
+         FROM (SELECT COALESCE(MAX(turn), -1) AS t FROM jobs WHERE client = $6 AND status IN ('queued', 'running')) mine, \
+              (SELECT COALESCE(MAX(turn), 0) AS t FROM jobs WHERE started_at IS NOT NULL) claimed \
+         RETURNING turn",
+    )
+    .bind(id.as_str())
+    .bind(conversation.as_str())
+    .bind(message.as_str())
+    .bind(kind.as_str())
+    .bind(now)
+    .bind(client)
+    .fetch_one(&mut **tx)
+    .await?;
+    let turn: i64 = row.try_get("turn")?;
     Ok(Job {
         id,
         conversation_id: conversation.clone(),
@@ -170,6 +262,7 @@ pub(crate) async fn insert_job(tx: &mut Transaction<'_, Any>, conversation: &Con
         partial: String::new(),
         reply_message_id: None,
         error: None,
+        turn,
     })
 }
 
@@ -179,7 +272,8 @@ pub(crate) async fn job_of_message(pool: &AnyPool, message: &MessageId) -> Resul
 }
 
 impl Store {
-    /// Claims the oldest job that is queued or whose holder's lease ran out, for `lease`.
+    /// Claims the job with the lowest turn (then the oldest) that is queued or whose holder's
+    /// lease ran out, for `lease`.
     /// `worker` names the claimer in the row (for people reading the table).
     pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
         let now = now_ms();
@@ -191,7 +285,7 @@ impl Store {
         let sql = format!(
             "UPDATE jobs SET status = 'running', claimed_by = $1, lease_until = $2, attempts = attempts + 1, started_at = $3 \
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_until < $3) \
-                         ORDER BY enqueued_at, id LIMIT 1 {lock}) \
+                         ORDER BY turn, enqueued_at, id LIMIT 1 {lock}) \
              RETURNING {JOB_COLUMNS}"
         );
         let row = sqlx::query(&sql).bind(&claim).bind(now + lease.as_millis() as i64).bind(now).fetch_optional(&self.pool).await?;
@@ -318,14 +412,16 @@ impl Store {
         row.as_ref().map(job_row).transpose()
     }
 
-    /// How many queued jobs will be taken before `job`, and how many are running.
+    /// How many queued jobs will be taken before `job` as the queue stands (another client's
+    /// next job may still come in ahead of a burst), and how many are running.
     pub async fn position(&self, job: &Job) -> Result<QueuePosition, StoreError> {
         let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND (enqueued_at < $1 OR (enqueued_at = $1 AND id < $2))) AS ahead, \
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND (turn < $3 OR (turn = $3 AND (enqueued_at < $1 OR (enqueued_at = $1 AND id < $2))))) AS ahead, \
                     (SELECT COUNT(*) FROM jobs WHERE status = 'running') AS running",
         )
         .bind(job.enqueued_at)
         .bind(job.id.as_str())
+        .bind(job.turn)
         .fetch_one(&self.pool)
         .await?;
         Ok(QueuePosition { ahead: row.try_get("ahead")?, running: row.try_get("running")? })

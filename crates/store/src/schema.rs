@@ -6,21 +6,24 @@
 
 use sqlx::Row;
 
-use crate::{now_ms, Backend, Store, StoreError};
+use crate::{now_ms, Backend, StoreError};
 
 /// (version, name, SQL). Never edit a shipped one: add the next.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "conversations", include_str!("../migrations/0001_conversations.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "conversations", include_str!("../migrations/0001_conversations.sql")),
+    (2, "front_door", include_str!("../migrations/0002_front_door.sql")),
+];
 
 /// Any constant; it names the lock that serialises migrations across processes.
 const MIGRATION_LOCK: i64 = 0x7261_7070_6f72;
 
-pub(crate) async fn migrate(store: &Store) -> Result<(), StoreError> {
-    let mut conn = store.pool.acquire().await?;
-    if store.backend == Backend::Postgres {
+pub(crate) async fn migrate(pool: &sqlx::AnyPool, backend: Backend) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
     }
     let result = apply(&mut conn).await;
-    if store.backend == Backend::Postgres {
+    if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
     }
     result

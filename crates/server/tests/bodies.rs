@@ -23,7 +23,8 @@ use rapport_store::Store;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-struct NoModel;
+/// Refuses every request: these tests never generate.
+pub struct NoModel;
 
 #[async_trait::async_trait]
 impl Generator for NoModel {
@@ -54,8 +55,9 @@ impl Api {
             let store = Store::connect(&url).await.unwrap();
             let library = PersonaLibrary::load_dir(&personas_dir).unwrap();
             let personas = Personas::new(library, None, Arc::new(Prompts::embedded()), PipelineConfig::default());
-            // Rate limits would turn later cases into 429s; they are tested elsewhere.
-            let config = AppConfig { rate: rapport_server::limits::RateLimit { per_minute: 1_000_000, burst: 1_000_000 }, ..AppConfig::default() };
+            // Rate limits would turn later cases into 429s; they are tested in `front_door`.
+            let unlimited = rapport_server::limits::RateLimit { per_minute: 1_000_000, burst: 1_000_000 };
+            let config = AppConfig { rate: unlimited, client_rate: unlimited, ..AppConfig::default() };
             rapport_server::app::router(AppState::new(store, personas, Arc::new(NoModel), config))
         });
         let mut api = Api { router, cookie: String::new(), csrf: String::new(), conversation: String::new(), rt, _dir: dir };
