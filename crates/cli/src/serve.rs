@@ -60,6 +60,14 @@ pub struct ServeArgs {
     /// Require this bearer token on the OpenAI-compatible API (/v1).
     #[arg(long, env = "RAPPORT_API_KEY")]
     api_key: Option<String>,
+    /// Do not read each shipped persona's opening into the prefix cache at start-up (the first
+    /// conversation with each then reads it cold).
+    #[arg(long)]
+    no_warm: bool,
+    /// Show a reply word by word once this many words have passed the guards; 0 shows it
+    /// sentence by sentence.
+    #[arg(long, default_value_t = 3)]
+    stream_words: usize,
     #[command(flatten)]
     door: DoorArgs,
 }
@@ -162,7 +170,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         sampling.max_tokens = n;
     }
     let nlu = if args.lexical_only { None } else { Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??)) };
-    let config = PipelineConfig { budget: TokenBudget { context_tokens: args.context_tokens, reply_tokens: sampling.max_tokens as usize }, sampling, ..PipelineConfig::default() };
+    let config = PipelineConfig { budget: TokenBudget { context_tokens: args.context_tokens, reply_tokens: sampling.max_tokens as usize }, sampling, stream_words: args.stream_words, ..PipelineConfig::default() };
     let personas = Personas::new(library, nlu, Arc::new(Prompts::embedded()), config);
     let mut app_config = AppConfig {
         workers: args.workers.max(1),
@@ -171,6 +179,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         rate: RateLimit { per_minute: args.rate_per_minute, burst: args.rate_burst },
         secure_cookies: args.secure_cookies,
         api_key: args.api_key.clone(),
+        warm_personas: !args.no_warm,
         ..AppConfig::default()
     };
     args.door.apply(&mut app_config)?;

@@ -434,6 +434,17 @@ fn bad_requests_get_clear_errors_and_the_service_endpoints_answer() {
         for series in ["rapport_http_requests_total{route=\"/api/conversations/{id}/messages\",method=\"POST\",status=\"429\"} 1", "rapport_queue_depth{state=\"queued\"}", "# TYPE rapport_ttft_seconds histogram"] {
             assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
         }
+        // Every shipped persona's opening was read into the prefix cache after start-up.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+            let warmed = ["wedding-host", "flirt-partner", "creator"].iter().filter(|p| metrics.contains(&format!("rapport_warm_up_seconds_count{{persona=\"{p}\"}} 1"))).count();
+            if warmed == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the personas were not warmed:\n{metrics}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         let openapi: Value = http.get(format!("{base}/api/openapi.json")).send().await.unwrap().json().await.unwrap();
         // Every documented route exists: a GET or POST to it is not a 404 from the fallback.
         for (path, ops) in openapi["paths"].as_object().unwrap() {

@@ -11,7 +11,8 @@
 //! ([`stats`], [`chart`]); [`chaos`] keeps the ledgers and checks them, [`drills`] are the
 //! disruptions, [`faults`] is the fault-injecting proxy in front of a real model server;
 //! [`abuse`] is a hostile crowd (cookie-less readers, cookie-dropping flooders) beside one
-//! patient guest.
+//! patient guest; [`latency`] is one person's scripted conversation, timed turn by turn with
+//! each reply's trace.
 
 pub mod abuse;
 pub mod chaos;
@@ -19,6 +20,7 @@ pub mod chart;
 pub mod client;
 pub mod drills;
 pub mod faults;
+pub mod latency;
 pub mod report;
 pub mod run;
 pub mod server;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use anyhow::Context;
 use rapport_load::abuse::{abuse, AbuseConfig};
+use rapport_load::latency::{latency, LatencyConfig};
 use rapport_load::chart::{line_chart, Axes, Series};
 use rapport_load::drills::{self, DrillConfig, DrillReport};
 use rapport_load::faults::Fault;
@@ -35,6 +37,9 @@ enum Command {
     /// A hostile crowd (cookie-less readers, cookie-dropping flooders) beside one patient guest:
     /// the guest's latency quiet and under the flood, database growth, what was refused.
     Abuse(AbuseArgs),
+    /// One person's scripted conversation: message → first words and → whole reply per turn,
+    /// with each reply's trace (queue, steps, prompt tokens new and cached, TTFT, decode).
+    Latency(LatencyArgs),
     /// Draw a saved sweep's table and charts again from its sweep.json.
     Redraw {
         /// The sweep's directory.
@@ -173,6 +178,27 @@ struct AbuseArgs {
 }
 
 #[derive(Args)]
+struct LatencyArgs {
+    /// The person's messages, one per line.
+    #[arg(long, default_value = "datasets/prompts/secret-game-guest.txt")]
+    script: PathBuf,
+    /// Only the first N messages.
+    #[arg(long)]
+    turns: Option<usize>,
+    /// Seconds the person waits after each reply.
+    #[arg(long, default_value_t = 2)]
+    pause_secs: u64,
+    /// Seconds between the server listening and the first message.
+    #[arg(long, default_value_t = 15)]
+    settle_secs: u64,
+    /// A name for this configuration in the result files (e.g. "warm-words").
+    #[arg(long, default_value = "default")]
+    label: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args)]
 struct ChaosArgs {
     #[command(subcommand)]
     drill: Drill,
@@ -269,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Sweep(args) => run_sweep(args).await,
         Command::Chaos(args) => run_chaos(args.drill).await,
         Command::Abuse(args) => run_abuse(args).await,
+        Command::Latency(args) => run_latency(args).await,
         Command::Redraw { dir } => {
             println!("{}", sweep::markdown(&sweep::redraw(&dir)?));
             Ok(())
@@ -385,6 +412,34 @@ async fn run_chaos(drill: Drill) -> anyhow::Result<()> {
         println!("- {p}");
     }
     anyhow::ensure!(report.integrity.holds(), "the promise broke: see the problems above");
+    Ok(())
+}
+
+async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let text = std::fs::read_to_string(&args.script).with_context(|| format!("reading the script {}", args.script.display()))?;
+    let mut script: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+    if let Some(n) = args.turns {
+        script.truncate(n);
+    }
+    anyhow::ensure!(!script.is_empty(), "the script {} has no messages", args.script.display());
+    let config = LatencyConfig {
+        serve_args: args.server.serve_args_with_limits(),
+        database_url: sqlite_url(dir.path()),
+        persona: args.server.persona.clone(),
+        script,
+        pause: Duration::from_secs(args.pause_secs),
+        settle: Duration::from_secs(args.settle_secs),
+    };
+    let report = latency(&config).await?;
+    let model = args.server.model.rsplit('/').next().unwrap_or(&args.server.model).trim_end_matches(".gguf").to_string();
+    let name = format!("latency-{model}-{}-{}", args.server.persona, args.label);
+    std::fs::create_dir_all(&args.server.out)?;
+    let context = serde_json::json!({"model": args.server.model, "max_tokens": args.server.max_tokens, "persona": args.server.persona, "serve_args": config.serve_args, "script": args.script, "label": args.label, "machine": machine(), "date": chrono::Utc::now().format("%Y-%m-%d").to_string()});
+    std::fs::write(args.server.out.join(format!("{name}.json")), serde_json::to_string_pretty(&serde_json::json!({"context": context, "report": report}))?)?;
+    std::fs::write(args.server.out.join(format!("{name}.md")), report.markdown())?;
+    println!("{}", report.markdown());
+    anyhow::ensure!(report.problems.is_empty(), "replies that did not arrive: {:?}", report.problems);
     Ok(())
 }
 

@@ -91,6 +91,8 @@ pub struct Cleaner {
     own_label: Regex,
     turn_marker: Regex,
     max_sentences: usize,
+    /// Words of the longest speaker label: the persona's name, or 1.
+    label_words: usize,
 }
 
 impl Cleaner {
@@ -106,6 +108,7 @@ impl Cleaner {
             ))
             .expect("turn marker compiles"),
             max_sentences: max_sentences.max(1),
+            label_words: persona_name.split_whitespace().count().max(1),
         }
     }
 
@@ -164,12 +167,31 @@ fn ends_sentence(text: &str) -> bool {
     t.ends_with(['.', '!', '?', '…', '"', ')', '”']) || t.chars().last().is_some_and(|c| !c.is_ascii() && !c.is_alphanumeric())
 }
 
-/// The part of a streaming reply that is safe to show: up to the end of its last complete
-/// sentence (a sentence can still turn into a role-label leak until it ends).
-pub fn releasable(cleaned: &str) -> &str {
-    match sentence_ends(cleaned).last() {
-        Some(&end) => &cleaned[..end],
-        None => "",
+impl Cleaner {
+    /// The part of a cleaned streaming reply that is safe to show now: up to the end of its last
+    /// complete sentence, or, once `min_words` words are there (0: never), up to the end of its
+    /// last complete word — a word is complete when whitespace follows it. Held back either way:
+    /// a line no longer than a speaker label ("Them", "Mia Rossi", which a colon would turn
+    /// into the start of another turn, cut by the clean-up). What is shown is therefore always a
+    /// prefix of the finished reply's clean-up; only the guards may take it back.
+    pub fn releasable<'a>(&self, cleaned: &'a str, min_words: usize) -> &'a str {
+        let sentences = sentence_ends(cleaned).last().copied().unwrap_or(0);
+        if min_words == 0 {
+            return &cleaned[..sentences];
+        }
+        let Some(space) = cleaned.rfind(char::is_whitespace) else { return &cleaned[..sentences] };
+        let mut words = cleaned[..space].trim_end();
+        let line_start = words.rfind('\n').map_or(0, |i| i + 1);
+        // A label is one word or the persona's name: a line no longer than that may still be
+        // one.
+        if words[line_start..].split_whitespace().count() <= self.label_words {
+            words = &words[..line_start];
+        }
+        if words.len() > sentences && words.split_whitespace().count() >= min_words {
+            words
+        } else {
+            &cleaned[..sentences]
+        }
     }
 }
 
@@ -198,8 +220,21 @@ mod tests {
     #[test]
     fn sentences_split_with_their_punctuation() {
         assert_eq!(split_sentences("Hi! How are you?\nGood."), vec!["Hi!", " How are you?", "Good."]);
-        assert_eq!(releasable("Hi there. How ar"), "Hi there.");
-        assert_eq!(releasable("Hi there"), "");
+        let c = Cleaner::new("Mia Rossi", 4);
+        assert_eq!(c.releasable("Hi there. How ar", 0), "Hi there.");
+        assert_eq!(c.releasable("Hi there", 0), "");
+    }
+
+    #[test]
+    fn whole_words_are_released_once_there_are_enough_and_labels_are_held_back() {
+        let c = Cleaner::new("Mia Rossi", 4);
+        assert_eq!(c.releasable("Oh hi", 3), "", "two words are not enough, the second may go on");
+        assert_eq!(c.releasable("Oh hi there, lov", 3), "Oh hi there,");
+        assert_eq!(c.releasable("Oh hi there. You", 3), "Oh hi there.", "a sentence end still counts");
+        assert_eq!(c.releasable("Oh hi there, how are\nThem ", 3), "Oh hi there, how are\n", "'Them :' would be the person's turn");
+        assert_eq!(c.releasable("Oh hi there, how are\nMia Rossi ", 3), "Oh hi there, how are\n", "her own name too");
+        assert_eq!(c.releasable("Oh hi there, how are\nThem was so ", 3), "Oh hi there, how are\nThem was so", "no label is three words long");
+        assert_eq!(c.releasable("Oh hi there, lov", 0), "", "0: whole sentences only");
     }
 
     proptest! {
@@ -207,8 +242,11 @@ mod tests {
         fn cleaning_never_panics_and_never_grows_text(raw in ".{0,300}", max in 1usize..6, fin: bool, limit: bool) {
             let c = Cleaner::new("Mia", max).clean(&raw, fin, limit);
             prop_assert!(c.text.len() <= raw.len());
-            let r = releasable(&c.text);
-            prop_assert!(c.text.starts_with(r));
+            let cleaner = Cleaner::new("Mia", max);
+            for words in [0, 3] {
+                let r = cleaner.releasable(&c.text, words);
+                prop_assert!(c.text.starts_with(r));
+            }
         }
 
         #[test]
@@ -220,13 +258,15 @@ mod tests {
         }
 
         #[test]
-        fn streaming_releases_only_what_the_final_text_keeps(raw in "[a-zA-Z ,.!?\n:\"]{0,200}", cut in 0usize..200) {
+        fn streaming_releases_only_what_the_final_text_keeps(raw in "([a-zA-Z]{1,6}|[ ,.!?\n:\"]|Them|Mia|Mia Rossi|you){0,60}", cut in 0usize..200, words in 0usize..5) {
             // Whatever was shown mid-stream is a prefix of the final reply: nothing shown is
-            // taken back by the clean-up (only the guards may retract a reply).
+            // taken back by the clean-up (only the guards may retract a reply), whole sentences
+            // or word by word.
             let cut = raw.char_indices().map(|(i, _)| i).find(|&i| i >= cut).unwrap_or(raw.len());
-            let partial = Cleaner::new("Mia", 3).clean(&raw[..cut], false, false);
-            let shown = releasable(&partial.text).to_string();
-            let done = Cleaner::new("Mia", 3).clean(&raw, true, false);
+            let cleaner = Cleaner::new("Mia Rossi", 3);
+            let partial = cleaner.clean(&raw[..cut], false, false);
+            let shown = cleaner.releasable(&partial.text, words).to_string();
+            let done = cleaner.clean(&raw, true, false);
             prop_assert!(done.text.starts_with(shown.trim()), "shown {:?} final {:?}", shown, done.text);
         }
     }

@@ -16,7 +16,7 @@ use rapport_nlu::emotion::{EmotionClassifier, EmotionTrajectory};
 use rapport_nlu::Embedding;
 use serde::{Deserialize, Serialize};
 
-use crate::cleanup::{releasable, Cleaner};
+use crate::cleanup::Cleaner;
 use crate::closeness::{decide, Closeness};
 use crate::context::{read_context, ContextInput};
 use crate::fewshot::FewShot;
@@ -47,11 +47,15 @@ pub struct PipelineConfig {
     pub sampling: SamplingParams,
     /// Where the turn's notes go in the prompt.
     pub notes: NotesPlacement,
+    /// Show the reply word by word once this many words have passed the lexical guards (0:
+    /// sentence by sentence). Earlier first words; a retract still replaces them if a later
+    /// check fails.
+    pub stream_words: usize,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { budget: TokenBudget::default(), examples: 3, retries: 2, backoff: Duration::from_millis(400), sampling: SamplingParams::default(), notes: NotesPlacement::default() }
+        Self { budget: TokenBudget::default(), examples: 3, retries: 2, backoff: Duration::from_millis(400), sampling: SamplingParams::default(), notes: NotesPlacement::default(), stream_words: 3 }
     }
 }
 
@@ -386,6 +390,17 @@ impl Pipeline {
         Ok(TurnOutcome { reply, trace })
     }
 
+    /// The request that reads the opening every conversation with this persona shares (its
+    /// system prompt and greeting) into a generator's prefix cache, so that the first person to
+    /// write does not wait for it: the first turn to a neutral "Hi!", asking for one token.
+    /// What follows the shared opening (the turn's notes, the message) differs per
+    /// conversation and is read with each real turn.
+    pub fn warm_up_request(&self, now: DateTime<FixedOffset>) -> Result<GenerationRequest, PipelineError> {
+        let prepared = self.prepare(&self.start(), "Hi!", now)?;
+        let sampling = SamplingParams { max_tokens: 1, ..self.config.sampling.clone() };
+        GenerationRequest::new(prepared.messages, sampling).map_err(|e| PipelineError::Template(format!("the warm-up prompt: {e}")))
+    }
+
     /// The reply's vector (the review's, when it made one) and its question's, for reading the
     /// next message against; none without an encoder. An encoding error only costs the next
     /// turn its semantic checks (the lexical ones still run), so it is logged, not raised.
@@ -465,8 +480,9 @@ impl Pipeline {
         (record, None, review_us)
     }
 
-    /// Streams one generation through clean-up and the lexical guards, sentence by sentence,
-    /// then runs the full review on the finished text.
+    /// Streams one generation through clean-up and the lexical guards, word by word once
+    /// `stream_words` words are there (sentence by sentence with 0), then runs the full review
+    /// on the finished text.
     async fn draft(
         &self,
         request: GenerationRequest,
@@ -493,7 +509,7 @@ impl Pipeline {
                     raw.push_str(&piece);
                     let t = Instant::now();
                     let partial = self.cleaner.clean(&raw, false, false);
-                    let ready = releasable(&partial.text);
+                    let ready = self.cleaner.releasable(&partial.text, self.config.stream_words);
                     if ready.len() > shown.len() && ready.starts_with(shown.as_str()) {
                         // Lexical checks before anything is shown: a forbidden keyword or a
                         // leak stops the draft here, unseen.

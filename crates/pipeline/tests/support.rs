@@ -48,6 +48,14 @@ pub fn classifier() -> Arc<EmotionClassifier> {
     .clone()
 }
 
+/// A SmolLM2 engine of the caller's own, with an empty prefix cache (a test about what the
+/// cache holds cannot share [`smollm2`]'s, which every other test fills).
+pub async fn fresh_smollm2() -> MistralRsGenerator {
+    let cache = ModelCache::default_location().unwrap();
+    let installed = Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
+    MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions::default()).await.unwrap()
+}
+
 /// The real SmolLM2, loaded once inside [`rt`].
 pub async fn smollm2() -> MistralRsGenerator {
     static MODEL: tokio::sync::OnceCell<MistralRsGenerator> = tokio::sync::OnceCell::const_new();

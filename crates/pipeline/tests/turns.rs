@@ -8,7 +8,7 @@ use rapport_pipeline::stage::Stage;
 use rapport_pipeline::trace::AttemptOutcome;
 use rapport_pipeline::{Conversation, Pipeline, TurnEvent, TurnOutcome, TurnTrace};
 
-use crate::support::{at, exclusive, greedy_config, pipeline, rt, smollm2, Script, Scripted};
+use crate::support::{at, exclusive, fresh_smollm2, greedy_config, pipeline, rt, smollm2, Script, Scripted};
 
 /// Runs a turn and returns the outcome with the text a person would have seen (deltas, with
 /// retractions applied).
@@ -271,5 +271,38 @@ fn old_turns_fold_into_memory_and_the_token_estimate_covers_the_real_count() {
         assert_eq!(one.messages[0], two.messages[0]);
         assert_eq!(one.messages[one.messages.len() - 2].role, Role::System);
         assert_ne!(one.messages[one.messages.len() - 2], two.messages[two.messages.len() - 2]);
+    });
+}
+
+/// Warming a persona (what `rapport serve` does at start-up) reads the opening every
+/// conversation with it shares, so that its first real turn finds it in the prefix cache; a
+/// persona nobody warmed is read from the start. Each first turn's prompt is sent for one token,
+/// so the backend's summary says what its cache served. One engine of the test's own, so that
+/// no other test has filled its cache.
+#[test]
+fn a_warmed_persona_s_first_turn_finds_its_opening_in_the_prefix_cache() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let engine = fresh_smollm2().await;
+        let first_turn = |p: &Pipeline, message: &str| {
+            let prepared = p.prepare(&p.start(), message, at(5)).unwrap();
+            GenerationRequest::new(prepared.messages, SamplingParams { max_tokens: 1, ..greedy_config().sampling }).unwrap()
+        };
+        let read = |request: GenerationRequest| {
+            let engine = &engine;
+            async move { collect_completion(engine.generate(request).await.unwrap(), |_| {}).await.unwrap().summary.usage }
+        };
+        let cold = pipeline("wedding-host", false, greedy_config());
+        let unwarmed = read(first_turn(&cold, "Hi Margot, what a lovely place for a wedding!")).await;
+
+        let warmed = pipeline("flirt-partner", false, greedy_config());
+        let warm_up = warmed.warm_up_request(at(0)).unwrap();
+        assert_eq!(warm_up.sampling().max_tokens, 1, "a warm-up writes one token");
+        let real = first_turn(&warmed, "Hi Jade, what a lovely place for a wedding!");
+        assert_eq!(warm_up.messages()[..2], real.messages()[..2], "the warm-up shares the system prompt and the greeting");
+        read(warm_up).await;
+        let after_warm_up = read(real).await;
+        assert!(unwarmed.cached_prompt_tokens < 10, "nothing of the cold persona's opening was cached: {unwarmed:?}");
+        assert!(after_warm_up.cached_prompt_tokens * 2 > after_warm_up.prompt_tokens, "most of the first prompt came from the warm-up: {after_warm_up:?}");
     });
 }

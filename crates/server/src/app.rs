@@ -14,7 +14,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{api, client, companion, page, session, sweeper, worker};
+use crate::{api, client, companion, page, session, sweeper, warm, worker};
 
 /// Largest Character Card upload (PNG cards carry a picture).
 const MAX_CARD_BYTES: usize = 8 * 1024 * 1024;
@@ -122,6 +122,11 @@ pub async fn serve(app: AppState, addr: SocketAddr) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let mut workers = worker::spawn_all(&app);
     workers.push(sweeper::spawn(&app));
+    if app.config.warm_personas {
+        // Not waited for at shutdown: it stops between personas, and a warm-up cut short costs
+        // nothing.
+        warm::spawn(&app);
+    }
     println!("listening on http://{local}");
     tracing::info!(%local, workers = workers.len() - 1, database = ?app.store.backend(), shared_limits = app.limits.is_shared(), "serving");
     let shutdown = app.shutdown.clone();

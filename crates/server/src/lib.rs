@@ -38,6 +38,7 @@ pub mod session;
 pub mod state;
 pub mod stream;
 pub mod sweeper;
+pub mod warm;
 pub mod worker;
 
 pub use app::{router, serve};

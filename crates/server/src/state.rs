@@ -40,6 +40,8 @@ pub struct AppConfig {
     pub clients: ClientPolicy,
     /// What expires, and how often the server looks.
     pub expiry: ExpiryConfig,
+    /// Read each shipped persona's opening into the prefix cache at start-up (`warm`).
+    pub warm_personas: bool,
     /// Time limit of ordinary requests (not streams).
     pub request_timeout: Duration,
     /// Longest a whole turn may take before the job is failed.
@@ -66,6 +68,7 @@ impl Default for AppConfig {
             max_queued_per_client: 4,
             clients: ClientPolicy::default(),
             expiry: ExpiryConfig::default(),
+            warm_personas: true,
             request_timeout: Duration::from_secs(30),
             turn_timeout: Duration::from_secs(600),
             worker_name: format!("pid{}", std::process::id()),
