@@ -3,7 +3,7 @@
 # and the prompt-injection suite, each against real `rapport serve` processes with SmolLM2 on
 # this machine. Results (JSON, Markdown, SVG charts) go to benches/results/load/.
 #
-#   bash benches/pressure.sh            # the full run the README's figures come from
+#   bash benches/pressure.sh            # the full run the figures of docs/dev/performance.md come from
 #   bash benches/pressure.sh --short    # a few minutes: the same steps with small numbers
 #   bash benches/pressure.sh sweep      # one step (load, sweep, chaos, injection)
 #

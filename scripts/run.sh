@@ -10,4 +10,5 @@ bash scripts/bootstrap.sh
 cargo build --release -p rapport
 # The sentence model reads emotions and guards topics; the LLM is pulled by --pull.
 "$RAPPORT_BIN" models pull minilm-l6
+echo "rapport is $RAPPORT_BIN (in a shell: source scripts/env.sh, then \$RAPPORT_BIN --help; or cargo install --path crates/cli to put it on the PATH)" >&2
 exec "$RAPPORT_BIN" serve --pull "$@"

@@ -4,6 +4,8 @@
 mod backend;
 mod bench;
 mod chat;
+#[cfg(test)]
+mod docs_check;
 mod emotion;
 mod eval;
 mod models;

@@ -1,7 +1,7 @@
 //! Chaos runs: people keep chatting while something breaks under them, then every conversation
 //! is checked against what the server acknowledged.
 //!
-//! The promise under test is the one the README makes: a message the server acknowledged (202)
+//! The promise under test is the one docs/operate/web-app.md makes: a message the server acknowledged (202)
 //! is stored, appears once, and gets exactly one reply, whatever happened in between. People
 //! here behave like the page: they retry a post with the same Idempotency-Key until it is
 //! acknowledged, and reconnect to a reply stream that broke.

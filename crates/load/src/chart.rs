@@ -1,4 +1,4 @@
-//! Line charts as standalone SVG files, so the README can show them as images: latency against
+//! Line charts as standalone SVG files, so the docs can show them as images: latency against
 //! concurrency, tokens per second against concurrency, the server's memory over time.
 
 /// Okabe–Ito colours (the eval reports use the same), distinguishable with colour-vision

@@ -1,6 +1,6 @@
 //! The short versions of the load runs and chaos drills, against real `rapport serve` processes
 //! with SmolLM2 and MiniLM (scripts/test.sh builds `rapport` and pulls both first). The long
-//! versions are the same code with bigger numbers: see the README, "Performance and reliability".
+//! versions are the same code with bigger numbers: see docs/dev/performance.md.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

@@ -204,7 +204,7 @@ pub fn preset(name: &str) -> Option<Preset> {
 }
 
 // Sampling defaults. The numbers come from `rapport bench sampling` over
-// `datasets/prompts/sampling-probe.jsonl` (README, "Sampling that does not loop"): with greedy or
+// `datasets/prompts/sampling-probe.jsonl` (docs/dev/sampling.md): with greedy or
 // plain temperature sampling SmolLM2 repeats whole sentences; DRY removes that without the
 // stilted word choice a strong repetition penalty causes, and min-p keeps a 135M model from
 // wandering off into unlikely tokens at temperature 0.7.

@@ -141,8 +141,8 @@ fn fused_encoder_equals_candle_bert() {
         assert!(c > 0.9995, "{text:?}: cosine to candle's vector {c}");
         // The fused pass multiplies 16-bit integers (weights to ±511 per column, activations to
         // 11–13 bits per row): on these texts cosines 0.99985–0.99997 and differences up to
-        // 0.04 of values that reach ±5; dev macro-F1 moved by 0.0003 (README, "Understanding
-        // the user"). The bounds leave ~3× room; a wrong column, scale or bias breaks them.
+        // 0.04 of values that reach ±5; dev macro-F1 moved by 0.0003
+        // (docs/dev/understanding.md). The bounds leave ~3× room; a wrong column, scale or bias breaks them.
         let c = cosine(&fused[i][EMBEDDING_DIM..], &max);
         let diff = fused[i][EMBEDDING_DIM..].iter().zip(&max).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(c > 0.9995 && diff < 0.1, "{text:?}: max-over-tokens features: cosine {c}, largest difference {diff}");

@@ -9,7 +9,7 @@
 //!
 //! The products run on 16-bit integers. A message's pass is compute-bound (its 21 MB of
 //! weights stay in L3 from one message to the next), and AVX2's `vpmaddwd` does sixteen
-//! multiply-adds of 16-bit pairs per instruction where an f32 FMA does eight: on the README's
+//! multiply-adds of 16-bit pairs per instruction where an f32 FMA does eight: on docs/dev/speed.md's
 //! Zen 3 machine it issues two a cycle against one FMA per 1.3 cycles (a scratch loop of twelve
 //! independent chains each), and needs no f16 → f32 widening of the weights beside it. The f16
 //! kernel this replaced took a message's pass 4.0 ms, this one 3.0. Weights are quantized per

@@ -3,7 +3,7 @@
 //! The weights come from the model's safetensors through candle (the file format and loading
 //! stay candle's); the pass itself runs on plain slices ([`kernels`]). Three things make it fast
 //! where candle's `BertModel` is slow on a CPU (28 ms for one 17-token message on the 2-core
-//! machine of the README, 24 messages/s in batches of 64):
+//! machine of docs/dev/understanding.md, 24 messages/s in batches of 64):
 //! - every linear layer's weight is quantized and packed once, at load, in the order the matrix
 //!   kernel reads it;
 //! - the products multiply 16-bit integers, twice the multiply-adds per instruction of f32 (the

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from the JSON results in benches/results/, so that the figures on that
+page are generated from what the runs wrote, never retyped.
+
+    python3 benches/benchmarks.py          # write BENCHMARKS.md
+    python3 benches/benchmarks.py --check  # exit 1 if BENCHMARKS.md is not what the results give
+
+Each table names the machine, the date and the command that reproduce it, as far as the result
+file recorded them (files that predate recording say so).
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benches", "results")
+OUT = os.path.join(ROOT, "BENCHMARKS.md")
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+def machine(context):
+    m = context.get("machine") or {}
+    cpu = m.get("cpu") or "CPU not recorded"
+    cores = m.get("cores")
+    return f"{cpu}, {cores} cores" if cores else cpu
+
+
+def latency_section():
+    files = sorted(glob.glob(os.path.join(RESULTS, "latency", "*.json")))
+    if not files:
+        return []
+    out = ["## One person's wait for a reply", "",
+           "`cargo run --release -p rapport-load -- latency --model MODEL --persona PERSONA --label LABEL` "
+           "(one person, `datasets/prompts/secret-game-guest.txt`; method: [docs/latency.md](docs/latency.md)).", "",
+           "| run | machine | date | first turn: first words, ms | turns 2+: first words p50 / p95, ms | TTFT p50, ms | whole reply p50, ms | file |",
+           "|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        d = load(f)
+        c, r = d["context"], d["report"]
+        ttft = [t["ttft_ms"] for t in r["turns"][1:] if t.get("ttft_ms") is not None]
+        ttft_p50 = f"{statistics.median(ttft):.0f}" if ttft else "-"
+        later = r["later_first_words_ms"]
+        out.append(f"| {c['model']} · {c['persona']} · {c['label']} | {machine(c)} | {c.get('date', '?')} | "
+                   f"{r['first_turn_first_words_ms']:.0f} | {later['p50']:.0f} / {later['p95']:.0f} | {ttft_p50} | "
+                   f"{r['later_whole_reply_ms']['p50']:.0f} | `{rel(f)}` |")
+    return out + [""]
+
+
+def abuse_section():
+    files = sorted(glob.glob(os.path.join(RESULTS, "abuse", "*.json")))
+    if not files:
+        return []
+    out = ["## A guest during a flood", "",
+           "`cargo run --release -p rapport-load -- abuse` (method and reading: [docs/operate/open.md](docs/operate/open.md)).", "",
+           "| run | machine | date | guest first words p50, ms: quiet / flood | guest answered | reads changed the database | flood requests refused | file |",
+           "|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        d = load(f)
+        c, r = d["context"], d["report"]
+        answers = r["flood_answers"]
+        total = sum(answers.values())
+        refused = sum(n for k, n in answers.items() if " 429 " in k or " 503 " in k)
+        changed = "no" if r["reads"]["rows_before"] == r["reads"]["rows_after"] else "YES"
+        out.append(f"| {c['model']} · {r['shared_database']} × {r['processes']} · {c['flood_addresses']} flooding address(es) | "
+                   f"{machine(c)} | {c.get('date', '?')} | {r['quiet']['first_words_ms']['p50']:.0f} / {r['flood']['first_words_ms']['p50']:.0f} | "
+                   f"{r['quiet']['answered']}/{r['quiet']['sent']}, {r['flood']['answered']}/{r['flood']['sent']} | {changed} | "
+                   f"{refused} of {total} ({100 * refused / max(total, 1):.1f}%) | `{rel(f)}` |")
+    return out + [""]
+
+
+def secret_section():
+    files = sorted(f for f in glob.glob(os.path.join(RESULTS, "secret-game", "*.json")) if "-before" not in f and "simulated" not in f)
+    if not files:
+        return []
+    out = ["## The secret game under attack", "",
+           "`rapport eval injection --model MODEL [--attacks datasets/injection/farming.jsonl]` "
+           "(method: [docs/secret-game.md](docs/secret-game.md); the files do not record the machine or date: 2026-12-06, the 2-core AMD EPYC VM, per that page).", "",
+           "| suite | model | attacks | secret in a locked prompt | secret in a reply | invented secrets shown | unlocked | file |",
+           "|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        d = load(f)
+        suite = "farming (30 messages each)" if "farming" in os.path.basename(f) else "injection and invention"
+        out.append(f"| {suite} | {d['model']} | {d['attacks']} | {d['secret_in_prompt']} | {d['secret_in_reply']} | "
+                   f"{d.get('secret_invented', '-')} | {d.get('unlocked', '-')} | `{rel(f)}` |")
+    return out + [""]
+
+
+def llamacpp_section():
+    files = sorted(glob.glob(os.path.join(RESULTS, "llamacpp-*.json")))
+    if not files:
+        return []
+    out = ["## The engine against llama.cpp", "",
+           "`python3 benches/compare_llamacpp.py --model MODEL --runs N` (greedy, 48 new tokens; ratios: decode Rapport ÷ llama.cpp, "
+           "≥ 1 is as fast or faster). These files predate recording the machine and date; docs/dev/speed.md dates them "
+           "(2026-11-24, a Zen 3). Issue 36 measured 0.74–0.76× for the default model with a persona in context on the 2-core AMD EPYC "
+           "of the tables above, so read them as one machine's figures.", "",
+           "| model | prompt | tokens | decode tok/s llama.cpp | decode tok/s Rapport | decode ratio | TTFT ratio | file |",
+           "|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        d = load(f)
+        for row in d["rows"]:
+            out.append(f"| {d['model']} | {row['prompt']} | {row['prompt_tokens']} | {row['llamacpp']['decode_tok_per_s_p50']:.1f} | "
+                       f"{row['rapport']['decode_tok_per_s_p50']:.1f} | {row['decode_ratio']:.2f}× | {row['ttft_ratio']:.2f}× | `{rel(f)}` |")
+    return out + [""]
+
+
+def page():
+    lines = ["# Benchmarks", "",
+             "The current figures, generated from `benches/results/` by `python3 benches/benchmarks.py` "
+             "(the test suite checks this page is what the files give). History and superseded figures: "
+             "[docs/dev/speed.md](docs/dev/speed.md), [docs/dev/performance.md](docs/dev/performance.md).", ""]
+    for section in (latency_section, abuse_section, secret_section, llamacpp_section):
+        lines += section()
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main():
+    text = page()
+    if "--check" in sys.argv:
+        current = open(OUT).read() if os.path.exists(OUT) else ""
+        if current != text:
+            print("BENCHMARKS.md is not what benches/results/ gives: run python3 benches/benchmarks.py", file=sys.stderr)
+            sys.exit(1)
+        print("BENCHMARKS.md matches benches/results/")
+        return
+    with open(OUT, "w") as f:
+        f.write(text)
+    print(f"wrote {rel(OUT)}")
+
+
+if __name__ == "__main__":
+    main()
