@@ -34,7 +34,7 @@ fn classifier_with(head: &str) -> EmotionClassifier {
 /// Up to `n` real user-like messages: GoEmotions dev texts when the shared data is there, else
 /// the prompt sets in `datasets/prompts`.
 pub fn sample_messages(n: usize) -> Vec<String> {
-    let dev = repo().join("../shared/datasets/goemotions/dev.tsv");
+    let dev = repo().join("datasets/goemotions/dev.tsv");
     let from_dev: Vec<String> = std::fs::read_to_string(dev)
         .map(|t| t.lines().filter_map(|l| l.split('\t').next()).map(str::to_string).take(n).collect())
         .unwrap_or_default();

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::judge::PairOutcome;
 use crate::metrics::Metric;
-use crate::report::{escape, RunReport, STYLE};
+use crate::html::escape;
+use crate::report::{RunReport, STYLE};
 use crate::stats::{self, Difference};
 use crate::svg;
 

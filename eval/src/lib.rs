@@ -28,6 +28,7 @@ pub mod calibrate;
 pub mod coach;
 pub mod compare;
 pub mod dialogue;
+pub mod html;
 pub mod injection;
 pub mod judge;
 pub mod metrics;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::html::escape;
 use crate::batch::VerdictLine;
 use crate::dialogue::{Dialogue, Speaker};
 use crate::judge::number;
@@ -294,23 +295,6 @@ fn spec_line(spec: &serde_json::Value) -> String {
         spec.get("model").and_then(|v| v.as_str()).unwrap_or(""),
         spec.get("judge_model").and_then(|v| v.as_str()).unwrap_or("none")
     )
-}
-
-/// Escapes text for HTML (every piece of dialogue text goes through this: transcripts are
-/// written by models and by people, and either may contain markup).
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The page's style, shared with the comparison report.

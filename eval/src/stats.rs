@@ -49,14 +49,8 @@ pub fn median(values: &[f64]) -> Option<f64> {
 }
 
 /// The `q`-quantile (0..=1) by linear interpolation between order statistics (type 7, the
-/// default of R and NumPy).
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    debug_assert!(!sorted.is_empty());
-    let h = (sorted.len() - 1) as f64 * q.clamp(0.0, 1.0);
-    let lo = h.floor() as usize;
-    let hi = h.ceil() as usize;
-    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
-}
+/// default of R and NumPy; `rapport_core::percentile`).
+pub use rapport_core::percentile::interpolated as quantile;
 
 /// Ranks starting at 1, ties given the mean of the ranks they span (what Spearman needs).
 pub fn ranks(values: &[f64]) -> Vec<f64> {

@@ -2,7 +2,7 @@
 //! in a mail attachment. Three kinds: grouped bars with intervals (per-persona comparison),
 //! small histograms (distributions), and a forest plot (A/B deltas with intervals).
 
-use crate::report::escape;
+use crate::html::escape;
 
 /// Colours that stay distinguishable for the common colour-vision deficiencies (Okabe–Ito).
 const PALETTE: [&str; 8] = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];

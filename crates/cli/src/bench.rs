@@ -133,12 +133,11 @@ fn progress(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Nearest-rank percentile of a non-empty slice.
+/// Nearest-rank percentile of unsorted values (`rapport_core::percentile`).
 fn percentile(values: &[f64], p: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-    v[rank.min(v.len()) - 1]
+    rapport_core::percentile::nearest_rank(&v, p)
 }
 
 #[derive(Serialize)]

@@ -4,9 +4,10 @@ use std::io::{IsTerminal, Write};
 
 use clap::Args;
 use rapport_core::{collect_completion, ChatMessage, GenerationRequest};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::backend::BackendArgs;
+use crate::terminal::{next_input, Input};
 
 const DEFAULT_SYSTEM: &str = "You are Mia, a warm, playful 27-year-old landscape architect who loves hiking and bad puns. \
 You are chatting with someone you just met. Reply like a real person texting: one or two short sentences, \
@@ -60,7 +61,17 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         sampling.max_tokens = n;
     }
     if let Some(persona) = &args.persona {
-        return crate::persona_chat::run(&args, persona, backend, sampling).await;
+        let options = crate::persona_chat::Options {
+            personas: args.personas.clone(),
+            lexical_only: args.lexical_only,
+            prompts: args.prompts.clone(),
+            notes_in_system: args.notes_in_system,
+            context_tokens: args.context_tokens,
+            trace_json: args.trace_json.clone(),
+            trace: args.trace,
+            stats: args.stats,
+        };
+        return crate::persona_chat::run(&options, persona, backend, sampling).await;
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -119,32 +130,4 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
 
 pub(crate) fn short_name(model: &str) -> &str {
     model.split(['-', '.']).next().unwrap_or(model)
-}
-
-/// What the person at the terminal did.
-pub(crate) enum Input {
-    /// Sent a message.
-    Message(String),
-    /// Asked to start over (`/reset`).
-    Reset,
-    /// Asked to stop (`/quit`, `/exit`, end of input).
-    Quit,
-}
-
-/// Reads the next message or command, prompting with `you> ` in a terminal; blank lines are
-/// skipped.
-pub(crate) async fn next_input(lines: &mut Lines<BufReader<Stdin>>, interactive: bool) -> anyhow::Result<Input> {
-    loop {
-        if interactive {
-            print!("you> ");
-            std::io::stdout().flush()?;
-        }
-        let Some(line) = lines.next_line().await? else { return Ok(Input::Quit) };
-        return Ok(match line.trim() {
-            "" => continue,
-            "/quit" | "/exit" => Input::Quit,
-            "/reset" => Input::Reset,
-            text => Input::Message(text.to_string()),
-        });
-    }
 }

@@ -31,7 +31,7 @@ fn frozen_feature_head() -> PathBuf {
 }
 
 fn goemotions(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/goemotions").join(file)
+    datasets_dir().join("goemotions").join(file)
 }
 
 #[derive(Subcommand, Debug)]

@@ -13,6 +13,7 @@ mod persona;
 mod persona_chat;
 mod serve;
 mod serve_llm;
+mod terminal;
 
 use clap::{Parser, Subcommand};
 

@@ -12,7 +12,7 @@ use rapport_pipeline::{Persona, PersonaLibrary, Pipeline, PipelineConfig, TurnEv
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::backend::Backend;
-use crate::chat::{next_input, ChatArgs, Input};
+use crate::terminal::{next_input, Input};
 
 /// The repository's personas, unless told otherwise.
 pub fn personas_dir(flag: Option<PathBuf>) -> PathBuf {
@@ -42,7 +42,19 @@ pub fn import_card(path: &Path) -> anyhow::Result<ImportedCard> {
     Ok(card)
 }
 
-pub async fn run(args: &ChatArgs, persona: &str, backend: Backend, sampling: SamplingParams) -> anyhow::Result<()> {
+/// What `rapport chat --persona` takes from the command line (`chat::ChatArgs`).
+pub struct Options {
+    pub personas: Option<PathBuf>,
+    pub lexical_only: bool,
+    pub prompts: Option<PathBuf>,
+    pub notes_in_system: bool,
+    pub context_tokens: usize,
+    pub trace_json: Option<PathBuf>,
+    pub trace: bool,
+    pub stats: bool,
+}
+
+pub async fn run(args: &Options, persona: &str, backend: Backend, sampling: SamplingParams) -> anyhow::Result<()> {
     let persona = load_persona(persona, &personas_dir(args.personas.clone()))?;
     let nlu = if args.lexical_only { None } else { Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??)) };
     let prompts = match &args.prompts {

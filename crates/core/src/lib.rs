@@ -18,6 +18,7 @@ mod generator;
 mod message;
 mod sampling;
 mod stop;
+pub mod percentile;
 pub mod sse;
 pub mod text_stats;
 

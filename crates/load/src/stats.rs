@@ -32,15 +32,8 @@ impl Distribution {
     }
 }
 
-/// The `p`th percentile of sorted values, nearest-rank: always a value that was observed, so a
-/// p99 of 20 samples is the slowest one rather than an interpolation past it.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+/// The `p`th percentile of sorted values, nearest-rank (an observed value).
+pub use rapport_core::percentile::nearest_rank as percentile;
 
 /// Jain's fairness index of per-user means: 1 when every user waited the same, 1/n when one user
 /// got all the service. Queueing is fair when it stays near 1 as users are added.

@@ -2,15 +2,25 @@
 
 use std::path::Path;
 
-use crate::emotion::NUM_LABELS;
 use crate::NluError;
+
+/// The GoEmotions labels, in the data set's index order.
+pub const LABELS: [&str; NUM_LABELS] = [
+    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion", "curiosity",
+    "desire", "disappointment", "disapproval", "disgust", "embarrassment", "excitement", "fear",
+    "gratitude", "grief", "joy", "love", "nervousness", "optimism", "pride", "realization", "relief",
+    "remorse", "sadness", "surprise", "neutral",
+];
+
+/// How many labels there are.
+pub const NUM_LABELS: usize = 28;
 
 /// One labelled message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
     /// The message.
     pub text: String,
-    /// Its labels, as indices into [`crate::emotion::LABELS`].
+    /// Its labels, as indices into [`LABELS`].
     pub labels: Vec<usize>,
 }
 

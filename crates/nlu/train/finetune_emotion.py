@@ -22,7 +22,7 @@ scored once at the end and only reported.
 Usage (PyTorch, `safetensors` and `tokenizers` installed; a CUDA GPU strongly advised):
     python3 crates/nlu/train/finetune_emotion.py \
         --model-dir ~/.cache/rapport/models/minilm-l6 \
-        --data-dir ../shared/datasets/goemotions \
+        --data-dir datasets/goemotions \
         --variant 6:2 --out datasets/emotion/goemotions-branch
 """
 

@@ -9,8 +9,20 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::Stage;
 use crate::PipelineError;
+
+/// Where the relationship is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Getting to know each other: light, curious, polite.
+    #[default]
+    IceBreaker,
+    /// Relaxed talk with some personal sharing.
+    Casual,
+    /// Warm and personal; the only stage where a secret can unlock.
+    Close,
+}
 
 /// One persona, as written in its TOML file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

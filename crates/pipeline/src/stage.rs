@@ -12,18 +12,10 @@ use crate::persona::Pacing;
 use crate::signals::{Push, Signals};
 use crate::understand::EmotionView;
 
-/// Where the relationship is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    /// Getting to know each other: light, curious, polite.
-    #[default]
-    IceBreaker,
-    /// Relaxed talk with some personal sharing.
-    Casual,
-    /// Warm and personal; the only stage where a secret can unlock.
-    Close,
-}
+// `Stage` is defined with the persona, whose examples are marked with the stage they fit: a
+// persona describes stages, and this step moves between them (so the step depends on the
+// persona, never the other way round).
+pub use crate::persona::Stage;
 
 impl Stage {
     fn previous(self) -> Stage {

@@ -3,7 +3,7 @@
 //! A worker publishes each event of its turn here; a stream subscribes and first receives what
 //! was already published (so a page that reloads mid-reply sees the text so far), then the rest.
 //! Streams on other processes cannot see this; they follow the partial text the worker saves
-//! with its heartbeat ([`crate::stream`]).
+//! with its heartbeat (the SSE module follows both).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

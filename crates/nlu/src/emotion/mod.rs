@@ -16,16 +16,8 @@ use serde::Serialize;
 pub use model::{EmotionClassifier, EmotionHead};
 pub use trajectory::EmotionTrajectory;
 
-/// The GoEmotions labels, in the data set's index order.
-pub const LABELS: [&str; NUM_LABELS] = [
-    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion", "curiosity",
-    "desire", "disappointment", "disapproval", "disgust", "embarrassment", "excitement", "fear",
-    "gratitude", "grief", "joy", "love", "nervousness", "optimism", "pride", "realization", "relief",
-    "remorse", "sadness", "surprise", "neutral",
-];
-
-/// How many labels there are.
-pub const NUM_LABELS: usize = 28;
+/// The labels the model reads: GoEmotions' (the data set owns its label set).
+pub use crate::goemotions::{LABELS, NUM_LABELS};
 
 /// Ekman's basic emotions, plus neutral.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
