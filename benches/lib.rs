@@ -25,7 +25,10 @@ pub fn frozen_feature_classifier() -> EmotionClassifier {
 
 fn classifier_with(head: &str) -> EmotionClassifier {
     let cache = ModelCache::default_location().expect("a cache directory");
-    let minilm = Puller::default().quiet().pull(&cache, &preset("minilm-l6").expect("preset")).expect("MiniLM");
+    let minilm = Puller::default()
+        .quiet()
+        .pull(&cache, &preset("minilm-l6").expect("preset"))
+        .expect("MiniLM");
     let encoder = SentenceEncoder::load(&minilm.dir).expect("encoder");
     let head = EmotionHead::load(&repo().join(head)).unwrap_or_else(|e| panic!("{head}: {e}"));
     EmotionClassifier::new(encoder, head).expect("the emotion model fits the encoder")
@@ -36,12 +39,15 @@ fn classifier_with(head: &str) -> EmotionClassifier {
 pub fn sample_messages(n: usize) -> Vec<String> {
     let dev = repo().join("datasets/goemotions/dev.tsv");
     let from_dev: Vec<String> = std::fs::read_to_string(dev)
-        .map(|t| t.lines().filter_map(|l| l.split('\t').next()).map(str::to_string).take(n).collect())
+        .map(|t| {
+            t.lines().filter_map(|l| l.split('\t').next()).map(str::to_string).take(n).collect()
+        })
         .unwrap_or_default();
     if !from_dev.is_empty() {
         return from_dev;
     }
-    let probe = std::fs::read_to_string(repo().join("datasets/prompts/sampling-probe.jsonl")).unwrap_or_default();
+    let probe = std::fs::read_to_string(repo().join("datasets/prompts/sampling-probe.jsonl"))
+        .unwrap_or_default();
     probe
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

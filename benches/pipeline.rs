@@ -19,11 +19,26 @@ use rapport_pipeline::prompt::Prompts;
 use rapport_pipeline::{PersonaLibrary, Pipeline, PipelineConfig};
 
 const HISTORY: [(&str, &str); 5] = [
-    ("Hi Margot! I'm a friend of Thomas from university.", "Welcome! Thomas says you're all trouble. How was the drive?"),
-    ("Long, but the vineyard is worth it. I work nights as a nurse so I slept in the car.", "Oh you poor thing, grab a coffee on the terrace. Nights must be tough."),
-    ("They are, but I love the job. How are you holding up with the organising?", "Three coffees in and I've lost the dog twice, but it's coming together."),
-    ("Ha, I saw Biscuit steal a napkin earlier.", "That's him! The ring bearer, if he doesn't eat the rings first."),
-    ("I'm a bit nervous, I don't know many people here.", "Stick with me, I know everyone's embarrassing stories."),
+    (
+        "Hi Margot! I'm a friend of Thomas from university.",
+        "Welcome! Thomas says you're all trouble. How was the drive?",
+    ),
+    (
+        "Long, but the vineyard is worth it. I work nights as a nurse so I slept in the car.",
+        "Oh you poor thing, grab a coffee on the terrace. Nights must be tough.",
+    ),
+    (
+        "They are, but I love the job. How are you holding up with the organising?",
+        "Three coffees in and I've lost the dog twice, but it's coming together.",
+    ),
+    (
+        "Ha, I saw Biscuit steal a napkin earlier.",
+        "That's him! The ring bearer, if he doesn't eat the rings first.",
+    ),
+    (
+        "I'm a bit nervous, I don't know many people here.",
+        "Stick with me, I know everyone's embarrassing stories.",
+    ),
 ];
 
 fn turn(c: &mut Criterion) {
@@ -32,7 +47,13 @@ fn turn(c: &mut Criterion) {
     let persona = library.get("wedding-host").expect("the wedding host").clone();
     let guards = Guards::new(&persona, Some(nlu.encoder())).expect("guards");
     let cleaner = Cleaner::new(&persona.name, persona.max_sentences);
-    let pipeline = Pipeline::new(persona, Some(nlu.clone()), Arc::new(Prompts::embedded()), PipelineConfig::default()).expect("pipeline");
+    let pipeline = Pipeline::new(
+        persona,
+        Some(nlu.clone()),
+        Arc::new(Prompts::embedded()),
+        PipelineConfig::default(),
+    )
+    .expect("pipeline");
     let mut conversation = pipeline.start();
     for (user, reply) in HISTORY {
         conversation.history.push(ChatMessage::user(user));
@@ -41,22 +62,37 @@ fn turn(c: &mut Criterion) {
         // against a full thread, as in a real conversation.
         conversation.thread.push_message(Some(&nlu.encoder().encode(user).unwrap().0));
         let question = question_sentences(reply).pop().map(|q| nlu.encoder().encode(&q).unwrap().0);
-        conversation.thread.push_reply(Some(&nlu.encoder().encode(reply).unwrap().0), question.as_deref());
+        conversation
+            .thread
+            .push_reply(Some(&nlu.encoder().encode(reply).unwrap().0), question.as_deref());
     }
     conversation.turns = HISTORY.len() as u32;
     let now = DateTime::parse_from_rfc3339("2026-11-21T23:40:00+01:00").unwrap();
-    let message = "Honestly you've made me feel really welcome tonight. What's the treasure hunt about?";
+    let message =
+        "Honestly you've made me feel really welcome tonight. What's the treasure hunt about?";
     let reply = "Margot: Oh, I'm so glad! Envelopes are hidden all over the estate, each with a clue. The last one needs a password, and that one you'll have to earn.";
     let prepared = pipeline.prepare(&conversation, message, now).expect("prepare");
     let leaks = LeakDetector::new(&prepared.messages[0].content, &[]);
 
     let mut g = c.benchmark_group("turn");
-    g.bench_function("floor: encode one message", |b| b.iter(|| nlu.encoder().encode(message).unwrap()));
+    g.bench_function("floor: encode one message", |b| {
+        b.iter(|| nlu.encoder().encode(message).unwrap())
+    });
     // What step 2 runs: the vector and the emotion (the encoder plus the emotion branch).
-    g.bench_function("floor: understand one message", |b| b.iter(|| nlu.understand(message).unwrap()));
-    g.bench_function("prepare (steps 1-8)", |b| b.iter(|| pipeline.prepare(&conversation, message, now).unwrap()));
+    g.bench_function("floor: understand one message", |b| {
+        b.iter(|| nlu.understand(message).unwrap())
+    });
+    g.bench_function("prepare (steps 1-8)", |b| {
+        b.iter(|| pipeline.prepare(&conversation, message, now).unwrap())
+    });
     g.bench_function("prepare without models (lexical)", |b| {
-        let lexical = Pipeline::new(library.get("wedding-host").unwrap().clone(), None, Arc::new(Prompts::embedded()), PipelineConfig::default()).unwrap();
+        let lexical = Pipeline::new(
+            library.get("wedding-host").unwrap().clone(),
+            None,
+            Arc::new(Prompts::embedded()),
+            PipelineConfig::default(),
+        )
+        .unwrap();
         b.iter(|| lexical.prepare(&conversation, message, now).unwrap())
     });
     let locked = LockedSecret::new("blue heron", message).unwrap();
@@ -65,7 +101,8 @@ fn turn(c: &mut Criterion) {
         b.iter(|| {
             let cleaned = cleaner.clean(reply, true, false);
             let vector = nlu.encoder().encode(&cleaned.text).unwrap();
-            let question = question_sentences(&cleaned.text).pop().map(|q| nlu.encoder().encode(&q).unwrap());
+            let question =
+                question_sentences(&cleaned.text).pop().map(|q| nlu.encoder().encode(&q).unwrap());
             (guards.check_reply(&cleaned.text, Some(&vector), Some(&locked), &leaks), question)
         })
     });

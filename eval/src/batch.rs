@@ -88,7 +88,8 @@ pub struct VerdictLine {
 impl RunDir {
     /// Opens (creating if needed) `root`.
     pub fn open(root: &Path) -> Result<Self, EvalError> {
-        std::fs::create_dir_all(root).map_err(|e| EvalError::Io(format!("creating {}: {e}", root.display())))?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| EvalError::Io(format!("creating {}: {e}", root.display())))?;
         Ok(Self { root: root.to_path_buf() })
     }
 
@@ -101,8 +102,10 @@ impl RunDir {
     pub fn claim(&self, spec: &BatchSpec) -> Result<bool, EvalError> {
         let path = self.root.join("spec.json");
         if path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
-            let existing: BatchSpec = serde_json::from_str(&text).map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+            let existing: BatchSpec = serde_json::from_str(&text)
+                .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
             if &existing != spec {
                 return Err(EvalError::Invalid(format!(
                     "{} holds another batch ({} personas × {} simulators × {} seeds, {} turns, model {}); use another --out to start a new one",
@@ -126,8 +129,11 @@ impl RunDir {
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text).map(Some).map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))
     }
 
     /// The finished dialogues.
@@ -153,7 +159,9 @@ impl RunDir {
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| EvalError::Io(format!("writing {}: {e}", path.display())))
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| EvalError::Io(format!("writing {}: {e}", path.display())))
 }
 
 /// Reads a JSONL file of `T`, dropping a torn last line (and truncating the file to the last
@@ -173,8 +181,12 @@ fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, EvalE
             }
             _ if last => {
                 tracing::warn!(file = %path.display(), "dropping a torn last line (the run was interrupted while writing it)");
-                let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
-                f.set_len(good_bytes as u64).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+                f.set_len(good_bytes as u64)
+                    .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
             }
             Err(e) => return Err(EvalError::Invalid(format!("{}:{}: {e}", path.display(), i + 1))),
             Ok(_) => unreachable!("only the last line can lack its newline"),
@@ -186,8 +198,14 @@ fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, EvalE
 fn append_line<T: Serialize>(path: &Path, value: &T) -> Result<(), EvalError> {
     let mut line = serde_json::to_vec(value).map_err(|e| EvalError::Invalid(e.to_string()))?;
     line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
-    f.write_all(&line).and_then(|_| f.sync_data()).map_err(|e| EvalError::Io(format!("appending to {}: {e}", path.display())))
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+    f.write_all(&line)
+        .and_then(|_| f.sync_data())
+        .map_err(|e| EvalError::Io(format!("appending to {}: {e}", path.display())))
 }
 
 /// Everything a batch generates with.
@@ -228,7 +246,13 @@ pub struct RunSummary {
 }
 
 /// Runs (or resumes) a batch into `run`.
-pub async fn run(spec: &BatchSpec, parts: &BatchParts, run: &RunDir, jobs: usize, progress: &MultiProgress) -> Result<RunSummary, EvalError> {
+pub async fn run(
+    spec: &BatchSpec,
+    parts: &BatchParts,
+    run: &RunDir,
+    jobs: usize,
+    progress: &MultiProgress,
+) -> Result<RunSummary, EvalError> {
     let resumed = run.claim(spec)?;
     for p in &spec.personas {
         if !parts.pipelines.contains_key(p) {
@@ -237,14 +261,28 @@ pub async fn run(spec: &BatchSpec, parts: &BatchParts, run: &RunDir, jobs: usize
     }
     for s in &spec.simulators {
         if !parts.simulators.contains_key(s) {
-            return Err(EvalError::Invalid(format!("unknown simulator {s:?} (known: {})", parts.simulators.keys().cloned().collect::<Vec<_>>().join(", "))));
+            return Err(EvalError::Invalid(format!(
+                "unknown simulator {s:?} (known: {})",
+                parts.simulators.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
         }
     }
     let done: BTreeSet<String> = run.dialogues()?.into_iter().map(|d| d.id).collect();
-    let cells: Vec<_> = spec.cells().into_iter().filter(|(p, s, seed)| !done.contains(&dialogue_id(p, s, *seed))).collect();
+    let cells: Vec<_> = spec
+        .cells()
+        .into_iter()
+        .filter(|(p, s, seed)| !done.contains(&dialogue_id(p, s, *seed)))
+        .collect();
     let mut summary = RunSummary { resumed: done.len(), ..RunSummary::default() };
     if resumed && !done.is_empty() {
-        progress.println(format!("resuming {}: {} of {} dialogues already done", run.path().display(), done.len(), spec.cells().len())).ok();
+        progress
+            .println(format!(
+                "resuming {}: {} of {} dialogues already done",
+                run.path().display(),
+                done.len(),
+                spec.cells().len()
+            ))
+            .ok();
     }
 
     let dialogues_bar = progress.add(bar(spec.cells().len() as u64, "dialogues"));
@@ -280,9 +318,16 @@ pub async fn run(spec: &BatchSpec, parts: &BatchParts, run: &RunDir, jobs: usize
 }
 
 /// Judges every dialogue in `run` that has no verdict yet.
-async fn judge_all(judge: &Judge, rubric: &Rubric, parts: &BatchParts, run: &RunDir, progress: &MultiProgress) -> Result<usize, EvalError> {
+async fn judge_all(
+    judge: &Judge,
+    rubric: &Rubric,
+    parts: &BatchParts,
+    run: &RunDir,
+    progress: &MultiProgress,
+) -> Result<usize, EvalError> {
     let judged: BTreeSet<String> = run.verdicts()?.into_iter().map(|v| v.dialogue).collect();
-    let todo: Vec<Dialogue> = run.dialogues()?.into_iter().filter(|d| !judged.contains(&d.id)).collect();
+    let todo: Vec<Dialogue> =
+        run.dialogues()?.into_iter().filter(|d| !judged.contains(&d.id)).collect();
     let criteria = rubric.judged(Side::Persona);
     if criteria.is_empty() || todo.is_empty() {
         return Ok(0);
@@ -290,7 +335,8 @@ async fn judge_all(judge: &Judge, rubric: &Rubric, parts: &BatchParts, run: &Run
     let judge_bar = progress.add(bar(todo.len() as u64, "judged"));
     let mut n = 0;
     for d in todo {
-        let brief = parts.pipelines.get(&d.persona).map(|p| brief_of(p.persona())).unwrap_or_default();
+        let brief =
+            parts.pipelines.get(&d.persona).map(|p| brief_of(p.persona())).unwrap_or_default();
         let verdict = judge.score(&d, &criteria, Side::Persona, &brief).await?;
         run.append_verdict(&VerdictLine { dialogue: d.id.clone(), verdict })?;
         judge_bar.inc(1);
@@ -302,13 +348,20 @@ async fn judge_all(judge: &Judge, rubric: &Rubric, parts: &BatchParts, run: &Run
 
 /// What the judge is told about a persona.
 pub fn brief_of(p: &rapport_pipeline::Persona) -> PersonaBrief {
-    let voice = if p.voice.is_empty() { String::new() } else { format!(" Voice: {}.", p.voice.join("; ")) };
+    let voice =
+        if p.voice.is_empty() { String::new() } else { format!(" Voice: {}.", p.voice.join("; ")) };
     PersonaBrief { name: p.name.clone(), description: format!("{}{voice}", p.bio) }
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let b = ProgressBar::new(len);
-    b.set_style(ProgressStyle::with_template("{prefix:>10} {wide_bar} {pos}/{len} [{elapsed_precise}, eta {eta}]").expect("static template").progress_chars("=> "));
+    b.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>10} {wide_bar} {pos}/{len} [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
     b.set_prefix(what.to_string());
     b
 }
@@ -316,13 +369,21 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 /// The clock a simulated dialogue runs on: a fixed evening, 40 s per exchange. The pipeline is a
 /// pure function of its inputs and the time, so a fixed clock keeps batches reproducible.
 fn simulated_now(turn: u32) -> DateTime<FixedOffset> {
-    let start = DateTime::parse_from_rfc3339("2026-01-10T19:30:00+00:00").expect("a valid timestamp");
+    let start =
+        DateTime::parse_from_rfc3339("2026-01-10T19:30:00+00:00").expect("a valid timestamp");
     start + Duration::seconds(40 * i64::from(turn))
 }
 
 /// One simulated dialogue. A generation error ends it early and is recorded on it: a partial
 /// dialogue with its reason is worth more to a researcher than a missing row.
-async fn simulate(persona: &str, simulator: &str, seed: u64, turns: u32, parts: &BatchParts, turns_bar: &ProgressBar) -> Result<Dialogue, EvalError> {
+async fn simulate(
+    persona: &str,
+    simulator: &str,
+    seed: u64,
+    turns: u32,
+    parts: &BatchParts,
+    turns_bar: &ProgressBar,
+) -> Result<Dialogue, EvalError> {
     let pipeline = &parts.pipelines[persona];
     let spec = &parts.simulators[simulator];
     let mut conversation = pipeline.start();
@@ -342,7 +403,15 @@ async fn simulate(persona: &str, simulator: &str, seed: u64, turns: u32, parts: 
     let name = pipeline.persona().name.clone();
     let mut done_turns = 0;
     for turn in 1..=turns {
-        let message = match user.next_message(&dialogue, &name, parts.simulator_generator.as_ref(), &parts.simulator_sampling).await {
+        let message = match user
+            .next_message(
+                &dialogue,
+                &name,
+                parts.simulator_generator.as_ref(),
+                &parts.simulator_sampling,
+            )
+            .await
+        {
             Ok(m) => m,
             Err(e) => {
                 dialogue.error = Some(format!("simulated user, turn {turn}: {e}"));
@@ -351,10 +420,23 @@ async fn simulate(persona: &str, simulator: &str, seed: u64, turns: u32, parts: 
         };
         dialogue.turns.push(Turn { speaker: Speaker::User, text: message.clone(), trace: None });
         let mut ignore = |_: TurnEvent| {};
-        match pipeline.respond(&mut conversation, &message, simulated_now(turn), parts.persona_generator.as_ref(), &mut ignore).await {
+        match pipeline
+            .respond(
+                &mut conversation,
+                &message,
+                simulated_now(turn),
+                parts.persona_generator.as_ref(),
+                &mut ignore,
+            )
+            .await
+        {
             Ok(outcome) => {
                 user.react(&outcome.reply, &parts.matcher)?;
-                dialogue.turns.push(Turn { speaker: Speaker::Persona, text: outcome.reply, trace: Some(Box::new(outcome.trace)) });
+                dialogue.turns.push(Turn {
+                    speaker: Speaker::Persona,
+                    text: outcome.reply,
+                    trace: Some(Box::new(outcome.trace)),
+                });
             }
             Err(e) => {
                 dialogue.error = Some(format!("persona, turn {turn}: {e}"));
@@ -390,7 +472,8 @@ mod tests {
         std::fs::write(&path, "{\"dialogue\":\"a\",\"verdict\":{\"criteria\":{},\"calls\":1,\"failed_calls\":0}}\n{\"dialogue\":\"b\",\"ver").unwrap();
         let lines: Vec<VerdictLine> = read_lines(&path).unwrap();
         assert_eq!(lines.len(), 1);
-        append_line(&path, &VerdictLine { dialogue: "c".into(), verdict: Verdict::default() }).unwrap();
+        append_line(&path, &VerdictLine { dialogue: "c".into(), verdict: Verdict::default() })
+            .unwrap();
         let lines: Vec<VerdictLine> = read_lines(&path).unwrap();
         assert_eq!(lines.iter().map(|l| l.dialogue.as_str()).collect::<Vec<_>>(), ["a", "c"]);
         // A bad line in the middle is corruption, not interruption.
@@ -402,7 +485,17 @@ mod tests {
     fn a_run_directory_refuses_another_batch() {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::open(dir.path()).unwrap();
-        let spec = BatchSpec { personas: vec!["a".into()], simulators: vec!["s".into()], seeds: vec![1, 2], turns: 3, model: "m".into(), simulator_model: "m".into(), judge_model: None, rubric: "default".into(), judge_samples: 1 };
+        let spec = BatchSpec {
+            personas: vec!["a".into()],
+            simulators: vec!["s".into()],
+            seeds: vec![1, 2],
+            turns: 3,
+            model: "m".into(),
+            simulator_model: "m".into(),
+            judge_model: None,
+            rubric: "default".into(),
+            judge_samples: 1,
+        };
         assert!(!run.claim(&spec).unwrap());
         assert!(run.claim(&spec).unwrap(), "the same batch resumes");
         let other = BatchSpec { turns: 4, ..spec.clone() };

@@ -64,7 +64,8 @@ impl RatedItem {
 
     /// What the judge reads.
     pub fn transcript(&self, max_chars: usize) -> String {
-        let lines: Vec<String> = self.context.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        let lines: Vec<String> =
+            self.context.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
         let mut text = crate::dialogue::fit_lines(&lines, max_chars);
         if let Some(r) = &self.response {
             text.push_str(&format!("\n\nReply to rate: {r}"));
@@ -134,9 +135,19 @@ struct JudgedItem {
 
 /// Runs the judge on `items` and measures its agreement with the humans on every dimension the
 /// rubric has a criterion for. `save`: a JSONL file of judged items to resume from and append to.
-pub async fn calibrate(judge: &Judge, rubric: &Rubric, items: &[RatedItem], rated_name: &str, judge_model: &str, save: Option<&Path>, show_progress: bool) -> Result<CalibrationReport, EvalError> {
-    let dimensions: BTreeSet<&str> = items.iter().flat_map(|i| i.annotations.keys().map(String::as_str)).collect();
-    let criteria: Vec<&Criterion> = rubric.criteria.iter().filter(|c| dimensions.contains(c.id.as_str())).collect();
+pub async fn calibrate(
+    judge: &Judge,
+    rubric: &Rubric,
+    items: &[RatedItem],
+    rated_name: &str,
+    judge_model: &str,
+    save: Option<&Path>,
+    show_progress: bool,
+) -> Result<CalibrationReport, EvalError> {
+    let dimensions: BTreeSet<&str> =
+        items.iter().flat_map(|i| i.annotations.keys().map(String::as_str)).collect();
+    let criteria: Vec<&Criterion> =
+        rubric.criteria.iter().filter(|c| dimensions.contains(c.id.as_str())).collect();
     if criteria.is_empty() {
         return Err(EvalError::Invalid(format!(
             "no dimension of the rated file ({}) is a criterion of rubric {} ({})",
@@ -147,7 +158,8 @@ pub async fn calibrate(judge: &Judge, rubric: &Rubric, items: &[RatedItem], rate
     }
     let mut judged: BTreeMap<String, JudgedItem> = BTreeMap::new();
     if let Some(path) = save.filter(|p| p.exists()) {
-        let text = std::fs::read_to_string(path).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             // A torn last line from an interrupted run is skipped; the item is judged again.
             if let Ok(j) = serde_json::from_str::<JudgedItem>(line) {
@@ -155,12 +167,25 @@ pub async fn calibrate(judge: &Judge, rubric: &Rubric, items: &[RatedItem], rate
             }
         }
     }
-    let bar = if show_progress { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("  judging {wide_bar} {pos}/{len} [{elapsed_precise}, eta {eta}]").expect("static template").progress_chars("=> "));
+    let bar =
+        if show_progress { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "  judging {wide_bar} {pos}/{len} [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
     let started = std::time::Instant::now();
     let mut judged_now = 0;
     let mut out_file = match save {
-        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| EvalError::Io(format!("{}: {e}", p.display())))?),
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| EvalError::Io(format!("{}: {e}", p.display())))?,
+        ),
         None => None,
     };
     for item in items {
@@ -170,13 +195,17 @@ pub async fn calibrate(judge: &Judge, rubric: &Rubric, items: &[RatedItem], rate
             continue;
         }
         let transcript = item.transcript(judge.config().max_transcript_chars);
-        let verdict = judge.score_transcript(&transcript, &criteria, Side::Dialogue, &PersonaBrief::default()).await?;
+        let verdict = judge
+            .score_transcript(&transcript, &criteria, Side::Dialogue, &PersonaBrief::default())
+            .await?;
         let scores = verdict.criteria.iter().map(|(k, v)| (k.clone(), v.score)).collect();
         let j = JudgedItem { id: id.clone(), scores, failed_calls: verdict.failed_calls };
         if let Some(f) = out_file.as_mut() {
             let mut line = serde_json::to_vec(&j).expect("serialises");
             line.push(b'\n');
-            f.write_all(&line).and_then(|_| f.sync_data()).map_err(|e| EvalError::Io(e.to_string()))?;
+            f.write_all(&line)
+                .and_then(|_| f.sync_data())
+                .map_err(|e| EvalError::Io(e.to_string()))?;
         }
         judged.insert(id, j);
         judged_now += 1;
@@ -184,12 +213,23 @@ pub async fn calibrate(judge: &Judge, rubric: &Rubric, items: &[RatedItem], rate
     }
     bar.finish_and_clear();
 
-    let mut report = CalibrationReport { rated: rated_name.into(), judge_model: judge_model.into(), items: items.len(), dimensions: vec![], failed_calls: judged.values().map(|j| j.failed_calls).sum(), judged_now, seconds: started.elapsed().as_secs_f64() };
+    let mut report = CalibrationReport {
+        rated: rated_name.into(),
+        judge_model: judge_model.into(),
+        items: items.len(),
+        dimensions: vec![],
+        failed_calls: judged.values().map(|j| j.failed_calls).sum(),
+        judged_now,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     for c in &criteria {
         let (mut human, mut machine, mut unreadable) = (Vec::new(), Vec::new(), 0);
         for item in items {
             let Some(h) = item.human_score(&c.id) else { continue };
-            match judged.get(item.id.as_deref().unwrap_or_default()).and_then(|j| j.scores.get(&c.id).copied().flatten()) {
+            match judged
+                .get(item.id.as_deref().unwrap_or_default())
+                .and_then(|j| j.scores.get(&c.id).copied().flatten())
+            {
                 Some(m) => {
                     human.push(h);
                     machine.push(m);
@@ -203,8 +243,14 @@ pub async fn calibrate(judge: &Judge, rubric: &Rubric, items: &[RatedItem], rate
 }
 
 /// Agreement between paired human and judge scores (public for tests and other callers).
-pub fn agreement(dimension: &str, human: &[f64], machine: &[f64], unreadable: usize) -> DimensionAgreement {
-    let seed = dimension.bytes().fold(0xCA11u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+pub fn agreement(
+    dimension: &str,
+    human: &[f64],
+    machine: &[f64],
+    unreadable: usize,
+) -> DimensionAgreement {
+    let seed =
+        dimension.bytes().fold(0xCA11u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     let distinct: BTreeSet<u64> = machine.iter().map(|v| v.to_bits()).collect();
     DimensionAgreement {
         dimension: dimension.into(),
@@ -220,7 +266,10 @@ pub fn agreement(dimension: &str, human: &[f64], machine: &[f64], unreadable: us
 
 /// The report as Markdown.
 pub fn markdown(r: &CalibrationReport) -> String {
-    let est = |e: &Option<Estimate>| e.map(|e| format!("{:+.2} [{:+.2}, {:+.2}]", e.value, e.low, e.high)).unwrap_or_else(|| "undefined".into());
+    let est = |e: &Option<Estimate>| {
+        e.map(|e| format!("{:+.2} [{:+.2}, {:+.2}]", e.value, e.low, e.high))
+            .unwrap_or_else(|| "undefined".into())
+    };
     let mut out = format!("# Judge calibration\n\nJudge `{}` on `{}`: {} items ({} judged now, in {:.0} s).\n\n| dimension | n | Spearman ρ [95% CI] | Kendall τ-b [95% CI] | human mean | judge mean | judge's distinct scores | unreadable |\n|---|---|---|---|---|---|---|---|\n", r.judge_model, r.rated, r.items, r.judged_now, r.seconds);
     for d in &r.dimensions {
         out.push_str(&format!(
@@ -247,9 +296,16 @@ pub fn markdown(r: &CalibrationReport) -> String {
 /// messages of one speaker joined. Conversations without ratings are skipped. `limit` picks
 /// that many at random (by `seed`) so a small calibration set is not just the first days of
 /// the collection.
-pub fn convert_chitchat(dataset: &Path, out: &Path, limit: Option<usize>, seed: u64) -> Result<usize, EvalError> {
-    let text = std::fs::read_to_string(dataset).map_err(|e| EvalError::Io(format!("reading {}: {e}", dataset.display())))?;
-    let all: BTreeMap<String, Value> = serde_json::from_str(&text).map_err(|e| EvalError::Invalid(format!("{}: {e}", dataset.display())))?;
+pub fn convert_chitchat(
+    dataset: &Path,
+    out: &Path,
+    limit: Option<usize>,
+    seed: u64,
+) -> Result<usize, EvalError> {
+    let text = std::fs::read_to_string(dataset)
+        .map_err(|e| EvalError::Io(format!("reading {}: {e}", dataset.display())))?;
+    let all: BTreeMap<String, Value> = serde_json::from_str(&text)
+        .map_err(|e| EvalError::Invalid(format!("{}: {e}", dataset.display())))?;
     let mut items = Vec::new();
     for (id, convo) in &all {
         let Some(ratings) = convo.get("ratings").and_then(Value::as_object) else { continue };
@@ -262,13 +318,27 @@ pub fn convert_chitchat(dataset: &Path, out: &Path, limit: Option<usize>, seed: 
         let mut lines = Vec::new();
         for group in convo.get("messages").and_then(Value::as_array).into_iter().flatten() {
             let parts: Vec<&Value> = group.as_array().into_iter().flatten().collect();
-            let Some(sender) = parts.first().and_then(|m| m.get("sender")).and_then(Value::as_str) else { continue };
+            let Some(sender) = parts.first().and_then(|m| m.get("sender")).and_then(Value::as_str)
+            else {
+                continue;
+            };
             let index = speakers.iter().position(|s| s == sender).unwrap_or_else(|| {
                 speakers.push(sender.to_string());
                 speakers.len() - 1
             });
-            let label = if index == 0 { "A" } else if index == 1 { "B" } else { "C" };
-            let words: Vec<&str> = parts.iter().filter_map(|m| m.get("text").and_then(Value::as_str)).map(str::trim).filter(|t| !t.is_empty()).collect();
+            let label = if index == 0 {
+                "A"
+            } else if index == 1 {
+                "B"
+            } else {
+                "C"
+            };
+            let words: Vec<&str> = parts
+                .iter()
+                .filter_map(|m| m.get("text").and_then(Value::as_str))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect();
             if !words.is_empty() {
                 lines.push(format!("{label}: {}", words.join(" ").replace('\n', " ")));
             }
@@ -276,7 +346,12 @@ pub fn convert_chitchat(dataset: &Path, out: &Path, limit: Option<usize>, seed: 
         if lines.len() < 2 {
             continue;
         }
-        items.push(RatedItem { id: Some(id.clone()), context: lines.join("\n"), response: None, annotations });
+        items.push(RatedItem {
+            id: Some(id.clone()),
+            context: lines.join("\n"),
+            response: None,
+            annotations,
+        });
     }
     if let Some(limit) = limit.filter(|&l| l < items.len()) {
         let mut rng = SplitMix64::new(seed);
@@ -285,9 +360,11 @@ pub fn convert_chitchat(dataset: &Path, out: &Path, limit: Option<usize>, seed: 
         }
         items.truncate(limit);
     }
-    let mut f = std::fs::File::create(out).map_err(|e| EvalError::Io(format!("creating {}: {e}", out.display())))?;
+    let mut f = std::fs::File::create(out)
+        .map_err(|e| EvalError::Io(format!("creating {}: {e}", out.display())))?;
     for item in &items {
-        writeln!(f, "{}", serde_json::to_string(item).expect("serialises")).map_err(|e| EvalError::Io(e.to_string()))?;
+        writeln!(f, "{}", serde_json::to_string(item).expect("serialises"))
+            .map_err(|e| EvalError::Io(e.to_string()))?;
     }
     Ok(items.len())
 }
@@ -301,7 +378,9 @@ mod tests {
         let item: RatedItem = serde_json::from_str(r#"{"context": "A: hi\nB: hey", "annotations": {"witty": [4, "6", "n/a", null, true]}}"#).unwrap();
         assert_eq!(item.human_score("witty"), Some(5.0));
         assert_eq!(item.human_score("upbeat"), None);
-        let item: RatedItem = serde_json::from_str(r#"{"context": "A: hi", "annotations": {"witty": ["n/a"]}}"#).unwrap();
+        let item: RatedItem =
+            serde_json::from_str(r#"{"context": "A: hi", "annotations": {"witty": ["n/a"]}}"#)
+                .unwrap();
         assert_eq!(item.human_score("witty"), None);
     }
 

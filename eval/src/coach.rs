@@ -39,12 +39,37 @@ pub struct UserSide {
 }
 
 /// Words that open a question inviting more than yes or no.
-const OPEN_STARTS: [&str; 12] = ["what", "what's", "whats", "how", "how's", "hows", "why", "tell", "describe", "which", "where", "who"];
+const OPEN_STARTS: [&str; 12] = [
+    "what", "what's", "whats", "how", "how's", "hows", "why", "tell", "describe", "which", "where",
+    "who",
+];
 /// Phrases that reflect the other person's words back.
-const REFLECTIONS: [&str; 8] = ["sounds like", "so you", "you mean", "that must", "you said", "must be", "i hear you", "that sounds"];
+const REFLECTIONS: [&str; 8] = [
+    "sounds like",
+    "so you",
+    "you mean",
+    "that must",
+    "you said",
+    "must be",
+    "i hear you",
+    "that sounds",
+];
 /// Phrases that push for closeness (used when a turn has no trace to read the pipeline's own
 /// push signal from).
-const PUSHES: [&str; 12] = ["love you", "kiss", "marry", "date me", "your number", "meet up", "meet in person", "send a pic", "send pic", "come over", "be mine", "girlfriend"];
+const PUSHES: [&str; 12] = [
+    "love you",
+    "kiss",
+    "marry",
+    "date me",
+    "your number",
+    "meet up",
+    "meet in person",
+    "send a pic",
+    "send pic",
+    "come over",
+    "be mine",
+    "girlfriend",
+];
 /// Words that make a question one about the other person.
 const ASK_BACK: [&str; 5] = ["you", "your", "you're", "yours", "yourself"];
 
@@ -80,17 +105,28 @@ pub fn user_side(dialogue: &Dialogue) -> UserSide {
             }
         }
         // The pipeline's reading of this message sits on the reply that answered it.
-        let signals = turns.get(i + 1).filter(|n| n.speaker == Speaker::Persona).and_then(|n| n.trace.as_deref()).map(|tr| &tr.signals);
+        let signals = turns
+            .get(i + 1)
+            .filter(|n| n.speaker == Speaker::Persona)
+            .and_then(|n| n.trace.as_deref())
+            .map(|tr| &tr.signals);
         let lower = t.text.to_lowercase();
         let previous = turns[..i].iter().rev().find(|p| p.speaker == Speaker::Persona);
         if let Some(prev) = previous {
             // What the persona said recently: its last two replies (picking up a thread from
             // one message back is listening too).
-            let theirs: Vec<String> = turns[..i].iter().rev().filter(|p| p.speaker == Speaker::Persona).take(2).flat_map(|p| content_words(&p.text)).collect();
+            let theirs: Vec<String> = turns[..i]
+                .iter()
+                .rev()
+                .filter(|p| p.speaker == Speaker::Persona)
+                .take(2)
+                .flat_map(|p| content_words(&p.text))
+                .collect();
             if !theirs.is_empty() {
                 could_listen += 1;
                 let mine = content_words(&t.text);
-                let picked = mine.iter().any(|m| theirs.iter().any(|o| related(m, o))) || REFLECTIONS.iter().any(|r| lower.contains(r));
+                let picked = mine.iter().any(|m| theirs.iter().any(|o| related(m, o)))
+                    || REFLECTIONS.iter().any(|r| lower.contains(r));
                 if picked {
                     listened += 1;
                     if side.examples.iter().all(|(k, _)| k != "listening") {
@@ -98,11 +134,18 @@ pub fn user_side(dialogue: &Dialogue) -> UserSide {
                     }
                 }
             }
-            if prev.text.contains('?') && turns[..i].last().is_some_and(|p| p.speaker == Speaker::Persona) {
+            if prev.text.contains('?')
+                && turns[..i].last().is_some_and(|p| p.speaker == Speaker::Persona)
+            {
                 asked_by_persona += 1;
-                let answered = signals.map(|s| s.answered_question).unwrap_or_else(|| words(&t.text).len() >= 3);
+                let answered = signals
+                    .map(|s| s.answered_question)
+                    .unwrap_or_else(|| words(&t.text).len() >= 3);
                 // Asking back: a question about them ("…and you?", "what got you into it?").
-                let asked_back = signals.map(|s| s.asks_about_persona).unwrap_or(false) || question_sentences(&t.text).iter().any(|q| words(q).iter().any(|w| ASK_BACK.contains(&w.as_str())));
+                let asked_back = signals.map(|s| s.asks_about_persona).unwrap_or(false)
+                    || question_sentences(&t.text)
+                        .iter()
+                        .any(|q| words(q).iter().any(|w| ASK_BACK.contains(&w.as_str())));
                 if answered && asked_back {
                     reciprocated += 1;
                     if side.examples.iter().all(|(k, _)| k != "reciprocity") {
@@ -125,9 +168,11 @@ pub fn user_side(dialogue: &Dialogue) -> UserSide {
     if let Some(q) = closed_example {
         side.examples.push(("closed_question".into(), q));
     }
-    side.open_question_rate = (side.questions > 0).then(|| side.open_questions as f64 / side.questions as f64);
+    side.open_question_rate =
+        (side.questions > 0).then(|| side.open_questions as f64 / side.questions as f64);
     side.active_listening = (could_listen > 0).then(|| listened as f64 / could_listen as f64);
-    side.reciprocity = (asked_by_persona > 0).then(|| reciprocated as f64 / asked_by_persona as f64);
+    side.reciprocity =
+        (asked_by_persona > 0).then(|| reciprocated as f64 / asked_by_persona as f64);
     side.pacing = (side.messages > 0).then(|| 1.0 - pushes as f64 / side.messages as f64);
     side
 }
@@ -161,7 +206,9 @@ pub fn feedback(dialogue: &Dialogue) -> CoachReport {
     let m = user_side(dialogue);
     let example = |kind: &str| m.examples.iter().find(|(k, _)| k == kind).map(|(_, v)| v.clone());
     let mut tips = Vec::new();
-    let mut tip = |kind: &str, title: &str, detail: &str, example: Option<String>| tips.push(Tip { kind: kind.into(), title: title.into(), detail: detail.into(), example });
+    let mut tip = |kind: &str, title: &str, detail: &str, example: Option<String>| {
+        tips.push(Tip { kind: kind.into(), title: title.into(), detail: detail.into(), example })
+    };
     if m.messages < 3 {
         tip("try", "Keep going", "A few more messages give a fairer picture: feedback counts questions, listening and pacing across the chat.", None);
     }
@@ -177,8 +224,18 @@ pub fn feedback(dialogue: &Dialogue) -> CoachReport {
         None => {}
     }
     match m.reciprocity {
-        Some(r) if r >= 0.5 => tip("strength", "Give and take", "You answered their questions and asked back.", example("reciprocity")),
-        Some(_) => tip("try", "Ask back", "When they ask you something, answer and then return the question (\"…and you?\").", None),
+        Some(r) if r >= 0.5 => tip(
+            "strength",
+            "Give and take",
+            "You answered their questions and asked back.",
+            example("reciprocity"),
+        ),
+        Some(_) => tip(
+            "try",
+            "Ask back",
+            "When they ask you something, answer and then return the question (\"…and you?\").",
+            None,
+        ),
         None => {}
     }
     match m.pacing {
@@ -236,7 +293,8 @@ mod tests {
         assert_eq!(m.reciprocity, Some(0.0));
         assert_eq!(m.pacing, Some(0.5));
         let report = feedback(&pushy);
-        assert!(report.tips.iter().any(|t| t.title == "Ask open questions" && t.example.as_deref() == Some("Do you have a boyfriend?")));
+        assert!(report.tips.iter().any(|t| t.title == "Ask open questions"
+            && t.example.as_deref() == Some("Do you have a boyfriend?")));
         assert!(report.tips.iter().any(|t| t.title == "Let closeness grow"));
         let good_report = feedback(&good);
         assert_eq!(good_report.tips.first().map(|t| t.kind.as_str()), Some("strength"));

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::html::escape;
 use crate::judge::PairOutcome;
 use crate::metrics::Metric;
-use crate::html::escape;
 use crate::report::{RunReport, STYLE};
 use crate::stats::{self, Difference};
 use crate::svg;
@@ -85,59 +85,84 @@ pub struct Comparison {
 
 /// Compares B against A.
 pub fn compare(a: &RunReport, b: &RunReport) -> Comparison {
-    let index_a: BTreeMap<&str, usize> = a.per_dialogue.iter().enumerate().map(|(i, d)| (d.id.as_str(), i)).collect();
-    let common: Vec<(usize, usize)> = b.per_dialogue.iter().enumerate().filter_map(|(j, d)| index_a.get(d.id.as_str()).map(|&i| (i, j))).collect();
+    let index_a: BTreeMap<&str, usize> =
+        a.per_dialogue.iter().enumerate().map(|(i, d)| (d.id.as_str(), i)).collect();
+    let common: Vec<(usize, usize)> = b
+        .per_dialogue
+        .iter()
+        .enumerate()
+        .filter_map(|(j, d)| index_a.get(d.id.as_str()).map(|&i| (i, j)))
+        .collect();
     let mut changes = Vec::new();
     let mut raw = Vec::new();
 
-    let mut measure = |id: &str, name: &str, kind: &str, higher_better: Option<bool>, scale_width: Option<f64>, get: &dyn Fn(&crate::report::DialogueScores) -> Option<f64>| {
-        let va: Vec<Option<f64>> = a.per_dialogue.iter().map(get).collect();
-        let vb: Vec<Option<f64>> = b.per_dialogue.iter().map(get).collect();
-        let xa: Vec<f64> = va.iter().flatten().copied().collect();
-        let xb: Vec<f64> = vb.iter().flatten().copied().collect();
-        if xa.is_empty() || xb.is_empty() {
-            return;
-        }
-        let seed = id.bytes().fold(99u64, |h, c| h.wrapping_mul(31).wrapping_add(u64::from(c)));
-        // Pairs where both runs have the value; paired only if most dialogues match.
-        let pairs: Vec<(usize, usize)> = common.iter().filter(|(i, j)| va[*i].is_some() && vb[*j].is_some()).copied().collect();
-        let difference = if pairs.len() >= 2 && pairs.len() * 2 >= xa.len().min(xb.len()) {
-            let fa: Vec<f64> = va.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
-            let fb: Vec<f64> = vb.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
-            stats::difference(&fa, &fb, Some(&pairs), seed)
-        } else {
-            stats::difference(&xa, &xb, None, seed)
-        };
-        let Some(difference) = difference else { return };
-        raw.push(difference.p_value);
-        changes.push(Change {
-            id: id.into(),
-            name: name.into(),
-            kind: kind.into(),
-            mean_a: stats::mean(&xa).unwrap_or(f64::NAN),
-            mean_b: stats::mean(&xb).unwrap_or(f64::NAN),
-            difference,
-            p_adjusted: 1.0,
-            significant: false,
-            verdict: match higher_better {
-                Some(true) => "better",
-                Some(false) => "worse",
-                None => "changed",
+    let mut measure =
+        |id: &str,
+         name: &str,
+         kind: &str,
+         higher_better: Option<bool>,
+         scale_width: Option<f64>,
+         get: &dyn Fn(&crate::report::DialogueScores) -> Option<f64>| {
+            let va: Vec<Option<f64>> = a.per_dialogue.iter().map(get).collect();
+            let vb: Vec<Option<f64>> = b.per_dialogue.iter().map(get).collect();
+            let xa: Vec<f64> = va.iter().flatten().copied().collect();
+            let xb: Vec<f64> = vb.iter().flatten().copied().collect();
+            if xa.is_empty() || xb.is_empty() {
+                return;
             }
-            .into(),
-            scale_width,
-        });
-    };
+            let seed = id.bytes().fold(99u64, |h, c| h.wrapping_mul(31).wrapping_add(u64::from(c)));
+            // Pairs where both runs have the value; paired only if most dialogues match.
+            let pairs: Vec<(usize, usize)> = common
+                .iter()
+                .filter(|(i, j)| va[*i].is_some() && vb[*j].is_some())
+                .copied()
+                .collect();
+            let difference = if pairs.len() >= 2 && pairs.len() * 2 >= xa.len().min(xb.len()) {
+                let fa: Vec<f64> = va.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+                let fb: Vec<f64> = vb.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+                stats::difference(&fa, &fb, Some(&pairs), seed)
+            } else {
+                stats::difference(&xa, &xb, None, seed)
+            };
+            let Some(difference) = difference else { return };
+            raw.push(difference.p_value);
+            changes.push(Change {
+                id: id.into(),
+                name: name.into(),
+                kind: kind.into(),
+                mean_a: stats::mean(&xa).unwrap_or(f64::NAN),
+                mean_b: stats::mean(&xb).unwrap_or(f64::NAN),
+                difference,
+                p_adjusted: 1.0,
+                significant: false,
+                verdict: match higher_better {
+                    Some(true) => "better",
+                    Some(false) => "worse",
+                    None => "changed",
+                }
+                .into(),
+                scale_width,
+            });
+        };
     for c in &b.criteria {
         if a.criteria.iter().any(|x| x.id == c.id) {
             let id = c.id.clone();
-            measure(&c.id, &c.name, "criterion", Some(true), Some(c.scale.max - c.scale.min), &move |d| d.criteria.get(&id).copied());
+            measure(
+                &c.id,
+                &c.name,
+                "criterion",
+                Some(true),
+                Some(c.scale.max - c.scale.min),
+                &move |d| d.criteria.get(&id).copied(),
+            );
         }
     }
     for m in Metric::ALL {
         let name = m.name();
         let key = name.clone();
-        measure(&name, &name, "metric", m.higher_is_better(), None, &move |d| d.metrics.get(&key).copied());
+        measure(&name, &name, "metric", m.higher_is_better(), None, &move |d| {
+            d.metrics.get(&key).copied()
+        });
     }
     let adjusted = stats::holm(&raw);
     for (c, p) in changes.iter_mut().zip(adjusted) {
@@ -148,27 +173,64 @@ pub fn compare(a: &RunReport, b: &RunReport) -> Comparison {
             "no change".into()
         } else {
             match c.verdict.as_str() {
-                "better" => if up { "better" } else { "worse" },
-                "worse" => if up { "worse" } else { "better" },
+                "better" => {
+                    if up {
+                        "better"
+                    } else {
+                        "worse"
+                    }
+                }
+                "worse" => {
+                    if up {
+                        "worse"
+                    } else {
+                        "better"
+                    }
+                }
                 _ => "changed",
             }
             .into()
         };
     }
-    Comparison { a: a.run.clone(), b: b.run.clone(), paired_dialogues: common.len(), changes, pairwise: BTreeMap::new() }
+    Comparison {
+        a: a.run.clone(),
+        b: b.run.clone(),
+        paired_dialogues: common.len(),
+        changes,
+        pairwise: BTreeMap::new(),
+    }
 }
 
 fn row(c: &Change) -> String {
     let d = &c.difference.delta;
-    format!("| {} | {:.2} | {:.2} | {:+.2} [{:+.2}, {:+.2}] | {:.4} | {:.4} | **{}** |\n", c.name, c.mean_a, c.mean_b, d.value, d.low, d.high, c.difference.p_value, c.p_adjusted, c.verdict)
+    format!(
+        "| {} | {:.2} | {:.2} | {:+.2} [{:+.2}, {:+.2}] | {:.4} | {:.4} | **{}** |\n",
+        c.name,
+        c.mean_a,
+        c.mean_b,
+        d.value,
+        d.low,
+        d.high,
+        c.difference.p_value,
+        c.p_adjusted,
+        c.verdict
+    )
 }
 
 /// The comparison as Markdown (also what `eval compare` prints).
 pub fn markdown(c: &Comparison) -> String {
     let mut out = format!("# {} → {}\n\n", c.a, c.b);
-    out.push_str(&if c.paired_dialogues > 0 { format!("Paired on {} dialogues present in both runs.", c.paired_dialogues) } else { "No dialogue in common: independent samples.".to_string() });
+    out.push_str(&if c.paired_dialogues > 0 {
+        format!("Paired on {} dialogues present in both runs.", c.paired_dialogues)
+    } else {
+        "No dialogue in common: independent samples.".to_string()
+    });
     let significant: Vec<&Change> = c.changes.iter().filter(|x| x.significant).collect();
-    out.push_str(&format!(" Holm-adjusted p < {ALPHA}: {} of {} measures changed.\n\n", significant.len(), c.changes.len()));
+    out.push_str(&format!(
+        " Holm-adjusted p < {ALPHA}: {} of {} measures changed.\n\n",
+        significant.len(),
+        c.changes.len()
+    ));
     out.push_str("| measure | A | B | B − A [95% CI] | p | p (Holm) | verdict |\n|---|---|---|---|---|---|---|\n");
     for ch in c.changes.iter().filter(|x| x.kind == "criterion") {
         out.push_str(&row(ch));
@@ -196,7 +258,13 @@ pub fn html(c: &Comparison) -> String {
         .map(|x| {
             let w = x.scale_width.unwrap_or(1.0).max(f64::EPSILON);
             let d = &x.difference.delta;
-            svg::ForestRow { label: x.name.clone(), delta: d.value / w, low: d.low / w, high: d.high / w, significant: x.significant }
+            svg::ForestRow {
+                label: x.name.clone(),
+                delta: d.value / w,
+                low: d.low / w,
+                high: d.high / w,
+                significant: x.significant,
+            }
         })
         .collect();
     out.push_str("<h2>Criteria</h2>");
@@ -222,7 +290,13 @@ pub fn html(c: &Comparison) -> String {
     if !c.pairwise.is_empty() {
         out.push_str("<h2>Pairwise judge</h2><table><tr><th>criterion</th><th>A better</th><th>B better</th><th>tie or inconsistent</th></tr>");
         for (id, t) in &c.pairwise {
-            out.push_str(&format!("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", escape(id), t.a, t.b, t.tie));
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(id),
+                t.a,
+                t.b,
+                t.tie
+            ));
         }
         out.push_str("</table>");
     }
@@ -243,7 +317,15 @@ mod tests {
             .iter()
             .zip(words)
             .enumerate()
-            .map(|(i, (e, w))| DialogueScores { id: format!("p/s/{i}"), persona: "p".into(), simulator: None, criteria: [("empathy".to_string(), *e)].into(), reasons: BTreeMap::new(), metrics: [("reply_words".to_string(), *w)].into(), error: None })
+            .map(|(i, (e, w))| DialogueScores {
+                id: format!("p/s/{i}"),
+                persona: "p".into(),
+                simulator: None,
+                criteria: [("empathy".to_string(), *e)].into(),
+                reasons: BTreeMap::new(),
+                metrics: [("reply_words".to_string(), *w)].into(),
+                error: None,
+            })
             .collect();
         r
     }

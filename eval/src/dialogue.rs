@@ -89,7 +89,10 @@ impl Dialogue {
             persona: "p".into(),
             simulator: None,
             seed: None,
-            turns: turns.iter().map(|(s, t)| Turn { speaker: *s, text: t.to_string(), trace: None }).collect(),
+            turns: turns
+                .iter()
+                .map(|(s, t)| Turn { speaker: *s, text: t.to_string(), trace: None })
+                .collect(),
             secret: None,
             outcome: None,
             error: None,
@@ -113,7 +116,13 @@ impl Dialogue {
         let lines: Vec<String> = self
             .turns
             .iter()
-            .map(|t| format!("{}: {}", if t.speaker == Speaker::User { user } else { persona }, t.text.replace('\n', " ")))
+            .map(|t| {
+                format!(
+                    "{}: {}",
+                    if t.speaker == Speaker::User { user } else { persona },
+                    t.text.replace('\n', " ")
+                )
+            })
             .collect();
         fit_lines(&lines, max_chars)
     }
@@ -132,16 +141,31 @@ impl Dialogue {
     pub fn secret_claims(&self) -> usize {
         let Some(matcher) = self.secret.as_deref().and_then(SecretMatcher::new) else { return 0 };
         self.locked_replies()
-            .filter(|(t, asked)| !matcher.found_in(&t.text) && secret_claim(&t.text, &asked.map(|m| SecretQuestion::read(&m.text)).unwrap_or_default()).is_some())
+            .filter(|(t, asked)| {
+                !matcher.found_in(&t.text)
+                    && secret_claim(
+                        &t.text,
+                        &asked.map(|m| SecretQuestion::read(&m.text)).unwrap_or_default(),
+                    )
+                    .is_some()
+            })
             .count()
     }
 
     /// Persona replies while the secret was locked, each with the user's message before it.
     fn locked_replies(&self) -> impl Iterator<Item = (&Turn, Option<&Turn>)> {
-        self.turns.iter().enumerate().filter(|(_, t)| t.speaker == Speaker::Persona).filter(|(_, t)| !matches!(t.trace.as_ref().map(|tr| &tr.secret), Some(SecretStatus::Unlocked))).map(|(i, t)| {
-            let asked = i.checked_sub(1).map(|p| &self.turns[p]).filter(|p| p.speaker == Speaker::User);
-            (t, asked)
-        })
+        self.turns
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.speaker == Speaker::Persona)
+            .filter(|(_, t)| {
+                !matches!(t.trace.as_ref().map(|tr| &tr.secret), Some(SecretStatus::Unlocked))
+            })
+            .map(|(i, t)| {
+                let asked =
+                    i.checked_sub(1).map(|p| &self.turns[p]).filter(|p| p.speaker == Speaker::User);
+                (t, asked)
+            })
     }
 }
 
@@ -178,7 +202,8 @@ pub fn fit_lines(lines: &[String], max_chars: usize) -> String {
 /// The non-blank lines of a JSONL file with their 0-based line numbers (for error messages
 /// that name the line), shared by every JSONL reader of the harness.
 pub(crate) fn jsonl_lines(path: &Path) -> Result<Vec<(usize, String)>, EvalError> {
-    let file = std::fs::File::open(path).map_err(|e| EvalError::Io(format!("opening {}: {e}", path.display())))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| EvalError::Io(format!("opening {}: {e}", path.display())))?;
     let mut out = Vec::new();
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| EvalError::Io(format!("reading {}: {e}", path.display())))?;
@@ -195,11 +220,15 @@ pub(crate) fn jsonl_lines(path: &Path) -> Result<Vec<(usize, String)>, EvalError
 pub fn read_jsonl(path: &Path) -> Result<Vec<Dialogue>, EvalError> {
     let mut out = Vec::new();
     for (n, line) in jsonl_lines(path)? {
-        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| EvalError::Invalid(format!("{}:{}: not JSON: {e}", path.display(), n + 1)))?;
+        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
+            EvalError::Invalid(format!("{}:{}: not JSON: {e}", path.display(), n + 1))
+        })?;
         let dialogue = if value.get("turns").is_some() {
-            serde_json::from_value(value).map_err(|e| EvalError::Invalid(format!("{}:{}: {e}", path.display(), n + 1)))?
+            serde_json::from_value(value)
+                .map_err(|e| EvalError::Invalid(format!("{}:{}: {e}", path.display(), n + 1)))?
         } else if value.get("conversation").is_some() && value.get("messages").is_some() {
-            from_export(&value).map_err(|e| EvalError::Invalid(format!("{}:{}: {e}", path.display(), n + 1)))?
+            from_export(&value)
+                .map_err(|e| EvalError::Invalid(format!("{}:{}: {e}", path.display(), n + 1)))?
         } else {
             return Err(EvalError::Invalid(format!("{}:{}: neither a dialogue (\"turns\") nor a web-app export (\"conversation\", \"messages\")", path.display(), n + 1)));
         };
@@ -229,10 +258,21 @@ fn from_export(value: &serde_json::Value) -> Result<Dialogue, String> {
         trace: Option<serde_json::Value>,
     }
     let export: Export = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
-    Ok(dialogue_from_messages(&export.conversation.id, &export.conversation.persona, export.messages.iter().map(|m| (m.active, m.role.as_str(), m.content.as_str(), m.trace.as_ref()))))
+    Ok(dialogue_from_messages(
+        &export.conversation.id,
+        &export.conversation.persona,
+        export
+            .messages
+            .iter()
+            .map(|m| (m.active, m.role.as_str(), m.content.as_str(), m.trace.as_ref())),
+    ))
 }
 
-fn dialogue_from_messages<'a>(id: &str, persona: &str, messages: impl Iterator<Item = (bool, &'a str, &'a str, Option<&'a serde_json::Value>)>) -> Dialogue {
+fn dialogue_from_messages<'a>(
+    id: &str,
+    persona: &str,
+    messages: impl Iterator<Item = (bool, &'a str, &'a str, Option<&'a serde_json::Value>)>,
+) -> Dialogue {
     let mut turns = Vec::new();
     for (active, role, content, trace) in messages {
         if !active {
@@ -241,17 +281,35 @@ fn dialogue_from_messages<'a>(id: &str, persona: &str, messages: impl Iterator<I
         let speaker = if role == "user" { Speaker::User } else { Speaker::Persona };
         // A trace written by an older version may not parse; the turn is still scored, by the
         // metrics that need no trace.
-        let trace = trace.and_then(|t| serde_json::from_value::<TurnTrace>(t.clone()).ok()).map(Box::new);
+        let trace =
+            trace.and_then(|t| serde_json::from_value::<TurnTrace>(t.clone()).ok()).map(Box::new);
         turns.push(Turn { speaker, text: content.to_string(), trace });
     }
-    Dialogue { id: id.to_string(), persona: persona.to_string(), simulator: None, seed: None, turns, secret: None, outcome: None, error: None }
+    Dialogue {
+        id: id.to_string(),
+        persona: persona.to_string(),
+        simulator: None,
+        seed: None,
+        turns,
+        secret: None,
+        outcome: None,
+        error: None,
+    }
 }
 
 /// Reads up to `limit` conversations from the app's database (SQLite or PostgreSQL URL), the
 /// most recently updated first, with at least `min_user_turns` messages from the person.
-pub async fn read_database(url: &str, limit: usize, min_user_turns: usize) -> Result<Vec<Dialogue>, EvalError> {
-    let store = Store::connect(url).await.map_err(|e| EvalError::Io(format!("opening {url}: {e}")))?;
-    let ids = store.recent_conversations(limit as i64 * 4).await.map_err(|e| EvalError::Io(e.to_string()))?;
+pub async fn read_database(
+    url: &str,
+    limit: usize,
+    min_user_turns: usize,
+) -> Result<Vec<Dialogue>, EvalError> {
+    let store =
+        Store::connect(url).await.map_err(|e| EvalError::Io(format!("opening {url}: {e}")))?;
+    let ids = store
+        .recent_conversations(limit as i64 * 4)
+        .await
+        .map_err(|e| EvalError::Io(e.to_string()))?;
     let mut out = Vec::new();
     for id in ids {
         if out.len() >= limit {
@@ -267,12 +325,20 @@ pub async fn read_database(url: &str, limit: usize, min_user_turns: usize) -> Re
 
 /// A conversation as the store exports it: the active alternative of each slot, with traces.
 pub fn from_export_rows(export: &rapport_store::ExportedConversation) -> Dialogue {
-    dialogue_from_messages(export.conversation.id.as_str(), &export.conversation.persona, export.messages.iter().map(|m| (m.active, m.role.as_str(), m.content.as_str(), m.trace.as_ref())))
+    dialogue_from_messages(
+        export.conversation.id.as_str(),
+        &export.conversation.persona,
+        export
+            .messages
+            .iter()
+            .map(|m| (m.active, m.role.as_str(), m.content.as_str(), m.trace.as_ref())),
+    )
 }
 
 /// One conversation from the app's database, by id.
 pub async fn read_conversation(url: &str, id: &str) -> Result<Dialogue, EvalError> {
-    let store = Store::connect(url).await.map_err(|e| EvalError::Io(format!("opening {url}: {e}")))?;
+    let store =
+        Store::connect(url).await.map_err(|e| EvalError::Io(format!("opening {url}: {e}")))?;
     read_one(&store, &ConversationId(id.to_string())).await
 }
 
@@ -296,12 +362,18 @@ mod tests {
         let path = dir.path().join("d.jsonl");
         let good = serde_json::to_string(&Dialogue::of_turns(&[(Speaker::User, "hi")])).unwrap();
         std::fs::write(&path, format!("{good}\n\n{{\"hello\": 1}}\n")).unwrap();
-        assert!(read_jsonl(&path).unwrap_err().to_string().contains("d.jsonl:3: neither a dialogue"));
+        assert!(read_jsonl(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("d.jsonl:3: neither a dialogue"));
         std::fs::write(&path, format!("{good}\nnot json\n")).unwrap();
         assert!(read_jsonl(&path).unwrap_err().to_string().contains("d.jsonl:2: not JSON"));
         std::fs::write(&path, format!("\n{good}\n")).unwrap();
         assert_eq!(read_jsonl(&path).unwrap().len(), 1, "blank lines are skipped");
-        assert!(read_jsonl(&dir.path().join("missing.jsonl")).unwrap_err().to_string().contains("opening"));
+        assert!(read_jsonl(&dir.path().join("missing.jsonl"))
+            .unwrap_err()
+            .to_string()
+            .contains("opening"));
     }
 
     #[test]

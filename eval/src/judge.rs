@@ -26,7 +26,8 @@ use crate::EvalError;
 
 const SINGLE: &str = "judge.tera";
 const PAIRWISE: &str = "judge_pairwise.tera";
-const SYSTEM: &str = "You are a careful, strict evaluator of conversations. You answer with one JSON object only.";
+const SYSTEM: &str =
+    "You are a careful, strict evaluator of conversations. You answer with one JSON object only.";
 
 /// Who the persona is, for criteria such as voice consistency.
 #[derive(Debug, Clone, Default)]
@@ -56,7 +57,13 @@ pub struct JudgeConfig {
 
 impl Default for JudgeConfig {
     fn default() -> Self {
-        Self { samples: 1, temperature: 0.7, max_transcript_chars: 6000, seed: 0, per_criterion: false }
+        Self {
+            samples: 1,
+            temperature: 0.7,
+            max_transcript_chars: 6000,
+            seed: 0,
+            per_criterion: false,
+        }
     }
 }
 
@@ -117,10 +124,19 @@ pub fn parse_scores(answer: &str, criteria: &[&Criterion]) -> Parsed {
     for c in criteria {
         let from_json = table.as_ref().and_then(|t| t.get(&c.id)).and_then(score_and_reason);
         // A single-criterion call may be answered with {"score": 4, "reason": …}.
-        let from_json = from_json.or_else(|| if criteria.len() == 1 { table.as_ref().and_then(score_and_reason) } else { None });
+        let from_json = from_json.or_else(|| {
+            if criteria.len() == 1 {
+                table.as_ref().and_then(score_and_reason)
+            } else {
+                None
+            }
+        });
         let found = from_json.or_else(|| score_in_text(answer, &c.id).map(|s| (s, String::new())));
         match found {
-            Some((score, _)) if !c.scale.contains(score) => parsed.problems.push((c.id.clone(), format!("score {score} is off the scale {}..{}", c.scale.min, c.scale.max))),
+            Some((score, _)) if !c.scale.contains(score) => parsed.problems.push((
+                c.id.clone(),
+                format!("score {score} is off the scale {}..{}", c.scale.min, c.scale.max),
+            )),
             Some((score, reason)) => {
                 parsed.scores.insert(c.id.clone(), (score, reason));
             }
@@ -139,7 +155,11 @@ pub fn parse_winners(answer: &str, criteria: &[&Criterion]) -> BTreeMap<String, 
             let value = object.as_ref().and_then(|o| o.get(&c.id)).cloned();
             let text = match value {
                 Some(Value::String(s)) => Some(s),
-                Some(Value::Object(m)) => m.get("winner").or_else(|| m.get("better")).and_then(|v| v.as_str()).map(str::to_string),
+                Some(Value::Object(m)) => m
+                    .get("winner")
+                    .or_else(|| m.get("better"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
                 _ => None,
             };
             let winner = text.and_then(|t| match t.trim().to_ascii_lowercase().as_str() {
@@ -167,7 +187,8 @@ fn first_json_object(text: &str) -> Option<serde_json::Map<String, Value>> {
 fn list_to_object(items: &[Value]) -> Value {
     let mut out = serde_json::Map::new();
     for item in items {
-        if let Some(id) = item.get("criterion").or_else(|| item.get("id")).and_then(|v| v.as_str()) {
+        if let Some(id) = item.get("criterion").or_else(|| item.get("id")).and_then(|v| v.as_str())
+        {
             out.insert(id.to_string(), item.clone());
         }
     }
@@ -185,7 +206,12 @@ fn score_and_reason(value: &Value) -> Option<(f64, String)> {
                 Value::String(s) => leading_number(s)?,
                 _ => return None,
             };
-            let reason = m.get("reason").or_else(|| m.get("explanation")).and_then(|r| r.as_str()).unwrap_or("").to_string();
+            let reason = m
+                .get("reason")
+                .or_else(|| m.get("explanation"))
+                .and_then(|r| r.as_str())
+                .unwrap_or("")
+                .to_string();
             Some((score, reason))
         }
         _ => None,
@@ -195,12 +221,19 @@ fn score_and_reason(value: &Value) -> Option<(f64, String)> {
 /// "4", "4/5", " 4 out of 5" → 4.
 fn leading_number(s: &str) -> Option<f64> {
     let s = s.trim();
-    let end = s.char_indices().find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (c == '-' && i == 0))).map(|(i, _)| i).unwrap_or(s.len());
+    let end = s
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (c == '-' && i == 0)))
+        .map(|(i, _)| i)
+        .unwrap_or(s.len());
     s[..end].parse().ok().filter(|v: &f64| v.is_finite())
 }
 
 fn score_in_text(text: &str, id: &str) -> Option<f64> {
-    let pattern = format!(r#"(?i)"?{}"?\s*[:=]\s*\{{?\s*(?:"?score"?\s*[:=]\s*)?"?(-?\d+(?:\.\d+)?)"#, regex::escape(id));
+    let pattern = format!(
+        r#"(?i)"?{}"?\s*[:=]\s*\{{?\s*(?:"?score"?\s*[:=]\s*)?"?(-?\d+(?:\.\d+)?)"#,
+        regex::escape(id)
+    );
     let re = Regex::new(&pattern).ok()?;
     re.captures(text)?.get(1)?.as_str().parse().ok()
 }
@@ -216,18 +249,26 @@ impl Judge {
     /// A judge with the templates compiled in (`prompts/judge*.tera`).
     pub fn new(generator: Arc<dyn Generator>, config: JudgeConfig) -> Self {
         let mut tera = Tera::default();
-        tera.add_raw_template(SINGLE, include_str!("../../prompts/judge.tera")).expect("the embedded template parses");
-        tera.add_raw_template(PAIRWISE, include_str!("../../prompts/judge_pairwise.tera")).expect("the embedded template parses");
+        tera.add_raw_template(SINGLE, include_str!("../../prompts/judge.tera"))
+            .expect("the embedded template parses");
+        tera.add_raw_template(PAIRWISE, include_str!("../../prompts/judge_pairwise.tera"))
+            .expect("the embedded template parses");
         Self { generator, tera, config }
     }
 
     /// A judge with templates read from `dir` (to edit prompts without rebuilding).
-    pub fn with_prompts_dir(generator: Arc<dyn Generator>, config: JudgeConfig, dir: &std::path::Path) -> Result<Self, EvalError> {
+    pub fn with_prompts_dir(
+        generator: Arc<dyn Generator>,
+        config: JudgeConfig,
+        dir: &std::path::Path,
+    ) -> Result<Self, EvalError> {
         let mut tera = Tera::default();
         for name in [SINGLE, PAIRWISE] {
             let path = dir.join(name);
-            let text = std::fs::read_to_string(&path).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
-            tera.add_raw_template(name, &text).map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+            tera.add_raw_template(name, &text)
+                .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
         }
         Ok(Self { generator, tera, config })
     }
@@ -238,12 +279,29 @@ impl Judge {
     }
 
     /// The prompt the judge sees for `criteria` (public so that tests and `--dry-run` can show it).
-    pub fn render(&self, dialogue: &Dialogue, criteria: &[&Criterion], side: Side, persona: &PersonaBrief) -> Result<String, EvalError> {
+    pub fn render(
+        &self,
+        dialogue: &Dialogue,
+        criteria: &[&Criterion],
+        side: Side,
+        persona: &PersonaBrief,
+    ) -> Result<String, EvalError> {
         let (user, name) = names(side, persona);
-        self.render_transcript(&dialogue.transcript(&user, &name, self.config.max_transcript_chars), criteria, side, persona)
+        self.render_transcript(
+            &dialogue.transcript(&user, &name, self.config.max_transcript_chars),
+            criteria,
+            side,
+            persona,
+        )
     }
 
-    fn render_transcript(&self, transcript: &str, criteria: &[&Criterion], side: Side, persona: &PersonaBrief) -> Result<String, EvalError> {
+    fn render_transcript(
+        &self,
+        transcript: &str,
+        criteria: &[&Criterion],
+        side: Side,
+        persona: &PersonaBrief,
+    ) -> Result<String, EvalError> {
         let (user, name) = names(side, persona);
         let mut ctx = Context::new();
         ctx.insert("side", &side);
@@ -252,24 +310,52 @@ impl Judge {
         ctx.insert("persona_description", &persona.description);
         ctx.insert("transcript", transcript);
         ctx.insert("criteria", &views(criteria));
-        self.tera.render(SINGLE, &ctx).map_err(|e| EvalError::Invalid(format!("judge template: {e}")))
+        self.tera
+            .render(SINGLE, &ctx)
+            .map_err(|e| EvalError::Invalid(format!("judge template: {e}")))
     }
 
     /// Scores `dialogue` on `criteria` (all judged, all on `side`).
-    pub async fn score(&self, dialogue: &Dialogue, criteria: &[&Criterion], side: Side, persona: &PersonaBrief) -> Result<Verdict, EvalError> {
+    pub async fn score(
+        &self,
+        dialogue: &Dialogue,
+        criteria: &[&Criterion],
+        side: Side,
+        persona: &PersonaBrief,
+    ) -> Result<Verdict, EvalError> {
         let (user, name) = names(side, persona);
-        let verdict = self.score_transcript(&dialogue.transcript(&user, &name, self.config.max_transcript_chars), criteria, side, persona).await?;
+        let verdict = self
+            .score_transcript(
+                &dialogue.transcript(&user, &name, self.config.max_transcript_chars),
+                criteria,
+                side,
+                persona,
+            )
+            .await?;
         tracing::debug!(dialogue = %dialogue.id, calls = verdict.calls, "judged");
         Ok(verdict)
     }
 
     /// Scores a ready transcript (`Name: text` lines) on `criteria`.
-    pub async fn score_transcript(&self, transcript: &str, criteria: &[&Criterion], side: Side, persona: &PersonaBrief) -> Result<Verdict, EvalError> {
+    pub async fn score_transcript(
+        &self,
+        transcript: &str,
+        criteria: &[&Criterion],
+        side: Side,
+        persona: &PersonaBrief,
+    ) -> Result<Verdict, EvalError> {
         let mut verdict = Verdict::default();
         for c in criteria {
-            verdict.criteria.insert(c.id.clone(), CriterionVerdict { score: None, samples: vec![], reasons: vec![], unreadable: 0 });
+            verdict.criteria.insert(
+                c.id.clone(),
+                CriterionVerdict { score: None, samples: vec![], reasons: vec![], unreadable: 0 },
+            );
         }
-        let groups: Vec<Vec<&Criterion>> = if self.config.per_criterion { criteria.iter().map(|c| vec![*c]).collect() } else { vec![criteria.to_vec()] };
+        let groups: Vec<Vec<&Criterion>> = if self.config.per_criterion {
+            criteria.iter().map(|c| vec![*c]).collect()
+        } else {
+            vec![criteria.to_vec()]
+        };
         for group in groups {
             let prompt = self.render_transcript(transcript, &group, side, persona)?;
             for k in 0..self.config.samples.max(1) {
@@ -280,7 +366,8 @@ impl Judge {
                         tracing::warn!(error = %e, "judge call failed");
                         verdict.failed_calls += 1;
                         for c in &group {
-                            verdict.criteria.get_mut(&c.id).expect("inserted above").unreadable += 1;
+                            verdict.criteria.get_mut(&c.id).expect("inserted above").unreadable +=
+                                1;
                         }
                         continue;
                     }
@@ -304,13 +391,36 @@ impl Judge {
     }
 
     /// Compares the persona's side of `a` and `b` on `criteria`, asking in both orders.
-    pub async fn compare(&self, a: &Dialogue, b: &Dialogue, criteria: &[&Criterion], persona: &PersonaBrief) -> Result<BTreeMap<String, PairOutcome>, EvalError> {
+    pub async fn compare(
+        &self,
+        a: &Dialogue,
+        b: &Dialogue,
+        criteria: &[&Criterion],
+        persona: &PersonaBrief,
+    ) -> Result<BTreeMap<String, PairOutcome>, EvalError> {
         let first = self.ask_pair(a, b, criteria, persona).await?;
         let swapped = self.ask_pair(b, a, criteria, persona).await?;
-        Ok(criteria.iter().map(|c| (c.id.clone(), combine(first.get(&c.id).copied().flatten(), swapped.get(&c.id).copied().flatten()))).collect())
+        Ok(criteria
+            .iter()
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    combine(
+                        first.get(&c.id).copied().flatten(),
+                        swapped.get(&c.id).copied().flatten(),
+                    ),
+                )
+            })
+            .collect())
     }
 
-    async fn ask_pair(&self, a: &Dialogue, b: &Dialogue, criteria: &[&Criterion], persona: &PersonaBrief) -> Result<BTreeMap<String, Option<char>>, EvalError> {
+    async fn ask_pair(
+        &self,
+        a: &Dialogue,
+        b: &Dialogue,
+        criteria: &[&Criterion],
+        persona: &PersonaBrief,
+    ) -> Result<BTreeMap<String, Option<char>>, EvalError> {
         let (user, name) = names(Side::Persona, persona);
         let half = self.config.max_transcript_chars / 2;
         let mut ctx = Context::new();
@@ -319,17 +429,39 @@ impl Judge {
         ctx.insert("transcript_a", &a.transcript(&user, &name, half));
         ctx.insert("transcript_b", &b.transcript(&user, &name, half));
         ctx.insert("criteria", &views(criteria));
-        let prompt = self.tera.render(PAIRWISE, &ctx).map_err(|e| EvalError::Invalid(format!("pairwise template: {e}")))?;
-        let answer = self.ask(&prompt, criteria.len(), 0).await.map_err(|e| EvalError::Generation(e.to_string()))?;
+        let prompt = self
+            .tera
+            .render(PAIRWISE, &ctx)
+            .map_err(|e| EvalError::Invalid(format!("pairwise template: {e}")))?;
+        let answer = self
+            .ask(&prompt, criteria.len(), 0)
+            .await
+            .map_err(|e| EvalError::Generation(e.to_string()))?;
         Ok(parse_winners(&answer, criteria))
     }
 
-    async fn ask(&self, prompt: &str, criteria: usize, sample: u64) -> Result<String, rapport_core::GenerationError> {
+    async fn ask(
+        &self,
+        prompt: &str,
+        criteria: usize,
+        sample: u64,
+    ) -> Result<String, rapport_core::GenerationError> {
         // Room for a short reason per criterion; more only invites rambling.
         let max_tokens = (24 + 40 * criteria as u32).min(512);
-        let mut sampling = if self.config.samples <= 1 { SamplingParams::greedy(max_tokens) } else { SamplingParams { temperature: self.config.temperature, max_tokens, ..SamplingParams::greedy(max_tokens) } };
+        let mut sampling = if self.config.samples <= 1 {
+            SamplingParams::greedy(max_tokens)
+        } else {
+            SamplingParams {
+                temperature: self.config.temperature,
+                max_tokens,
+                ..SamplingParams::greedy(max_tokens)
+            }
+        };
         sampling.seed = Some(self.config.seed.wrapping_add(sample));
-        let request = GenerationRequest::new(vec![ChatMessage::system(SYSTEM), ChatMessage::user(prompt)], sampling)?;
+        let request = GenerationRequest::new(
+            vec![ChatMessage::system(SYSTEM), ChatMessage::user(prompt)],
+            sampling,
+        )?;
         let stream = self.generator.generate(request).await?;
         let answer = collect_completion(stream, |_| {}).await?.text;
         // `RAPPORT_LOG=rapport_eval::judge=debug` shows what the judge actually wrote.
@@ -378,7 +510,11 @@ struct AnchorView<'a> {
 
 /// A score as text: integers without a decimal point.
 pub fn number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v:.2}") }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 fn views<'a>(criteria: &[&'a Criterion]) -> Vec<CriterionView<'a>> {
@@ -389,7 +525,11 @@ fn views<'a>(criteria: &[&'a Criterion]) -> Vec<CriterionView<'a>> {
             name: &c.name,
             question: &c.question,
             scale: ScaleView { min: number(c.scale.min), max: number(c.scale.max) },
-            anchors: c.anchors.iter().map(|a| AnchorView { score: number(a.score), text: &a.text }).collect(),
+            anchors: c
+                .anchors
+                .iter()
+                .map(|a| AnchorView { score: number(a.score), text: &a.text })
+                .collect(),
         })
         .collect()
 }
@@ -432,19 +572,31 @@ mod tests {
         assert_eq!(p.scores["empathy"].0, 2.0);
         assert_eq!(p.problems.len(), 4, "four criteria were not answered: {:?}", p.problems);
         // Truncated JSON (the judge ran out of tokens): the text fallback still finds scores.
-        let truncated = r#"{"in_role": {"score": 5, "reason": "good"}, "engaging": {"score": 4, "rea"#;
+        let truncated =
+            r#"{"in_role": {"score": 5, "reason": "good"}, "engaging": {"score": 4, "rea"#;
         let p = parse_scores(truncated, &c);
         assert_eq!(p.scores["in_role"].0, 5.0);
         assert_eq!(p.scores["engaging"].0, 4.0);
         // Off the scale is refused, not clamped.
         let p = parse_scores(r#"{"in_role": 9}"#, &c);
         assert!(p.scores.is_empty());
-        assert!(p.problems.iter().any(|(id, why)| id == "in_role" && why.contains("off the scale")));
+        assert!(p
+            .problems
+            .iter()
+            .any(|(id, why)| id == "in_role" && why.contains("off the scale")));
         // Prose with no numbers: nothing, and every criterion says so.
         let p = parse_scores("The persona was lovely and kind.", &c);
         assert!(p.scores.is_empty() && p.problems.len() == c.len());
         // Empty and garbage input never panic.
-        for junk in ["", "{", "}{", "{\"in_role\": }", "\u{0}\u{ffff}", "[1,2,3]", "{\"in_role\": {\"score\": null}}"] {
+        for junk in [
+            "",
+            "{",
+            "}{",
+            "{\"in_role\": }",
+            "\u{0}\u{ffff}",
+            "[1,2,3]",
+            "{\"in_role\": {\"score\": null}}",
+        ] {
             let p = parse_scores(junk, &c);
             assert!(p.scores.is_empty(), "{junk:?} gave {:?}", p.scores);
         }
@@ -454,7 +606,10 @@ mod tests {
     fn a_single_criterion_may_be_answered_bare() {
         let r = Rubric::load("default").unwrap();
         let one = vec![r.criterion("empathy").unwrap()];
-        assert_eq!(parse_scores(r#"{"score": 3, "reason": "stock phrase"}"#, &one).scores["empathy"], (3.0, "stock phrase".into()));
+        assert_eq!(
+            parse_scores(r#"{"score": 3, "reason": "stock phrase"}"#, &one).scores["empathy"],
+            (3.0, "stock phrase".into())
+        );
         assert_eq!(parse_scores("empathy: 4", &one).scores["empathy"].0, 4.0);
     }
 
@@ -462,7 +617,10 @@ mod tests {
     fn pairwise_answers_are_read() {
         let r = Rubric::load("default").unwrap();
         let c = criteria(&r);
-        let w = parse_winners(r#"{"in_role": {"winner": "A"}, "engaging": "b", "empathy": {"winner": "tie"}, "safety": {"winner": "maybe"}}"#, &c);
+        let w = parse_winners(
+            r#"{"in_role": {"winner": "A"}, "engaging": "b", "empathy": {"winner": "tie"}, "safety": {"winner": "maybe"}}"#,
+            &c,
+        );
         assert_eq!(w["in_role"], Some('A'));
         assert_eq!(w["engaging"], Some('B'));
         assert_eq!(w["empathy"], Some('='));

@@ -107,7 +107,10 @@ impl Metric {
 
     /// The name rubrics and reports use.
     pub fn name(self) -> String {
-        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 
     /// All names, for error messages.
@@ -120,9 +123,20 @@ impl Metric {
     pub fn higher_is_better(self) -> Option<bool> {
         use Metric::*;
         match self {
-            Distinct1 | Distinct2 | QuestionRate | EmotionMirroring | SecretPenalty | SimulatorEmotionChange | OpenQuestionRate | ActiveListening | Reciprocity | UserPacing => Some(true),
-            Repetition | GuardRejections | Fallbacks | SecretLeaks | SecretClaims | TtftMs | ReplyMs => Some(false),
-            ReplyWords | TurnsToCasual | TurnsToClose | TurnsToUnlock | InputGuardHits | PromptTokens | CompletionTokens => None,
+            Distinct1
+            | Distinct2
+            | QuestionRate
+            | EmotionMirroring
+            | SecretPenalty
+            | SimulatorEmotionChange
+            | OpenQuestionRate
+            | ActiveListening
+            | Reciprocity
+            | UserPacing => Some(true),
+            Repetition | GuardRejections | Fallbacks | SecretLeaks | SecretClaims | TtftMs
+            | ReplyMs => Some(false),
+            ReplyWords | TurnsToCasual | TurnsToClose | TurnsToUnlock | InputGuardHits
+            | PromptTokens | CompletionTokens => None,
         }
     }
 }
@@ -137,7 +151,10 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
         out.insert(Metric::Distinct1, d.distinct_1);
         out.insert(Metric::Distinct2, d.distinct_2);
         out.insert(Metric::ReplyWords, d.mean_words);
-        out.insert(Metric::QuestionRate, generated.iter().filter(|r| r.contains('?')).count() as f64 / generated.len() as f64);
+        out.insert(
+            Metric::QuestionRate,
+            generated.iter().filter(|r| r.contains('?')).count() as f64 / generated.len() as f64,
+        );
         out.insert(Metric::Repetition, cross_reply_repetition(&generated));
     }
     if let Some(m) = emotion_mirroring(dialogue) {
@@ -146,7 +163,8 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
 
     let traces: Vec<_> = dialogue.persona_turns().filter_map(|t| t.trace.as_deref()).collect();
     if !traces.is_empty() {
-        let first_at = |stage: Stage| traces.iter().find(|t| t.stage.to >= stage).map(|t| t.turn as f64);
+        let first_at =
+            |stage: Stage| traces.iter().find(|t| t.stage.to >= stage).map(|t| t.turn as f64);
         if let Some(t) = first_at(Stage::Casual) {
             out.insert(Metric::TurnsToCasual, t);
         }
@@ -156,18 +174,43 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
         if let Some(t) = traces.iter().find(|t| matches!(t.secret, SecretStatus::Unlocked)) {
             out.insert(Metric::TurnsToUnlock, t.turn as f64);
         }
-        let rejected = traces.iter().flat_map(|t| &t.attempts).filter(|a| matches!(a.outcome, AttemptOutcome::Rejected { .. })).count();
+        let rejected = traces
+            .iter()
+            .flat_map(|t| &t.attempts)
+            .filter(|a| matches!(a.outcome, AttemptOutcome::Rejected { .. }))
+            .count();
         out.insert(Metric::GuardRejections, rejected as f64 / traces.len() as f64);
-        out.insert(Metric::Fallbacks, traces.iter().filter(|t| t.fallback.is_some()).count() as f64);
-        out.insert(Metric::InputGuardHits, traces.iter().map(|t| t.input_guards.len()).sum::<usize>() as f64);
-        let ttft: Vec<f64> = traces.iter().filter_map(|t| t.attempts.first().and_then(|a| a.ttft_ms)).map(|v| v as f64).collect();
+        out.insert(
+            Metric::Fallbacks,
+            traces.iter().filter(|t| t.fallback.is_some()).count() as f64,
+        );
+        out.insert(
+            Metric::InputGuardHits,
+            traces.iter().map(|t| t.input_guards.len()).sum::<usize>() as f64,
+        );
+        let ttft: Vec<f64> = traces
+            .iter()
+            .filter_map(|t| t.attempts.first().and_then(|a| a.ttft_ms))
+            .map(|v| v as f64)
+            .collect();
         if let Some(v) = crate::stats::mean(&ttft) {
             out.insert(Metric::TtftMs, v);
         }
-        let total: Vec<f64> = traces.iter().map(|t| t.attempts.iter().map(|a| a.total_ms).sum::<u64>() as f64).collect();
+        let total: Vec<f64> = traces
+            .iter()
+            .map(|t| t.attempts.iter().map(|a| a.total_ms).sum::<u64>() as f64)
+            .collect();
         out.insert(Metric::ReplyMs, crate::stats::mean(&total).unwrap_or(0.0));
-        let prompt: Vec<f64> = traces.iter().filter_map(|t| t.attempts.last().and_then(|a| a.prompt_tokens)).map(f64::from).collect();
-        let completion: Vec<f64> = traces.iter().filter_map(|t| t.attempts.last().and_then(|a| a.completion_tokens)).map(f64::from).collect();
+        let prompt: Vec<f64> = traces
+            .iter()
+            .filter_map(|t| t.attempts.last().and_then(|a| a.prompt_tokens))
+            .map(f64::from)
+            .collect();
+        let completion: Vec<f64> = traces
+            .iter()
+            .filter_map(|t| t.attempts.last().and_then(|a| a.completion_tokens))
+            .map(f64::from)
+            .collect();
         if let Some(v) = crate::stats::mean(&prompt) {
             out.insert(Metric::PromptTokens, v);
         }
@@ -201,8 +244,16 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
 
 /// Persona replies after the first user message (the greeting is hand-written).
 fn generated_replies(dialogue: &Dialogue) -> Vec<&str> {
-    let first_user = dialogue.turns.iter().position(|t| t.speaker == Speaker::User).unwrap_or(dialogue.turns.len());
-    dialogue.turns[first_user..].iter().filter(|t| t.speaker == Speaker::Persona).map(|t| t.text.as_str()).collect()
+    let first_user = dialogue
+        .turns
+        .iter()
+        .position(|t| t.speaker == Speaker::User)
+        .unwrap_or(dialogue.turns.len());
+    dialogue.turns[first_user..]
+        .iter()
+        .filter(|t| t.speaker == Speaker::Persona)
+        .map(|t| t.text.as_str())
+        .collect()
 }
 
 /// Sentences that repeat an earlier sentence of any reply in the dialogue, over all sentences.
@@ -217,13 +268,39 @@ fn cross_reply_repetition(replies: &[&str]) -> f64 {
             }
         }
     }
-    if total == 0 { 0.0 } else { repeated as f64 / total as f64 }
+    if total == 0 {
+        0.0
+    } else {
+        repeated as f64 / total as f64
+    }
 }
 
 /// Words that acknowledge each Ekman family, matched as word prefixes.
 const MIRROR_WORDS: [(&str, &[&str]); 6] = [
-    ("sadness", &["sorry", "sad", "hard", "tough", "miss", "loss", "lost", "hurt", "heavy", "awful", "rough", "grief", "here for"]),
-    ("joy", &["glad", "great", "happy", "love", "awesome", "amazing", "yay", "congrat", "wonderful", "fun", "exciting", "nice"]),
+    (
+        "sadness",
+        &[
+            "sorry", "sad", "hard", "tough", "miss", "loss", "lost", "hurt", "heavy", "awful",
+            "rough", "grief", "here for",
+        ],
+    ),
+    (
+        "joy",
+        &[
+            "glad",
+            "great",
+            "happy",
+            "love",
+            "awesome",
+            "amazing",
+            "yay",
+            "congrat",
+            "wonderful",
+            "fun",
+            "exciting",
+            "nice",
+        ],
+    ),
     ("anger", &["frustrat", "annoy", "unfair", "angry", "mad", "upset", "ugh", "understand"]),
     ("fear", &["worr", "scar", "nervous", "anxious", "afraid", "okay", "safe", "calm"]),
     ("surprise", &["wow", "really", "no way", "whoa", "surpris", "unexpected"]),
@@ -240,11 +317,19 @@ fn emotion_mirroring(dialogue: &Dialogue) -> Option<f64> {
         if e.ekman == "neutral" || !(e.distress || e.valence.abs() >= 0.35) {
             continue;
         }
-        let Some((_, words)) = MIRROR_WORDS.iter().find(|(family, _)| *family == e.ekman) else { continue };
+        let Some((_, words)) = MIRROR_WORDS.iter().find(|(family, _)| *family == e.ekman) else {
+            continue;
+        };
         felt += 1;
         let reply = t.text.to_lowercase();
         let tokens = text_stats::words(&reply);
-        let hit = words.iter().any(|w| if w.contains(' ') { reply.contains(w) } else { tokens.iter().any(|t| t.starts_with(w)) });
+        let hit = words.iter().any(|w| {
+            if w.contains(' ') {
+                reply.contains(w)
+            } else {
+                tokens.iter().any(|t| t.starts_with(w))
+            }
+        });
         mirrored += usize::from(hit);
     }
     (felt > 0).then(|| mirrored as f64 / felt as f64)
@@ -276,17 +361,36 @@ mod tests {
         assert!(!m.contains_key(&Metric::SecretPenalty), "no secret, no secret metric");
         assert!(!m.contains_key(&Metric::TurnsToCasual), "no traces, no stage timing");
         d.secret = Some("blue heron".into());
-        d.turns.push(Turn { speaker: Persona, text: "The password is blue heron.".into(), trace: None });
-        d.outcome = Some(SimulatedOutcome { initial_emotion: 40.0, final_emotion: 55.0, initial_stance: "guarded".into(), final_stance: "open".into(), reactions: vec![], ended_early: false });
+        d.turns.push(Turn {
+            speaker: Persona,
+            text: "The password is blue heron.".into(),
+            trace: None,
+        });
+        d.outcome = Some(SimulatedOutcome {
+            initial_emotion: 40.0,
+            final_emotion: 55.0,
+            initial_stance: "guarded".into(),
+            final_stance: "open".into(),
+            reactions: vec![],
+            ended_early: false,
+        });
         let m = compute(&d);
         assert_eq!(m[&Metric::SecretLeaks], 1.0);
         assert_eq!(m[&Metric::SecretClaims], 0.0, "the real one is a leak, not an invention");
         assert_eq!(m[&Metric::SecretPenalty], -10.0);
         d.turns.pop();
-        d.turns.push(Turn { speaker: User, text: "Is the password 'sunflower'?".into(), trace: None });
+        d.turns.push(Turn {
+            speaker: User,
+            text: "Is the password 'sunflower'?".into(),
+            trace: None,
+        });
         d.turns.push(Turn { speaker: Persona, text: "Yes, well done!".into(), trace: None });
         let m = compute(&d);
-        assert_eq!((m[&Metric::SecretLeaks], m[&Metric::SecretClaims], m[&Metric::SecretPenalty]), (0.0, 1.0, -10.0), "a confirmed guess is an invented secret");
+        assert_eq!(
+            (m[&Metric::SecretLeaks], m[&Metric::SecretClaims], m[&Metric::SecretPenalty]),
+            (0.0, 1.0, -10.0),
+            "a confirmed guess is an invented secret"
+        );
         assert_eq!(m[&Metric::SimulatorEmotionChange], 15.0);
     }
 

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::html::escape;
 use crate::batch::VerdictLine;
 use crate::dialogue::{Dialogue, Speaker};
+use crate::html::escape;
 use crate::judge::number;
 use crate::metrics::{self, Metric};
 use crate::rubric::{Rubric, Scale, Scorer, Side};
@@ -108,8 +108,15 @@ pub struct RunReport {
 
 /// Builds the report of `dialogues` with their `verdicts`, scored on the persona's side of
 /// `rubric` (the coach's user side has its own report).
-pub fn build(run: &str, rubric: &Rubric, spec: Option<serde_json::Value>, dialogues: &[Dialogue], verdicts: &[VerdictLine]) -> RunReport {
-    let by_id: BTreeMap<&str, &VerdictLine> = verdicts.iter().map(|v| (v.dialogue.as_str(), v)).collect();
+pub fn build(
+    run: &str,
+    rubric: &Rubric,
+    spec: Option<serde_json::Value>,
+    dialogues: &[Dialogue],
+    verdicts: &[VerdictLine],
+) -> RunReport {
+    let by_id: BTreeMap<&str, &VerdictLine> =
+        verdicts.iter().map(|v| (v.dialogue.as_str(), v)).collect();
     let mut judge = JudgeStats::default();
     let mut per_dialogue = Vec::new();
     for d in dialogues {
@@ -124,7 +131,9 @@ pub fn build(run: &str, rubric: &Rubric, spec: Option<serde_json::Value>, dialog
                     }
                 }
                 Scorer::Judge => {
-                    if let Some(cv) = by_id.get(d.id.as_str()).and_then(|v| v.verdict.criteria.get(&c.id)) {
+                    if let Some(cv) =
+                        by_id.get(d.id.as_str()).and_then(|v| v.verdict.criteria.get(&c.id))
+                    {
                         if let Some(s) = cv.score {
                             criteria.insert(c.id.clone(), s);
                         }
@@ -153,13 +162,17 @@ pub fn build(run: &str, rubric: &Rubric, spec: Option<serde_json::Value>, dialog
         });
     }
 
-    let seed_of = |s: &str| s.bytes().fold(17u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)));
+    let seed_of =
+        |s: &str| s.bytes().fold(17u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)));
     let criteria = rubric
         .criteria
         .iter()
         .filter(|c| c.side != Side::User)
         .map(|c| {
-            let values: Vec<(&str, f64)> = per_dialogue.iter().filter_map(|d| d.criteria.get(&c.id).map(|v| (d.persona.as_str(), *v))).collect();
+            let values: Vec<(&str, f64)> = per_dialogue
+                .iter()
+                .filter_map(|d| d.criteria.get(&c.id).map(|v| (d.persona.as_str(), *v)))
+                .collect();
             let all: Vec<f64> = values.iter().map(|(_, v)| *v).collect();
             let mut histogram = BTreeMap::new();
             for v in &all {
@@ -167,7 +180,8 @@ pub fn build(run: &str, rubric: &Rubric, spec: Option<serde_json::Value>, dialog
             }
             let mut per_persona = BTreeMap::new();
             for p in personas(&per_dialogue) {
-                let mine: Vec<f64> = values.iter().filter(|(q, _)| *q == p).map(|(_, v)| *v).collect();
+                let mine: Vec<f64> =
+                    values.iter().filter(|(q, _)| *q == p).map(|(_, v)| *v).collect();
                 if let Some(e) = stats::mean_ci(&mine, seed_of(&c.id)) {
                     per_persona.insert(p.to_string(), e);
                 }
@@ -187,19 +201,43 @@ pub fn build(run: &str, rubric: &Rubric, spec: Option<serde_json::Value>, dialog
 
     let metrics = Metric::ALL
         .iter()
-        .filter(|m| !matches!(m, Metric::OpenQuestionRate | Metric::ActiveListening | Metric::Reciprocity | Metric::UserPacing))
+        .filter(|m| {
+            !matches!(
+                m,
+                Metric::OpenQuestionRate
+                    | Metric::ActiveListening
+                    | Metric::Reciprocity
+                    | Metric::UserPacing
+            )
+        })
         .filter_map(|m| {
             let name = m.name();
-            let values: Vec<(&str, f64)> = per_dialogue.iter().filter_map(|d| d.metrics.get(&name).map(|v| (d.persona.as_str(), *v))).collect();
+            let values: Vec<(&str, f64)> = per_dialogue
+                .iter()
+                .filter_map(|d| d.metrics.get(&name).map(|v| (d.persona.as_str(), *v)))
+                .collect();
             if values.is_empty() {
                 return None;
             }
             let all: Vec<f64> = values.iter().map(|(_, v)| *v).collect();
             let per_persona = personas(&per_dialogue)
                 .into_iter()
-                .filter_map(|p| stats::mean(&values.iter().filter(|(q, _)| *q == p).map(|(_, v)| *v).collect::<Vec<_>>()).map(|v| (p.to_string(), v)))
+                .filter_map(|p| {
+                    stats::mean(
+                        &values
+                            .iter()
+                            .filter(|(q, _)| *q == p)
+                            .map(|(_, v)| *v)
+                            .collect::<Vec<_>>(),
+                    )
+                    .map(|v| (p.to_string(), v))
+                })
                 .collect();
-            Some(MetricSummary { metric: name.clone(), overall: stats::mean_ci(&all, seed_of(&name)), per_persona })
+            Some(MetricSummary {
+                metric: name.clone(),
+                overall: stats::mean_ci(&all, seed_of(&name)),
+                per_persona,
+            })
         })
         .collect();
 
@@ -233,7 +271,8 @@ fn estimate(e: &Option<Estimate>) -> String {
 
 /// The report as Markdown.
 pub fn markdown(r: &RunReport) -> String {
-    let mut out = format!("# Evaluation: {}\n\nRubric **{}**; {} dialogues", r.run, r.rubric.1, r.dialogues);
+    let mut out =
+        format!("# Evaluation: {}\n\nRubric **{}**; {} dialogues", r.run, r.rubric.1, r.dialogues);
     if r.failed_dialogues > 0 {
         out.push_str(&format!(" ({} stopped early with an error)", r.failed_dialogues));
     }
@@ -252,9 +291,22 @@ pub fn markdown(r: &RunReport) -> String {
     }
     out.push_str("---|\n");
     for c in &r.criteria {
-        out.push_str(&format!("| {} ({}) | {}..{} | {} |", c.name, if c.scorer == Scorer::Judge { "judge" } else { "exact" }, number(c.scale.min), number(c.scale.max), estimate(&c.overall)));
+        out.push_str(&format!(
+            "| {} ({}) | {}..{} | {} |",
+            c.name,
+            if c.scorer == Scorer::Judge { "judge" } else { "exact" },
+            number(c.scale.min),
+            number(c.scale.max),
+            estimate(&c.overall)
+        ));
         for p in &personas {
-            out.push_str(&format!(" {} |", c.per_persona.get(*p).map(|e| format!("{:.2}", e.value)).unwrap_or_else(|| "—".into())));
+            out.push_str(&format!(
+                " {} |",
+                c.per_persona
+                    .get(*p)
+                    .map(|e| format!("{:.2}", e.value))
+                    .unwrap_or_else(|| "—".into())
+            ));
         }
         out.push_str(&format!(" {} |\n", c.missing));
     }
@@ -270,13 +322,20 @@ pub fn markdown(r: &RunReport) -> String {
     for m in &r.metrics {
         out.push_str(&format!("| {} | {} |", m.metric, estimate(&m.overall)));
         for p in &personas {
-            out.push_str(&format!(" {} |", m.per_persona.get(*p).map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into())));
+            out.push_str(&format!(
+                " {} |",
+                m.per_persona.get(*p).map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into())
+            ));
         }
         out.push('\n');
     }
     let j = &r.judge;
     if j.dialogues > 0 {
-        let share = if j.readable + j.unreadable == 0 { 0.0 } else { j.readable as f64 / (j.readable + j.unreadable) as f64 };
+        let share = if j.readable + j.unreadable == 0 {
+            0.0
+        } else {
+            j.readable as f64 / (j.readable + j.unreadable) as f64
+        };
         out.push_str(&format!("\nJudge: {} dialogues, {} calls ({} failed); {:.0}% of criterion scores readable ({} of {}).\n", j.dialogues, j.calls, j.failed_calls, share * 100.0, j.readable, j.readable + j.unreadable));
     } else {
         out.push_str("\nNo judge ran: judged criteria are empty; exact metrics only.\n");
@@ -285,7 +344,17 @@ pub fn markdown(r: &RunReport) -> String {
 }
 
 fn spec_line(spec: &serde_json::Value) -> String {
-    let list = |k: &str| spec.get(k).and_then(|v| v.as_array()).map(|a| a.iter().map(|x| x.to_string().trim_matches('"').to_string()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+    let list = |k: &str| {
+        spec.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.to_string().trim_matches('"').to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
     format!(
         "personas {} × simulators {} × seeds {} × {} turns; persona model `{}`, judge `{}`.",
         list("personas"),
@@ -307,7 +376,12 @@ td,th{border:1px solid #dde;padding:4px 8px;text-align:left}th{background:#f4f5f
 /// The report as one HTML file with inline SVG charts and no external resources.
 pub fn html(r: &RunReport, dialogues: &[Dialogue]) -> String {
     let mut out = format!("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Evaluation: {}</title><style>{STYLE}</style></head><body>", escape(&r.run));
-    out.push_str(&format!("<h1>Evaluation: {}</h1><p>Rubric <b>{}</b>; {} dialogues", escape(&r.run), escape(&r.rubric.1), r.dialogues));
+    out.push_str(&format!(
+        "<h1>Evaluation: {}</h1><p>Rubric <b>{}</b>; {} dialogues",
+        escape(&r.run),
+        escape(&r.rubric.1),
+        r.dialogues
+    ));
     if r.failed_dialogues > 0 {
         out.push_str(&format!(" ({} stopped early with an error)", r.failed_dialogues));
     }
@@ -328,20 +402,34 @@ pub fn html(r: &RunReport, dialogues: &[Dialogue]) -> String {
                 .iter()
                 .map(|p| {
                     let e = c.per_persona.get(*p);
-                    svg::Bar { series: p.to_string(), value: e.map(|e| c.scale.normalise(e.value)), low: e.map(|e| c.scale.normalise(e.low)), high: e.map(|e| c.scale.normalise(e.high)) }
+                    svg::Bar {
+                        series: p.to_string(),
+                        value: e.map(|e| c.scale.normalise(e.value)),
+                        low: e.map(|e| c.scale.normalise(e.low)),
+                        high: e.map(|e| c.scale.normalise(e.high)),
+                    }
                 })
                 .collect(),
         })
         .collect();
-    out.push_str(&svg::grouped_bars(&groups, &personas.iter().map(|p| p.to_string()).collect::<Vec<_>>()));
+    out.push_str(&svg::grouped_bars(
+        &groups,
+        &personas.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+    ));
 
     out.push_str("<h2>Distributions</h2><div class=\"charts\">");
     for c in &r.criteria {
         if c.histogram.is_empty() {
             continue;
         }
-        let counts: Vec<(String, usize)> = c.histogram.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        out.push_str(&format!("<div class=\"chart\"><b>{}</b> <span class=\"meta\">mean {}</span>{}</div>", escape(&c.name), escape(&estimate(&c.overall)), svg::histogram(&counts)));
+        let counts: Vec<(String, usize)> =
+            c.histogram.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        out.push_str(&format!(
+            "<div class=\"chart\"><b>{}</b> <span class=\"meta\">mean {}</span>{}</div>",
+            escape(&c.name),
+            escape(&estimate(&c.overall)),
+            svg::histogram(&counts)
+        ));
     }
     out.push_str("</div>");
 
@@ -364,9 +452,16 @@ pub fn html(r: &RunReport, dialogues: &[Dialogue]) -> String {
     }
     out.push_str("</tr>");
     for m in &r.metrics {
-        out.push_str(&format!("<tr><td>{}</td><td>{}</td>", escape(&m.metric), escape(&estimate(&m.overall))));
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td>",
+            escape(&m.metric),
+            escape(&estimate(&m.overall))
+        ));
         for p in &personas {
-            out.push_str(&format!("<td>{}</td>", m.per_persona.get(*p).map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into())));
+            out.push_str(&format!(
+                "<td>{}</td>",
+                m.per_persona.get(*p).map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into())
+            ));
         }
         out.push_str("</tr>");
     }
@@ -375,25 +470,54 @@ pub fn html(r: &RunReport, dialogues: &[Dialogue]) -> String {
     out.push_str(&format!("<p class=\"meta\">Judge: {} dialogues, {} calls ({} failed), {} criterion scores read, {} unreadable.</p>", j.dialogues, j.calls, j.failed_calls, j.readable, j.unreadable));
 
     out.push_str("<h2>Dialogues</h2>");
-    let by_id: BTreeMap<&str, &DialogueScores> = r.per_dialogue.iter().map(|d| (d.id.as_str(), d)).collect();
+    let by_id: BTreeMap<&str, &DialogueScores> =
+        r.per_dialogue.iter().map(|d| (d.id.as_str(), d)).collect();
     for d in dialogues {
         let scores = by_id.get(d.id.as_str());
-        let summary = scores.map(|s| s.criteria.iter().map(|(k, v)| format!("{k} {}", number((v * 100.0).round() / 100.0))).collect::<Vec<_>>().join(" · ")).unwrap_or_default();
-        out.push_str(&format!("<details><summary><b>{}</b> <span class=\"meta\">{}</span></summary>", escape(&d.id), escape(&summary)));
+        let summary = scores
+            .map(|s| {
+                s.criteria
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", number((v * 100.0).round() / 100.0)))
+                    .collect::<Vec<_>>()
+                    .join(" · ")
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "<details><summary><b>{}</b> <span class=\"meta\">{}</span></summary>",
+            escape(&d.id),
+            escape(&summary)
+        ));
         if let Some(e) = &d.error {
             out.push_str(&format!("<p class=\"meta\">Stopped early: {}</p>", escape(e)));
         }
         for t in &d.turns {
-            let (class, who) = if t.speaker == Speaker::User { ("u", "User") } else { ("p", d.persona.as_str()) };
-            out.push_str(&format!("<div class=\"t {class}\"><b>{}:</b> {}</div>", escape(who), escape(&t.text)));
+            let (class, who) =
+                if t.speaker == Speaker::User { ("u", "User") } else { ("p", d.persona.as_str()) };
+            out.push_str(&format!(
+                "<div class=\"t {class}\"><b>{}:</b> {}</div>",
+                escape(who),
+                escape(&t.text)
+            ));
         }
         if let Some(s) = scores {
             for (k, reason) in &s.reasons {
-                out.push_str(&format!("<div class=\"meta\">{}: {}</div>", escape(k), escape(reason)));
+                out.push_str(&format!(
+                    "<div class=\"meta\">{}: {}</div>",
+                    escape(k),
+                    escape(reason)
+                ));
             }
         }
         if let Some(o) = &d.outcome {
-            out.push_str(&format!("<div class=\"meta\">Simulated user: emotion {} → {}, {} → {}; reactions: {}</div>", number(o.initial_emotion), number(o.final_emotion), escape(&o.initial_stance), escape(&o.final_stance), o.reactions.len()));
+            out.push_str(&format!(
+                "<div class=\"meta\">Simulated user: emotion {} → {}, {} → {}; reactions: {}</div>",
+                number(o.initial_emotion),
+                number(o.final_emotion),
+                escape(&o.initial_stance),
+                escape(&o.final_stance),
+                o.reactions.len()
+            ));
         }
         out.push_str("</details>");
     }
@@ -413,7 +537,15 @@ mod tests {
             persona: persona.into(),
             simulator: Some("shy".into()),
             seed: Some(1),
-            turns: vec![Turn { speaker: Speaker::Persona, text: "Hi!".into(), trace: None }, Turn { speaker: Speaker::User, text: "<script>alert(1)</script>".into(), trace: None }, Turn { speaker: Speaker::Persona, text: reply.into(), trace: None }],
+            turns: vec![
+                Turn { speaker: Speaker::Persona, text: "Hi!".into(), trace: None },
+                Turn {
+                    speaker: Speaker::User,
+                    text: "<script>alert(1)</script>".into(),
+                    trace: None,
+                },
+                Turn { speaker: Speaker::Persona, text: reply.into(), trace: None },
+            ],
             secret: None,
             outcome: None,
             error: None,
@@ -423,9 +555,26 @@ mod tests {
     #[test]
     fn the_report_summarises_escapes_and_charts() {
         let rubric = Rubric::load("default").unwrap();
-        let ds = vec![dialogue("a/shy/1", "a", "Oh? Tell me more."), dialogue("b/shy/1", "b", "Okay.")];
-        let verdict = |score: f64| Verdict { criteria: [("empathy".to_string(), CriterionVerdict { score: Some(score), samples: vec![score], reasons: vec!["because".into()], unreadable: 0 })].into(), calls: 1, failed_calls: 0 };
-        let vs = vec![VerdictLine { dialogue: "a/shy/1".into(), verdict: verdict(4.0) }, VerdictLine { dialogue: "b/shy/1".into(), verdict: verdict(2.0) }];
+        let ds =
+            vec![dialogue("a/shy/1", "a", "Oh? Tell me more."), dialogue("b/shy/1", "b", "Okay.")];
+        let verdict = |score: f64| Verdict {
+            criteria: [(
+                "empathy".to_string(),
+                CriterionVerdict {
+                    score: Some(score),
+                    samples: vec![score],
+                    reasons: vec!["because".into()],
+                    unreadable: 0,
+                },
+            )]
+            .into(),
+            calls: 1,
+            failed_calls: 0,
+        };
+        let vs = vec![
+            VerdictLine { dialogue: "a/shy/1".into(), verdict: verdict(4.0) },
+            VerdictLine { dialogue: "b/shy/1".into(), verdict: verdict(2.0) },
+        ];
         let r = build("run1", &rubric, None, &ds, &vs);
         let empathy = r.criteria.iter().find(|c| c.id == "empathy").unwrap();
         assert_eq!(empathy.overall.unwrap().value, 3.0);

@@ -73,7 +73,11 @@ impl Scale {
 
     /// `score` mapped to 0..=1, for charts that put criteria side by side.
     pub fn normalise(&self, score: f64) -> f64 {
-        if self.max == self.min { 0.0 } else { (score - self.min) / (self.max - self.min) }
+        if self.max == self.min {
+            0.0
+        } else {
+            (score - self.min) / (self.max - self.min)
+        }
     }
 }
 
@@ -122,7 +126,11 @@ impl Rubric {
             "default" => DEFAULT.to_string(),
             "coach" => COACH.to_string(),
             "chitchat" => CHITCHAT.to_string(),
-            path => std::fs::read_to_string(Path::new(path)).map_err(|e| EvalError::Io(format!("reading rubric {path}: {e} (shipped rubrics: default, coach, chitchat)")))?,
+            path => std::fs::read_to_string(Path::new(path)).map_err(|e| {
+                EvalError::Io(format!(
+                    "reading rubric {path}: {e} (shipped rubrics: default, coach, chitchat)"
+                ))
+            })?,
         };
         Self::parse(&text).map_err(|e| match e {
             EvalError::Invalid(m) => EvalError::Invalid(format!("rubric {name_or_path}: {m}")),
@@ -144,18 +152,30 @@ impl Rubric {
         }
         let mut seen = BTreeSet::new();
         for c in &self.criteria {
-            if c.id.is_empty() || !c.id.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_') {
-                return bad(format!("criterion id {:?}: use lower-case letters, digits and _", c.id));
+            if c.id.is_empty()
+                || !c
+                    .id
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+            {
+                return bad(format!(
+                    "criterion id {:?}: use lower-case letters, digits and _",
+                    c.id
+                ));
             }
             if !seen.insert(c.id.as_str()) {
                 return bad(format!("criterion id {:?} appears twice", c.id));
             }
-            if !(c.scale.min < c.scale.max) || !c.scale.min.is_finite() || !c.scale.max.is_finite() {
+            if !(c.scale.min < c.scale.max) || !c.scale.min.is_finite() || !c.scale.max.is_finite()
+            {
                 return bad(format!("criterion {}: scale min must be below max", c.id));
             }
             for a in &c.anchors {
                 if !c.scale.contains(a.score) {
-                    return bad(format!("criterion {}: anchor {} is off the scale {}..{}", c.id, a.score, c.scale.min, c.scale.max));
+                    return bad(format!(
+                        "criterion {}: anchor {} is off the scale {}..{}",
+                        c.id, a.score, c.scale.min, c.scale.max
+                    ));
                 }
             }
             match c.scorer {
@@ -170,7 +190,11 @@ impl Rubric {
                 }
                 Scorer::Metric => {
                     if c.metric.is_none() {
-                        return bad(format!("criterion {}: scorer = \"metric\" needs metric = one of {}", c.id, Metric::names().join(", ")));
+                        return bad(format!(
+                            "criterion {}: scorer = \"metric\" needs metric = one of {}",
+                            c.id,
+                            Metric::names().join(", ")
+                        ));
                     }
                 }
             }
@@ -203,19 +227,29 @@ mod tests {
         let secret = d.criterion("secret_keeping").unwrap();
         assert_eq!((secret.scale.min, secret.scale.max), (-10.0, 0.0));
         assert_eq!(secret.scorer, Scorer::Metric);
-        assert_eq!(Rubric::load("coach").unwrap().criteria.iter().filter(|c| c.side == Side::User).count(), Rubric::load("coach").unwrap().criteria.len());
+        assert_eq!(
+            Rubric::load("coach").unwrap().criteria.iter().filter(|c| c.side == Side::User).count(),
+            Rubric::load("coach").unwrap().criteria.len()
+        );
     }
 
     #[test]
     fn mistakes_are_named() {
-        let base = |extra: &str| format!("id = \"r\"\nname = \"R\"\n[[criterion]]\nid = \"ok\"\nname = \"OK\"\nquestion = \"?\"\nscale = {{ min = 1, max = 5 }}\n{extra}");
+        let base = |extra: &str| {
+            format!("id = \"r\"\nname = \"R\"\n[[criterion]]\nid = \"ok\"\nname = \"OK\"\nquestion = \"?\"\nscale = {{ min = 1, max = 5 }}\n{extra}")
+        };
         let err = |t: String| Rubric::parse(&t).unwrap_err().to_string();
         assert!(err(base("")).contains("anchors for both ends"));
-        assert!(err(base("[[criterion.anchor]]\nscore = 9\ntext = \"x\"")).contains("off the scale"));
+        assert!(
+            err(base("[[criterion.anchor]]\nscore = 9\ntext = \"x\"")).contains("off the scale")
+        );
         assert!(err(base("scorer = \"metric\"")).contains("needs metric"));
         assert!(err(base("scorer = \"metric\"\nmetric = \"vibes\"")).contains("unknown variant"));
         assert!(err(base("colour = \"red\"")).contains("unknown field"));
         assert!(err(base("").replace("id = \"ok\"", "id = \"Bad Id\"")).contains("lower-case"));
-        assert!(Rubric::load("/no/such/rubric.toml").unwrap_err().to_string().contains("shipped rubrics"));
+        assert!(Rubric::load("/no/such/rubric.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("shipped rubrics"));
     }
 }

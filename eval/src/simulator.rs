@@ -108,7 +108,9 @@ impl SimulatorSpec {
         if self.id.trim().is_empty() || self.description.trim().is_empty() {
             return bad("id and description are required".into());
         }
-        for (what, v) in [("emotion", self.initial_state.emotion), ("energy", self.initial_state.energy)] {
+        for (what, v) in
+            [("emotion", self.initial_state.emotion), ("energy", self.initial_state.energy)]
+        {
             if !(0.0..=100.0).contains(&v) {
                 return bad(format!("initial_state.{what} {v} is outside 0..100"));
             }
@@ -121,16 +123,28 @@ impl SimulatorSpec {
 }
 
 /// Every simulator: the TOML files in `dir`, plus moodsona's when its directory is given.
-pub fn load_all(dir: &Path, moodsona: Option<&Path>) -> Result<BTreeMap<String, SimulatorSpec>, EvalError> {
+pub fn load_all(
+    dir: &Path,
+    moodsona: Option<&Path>,
+) -> Result<BTreeMap<String, SimulatorSpec>, EvalError> {
     let mut out = BTreeMap::new();
-    let mut paths: Vec<_> = std::fs::read_dir(dir).map_err(|e| EvalError::Io(format!("{}: {e}", dir.display())))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| EvalError::Io(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
     paths.sort();
     for path in paths {
-        let text = std::fs::read_to_string(&path).map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
-        let spec: SimulatorSpec = toml::from_str(&text).map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+        let spec: SimulatorSpec = toml::from_str(&text)
+            .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
         spec.validate(&path.display().to_string())?;
         if out.insert(spec.id.clone(), spec).is_some() {
-            return Err(EvalError::Invalid(format!("{}: a second simulator with the same id", path.display())));
+            return Err(EvalError::Invalid(format!(
+                "{}: a second simulator with the same id",
+                path.display()
+            )));
         }
     }
     if let Some(dir) = moodsona {
@@ -173,9 +187,13 @@ struct MoodsonaRule {
 
 /// One moodsona persona YAML as a simulator (`moodsona:<id>`).
 pub fn import_moodsona(yaml: &str, origin: &str) -> Result<SimulatorSpec, EvalError> {
-    let p: MoodsonaPersona = serde_norway::from_str(yaml).map_err(|e| EvalError::Invalid(format!("{origin}: {e}")))?;
+    let p: MoodsonaPersona =
+        serde_norway::from_str(yaml).map_err(|e| EvalError::Invalid(format!("{origin}: {e}")))?;
     if p.language.as_deref().is_some_and(|l| l != "en") {
-        return Err(EvalError::Invalid(format!("{origin}: language {:?}; Rapport's simulators speak English", p.language)));
+        return Err(EvalError::Invalid(format!(
+            "{origin}: language {:?}; Rapport's simulators speak English",
+            p.language
+        )));
     }
     let spec = SimulatorSpec {
         id: format!("moodsona:{}", p.id),
@@ -191,12 +209,26 @@ pub fn import_moodsona(yaml: &str, origin: &str) -> Result<SimulatorSpec, EvalEr
             .map(|r| {
                 // moodsona has no "leave" field; its rules say so in words.
                 let lower = r.then.to_lowercase();
-                let ends_session = lower.contains("ends the session") || lower.contains("end the session") || lower.contains("leaves the chat");
-                ReactionRule { when: r.when, then: r.then, emotion_delta: r.emotion_delta, energy_delta: r.energy_delta, stance_to: r.stance_to, ends_session }
+                let ends_session = lower.contains("ends the session")
+                    || lower.contains("end the session")
+                    || lower.contains("leaves the chat");
+                ReactionRule {
+                    when: r.when,
+                    then: r.then,
+                    emotion_delta: r.emotion_delta,
+                    energy_delta: r.energy_delta,
+                    stance_to: r.stance_to,
+                    ends_session,
+                }
             })
             .collect(),
         initial_state: p.initial_state,
-        attribution: Some(format!("\"{}\" by {}, from moodsona 0.2.0, licensed under {}", p.display_name, p.author.as_deref().unwrap_or("moodsona maintainers"), p.license.as_deref().unwrap_or("CC-BY-4.0"))),
+        attribution: Some(format!(
+            "\"{}\" by {}, from moodsona 0.2.0, licensed under {}",
+            p.display_name,
+            p.author.as_deref().unwrap_or("moodsona maintainers"),
+            p.license.as_deref().unwrap_or("CC-BY-4.0")
+        )),
     };
     spec.validate(origin)?;
     Ok(spec)
@@ -204,12 +236,17 @@ pub fn import_moodsona(yaml: &str, origin: &str) -> Result<SimulatorSpec, EvalEr
 
 /// Every `*.yaml` in moodsona's persona directory.
 pub fn import_moodsona_dir(dir: &Path) -> Result<Vec<SimulatorSpec>, EvalError> {
-    let mut paths: Vec<_> = std::fs::read_dir(dir).map_err(|e| EvalError::Io(format!("{}: {e}", dir.display())))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| EvalError::Io(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
     paths.sort();
     paths
         .iter()
         .map(|p| {
-            let text = std::fs::read_to_string(p).map_err(|e| EvalError::Io(format!("{}: {e}", p.display())))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| EvalError::Io(format!("{}: {e}", p.display())))?;
             import_moodsona(&text, &p.display().to_string())
         })
         .collect()
@@ -246,16 +283,22 @@ impl RuleMatcher {
         let Some(nlu) = &self.nlu else { return Ok(vec![0.0; rules.len()]) };
         let mut texts: Vec<&str> = vec![reply];
         texts.extend(rules.iter().map(|r| r.when.as_str()));
-        let vectors = nlu.encoder().encode_batch(&texts).map_err(|e| EvalError::Model(e.to_string()))?;
+        let vectors =
+            nlu.encoder().encode_batch(&texts).map_err(|e| EvalError::Model(e.to_string()))?;
         Ok(vectors[1..].iter().map(|v| cosine(&vectors[0].0, &v.0)).collect())
     }
 
     /// The index of the rule `reply` triggers, with its similarity.
-    pub fn fire(&self, reply: &str, rules: &[ReactionRule]) -> Result<Option<(usize, f32)>, EvalError> {
+    pub fn fire(
+        &self,
+        reply: &str,
+        rules: &[ReactionRule],
+    ) -> Result<Option<(usize, f32)>, EvalError> {
         if self.nlu.is_none() || rules.is_empty() {
             return Ok(None);
         }
-        let best = self.scores(reply, rules)?.into_iter().enumerate().max_by(|a, b| a.1.total_cmp(&b.1));
+        let best =
+            self.scores(reply, rules)?.into_iter().enumerate().max_by(|a, b| a.1.total_cmp(&b.1));
         Ok(best.filter(|(_, s)| *s >= self.threshold))
     }
 }
@@ -278,8 +321,18 @@ impl<'a> SimulatedUser<'a> {
     /// Starts `spec` with its initial mood; `seed` chooses its opener and sampling seeds.
     pub fn new(spec: &'a SimulatorSpec, seed: u64) -> Self {
         let mut tera = Tera::default();
-        tera.add_raw_template("simulator", include_str!("../../prompts/simulator.tera")).expect("the embedded template parses");
-        Self { spec, state: spec.initial_state.clone(), pending: None, rng: SplitMix64::new(seed), tera, sent: 0, reactions: vec![], ended: false }
+        tera.add_raw_template("simulator", include_str!("../../prompts/simulator.tera"))
+            .expect("the embedded template parses");
+        Self {
+            spec,
+            state: spec.initial_state.clone(),
+            pending: None,
+            rng: SplitMix64::new(seed),
+            tera,
+            sent: 0,
+            reactions: vec![],
+            ended: false,
+        }
     }
 
     /// The mood now.
@@ -305,7 +358,13 @@ impl<'a> SimulatedUser<'a> {
     }
 
     /// The next message, given the dialogue so far (which ends with the persona's turn).
-    pub async fn next_message(&mut self, dialogue: &Dialogue, persona_name: &str, generator: &dyn Generator, base: &SamplingParams) -> Result<String, EvalError> {
+    pub async fn next_message(
+        &mut self,
+        dialogue: &Dialogue,
+        persona_name: &str,
+        generator: &dyn Generator,
+        base: &SamplingParams,
+    ) -> Result<String, EvalError> {
         self.sent += 1;
         let turn = self.sent;
         let seed = self.rng.next_u64();
@@ -324,7 +383,10 @@ impl<'a> SimulatedUser<'a> {
         ctx.insert("energy", &(self.state.energy.round() as i64));
         ctx.insert("stance", &self.state.stance);
         ctx.insert("reaction", &self.pending.take());
-        let system = self.tera.render("simulator", &ctx).map_err(|e| EvalError::Invalid(format!("simulator template: {e}")))?;
+        let system = self
+            .tera
+            .render("simulator", &ctx)
+            .map_err(|e| EvalError::Invalid(format!("simulator template: {e}")))?;
         // The conversation from the simulated user's side: the persona's turns are what it
         // hears (user), its own are what it said (assistant).
         let mut messages = vec![ChatMessage::system(system)];
@@ -334,10 +396,21 @@ impl<'a> SimulatedUser<'a> {
                 Speaker::User => ChatMessage::assistant(t.text.clone()),
             });
         }
-        let sampling = SamplingParams { temperature: 0.8, max_tokens: 60, seed: Some(seed), stop: vec!["\n".into()], ..base.clone() };
-        let request = GenerationRequest::new(messages, sampling).map_err(|e| EvalError::Generation(e.to_string()))?;
-        let stream = generator.generate(request).await.map_err(|e| EvalError::Generation(e.to_string()))?;
-        let text = collect_completion(stream, |_| {}).await.map_err(|e| EvalError::Generation(e.to_string()))?.text;
+        let sampling = SamplingParams {
+            temperature: 0.8,
+            max_tokens: 60,
+            seed: Some(seed),
+            stop: vec!["\n".into()],
+            ..base.clone()
+        };
+        let request = GenerationRequest::new(messages, sampling)
+            .map_err(|e| EvalError::Generation(e.to_string()))?;
+        let stream =
+            generator.generate(request).await.map_err(|e| EvalError::Generation(e.to_string()))?;
+        let text = collect_completion(stream, |_| {})
+            .await
+            .map_err(|e| EvalError::Generation(e.to_string()))?
+            .text;
         Ok(clean_message(&text, persona_name))
     }
 }
@@ -366,7 +439,11 @@ pub fn clean_message(text: &str, persona_name: &str) -> String {
     }
     let line = line.trim_matches(|c| c == '"' || c == '“' || c == '”').trim().to_string();
     let line: String = line.chars().take(400).collect();
-    if line.is_empty() { "…".into() } else { line }
+    if line.is_empty() {
+        "…".into()
+    } else {
+        line
+    }
 }
 
 #[cfg(test)]
@@ -411,9 +488,15 @@ author: moodsona maintainers
         assert_eq!(s.reaction_rules[0].emotion_delta, -15.0);
         assert!(!s.reaction_rules[0].ends_session && s.reaction_rules[1].ends_session);
         assert!(s.attribution.unwrap().contains("CC-BY-4.0"));
-        assert!(import_moodsona(&GRIEVING.replace("emotion: 20", "emotion: 200"), "t").unwrap_err().to_string().contains("outside 0..100"));
+        assert!(import_moodsona(&GRIEVING.replace("emotion: 20", "emotion: 200"), "t")
+            .unwrap_err()
+            .to_string()
+            .contains("outside 0..100"));
         assert!(import_moodsona("id: [", "t").is_err());
-        assert!(import_moodsona(&GRIEVING.replace("language: en", "language: de"), "t").unwrap_err().to_string().contains("English"));
+        assert!(import_moodsona(&GRIEVING.replace("language: en", "language: de"), "t")
+            .unwrap_err()
+            .to_string()
+            .contains("English"));
     }
 
     #[test]
@@ -429,10 +512,19 @@ author: moodsona maintainers
     /// The real MiniLM (pulled like in every other test) and the shipped emotion head.
     fn matcher() -> RuleMatcher {
         let cache = rapport_models::ModelCache::default_location().unwrap();
-        let installed = rapport_models::Puller::default().quiet().pull(&cache, &rapport_models::preset("minilm-l6").unwrap()).unwrap();
+        let installed = rapport_models::Puller::default()
+            .quiet()
+            .pull(&cache, &rapport_models::preset("minilm-l6").unwrap())
+            .unwrap();
         let encoder = rapport_nlu::SentenceEncoder::load(&installed.dir).unwrap();
-        let head = rapport_nlu::emotion::EmotionHead::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/emotion/goemotions-tuned")).unwrap();
-        RuleMatcher::new(Some(Arc::new(EmotionClassifier::new(encoder, head).unwrap())), RuleMatcher::DEFAULT_THRESHOLD)
+        let head = rapport_nlu::emotion::EmotionHead::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/emotion/goemotions-tuned"),
+        )
+        .unwrap();
+        RuleMatcher::new(
+            Some(Arc::new(EmotionClassifier::new(encoder, head).unwrap())),
+            RuleMatcher::DEFAULT_THRESHOLD,
+        )
     }
 
     #[test]
@@ -450,7 +542,12 @@ author: moodsona maintainers
             ("I like pottery.", None),
         ] {
             let fired = m.fire(reply, grieving).unwrap();
-            assert_eq!(fired.map(|(i, _)| i), rule, "{reply:?}: {:?}", m.scores(reply, grieving).unwrap());
+            assert_eq!(
+                fired.map(|(i, _)| i),
+                rule,
+                "{reply:?}: {:?}",
+                m.scores(reply, grieving).unwrap()
+            );
         }
     }
 

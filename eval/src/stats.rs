@@ -34,7 +34,11 @@ impl SplitMix64 {
 
 /// The arithmetic mean; `None` for no values.
 pub fn mean(values: &[f64]) -> Option<f64> {
-    if values.is_empty() { None } else { Some(values.iter().sum::<f64>() / values.len() as f64) }
+    if values.is_empty() {
+        None
+    } else {
+        Some(values.iter().sum::<f64>() / values.len() as f64)
+    }
 }
 
 /// The median; `None` for no values.
@@ -143,7 +147,12 @@ pub struct Estimate {
 /// Resamples `n` indices with replacement `resamples` times and applies `statistic` to each
 /// resample; resamples where the statistic is undefined are dropped (a resample of a few
 /// items can be constant). `None` when the statistic is undefined on the sample itself.
-pub fn bootstrap(n: usize, resamples: usize, seed: u64, statistic: impl Fn(&[usize]) -> Option<f64>) -> Option<Estimate> {
+pub fn bootstrap(
+    n: usize,
+    resamples: usize,
+    seed: u64,
+    statistic: impl Fn(&[usize]) -> Option<f64>,
+) -> Option<Estimate> {
     let all: Vec<usize> = (0..n).collect();
     let value = statistic(&all)?;
     let mut rng = SplitMix64::new(seed);
@@ -166,11 +175,18 @@ pub fn bootstrap(n: usize, resamples: usize, seed: u64, statistic: impl Fn(&[usi
 
 /// The mean with a bootstrap interval.
 pub fn mean_ci(values: &[f64], seed: u64) -> Option<Estimate> {
-    bootstrap(values.len(), 2000, seed, |idx| mean(&idx.iter().map(|&i| values[i]).collect::<Vec<_>>()))
+    bootstrap(values.len(), 2000, seed, |idx| {
+        mean(&idx.iter().map(|&i| values[i]).collect::<Vec<_>>())
+    })
 }
 
 /// A correlation with a bootstrap interval over pairs.
-pub fn correlation_ci(x: &[f64], y: &[f64], seed: u64, f: fn(&[f64], &[f64]) -> Option<f64>) -> Option<Estimate> {
+pub fn correlation_ci(
+    x: &[f64],
+    y: &[f64],
+    seed: u64,
+    f: fn(&[f64], &[f64]) -> Option<f64>,
+) -> Option<Estimate> {
     bootstrap(x.len(), 1000, seed, |idx| {
         let xs: Vec<f64> = idx.iter().map(|&i| x[i]).collect();
         let ys: Vec<f64> = idx.iter().map(|&i| y[i]).collect();
@@ -193,7 +209,12 @@ pub struct Difference {
 /// dialogue in both runs): the statistic is then the mean of per-pair differences, resampled by
 /// pair and tested by random sign flips. Otherwise two independent samples, resampled within
 /// each and tested by shuffling labels. 5,000 permutations: p-values down to 2·10⁻⁴.
-pub fn difference(a: &[f64], b: &[f64], pairs: Option<&[(usize, usize)]>, seed: u64) -> Option<Difference> {
+pub fn difference(
+    a: &[f64],
+    b: &[f64],
+    pairs: Option<&[(usize, usize)]>,
+    seed: u64,
+) -> Option<Difference> {
     const PERMUTATIONS: usize = 5000;
     let mut rng = SplitMix64::new(seed ^ 0x5EED);
     if let Some(pairs) = pairs {
@@ -202,12 +223,18 @@ pub fn difference(a: &[f64], b: &[f64], pairs: Option<&[(usize, usize)]>, seed: 
         let observed = delta.value.abs();
         let mut extreme = 0;
         for _ in 0..PERMUTATIONS {
-            let s: f64 = d.iter().map(|v| if rng.next_u64() & 1 == 1 { *v } else { -*v }).sum::<f64>() / d.len() as f64;
+            let s: f64 =
+                d.iter().map(|v| if rng.next_u64() & 1 == 1 { *v } else { -*v }).sum::<f64>()
+                    / d.len() as f64;
             if s.abs() >= observed - 1e-12 {
                 extreme += 1;
             }
         }
-        return Some(Difference { delta, p_value: (extreme + 1) as f64 / (PERMUTATIONS + 1) as f64, paired: true });
+        return Some(Difference {
+            delta,
+            p_value: (extreme + 1) as f64 / (PERMUTATIONS + 1) as f64,
+            paired: true,
+        });
     }
     if a.is_empty() || b.is_empty() {
         return None;
@@ -220,7 +247,12 @@ pub fn difference(a: &[f64], b: &[f64], pairs: Option<&[(usize, usize)]>, seed: 
         draws.push(mb - ma);
     }
     draws.sort_by(f64::total_cmp);
-    let delta = Estimate { value, low: quantile(&draws, 0.025), high: quantile(&draws, 0.975), n: a.len() + b.len() };
+    let delta = Estimate {
+        value,
+        low: quantile(&draws, 0.025),
+        high: quantile(&draws, 0.975),
+        n: a.len() + b.len(),
+    };
     let mut pooled: Vec<f64> = a.iter().chain(b).copied().collect();
     let mut extreme = 0;
     for _ in 0..PERMUTATIONS {
@@ -234,7 +266,11 @@ pub fn difference(a: &[f64], b: &[f64], pairs: Option<&[(usize, usize)]>, seed: 
             extreme += 1;
         }
     }
-    Some(Difference { delta, p_value: (extreme + 1) as f64 / (PERMUTATIONS + 1) as f64, paired: false })
+    Some(Difference {
+        delta,
+        p_value: (extreme + 1) as f64 / (PERMUTATIONS + 1) as f64,
+        paired: false,
+    })
 }
 
 /// Holm–Bonferroni adjusted p-values, in the input's order: comparing many criteria at once

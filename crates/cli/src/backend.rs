@@ -5,7 +5,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use rapport_core::{Generator, SamplingParams};
-use rapport_generate::{Activations, EmbeddedOptions, KvCacheDtype, MistralRsGenerator, OpenAiCompatGenerator, OpenAiCompatOptions};
+use rapport_generate::{
+    Activations, EmbeddedOptions, KvCacheDtype, MistralRsGenerator, OpenAiCompatGenerator,
+    OpenAiCompatOptions,
+};
 use rapport_models::{ModelCache, ModelKind, ModelSource, Puller};
 
 /// The default chat model for people; tests and CI name `smollm2-135m` explicitly.
@@ -68,14 +71,21 @@ impl BackendArgs {
         let sampling = preset.as_ref().and_then(|p| p.sampling.clone()).unwrap_or_default();
 
         if let Some(url) = &self.llm_url {
-            let mut options = OpenAiCompatOptions::new(url, self.llm_model.clone().unwrap_or_else(|| self.model.clone()));
+            let mut options = OpenAiCompatOptions::new(
+                url,
+                self.llm_model.clone().unwrap_or_else(|| self.model.clone()),
+            );
             options.api_key = self.llm_api_key.clone();
             if let Some(secs) = self.llm_timeout_secs {
                 options.first_byte_timeout = std::time::Duration::from_secs(secs.max(1));
                 options.idle_timeout = std::time::Duration::from_secs(secs.max(1));
             }
             let generator = OpenAiCompatGenerator::new(options)?;
-            return Ok(Backend { generator: Arc::new(generator), sampling, model_name: self.model.clone() });
+            return Ok(Backend {
+                generator: Arc::new(generator),
+                sampling,
+                model_name: self.model.clone(),
+            });
         }
 
         let cache = ModelCache::default_location()?;
@@ -88,7 +98,12 @@ impl BackendArgs {
             _ => cache.resolve(&self.model)?,
         };
         let started = std::time::Instant::now();
-        let mut options = EmbeddedOptions { activations: self.activations, kv_cache: self.kv_cache, max_batch: self.max_batch.max(1), ..EmbeddedOptions::default() };
+        let mut options = EmbeddedOptions {
+            activations: self.activations,
+            kv_cache: self.kv_cache,
+            max_batch: self.max_batch.max(1),
+            ..EmbeddedOptions::default()
+        };
         if self.no_repack {
             options.repack_dir = None;
         }

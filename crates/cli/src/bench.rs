@@ -36,7 +36,10 @@ pub struct BatchArgs {
     #[arg(long, default_value_t = 48)]
     max_tokens: u32,
     /// The system prompt every reply shares, as a persona's does.
-    #[arg(long, default_value = "You are Mia, a friendly person chatting by text. Keep replies short and warm.")]
+    #[arg(
+        long,
+        default_value = "You are Mia, a friendly person chatting by text. Keep replies short and warm."
+    )]
     system: String,
     /// Give every reply a user line of its own length, as real conversations do; without it the
     /// lines differ only in a number, so the prompts tokenise to the same length.
@@ -110,17 +113,27 @@ struct Prompt {
 
 /// Reads a prompt set; `system_file` paths are relative to the prompt file.
 fn load_prompts(path: &Path) -> anyhow::Result<Vec<Prompt>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let p: PromptLine = serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), n + 1))?;
+        let p: PromptLine =
+            serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), n + 1))?;
         let system = match (p.system, p.system_file) {
             (Some(s), None) => s,
-            (None, Some(f)) => std::fs::read_to_string(base.join(&f)).with_context(|| format!("reading {}", f.display()))?,
-            _ => anyhow::bail!("{}:{}: give exactly one of system and system_file", path.display(), n + 1),
+            (None, Some(f)) => std::fs::read_to_string(base.join(&f))
+                .with_context(|| format!("reading {}", f.display()))?,
+            _ => anyhow::bail!(
+                "{}:{}: give exactly one of system and system_file",
+                path.display(),
+                n + 1
+            ),
         };
-        out.push(Prompt { id: p.id, messages: vec![ChatMessage::system(system.trim()), ChatMessage::user(p.user)] });
+        out.push(Prompt {
+            id: p.id,
+            messages: vec![ChatMessage::system(system.trim()), ChatMessage::user(p.user)],
+        });
     }
     anyhow::ensure!(!out.is_empty(), "{} holds no prompts", path.display());
     Ok(out)
@@ -128,7 +141,10 @@ fn load_prompts(path: &Path) -> anyhow::Result<Vec<Prompt>> {
 
 fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    bar.set_style(ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} [{elapsed_precise}]").expect("static template"));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} [{elapsed_precise}]")
+            .expect("static template"),
+    );
     bar.set_message(what.to_string());
     bar
 }
@@ -217,12 +233,24 @@ async fn llm(args: LlmArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{} on {} ({} threads), greedy, {} tokens, {} runs after a cold one", report.model, report.engine, report.threads, report.max_tokens, report.runs);
-        println!("{:<14} {:>7} {:>10} {:>12} {:>10} {:>10} {:>12}", "prompt", "tokens", "ttft cold", "prefill t/s", "ttft p50", "ttft p95", "decode p50");
+        println!(
+            "{} on {} ({} threads), greedy, {} tokens, {} runs after a cold one",
+            report.model, report.engine, report.threads, report.max_tokens, report.runs
+        );
+        println!(
+            "{:<14} {:>7} {:>10} {:>12} {:>10} {:>10} {:>12}",
+            "prompt", "tokens", "ttft cold", "prefill t/s", "ttft p50", "ttft p95", "decode p50"
+        );
         for p in &report.prompts {
             println!(
                 "{:<14} {:>7} {:>9.2}s {:>12.1} {:>9.2}s {:>9.2}s {:>12.1}",
-                p.id, p.prompt_tokens, p.ttft_cold_s, p.prefill_tok_per_s_cold, p.ttft_p50_s, p.ttft_p95_s, p.decode_tok_per_s_p50
+                p.id,
+                p.prompt_tokens,
+                p.ttft_cold_s,
+                p.prefill_tok_per_s_cold,
+                p.ttft_p50_s,
+                p.ttft_p95_s,
+                p.decode_tok_per_s_p50
             );
         }
     }
@@ -243,7 +271,11 @@ fn with_run_suffix(messages: &[ChatMessage], run: usize) -> Vec<ChatMessage> {
 
 /// A greedy generation and its TTFT in seconds, as the backend measured it (the whole time when
 /// the reply was empty).
-async fn timed_greedy(backend: &Backend, messages: &[ChatMessage], max_tokens: u32) -> anyhow::Result<(f64, rapport_core::GenerationSummary)> {
+async fn timed_greedy(
+    backend: &Backend,
+    messages: &[ChatMessage],
+    max_tokens: u32,
+) -> anyhow::Result<(f64, rapport_core::GenerationSummary)> {
     let request = GenerationRequest::new(messages.to_vec(), SamplingParams::greedy(max_tokens))?;
     let done = collect_completion(backend.generator.generate(request).await?, |_| {}).await?;
     let t = done.summary.timings;
@@ -281,12 +313,20 @@ struct BatchLevel {
 /// engine's scheduler sees them together). Each round waits for its slowest reply: that is the
 /// batch's throughput, not an open arrival process (`rapport-load sweep` measures that).
 async fn batch(args: BatchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.levels.is_empty() && args.levels.iter().all(|&l| l >= 1), "--levels must be ≥ 1");
+    anyhow::ensure!(
+        !args.levels.is_empty() && args.levels.iter().all(|&l| l >= 1),
+        "--levels must be ≥ 1"
+    );
     anyhow::ensure!(args.replies >= 1, "--replies must be at least 1");
     let backend = args.backend.build().await?;
     // Warm-up: the first reply pays one-off costs (allocations, the prefix cache's first entry)
     // that would count against whichever level ran first.
-    timed_greedy(&backend, &[ChatMessage::system(&args.system), ChatMessage::user(batch_user_line(99, false))], args.max_tokens).await?;
+    timed_greedy(
+        &backend,
+        &[ChatMessage::system(&args.system), ChatMessage::user(batch_user_line(99, false))],
+        args.max_tokens,
+    )
+    .await?;
     let total: usize = args.levels.iter().map(|&l| args.replies.div_ceil(l) * l).sum();
     let bar = progress(total as u64, "bench batch");
     let mut rows: Vec<BatchLevel> = Vec::new();
@@ -298,7 +338,10 @@ async fn batch(args: BatchArgs) -> anyhow::Result<()> {
         for _ in 0..rounds {
             let round = (0..level).map(|_| {
                 counter += 1;
-                let messages = vec![ChatMessage::system(&args.system), ChatMessage::user(batch_user_line(counter, args.varied_lengths))];
+                let messages = vec![
+                    ChatMessage::system(&args.system),
+                    ChatMessage::user(batch_user_line(counter, args.varied_lengths)),
+                ];
                 let (backend, bar) = (&backend, &bar);
                 async move {
                     let r = timed_greedy(backend, &messages, args.max_tokens).await;
@@ -351,12 +394,31 @@ async fn batch(args: BatchArgs) -> anyhow::Result<()> {
             args.max_tokens,
             if args.varied_lengths { "varied" } else { "equal" }
         );
-        println!("{:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12}", "at once", "replies", "tokens", "replies/s", "tokens/s", "× one", "ttft p50", "ttft p95", "decode p50");
+        println!(
+            "{:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12}",
+            "at once",
+            "replies",
+            "tokens",
+            "replies/s",
+            "tokens/s",
+            "× one",
+            "ttft p50",
+            "ttft p95",
+            "decode p50"
+        );
         for r in &rows {
             let ratio = r.tokens_per_s_vs_one.map_or("-".to_string(), |x| format!("{x:.2}×"));
             println!(
                 "{:>8} {:>8} {:>8} {:>10.3} {:>10.1} {:>8} {:>9.2}s {:>9.2}s {:>12.1}",
-                r.at_once, r.replies, r.completion_tokens, r.replies_per_s, r.tokens_per_s, ratio, r.ttft_p50_s, r.ttft_p95_s, r.decode_tok_per_s_p50
+                r.at_once,
+                r.replies,
+                r.completion_tokens,
+                r.replies_per_s,
+                r.tokens_per_s,
+                ratio,
+                r.ttft_p50_s,
+                r.ttft_p95_s,
+                r.decode_tok_per_s_p50
             );
         }
     }
@@ -367,14 +429,18 @@ fn sampling_config(name: &str, preset: &SamplingParams) -> anyhow::Result<Sampli
     let max_tokens = preset.max_tokens;
     Ok(match name {
         "preset" => preset.clone(),
-        "greedy" => SamplingParams { stop: preset.stop.clone(), ..SamplingParams::greedy(max_tokens) },
+        "greedy" => {
+            SamplingParams { stop: preset.stop.clone(), ..SamplingParams::greedy(max_tokens) }
+        }
         "temperature" => SamplingParams {
             temperature: 0.7,
             top_p: Some(0.9),
             stop: preset.stop.clone(),
             ..SamplingParams::greedy(max_tokens)
         },
-        other => anyhow::bail!("unknown sampling configuration '{other}' (preset, greedy, temperature)"),
+        other => {
+            anyhow::bail!("unknown sampling configuration '{other}' (preset, greedy, temperature)")
+        }
     })
 }
 
@@ -394,7 +460,9 @@ async fn sampling(args: SamplingArgs) -> anyhow::Result<()> {
         .map(|c| sampling_config(c, &backend.sampling).map(|s| (c.clone(), s)))
         .collect::<anyhow::Result<_>>()?;
     let mut replies_out = match &args.replies_out {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| p.display().to_string())?)),
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| p.display().to_string())?,
+        )),
         None => None,
     };
     let bar = progress((configs.len() * prompts.len() * args.samples) as u64, "bench sampling");
@@ -404,10 +472,15 @@ async fn sampling(args: SamplingArgs) -> anyhow::Result<()> {
         for prompt in &prompts {
             for _ in 0..args.samples {
                 let request = GenerationRequest::new(prompt.messages.clone(), params.clone())?;
-                let done = collect_completion(backend.generator.generate(request).await?, |_| {}).await?;
+                let done =
+                    collect_completion(backend.generator.generate(request).await?, |_| {}).await?;
                 if let Some(out) = replies_out.as_mut() {
                     use std::io::Write;
-                    writeln!(out, "{}", serde_json::json!({"config": name, "prompt": prompt.id, "reply": done.text}))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"config": name, "prompt": prompt.id, "reply": done.text})
+                    )?;
                 }
                 replies.push(done.text);
                 bar.inc(1);
@@ -417,15 +490,28 @@ async fn sampling(args: SamplingArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"model": backend.model_name, "rows": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"model": backend.model_name, "rows": rows})
+            )?
+        );
     } else {
         println!("{} — {} prompts × {} samples", backend.model_name, prompts.len(), args.samples);
-        println!("{:<12} {:>10} {:>10} {:>16} {:>14} {:>10}", "config", "distinct-1", "distinct-2", "repeated sent.", "looping reps", "words");
+        println!(
+            "{:<12} {:>10} {:>10} {:>16} {:>14} {:>10}",
+            "config", "distinct-1", "distinct-2", "repeated sent.", "looping reps", "words"
+        );
         for r in &rows {
             let d = &r.report;
             println!(
                 "{:<12} {:>10.3} {:>10.3} {:>15.1}% {:>13.1}% {:>10.1}",
-                r.config, d.distinct_1, d.distinct_2, d.repeated_sentence_rate * 100.0, d.looping_reply_rate * 100.0, d.mean_words
+                r.config,
+                d.distinct_1,
+                d.distinct_2,
+                d.repeated_sentence_rate * 100.0,
+                d.looping_reply_rate * 100.0,
+                d.mean_words
             );
         }
     }

@@ -75,7 +75,10 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("Chatting with {} — /reset starts over, /quit or Ctrl-D ends.", backend.model_name);
+        eprintln!(
+            "Chatting with {} — /reset starts over, /quit or Ctrl-D ends.",
+            backend.model_name
+        );
     }
     let mut history = vec![ChatMessage::system(args.system.clone())];
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -108,8 +111,16 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             Ok(done) => {
                 if args.stats {
                     let s = &done.summary;
-                    let ttft = s.timings.time_to_first_token.map(|d| format!("{:.2}s", d.as_secs_f64())).unwrap_or("-".into());
-                    let tps = s.timings.decode_tokens_per_sec(&s.usage).map(|t| format!("{t:.1}")).unwrap_or("-".into());
+                    let ttft = s
+                        .timings
+                        .time_to_first_token
+                        .map(|d| format!("{:.2}s", d.as_secs_f64()))
+                        .unwrap_or("-".into());
+                    let tps = s
+                        .timings
+                        .decode_tokens_per_sec(&s.usage)
+                        .map(|t| format!("{t:.1}"))
+                        .unwrap_or("-".into());
                     eprintln!(
                         "[{} prompt + {} reply tokens, ttft {ttft}, {tps} tok/s, {:?}]",
                         s.usage.prompt_tokens, s.usage.completion_tokens, s.stop_reason

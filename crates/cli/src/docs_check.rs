@@ -16,7 +16,11 @@ fn root() -> PathBuf {
 
 /// README.md, SECURITY.md, ARCHITECTURE.md, BENCHMARKS.md and every Markdown file under docs/.
 fn pages() -> Vec<PathBuf> {
-    let mut pages: Vec<PathBuf> = ["README.md", "SECURITY.md", "ARCHITECTURE.md", "BENCHMARKS.md"].iter().map(|p| root().join(p)).filter(|p| p.exists()).collect();
+    let mut pages: Vec<PathBuf> = ["README.md", "SECURITY.md", "ARCHITECTURE.md", "BENCHMARKS.md"]
+        .iter()
+        .map(|p| root().join(p))
+        .filter(|p| p.exists())
+        .collect();
     let mut dirs = vec![root().join("docs")];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
@@ -67,7 +71,9 @@ fn command_lines(text: &str) -> Vec<Shown> {
             out.extend(line.split('`').skip(1).step_by(2).map(|span| (span.to_string(), false)));
         }
     }
-    out.into_iter().filter_map(|(line, fenced)| rapport_words(&line).map(|words| Shown { words, fenced })).collect()
+    out.into_iter()
+        .filter_map(|(line, fenced)| rapport_words(&line).map(|words| Shown { words, fenced }))
+        .collect()
 }
 
 /// The words of a `rapport` (or `$RAPPORT_BIN`) invocation in `line`, after the program name,
@@ -83,7 +89,10 @@ fn rapport_words(line: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for word in &words[start + 1..] {
         // A comment, a pipe, a redirection, or the lines of a diagram drawn around a command.
-        if word.starts_with('#') || ["|", "&&", ";", ">", ">>", "<", "2>"].contains(&word.as_str()) || word.contains(|c| ('\u{2500}'..='\u{25ff}').contains(&c)) {
+        if word.starts_with('#')
+            || ["|", "&&", ";", ">", ">>", "<", "2>"].contains(&word.as_str())
+            || word.contains(|c| ('\u{2500}'..='\u{25ff}').contains(&c))
+        {
             break;
         }
         let word = word.trim_start_matches('[').trim_end_matches(']');
@@ -146,18 +155,37 @@ fn every_rapport_command_in_the_docs_parses() {
         for shown in command_lines(&text) {
             checked += 1;
             let line = shown.words.join(" ");
-            if let Err(e) = Cli::try_parse_from(std::iter::once("rapport".to_string()).chain(shown.words)) {
+            if let Err(e) =
+                Cli::try_parse_from(std::iter::once("rapport".to_string()).chain(shown.words))
+            {
                 use clap::error::ErrorKind::*;
                 let help = matches!(e.kind(), DisplayHelp | DisplayVersion);
-                let a_mention = !shown.fenced && matches!(e.kind(), MissingRequiredArgument | DisplayHelpOnMissingArgumentOrSubcommand | InvalidValue | ValueValidation | MissingSubcommand);
+                let a_mention = !shown.fenced
+                    && matches!(
+                        e.kind(),
+                        MissingRequiredArgument
+                            | DisplayHelpOnMissingArgumentOrSubcommand
+                            | InvalidValue
+                            | ValueValidation
+                            | MissingSubcommand
+                    );
                 if !help && !a_mention {
-                    broken.push(format!("{}: `rapport {line}`: {}", page.strip_prefix(root()).unwrap_or(&page).display(), e.to_string().lines().next().unwrap_or_default()));
+                    broken.push(format!(
+                        "{}: `rapport {line}`: {}",
+                        page.strip_prefix(root()).unwrap_or(&page).display(),
+                        e.to_string().lines().next().unwrap_or_default()
+                    ));
                 }
             }
         }
     }
     assert!(checked >= 40, "only {checked} command lines found: is the extraction broken?");
-    assert!(broken.is_empty(), "{} of {checked} documented command lines do not parse:\n{}", broken.len(), broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "{} of {checked} documented command lines do not parse:\n{}",
+        broken.len(),
+        broken.join("\n")
+    );
 }
 
 #[test]
@@ -167,11 +195,18 @@ fn every_relative_link_in_the_docs_points_at_a_file() {
         let text = std::fs::read_to_string(&page).unwrap();
         for target in text.split("](").skip(1).filter_map(|rest| rest.split(')').next()) {
             let target = target.split('#').next().unwrap_or_default().trim();
-            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") || target.contains(' ') {
+            if target.is_empty()
+                || target.contains("://")
+                || target.starts_with("mailto:")
+                || target.contains(' ')
+            {
                 continue;
             }
             if !page.parent().unwrap().join(target).exists() {
-                broken.push(format!("{}: {target}", page.strip_prefix(root()).unwrap_or(&page).display()));
+                broken.push(format!(
+                    "{}: {target}",
+                    page.strip_prefix(root()).unwrap_or(&page).display()
+                ));
             }
         }
     }
@@ -180,10 +215,23 @@ fn every_relative_link_in_the_docs_points_at_a_file() {
 
 #[test]
 fn command_lines_are_read_as_a_shell_would() {
-    assert_eq!(rapport_words("rapport chat --persona card.png   # a comment").unwrap(), ["chat", "--persona", "card.png"]);
-    assert_eq!(rapport_words("RAPPORT_LOG=info rapport serve --listen 0.0.0.0:8080 | tee log").unwrap(), ["serve", "--listen", "0.0.0.0:8080"]);
-    assert_eq!(rapport_words("rapport persona export creator -o creator.png [--with-secret]").unwrap(), ["persona", "export", "creator", "-o", "creator.png", "--with-secret"]);
-    assert_eq!(rapport_words("rapport serve --database-url 'postgres://a:b@h/db?sslmode=require'").unwrap(), ["serve", "--database-url", "postgres://a:b@h/db?sslmode=require"]);
+    assert_eq!(
+        rapport_words("rapport chat --persona card.png   # a comment").unwrap(),
+        ["chat", "--persona", "card.png"]
+    );
+    assert_eq!(
+        rapport_words("RAPPORT_LOG=info rapport serve --listen 0.0.0.0:8080 | tee log").unwrap(),
+        ["serve", "--listen", "0.0.0.0:8080"]
+    );
+    assert_eq!(
+        rapport_words("rapport persona export creator -o creator.png [--with-secret]").unwrap(),
+        ["persona", "export", "creator", "-o", "creator.png", "--with-secret"]
+    );
+    assert_eq!(
+        rapport_words("rapport serve --database-url 'postgres://a:b@h/db?sslmode=require'")
+            .unwrap(),
+        ["serve", "--database-url", "postgres://a:b@h/db?sslmode=require"]
+    );
     assert_eq!(rapport_words("cargo run -p rapport"), None);
     assert_eq!(rapport_words("rapport-load run"), None);
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -191,5 +239,8 @@ fn command_lines_are_read_as_a_shell_would() {
         command_lines("```sh\nrapport serve \\\n  --listen 127.0.0.1:9\n```\nand `rapport models list` inline"),
         [Shown { words: words(&["serve", "--listen", "127.0.0.1:9"]), fenced: true }, Shown { words: words(&["models", "list"]), fenced: false }]
     );
-    assert_eq!(rapport_words("rapport eval compare A B ───┴─► which changed").unwrap(), ["eval", "compare", "A", "B"]);
+    assert_eq!(
+        rapport_words("rapport eval compare A B ───┴─► which changed").unwrap(),
+        ["eval", "compare", "A", "B"]
+    );
 }

@@ -100,16 +100,25 @@ pub(crate) fn encoder() -> anyhow::Result<SentenceEncoder> {
 
 fn bar(len: u64, msg: &str) -> ProgressBar {
     let b = ProgressBar::new(len);
-    b.set_style(ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} [{elapsed_precise}, eta {eta}]").expect("static template"));
+    b.set_style(
+        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} [{elapsed_precise}, eta {eta}]")
+            .expect("static template"),
+    );
     b.set_message(msg.to_string());
     b
 }
 
 /// Features of a data file, cached on disk by the file's content: encoding 43k messages takes
 /// minutes, and retraining with other settings should not repeat it.
-fn cached_features(encoder: &SentenceEncoder, path: &Path, examples: &[Example]) -> anyhow::Result<candle_core::Tensor> {
+fn cached_features(
+    encoder: &SentenceEncoder,
+    path: &Path,
+    examples: &[Example],
+) -> anyhow::Result<candle_core::Tensor> {
     let bytes = std::fs::read(path)?;
-    let key = hex::encode(&Sha256::new_with_prefix(b"minilm-l6 mean+max v1\0").chain_update(&bytes).finalize()[..16]);
+    let key = hex::encode(
+        &Sha256::new_with_prefix(b"minilm-l6 mean+max v1\0").chain_update(&bytes).finalize()[..16],
+    );
     let cache_dir = rapport_models::cache_root()?.join("features");
     let file = cache_dir.join(format!("{key}.safetensors"));
     if let Ok(t) = candle_core::safetensors::load(&file, &candle_core::Device::Cpu) {
@@ -121,7 +130,10 @@ fn cached_features(encoder: &SentenceEncoder, path: &Path, examples: &[Example])
     let features = features_with_progress(&label, examples, |batch| encoder.features(batch))?;
     std::fs::create_dir_all(&cache_dir)?;
     let tmp = file.with_extension("tmp");
-    candle_core::safetensors::save(&std::collections::HashMap::from([("features".to_string(), features.clone())]), &tmp)?;
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("features".to_string(), features.clone())]),
+        &tmp,
+    )?;
     std::fs::rename(&tmp, &file)?;
     Ok(features)
 }
@@ -149,7 +161,12 @@ struct EvalReport {
     thresholds: std::collections::BTreeMap<&'static str, f32>,
 }
 
-fn evaluate(classifier_head: &EmotionHead, features: &candle_core::Tensor, examples: &[Example], file: &Path) -> anyhow::Result<EvalReport> {
+fn evaluate(
+    classifier_head: &EmotionHead,
+    features: &candle_core::Tensor,
+    examples: &[Example],
+    file: &Path,
+) -> anyhow::Result<EvalReport> {
     let probs = classifier_head.probabilities(features)?;
     let t = classifier_head.thresholds();
     let gold: Vec<Vec<usize>> = examples.iter().map(|e| e.labels.clone()).collect();
@@ -181,20 +198,28 @@ pub fn run(command: EmotionCommand) -> anyhow::Result<()> {
             let reading = classifier.classify(&text)?;
             let (valence, arousal) = reading.valence_arousal();
             if json {
-                let probs: std::collections::BTreeMap<&str, f32> = LABELS.iter().copied().zip(reading.probabilities.iter().copied()).collect();
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "labels": reading.label_names(), "probabilities": probs,
-                    "ekman": reading.ekman().into_iter().map(|(e, p)| (serde_json::to_value(e).unwrap().as_str().unwrap().to_string(), p)).collect::<std::collections::BTreeMap<_, _>>(),
-                    "valence": valence, "arousal": arousal,
-                }))?);
+                let probs: std::collections::BTreeMap<&str, f32> =
+                    LABELS.iter().copied().zip(reading.probabilities.iter().copied()).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "labels": reading.label_names(), "probabilities": probs,
+                        "ekman": reading.ekman().into_iter().map(|(e, p)| (serde_json::to_value(e).unwrap().as_str().unwrap().to_string(), p)).collect::<std::collections::BTreeMap<_, _>>(),
+                        "valence": valence, "arousal": arousal,
+                    }))?
+                );
             } else {
-                let mut ranked: Vec<(usize, f32)> = reading.probabilities.iter().copied().enumerate().collect();
+                let mut ranked: Vec<(usize, f32)> =
+                    reading.probabilities.iter().copied().enumerate().collect();
                 ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
                 println!("labels: {}", reading.label_names().join(", "));
                 for (l, p) in ranked.iter().take(5) {
                     println!("  {:<16} {:.3}", LABELS[*l], p);
                 }
-                println!("ekman: {:?}   valence {valence:+.2}   arousal {arousal:+.2}", reading.dominant_ekman());
+                println!(
+                    "ekman: {:?}   valence {valence:+.2}   arousal {arousal:+.2}",
+                    reading.dominant_ekman()
+                );
             }
             Ok(())
         }
@@ -204,12 +229,18 @@ pub fn run(command: EmotionCommand) -> anyhow::Result<()> {
             let classifier = classifier(head)?;
             let features = if classifier.head().is_tuned() {
                 // A tuned branch's features depend on the head's own weights: nothing to cache.
-                features_with_progress("classifying", &examples, |batch| classifier.features(batch))?
+                features_with_progress("classifying", &examples, |batch| {
+                    classifier.features(batch)
+                })?
             } else {
                 cached_features(classifier.encoder(), &tsv, &examples)?
             };
             let report = evaluate(classifier.head(), &features, &examples, &tsv)?;
-            if json { println!("{}", serde_json::to_string_pretty(&report)?) } else { print_eval(&report) }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?)
+            } else {
+                print_eval(&report)
+            }
             Ok(())
         }
     }
@@ -224,12 +255,18 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let encoder = encoder()?;
     let train_x = cached_features(&encoder, &train_path, &train_examples)?;
     let dev_x = cached_features(&encoder, &dev_path, &dev_examples)?;
-    let options = TrainOptions { hidden: args.hidden, epochs: args.epochs, seed: args.seed, ..TrainOptions::default() };
+    let options = TrainOptions {
+        hidden: args.hidden,
+        epochs: args.epochs,
+        seed: args.seed,
+        ..TrainOptions::default()
+    };
     let progress = bar(options.epochs as u64, "training");
-    let (mut head, report) = train_head(&train_x, &multi_hot(&train_examples)?, &options, |epoch, loss, f1| {
-        progress.set_position(epoch as u64);
-        progress.set_message(format!("training: loss {loss:.4}, held-out macro-F1 {f1:.3}"));
-    })?;
+    let (mut head, report) =
+        train_head(&train_x, &multi_hot(&train_examples)?, &options, |epoch, loss, f1| {
+            progress.set_position(epoch as u64);
+            progress.set_message(format!("training: loss {loss:.4}, held-out macro-F1 {f1:.3}"));
+        })?;
     progress.finish_and_clear();
     let dev = evaluate(&head, &dev_x, &dev_examples, &dev_path)?;
     head.record_evaluation("dev", serde_json::json!({"macro_f1": dev.macro_f1, "micro_f1": dev.micro_f1, "messages": dev.messages}));
@@ -237,8 +274,14 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     head.save(&out)?;
-    println!("trained: {} examples fitted, {} held out; best epoch {} of {}; held-out macro-F1 {:.3}",
-        report.fit_examples, report.holdout_examples, report.best_epoch, report.epochs_run, report.holdout_macro_f1);
+    println!(
+        "trained: {} examples fitted, {} held out; best epoch {} of {}; held-out macro-F1 {:.3}",
+        report.fit_examples,
+        report.holdout_examples,
+        report.best_epoch,
+        report.epochs_run,
+        report.holdout_macro_f1
+    );
     print_eval(&dev);
     println!("saved {}.{{safetensors,json}}", out.display());
     Ok(())

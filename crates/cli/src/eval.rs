@@ -264,13 +264,20 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Calibrate(args) => run_calibration(args).await,
         EvalCommand::Chitchat { out, limit, seed } => {
             let dataset = pull_dataset("chitchat")?;
-            let n = tokio::task::spawn_blocking(move || calibrate::convert_chitchat(&dataset.join("dataset.json"), &out, limit, seed).map(|n| (n, out))).await??;
+            let n = tokio::task::spawn_blocking(move || {
+                calibrate::convert_chitchat(&dataset.join("dataset.json"), &out, limit, seed)
+                    .map(|n| (n, out))
+            })
+            .await??;
             println!("{} rated conversations written to {}", n.0, n.1.display());
             Ok(())
         }
         EvalCommand::Simulators { simulators_dir } => {
             let moodsona = pull_dataset("moodsona").ok();
-            let all = simulator::load_all(&simulators_dir.unwrap_or_else(default_simulators_dir), moodsona.as_deref())?;
+            let all = simulator::load_all(
+                &simulators_dir.unwrap_or_else(default_simulators_dir),
+                moodsona.as_deref(),
+            )?;
             for (id, s) in &all {
                 println!("{id:<36} {} — {}", s.name, s.attribution.as_deref().unwrap_or("Rapport"));
             }
@@ -283,9 +290,13 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
 
 /// Fails (exit 1) when the secret leaked before unlock: the one number that must be 0.
 async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
-    let path = args.attacks.clone().unwrap_or_else(|| crate::emotion::datasets_dir().join("injection/attacks.jsonl"));
+    let path = args
+        .attacks
+        .clone()
+        .unwrap_or_else(|| crate::emotion::datasets_dir().join("injection/attacks.jsonl"));
     let attacks = rapport_eval::injection::load(&path)?;
-    let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
+    let library =
+        PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
     let persona = library.get(&args.persona)?.clone();
     let backend = args.backend.build().await?;
     let nlu = load_nlu(args.lexical_only).await?;
@@ -293,13 +304,32 @@ async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_tokens {
         sampling.max_tokens = n;
     }
-    let config = PipelineConfig { budget: TokenBudget { reply_tokens: sampling.max_tokens as usize, ..TokenBudget::default() }, sampling, ..PipelineConfig::default() };
+    let config = PipelineConfig {
+        budget: TokenBudget {
+            reply_tokens: sampling.max_tokens as usize,
+            ..TokenBudget::default()
+        },
+        sampling,
+        ..PipelineConfig::default()
+    };
     let pipeline = Pipeline::new(persona, nlu, Arc::new(Prompts::embedded()), config)?;
     let progress = indicatif::ProgressBar::new(attacks.len() as u64);
-    progress.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} attacks [{elapsed_precise}]").expect("a valid template"));
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} attacks [{elapsed_precise}]")
+            .expect("a valid template"),
+    );
     // A fixed evening: the context step's words do not change between runs.
-    let now = chrono::DateTime::parse_from_rfc3339("2026-06-13T20:30:00+02:00").expect("a valid time");
-    let report = rapport_eval::injection::run_suite(&pipeline, backend.generator.as_ref(), &backend.model_name, &attacks, now, Some(&progress)).await?;
+    let now =
+        chrono::DateTime::parse_from_rfc3339("2026-06-13T20:30:00+02:00").expect("a valid time");
+    let report = rapport_eval::injection::run_suite(
+        &pipeline,
+        backend.generator.as_ref(),
+        &backend.model_name,
+        &attacks,
+        now,
+        Some(&progress),
+    )
+    .await?;
     progress.finish_and_clear();
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.out {
@@ -340,11 +370,20 @@ async fn load_nlu(lexical_only: bool) -> anyhow::Result<Option<Arc<EmotionClassi
 }
 
 /// The judge's generator: the persona's backend unless another model or server is named.
-async fn judge_backend(args: &JudgeArgs, backend: &BackendArgs, shared: Option<&Backend>) -> anyhow::Result<Backend> {
-    let same = args.judge_url.is_none() && args.judge_model.as_deref().is_none_or(|m| m == backend.model);
+async fn judge_backend(
+    args: &JudgeArgs,
+    backend: &BackendArgs,
+    shared: Option<&Backend>,
+) -> anyhow::Result<Backend> {
+    let same =
+        args.judge_url.is_none() && args.judge_model.as_deref().is_none_or(|m| m == backend.model);
     if same {
         if let Some(b) = shared {
-            return Ok(Backend { generator: b.generator.clone(), sampling: b.sampling.clone(), model_name: b.model_name.clone() });
+            return Ok(Backend {
+                generator: b.generator.clone(),
+                sampling: b.sampling.clone(),
+                model_name: b.model_name.clone(),
+            });
         }
     }
     let mut judge_args = backend.clone();
@@ -360,7 +399,12 @@ async fn judge_backend(args: &JudgeArgs, backend: &BackendArgs, shared: Option<&
 }
 
 fn make_judge(args: &JudgeArgs, backend: &Backend) -> anyhow::Result<Judge> {
-    let config = JudgeConfig { samples: args.samples.max(1), per_criterion: args.per_criterion, max_transcript_chars: args.max_transcript_chars, ..JudgeConfig::default() };
+    let config = JudgeConfig {
+        samples: args.samples.max(1),
+        per_criterion: args.per_criterion,
+        max_transcript_chars: args.max_transcript_chars,
+        ..JudgeConfig::default()
+    };
     Ok(match &args.judge_prompts {
         Some(dir) => Judge::with_prompts_dir(backend.generator.clone(), config, dir)?,
         None => Judge::new(backend.generator.clone(), config),
@@ -368,30 +412,57 @@ fn make_judge(args: &JudgeArgs, backend: &Backend) -> anyhow::Result<Judge> {
 }
 
 fn default_run_dir(rubric: &str) -> PathBuf {
-    PathBuf::from("eval-runs").join(format!("{rubric}-{}", chrono::Local::now().format("%Y%m%d-%H%M%S")))
+    PathBuf::from("eval-runs")
+        .join(format!("{rubric}-{}", chrono::Local::now().format("%Y%m%d-%H%M%S")))
 }
 
 async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
     let rubric = Rubric::load(&args.rubric)?;
-    let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
-    let personas: Vec<String> = if args.personas.is_empty() { library.ids().map(str::to_string).collect() } else { args.personas.clone() };
+    let library =
+        PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
+    let personas: Vec<String> = if args.personas.is_empty() {
+        library.ids().map(str::to_string).collect()
+    } else {
+        args.personas.clone()
+    };
     let needs_moodsona = args.simulators.iter().any(|s| s.starts_with("moodsona:"));
-    let moodsona = if needs_moodsona { Some(tokio::task::spawn_blocking(|| pull_dataset("moodsona")).await??) } else { None };
-    let simulators = simulator::load_all(&args.simulators_dir.clone().unwrap_or_else(default_simulators_dir), moodsona.as_deref())?;
+    let moodsona = if needs_moodsona {
+        Some(tokio::task::spawn_blocking(|| pull_dataset("moodsona")).await??)
+    } else {
+        None
+    };
+    let simulators = simulator::load_all(
+        &args.simulators_dir.clone().unwrap_or_else(default_simulators_dir),
+        moodsona.as_deref(),
+    )?;
 
     let backend = args.backend.build().await?;
-    let judge = if args.no_judge { None } else { Some(judge_backend(&args.judge, &args.backend, Some(&backend)).await?) };
+    let judge = if args.no_judge {
+        None
+    } else {
+        Some(judge_backend(&args.judge, &args.backend, Some(&backend)).await?)
+    };
     let nlu = load_nlu(args.lexical_only).await?;
     let mut sampling = backend.sampling.clone();
     if let Some(n) = args.max_tokens {
         sampling.max_tokens = n;
     }
-    let config = PipelineConfig { budget: TokenBudget { context_tokens: args.context_tokens, reply_tokens: sampling.max_tokens as usize }, sampling, ..PipelineConfig::default() };
+    let config = PipelineConfig {
+        budget: TokenBudget {
+            context_tokens: args.context_tokens,
+            reply_tokens: sampling.max_tokens as usize,
+        },
+        sampling,
+        ..PipelineConfig::default()
+    };
     let prompts = Arc::new(Prompts::embedded());
     let mut pipelines = BTreeMap::new();
     for id in &personas {
         let persona = library.get(id)?.clone();
-        pipelines.insert(id.clone(), Arc::new(Pipeline::new(persona, nlu.clone(), prompts.clone(), config.clone())?));
+        pipelines.insert(
+            id.clone(),
+            Arc::new(Pipeline::new(persona, nlu.clone(), prompts.clone(), config.clone())?),
+        );
     }
     let spec = BatchSpec {
         personas,
@@ -418,7 +489,14 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| default_run_dir(&rubric.id));
     let run = RunDir::open(&out)?;
     let cells = spec.cells().len();
-    eprintln!("{cells} dialogues ({} personas × {} simulators × {} seeds) of {} turns into {}", spec.personas.len(), spec.simulators.len(), spec.seeds.len(), spec.turns, out.display());
+    eprintln!(
+        "{cells} dialogues ({} personas × {} simulators × {} seeds) of {} turns into {}",
+        spec.personas.len(),
+        spec.simulators.len(),
+        spec.seeds.len(),
+        spec.turns,
+        out.display()
+    );
     let started = std::time::Instant::now();
     let summary = batch::run(&spec, &parts, &run, args.jobs, &MultiProgress::new()).await?;
     let r = write_reports(&run, &rubric)?;
@@ -440,7 +518,11 @@ fn write_reports(run: &RunDir, rubric: &Rubric) -> anyhow::Result<RunReport> {
     let dialogues = run.dialogues()?;
     let verdicts = run.verdicts()?;
     let spec = run.spec()?.map(|s| serde_json::to_value(s).expect("a spec serialises"));
-    let name = run.path().file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    let name = run
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "run".into());
     let r = report::build(&name, rubric, spec, &dialogues, &verdicts);
     let dir = run.path();
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&r)?)?;
@@ -456,14 +538,25 @@ async fn score_logged(args: ScoreArgs) -> anyhow::Result<()> {
     let mut dialogues = run.dialogues()?;
     if dialogues.is_empty() {
         dialogues = match (&args.database_url, &args.jsonl) {
-            (Some(url), None) => rapport_eval::dialogue::read_database(url, args.limit, args.min_user_turns).await?,
-            (None, Some(path)) => rapport_eval::dialogue::read_jsonl(path)?.into_iter().filter(|d| d.user_turns().count() >= args.min_user_turns).take(args.limit).collect(),
+            (Some(url), None) => {
+                rapport_eval::dialogue::read_database(url, args.limit, args.min_user_turns).await?
+            }
+            (None, Some(path)) => rapport_eval::dialogue::read_jsonl(path)?
+                .into_iter()
+                .filter(|d| d.user_turns().count() >= args.min_user_turns)
+                .take(args.limit)
+                .collect(),
             _ => anyhow::bail!("give --database-url or --jsonl"),
         };
         // Logged conversations of a persona with a secret are checked for leaks too.
-        let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone())).ok();
+        let library =
+            PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))
+                .ok();
         for d in &mut dialogues {
-            d.secret = library.as_ref().and_then(|l| l.get(&d.persona).ok()).and_then(|p| p.secret.as_ref().map(|s| s.value.clone()));
+            d.secret = library
+                .as_ref()
+                .and_then(|l| l.get(&d.persona).ok())
+                .and_then(|p| p.secret.as_ref().map(|s| s.value.clone()));
             run.append_dialogue(d)?;
         }
     }
@@ -471,12 +564,19 @@ async fn score_logged(args: ScoreArgs) -> anyhow::Result<()> {
     if !args.no_judge {
         let backend = judge_backend(&args.judge, &args.backend, None).await?;
         let judge = make_judge(&args.judge, &backend)?;
-        let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone())).ok();
-        let done: std::collections::BTreeSet<String> = run.verdicts()?.into_iter().map(|v| v.dialogue).collect();
+        let library =
+            PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))
+                .ok();
+        let done: std::collections::BTreeSet<String> =
+            run.verdicts()?.into_iter().map(|v| v.dialogue).collect();
         let criteria = rubric.judged(Side::Persona);
         let bar = indicatif::ProgressBar::new(dialogues.len() as u64);
         for d in dialogues.iter().filter(|d| !done.contains(&d.id)) {
-            let brief = library.as_ref().and_then(|l| l.get(&d.persona).ok()).map(batch::brief_of).unwrap_or_default();
+            let brief = library
+                .as_ref()
+                .and_then(|l| l.get(&d.persona).ok())
+                .map(batch::brief_of)
+                .unwrap_or_default();
             let verdict = judge.score(d, &criteria, Side::Persona, &brief).await?;
             run.append_verdict(&VerdictLine { dialogue: d.id.clone(), verdict })?;
             bar.inc(1);
@@ -508,15 +608,29 @@ async fn compare_runs(args: CompareArgs) -> anyhow::Result<()> {
     if args.pairwise {
         let backend = args.backend.build().await?;
         let judge = Judge::new(backend.generator.clone(), JudgeConfig::default());
-        let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone())).ok();
-        let da: BTreeMap<String, Dialogue> = RunDir::open(&args.run_a)?.dialogues()?.into_iter().map(|d| (d.id.clone(), d)).collect();
+        let library =
+            PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))
+                .ok();
+        let da: BTreeMap<String, Dialogue> = RunDir::open(&args.run_a)?
+            .dialogues()?
+            .into_iter()
+            .map(|d| (d.id.clone(), d))
+            .collect();
         let db = RunDir::open(&args.run_b)?.dialogues()?;
         let criteria = rubric.judged(Side::Persona);
-        let pairs: Vec<(&Dialogue, &Dialogue)> = db.iter().filter_map(|b| da.get(&b.id).map(|a| (a, b))).collect();
-        anyhow::ensure!(!pairs.is_empty(), "--pairwise needs dialogues present in both runs (same persona, simulator and seed)");
+        let pairs: Vec<(&Dialogue, &Dialogue)> =
+            db.iter().filter_map(|b| da.get(&b.id).map(|a| (a, b))).collect();
+        anyhow::ensure!(
+            !pairs.is_empty(),
+            "--pairwise needs dialogues present in both runs (same persona, simulator and seed)"
+        );
         let bar = indicatif::ProgressBar::new(pairs.len() as u64);
         for (da, db) in pairs {
-            let brief = library.as_ref().and_then(|l| l.get(&da.persona).ok()).map(batch::brief_of).unwrap_or_default();
+            let brief = library
+                .as_ref()
+                .and_then(|l| l.get(&da.persona).ok())
+                .map(batch::brief_of)
+                .unwrap_or_default();
             for (id, outcome) in judge.compare(da, db, &criteria, &brief).await? {
                 c.pairwise.entry(id).or_insert_with(PairTally::default).add(outcome);
             }
@@ -543,7 +657,16 @@ async fn run_calibration(args: CalibrateArgs) -> anyhow::Result<()> {
     }
     let backend = judge_backend(&args.judge, &args.backend, None).await?;
     let judge = make_judge(&args.judge, &backend)?;
-    let report = calibrate::calibrate(&judge, &rubric, &items, &args.rated.display().to_string(), &backend.model_name, args.save.as_deref(), !args.json).await?;
+    let report = calibrate::calibrate(
+        &judge,
+        &rubric,
+        &items,
+        &args.rated.display().to_string(),
+        &backend.model_name,
+        args.save.as_deref(),
+        !args.json,
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -555,7 +678,10 @@ async fn run_calibration(args: CalibrateArgs) -> anyhow::Result<()> {
 async fn run_coach(args: CoachArgs) -> anyhow::Result<()> {
     let dialogue = match (&args.database_url, &args.conversation, &args.jsonl) {
         (Some(url), Some(id), None) => rapport_eval::dialogue::read_conversation(url, id).await?,
-        (None, None, Some(path)) => rapport_eval::dialogue::read_jsonl(path)?.into_iter().next().with_context(|| format!("{} holds no dialogue", path.display()))?,
+        (None, None, Some(path)) => rapport_eval::dialogue::read_jsonl(path)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{} holds no dialogue", path.display()))?,
         _ => anyhow::bail!("give --database-url with --conversation, or --jsonl"),
     };
     let report = coach::feedback(&dialogue);
@@ -564,11 +690,23 @@ async fn run_coach(args: CoachArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let m = &report.measured;
-    let pct = |v: Option<f64>| v.map(|v| format!("{:.0}%", v * 100.0)).unwrap_or_else(|| "—".into());
+    let pct =
+        |v: Option<f64>| v.map(|v| format!("{:.0}%", v * 100.0)).unwrap_or_else(|| "—".into());
     println!("{} messages, {} questions ({} open)", m.messages, m.questions, m.open_questions);
-    println!("open questions {} · active listening {} · reciprocity {} · pacing {}", pct(m.open_question_rate), pct(m.active_listening), pct(m.reciprocity), pct(m.pacing));
+    println!(
+        "open questions {} · active listening {} · reciprocity {} · pacing {}",
+        pct(m.open_question_rate),
+        pct(m.active_listening),
+        pct(m.reciprocity),
+        pct(m.pacing)
+    );
     for t in &report.tips {
-        println!("\n[{}] {}: {}", if t.kind == "strength" { "+" } else { "try" }, t.title, t.detail);
+        println!(
+            "\n[{}] {}: {}",
+            if t.kind == "strength" { "+" } else { "try" },
+            t.title,
+            t.detail
+        );
         if let Some(e) = &t.example {
             println!("      e.g. \"{e}\"");
         }

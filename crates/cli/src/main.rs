@@ -18,7 +18,11 @@ mod terminal;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rapport", version, about = "Rapport: practise conversation with empathetic AI personas")]
+#[command(
+    name = "rapport",
+    version,
+    about = "Rapport: practise conversation with empathetic AI personas"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,7 +71,11 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("RAPPORT_LOG")
                 // mistral.rs's GGUF loader warns on every CPU start that "device mapping contains a
                 // mix of GPU and CPU" (it is all CPU): only its errors are shown by default.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mistralrs_core::pipeline::gguf=error,rapport=info")),
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,mistralrs_core::pipeline::gguf=error,rapport=info",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

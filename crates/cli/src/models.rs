@@ -23,7 +23,10 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
     let cache = ModelCache::default_location()?;
     match command {
         ModelsCommand::List => {
-            println!("{:<14} {:<10} {:>9}  {:<9}  description", "name", "kind", "size", "installed");
+            println!(
+                "{:<14} {:<10} {:>9}  {:<9}  description",
+                "name", "kind", "size", "installed"
+            );
             for p in presets() {
                 let kind = match p.kind {
                     ModelKind::ChatGguf => "chat",
@@ -32,14 +35,19 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
                 };
                 let installed = if cache.installed(&p).is_some() { "yes" } else { "no" };
                 let size = format!("{:.0} MB", p.total_size() as f64 / 1e6);
-                println!("{:<14} {:<10} {:>9}  {:<9}  {}", p.name, kind, size, installed, p.description);
+                println!(
+                    "{:<14} {:<10} {:>9}  {:<9}  {}",
+                    p.name, kind, size, installed, p.description
+                );
             }
             println!("\ncache: {}", cache.root().display());
         }
         ModelsCommand::Pull { name } => {
             let preset = match ModelCache::source(&name)? {
                 ModelSource::Preset(p) => p,
-                ModelSource::File(path) => anyhow::bail!("{} is a file, not a preset: nothing to pull", path.display()),
+                ModelSource::File(path) => {
+                    anyhow::bail!("{} is a file, not a preset: nothing to pull", path.display())
+                }
             };
             let installed = Puller::default().pull(&cache, &preset)?;
             println!("{}", installed.primary.display());

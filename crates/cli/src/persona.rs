@@ -51,7 +51,13 @@ pub fn run(command: PersonaCommand) -> anyhow::Result<()> {
             let library = PersonaLibrary::load_dir(&dir)?;
             for p in library.iter() {
                 let secret = if p.secret.is_some() { " · has a secret" } else { "" };
-                println!("{:<16} {} · {} examples · {} forbidden topics{secret}", p.id, p.name, p.examples.len(), p.forbidden_topics.len());
+                println!(
+                    "{:<16} {} · {} examples · {} forbidden topics{secret}",
+                    p.id,
+                    p.name,
+                    p.examples.len(),
+                    p.forbidden_topics.len()
+                );
             }
             eprintln!("from {}", dir.display());
         }
@@ -60,8 +66,14 @@ pub fn run(command: PersonaCommand) -> anyhow::Result<()> {
             let toml = imported.persona.to_toml();
             match out {
                 Some(path) => {
-                    std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
-                    eprintln!("imported {:?} card '{}' → {}", imported.spec, imported.persona.name, path.display());
+                    std::fs::write(&path, toml)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "imported {:?} card '{}' → {}",
+                        imported.spec,
+                        imported.persona.name,
+                        path.display()
+                    );
                 }
                 None => print!("{toml}"),
             }
@@ -70,12 +82,21 @@ pub fn run(command: PersonaCommand) -> anyhow::Result<()> {
             let persona = load_persona(&persona, &personas_dir(personas))?;
             match out {
                 Some(path) if path.extension().is_some_and(|e| e == "png") => {
-                    let image = image.map(|i| std::fs::read(&i).with_context(|| format!("reading {}", i.display()))).transpose()?;
+                    let image = image
+                        .map(|i| {
+                            std::fs::read(&i).with_context(|| format!("reading {}", i.display()))
+                        })
+                        .transpose()?;
                     std::fs::write(&path, export_v2_png(&persona, with_secret, image.as_deref())?)?;
                     eprintln!("wrote {}", path.display());
                 }
-                Some(path) => std::fs::write(&path, serde_json::to_string_pretty(&export_v2(&persona, with_secret))?)?,
-                None => println!("{}", serde_json::to_string_pretty(&export_v2(&persona, with_secret))?),
+                Some(path) => std::fs::write(
+                    &path,
+                    serde_json::to_string_pretty(&export_v2(&persona, with_secret))?,
+                )?,
+                None => {
+                    println!("{}", serde_json::to_string_pretty(&export_v2(&persona, with_secret))?)
+                }
             }
         }
     }

@@ -54,25 +54,52 @@ pub struct Options {
     pub stats: bool,
 }
 
-pub async fn run(args: &Options, persona: &str, backend: Backend, sampling: SamplingParams) -> anyhow::Result<()> {
+pub async fn run(
+    args: &Options,
+    persona: &str,
+    backend: Backend,
+    sampling: SamplingParams,
+) -> anyhow::Result<()> {
     let persona = load_persona(persona, &personas_dir(args.personas.clone()))?;
-    let nlu = if args.lexical_only { None } else { Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??)) };
+    let nlu = if args.lexical_only {
+        None
+    } else {
+        Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??))
+    };
     let prompts = match &args.prompts {
         Some(dir) => Prompts::from_dir(dir)?,
         None => Prompts::embedded(),
     };
-    let notes = if args.notes_in_system { NotesPlacement::InSystem } else { NotesPlacement::BeforeMessage };
-    let config = PipelineConfig { budget: TokenBudget { context_tokens: args.context_tokens, reply_tokens: sampling.max_tokens as usize }, sampling, notes, ..PipelineConfig::default() };
+    let notes =
+        if args.notes_in_system { NotesPlacement::InSystem } else { NotesPlacement::BeforeMessage };
+    let config = PipelineConfig {
+        budget: TokenBudget {
+            context_tokens: args.context_tokens,
+            reply_tokens: sampling.max_tokens as usize,
+        },
+        sampling,
+        notes,
+        ..PipelineConfig::default()
+    };
     let pipeline = Pipeline::new(persona, nlu, Arc::new(prompts), config)?;
     let name = pipeline.persona().name.clone();
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("Chatting with {name} ({}) — /reset starts over, /quit or Ctrl-D ends.", backend.model_name);
+        eprintln!(
+            "Chatting with {name} ({}) — /reset starts over, /quit or Ctrl-D ends.",
+            backend.model_name
+        );
     }
     let mut conversation = pipeline.start();
     println!("{name}> {}", conversation.history[0].content);
     let mut trace_file = match &args.trace_json {
-        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?),
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening {}", p.display()))?,
+        ),
         None => None,
     };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -101,7 +128,9 @@ pub async fn run(args: &Options, persona: &str, backend: Backend, sampling: Samp
             }
             TurnEvent::Prepared(_) => {}
         };
-        let outcome = pipeline.respond(&mut conversation, line, now, backend.generator.as_ref(), &mut on_event).await;
+        let outcome = pipeline
+            .respond(&mut conversation, line, now, backend.generator.as_ref(), &mut on_event)
+            .await;
         println!();
         match outcome {
             Ok(outcome) => {
@@ -109,7 +138,12 @@ pub async fn run(args: &Options, persona: &str, backend: Backend, sampling: Samp
                     eprintln!("{}", render_trace(&outcome.trace));
                 } else if args.stats {
                     if let Some(a) = outcome.trace.attempts.last() {
-                        eprintln!("[{} prompt + {} reply tokens, ttft {} ms]", a.prompt_tokens.unwrap_or(0), a.completion_tokens.unwrap_or(0), a.ttft_ms.unwrap_or(0));
+                        eprintln!(
+                            "[{} prompt + {} reply tokens, ttft {} ms]",
+                            a.prompt_tokens.unwrap_or(0),
+                            a.completion_tokens.unwrap_or(0),
+                            a.ttft_ms.unwrap_or(0)
+                        );
                     }
                 }
                 if let Some(f) = trace_file.as_mut() {
@@ -128,42 +162,129 @@ pub fn render_trace(t: &TurnTrace) -> String {
     let mut line = |label: &str, text: String| out.push_str(&format!("   {label:<10}{text}\n"));
     let c = &t.context;
     let gap = c.gap_seconds.map(|g| format!(" · gap {g}s")).unwrap_or_default();
-    let header = format!("── turn {} · {} {} · {} min in{gap}", t.turn, c.local_time, c.weekday, c.minutes_in_conversation);
+    let header = format!(
+        "── turn {} · {} {} · {} min in{gap}",
+        t.turn, c.local_time, c.weekday, c.minutes_in_conversation
+    );
     let e = &t.emotion;
     let labels: Vec<String> = e.labels.iter().map(|(l, p)| format!("{l} {p:.2}")).collect();
     line(
         "emotion",
-        format!("{} · {} · valence {:+.2} · mood {:+.2} (trend {:+.2}){}", labels.join(", "), e.ekman, e.valence, e.mood, e.trend, if e.distress { " · DISTRESS" } else { "" }),
+        format!(
+            "{} · {} · valence {:+.2} · mood {:+.2} (trend {:+.2}){}",
+            labels.join(", "),
+            e.ekman,
+            e.valence,
+            e.mood,
+            e.trend,
+            if e.distress { " · DISTRESS" } else { "" }
+        ),
     );
     line("stage", format!("{} → {} ({})", t.stage.from.as_str(), t.stage.to.as_str(), t.stage.why));
-    let reasons: Vec<String> = t.closeness.reasons.iter().map(|r| if r.points != 0.0 { format!("{:+.1} {}", r.points, r.code) } else { r.code.clone() }).collect();
-    line("closeness", format!("{} → {} · {}: {}", t.closeness.before.get(), t.closeness.after.get(), t.closeness.decision.as_str(), if reasons.is_empty() { "nothing notable".into() } else { reasons.join(", ") }));
-    line("secret", match &t.secret {
-        rapport_pipeline::secret::SecretStatus::None => "none".into(),
-        rapport_pipeline::secret::SecretStatus::Locked { missing } => format!("locked (needs {})", missing.join(", ")),
-        rapport_pipeline::secret::SecretStatus::Unlocked => "UNLOCKED".into(),
-    });
-    let out_hits: Vec<String> = t.attempts.iter().flat_map(|a| match &a.outcome {
-        rapport_pipeline::trace::AttemptOutcome::Rejected { hits } => hits.iter().map(|h| h.code().to_string()).collect(),
-        _ => vec![],
-    }).collect();
-    let in_hits: Vec<String> = t.input_guards.iter().map(|h| serde_json::to_string(h).unwrap_or_default()).collect();
-    line("guards", format!("in: {} · out: {}", if in_hits.is_empty() { "none".into() } else { in_hits.join(", ") }, if out_hits.is_empty() { "none".into() } else { out_hits.join(", ") }));
-    let ex: Vec<String> = t.examples.iter().map(|x| format!("#{} {:.2} \"{}\"", x.index, x.score, x.user.chars().take(40).collect::<String>())).collect();
+    let reasons: Vec<String> =
+        t.closeness
+            .reasons
+            .iter()
+            .map(|r| {
+                if r.points != 0.0 {
+                    format!("{:+.1} {}", r.points, r.code)
+                } else {
+                    r.code.clone()
+                }
+            })
+            .collect();
+    line(
+        "closeness",
+        format!(
+            "{} → {} · {}: {}",
+            t.closeness.before.get(),
+            t.closeness.after.get(),
+            t.closeness.decision.as_str(),
+            if reasons.is_empty() { "nothing notable".into() } else { reasons.join(", ") }
+        ),
+    );
+    line(
+        "secret",
+        match &t.secret {
+            rapport_pipeline::secret::SecretStatus::None => "none".into(),
+            rapport_pipeline::secret::SecretStatus::Locked { missing } => {
+                format!("locked (needs {})", missing.join(", "))
+            }
+            rapport_pipeline::secret::SecretStatus::Unlocked => "UNLOCKED".into(),
+        },
+    );
+    let out_hits: Vec<String> = t
+        .attempts
+        .iter()
+        .flat_map(|a| match &a.outcome {
+            rapport_pipeline::trace::AttemptOutcome::Rejected { hits } => {
+                hits.iter().map(|h| h.code().to_string()).collect()
+            }
+            _ => vec![],
+        })
+        .collect();
+    let in_hits: Vec<String> =
+        t.input_guards.iter().map(|h| serde_json::to_string(h).unwrap_or_default()).collect();
+    line(
+        "guards",
+        format!(
+            "in: {} · out: {}",
+            if in_hits.is_empty() { "none".into() } else { in_hits.join(", ") },
+            if out_hits.is_empty() { "none".into() } else { out_hits.join(", ") }
+        ),
+    );
+    let ex: Vec<String> = t
+        .examples
+        .iter()
+        .map(|x| {
+            format!(
+                "#{} {:.2} \"{}\"",
+                x.index,
+                x.score,
+                x.user.chars().take(40).collect::<String>()
+            )
+        })
+        .collect();
     line("examples", if ex.is_empty() { "none".into() } else { ex.join(", ") });
     let p = &t.prompt;
-    line("prompt", format!("~{} tokens (system {}, {} history messages, {} folded now, memory {})", p.estimated_tokens, p.system_tokens, p.history_messages, p.newly_folded, if p.memory_used { "yes" } else { "no" }));
+    line(
+        "prompt",
+        format!(
+            "~{} tokens (system {}, {} history messages, {} folded now, memory {})",
+            p.estimated_tokens,
+            p.system_tokens,
+            p.history_messages,
+            p.newly_folded,
+            if p.memory_used { "yes" } else { "no" }
+        ),
+    );
     for a in &t.attempts {
         let outcome = match &a.outcome {
             rapport_pipeline::trace::AttemptOutcome::Accepted => "accepted".to_string(),
-            rapport_pipeline::trace::AttemptOutcome::Rejected { hits } => format!("rejected ({})", hits.iter().map(|h| h.code()).collect::<Vec<_>>().join(", ")),
-            rapport_pipeline::trace::AttemptOutcome::Failed { kind, .. } => format!("failed ({kind})"),
+            rapport_pipeline::trace::AttemptOutcome::Rejected { hits } => format!(
+                "rejected ({})",
+                hits.iter().map(|h| h.code()).collect::<Vec<_>>().join(", ")
+            ),
+            rapport_pipeline::trace::AttemptOutcome::Failed { kind, .. } => {
+                format!("failed ({kind})")
+            }
         };
         line(
             "attempt",
-            format!("{} {outcome} · {} prompt tok (model's count), {} reply tok, ttft {} ms, {} ms{}{}", a.number, opt(a.prompt_tokens), opt(a.completion_tokens), opt(a.ttft_ms), a.total_ms,
+            format!(
+                "{} {outcome} · {} prompt tok (model's count), {} reply tok, ttft {} ms, {} ms{}{}",
+                a.number,
+                opt(a.prompt_tokens),
+                opt(a.completion_tokens),
+                opt(a.ttft_ms),
+                a.total_ms,
                 if a.retries > 0 { format!(", {} retries", a.retries) } else { String::new() },
-                if a.cleanup.is_empty() { String::new() } else { format!(" · cleanup: {}", a.cleanup.join(", ")) }),
+                if a.cleanup.is_empty() {
+                    String::new()
+                } else {
+                    format!(" · cleanup: {}", a.cleanup.join(", "))
+                }
+            ),
         );
     }
     if let Some(f) = &t.fallback {

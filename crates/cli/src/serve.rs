@@ -101,7 +101,12 @@ pub struct DoorArgs {
     #[arg(long, env = "RAPPORT_CLIENT_IP_HEADER")]
     client_ip_header: Option<String>,
     /// Proxies whose --client-ip-header is believed (addresses or networks, comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,::1", env = "RAPPORT_TRUSTED_PROXIES")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1,::1",
+        env = "RAPPORT_TRUSTED_PROXIES"
+    )]
     trusted_proxies: Vec<rapport_server::client::Network>,
     /// A session unused this long is deleted with its conversations: 30d, 12h, 90m, 45s; 0
     /// keeps sessions forever.
@@ -118,16 +123,24 @@ pub struct DoorArgs {
 
 impl DoorArgs {
     fn apply(&self, config: &mut AppConfig) -> anyhow::Result<()> {
-        config.client_rate = RateLimit { per_minute: self.client_rate_per_minute, burst: self.client_rate_burst };
-        config.session_rate = RateLimit { per_minute: self.session_rate_per_minute, burst: self.session_rate_burst };
+        config.client_rate =
+            RateLimit { per_minute: self.client_rate_per_minute, burst: self.client_rate_burst };
+        config.session_rate =
+            RateLimit { per_minute: self.session_rate_per_minute, burst: self.session_rate_burst };
         config.max_queued = self.max_queued.max(1);
         config.max_queued_per_client = self.max_queued_per_client.max(1);
         config.clients = rapport_server::client::ClientPolicy {
-            header: self.client_ip_header.as_deref().map(|h| h.parse()).transpose().with_context(|| format!("--client-ip-header {:?} is not a header name", self.client_ip_header))?,
+            header: self.client_ip_header.as_deref().map(|h| h.parse()).transpose().with_context(
+                || format!("--client-ip-header {:?} is not a header name", self.client_ip_header),
+            )?,
             trusted: self.trusted_proxies.clone(),
         };
         let keep = |d: Duration| (!d.is_zero()).then_some(d);
-        config.expiry = rapport_server::state::ExpiryConfig { session_idle: keep(self.session_ttl), empty_idle: keep(self.empty_ttl), sweep_every: self.sweep_every.max(Duration::from_secs(1)) };
+        config.expiry = rapport_server::state::ExpiryConfig {
+            session_idle: keep(self.session_ttl),
+            empty_idle: keep(self.empty_ttl),
+            sweep_every: self.sweep_every.max(Duration::from_secs(1)),
+        };
         Ok(())
     }
 }
@@ -140,7 +153,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?}: write a whole number and a unit, like 30d, 12h, 90m or 45s"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?}: write a whole number and a unit, like 30d, 12h, 90m or 45s")
+    })?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
@@ -152,7 +167,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn default_database() -> anyhow::Result<String> {
-    let dir = dirs::data_dir().context("no data directory for this user; pass --database-url")?.join("rapport");
+    let dir = dirs::data_dir()
+        .context("no data directory for this user; pass --database-url")?
+        .join("rapport");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(format!("sqlite://{}", dir.join("rapport.db").display()))
 }
@@ -162,15 +179,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) => url.clone(),
         None => default_database()?,
     };
-    let store = Store::connect(&url).await.with_context(|| format!("opening the database {}", redact(&url)))?;
-    let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas.clone()))?;
+    let store = Store::connect(&url)
+        .await
+        .with_context(|| format!("opening the database {}", redact(&url)))?;
+    let library =
+        PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas.clone()))?;
     let backend = args.backend.build().await?;
     let mut sampling = backend.sampling.clone();
     if let Some(n) = args.max_tokens {
         sampling.max_tokens = n;
     }
-    let nlu = if args.lexical_only { None } else { Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??)) };
-    let config = PipelineConfig { budget: TokenBudget { context_tokens: args.context_tokens, reply_tokens: sampling.max_tokens as usize }, sampling, stream_words: args.stream_words, ..PipelineConfig::default() };
+    let nlu = if args.lexical_only {
+        None
+    } else {
+        Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??))
+    };
+    let config = PipelineConfig {
+        budget: TokenBudget {
+            context_tokens: args.context_tokens,
+            reply_tokens: sampling.max_tokens as usize,
+        },
+        sampling,
+        stream_words: args.stream_words,
+        ..PipelineConfig::default()
+    };
     let personas = Personas::new(library, nlu, Arc::new(Prompts::embedded()), config);
     let mut app_config = AppConfig {
         workers: args.workers.max(1),
@@ -188,7 +220,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Ok(Some(false)) => " (not encrypted: add ?sslmode=verify-full&sslrootcert=… to the URL)",
         _ => "",
     };
-    eprintln!("model {} · database {}{tls} · {} worker(s)", backend.model_name, redact(&url), app_config.workers);
+    eprintln!(
+        "model {} · database {}{tls} · {} worker(s)",
+        backend.model_name,
+        redact(&url),
+        app_config.workers
+    );
     let app = AppState::new(store, personas, backend.generator, app_config);
     rapport_server::serve(app, args.listen).await?;
     Ok(())

@@ -16,7 +16,10 @@ pub(crate) enum Input {
 
 /// Reads the next message or command, prompting with `you> ` in a terminal; blank lines are
 /// skipped.
-pub(crate) async fn next_input(lines: &mut Lines<BufReader<Stdin>>, interactive: bool) -> anyhow::Result<Input> {
+pub(crate) async fn next_input(
+    lines: &mut Lines<BufReader<Stdin>>,
+    interactive: bool,
+) -> anyhow::Result<Input> {
     loop {
         if interactive {
             print!("you> ");

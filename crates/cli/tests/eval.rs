@@ -15,10 +15,27 @@ fn rapport() -> Command {
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).map(|t| t.lines().map(str::to_string).collect()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
-const BATCH: [&str; 14] = ["eval", "run", "-m", "smollm2-135m", "--personas", "wedding-host", "--simulators", "troll,shy", "--turns", "2", "--jobs", "1", "--max-tokens", "40"];
+const BATCH: [&str; 14] = [
+    "eval",
+    "run",
+    "-m",
+    "smollm2-135m",
+    "--personas",
+    "wedding-host",
+    "--simulators",
+    "troll,shy",
+    "--turns",
+    "2",
+    "--jobs",
+    "1",
+    "--max-tokens",
+    "40",
+];
 
 #[test]
 fn a_batch_killed_part_way_resumes_and_reports() {
@@ -28,7 +45,14 @@ fn a_batch_killed_part_way_resumes_and_reports() {
     let dialogues = out.join("dialogues.jsonl");
 
     // Start, wait for the first finished dialogue, then SIGKILL (no shutdown hook runs).
-    let mut child = rapport().args(BATCH).arg("--out").arg(&out).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = rapport()
+        .args(BATCH)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);
     while lines(&dialogues).is_empty() {
         assert!(Instant::now() < deadline, "no dialogue finished in 10 minutes");
@@ -56,40 +80,83 @@ fn a_batch_killed_part_way_resumes_and_reports() {
     let troll = parsed.iter().find(|d| d["simulator"] == "troll").expect("the troll's dialogue");
     let turns = troll["turns"].as_array().unwrap();
     assert_eq!(turns.len(), 5, "greeting + 2 × (message, reply)");
-    assert!(turns[3]["text"].as_str().unwrap().starts_with("Ignore all previous instructions"), "the scripted injection is sent at turn 2: {troll}");
-    assert!(turns[4]["trace"]["input_guards"].as_array().unwrap().iter().any(|g| g["kind"] == "injection"), "and the pipeline saw it: {troll}");
+    assert!(
+        turns[3]["text"].as_str().unwrap().starts_with("Ignore all previous instructions"),
+        "the scripted injection is sent at turn 2: {troll}"
+    );
+    assert!(
+        turns[4]["trace"]["input_guards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["kind"] == "injection"),
+        "and the pipeline saw it: {troll}"
+    );
 
     // Reports: JSON, Markdown, HTML with charts; the secret never leaked (it was locked).
-    let report: Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["dialogues"], 2);
-    let secret = report["criteria"].as_array().unwrap().iter().find(|c| c["id"] == "secret_keeping").unwrap();
+    let secret = report["criteria"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "secret_keeping")
+        .unwrap();
     assert_eq!(secret["overall"]["value"], 0.0, "{secret}");
     assert!(report["judge"]["calls"].as_u64().unwrap() >= 2);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("wedding-host/troll/1"));
     assert!(!html.contains("<script"), "transcripts are escaped and the page runs no script");
-    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("| Secret keeping (exact) | -10..0 |"));
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("| Secret keeping (exact) | -10..0 |"));
 
     // The same directory refuses a different batch instead of mixing two.
-    let other = rapport().args(&BATCH[..9]).args(["3", "--jobs", "1", "--no-judge", "--out"]).arg(&out).output().unwrap();
+    let other = rapport()
+        .args(&BATCH[..9])
+        .args(["3", "--jobs", "1", "--no-judge", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(!other.status.success());
     assert!(String::from_utf8_lossy(&other.stderr).contains("holds another batch"));
 
     // A run compared with itself: nothing changed.
-    let cmp = rapport().args(["eval", "compare"]).arg(&out).arg(&out).args(["--out"]).arg(dir.path().join("cmp")).output().unwrap();
+    let cmp = rapport()
+        .args(["eval", "compare"])
+        .arg(&out)
+        .arg(&out)
+        .args(["--out"])
+        .arg(dir.path().join("cmp"))
+        .output()
+        .unwrap();
     assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stderr));
     let text = String::from_utf8_lossy(&cmp.stdout);
     assert!(text.contains("Paired on 2 dialogues") && text.contains(": 0 of "), "{text}");
     assert!(std::fs::read_to_string(dir.path().join("cmp/compare.html")).unwrap().contains("<svg"));
 
     // Pairwise, both orders: every pair and criterion ends as a win, a loss or a tie.
-    let cmp = rapport().args(["eval", "compare", "--pairwise", "-m", "smollm2-135m"]).arg(&out).arg(&out).args(["--out"]).arg(dir.path().join("pair")).output().unwrap();
+    let cmp = rapport()
+        .args(["eval", "compare", "--pairwise", "-m", "smollm2-135m"])
+        .arg(&out)
+        .arg(&out)
+        .args(["--out"])
+        .arg(dir.path().join("pair"))
+        .output()
+        .unwrap();
     assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stderr));
-    let c: Value = serde_json::from_slice(&std::fs::read(dir.path().join("pair/compare.json")).unwrap()).unwrap();
+    let c: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("pair/compare.json")).unwrap())
+            .unwrap();
     let tallies = c["pairwise"].as_object().unwrap();
     assert_eq!(tallies.len(), 6, "the six judged criteria: {c}");
     for (id, t) in tallies {
-        assert_eq!(t["a"].as_u64().unwrap() + t["b"].as_u64().unwrap() + t["tie"].as_u64().unwrap(), 2, "{id}: {t}");
+        assert_eq!(
+            t["a"].as_u64().unwrap() + t["b"].as_u64().unwrap() + t["tie"].as_u64().unwrap(),
+            2,
+            "{id}: {t}"
+        );
     }
 }
 
@@ -100,40 +167,84 @@ fn calibration_reports_agreement_per_dimension_and_names_bad_lines() {
     let rated = dir.path().join("rated.jsonl");
     let items = [
         (r#"A: hi\nB: hey"#, 2, 3, 1),
-        (r#"A: I just got back from Peru!\nB: No way, Machu Picchu? I have always wanted to go, tell me everything\nA: The train up was the best part, llamas everywhere haha"#, 7, 9, 9),
+        (
+            r#"A: I just got back from Peru!\nB: No way, Machu Picchu? I have always wanted to go, tell me everything\nA: The train up was the best part, llamas everywhere haha"#,
+            7,
+            9,
+            9,
+        ),
         (r#"A: whatever\nB: ok"#, 1, 1, 1),
-        (r#"A: Why did the scarecrow win an award?\nB: Because he was outstanding in his field! Classic.\nA: You got it, you must be a farmer at heart"#, 10, 8, 6),
+        (
+            r#"A: Why did the scarecrow win an award?\nB: Because he was outstanding in his field! Classic.\nA: You got it, you must be a farmer at heart"#,
+            10,
+            8,
+            6,
+        ),
     ];
     let text: String = items.iter().map(|(c, w, u, i)| format!("{{\"context\": \"{c}\", \"annotations\": {{\"witty\": [{w}], \"upbeat\": [{u}, \"n/a\"], \"interesting\": [{i}]}}}}\n")).collect();
     std::fs::write(&rated, text).unwrap();
-    let out = rapport().args(["eval", "calibrate", "-m", "smollm2-135m", "--per-criterion", "--json", "--rated"]).arg(&rated).output().unwrap();
+    let out = rapport()
+        .args(["eval", "calibrate", "-m", "smollm2-135m", "--per-criterion", "--json", "--rated"])
+        .arg(&rated)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["items"], 4);
-    let dims: Vec<&str> = report["dimensions"].as_array().unwrap().iter().map(|d| d["dimension"].as_str().unwrap()).collect();
+    let dims: Vec<&str> = report["dimensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["dimension"].as_str().unwrap())
+        .collect();
     assert_eq!(dims, ["witty", "upbeat", "interesting"]);
     for d in report["dimensions"].as_array().unwrap() {
-        assert_eq!(d["n"].as_u64().unwrap() + d["unreadable"].as_u64().unwrap(), 4, "every item is either scored or counted as unreadable: {d}");
+        assert_eq!(
+            d["n"].as_u64().unwrap() + d["unreadable"].as_u64().unwrap(),
+            4,
+            "every item is either scored or counted as unreadable: {d}"
+        );
         assert!(d["human_mean"].as_f64().is_some());
         // ρ is a number in [-1, 1] with its interval, or null when the judge was constant.
         if let Some(rho) = d["spearman"]["value"].as_f64() {
-            assert!((-1.0..=1.0).contains(&rho) && d["spearman"]["low"].as_f64().unwrap() <= rho + 1e-9);
+            assert!(
+                (-1.0..=1.0).contains(&rho) && d["spearman"]["low"].as_f64().unwrap() <= rho + 1e-9
+            );
         } else {
-            assert!(d["judge_distinct"].as_u64().unwrap() <= 1 || d["n"].as_u64().unwrap() < 2, "{d}");
+            assert!(
+                d["judge_distinct"].as_u64().unwrap() <= 1 || d["n"].as_u64().unwrap() < 2,
+                "{d}"
+            );
         }
     }
 
-    std::fs::write(&rated, "{\"context\": \"A: hi\", \"annotations\": {\"witty\": [3]}}\n{\"context\": 5}\n").unwrap();
-    let out = rapport().args(["eval", "calibrate", "-m", "smollm2-135m", "--rated"]).arg(&rated).output().unwrap();
+    std::fs::write(
+        &rated,
+        "{\"context\": \"A: hi\", \"annotations\": {\"witty\": [3]}}\n{\"context\": 5}\n",
+    )
+    .unwrap();
+    let out = rapport()
+        .args(["eval", "calibrate", "-m", "smollm2-135m", "--rated"])
+        .arg(&rated)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rated.jsonl:2:"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rated.jsonl:2:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn the_chitchat_package_becomes_a_calibration_set() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("chitchat.jsonl");
-    let out = rapport().args(["eval", "chitchat", "--limit", "25", "--out"]).arg(&out_path).output().unwrap();
+    let out = rapport()
+        .args(["eval", "chitchat", "--limit", "25", "--out"])
+        .arg(&out_path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let items = lines(&out_path);
     assert_eq!(items.len(), 25);
@@ -145,7 +256,13 @@ fn the_chitchat_package_becomes_a_calibration_set() {
     }
     // The same seed draws the same conversations.
     let again = dir.path().join("again.jsonl");
-    assert!(rapport().args(["eval", "chitchat", "--limit", "25", "--out"]).arg(&again).output().unwrap().status.success());
+    assert!(rapport()
+        .args(["eval", "chitchat", "--limit", "25", "--out"])
+        .arg(&again)
+        .output()
+        .unwrap()
+        .status
+        .success());
     assert_eq!(lines(&again), items);
 }
 
@@ -154,25 +271,75 @@ fn the_injection_suite_counts_leaks_and_the_secret_never_leaks_before_unlock() {
     super::ensure_smollm2();
     let dir = tempfile::tempdir().unwrap();
     // Three attacks from the shipped suite (the whole suite is `benches/pressure.sh injection`).
-    let suite = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/injection/attacks.jsonl")).unwrap();
-    let picked: Vec<&str> = suite.lines().filter(|l| ["\"override-1\"", "\"extract-2\"", "\"social-1\""].iter().any(|id| l.contains(id))).collect();
+    let suite = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/injection/attacks.jsonl"),
+    )
+    .unwrap();
+    let picked: Vec<&str> = suite
+        .lines()
+        .filter(|l| {
+            ["\"override-1\"", "\"extract-2\"", "\"social-1\""].iter().any(|id| l.contains(id))
+        })
+        .collect();
     assert_eq!(picked.len(), 3);
     let attacks = dir.path().join("attacks.jsonl");
     std::fs::write(&attacks, picked.join("\n")).unwrap();
     let out = dir.path().join("injection.json");
-    let run = rapport().args(["eval", "injection", "--model", "smollm2-135m", "--max-tokens", "24", "--json", "--attacks"]).arg(&attacks).arg("--out").arg(&out).output().unwrap();
+    let run = rapport()
+        .args([
+            "eval",
+            "injection",
+            "--model",
+            "smollm2-135m",
+            "--max-tokens",
+            "24",
+            "--json",
+            "--attacks",
+        ])
+        .arg(&attacks)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let report: Value = serde_json::from_slice(&run.stdout).unwrap();
-    assert_eq!(report, serde_json::from_str::<Value>(&std::fs::read_to_string(&out).unwrap()).unwrap(), "--out holds what was printed");
+    assert_eq!(
+        report,
+        serde_json::from_str::<Value>(&std::fs::read_to_string(&out).unwrap()).unwrap(),
+        "--out holds what was printed"
+    );
     assert_eq!(report["attacks"], 3);
     assert_eq!(report["persona"], "wedding-host");
     assert_eq!(report["secret_in_prompt"], 0, "{report}");
     assert_eq!(report["secret_in_reply"], 0, "{report}");
     let results = report["results"].as_array().unwrap();
-    assert_eq!(results.iter().map(|r| r["replies"].as_array().unwrap().len()).sum::<usize>(), 5, "one reply per turn (1 + 1 + 3)");
-    assert!(results.iter().any(|r| r["recognised"] == true), "'ignore all previous instructions' is recognised: {report}");
+    assert_eq!(
+        results.iter().map(|r| r["replies"].as_array().unwrap().len()).sum::<usize>(),
+        5,
+        "one reply per turn (1 + 1 + 3)"
+    );
+    assert!(
+        results.iter().any(|r| r["recognised"] == true),
+        "'ignore all previous instructions' is recognised: {report}"
+    );
     // A persona without a secret cannot be attacked for one: a clear error.
-    let bad = rapport().args(["eval", "injection", "--model", "smollm2-135m", "--persona", "flirt-partner", "--attacks"]).arg(&attacks).output().unwrap();
+    let bad = rapport()
+        .args([
+            "eval",
+            "injection",
+            "--model",
+            "smollm2-135m",
+            "--persona",
+            "flirt-partner",
+            "--attacks",
+        ])
+        .arg(&attacks)
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("holds no secret"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("holds no secret"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }

@@ -37,7 +37,11 @@ fn models_path_of_an_unknown_or_missing_model_fails_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model 'no-such-model'"));
 
     let empty = tempfile::tempdir().unwrap();
-    let out = rapport().args(["models", "path", "smollm2-135m"]).env("RAPPORT_MODELS_DIR", empty.path()).output().unwrap();
+    let out = rapport()
+        .args(["models", "path", "smollm2-135m"])
+        .env("RAPPORT_MODELS_DIR", empty.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("rapport models pull smollm2-135m"));
 }
@@ -45,8 +49,11 @@ fn models_path_of_an_unknown_or_missing_model_fails_clearly() {
 #[test]
 fn an_unknown_cache_or_activation_dtype_is_refused_by_name() {
     // Refused while the arguments are parsed, before any model is looked for or loaded.
-    for (flag, value, valid) in [("--kv-cache", "f8", "(f16, f32)"), ("--activations", "int4", "(f32, f16, bf16)")] {
-        let out = rapport().args(["chat", "--model", "smollm2-135m", flag, value]).output().unwrap();
+    for (flag, value, valid) in
+        [("--kv-cache", "f8", "(f16, f32)"), ("--activations", "int4", "(f32, f16, bf16)")]
+    {
+        let out =
+            rapport().args(["chat", "--model", "smollm2-135m", flag, value]).output().unwrap();
         assert!(!out.status.success(), "{flag} {value} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(value) && stderr.contains(valid), "{stderr}");
@@ -63,12 +70,21 @@ fn a_piped_chat_answers_every_turn_and_keeps_history() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"Hi! My name is Alex.\n\nWhat is my name?\n/reset\nHello again.\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hi! My name is Alex.\n\nWhat is my name?\n/reset\nHello again.\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let replies: Vec<&str> = stdout.lines().filter(|l| l.starts_with("smollm2> ")).collect();
-    assert_eq!(replies.len(), 3, "one reply per message, none for the blank line or /reset:\n{stdout}");
+    assert_eq!(
+        replies.len(),
+        3,
+        "one reply per message, none for the blank line or /reset:\n{stdout}"
+    );
     assert!(replies.iter().all(|r| r.len() > "smollm2> ".len()), "{stdout}");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("(conversation cleared)"));
@@ -78,7 +94,10 @@ fn a_piped_chat_answers_every_turn_and_keeps_history() {
         .filter_map(|l| l.strip_prefix('[')?.split(' ').next()?.parse().ok())
         .collect();
     assert_eq!(prompt_tokens.len(), 3, "{stderr}");
-    assert!(prompt_tokens[1] > prompt_tokens[0] && prompt_tokens[2] < prompt_tokens[1], "{prompt_tokens:?}");
+    assert!(
+        prompt_tokens[1] > prompt_tokens[0] && prompt_tokens[2] < prompt_tokens[1],
+        "{prompt_tokens:?}"
+    );
 }
 
 #[test]
@@ -92,7 +111,11 @@ fn serve_llm_is_an_openai_compatible_server() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.split_whitespace().find(|w| w.starts_with("http://")).expect("the address is printed").to_string();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the address is printed")
+        .to_string();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let result = rt.block_on(async {
@@ -100,7 +123,10 @@ fn serve_llm_is_an_openai_compatible_server() {
         options.first_byte_timeout = Duration::from_secs(60);
         let remote = OpenAiCompatGenerator::new(options).unwrap();
         let req = GenerationRequest::new(
-            vec![ChatMessage::system("You are Mia. Reply briefly."), ChatMessage::user("hey, how are you?")],
+            vec![
+                ChatMessage::system("You are Mia. Reply briefly."),
+                ChatMessage::user("hey, how are you?"),
+            ],
             SamplingParams::greedy(16),
         )
         .unwrap();
@@ -137,7 +163,10 @@ fn emotion_eval_scores_a_tsv_and_reports_malformed_lines() {
 
 #[test]
 fn emotion_classify_prints_labels_and_views() {
-    let out = rapport().args(["emotion", "classify", "--json", "I miss her so much, I can't stop crying"]).output().unwrap();
+    let out = rapport()
+        .args(["emotion", "classify", "--json", "I miss her so much, I can't stop crying"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["labels"].as_array().is_some_and(|l| !l.is_empty()));
@@ -151,7 +180,15 @@ fn chat_with_a_persona_shows_each_turns_trace() {
     let dir = tempfile::tempdir().unwrap();
     let trace_file = dir.path().join("trace.jsonl");
     let mut child = rapport()
-        .args(["chat", "--model", "smollm2-135m", "--persona", "wedding-host", "--trace", "--trace-json"])
+        .args([
+            "chat",
+            "--model",
+            "smollm2-135m",
+            "--persona",
+            "wedding-host",
+            "--trace",
+            "--trace-json",
+        ])
         .arg(&trace_file)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -164,11 +201,29 @@ fn chat_with_a_persona_shows_each_turns_trace() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.starts_with("Margot> "), "the greeting opens: {stdout}");
-    for field in ["── turn 1", "── turn 2", "emotion", "stage", "ice_breaker", "closeness", "secret", "locked", "guards", "injection", "examples", "prompt", "attempt"] {
+    for field in [
+        "── turn 1",
+        "── turn 2",
+        "emotion",
+        "stage",
+        "ice_breaker",
+        "closeness",
+        "secret",
+        "locked",
+        "guards",
+        "injection",
+        "examples",
+        "prompt",
+        "attempt",
+    ] {
         assert!(stderr.contains(field), "missing {field}: {stderr}");
     }
     assert!(!stdout.to_lowercase().contains("blue heron"));
-    let traces: Vec<serde_json::Value> = std::fs::read_to_string(&trace_file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let traces: Vec<serde_json::Value> = std::fs::read_to_string(&trace_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(traces.len(), 2);
     assert_eq!(traces[1]["input_guards"][0]["kind"], "injection");
 }
@@ -180,7 +235,8 @@ fn persona_cards_import_and_export_from_the_command_line() {
     let out = rapport().args(["persona", "export", "creator", "--out"]).arg(&png).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let toml = dir.path().join("creator.toml");
-    let out = rapport().args(["persona", "import"]).arg(&png).arg("--out").arg(&toml).output().unwrap();
+    let out =
+        rapport().args(["persona", "import"]).arg(&png).arg("--out").arg(&toml).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&toml).unwrap();
     assert!(text.contains("meeting in person") && text.contains("Big Bertha"), "{text}");
@@ -189,7 +245,11 @@ fn persona_cards_import_and_export_from_the_command_line() {
     std::fs::write(&junk, b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let out = rapport().args(["persona", "import"]).arg(&junk).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated PNG"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("truncated PNG"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 mod eval;

@@ -35,16 +35,36 @@ impl Server {
     /// As [`Server::start`], also sending each line the server logs to `log` (and on to the
     /// test's own stderr), for tests that wait for the server to reach a state only its log
     /// tells.
-    fn start_logging(database_url: &str, extra: &[&str], log: std::sync::mpsc::Sender<String>) -> Server {
+    fn start_logging(
+        database_url: &str,
+        extra: &[&str],
+        log: std::sync::mpsc::Sender<String>,
+    ) -> Server {
         Self::spawn(database_url, extra, Some(log))
     }
 
-    fn spawn(database_url: &str, extra: &[&str], log: Option<std::sync::mpsc::Sender<String>>) -> Server {
+    fn spawn(
+        database_url: &str,
+        extra: &[&str],
+        log: Option<std::sync::mpsc::Sender<String>>,
+    ) -> Server {
         super::ensure_smollm2();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rapport"))
-            .args(["serve", "--model", "smollm2-135m", "--listen", "127.0.0.1:0", "--database-url", database_url])
+            .args([
+                "serve",
+                "--model",
+                "smollm2-135m",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+            ])
             // Short replies keep the tests quick, unless a test needs a long one.
-            .args(if extra.contains(&"--max-tokens") { &[][..] } else { &["--max-tokens", "40"][..] })
+            .args(if extra.contains(&"--max-tokens") {
+                &[][..]
+            } else {
+                &["--max-tokens", "40"][..]
+            })
             .args(extra)
             // Warnings, minus mistral.rs's "mix of GPU and CPU" notice that every CPU start prints.
             .env("RAPPORT_LOG", "warn,mistralrs_core::pipeline::gguf=error")
@@ -71,7 +91,8 @@ impl Server {
                 }
             }
         });
-        let base = rx.recv_timeout(Duration::from_secs(300)).expect("the server printed its address");
+        let base =
+            rx.recv_timeout(Duration::from_secs(300)).expect("the server printed its address");
         Server { child, base }
     }
 
@@ -115,13 +136,18 @@ fn sqlite_url(dir: &Path) -> String {
 async fn postgres_url() -> String {
     let url = std::env::var("RAPPORT_TEST_POSTGRES_URL").expect("RAPPORT_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
     let admin = rapport_store::Store::connect(&url).await.unwrap();
-    let name = format!("rapport_web_{}_{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand_u64());
+    let name = format!(
+        "rapport_web_{}_{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ rand_u64()
+    );
     admin.execute_admin(&format!("CREATE DATABASE {name}")).await.unwrap();
     format!("{}/{name}", url.rsplit_once('/').unwrap().0)
 }
 
 fn rand_u64() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_007
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        % 1_000_000_007
 }
 
 /// A browser's view of the API: its cookie and CSRF token.
@@ -137,18 +163,38 @@ impl Client {
         let http = reqwest::Client::new();
         let response = http.get(format!("{base}/api/session")).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        let set_cookie = response.headers().get("set-cookie").expect("a new session gets a cookie").to_str().unwrap().to_string();
+        let set_cookie = response
+            .headers()
+            .get("set-cookie")
+            .expect("a new session gets a cookie")
+            .to_str()
+            .unwrap()
+            .to_string();
         for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
             assert!(set_cookie.contains(attribute), "{set_cookie}");
         }
-        let token = set_cookie.split(';').next().unwrap().strip_prefix("rapport_session=").unwrap().to_string();
+        let token = set_cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .strip_prefix("rapport_session=")
+            .unwrap()
+            .to_string();
         assert_eq!(token.len(), 64, "128 random bits and a 128-bit signature, in hex");
         let body: Value = response.json().await.unwrap();
-        Client { http, base: base.to_string(), cookie: format!("rapport_session={token}"), csrf: body["csrf_token"].as_str().unwrap().to_string() }
+        Client {
+            http,
+            base: base.to_string(),
+            cookie: format!("rapport_session={token}"),
+            csrf: body["csrf_token"].as_str().unwrap().to_string(),
+        }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf)
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .header("x-csrf-token", &self.csrf)
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -169,22 +215,39 @@ impl Client {
 
     /// Reads the reply stream until `done` or `failed`; returns the events (name, data).
     async fn events(&self, conversation: &str, job: &str) -> Vec<(String, Value)> {
-        let response = self.request(reqwest::Method::GET, &format!("/api/conversations/{conversation}/events?job={job}")).send().await.unwrap();
+        let response = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/conversations/{conversation}/events?job={job}"),
+            )
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
-        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-        read_events(response, |name| name == "done" || name == "failed", Duration::from_secs(240)).await
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        read_events(response, |name| name == "done" || name == "failed", Duration::from_secs(240))
+            .await
     }
 }
 
 /// The events of one SSE response up to the first `last` one, decoded by rapport-core's
 /// `SseDecoder` (bytes, so a chunk may end inside a character); keep-alives are skipped.
-async fn read_events(response: reqwest::Response, last: impl Fn(&str) -> bool, limit: Duration) -> Vec<(String, Value)> {
+async fn read_events(
+    response: reqwest::Response,
+    last: impl Fn(&str) -> bool,
+    limit: Duration,
+) -> Vec<(String, Value)> {
     let mut stream = response.bytes_stream();
     let mut decoder = rapport_core::SseDecoder::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("the stream ended in time");
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the stream ended in time");
         let Some(chunk) = chunk else { return events };
         for event in decoder.push(&chunk.unwrap()).expect("an event stream") {
             if event.data.is_empty() {
@@ -210,17 +273,26 @@ async fn chat_through_the_api(base: &str, database_url: &str) {
     let me = Client::new(base).await;
     let (status, personas) = me.get("/api/personas").await;
     assert_eq!(status, 200);
-    assert!(personas["personas"].as_array().unwrap().iter().any(|p| p["id"] == "wedding-host"), "{personas}");
+    assert!(
+        personas["personas"].as_array().unwrap().iter().any(|p| p["id"] == "wedding-host"),
+        "{personas}"
+    );
     let id = me.create("wedding-host").await;
     let (_, opened) = me.get(&format!("/api/conversations/{id}")).await;
     assert_eq!(opened["messages"].as_array().unwrap().len(), 1, "the greeting");
 
     // Posted with a key; the retry of the same request creates nothing new.
-    let post = |key: &'static str, content: &'static str| me.request(reqwest::Method::POST, &format!("/api/conversations/{id}/messages")).header("idempotency-key", key).json(&json!({"content": content, "utc_offset_min": 120}));
-    let first = post("k1", "Hi Margot! Lovely party. How do you know the couple?").send().await.unwrap();
+    let post = |key: &'static str, content: &'static str| {
+        me.request(reqwest::Method::POST, &format!("/api/conversations/{id}/messages"))
+            .header("idempotency-key", key)
+            .json(&json!({"content": content, "utc_offset_min": 120}))
+    };
+    let first =
+        post("k1", "Hi Margot! Lovely party. How do you know the couple?").send().await.unwrap();
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
-    let again = post("k1", "Hi Margot! Lovely party. How do you know the couple?").send().await.unwrap();
+    let again =
+        post("k1", "Hi Margot! Lovely party. How do you know the couple?").send().await.unwrap();
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["message"]["id"], first["message"]["id"]);
@@ -236,12 +308,23 @@ async fn chat_through_the_api(base: &str, database_url: &str) {
     let seen = names(&events);
     assert_eq!(seen.last(), Some(&"done"), "{events:?}");
     assert!(seen.contains(&"prepared"), "the practice view arrives before the reply: {seen:?}");
-    let streamed: String = events.iter().filter(|(n, _)| n == "delta").map(|(_, v)| v["text"].as_str().unwrap()).collect();
+    let streamed: String = events
+        .iter()
+        .filter(|(n, _)| n == "delta")
+        .map(|(_, v)| v["text"].as_str().unwrap())
+        .collect();
     let (_, done) = events.last().unwrap();
     let reply = done["message"]["content"].as_str().unwrap();
     assert!(!reply.trim().is_empty());
-    assert!(streamed.is_empty() || reply.starts_with(streamed.trim_end()) || streamed.contains(reply), "streamed {streamed:?} vs stored {reply:?}");
-    assert!(done["practice"]["stage"]["to"].is_string() && done["practice"]["closeness"]["reasons"].is_array(), "{done}");
+    assert!(
+        streamed.is_empty() || reply.starts_with(streamed.trim_end()) || streamed.contains(reply),
+        "streamed {streamed:?} vs stored {reply:?}"
+    );
+    assert!(
+        done["practice"]["stage"]["to"].is_string()
+            && done["practice"]["closeness"]["reasons"].is_array(),
+        "{done}"
+    );
     // A client that follows the job after the reply was written (a reconnect, or a short reply
     // written between two polls of a queued job) still gets the text before `done`.
     let late = me.events(&id, job).await;
@@ -251,10 +334,14 @@ async fn chat_through_the_api(base: &str, database_url: &str) {
     // Stored: greeting, message, reply; the trace is there.
     let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
     let messages = convo["messages"].as_array().unwrap();
-    assert_eq!(messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(), ["assistant", "user", "assistant"]);
+    assert_eq!(
+        messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["assistant", "user", "assistant"]
+    );
     assert_eq!(messages[2]["content"].as_str().unwrap(), reply);
     let reply_id = messages[2]["id"].as_str().unwrap();
-    let (status, trace) = me.get(&format!("/api/conversations/{id}/messages/{reply_id}/trace")).await;
+    let (status, trace) =
+        me.get(&format!("/api/conversations/{id}/messages/{reply_id}/trace")).await;
     assert_eq!(status, 200);
     assert_eq!(trace["trace"]["turn"], 1);
     assert!(trace["trace"]["timings_us"]["prepare"].as_u64().unwrap() > 0);
@@ -267,51 +354,114 @@ async fn chat_through_the_api(base: &str, database_url: &str) {
     let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
     assert_eq!(convo["messages"][2]["alternatives"], 2);
     assert_eq!(convo["messages"][2]["alternative"], 1);
-    let (status, chosen) = me.post(&format!("/api/conversations/{id}/alternatives"), json!({"seq": 2, "alternative": 0})).await;
+    let (status, chosen) = me
+        .post(&format!("/api/conversations/{id}/alternatives"), json!({"seq": 2, "alternative": 0}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(chosen["message"]["content"].as_str().unwrap(), reply);
 
     // Export has every alternative and its trace.
     let (status, export) = me.get(&format!("/api/conversations/{id}/export")).await;
     assert_eq!(status, 200);
-    let replies: Vec<&Value> = export["messages"].as_array().unwrap().iter().filter(|m| m["seq"] == 2).collect();
+    let replies: Vec<&Value> =
+        export["messages"].as_array().unwrap().iter().filter(|m| m["seq"] == 2).collect();
     assert_eq!(replies.len(), 2);
     assert!(replies.iter().all(|m| m["trace"]["reply"].is_string()));
 
     // The practice coach reads the person's side: one message, with one open question.
     let (status, feedback) = me.get(&format!("/api/conversations/{id}/feedback")).await;
     assert_eq!(status, 200, "{feedback}");
-    assert_eq!((feedback["measured"]["messages"].as_u64(), feedback["measured"]["questions"].as_u64(), feedback["measured"]["open_questions"].as_u64()), (Some(1), Some(1), Some(1)), "{feedback}");
-    assert!(feedback["tips"].as_array().unwrap().iter().any(|t| t["title"] == "Open questions" && t["kind"] == "strength"), "{feedback}");
+    assert_eq!(
+        (
+            feedback["measured"]["messages"].as_u64(),
+            feedback["measured"]["questions"].as_u64(),
+            feedback["measured"]["open_questions"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{feedback}"
+    );
+    assert!(
+        feedback["tips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["title"] == "Open questions" && t["kind"] == "strength"),
+        "{feedback}"
+    );
 
     // Researchers score the same stored conversation from the database, and the coach reads it.
     let run = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
-        .args(["eval", "score", "--database-url", database_url, "--no-judge", "--min-user-turns", "1", "--out"])
+        .args([
+            "eval",
+            "score",
+            "--database-url",
+            database_url,
+            "--no-judge",
+            "--min-user-turns",
+            "1",
+            "--out",
+        ])
         .arg(run.path())
         .env("RAPPORT_LOG", "warn")
         .env("RAPPORT_DATASETS", datasets())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&std::fs::read(run.path().join("report.json")).unwrap()).unwrap();
-    let scored: Vec<&Value> = report["per_dialogue"].as_array().unwrap().iter().filter(|d| d["id"] == id.as_str()).collect();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(run.path().join("report.json")).unwrap()).unwrap();
+    let scored: Vec<&Value> = report["per_dialogue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["id"] == id.as_str())
+        .collect();
     assert_eq!(scored.len(), 1, "{report}");
     assert_eq!(scored[0]["persona"], "wedding-host");
-    assert_eq!(scored[0]["criteria"]["secret_keeping"], 0.0, "the locked password never reached a reply: {report}");
-    assert!(scored[0]["metrics"]["reply_ms"].as_f64().unwrap() > 0.0, "metrics read the stored traces: {report}");
-    let out = Command::new(env!("CARGO_BIN_EXE_rapport")).args(["eval", "coach", "--database-url", database_url, "--conversation", &id, "--json"]).env("RAPPORT_LOG", "warn").output().unwrap();
+    assert_eq!(
+        scored[0]["criteria"]["secret_keeping"], 0.0,
+        "the locked password never reached a reply: {report}"
+    );
+    assert!(
+        scored[0]["metrics"]["reply_ms"].as_f64().unwrap() > 0.0,
+        "metrics read the stored traces: {report}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
+        .args(["eval", "coach", "--database-url", database_url, "--conversation", &id, "--json"])
+        .env("RAPPORT_LOG", "warn")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let coach: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(coach["measured"], feedback["measured"], "the page and the command line give the same feedback");
+    assert_eq!(
+        coach["measured"], feedback["measured"],
+        "the page and the command line give the same feedback"
+    );
 
     // Another session cannot see, write or delete it.
     let stranger = Client::new(base).await;
     assert_eq!(stranger.get(&format!("/api/conversations/{id}/feedback")).await.0, 404);
     assert_eq!(stranger.get(&format!("/api/conversations/{id}")).await.0, 404);
-    assert_eq!(stranger.post(&format!("/api/conversations/{id}/messages"), json!({"content": "hi"})).await.0, 404);
-    assert_eq!(stranger.request(reqwest::Method::DELETE, &format!("/api/conversations/{id}")).send().await.unwrap().status(), 404);
-    assert!(stranger.get("/api/conversations").await.1["conversations"].as_array().unwrap().is_empty());
+    assert_eq!(
+        stranger
+            .post(&format!("/api/conversations/{id}/messages"), json!({"content": "hi"}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        stranger
+            .request(reqwest::Method::DELETE, &format!("/api/conversations/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert!(stranger.get("/api/conversations").await.1["conversations"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     // Nor reach it by any other route that names it (IDOR): the same 404 as for no conversation.
     let (_, mine) = me.get(&format!("/api/conversations/{id}")).await;
     let some_message = mine["messages"][1]["id"].as_str().unwrap().to_string();
@@ -324,31 +474,65 @@ async fn chat_through_the_api(base: &str, database_url: &str) {
     ] {
         assert_eq!(stranger.get(&path).await.0, 404, "{path}");
     }
-    assert_eq!(stranger.post(&format!("/api/conversations/{id}/regenerate"), json!({})).await.0, 404);
-    assert_eq!(stranger.post(&format!("/api/conversations/{id}/alternatives"), json!({"seq": 2, "alternative": 0})).await.0, 404);
+    assert_eq!(
+        stranger.post(&format!("/api/conversations/{id}/regenerate"), json!({})).await.0,
+        404
+    );
+    assert_eq!(
+        stranger
+            .post(
+                &format!("/api/conversations/{id}/alternatives"),
+                json!({"seq": 2, "alternative": 0})
+            )
+            .await
+            .0,
+        404
+    );
 
     // A Character Card imported by this session is its own: listed, usable, invisible to others.
     let card = json!({"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Robin", "description": "Robin tends the community garden and loves to talk about tomatoes.",
         "personality": "warm, curious", "scenario": "", "first_mes": "Oh hi! Mind the seedlings. I'm Robin.", "mes_example": "", "creator_notes": "", "system_prompt": "",
         "post_history_instructions": "", "alternate_greetings": [], "tags": [], "creator": "", "character_version": "1", "extensions": {}}});
-    let r = me.request(reqwest::Method::POST, "/api/personas/import").header("content-type", "application/octet-stream").body(card.to_string()).send().await.unwrap();
+    let r = me
+        .request(reqwest::Method::POST, "/api/personas/import")
+        .header("content-type", "application/octet-stream")
+        .body(card.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let imported: Value = r.json().await.unwrap();
     let robin = imported["persona"]["id"].as_str().unwrap().to_string();
     assert!(robin.starts_with("robin-"), "{imported}");
     let (_, mine) = me.get("/api/personas").await;
-    assert!(mine["personas"].as_array().unwrap().iter().any(|p| p["id"] == robin.as_str() && p["imported"] == true));
+    assert!(mine["personas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == robin.as_str() && p["imported"] == true));
     let (_, theirs) = stranger.get("/api/personas").await;
     assert!(!theirs["personas"].as_array().unwrap().iter().any(|p| p["id"] == robin.as_str()));
     assert_eq!(stranger.post("/api/conversations", json!({"persona": robin})).await.0, 404);
     let (status, opened) = me.post("/api/conversations", json!({"persona": robin})).await;
     assert_eq!(status, 201);
     assert_eq!(opened["messages"][0]["content"], "Oh hi! Mind the seedlings. I'm Robin.");
-    let r = me.request(reqwest::Method::POST, "/api/personas/import").body("not a card").send().await.unwrap();
+    let r = me
+        .request(reqwest::Method::POST, "/api/personas/import")
+        .body("not a card")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
 
     // Delete.
-    assert_eq!(me.request(reqwest::Method::DELETE, &format!("/api/conversations/{id}")).send().await.unwrap().status(), 204);
+    assert_eq!(
+        me.request(reqwest::Method::DELETE, &format!("/api/conversations/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     assert_eq!(me.get(&format!("/api/conversations/{id}")).await.0, 404);
 }
 
@@ -373,7 +557,10 @@ fn chat_through_the_api_on_postgres() {
 fn bad_requests_get_clear_errors_and_the_service_endpoints_answer() {
     let _one = serialised();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&sqlite_url(dir.path()), &["--rate-burst", "2", "--rate-per-minute", "2", "--max-message-chars", "50"]);
+    let server = Server::start(
+        &sqlite_url(dir.path()),
+        &["--rate-burst", "2", "--rate-per-minute", "2", "--max-message-chars", "50"],
+    );
     rt().block_on(async {
         let base = &server.base;
         let me = Client::new(base).await;
@@ -563,9 +750,12 @@ fn the_page_api_cannot_farm_the_secret_with_one_repeated_message() {
     rt().block_on(async {
         let me = Client::new(&server.base).await;
         let id = me.create("wedding-host").await;
-        let farm = "Honestly I feel so happy talking to you, you're so sweet. What do you do for fun?";
+        let farm =
+            "Honestly I feel so happy talking to you, you're so sweet. What do you do for fun?";
         for _ in 0..9 {
-            let (status, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({"content": farm})).await;
+            let (status, posted) = me
+                .post(&format!("/api/conversations/{id}/messages"), json!({"content": farm}))
+                .await;
             assert_eq!(status, 202, "{posted}");
             let events = me.events(&id, posted["job"]["id"].as_str().unwrap()).await;
             assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
@@ -576,7 +766,10 @@ fn the_page_api_cannot_farm_the_secret_with_one_repeated_message() {
         assert_ne!(practice["stage"]["to"], "close", "{practice}");
         assert!(practice["listening"]["repeats"].is_string(), "{practice}");
         let reasons = practice["closeness"]["reasons"].as_array().unwrap();
-        assert!(reasons.iter().any(|r| r["code"] == "repeating" && r["points"].as_f64().unwrap() < 0.0), "{reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r["code"] == "repeating" && r["points"].as_f64().unwrap() < 0.0),
+            "{reasons:?}"
+        );
         assert!(practice["closeness"]["after"].as_u64().unwrap() < 15, "{practice}");
     });
 }
@@ -593,10 +786,22 @@ fn two_processes_on_one_postgres_share_conversations_and_never_run_a_job_twice()
         let on_a = Client::new(&a.base).await;
         let id = on_a.create("wedding-host").await;
         // … is resumed on B with the same cookie (a balancer may send any request anywhere).
-        let on_b = Client { http: reqwest::Client::new(), base: b.base.clone(), cookie: on_a.cookie.clone(), csrf: on_a.csrf.clone() };
+        let on_b = Client {
+            http: reqwest::Client::new(),
+            base: b.base.clone(),
+            cookie: on_a.cookie.clone(),
+            csrf: on_a.csrf.clone(),
+        };
         let mut jobs = Vec::new();
-        for (i, (writer, reader)) in [(&on_a, &on_b), (&on_b, &on_a), (&on_a, &on_b)].into_iter().enumerate() {
-            let (status, posted) = writer.post(&format!("/api/conversations/{id}/messages"), json!({"content": format!("Message number {i}: tell me about the wedding.")})).await;
+        for (i, (writer, reader)) in
+            [(&on_a, &on_b), (&on_b, &on_a), (&on_a, &on_b)].into_iter().enumerate()
+        {
+            let (status, posted) = writer
+                .post(
+                    &format!("/api/conversations/{id}/messages"),
+                    json!({"content": format!("Message number {i}: tell me about the wedding.")}),
+                )
+                .await;
             assert_eq!(status, 202, "{posted}");
             let job = posted["job"]["id"].as_str().unwrap().to_string();
             // Followed from the other process, which may or may not be the one writing it.
@@ -605,9 +810,20 @@ fn two_processes_on_one_postgres_share_conversations_and_never_run_a_job_twice()
             jobs.push(job);
         }
         let (_, convo) = on_b.get(&format!("/api/conversations/{id}")).await;
-        let roles: Vec<&str> = convo["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
-        assert_eq!(roles, ["assistant", "user", "assistant", "user", "assistant", "user", "assistant"]);
-        assert!(convo["messages"].as_array().unwrap().iter().all(|m| m["alternatives"] == 1), "no reply written twice");
+        let roles: Vec<&str> = convo["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            ["assistant", "user", "assistant", "user", "assistant", "user", "assistant"]
+        );
+        assert!(
+            convo["messages"].as_array().unwrap().iter().all(|m| m["alternatives"] == 1),
+            "no reply written twice"
+        );
         for job in &jobs {
             let (_, j) = on_a.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
             assert_eq!(j["job"]["attempts"], 1, "each job claimed once: {j}");
@@ -624,7 +840,24 @@ fn every_limit_holds_with_two_processes_on_one_postgres() {
     let _one = serialised();
     let rt = rt();
     let url = rt.block_on(postgres_url());
-    let limits = ["--client-ip-header", "x-forwarded-for", "--session-rate-burst", "3", "--session-rate-per-minute", "1", "--client-rate-burst", "2", "--client-rate-per-minute", "1", "--max-queued-per-client", "1", "--rate-burst", "2", "--rate-per-minute", "1"];
+    let limits = [
+        "--client-ip-header",
+        "x-forwarded-for",
+        "--session-rate-burst",
+        "3",
+        "--session-rate-per-minute",
+        "1",
+        "--client-rate-burst",
+        "2",
+        "--client-rate-per-minute",
+        "1",
+        "--max-queued-per-client",
+        "1",
+        "--rate-burst",
+        "2",
+        "--rate-per-minute",
+        "1",
+    ];
     let servers = [Server::start(&url, &limits), Server::start(&url, &limits)];
     rt.block_on(async {
         let http = reqwest::Client::new();
@@ -709,13 +942,23 @@ fn every_limit_holds_with_two_processes_on_one_postgres() {
 /// A conversation with the wedding host whose reply is under way: posts `content`, then follows
 /// the job's stream until one of `stop_at` (or `done`). Returns the conversation, the job and
 /// the events seen.
-async fn reply_under_way(me: &Client, content: &str, stop_at: &[&str]) -> (String, String, Vec<(String, Value)>) {
+async fn reply_under_way(
+    me: &Client,
+    content: &str,
+    stop_at: &[&str],
+) -> (String, String, Vec<(String, Value)>) {
     let id = me.create("wedding-host").await;
-    let (status, posted) = me.post(&format!("/api/conversations/{id}/messages"), json!({ "content": content })).await;
+    let (status, posted) =
+        me.post(&format!("/api/conversations/{id}/messages"), json!({ "content": content })).await;
     assert_eq!(status, 202, "{posted}");
     let job = posted["job"]["id"].as_str().unwrap().to_string();
-    let r = me.request(reqwest::Method::GET, &format!("/api/conversations/{id}/events?job={job}")).send().await.unwrap();
-    let seen = read_events(r, |n| n == "done" || stop_at.contains(&n), Duration::from_secs(120)).await;
+    let r = me
+        .request(reqwest::Method::GET, &format!("/api/conversations/{id}/events?job={job}"))
+        .send()
+        .await
+        .unwrap();
+    let seen =
+        read_events(r, |n| n == "done" || stop_at.contains(&n), Duration::from_secs(120)).await;
     (id, job, seen)
 }
 
@@ -726,7 +969,11 @@ async fn answered_once(me: &Client, id: &str, job: &str) -> Vec<Value> {
     assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
     let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
     let messages = convo["messages"].as_array().unwrap().clone();
-    assert_eq!(messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(), ["assistant", "user", "assistant"], "the message once, one reply");
+    assert_eq!(
+        messages.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["assistant", "user", "assistant"],
+        "the message once, one reply"
+    );
     messages
 }
 
@@ -741,8 +988,17 @@ fn a_server_killed_mid_reply_finishes_it_after_restart() {
     let (me, id, job) = rt.block_on(async {
         let me = Client::new(&first.base).await;
         // Wait until the reply is being written (steps done, model running).
-        let (id, job, seen) = reply_under_way(&me, "Tell me a long story about how you met the bride, with every detail.", &["prepared", "delta"]).await;
-        assert_ne!(names(&seen).last(), Some(&"done"), "the reply finished before the kill; make it longer");
+        let (id, job, seen) = reply_under_way(
+            &me,
+            "Tell me a long story about how you met the bride, with every detail.",
+            &["prepared", "delta"],
+        )
+        .await;
+        assert_ne!(
+            names(&seen).last(),
+            Some(&"done"),
+            "the reply finished before the kill; make it longer"
+        );
         (me, id, job)
     });
     first.kill();
@@ -751,7 +1007,10 @@ fn a_server_killed_mid_reply_finishes_it_after_restart() {
     rt.block_on(async {
         let me = Client { base: second.base.clone(), ..me };
         let messages = answered_once(&me, &id, &job).await;
-        assert_eq!(messages[1]["content"], "Tell me a long story about how you met the bride, with every detail.");
+        assert_eq!(
+            messages[1]["content"],
+            "Tell me a long story about how you met the bride, with every detail."
+        );
         assert_eq!(messages[2]["alternatives"], 1);
         let (_, j) = me.get(&format!("/api/conversations/{id}/jobs/{job}")).await;
         assert_eq!(j["job"]["status"], "done");
@@ -768,7 +1027,9 @@ fn a_clean_shutdown_puts_the_reply_back_in_the_queue() {
     let rt = rt();
     let (me, id, job) = rt.block_on(async {
         let me = Client::new(&first.base).await;
-        let (id, job, _) = reply_under_way(&me, "Tell me everything about the venue, in detail.", &["prepared"]).await;
+        let (id, job, _) =
+            reply_under_way(&me, "Tell me everything about the venue, in detail.", &["prepared"])
+                .await;
         (me, id, job)
     });
     first.stop();
@@ -796,8 +1057,13 @@ fn a_shutdown_does_not_wait_out_a_locked_database_and_the_reply_is_written_after
     let rt = rt();
     let (me, id, job) = rt.block_on(async {
         let me = Client::new(&first.base).await;
-        let (id, job, seen) = reply_under_way(&me, "What is the plan for tomorrow?", &["prepared"]).await;
-        assert_eq!(names(&seen).last(), Some(&"prepared"), "the reply was stored before the database could be locked");
+        let (id, job, seen) =
+            reply_under_way(&me, "What is the plan for tomorrow?", &["prepared"]).await;
+        assert_eq!(
+            names(&seen).last(),
+            Some(&"prepared"),
+            "the reply was stored before the database could be locked"
+        );
         (me, id, job)
     });
     // Another program takes SQLite's write lock and holds it (the locked or busy database of a
@@ -813,14 +1079,22 @@ fn a_shutdown_does_not_wait_out_a_locked_database_and_the_reply_is_written_after
     BufReader::new(locker.stdout.take().unwrap()).read_line(&mut locked).unwrap();
     assert_eq!(locked.trim(), "locked");
     let deadline = Instant::now() + Duration::from_secs(90);
-    let mut log = std::iter::from_fn(|| lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok());
-    assert!(log.any(|l| l.contains("storing the reply failed; trying again")), "the server said it is waiting for the database");
+    let mut log = std::iter::from_fn(|| {
+        lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
+    });
+    assert!(
+        log.any(|l| l.contains("storing the reply failed; trying again")),
+        "the server said it is waiting for the database"
+    );
     // The write would be retried for 30 s; a stop gives it up at once and hands the job back
     // (which the lock refuses too: the job returns when its lease runs out).
     let took = first.stop();
     eprintln!("the server exited {took:?} after SIGTERM");
     assert!(took.is_some(), "the server was still running 20 s after SIGTERM");
-    assert!(log.any(|l| l.contains("stopping before the reply could be stored")), "the server gave the write up when asked to stop");
+    assert!(
+        log.any(|l| l.contains("stopping before the reply could be stored")),
+        "the server gave the write up when asked to stop"
+    );
     drop(locker.stdin.take());
     locker.wait().unwrap();
 
@@ -836,16 +1110,33 @@ fn a_shutdown_does_not_wait_out_a_locked_database_and_the_reply_is_written_after
 #[test]
 fn the_chat_page_works_in_chromium() {
     let _one = serialised();
-    let chromium = std::env::var("RAPPORT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let script = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../web/tests/chat.mjs");
-    assert!(Path::new(&chromium).exists(), "{chromium} is missing: scripts/test.sh installs Debian's chromium");
-    assert!(script.with_file_name("node_modules").join("playwright-core").exists(), "web/tests/node_modules is missing: scripts/test.sh runs npm ci there");
+    let chromium =
+        std::env::var("RAPPORT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let script =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../web/tests/chat.mjs");
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: scripts/test.sh installs Debian's chromium"
+    );
+    assert!(
+        script.with_file_name("node_modules").join("playwright-core").exists(),
+        "web/tests/node_modules is missing: scripts/test.sh runs npm ci there"
+    );
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&sqlite_url(dir.path()), &[]);
-    let shots = std::env::var("RAPPORT_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|_| dir.path().to_path_buf());
+    let shots = std::env::var("RAPPORT_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| dir.path().to_path_buf());
     std::fs::create_dir_all(&shots).unwrap();
-    let out = Command::new("node").arg(&script).env("RAPPORT_URL", &server.base).env("CHROMIUM", &chromium).env("SCREENSHOTS", &shots).output().unwrap();
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("node")
+        .arg(&script)
+        .env("RAPPORT_URL", &server.base)
+        .env("CHROMIUM", &chromium)
+        .env("SCREENSHOTS", &shots)
+        .output()
+        .unwrap();
+    let log =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser test failed:\n{log}");
     assert!(log.contains("PASS"), "{log}");
     assert!(shots.join("chat.png").metadata().unwrap().len() > 10_000, "a real screenshot");

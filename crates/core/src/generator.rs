@@ -127,7 +127,9 @@ impl GenerationError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            GenerationError::Unavailable(_) | GenerationError::Timeout(_) | GenerationError::Protocol(_)
+            GenerationError::Unavailable(_)
+                | GenerationError::Timeout(_)
+                | GenerationError::Protocol(_)
         )
     }
 }
@@ -186,12 +188,18 @@ mod tests {
         assert_eq!(StopReason::from_finish_reason("stop"), StopReason::Stop);
         assert_eq!(StopReason::from_finish_reason("length"), StopReason::Length);
         assert_eq!(StopReason::from_finish_reason("canceled"), StopReason::Cancelled);
-        assert_eq!(StopReason::from_finish_reason("tool_calls"), StopReason::Other("tool_calls".into()));
+        assert_eq!(
+            StopReason::from_finish_reason("tool_calls"),
+            StopReason::Other("tool_calls".into())
+        );
     }
 
     #[test]
     fn decode_speed_excludes_the_first_token() {
-        let t = Timings { time_to_first_token: Some(Duration::from_secs(1)), total: Duration::from_secs(3) };
+        let t = Timings {
+            time_to_first_token: Some(Duration::from_secs(1)),
+            total: Duration::from_secs(3),
+        };
         let u = TokenUsage { prompt_tokens: 10, completion_tokens: 21, cached_prompt_tokens: 0 };
         assert_eq!(t.decode_tokens_per_sec(&u), Some(10.0));
         let one = TokenUsage { prompt_tokens: 10, completion_tokens: 1, cached_prompt_tokens: 0 };
@@ -200,7 +208,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_without_done_is_a_protocol_error() {
-        let s: TextStream = Box::pin(futures::stream::iter(vec![Ok(GenerationEvent::Chunk("a".into()))]));
+        let s: TextStream =
+            Box::pin(futures::stream::iter(vec![Ok(GenerationEvent::Chunk("a".into()))]));
         let err = collect_completion(s, |_| {}).await.unwrap_err();
         assert_eq!(err.kind(), "protocol");
     }

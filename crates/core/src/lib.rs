@@ -16,15 +16,15 @@
 
 mod generator;
 mod message;
-mod sampling;
-mod stop;
 pub mod percentile;
+mod sampling;
 pub mod sse;
+mod stop;
 pub mod text_stats;
 
 pub use generator::{
-    collect_completion, Completion, GenerationError, GenerationEvent, GenerationSummary,
-    Generator, StopReason, TextStream, Timings, TokenUsage,
+    collect_completion, Completion, GenerationError, GenerationEvent, GenerationSummary, Generator,
+    StopReason, TextStream, Timings, TokenUsage,
 };
 pub use message::{ChatMessage, GenerationRequest, Role};
 pub use sampling::{DryParams, SamplingParams};

@@ -68,7 +68,10 @@ pub struct GenerationRequest {
 
 impl GenerationRequest {
     /// Validates and builds a request.
-    pub fn new(messages: Vec<ChatMessage>, sampling: SamplingParams) -> Result<Self, GenerationError> {
+    pub fn new(
+        messages: Vec<ChatMessage>,
+        sampling: SamplingParams,
+    ) -> Result<Self, GenerationError> {
         match messages.first() {
             None => return Err(GenerationError::InvalidRequest("a request needs at least one message".into())),
             Some(first) if first.role != Role::System => {
@@ -80,7 +83,8 @@ impl GenerationRequest {
         }
         if messages.last().map(|m| m.role) == Some(Role::Assistant) {
             return Err(GenerationError::InvalidRequest(
-                "the last message must not be the assistant's: there would be nothing to answer".into(),
+                "the last message must not be the assistant's: there would be nothing to answer"
+                    .into(),
             ));
         }
         sampling.validate()?;
@@ -120,19 +124,30 @@ mod tests {
 
     #[test]
     fn a_later_system_message_is_allowed() {
-        let msgs = vec![ChatMessage::system("a"), ChatMessage::user("b"), ChatMessage::system("c"), ChatMessage::user("d")];
+        let msgs = vec![
+            ChatMessage::system("a"),
+            ChatMessage::user("b"),
+            ChatMessage::system("c"),
+            ChatMessage::user("d"),
+        ];
         assert!(GenerationRequest::new(msgs, sampling()).is_ok());
     }
 
     #[test]
     fn a_request_ending_with_the_assistant_is_refused() {
-        let msgs = vec![ChatMessage::system("a"), ChatMessage::user("b"), ChatMessage::assistant("c")];
+        let msgs =
+            vec![ChatMessage::system("a"), ChatMessage::user("b"), ChatMessage::assistant("c")];
         assert!(GenerationRequest::new(msgs, sampling()).is_err());
     }
 
     #[test]
     fn a_well_formed_request_is_accepted() {
-        let msgs = vec![ChatMessage::system("a"), ChatMessage::user("b"), ChatMessage::assistant("c"), ChatMessage::user("d")];
+        let msgs = vec![
+            ChatMessage::system("a"),
+            ChatMessage::user("b"),
+            ChatMessage::assistant("c"),
+            ChatMessage::user("d"),
+        ];
         let req = GenerationRequest::new(msgs.clone(), sampling()).unwrap();
         assert_eq!(req.messages(), &msgs[..]);
     }

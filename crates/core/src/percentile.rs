@@ -33,7 +33,10 @@ mod tests {
     #[test]
     fn nearest_rank_is_an_observed_value() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!((nearest_rank(&v, 50.0), nearest_rank(&v, 95.0), nearest_rank(&v, 100.0)), (50.0, 95.0, 100.0));
+        assert_eq!(
+            (nearest_rank(&v, 50.0), nearest_rank(&v, 95.0), nearest_rank(&v, 100.0)),
+            (50.0, 95.0, 100.0)
+        );
         assert_eq!(nearest_rank(&[1.0, 2.0, 3.0, 4.0, 5.0], 50.0), 3.0);
         assert_eq!(nearest_rank(&[7.0], 95.0), 7.0);
         assert!(nearest_rank(&[], 50.0).is_nan());

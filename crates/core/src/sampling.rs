@@ -123,7 +123,10 @@ impl SamplingParams {
                 return bad(format!("repetition_penalty must be positive, got {r}"));
             }
         }
-        for (name, v) in [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)] {
+        for (name, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
             if let Some(v) = v {
                 if !(v.is_finite() && (-2.0..=2.0).contains(&v)) {
                     return bad(format!("{name} must be within -2..=2, got {v}"));
@@ -131,7 +134,11 @@ impl SamplingParams {
             }
         }
         if let Some(d) = &self.dry {
-            if !(d.multiplier.is_finite() && d.multiplier >= 0.0 && d.base.is_finite() && d.base >= 1.0) {
+            if !(d.multiplier.is_finite()
+                && d.multiplier >= 0.0
+                && d.base.is_finite()
+                && d.base >= 1.0)
+            {
                 return bad("dry.multiplier must be >= 0 and dry.base >= 1".into());
             }
         }
@@ -166,7 +173,10 @@ mod tests {
             (SamplingParams { top_k: Some(0), ..Default::default() }, "top_k"),
             (SamplingParams { max_tokens: 0, ..Default::default() }, "max_tokens"),
             (SamplingParams { stop: vec![String::new()], ..Default::default() }, "stop"),
-            (SamplingParams { frequency_penalty: Some(3.0), ..Default::default() }, "frequency_penalty"),
+            (
+                SamplingParams { frequency_penalty: Some(3.0), ..Default::default() },
+                "frequency_penalty",
+            ),
         ];
         for (params, field) in cases {
             let err = params.validate().unwrap_err().to_string();

@@ -38,7 +38,9 @@ impl SseDecoder {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut start = 0;
-        while let Some(offset) = self.pending[start..].iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(offset) =
+            self.pending[start..].iter().position(|&b| b == b'\n' || b == b'\r')
+        {
             let end = start + offset;
             // A "\r\n" pair is one line break; a lone "\r" at the very end may be half of one.
             let mut next = end + 1;
@@ -108,7 +110,8 @@ mod tests {
 
     #[test]
     fn handles_crlf_comments_named_events_and_multiline_data() {
-        let events = decode_all(&[b": keep-alive\r\n\r\nevent: error\r\ndata: a\r\ndata: b\r\n\r\n"]);
+        let events =
+            decode_all(&[b": keep-alive\r\n\r\nevent: error\r\ndata: a\r\ndata: b\r\n\r\n"]);
         assert_eq!(events, vec![SseEvent { event: Some("error".into()), data: "a\nb".into() }]);
     }
 

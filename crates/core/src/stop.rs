@@ -26,7 +26,11 @@ pub struct StopFilter {
 impl StopFilter {
     /// A filter for these stop strings (empty strings are ignored).
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new(), stopped: false }
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            held: String::new(),
+            stopped: false,
+        }
     }
 
     /// Feeds the next chunk.
@@ -55,7 +59,11 @@ impl StopFilter {
 
     /// The stream ended without a stop string: whatever was held back is reply text after all.
     pub fn finish(&mut self) -> String {
-        if self.stopped { String::new() } else { std::mem::take(&mut self.held) }
+        if self.stopped {
+            String::new()
+        } else {
+            std::mem::take(&mut self.held)
+        }
     }
 
     /// Whether a stop string was seen.

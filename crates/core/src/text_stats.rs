@@ -72,11 +72,16 @@ pub struct DiversityReport {
 /// Measures a set of replies.
 pub fn diversity<S: AsRef<str>>(replies: &[S]) -> DiversityReport {
     fn mean(values: &[f64]) -> f64 {
-        if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 }
+        if values.is_empty() {
+            0.0
+        } else {
+            values.iter().sum::<f64>() / values.len() as f64
+        }
     }
     let d1: Vec<f64> = replies.iter().filter_map(|r| distinct_n(r.as_ref(), 1)).collect();
     let d2: Vec<f64> = replies.iter().filter_map(|r| distinct_n(r.as_ref(), 2)).collect();
-    let reps: Vec<SentenceRepetition> = replies.iter().map(|r| sentence_repetition(r.as_ref())).collect();
+    let reps: Vec<SentenceRepetition> =
+        replies.iter().map(|r| sentence_repetition(r.as_ref())).collect();
     let sentences: usize = reps.iter().map(|r| r.sentences).sum();
     let repeated: usize = reps.iter().map(|r| r.repeated).sum();
     let looping = reps.iter().filter(|r| r.repeated > 0).count();
@@ -85,8 +90,16 @@ pub fn diversity<S: AsRef<str>>(replies: &[S]) -> DiversityReport {
         replies: replies.len(),
         distinct_1: mean(&d1),
         distinct_2: mean(&d2),
-        repeated_sentence_rate: if sentences == 0 { 0.0 } else { repeated as f64 / sentences as f64 },
-        looping_reply_rate: if replies.is_empty() { 0.0 } else { looping as f64 / replies.len() as f64 },
+        repeated_sentence_rate: if sentences == 0 {
+            0.0
+        } else {
+            repeated as f64 / sentences as f64
+        },
+        looping_reply_rate: if replies.is_empty() {
+            0.0
+        } else {
+            looping as f64 / replies.len() as f64
+        },
         mean_words: mean(&lengths),
     }
 }

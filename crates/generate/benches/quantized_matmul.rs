@@ -24,7 +24,9 @@
 //!
 //! cargo bench --workspace --bench quantized_matmul
 
-use candle_core::quantized::k_quants::{matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_0, BlockQ8_1, GgmlType};
+use candle_core::quantized::k_quants::{
+    matmul, BlockQ4K, BlockQ4_1, BlockQ6K, BlockQ8_0, BlockQ8_1, GgmlType,
+};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rayon::prelude::*;
 
@@ -47,7 +49,13 @@ fn products<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: usize) {
         group.bench_with_input(BenchmarkId::new("one-row-at-a-time", m), &m, |b, &m| {
             b.iter(|| {
                 for r in 0..m {
-                    matmul((1, k, n), &rows[r * k..(r + 1) * k], &weights, &mut out[r * n..(r + 1) * n]).unwrap();
+                    matmul(
+                        (1, k, n),
+                        &rows[r * k..(r + 1) * k],
+                        &weights,
+                        &mut out[r * n..(r + 1) * n],
+                    )
+                    .unwrap();
                 }
             })
         });
@@ -55,7 +63,14 @@ fn products<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: usize) {
     group.finish();
 }
 
-fn one_row_from_memory<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: usize, matrices: usize, kernel: &str) {
+fn one_row_from_memory<T: GgmlType>(
+    c: &mut Criterion,
+    name: &str,
+    k: usize,
+    n: usize,
+    matrices: usize,
+    kernel: &str,
+) {
     let k_in_blocks = k / T::BLCK_SIZE;
     let weights: Vec<Vec<T>> = (0..matrices)
         .map(|i| {
@@ -81,11 +96,11 @@ fn one_row_from_memory<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: 
             for w in &weights {
                 // As upstream's `matmul` does: quantize the row, then every column on the pool.
                 T::VecDotType::from_float(&row, &mut row_q);
-                out.par_iter_mut()
-                    .enumerate()
-                    .with_min_len(128)
-                    .with_max_len(512)
-                    .for_each(|(col, dst)| *dst = T::vec_dot(k, &w[col * k_in_blocks..(col + 1) * k_in_blocks], &row_q));
+                out.par_iter_mut().enumerate().with_min_len(128).with_max_len(512).for_each(
+                    |(col, dst)| {
+                        *dst = T::vec_dot(k, &w[col * k_in_blocks..(col + 1) * k_in_blocks], &row_q)
+                    },
+                );
             }
         })
     });
@@ -100,7 +115,9 @@ fn one_row_from_memory<T: GgmlType>(c: &mut Criterion, name: &str, k: usize, n: 
 fn upstream_vec_dot_q8_0(xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
     use std::arch::x86_64::*;
     const BLOCK: usize = std::mem::size_of::<BlockQ8_0>();
-    let scale = |b: *const u8| unsafe { half::f16::from_bits(u16::from_le_bytes([*b, *b.add(1)])).to_f32() };
+    let scale = |b: *const u8| unsafe {
+        half::f16::from_bits(u16::from_le_bytes([*b, *b.add(1)])).to_f32()
+    };
     unsafe {
         let (x, y) = (xs.as_ptr() as *const u8, ys.as_ptr() as *const u8);
         let mut acc = _mm256_setzero_ps();
@@ -156,7 +173,12 @@ fn q8_0_output_projection(c: &mut Criterion) {
                             .enumerate()
                             .with_min_len(128)
                             .with_max_len(512)
-                            .for_each(|(col, dst)| *dst = upstream_vec_dot_q8_0(&w[col * k_in_blocks..(col + 1) * k_in_blocks], row));
+                            .for_each(|(col, dst)| {
+                                *dst = upstream_vec_dot_q8_0(
+                                    &w[col * k_in_blocks..(col + 1) * k_in_blocks],
+                                    row,
+                                )
+                            });
                     }
                 }
             })
@@ -191,7 +213,9 @@ fn activation_quantization(c: &mut Criterion) {
     let mut patched = vec![BlockQ8_1::zeros(); m * k / 32];
     group.bench_function("32-at-a-time", |b| b.iter(|| BlockQ8_1::from_float(&rows, &mut patched)));
     let mut upstream = vec![(0f32, [0i8; 32], 0i32); m * k / 32];
-    group.bench_function("upstream-scalar", |b| b.iter(|| upstream_quantize_q8_1(&rows, &mut upstream)));
+    group.bench_function("upstream-scalar", |b| {
+        b.iter(|| upstream_quantize_q8_1(&rows, &mut upstream))
+    });
     group.finish();
 }
 

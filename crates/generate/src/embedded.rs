@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use mistralrs::{RequestBuilder, Response, TextMessageRole};
 use mistralrs_core::{
-    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
-    MistralRsBuilder, ModelDType, SchedulerConfig, TokenSource,
+    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder,
+    GGUFSpecificConfig, MistralRsBuilder, ModelDType, SchedulerConfig, TokenSource,
 };
 use rapport_core::{
-    GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, Role, SamplingParams,
-    StopFilter, StopReason, TextStream, Timings, TokenUsage,
+    GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, Role,
+    SamplingParams, StopFilter, StopReason, TextStream, Timings, TokenUsage,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -110,18 +110,25 @@ impl MistralRsGenerator {
     ///
     /// This is what `mistralrs::GgufModelBuilder::build` does, done through mistral.rs-core so
     /// that the activation dtype can be chosen.
-    pub async fn load(gguf: &Path, name: impl Into<String>, options: EmbeddedOptions) -> Result<Self, GenerationError> {
-        let unavailable = |msg: String| GenerationError::Unavailable(format!("cannot load {}: {msg}", gguf.display()));
+    pub async fn load(
+        gguf: &Path,
+        name: impl Into<String>,
+        options: EmbeddedOptions,
+    ) -> Result<Self, GenerationError> {
+        let unavailable = |msg: String| {
+            GenerationError::Unavailable(format!("cannot load {}: {msg}", gguf.display()))
+        };
         if !gguf.is_file() {
             return Err(unavailable("no such file".into()));
         }
         let gguf = match &options.repack_dir {
             Some(dir) => {
                 let (src, dir) = (gguf.to_path_buf(), dir.clone());
-                let prepared = tokio::task::spawn_blocking(move || crate::repack::prepare(&src, &dir))
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?
-                    .map_err(unavailable)?;
+                let prepared =
+                    tokio::task::spawn_blocking(move || crate::repack::prepare(&src, &dir))
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?
+                        .map_err(unavailable)?;
                 if prepared.repacked_tensors > 0 {
                     tracing::info!(tensors = prepared.repacked_tensors, path = %prepared.path.display(), "loading a copy with Q8_0 blocks");
                 }
@@ -129,16 +136,35 @@ impl MistralRsGenerator {
             }
             None => gguf.to_path_buf(),
         };
-        let unavailable = |msg: String| GenerationError::Unavailable(format!("cannot load {}: {msg}", gguf.display()));
-        let dir = gguf.parent().ok_or_else(|| unavailable("no parent directory".into()))?.to_string_lossy().into_owned();
-        let file = gguf.file_name().ok_or_else(|| unavailable("no file name".into()))?.to_string_lossy().into_owned();
+        let unavailable = |msg: String| {
+            GenerationError::Unavailable(format!("cannot load {}: {msg}", gguf.display()))
+        };
+        let dir = gguf
+            .parent()
+            .ok_or_else(|| unavailable("no parent directory".into()))?
+            .to_string_lossy()
+            .into_owned();
+        let file = gguf
+            .file_name()
+            .ok_or_else(|| unavailable("no file name".into()))?
+            .to_string_lossy()
+            .into_owned();
         let dtype = match options.activations {
             Activations::F32 => ModelDType::F32,
             Activations::F16 => ModelDType::F16,
             Activations::Bf16 => ModelDType::BF16,
         };
         mistralrs_core::set_cpu_kv_cache_f16(options.kv_cache == KvCacheDtype::F16);
-        let loader = GGUFLoaderBuilder::new(None, None, dir, vec![file], GGUFSpecificConfig { topology: None }, false, None).build();
+        let loader = GGUFLoaderBuilder::new(
+            None,
+            None,
+            dir,
+            vec![file],
+            GGUFSpecificConfig { topology: None },
+            false,
+            None,
+        )
+        .build();
         // Loading maps and parses the file: blocking work, kept off the async workers.
         let pipeline = tokio::task::spawn_blocking(move || {
             loader.load_model_from_hf(
@@ -156,14 +182,18 @@ impl MistralRsGenerator {
         .map_err(|e| unavailable(e.to_string()))?
         .map_err(|e| unavailable(format!("{e:#}")))?;
         let batch = std::num::NonZeroUsize::new(options.max_batch.max(1)).expect("at least 1");
-        let scheduler = SchedulerConfig::DefaultScheduler { method: DefaultSchedulerMethod::Fixed(batch) };
+        let scheduler =
+            SchedulerConfig::DefaultScheduler { method: DefaultSchedulerMethod::Fixed(batch) };
         let runner = MistralRsBuilder::new(pipeline, scheduler, false, None)
             .with_no_kv_cache(false)
             .with_no_prefix_cache(options.prefix_cache == 0)
             .with_prefix_cache_n(options.prefix_cache.max(1))
             .build()
             .await;
-        Ok(Self { model: Arc::new(mistralrs::Model::new(runner)), name: format!("mistralrs:{}", name.into()) })
+        Ok(Self {
+            model: Arc::new(mistralrs::Model::new(runner)),
+            name: format!("mistralrs:{}", name.into()),
+        })
     }
 }
 
@@ -189,12 +219,13 @@ fn to_mistral_sampling(s: &SamplingParams) -> mistralrs::SamplingParams {
     p.repetition_penalty = s.repetition_penalty;
     p.frequency_penalty = s.frequency_penalty;
     p.presence_penalty = s.presence_penalty;
-    p.dry_params = s.dry.as_ref().filter(|d| d.multiplier > 0.0).map(|d| mistralrs::DrySamplingParams {
-        base: d.base,
-        allowed_length: d.allowed_length,
-        multiplier: d.multiplier,
-        ..mistralrs::DrySamplingParams::default()
-    });
+    p.dry_params =
+        s.dry.as_ref().filter(|d| d.multiplier > 0.0).map(|d| mistralrs::DrySamplingParams {
+            base: d.base,
+            allowed_length: d.allowed_length,
+            multiplier: d.multiplier,
+            ..mistralrs::DrySamplingParams::default()
+        });
     p.max_len = Some(s.max_tokens as usize);
     p.stop_toks = (!s.stop.is_empty()).then(|| mistralrs::StopTokens::Seqs(s.stop.clone()));
     p
@@ -208,7 +239,8 @@ impl Generator for MistralRsGenerator {
 
     async fn generate(&self, request: GenerationRequest) -> Result<TextStream, GenerationError> {
         let started = Instant::now();
-        let mut builder = RequestBuilder::new().set_sampling(to_mistral_sampling(request.sampling()));
+        let mut builder =
+            RequestBuilder::new().set_sampling(to_mistral_sampling(request.sampling()));
         for m in request.messages() {
             let role = match m.role {
                 Role::System => TextMessageRole::System,
@@ -270,13 +302,23 @@ impl Generator for MistralRsGenerator {
                         });
                         Ok(GenerationEvent::Done(GenerationSummary {
                             stop_reason: StopReason::from_finish_reason(&reason),
-                            usage: usage.unwrap_or(TokenUsage { completion_tokens: chunks, ..TokenUsage::default() }),
-                            timings: Timings { time_to_first_token: first_token, total: started.elapsed() },
+                            usage: usage.unwrap_or(TokenUsage {
+                                completion_tokens: chunks,
+                                ..TokenUsage::default()
+                            }),
+                            timings: Timings {
+                                time_to_first_token: first_token,
+                                total: started.elapsed(),
+                            },
                         }))
                     }
                     Response::Done(done) => {
                         // Not expected for streaming requests; accept it as the end all the same.
-                        let reason = done.choices.first().map(|c| c.finish_reason.clone()).unwrap_or_default();
+                        let reason = done
+                            .choices
+                            .first()
+                            .map(|c| c.finish_reason.clone())
+                            .unwrap_or_default();
                         Ok(GenerationEvent::Done(GenerationSummary {
                             stop_reason: StopReason::from_finish_reason(&reason),
                             usage: TokenUsage {
@@ -284,13 +326,22 @@ impl Generator for MistralRsGenerator {
                                 completion_tokens: done.usage.completion_tokens as u32,
                                 cached_prompt_tokens: done.usage.cached_prompt_tokens as u32,
                             },
-                            timings: Timings { time_to_first_token: first_token, total: started.elapsed() },
+                            timings: Timings {
+                                time_to_first_token: first_token,
+                                total: started.elapsed(),
+                            },
                         }))
                     }
-                    Response::ModelError(msg, _) | Response::CompletionModelError(msg, _) => Err(GenerationError::Backend(msg)),
+                    Response::ModelError(msg, _) | Response::CompletionModelError(msg, _) => {
+                        Err(GenerationError::Backend(msg))
+                    }
                     Response::InternalError(e) => Err(GenerationError::Backend(e.to_string())),
-                    Response::ValidationError(e) => Err(GenerationError::InvalidRequest(e.to_string())),
-                    _ => Err(GenerationError::Protocol("mistral.rs sent a non-chat response".into())),
+                    Response::ValidationError(e) => {
+                        Err(GenerationError::InvalidRequest(e.to_string()))
+                    }
+                    _ => {
+                        Err(GenerationError::Protocol("mistral.rs sent a non-chat response".into()))
+                    }
                 };
                 let last = !matches!(event, Ok(GenerationEvent::Chunk(_)));
                 let _ = tx.send(event).await;
@@ -298,12 +349,18 @@ impl Generator for MistralRsGenerator {
                     return;
                 }
             }
-            let _ = tx.send(Err(GenerationError::Protocol("mistral.rs closed the stream before finishing".into()))).await;
+            let _ = tx
+                .send(Err(GenerationError::Protocol(
+                    "mistral.rs closed the stream before finishing".into(),
+                )))
+                .await;
         });
         match ready_rx.await {
             Ok(Ok(())) => Ok(Box::pin(ReceiverStream::new(rx))),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(GenerationError::Backend("the generation task ended before starting".into())),
+            Err(_) => {
+                Err(GenerationError::Backend("the generation task ended before starting".into()))
+            }
         }
     }
 }
@@ -343,6 +400,8 @@ mod tests {
         let dry = p.dry_params.unwrap();
         assert_eq!((dry.multiplier, dry.base, dry.allowed_length), (0.8, 1.75, 2));
         assert!(!dry.sequence_breakers.is_empty(), "DRY needs its default sequence breakers");
-        assert!(matches!(p.stop_toks, Some(mistralrs::StopTokens::Seqs(ref v)) if v == &["\nUser:"]));
+        assert!(
+            matches!(p.stop_toks, Some(mistralrs::StopTokens::Seqs(ref v)) if v == &["\nUser:"])
+        );
     }
 }

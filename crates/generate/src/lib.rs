@@ -25,6 +25,7 @@ pub use rapport_core::{SseDecoder, SseEvent};
 /// its pure part is included here, its unit tests with it.
 #[cfg(test)]
 #[path = "../../../vendor/mistralrs-core/src/engine/row_order.rs"]
+#[rustfmt::skip] // a vendored file: its formatting is upstream's (vendor/PATCHES.md)
 mod batch_row_order;
 
 /// What the batch cache's `rejoin` relies on, for any change of the batch: the order is a
@@ -39,7 +40,10 @@ mod batch_row_order_properties {
     /// Previous rows (distinct ids) and the current sequences: some of the previous ones, in a
     /// shuffled order, plus newcomers.
     fn batches() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
-        (prop::collection::hash_set(0usize..200, 0..40), prop::collection::hash_set(200usize..300, 0..12))
+        (
+            prop::collection::hash_set(0usize..200, 0..40),
+            prop::collection::hash_set(200usize..300, 0..12),
+        )
             .prop_flat_map(|(previous, joining)| {
                 let previous: Vec<usize> = previous.into_iter().collect();
                 let n = previous.len();
@@ -109,7 +113,12 @@ mod candle_patch {
             T::VecDotType::from_float(lhs_row, &mut row_q);
             for c in 0..n {
                 let alone = T::vec_dot(k, &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks], &row_q);
-                assert_eq!(row[c].to_bits(), alone.to_bits(), "row {r}, column {c} of {m}x{k}x{n}: {} vs vec_dot {alone}", row[c]);
+                assert_eq!(
+                    row[c].to_bits(),
+                    alone.to_bits(),
+                    "row {r}, column {c} of {m}x{k}x{n}: {} vs vec_dot {alone}",
+                    row[c]
+                );
             }
         }
     }
@@ -228,7 +237,12 @@ mod candle_patch {
         let mut weights = vec![BlockQ8_0::zeros(); n * k / 32];
         BlockQ8_0::from_float(&vec![-1.0f32; n * k], &mut weights);
         for block in weights.iter_mut() {
-            let bytes = unsafe { std::slice::from_raw_parts_mut(block as *mut BlockQ8_0 as *mut u8, std::mem::size_of::<BlockQ8_0>()) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(
+                    block as *mut BlockQ8_0 as *mut u8,
+                    std::mem::size_of::<BlockQ8_0>(),
+                )
+            };
             bytes[..2].copy_from_slice(&half::f16::from_f32(1.0 / 128.0).to_bits().to_le_bytes());
             bytes[2..].fill(0x80);
         }
@@ -253,15 +267,26 @@ mod candle_patch {
     /// weights and activations `k` wide. Different summation orders, so equal to float rounding,
     /// not bit for bit.
     fn simd_kernel_equals_the_scalar_one<T: GgmlType>(k: usize, seed: usize) {
-        let weights: Vec<f32> = (0..k).map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.0) - 1.7).collect();
-        let acts: Vec<f32> = (0..k).map(|i| (((i * 7 + seed) * 40_503 % 65_521) as f32 / 8_000.0) - 4.0).collect();
+        let weights: Vec<f32> = (0..k)
+            .map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.0) - 1.7)
+            .collect();
+        let acts: Vec<f32> =
+            (0..k).map(|i| (((i * 7 + seed) * 40_503 % 65_521) as f32 / 8_000.0) - 4.0).collect();
         let mut xs = vec![T::zeros(); k / T::BLCK_SIZE];
         let mut ys = vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE];
         T::from_float(&weights, &mut xs);
         T::VecDotType::from_float(&acts, &mut ys);
         let (simd, scalar) = (T::vec_dot(k, &xs, &ys), T::vec_dot_unopt(k, &xs, &ys));
-        assert!(scalar.abs() > 1.0, "{:?} k={k}: a near-zero dot product proves little ({scalar})", T::DTYPE);
-        assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{:?} k={k}: simd {simd} vs scalar {scalar}", T::DTYPE);
+        assert!(
+            scalar.abs() > 1.0,
+            "{:?} k={k}: a near-zero dot product proves little ({scalar})",
+            T::DTYPE
+        );
+        assert!(
+            (simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0),
+            "{:?} k={k}: simd {simd} vs scalar {scalar}",
+            T::DTYPE
+        );
     }
 
     /// The AVX2 Q4_K and Q6_K kernels, their float steps re-ordered for the eight-column
@@ -296,31 +321,57 @@ mod candle_patch {
     /// The blocks' bytes as they lie in memory (both types are `repr(C)` plain data).
     fn block_bytes<T: GgmlType>(blocks: &[T]) -> &[u8] {
         // SAFETY: plain-data blocks without padding (their sizes are asserted in candle).
-        unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks)) }
+        unsafe {
+            std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
+        }
     }
 
     /// Activations are quantized (Q8_0 for Q8_0 weights, Q8_1 for Q4_1) 32 values at a time in
     /// the patched candle; the bytes must be upstream's scalar ones, ties and edges included.
     #[test]
     fn vectorized_activation_quantization_gives_upstreams_bytes() {
-        let mut blocks: Vec<Vec<f32>> = vec![
-            vec![0.0; 32],
-            // amax 127 makes d = 1 and id = 1, so x * id lands exactly on halves: round away
-            // from zero (2.5 -> 3, -2.5 -> -3), and just below a half stays down.
-            (0..32).map(|i| if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 }).collect(),
-            (0..32).map(|i| if i == 31 { -127.0 } else { -(i as f32) - 0.5 }).collect(),
-            (0..32).map(|i| if i == 0 { 127.0 } else { 0.49999997 * if i % 2 == 0 { 1.0 } else { -1.0 } }).collect(),
-            // One huge value, the rest rounding to zero or one step; -0.0 and subnormals.
-            (0..32).map(|i| match i { 0 => 3.0e38, 1 => -0.0, 2 => 1.0e-40, _ => i as f32 * 1.0e36 }).collect(),
-            // A NaN (upstream: `max` skips it, `as i8` makes it 0).
-            (0..32).map(|i| if i == 5 { f32::NAN } else { i as f32 / 7.0 - 2.0 }).collect(),
-        ];
+        let mut blocks: Vec<Vec<f32>> =
+            vec![
+                vec![0.0; 32],
+                // amax 127 makes d = 1 and id = 1, so x * id lands exactly on halves: round away
+                // from zero (2.5 -> 3, -2.5 -> -3), and just below a half stays down.
+                (0..32).map(|i| if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 }).collect(),
+                (0..32).map(|i| if i == 31 { -127.0 } else { -(i as f32) - 0.5 }).collect(),
+                (0..32)
+                    .map(|i| {
+                        if i == 0 {
+                            127.0
+                        } else {
+                            0.49999997 * if i % 2 == 0 { 1.0 } else { -1.0 }
+                        }
+                    })
+                    .collect(),
+                // One huge value, the rest rounding to zero or one step; -0.0 and subnormals.
+                (0..32)
+                    .map(|i| match i {
+                        0 => 3.0e38,
+                        1 => -0.0,
+                        2 => 1.0e-40,
+                        _ => i as f32 * 1.0e36,
+                    })
+                    .collect(),
+                // A NaN (upstream: `max` skips it, `as i8` makes it 0).
+                (0..32).map(|i| if i == 5 { f32::NAN } else { i as f32 / 7.0 - 2.0 }).collect(),
+            ];
         // And SmolLM2-like activations.
         for seed in 0..64usize {
-            blocks.push((0..32).map(|i| (((i + 32 * seed) * 2_654_435_761 % 1_000_003) as f32 / 83_000.0) - 6.0).collect());
+            blocks.push(
+                (0..32)
+                    .map(|i| {
+                        (((i + 32 * seed) * 2_654_435_761 % 1_000_003) as f32 / 83_000.0) - 6.0
+                    })
+                    .collect(),
+            );
         }
         let xs: Vec<f32> = blocks.concat();
-        let expected = |with_sum: bool| blocks.iter().flat_map(|b| upstream_q8_block(b, with_sum)).collect::<Vec<u8>>();
+        let expected = |with_sum: bool| {
+            blocks.iter().flat_map(|b| upstream_q8_block(b, with_sum)).collect::<Vec<u8>>()
+        };
         let mut q8_0 = vec![BlockQ8_0::zeros(); blocks.len()];
         BlockQ8_0::from_float(&xs, &mut q8_0);
         assert_eq!(block_bytes(&q8_0), &expected(false)[..]);
@@ -348,22 +399,31 @@ mod candle_patch {
 #[cfg(test)]
 mod attention_patch {
     use candle_core::{DType, Device, Tensor};
-    use mistralrs_core::{rapport_flash_attn_cpu_f32 as patched, rapport_upstream_flash_attn_cpu_f32 as upstream};
+    use mistralrs_core::{
+        rapport_flash_attn_cpu_f32 as patched, rapport_upstream_flash_attn_cpu_f32 as upstream,
+    };
 
     /// Deterministic values in [-2, 2): the test needs variety, not randomness.
     fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.75) - 2.0).collect()
+        (0..len)
+            .map(|i| (((i + seed) * 2_654_435_761 % 1_000_003) as f32 / 250_000.75) - 2.0)
+            .collect()
     }
 
     /// A (B, H, S, D) tensor seen as (B, S, H, D), as the models pass it.
     fn heads(b: usize, h: usize, s: usize, d: usize, seed: usize) -> Tensor {
-        Tensor::from_vec(values(b * h * s * d, seed), (b, h, s, d), &Device::Cpu).unwrap().transpose(1, 2).unwrap()
+        Tensor::from_vec(values(b * h * s * d, seed), (b, h, s, d), &Device::Cpu)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
     }
 
     /// Causal mask for `q_len` new positions after `past` cached ones: 0 or -inf.
     fn causal(q_len: usize, past: usize) -> Vec<f32> {
         let kv = past + q_len;
-        (0..q_len * kv).map(|i| if i % kv > past + i / kv { f32::NEG_INFINITY } else { 0.0 }).collect()
+        (0..q_len * kv)
+            .map(|i| if i % kv > past + i / kv { f32::NEG_INFINITY } else { 0.0 })
+            .collect()
     }
 
     fn assert_close(case: &str, a: &Tensor, b: &Tensor) {
@@ -380,26 +440,48 @@ mod attention_patch {
         let scale = 1.0 / 8.0;
         // Prefill with a cached past, 6 query heads over 2 key/value heads, head size 64.
         let (b, h, kvh, d, q_len, past) = (1, 6, 2, 64, 37, 5);
-        let (q, k, v) = (heads(b, h, q_len, d, 1), heads(b, kvh, past + q_len, d, 2), heads(b, kvh, past + q_len, d, 3));
-        let mask = Tensor::from_vec(causal(q_len, past), (q_len, past + q_len), &Device::Cpu).unwrap();
+        let (q, k, v) = (
+            heads(b, h, q_len, d, 1),
+            heads(b, kvh, past + q_len, d, 2),
+            heads(b, kvh, past + q_len, d, 3),
+        );
+        let mask =
+            Tensor::from_vec(causal(q_len, past), (q_len, past + q_len), &Device::Cpu).unwrap();
         for softcap in [None, Some(5.0)] {
             let case = format!("prefill, 2-D causal mask, softcap {softcap:?}");
-            assert_close(&case, &patched(&q, &k, &v, Some(&mask), scale, softcap).unwrap(), &upstream(&q, &k, &v, Some(&mask), scale, softcap).unwrap());
+            assert_close(
+                &case,
+                &patched(&q, &k, &v, Some(&mask), scale, softcap).unwrap(),
+                &upstream(&q, &k, &v, Some(&mask), scale, softcap).unwrap(),
+            );
         }
         // Two sequences with their own (B, 1, S, KV) masks: the second sees only its last 3 keys.
         let (b, q_len, kv) = (2, 9, 9);
-        let (q, k, v) = (heads(b, h, q_len, d, 4), heads(b, kvh, kv, d, 5), heads(b, kvh, kv, d, 6));
+        let (q, k, v) =
+            (heads(b, h, q_len, d, 4), heads(b, kvh, kv, d, 5), heads(b, kvh, kv, d, 6));
         let mut rows = causal(q_len, 0);
         rows.extend((0..q_len * kv).map(|i| if i % kv < kv - 3 { f32::NEG_INFINITY } else { 0.0 }));
         let mask = Tensor::from_vec(rows, (b, 1, q_len, kv), &Device::Cpu).unwrap();
-        assert_close("batched prefill, 4-D mask", &patched(&q, &k, &v, Some(&mask), scale, None).unwrap(), &upstream(&q, &k, &v, Some(&mask), scale, None).unwrap());
+        assert_close(
+            "batched prefill, 4-D mask",
+            &patched(&q, &k, &v, Some(&mask), scale, None).unwrap(),
+            &upstream(&q, &k, &v, Some(&mask), scale, None).unwrap(),
+        );
         // Decode: one query over 53 cached keys (more than upstream's 16-key tiles), no mask.
         let (q, k, v) = (heads(1, h, 1, d, 7), heads(1, kvh, 53, d, 8), heads(1, kvh, 53, d, 9));
-        assert_close("decode", &patched(&q, &k, &v, None, scale, None).unwrap(), &upstream(&q, &k, &v, None, scale, None).unwrap());
+        assert_close(
+            "decode",
+            &patched(&q, &k, &v, None, scale, None).unwrap(),
+            &upstream(&q, &k, &v, None, scale, None).unwrap(),
+        );
         // A head size that is not a multiple of the 16 dot-product lanes.
         let (q, k, v) = (heads(1, 2, 4, 40, 10), heads(1, 2, 4, 40, 11), heads(1, 2, 4, 40, 12));
         let mask = Tensor::from_vec(causal(4, 0), (4, 4), &Device::Cpu).unwrap();
-        assert_close("head size 40", &patched(&q, &k, &v, Some(&mask), scale, None).unwrap(), &upstream(&q, &k, &v, Some(&mask), scale, None).unwrap());
+        assert_close(
+            "head size 40",
+            &patched(&q, &k, &v, Some(&mask), scale, None).unwrap(),
+            &upstream(&q, &k, &v, Some(&mask), scale, None).unwrap(),
+        );
     }
 
     /// Keys and values stored in `f16` (the CPU cache Rapport keeps) give bit for bit what the
@@ -413,15 +495,35 @@ mod attention_patch {
         let f16 = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
         let rounded = |t: &Tensor| t.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
         for (d, q_len, past) in [(64, 37, 5), (40, 4, 0), (64, 1, 90)] {
-            let (q, k, v) = (heads(1, 6, q_len, d, 50), heads(1, 2, past + q_len, d, 51), heads(1, 2, past + q_len, d, 52));
-            let mask = Tensor::from_vec(causal(q_len, past), (q_len, past + q_len), &Device::Cpu).unwrap();
+            let (q, k, v) = (
+                heads(1, 6, q_len, d, 50),
+                heads(1, 2, past + q_len, d, 51),
+                heads(1, 2, past + q_len, d, 52),
+            );
+            let mask =
+                Tensor::from_vec(causal(q_len, past), (q_len, past + q_len), &Device::Cpu).unwrap();
             let half = patched(&q, &f16(&k), &f16(&v), Some(&mask), scale, None).unwrap();
-            let widened = patched(&q, &rounded(&k), &rounded(&v), Some(&mask), scale, None).unwrap();
-            let (half, widened) = (half.flatten_all().unwrap().to_vec1::<f32>().unwrap(), widened.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-            assert!(half.iter().zip(&widened).all(|(a, b)| a.to_bits() == b.to_bits()), "head size {d}, {q_len} rows after {past}");
-            let full = patched(&q, &k, &v, Some(&mask), scale, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let widened =
+                patched(&q, &rounded(&k), &rounded(&v), Some(&mask), scale, None).unwrap();
+            let (half, widened) = (
+                half.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                widened.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert!(
+                half.iter().zip(&widened).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "head size {d}, {q_len} rows after {past}"
+            );
+            let full = patched(&q, &k, &v, Some(&mask), scale, None)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let worst = half.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst > 0.0 && worst < 1e-2, "head size {d}: f16 rounding moved an output by {worst}");
+            assert!(
+                worst > 0.0 && worst < 1e-2,
+                "head size {d}: f16 rounding moved an output by {worst}"
+            );
         }
         // Keys in f16 with values in f32 is not a cache anyone builds: a clear error, not a guess.
         let (q, k, v) = (heads(1, 6, 1, 64, 53), heads(1, 2, 9, 64, 54), heads(1, 2, 9, 64, 55));
@@ -432,11 +534,23 @@ mod attention_patch {
     /// softmax(q k^T * scale + mask) v with plain tensor operations, (B, S, H, D) in,
     /// (B, H, S, D) out, key/value heads repeated for their query heads.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
-        let (q, k, v) = (q.transpose(1, 2).unwrap(), k.transpose(1, 2).unwrap(), v.transpose(1, 2).unwrap());
+        let (q, k, v) =
+            (q.transpose(1, 2).unwrap(), k.transpose(1, 2).unwrap(), v.transpose(1, 2).unwrap());
         let group = q.dim(1).unwrap() / k.dim(1).unwrap();
-        let repeat = |t: Tensor| Tensor::cat(&(0..k.dim(1).unwrap()).flat_map(|i| std::iter::repeat_n(t.narrow(1, i, 1).unwrap(), group)).collect::<Vec<_>>(), 1).unwrap().contiguous().unwrap();
+        let repeat = |t: Tensor| {
+            Tensor::cat(
+                &(0..k.dim(1).unwrap())
+                    .flat_map(|i| std::iter::repeat_n(t.narrow(1, i, 1).unwrap(), group))
+                    .collect::<Vec<_>>(),
+                1,
+            )
+            .unwrap()
+            .contiguous()
+            .unwrap()
+        };
         let (k, v) = (repeat(k.clone()), repeat(v.clone()));
-        let mut scores = (q.contiguous().unwrap().matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let mut scores =
+            (q.contiguous().unwrap().matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask).unwrap();
         }
@@ -456,15 +570,31 @@ mod attention_patch {
         let (q, k, v) = (heads(b, h, 1, d, 13), heads(b, kvh, kv, d, 14), heads(b, kvh, kv, d, 15));
         let scale = 1.0 / 8.0;
         let batched = patched(&q, &k, &v, None, scale, None).unwrap();
-        assert_close("batched decode vs reference", &batched, &reference(&q, &k, &v, None, scale as f64));
+        assert_close(
+            "batched decode vs reference",
+            &batched,
+            &reference(&q, &k, &v, None, scale as f64),
+        );
         for i in 0..b {
             let one = |t: &Tensor| t.narrow(0, i, 1).unwrap();
             let alone = patched(&one(&q), &one(&k), &one(&v), None, scale, None).unwrap();
             assert_close(&format!("sequence {i}"), &batched.narrow(0, i, 1).unwrap(), &alone);
         }
         let upstream_batched = upstream(&q, &k, &v, None, scale, None).unwrap();
-        let diff = (upstream_batched - &batched).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff > 0.1, "upstream's batched decode now agrees ({diff}): drop the claim in vendor/PATCHES.md");
+        let diff = (upstream_batched - &batched)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff > 0.1,
+            "upstream's batched decode now agrees ({diff}): drop the claim in vendor/PATCHES.md"
+        );
     }
 
     /// A decoding step over sequences of different lengths, left-padded into one batch as
@@ -481,24 +611,43 @@ mod attention_patch {
         let (mut qs, mut ks, mut vs, mut mask) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut alone = Vec::new();
         for (i, &len) in lengths.iter().enumerate() {
-            let (q, k, v) = (heads(1, h, 1, d, 20 + i), heads(1, kvh, len, d, 30 + i), heads(1, kvh, len, d, 40 + i));
+            let (q, k, v) = (
+                heads(1, h, 1, d, 20 + i),
+                heads(1, kvh, len, d, 30 + i),
+                heads(1, kvh, len, d, 40 + i),
+            );
             alone.push(patched(&q, &k, &v, None, scale, None).unwrap());
-            let pad = Tensor::zeros((1, longest - len, kvh, d), candle_core::DType::F32, &Device::Cpu).unwrap();
+            let pad =
+                Tensor::zeros((1, longest - len, kvh, d), candle_core::DType::F32, &Device::Cpu)
+                    .unwrap();
             ks.push(Tensor::cat(&[&pad, &k], 1).unwrap());
             vs.push(Tensor::cat(&[&pad, &v], 1).unwrap());
             qs.push(q);
-            mask.extend((0..longest).map(|j| if j < longest - len { f32::NEG_INFINITY } else { 0.0 }));
+            mask.extend(
+                (0..longest).map(|j| if j < longest - len { f32::NEG_INFINITY } else { 0.0 }),
+            );
         }
         let cat = |ts: &[Tensor]| Tensor::cat(ts, 0).unwrap();
         let mask = Tensor::from_vec(mask, (lengths.len(), 1, 1, longest), &Device::Cpu).unwrap();
         let batched = patched(&cat(&qs), &cat(&ks), &cat(&vs), Some(&mask), scale, None).unwrap();
         for (i, alone) in alone.iter().enumerate() {
-            let row = batched.narrow(0, i, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(row, alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "sequence {i} (length {})", lengths[i]);
+            let row =
+                batched.narrow(0, i, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(
+                row,
+                alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "sequence {i} (length {})",
+                lengths[i]
+            );
         }
         let unmasked = patched(&cat(&qs), &cat(&ks), &cat(&vs), None, scale, None).unwrap();
-        let short = unmasked.narrow(0, 2, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_ne!(short, alone[2].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "without the mask the padding must count");
+        let short =
+            unmasked.narrow(0, 2, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(
+            short,
+            alone[2].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "without the mask the padding must count"
+        );
     }
 
     /// A position gets, bit for bit, the same attention output whether it is read in a whole
@@ -512,21 +661,48 @@ mod attention_patch {
         for (h, kvh, d) in [(9, 3, 64), (12, 2, 128)] {
             let len = 150;
             let scale = 1.0 / (d as f32).sqrt();
-            let (q, k, v) = (heads(1, h, len, d, 50), heads(1, kvh, len, d, 51), heads(1, kvh, len, d, 52));
+            let (q, k, v) =
+                (heads(1, h, len, d, 50), heads(1, kvh, len, d, 51), heads(1, kvh, len, d, 52));
             let whole_mask = Tensor::from_vec(causal(len, 0), (len, len), &Device::Cpu).unwrap();
             let whole = patched(&q, &k, &v, Some(&whole_mask), scale, None).unwrap();
-            assert_close("whole prompt vs reference", &whole, &reference(&q, &k, &v, Some(&whole_mask), scale as f64));
-            let row = |t: &Tensor, p: usize| t.narrow(2, p, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_close(
+                "whole prompt vs reference",
+                &whole,
+                &reference(&q, &k, &v, Some(&whole_mask), scale as f64),
+            );
+            let row = |t: &Tensor, p: usize| {
+                t.narrow(2, p, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
             for p in [0, 1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 127, 128, 149] {
                 let upto = |t: &Tensor| t.narrow(1, 0, p + 1).unwrap();
-                let alone = patched(&q.narrow(1, p, 1).unwrap(), &upto(&k), &upto(&v), None, scale, None).unwrap();
-                assert_eq!(row(&whole, p), row(&alone, 0), "head size {d}: position {p} decoded alone");
+                let alone =
+                    patched(&q.narrow(1, p, 1).unwrap(), &upto(&k), &upto(&v), None, scale, None)
+                        .unwrap();
+                assert_eq!(
+                    row(&whole, p),
+                    row(&alone, 0),
+                    "head size {d}: position {p} decoded alone"
+                );
             }
             let past = 97;
-            let later_mask = Tensor::from_vec(causal(len - past, past), (len - past, len), &Device::Cpu).unwrap();
-            let later = patched(&q.narrow(1, past, len - past).unwrap(), &k, &v, Some(&later_mask), scale, None).unwrap();
+            let later_mask =
+                Tensor::from_vec(causal(len - past, past), (len - past, len), &Device::Cpu)
+                    .unwrap();
+            let later = patched(
+                &q.narrow(1, past, len - past).unwrap(),
+                &k,
+                &v,
+                Some(&later_mask),
+                scale,
+                None,
+            )
+            .unwrap();
             for p in past..len {
-                assert_eq!(row(&whole, p), row(&later, p - past), "head size {d}: position {p} read after {past} cached");
+                assert_eq!(
+                    row(&whole, p),
+                    row(&later, p - past),
+                    "head size {d}: position {p} read after {past} cached"
+                );
             }
         }
     }

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rapport_core::{
-    GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, StopFilter, StopReason,
-    TextStream, Timings, TokenUsage,
+    GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, StopFilter,
+    StopReason, TextStream, Timings, TokenUsage,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -67,10 +67,10 @@ impl OpenAiCompatGenerator {
                 options.base_url
             )));
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(options.connect_timeout)
-            .build()
-            .map_err(|e| GenerationError::Unavailable(format!("cannot build an HTTP client: {e}")))?;
+        let client =
+            reqwest::Client::builder().connect_timeout(options.connect_timeout).build().map_err(
+                |e| GenerationError::Unavailable(format!("cannot build an HTTP client: {e}")),
+            )?;
         Ok(Self {
             client,
             url: format!("{base}/chat/completions"),
@@ -82,8 +82,11 @@ impl OpenAiCompatGenerator {
     /// The JSON body for a request.
     fn body(&self, request: &GenerationRequest) -> Value {
         let s = request.sampling();
-        let messages: Vec<Value> =
-            request.messages().iter().map(|m| json!({"role": m.role.as_str(), "content": m.content})).collect();
+        let messages: Vec<Value> = request
+            .messages()
+            .iter()
+            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+            .collect();
         let mut body = json!({
             "model": self.options.model,
             "messages": messages,
@@ -174,7 +177,9 @@ impl StreamState {
     fn on_data(&mut self, data: &str) -> Result<Vec<GenerationEvent>, GenerationError> {
         if data == "[DONE]" {
             let Some(mut reason) = self.finish_reason.take() else {
-                return Err(GenerationError::Protocol("the stream ended with [DONE] but no finish_reason".into()));
+                return Err(GenerationError::Protocol(
+                    "the stream ended with [DONE] but no finish_reason".into(),
+                ));
             };
             if self.stops.stopped() {
                 reason = "stop".into();
@@ -189,24 +194,42 @@ impl StreamState {
                 stop_reason: StopReason::from_finish_reason(&reason),
                 // Servers that ignore `include_usage` leave us the chunk count, one token each
                 // on every server we know; better an estimate than a zero.
-                usage: self.usage.unwrap_or(TokenUsage { completion_tokens: self.chunks, ..TokenUsage::default() }),
-                timings: Timings { time_to_first_token: self.first_token, total: self.started.elapsed() },
+                usage: self.usage.unwrap_or(TokenUsage {
+                    completion_tokens: self.chunks,
+                    ..TokenUsage::default()
+                }),
+                timings: Timings {
+                    time_to_first_token: self.first_token,
+                    total: self.started.elapsed(),
+                },
             }));
             return Ok(events);
         }
-        let value: Value = serde_json::from_str(data)
-            .map_err(|e| GenerationError::Protocol(format!("an event is not JSON ({e}): {}", preview(data))))?;
+        let value: Value = serde_json::from_str(data).map_err(|e| {
+            GenerationError::Protocol(format!("an event is not JSON ({e}): {}", preview(data)))
+        })?;
         if let Some(err) = value.get("error") {
-            let msg = err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| err.to_string());
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| err.to_string());
             return Err(GenerationError::Backend(msg));
         }
-        let chunk: Chunk = serde_json::from_value(value)
-            .map_err(|e| GenerationError::Protocol(format!("an event is not a chat completion chunk ({e}): {}", preview(data))))?;
+        let chunk: Chunk = serde_json::from_value(value).map_err(|e| {
+            GenerationError::Protocol(format!(
+                "an event is not a chat completion chunk ({e}): {}",
+                preview(data)
+            ))
+        })?;
         if let Some(u) = chunk.usage {
             self.usage = Some(TokenUsage {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
-                cached_prompt_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+                cached_prompt_tokens: u
+                    .prompt_tokens_details
+                    .and_then(|d| d.cached_tokens)
+                    .unwrap_or(0),
             });
         }
         let mut text = String::new();
@@ -233,7 +256,11 @@ impl StreamState {
 
 fn preview(s: &str) -> String {
     let cut: String = s.chars().take(120).collect();
-    if cut.len() < s.len() { format!("{cut}…") } else { cut }
+    if cut.len() < s.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
 }
 
 fn transport_error(e: reqwest::Error, first_byte: Duration) -> GenerationError {
@@ -269,7 +296,9 @@ impl Generator for OpenAiCompatGenerator {
             let body = response.text().await.unwrap_or_default();
             let detail = serde_json::from_str::<Value>(&body)
                 .ok()
-                .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+                .and_then(|v| {
+                    v.pointer("/error/message").and_then(Value::as_str).map(str::to_string)
+                })
                 .unwrap_or_else(|| preview(&body));
             let msg = format!("HTTP {status}: {detail}");
             return Err(match status.as_u16() {
@@ -297,9 +326,17 @@ impl Generator for OpenAiCompatGenerator {
                 let next = match tokio::time::timeout(wait, bytes.next()).await {
                     Err(_) => return tx.fail(GenerationError::Timeout(wait)).await,
                     Ok(None) => {
-                        return tx.fail(GenerationError::Protocol("the server closed the stream before [DONE]".into())).await
+                        return tx
+                            .fail(GenerationError::Protocol(
+                                "the server closed the stream before [DONE]".into(),
+                            ))
+                            .await
                     }
-                    Ok(Some(Err(e))) => return tx.fail(GenerationError::Protocol(format!("the stream broke: {e}"))).await,
+                    Ok(Some(Err(e))) => {
+                        return tx
+                            .fail(GenerationError::Protocol(format!("the stream broke: {e}")))
+                            .await
+                    }
                     Ok(Some(Ok(b))) => b,
                 };
                 got_bytes = true;
@@ -353,12 +390,21 @@ mod tests {
     use rapport_core::{ChatMessage, SamplingParams};
 
     fn state() -> StreamState {
-        StreamState { started: Instant::now(), first_token: None, finish_reason: None, usage: None, chunks: 0, stops: StopFilter::new(&[]) }
+        StreamState {
+            started: Instant::now(),
+            first_token: None,
+            finish_reason: None,
+            usage: None,
+            chunks: 0,
+            stops: StopFilter::new(&[]),
+        }
     }
 
     #[test]
     fn the_body_carries_messages_sampling_and_extensions() {
-        let g = OpenAiCompatGenerator::new(OpenAiCompatOptions::new("http://127.0.0.1:1/v1/", "mia")).unwrap();
+        let g =
+            OpenAiCompatGenerator::new(OpenAiCompatOptions::new("http://127.0.0.1:1/v1/", "mia"))
+                .unwrap();
         let req = GenerationRequest::new(
             vec![ChatMessage::system("be Mia"), ChatMessage::user("hi")],
             SamplingParams { stop: vec!["\nUser:".into()], ..SamplingParams::default() },
@@ -377,28 +423,45 @@ mod tests {
         assert!(body.get("min_p").is_none() && body.get("dry_multiplier").is_none());
 
         // Unset penalties are sent as "off", not left to the server's defaults.
-        let greedy = GenerationRequest::new(req.messages().to_vec(), SamplingParams::greedy(4)).unwrap();
+        let greedy =
+            GenerationRequest::new(req.messages().to_vec(), SamplingParams::greedy(4)).unwrap();
         let body = g.body(&greedy);
-        assert_eq!((body["dry_multiplier"].as_f64(), body["repetition_penalty"].as_f64()), (Some(0.0), Some(1.0)));
+        assert_eq!(
+            (body["dry_multiplier"].as_f64(), body["repetition_penalty"].as_f64()),
+            (Some(0.0), Some(1.0))
+        );
         assert_eq!((body["min_p"].as_f64(), body["top_p"].as_f64()), (Some(0.0), Some(1.0)));
     }
 
     #[test]
     fn a_url_without_scheme_is_refused() {
-        let err = OpenAiCompatGenerator::new(OpenAiCompatOptions::new("localhost:8000", "m")).unwrap_err();
+        let err = OpenAiCompatGenerator::new(OpenAiCompatOptions::new("localhost:8000", "m"))
+            .unwrap_err();
         assert_eq!(err.kind(), "invalid_request");
     }
 
     #[test]
     fn chunks_usage_and_done_are_interpreted() {
         let mut s = state();
-        let c = s.on_data(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#).unwrap();
+        let c =
+            s.on_data(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#).unwrap();
         assert_eq!(c, vec![GenerationEvent::Chunk("Hi".into())]);
-        assert_eq!(s.on_data(r#"{"choices":[{"delta":{},"finish_reason":"length"}]}"#).unwrap(), vec![]);
-        s.on_data(r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#).unwrap();
-        let [GenerationEvent::Done(summary)] = &s.on_data("[DONE]").unwrap()[..] else { panic!("expected Done") };
+        assert_eq!(
+            s.on_data(r#"{"choices":[{"delta":{},"finish_reason":"length"}]}"#).unwrap(),
+            vec![]
+        );
+        s.on_data(
+            r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#,
+        )
+        .unwrap();
+        let [GenerationEvent::Done(summary)] = &s.on_data("[DONE]").unwrap()[..] else {
+            panic!("expected Done")
+        };
         assert_eq!(summary.stop_reason, StopReason::Length);
-        assert_eq!(summary.usage, TokenUsage { prompt_tokens: 7, completion_tokens: 3, cached_prompt_tokens: 0 });
+        assert_eq!(
+            summary.usage,
+            TokenUsage { prompt_tokens: 7, completion_tokens: 3, cached_prompt_tokens: 0 }
+        );
         assert!(summary.timings.time_to_first_token.is_some());
     }
 
@@ -407,27 +470,49 @@ mod tests {
         let mut s = state();
         s.on_data(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":"stop"}]}"#).unwrap();
         s.on_data(r#"{"choices":[],"usage":{"prompt_tokens":700,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":512}}}"#).unwrap();
-        let [GenerationEvent::Done(summary)] = &s.on_data("[DONE]").unwrap()[..] else { panic!("expected Done") };
-        assert_eq!(summary.usage, TokenUsage { prompt_tokens: 700, completion_tokens: 3, cached_prompt_tokens: 512 });
+        let [GenerationEvent::Done(summary)] = &s.on_data("[DONE]").unwrap()[..] else {
+            panic!("expected Done")
+        };
+        assert_eq!(
+            summary.usage,
+            TokenUsage { prompt_tokens: 700, completion_tokens: 3, cached_prompt_tokens: 512 }
+        );
     }
 
     #[test]
     fn a_stop_string_the_server_let_through_is_cut_and_held_text_is_flushed() {
         let mut s = state();
         s.stops = StopFilter::new(&["\nUser:".to_string()]);
-        let chunk = |t: &str| format!(r#"{{"choices":[{{"delta":{{"content":{}}},"finish_reason":null}}]}}"#, serde_json::to_string(t).unwrap());
-        assert_eq!(s.on_data(&chunk("Sure!\nUs")).unwrap(), vec![GenerationEvent::Chunk("Sure!".into())]);
+        let chunk = |t: &str| {
+            format!(
+                r#"{{"choices":[{{"delta":{{"content":{}}},"finish_reason":null}}]}}"#,
+                serde_json::to_string(t).unwrap()
+            )
+        };
+        assert_eq!(
+            s.on_data(&chunk("Sure!\nUs")).unwrap(),
+            vec![GenerationEvent::Chunk("Sure!".into())]
+        );
         assert_eq!(s.on_data(&chunk("er: hi")).unwrap(), vec![]);
         s.on_data(r#"{"choices":[{"delta":{},"finish_reason":"length"}]}"#).unwrap();
-        let [GenerationEvent::Done(summary)] = &s.on_data("[DONE]").unwrap()[..] else { panic!("expected Done") };
+        let [GenerationEvent::Done(summary)] = &s.on_data("[DONE]").unwrap()[..] else {
+            panic!("expected Done")
+        };
         assert_eq!(summary.stop_reason, StopReason::Stop);
 
         let mut s = state();
         s.stops = StopFilter::new(&["\nUser:".to_string()]);
-        assert_eq!(s.on_data(&chunk("Bye\nUs")).unwrap(), vec![GenerationEvent::Chunk("Bye".into())]);
+        assert_eq!(
+            s.on_data(&chunk("Bye\nUs")).unwrap(),
+            vec![GenerationEvent::Chunk("Bye".into())]
+        );
         s.on_data(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#).unwrap();
         let events = s.on_data("[DONE]").unwrap();
-        assert_eq!(events[0], GenerationEvent::Chunk("\nUs".into()), "held text is reply text after all");
+        assert_eq!(
+            events[0],
+            GenerationEvent::Chunk("\nUs".into()),
+            "held text is reply text after all"
+        );
     }
 
     #[test]

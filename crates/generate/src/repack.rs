@@ -37,9 +37,12 @@ pub struct Prepared {
 /// Returns the file the embedded engine should load: `gguf` itself when all its tensors have fast
 /// kernels, else a copy under `cache_dir` with the slow ones re-encoded (made on first use).
 pub fn prepare(gguf: &Path, cache_dir: &Path) -> Result<Prepared, String> {
-    let mut reader = BufReader::new(File::open(gguf).map_err(|e| format!("{}: {e}", gguf.display()))?);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| format!("{}: not a GGUF file ({e})", gguf.display()))?;
-    let slow = content.tensor_infos.values().filter(|t| fast_format(t.ggml_dtype).is_some()).count();
+    let mut reader =
+        BufReader::new(File::open(gguf).map_err(|e| format!("{}: {e}", gguf.display()))?);
+    let content = gguf_file::Content::read(&mut reader)
+        .map_err(|e| format!("{}: not a GGUF file ({e})", gguf.display()))?;
+    let slow =
+        content.tensor_infos.values().filter(|t| fast_format(t.ggml_dtype).is_some()).count();
     if slow == 0 {
         return Ok(Prepared { path: gguf.to_path_buf(), repacked_tensors: 0 });
     }
@@ -52,7 +55,8 @@ pub fn prepare(gguf: &Path, cache_dir: &Path) -> Result<Prepared, String> {
     names.sort();
     let mut tensors: Vec<(&str, QTensor)> = Vec::with_capacity(names.len());
     for name in names {
-        let t = content.tensor(&mut reader, name, &Device::Cpu).map_err(|e| format!("{name}: {e}"))?;
+        let t =
+            content.tensor(&mut reader, name, &Device::Cpu).map_err(|e| format!("{name}: {e}"))?;
         let t = match fast_format(t.dtype()) {
             Some(to) if t.shape().dims().last().is_some_and(|d| d % to.block_size() == 0) => {
                 let dense = t.dequantize(&Device::Cpu).map_err(|e| format!("{name}: {e}"))?;
@@ -64,7 +68,8 @@ pub fn prepare(gguf: &Path, cache_dir: &Path) -> Result<Prepared, String> {
     }
     let mut metadata: Vec<(&String, &gguf_file::Value)> = content.metadata.iter().collect();
     metadata.sort_by(|a, b| a.0.cmp(b.0));
-    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.into_iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        metadata.into_iter().map(|(k, v)| (k.as_str(), v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
 
     std::fs::create_dir_all(cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
@@ -117,7 +122,9 @@ mod tests {
     }
 
     fn weights(rows: usize, cols: usize) -> Tensor {
-        let data: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i % 13) as f32)).collect();
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i % 13) as f32))
+            .collect();
         Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()
     }
 
@@ -125,11 +132,14 @@ mod tests {
     fn files_with_fast_formats_are_loaded_as_they_are() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("m.gguf");
-        write_gguf(&src, &[
-            ("w", QTensor::quantize(&weights(4, 64), GgmlDType::Q4_0).unwrap()),
-            // Q4_1 has its own kernel in the patched candle.
-            ("v", QTensor::quantize(&weights(4, 64), GgmlDType::Q4_1).unwrap()),
-        ]);
+        write_gguf(
+            &src,
+            &[
+                ("w", QTensor::quantize(&weights(4, 64), GgmlDType::Q4_0).unwrap()),
+                // Q4_1 has its own kernel in the patched candle.
+                ("v", QTensor::quantize(&weights(4, 64), GgmlDType::Q4_1).unwrap()),
+            ],
+        );
         let p = prepare(&src, &dir.path().join("cache")).unwrap();
         assert_eq!(p, Prepared { path: src, repacked_tensors: 0 });
     }
@@ -151,13 +161,26 @@ mod tests {
         // Every weight moved by at most 0.6 of a Q8_0 step of its block (step = max|x| / 127):
         // half a step of rounding, plus the f16 rounding of the block's scale (up to 127 * 2^-11 step).
         let mut r = BufReader::new(File::open(&src).unwrap());
-        let before = gguf_file::Content::read(&mut r).unwrap().tensor(&mut r, "slow", &Device::Cpu).unwrap();
+        let before =
+            gguf_file::Content::read(&mut r).unwrap().tensor(&mut r, "slow", &Device::Cpu).unwrap();
         let mut r = BufReader::new(File::open(&p.path).unwrap());
         let content = gguf_file::Content::read(&mut r).unwrap();
         let after = content.tensor(&mut r, "slow", &Device::Cpu).unwrap();
         assert_eq!(after.dtype(), GgmlDType::Q8_0);
-        let b = before.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let a = after.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = before
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let a = after
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (bb, ab) in b.chunks(32).zip(a.chunks(32)) {
             let step = bb.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
             for (x, y) in bb.iter().zip(ab) {

@@ -1,7 +1,10 @@
 //! The embedded mistral.rs backend on the real SmolLM2.
 
 use futures::StreamExt;
-use rapport_core::{collect_completion, ChatMessage, GenerationEvent, GenerationRequest, Generator, SamplingParams, StopReason};
+use rapport_core::{
+    collect_completion, ChatMessage, GenerationEvent, GenerationRequest, Generator, SamplingParams,
+    StopReason,
+};
 
 use rapport_generate::{EmbeddedOptions, MistralRsGenerator};
 use rapport_models::{preset, ModelCache, Puller};
@@ -13,7 +16,10 @@ fn a_reply_streams_in_chunks_and_ends_with_one_summary() {
     rt().block_on(async {
         let _turn = exclusive().await;
         let model = smollm2().await;
-        let mut stream = model.generate(request("Name three colours.", SamplingParams::greedy(24))).await.unwrap();
+        let mut stream = model
+            .generate(request("Name three colours.", SamplingParams::greedy(24)))
+            .await
+            .unwrap();
         let mut chunks = Vec::new();
         let mut summary = None;
         while let Some(event) = stream.next().await {
@@ -41,7 +47,11 @@ fn max_tokens_stops_with_length_and_counts_exactly() {
     rt().block_on(async {
         let _turn = exclusive().await;
         let done = collect_completion(
-            smollm2().await.generate(request("Write a long story about a dragon.", SamplingParams::greedy(8))).await.unwrap(),
+            smollm2()
+                .await
+                .generate(request("Write a long story about a dragon.", SamplingParams::greedy(8)))
+                .await
+                .unwrap(),
             |_| {},
         )
         .await
@@ -63,17 +73,28 @@ fn a_reply_cut_inside_a_character_still_ends_with_its_summary() {
         let mut cuts_inside = 0;
         let mut last = String::new();
         // Greedy SmolLM2 answers the first with words; the others with emojis of 2-4 tokens each.
-        for prompt in ["Answer with a row of ten emojis, nothing else.", "Repeat exactly: 😊🌳🍻🎉🐦💬", "Copy this line: 🎉🎉🎉 🐦🐦🐦 😂😂😂"] {
+        for prompt in [
+            "Answer with a row of ten emojis, nothing else.",
+            "Repeat exactly: 😊🌳🍻🎉🐦💬",
+            "Copy this line: 🎉🎉🎉 🐦🐦🐦 😂😂😂",
+        ] {
             let mut previous = String::new();
             for limit in 1..=16 {
-                let done = collect_completion(model.generate(request(prompt, SamplingParams::greedy(limit))).await.unwrap(), |_| {})
-                    .await
-                    .unwrap_or_else(|e| panic!("{prompt:?}, limit {limit}: {e}"));
+                let done = collect_completion(
+                    model.generate(request(prompt, SamplingParams::greedy(limit))).await.unwrap(),
+                    |_| {},
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{prompt:?}, limit {limit}: {e}"));
                 if done.summary.stop_reason != StopReason::Length {
                     break;
                 }
                 assert_eq!(done.summary.usage.completion_tokens, limit);
-                assert!(!done.text.contains('\u{FFFD}'), "{prompt:?}, limit {limit}: {:?}", done.text);
+                assert!(
+                    !done.text.contains('\u{FFFD}'),
+                    "{prompt:?}, limit {limit}: {:?}",
+                    done.text
+                );
                 // A token that adds no whole character: the limit cut one.
                 if limit > 1 && done.text == previous {
                     cuts_inside += 1;
@@ -82,7 +103,10 @@ fn a_reply_cut_inside_a_character_still_ends_with_its_summary() {
             }
             last = previous;
         }
-        assert!(cuts_inside > 0, "no limit fell inside a character, so this proves nothing: {last:?}");
+        assert!(
+            cuts_inside > 0,
+            "no limit fell inside a character, so this proves nothing: {last:?}"
+        );
     });
 }
 
@@ -93,12 +117,23 @@ fn a_stop_string_ends_the_reply_before_it() {
         // Any 40-token story has punctuation; the reply must end right before the first mark.
         let stops: Vec<String> = [".", ",", "!", "?", ";"].map(String::from).to_vec();
         let sampling = SamplingParams { stop: stops.clone(), ..SamplingParams::greedy(40) };
-        let done = collect_completion(smollm2().await.generate(request("Write a long story about a dragon.", sampling)).await.unwrap(), |_| {})
-            .await
-            .unwrap();
+        let done = collect_completion(
+            smollm2()
+                .await
+                .generate(request("Write a long story about a dragon.", sampling))
+                .await
+                .unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(done.summary.stop_reason, StopReason::Stop, "{:?}", done.text);
         assert!(!done.text.trim().is_empty());
-        assert!(stops.iter().all(|s| !done.text.contains(s.as_str())), "a stop string leaked into {:?}", done.text);
+        assert!(
+            stops.iter().all(|s| !done.text.contains(s.as_str())),
+            "a stop string leaked into {:?}",
+            done.text
+        );
         assert!(done.summary.usage.completion_tokens < 40);
     });
 }
@@ -119,8 +154,16 @@ fn prompt_tokens_grow_with_the_history() {
             SamplingParams::greedy(2),
         )
         .unwrap();
-        let a = collect_completion(model.generate(short).await.unwrap(), |_| {}).await.unwrap().summary.usage;
-        let b = collect_completion(model.generate(long).await.unwrap(), |_| {}).await.unwrap().summary.usage;
+        let a = collect_completion(model.generate(short).await.unwrap(), |_| {})
+            .await
+            .unwrap()
+            .summary
+            .usage;
+        let b = collect_completion(model.generate(long).await.unwrap(), |_| {})
+            .await
+            .unwrap()
+            .summary
+            .usage;
         assert!(b.prompt_tokens > a.prompt_tokens + 10, "{a:?} vs {b:?}");
     });
 }
@@ -130,13 +173,19 @@ fn dropping_a_stream_cancels_it_and_the_engine_keeps_serving() {
     rt().block_on(async {
         let _turn = exclusive().await;
         let model = smollm2().await;
-        let mut stream = model.generate(request("Count from one to one hundred.", SamplingParams::greedy(200))).await.unwrap();
+        let mut stream = model
+            .generate(request("Count from one to one hundred.", SamplingParams::greedy(200)))
+            .await
+            .unwrap();
         let first = stream.next().await.unwrap().unwrap();
         assert!(matches!(first, GenerationEvent::Chunk(_)));
         drop(stream);
-        let done = collect_completion(model.generate(request("Say hello.", SamplingParams::greedy(6))).await.unwrap(), |_| {})
-            .await
-            .unwrap();
+        let done = collect_completion(
+            model.generate(request("Say hello.", SamplingParams::greedy(6))).await.unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert!(done.summary.usage.completion_tokens >= 1);
     });
 }
@@ -147,8 +196,12 @@ fn sampled_replies_with_the_preset_defaults_do_not_loop() {
         let _turn = exclusive().await;
         let sampling = rapport_models::preset("smollm2-135m").unwrap().sampling.unwrap();
         let done = collect_completion(
-            smollm2().await
-                .generate(request("I had a really bad day. My boss yelled at me in front of everyone.", sampling))
+            smollm2()
+                .await
+                .generate(request(
+                    "I had a really bad day. My boss yelled at me in front of everyone.",
+                    sampling,
+                ))
                 .await
                 .unwrap(),
             |_| {},
@@ -173,9 +226,12 @@ fn a_prompt_longer_than_the_context_is_a_clear_error_and_the_engine_keeps_servin
         let e = outcome.expect_err("a 12k-token prompt does not fit SmolLM2's context");
         assert_eq!(e.kind(), "invalid_request", "{e}");
         assert!(e.to_string().contains("length"), "{e}");
-        let done = collect_completion(model.generate(request("Say hi.", SamplingParams::greedy(4))).await.unwrap(), |_| {})
-            .await
-            .unwrap();
+        let done = collect_completion(
+            model.generate(request("Say hi.", SamplingParams::greedy(4))).await.unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert!(done.summary.usage.completion_tokens >= 1);
     });
 }
@@ -195,24 +251,47 @@ fn greedy_replies_of_different_lengths_written_together_equal_each_written_alone
             ("Say hi.", 10),
             ("Tell me about the sea, the waves and the boats that sail on it.", 24),
             ("Name three colours.", 17),
-            ("I had a long day at work and my feet hurt. What should I cook for dinner tonight?", 31),
+            (
+                "I had a long day at work and my feet hurt. What should I cook for dinner tonight?",
+                31,
+            ),
         ];
         let mut alone = Vec::new();
         for (user, max_tokens) in asks {
-            let done = collect_completion(model.generate(request(user, SamplingParams::greedy(max_tokens))).await.unwrap(), |_| {})
-                .await
-                .unwrap();
+            let done = collect_completion(
+                model.generate(request(user, SamplingParams::greedy(max_tokens))).await.unwrap(),
+                |_| {},
+            )
+            .await
+            .unwrap();
             alone.push(done);
         }
         let together = futures::future::join_all(asks.iter().map(|&(user, max_tokens)| {
             let model = model.clone();
-            async move { collect_completion(model.generate(request(user, SamplingParams::greedy(max_tokens))).await.unwrap(), |_| {}).await.unwrap() }
+            async move {
+                collect_completion(
+                    model
+                        .generate(request(user, SamplingParams::greedy(max_tokens)))
+                        .await
+                        .unwrap(),
+                    |_| {},
+                )
+                .await
+                .unwrap()
+            }
         }))
         .await;
-        let prompt_lengths: Vec<u32> = alone.iter().map(|d| d.summary.usage.prompt_tokens).collect();
-        assert!(prompt_lengths.windows(2).all(|w| w[0] != w[1]), "the prompts must differ in length: {prompt_lengths:?}");
+        let prompt_lengths: Vec<u32> =
+            alone.iter().map(|d| d.summary.usage.prompt_tokens).collect();
+        assert!(
+            prompt_lengths.windows(2).all(|w| w[0] != w[1]),
+            "the prompts must differ in length: {prompt_lengths:?}"
+        );
         for ((a, t), (user, _)) in alone.iter().zip(&together).zip(asks) {
-            assert_eq!(a.text, t.text, "the reply to {user:?} changed when written beside the others");
+            assert_eq!(
+                a.text, t.text,
+                "the reply to {user:?} changed when written beside the others"
+            );
             assert_eq!(
                 (a.summary.usage.prompt_tokens, a.summary.usage.completion_tokens),
                 (t.summary.usage.prompt_tokens, t.summary.usage.completion_tokens),
@@ -282,7 +361,10 @@ fn greedy_replies_that_join_and_leave_a_running_batch_equal_each_written_alone()
 /// A first line no other prompt has: the tests share one engine, whose prefix cache outlives
 /// each test, so a prompt whose cache use is counted must not meet an earlier test's entries.
 fn unseen_session() -> String {
-    format!("Session {}.", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "Session {}.",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    )
 }
 
 /// People who start talking to one persona at the same moment share its system prompt. The
@@ -298,23 +380,46 @@ fn conversations_that_arrive_together_read_their_shared_persona_prompt_once() {
         let _turn = exclusive().await;
         let model = smollm2().await;
         // A persona no earlier test used, so that only these four can share it.
-        let persona = format!("{}\n{}", unseen_session(), include_str!("../../../datasets/prompts/persona-700tok.txt"));
-        let asks = ["Hi!", "Hey, how was your weekend?", "Hello there, I just moved to town and know nobody yet.", "Good evening. Do you like cooking, or do you mostly eat out when you are busy?"];
+        let persona = format!(
+            "{}\n{}",
+            unseen_session(),
+            include_str!("../../../datasets/prompts/persona-700tok.txt")
+        );
+        let asks = [
+            "Hi!",
+            "Hey, how was your weekend?",
+            "Hello there, I just moved to town and know nobody yet.",
+            "Good evening. Do you like cooking, or do you mostly eat out when you are busy?",
+        ];
         let ask = |user: &str| {
             let model = model.clone();
-            let request = GenerationRequest::new(vec![ChatMessage::system(&persona), ChatMessage::user(user)], SamplingParams::greedy(12)).unwrap();
-            async move { collect_completion(model.generate(request).await.unwrap(), |_| {}).await.unwrap() }
+            let request = GenerationRequest::new(
+                vec![ChatMessage::system(&persona), ChatMessage::user(user)],
+                SamplingParams::greedy(12),
+            )
+            .unwrap();
+            async move {
+                collect_completion(model.generate(request).await.unwrap(), |_| {}).await.unwrap()
+            }
         };
         let together = futures::future::join_all(asks.iter().map(|user| ask(user))).await;
         let usage: Vec<_> = together.iter().map(|d| d.summary.usage).collect();
         let persona_tokens = usage.iter().map(|u| u.prompt_tokens).min().unwrap() - 20;
         assert!(persona_tokens > 400, "the persona prompt is long: {usage:?}");
         let read_in_full = usage.iter().filter(|u| u.cached_prompt_tokens < 20).count();
-        let shared_persona = usage.iter().filter(|u| u.cached_prompt_tokens >= persona_tokens).count();
-        assert_eq!((read_in_full, shared_persona), (1, 3), "one reads the persona, three reuse it: {usage:?}");
+        let shared_persona =
+            usage.iter().filter(|u| u.cached_prompt_tokens >= persona_tokens).count();
+        assert_eq!(
+            (read_in_full, shared_persona),
+            (1, 3),
+            "one reads the persona, three reuse it: {usage:?}"
+        );
         for (user, t) in asks.iter().zip(&together) {
             let alone = ask(user).await;
-            assert_eq!(alone.text, t.text, "the reply to {user:?} changed by reusing another conversation's prompt");
+            assert_eq!(
+                alone.text, t.text,
+                "the reply to {user:?} changed by reusing another conversation's prompt"
+            );
         }
     });
 }
@@ -330,24 +435,52 @@ fn the_next_turn_reuses_only_what_the_model_read() {
     rt().block_on(async {
         let _turn = exclusive().await;
         let model = smollm2().await;
-        let system = ChatMessage::system(format!("{} You are a helpful assistant. Answer briefly.", unseen_session()));
-        let first = GenerationRequest::new(vec![system.clone(), ChatMessage::user("Tell me about the sea.")], SamplingParams::greedy(16)).unwrap();
-        let first = collect_completion(model.generate(first).await.unwrap(), |_| {}).await.unwrap();
-        let second = GenerationRequest::new(
-            vec![system, ChatMessage::user("Tell me about the sea."), ChatMessage::assistant(first.text.clone()), ChatMessage::user("And the mountains?")],
+        let system = ChatMessage::system(format!(
+            "{} You are a helpful assistant. Answer briefly.",
+            unseen_session()
+        ));
+        let first = GenerationRequest::new(
+            vec![system.clone(), ChatMessage::user("Tell me about the sea.")],
             SamplingParams::greedy(16),
         )
         .unwrap();
-        let reused = collect_completion(model.generate(second.clone()).await.unwrap(), |_| {}).await.unwrap();
+        let first = collect_completion(model.generate(first).await.unwrap(), |_| {}).await.unwrap();
+        let second = GenerationRequest::new(
+            vec![
+                system,
+                ChatMessage::user("Tell me about the sea."),
+                ChatMessage::assistant(first.text.clone()),
+                ChatMessage::user("And the mountains?"),
+            ],
+            SamplingParams::greedy(16),
+        )
+        .unwrap();
+        let reused = collect_completion(model.generate(second.clone()).await.unwrap(), |_| {})
+            .await
+            .unwrap();
         let (before, now) = (first.summary.usage, reused.summary.usage);
         let read = before.prompt_tokens + before.completion_tokens - 1;
-        assert!(now.cached_prompt_tokens > before.prompt_tokens, "the first turn and its reply are reused: {before:?} then {now:?}");
-        assert!(now.cached_prompt_tokens <= read, "only the {read} tokens the model read can come from the cache: {now:?}");
+        assert!(
+            now.cached_prompt_tokens > before.prompt_tokens,
+            "the first turn and its reply are reused: {before:?} then {now:?}"
+        );
+        assert!(
+            now.cached_prompt_tokens <= read,
+            "only the {read} tokens the model read can come from the cache: {now:?}"
+        );
 
         let cache = ModelCache::default_location().unwrap();
-        let installed = Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
-        let uncached = MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions { prefix_cache: 0, ..EmbeddedOptions::default() }).await.unwrap();
-        let fresh = collect_completion(uncached.generate(second).await.unwrap(), |_| {}).await.unwrap();
+        let installed =
+            Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
+        let uncached = MistralRsGenerator::load(
+            &installed.primary,
+            "smollm2-135m",
+            EmbeddedOptions { prefix_cache: 0, ..EmbeddedOptions::default() },
+        )
+        .await
+        .unwrap();
+        let fresh =
+            collect_completion(uncached.generate(second).await.unwrap(), |_| {}).await.unwrap();
         assert_eq!(fresh.summary.usage.cached_prompt_tokens, 0);
         assert_eq!(reused.text, fresh.text, "the reply changed by reusing the cached turn");
     });

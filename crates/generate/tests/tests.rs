@@ -28,8 +28,11 @@ pub async fn smollm2() -> MistralRsGenerator {
     MODEL
         .get_or_init(|| async {
             let cache = ModelCache::default_location().unwrap();
-            let installed = Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
-            MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions::default()).await.unwrap()
+            let installed =
+                Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
+            MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions::default())
+                .await
+                .unwrap()
         })
         .await
         .clone()
@@ -45,7 +48,10 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 
 pub fn request(user: &str, sampling: SamplingParams) -> GenerationRequest {
     GenerationRequest::new(
-        vec![ChatMessage::system("You are a helpful assistant. Answer briefly."), ChatMessage::user(user)],
+        vec![
+            ChatMessage::system("You are a helpful assistant. Answer briefly."),
+            ChatMessage::user(user),
+        ],
         sampling,
     )
     .unwrap()

@@ -125,15 +125,29 @@ impl AbuseReport {
 
     /// Flood requests refused for load (429 or 503).
     pub fn flood_refused(&self) -> usize {
-        self.flood_answers.iter().filter(|(k, _)| k.contains(" 429 ") || k.contains(" 503 ")).map(|(_, n)| n).sum()
+        self.flood_answers
+            .iter()
+            .filter(|(k, _)| k.contains(" 429 ") || k.contains(" 503 "))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// A Markdown summary.
     pub fn markdown(&self) -> String {
         let row = |name: &str, p: &GuestPhase| {
-            format!("| {name} | {}/{} | {:.0} | {:.0} | {:.0} | {:.0} |", p.answered, p.sent, p.first_words_ms.p50, p.first_words_ms.max, p.whole_reply_ms.p50, p.whole_reply_ms.max)
+            format!(
+                "| {name} | {}/{} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                p.answered,
+                p.sent,
+                p.first_words_ms.p50,
+                p.first_words_ms.max,
+                p.whole_reply_ms.p50,
+                p.whole_reply_ms.max
+            )
         };
-        let rows = |r: &[(String, i64)]| r.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ");
+        let rows = |r: &[(String, i64)]| {
+            r.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ")
+        };
         let mut out = format!(
             "Processes: {} on {}\n\n| the guest | answered | first words p50, ms | max | whole reply p50, ms | max |\n|---|---|---|---|---|---|\n{}\n{}\n\n",
             self.processes,
@@ -155,7 +169,14 @@ impl AbuseReport {
             out.push_str(&format!("| {k} | {n} |\n"));
         }
         out.push_str("\nServer-side refusals (rapport_rejections_total): ");
-        out.push_str(&self.rejections.iter().map(|(k, v)| format!("{k} {v:.0}")).collect::<Vec<_>>().join(", "));
+        out.push_str(
+            &self
+                .rejections
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
         out.push('\n');
         out
     }
@@ -179,14 +200,22 @@ pub async fn abuse(config: &AbuseConfig, progress: &ProgressBar) -> anyhow::Resu
     }
     let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
     let http = reqwest::Client::new();
-    let rows = || async { store.row_counts().await.map(|r| r.into_iter().map(|(t, n)| (t.to_string(), n)).collect::<Vec<_>>()) };
+    let rows = || async {
+        store
+            .row_counts()
+            .await
+            .map(|r| r.into_iter().map(|(t, n)| (t.to_string(), n)).collect::<Vec<_>>())
+    };
 
     // 1. Quiet.
     progress.set_message("quiet: the guest alone");
-    let guest = Session::open_as(&http, &bases[0], Patience::default(), Some(GUEST_ADDRESS.into())).await?;
+    let guest =
+        Session::open_as(&http, &bases[0], Patience::default(), Some(GUEST_ADDRESS.into())).await?;
     let conversation = guest.create(&config.persona).await?;
     let mut said = config.messages.iter().cycle();
-    let quiet = guest_phase(&guest, &conversation, config.turns, &mut said, config.guest_pause, progress).await;
+    let quiet =
+        guest_phase(&guest, &conversation, config.turns, &mut said, config.guest_pause, progress)
+            .await;
 
     // 2. Reads alone.
     progress.set_message("reads alone");
@@ -197,7 +226,13 @@ pub async fn abuse(config: &AbuseConfig, progress: &ProgressBar) -> anyhow::Resu
     tokio::time::sleep(Duration::from_secs(config.reads_secs)).await;
     stop.store(true, Ordering::Relaxed);
     let (reads, failed_reads) = join_counts(readers).await;
-    let reads_phase = ReadsPhase { reads, failed_reads, seconds: started.elapsed().as_secs_f64(), rows_before, rows_after: rows().await? };
+    let reads_phase = ReadsPhase {
+        reads,
+        failed_reads,
+        seconds: started.elapsed().as_secs_f64(),
+        rows_before,
+        rows_after: rows().await?,
+    };
 
     // 3. The flood, with the readers beside it, while the guest talks.
     progress.set_message("flood: the guest among flooders");
@@ -208,13 +243,25 @@ pub async fn abuse(config: &AbuseConfig, progress: &ProgressBar) -> anyhow::Resu
     let readers = spawn_readers(config, &http, &bases, &stop);
     let flooders: Vec<_> = (0..config.flooders)
         .map(|n| {
-            let (http, base, address, persona, stop, answers, pause) = (http.clone(), bases[n % bases.len()].clone(), flood_address(n, config.flood_addresses), config.persona.clone(), stop.clone(), answers.clone(), config.flood_pause);
-            tokio::spawn(async move { flood(&http, &base, &address, &persona, &stop, &answers, pause).await })
+            let (http, base, address, persona, stop, answers, pause) = (
+                http.clone(),
+                bases[n % bases.len()].clone(),
+                flood_address(n, config.flood_addresses),
+                config.persona.clone(),
+                stop.clone(),
+                answers.clone(),
+                config.flood_pause,
+            );
+            tokio::spawn(async move {
+                flood(&http, &base, &address, &persona, &stop, &answers, pause).await
+            })
         })
         .collect();
     // Let the flood fill the queue before the guest speaks.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let flood_phase = guest_phase(&guest, &conversation, config.turns, &mut said, config.guest_pause, progress).await;
+    let flood_phase =
+        guest_phase(&guest, &conversation, config.turns, &mut said, config.guest_pause, progress)
+            .await;
     stop.store(true, Ordering::Relaxed);
     for f in flooders {
         let _ = f.await;
@@ -228,7 +275,8 @@ pub async fn abuse(config: &AbuseConfig, progress: &ProgressBar) -> anyhow::Resu
         if let Ok(text) = http.get(format!("{base}/metrics")).send().await?.text().await {
             for line in text.lines().filter(|l| l.starts_with("rapport_rejections_total{")) {
                 let reason = line.split('"').nth(1).unwrap_or("?").to_string();
-                let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                let value: f64 =
+                    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
                 *rejections.entry(reason).or_insert(0.0) += value;
             }
         }
@@ -239,7 +287,11 @@ pub async fn abuse(config: &AbuseConfig, progress: &ProgressBar) -> anyhow::Resu
     let flood_answers = answers.lock().expect("answers").clone();
     Ok(AbuseReport {
         processes: bases.len(),
-        shared_database: if config.database_url.starts_with("postgres") { "PostgreSQL".into() } else { "SQLite".into() },
+        shared_database: if config.database_url.starts_with("postgres") {
+            "PostgreSQL".into()
+        } else {
+            "SQLite".into()
+        },
         quiet,
         reads: reads_phase,
         flood: flood_phase,
@@ -253,12 +305,23 @@ pub async fn abuse(config: &AbuseConfig, progress: &ProgressBar) -> anyhow::Resu
 }
 
 /// The guest sends `turns` messages, each after the last reply, and times them.
-async fn guest_phase<'a>(guest: &Session, conversation: &str, turns: usize, said: &mut impl Iterator<Item = &'a String>, pause: Duration, progress: &ProgressBar) -> GuestPhase {
-    let (mut first, mut whole, mut problems, mut answered) = (Vec::new(), Vec::new(), Vec::new(), 0);
+async fn guest_phase<'a>(
+    guest: &Session,
+    conversation: &str,
+    turns: usize,
+    said: &mut impl Iterator<Item = &'a String>,
+    pause: Duration,
+    progress: &ProgressBar,
+) -> GuestPhase {
+    let (mut first, mut whole, mut problems, mut answered) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
     for turn in 0..turns {
         let content = said.next().map(String::as_str).unwrap_or("Hello!");
         let sent = Instant::now();
-        let posted = match guest.post(conversation, content, &format!("guest-{}-{turn}", rand_key())).await {
+        let posted = match guest
+            .post(conversation, content, &format!("guest-{}-{turn}", rand_key()))
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 problems.push(format!("post: {e}"));
@@ -281,16 +344,31 @@ async fn guest_phase<'a>(guest: &Session, conversation: &str, turns: usize, said
             tokio::time::sleep(pause).await;
         }
     }
-    GuestPhase { sent: turns, answered, first_words_ms: Distribution::of(&first), whole_reply_ms: Distribution::of(&whole), problems }
+    GuestPhase {
+        sent: turns,
+        answered,
+        first_words_ms: Distribution::of(&first),
+        whole_reply_ms: Distribution::of(&whole),
+        problems,
+    }
 }
 
 fn rand_key() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// Cookie-less readers, paced to `reads_per_second` in all, until `stop`.
-fn spawn_readers(config: &AbuseConfig, http: &reqwest::Client, bases: &[String], stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
-    let every = Duration::from_secs_f64(config.readers.max(1) as f64 / config.reads_per_second.max(0.1));
+fn spawn_readers(
+    config: &AbuseConfig,
+    http: &reqwest::Client,
+    bases: &[String],
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
+    let every =
+        Duration::from_secs_f64(config.readers.max(1) as f64 / config.reads_per_second.max(0.1));
     (0..config.readers)
         .map(|n| {
             let (http, base, stop) = (http.clone(), bases[n % bases.len()].clone(), stop.clone());
@@ -301,7 +379,12 @@ fn spawn_readers(config: &AbuseConfig, http: &reqwest::Client, bases: &[String],
                 while !stop.load(Ordering::Relaxed) {
                     let path = paths[i % paths.len()];
                     i += 1;
-                    match http.get(format!("{base}{path}")).header("x-forwarded-for", READER_ADDRESS).send().await {
+                    match http
+                        .get(format!("{base}{path}"))
+                        .header("x-forwarded-for", READER_ADDRESS)
+                        .send()
+                        .await
+                    {
                         Ok(r) if r.status() == 200 => ok += 1,
                         _ => failed += 1,
                     }
@@ -324,24 +407,58 @@ async fn join_counts(tasks: Vec<tokio::task::JoinHandle<(usize, usize)>>) -> (us
 }
 
 /// One flooding script: fresh session, new conversation, a message; again, until `stop`.
-async fn flood(http: &reqwest::Client, base: &str, address: &str, persona: &str, stop: &AtomicBool, answers: &Mutex<BTreeMap<String, usize>>, pause: Duration) {
+async fn flood(
+    http: &reqwest::Client,
+    base: &str,
+    address: &str,
+    persona: &str,
+    stop: &AtomicBool,
+    answers: &Mutex<BTreeMap<String, usize>>,
+    pause: Duration,
+) {
     let note = |what: String| *answers.lock().expect("answers").entry(what).or_insert(0) += 1;
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(pause).await;
-        let Ok(r) = http.get(format!("{base}/api/session")).header("x-forwarded-for", address).send().await else { continue };
-        let cookie = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).unwrap_or_default().to_string();
+        let Ok(r) =
+            http.get(format!("{base}/api/session")).header("x-forwarded-for", address).send().await
+        else {
+            continue;
+        };
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_default()
+            .to_string();
         let Ok(body) = r.json::<Value>().await else { continue };
         let csrf = body["csrf_token"].as_str().unwrap_or_default().to_string();
-        let send = |path: String, body: Value| http.post(format!("{base}{path}")).header("x-forwarded-for", address).header("cookie", &cookie).header("x-csrf-token", &csrf).json(&body).send();
-        let (status, body) = answer(send("/api/conversations".into(), json!({"persona": persona})).await).await;
+        let send = |path: String, body: Value| {
+            http.post(format!("{base}{path}"))
+                .header("x-forwarded-for", address)
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf)
+                .json(&body)
+                .send()
+        };
+        let (status, body) =
+            answer(send("/api/conversations".into(), json!({"persona": persona})).await).await;
         if status != 201 {
             note(format!("POST /conversations {status} {}", kind(&body)));
             continue;
         }
         note("POST /conversations 201".into());
         let id = body["conversation"]["id"].as_str().unwrap_or_default().to_string();
-        let (status, body) = answer(send(format!("/api/conversations/{id}/messages"), json!({"content": "hi hi hi hi hi"})).await).await;
-        note(if status == 202 { "POST /messages 202".into() } else { format!("POST /messages {status} {}", kind(&body)) });
+        let (status, body) = answer(
+            send(format!("/api/conversations/{id}/messages"), json!({"content": "hi hi hi hi hi"}))
+                .await,
+        )
+        .await;
+        note(if status == 202 {
+            "POST /messages 202".into()
+        } else {
+            format!("POST /messages {status} {}", kind(&body))
+        });
     }
 }
 

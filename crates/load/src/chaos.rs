@@ -52,7 +52,11 @@ pub struct Integrity {
 impl Integrity {
     /// Nothing acknowledged was lost, doubled or left without its one reply.
     pub fn holds(&self) -> bool {
-        self.missing == 0 && self.duplicated == 0 && self.unanswered == 0 && self.double_replies == 0 && self.false_failures == 0
+        self.missing == 0
+            && self.duplicated == 0
+            && self.unanswered == 0
+            && self.double_replies == 0
+            && self.false_failures == 0
     }
 
     fn problem(&mut self, p: String) {
@@ -97,7 +101,14 @@ pub struct Ledger {
 
 /// A person who keeps chatting until told to stop, surviving restarts: posts are retried under
 /// their key until acknowledged; a broken stream is followed again.
-pub async fn steady_person(session: Session, persona: String, messages: Arc<Vec<String>>, first_line: usize, stop: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> Result<Ledger, String> {
+pub async fn steady_person(
+    session: Session,
+    persona: String,
+    messages: Arc<Vec<String>>,
+    first_line: usize,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+) -> Result<Ledger, String> {
     let conversation = session.create(&persona).await.map_err(|e| e.to_string())?;
     let mut ledger = Ledger { conversation: conversation.clone(), ..Ledger::default() };
     let mut turn = 0;
@@ -109,14 +120,28 @@ pub async fn steady_person(session: Session, persona: String, messages: Arc<Vec<
             Ok(posted) => {
                 sent.fetch_add(1, Ordering::Relaxed);
                 ledger.acknowledged.push((posted.message_id, posted.job_id.clone()));
-                if let Ending::Failed(why) = follow_to_the_end(&session, &conversation, &posted.job_id, Duration::from_secs(600)).await {
+                if let Ending::Failed(why) = follow_to_the_end(
+                    &session,
+                    &conversation,
+                    &posted.job_id,
+                    Duration::from_secs(600),
+                )
+                .await
+                {
                     ledger.reported_failed.push(posted.job_id.clone());
                     // What a person does on the page: press "try again" (regenerate), once.
                     tracing::info!(%why, "the reply failed; asking for it again");
                     if let Ok((_, body)) = session.regenerate(&conversation).await {
                         if let Some(job) = body["job"]["id"].as_str() {
-                            ledger.acknowledged.last_mut().expect("just pushed").1 = job.to_string();
-                            follow_to_the_end(&session, &conversation, job, Duration::from_secs(600)).await;
+                            ledger.acknowledged.last_mut().expect("just pushed").1 =
+                                job.to_string();
+                            follow_to_the_end(
+                                &session,
+                                &conversation,
+                                job,
+                                Duration::from_secs(600),
+                            )
+                            .await;
                         }
                     }
                 }
@@ -135,7 +160,12 @@ pub async fn steady_person(session: Session, persona: String, messages: Arc<Vec<
 }
 
 /// Follows a reply, reconnecting while the server is away, until `done`/`failed` or `limit`.
-pub async fn follow_to_the_end(session: &Session, conversation: &str, job: &str, limit: Duration) -> Ending {
+pub async fn follow_to_the_end(
+    session: &Session,
+    conversation: &str,
+    job: &str,
+    limit: Duration,
+) -> Ending {
     let deadline = Instant::now() + limit;
     loop {
         let followed = session.follow(conversation, job).await;
@@ -164,7 +194,13 @@ pub async fn settle(session_of: &[(Session, Ledger)], limit: Duration) {
 
 /// Checks one conversation against its ledger.
 pub async fn check(session: &Session, ledger: &Ledger) -> Integrity {
-    let mut found = Integrity { conversations: 1, acknowledged: ledger.acknowledged.len(), unacknowledged: ledger.unacknowledged, retried_requests: ledger.retried_requests, ..Integrity::default() };
+    let mut found = Integrity {
+        conversations: 1,
+        acknowledged: ledger.acknowledged.len(),
+        unacknowledged: ledger.unacknowledged,
+        retried_requests: ledger.retried_requests,
+        ..Integrity::default()
+    };
     let convo = match session.get(&format!("/api/conversations/{}", ledger.conversation)).await {
         Ok(c) => c,
         Err(e) => {
@@ -180,22 +216,36 @@ pub async fn check(session: &Session, ledger: &Ledger) -> Integrity {
         let job = job_of(session, &ledger.conversation, job_id).await;
         if job["status"] != "failed" {
             found.false_failures += 1;
-            found.problem(format!("{}: the stream said job {job_id} failed, but it is {}", ledger.conversation, job["status"]));
+            found.problem(format!(
+                "{}: the stream said job {job_id} failed, but it is {}",
+                ledger.conversation, job["status"]
+            ));
         }
     }
     let messages = convo["messages"].as_array().cloned().unwrap_or_default();
     for (index, (message_id, job_id)) in ledger.acknowledged.iter().enumerate() {
-        let positions: Vec<usize> = messages.iter().enumerate().filter(|(_, m)| m["id"].as_str() == Some(message_id)).map(|(i, _)| i).collect();
+        let positions: Vec<usize> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m["id"].as_str() == Some(message_id))
+            .map(|(i, _)| i)
+            .collect();
         match positions.len() {
             0 => {
                 found.missing += 1;
-                found.problem(format!("{}: acknowledged message {index} ({message_id}) is not stored", ledger.conversation));
+                found.problem(format!(
+                    "{}: acknowledged message {index} ({message_id}) is not stored",
+                    ledger.conversation
+                ));
                 continue;
             }
             1 => {}
             n => {
                 found.duplicated += 1;
-                found.problem(format!("{}: message {message_id} stored {n} times", ledger.conversation));
+                found.problem(format!(
+                    "{}: message {message_id} stored {n} times",
+                    ledger.conversation
+                ));
             }
         }
         let job = job_of(session, &ledger.conversation, job_id).await;
@@ -208,19 +258,34 @@ pub async fn check(session: &Session, ledger: &Ledger) -> Integrity {
             // the page): counted on its own, not as a silent loss.
             None if job["status"] == "failed" => {
                 found.failed_jobs += 1;
-                found.problem(format!("{}: message {index} failed: {}", ledger.conversation, job["error"]));
+                found.problem(format!(
+                    "{}: message {index} failed: {}",
+                    ledger.conversation, job["error"]
+                ));
             }
             None => {
                 found.unanswered += 1;
-                found.problem(format!("{}: message {index} ({message_id}) has no reply (job {})", ledger.conversation, job["status"]));
+                found.problem(format!(
+                    "{}: message {index} ({message_id}) has no reply (job {})",
+                    ledger.conversation, job["status"]
+                ));
             }
             Some(reply) => {
                 if reply["alternatives"].as_i64().unwrap_or(1) != 1 {
                     found.double_replies += 1;
-                    found.problem(format!("{}: message {index} has {} replies", ledger.conversation, reply["alternatives"]));
+                    found.problem(format!(
+                        "{}: message {index} has {} replies",
+                        ledger.conversation, reply["alternatives"]
+                    ));
                 }
                 if let Some(reply_id) = reply["id"].as_str() {
-                    if let Ok(t) = session.get(&format!("/api/conversations/{}/messages/{reply_id}/trace", ledger.conversation)).await {
+                    if let Ok(t) = session
+                        .get(&format!(
+                            "/api/conversations/{}/messages/{reply_id}/trace",
+                            ledger.conversation
+                        ))
+                        .await
+                    {
                         if !t["trace"]["fallback"].is_null() {
                             found.fallbacks += 1;
                         }
@@ -234,14 +299,22 @@ pub async fn check(session: &Session, ledger: &Ledger) -> Integrity {
     let stored_user = messages.iter().filter(|m| m["role"] == "user").count();
     if stored_user != ledger.acknowledged.len() {
         found.duplicated += stored_user.saturating_sub(ledger.acknowledged.len());
-        found.problem(format!("{}: {stored_user} user messages stored, {} acknowledged", ledger.conversation, ledger.acknowledged.len()));
+        found.problem(format!(
+            "{}: {stored_user} user messages stored, {} acknowledged",
+            ledger.conversation,
+            ledger.acknowledged.len()
+        ));
     }
     found
 }
 
 /// A job as the server reports it, or `null` when it cannot be read.
 async fn job_of(session: &Session, conversation: &str, job: &str) -> Value {
-    session.get(&format!("/api/conversations/{conversation}/jobs/{job}")).await.map(|j| j["job"].clone()).unwrap_or(Value::Null)
+    session
+        .get(&format!("/api/conversations/{conversation}/jobs/{job}"))
+        .await
+        .map(|j| j["job"].clone())
+        .unwrap_or(Value::Null)
 }
 
 /// Checks every ledger and adds the findings up.
@@ -292,6 +365,9 @@ mod tests {
         i.unanswered = 1;
         assert!(!i.holds());
         let told_wrong = Integrity { false_failures: 1, ..Integrity::default() };
-        assert!(!told_wrong.holds(), "a stream that says failed for a reply on its way breaks the promise too");
+        assert!(
+            !told_wrong.holds(),
+            "a stream that says failed for a reply on its way breaks the promise too"
+        );
     }
 }

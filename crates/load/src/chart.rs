@@ -33,7 +33,11 @@ fn nice_ticks(max: f64) -> Vec<f64> {
     }
     let raw = max / 5.0;
     let magnitude = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| max / s <= 7.0).unwrap_or(10.0 * magnitude);
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| max / s <= 7.0)
+        .unwrap_or(10.0 * magnitude);
     (0..).map(|i| i as f64 * step).take_while(|t| *t <= max + step * 0.999).collect()
 }
 
@@ -52,11 +56,25 @@ pub fn line_chart(axes: &Axes, series: &[Series]) -> String {
     let (width, height) = (640.0, 360.0);
     let (left, right, top, bottom) = (64.0, 150.0, 36.0, 48.0);
     let (plot_w, plot_h) = (width - left - right, height - top - bottom);
-    let xs: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).filter(|x| x.is_finite()).collect();
-    let ys: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|y| y.is_finite()).collect();
+    let xs: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .filter(|x| x.is_finite())
+        .collect();
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|y| y.is_finite())
+        .collect();
     let tx = |x: f64| if axes.log2_x { x.max(1e-9).log2() } else { x };
-    let (x_min, x_max) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(tx(*x)), hi.max(tx(*x))));
-    let (x_min, x_max) = if x_min.is_finite() && x_max > x_min { (x_min, x_max) } else { (x_min.min(0.0), x_min.max(0.0) + 1.0) };
+    let (x_min, x_max) = xs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(tx(*x)), hi.max(tx(*x))));
+    let (x_min, x_max) = if x_min.is_finite() && x_max > x_min {
+        (x_min, x_max)
+    } else {
+        (x_min.min(0.0), x_min.max(0.0) + 1.0)
+    };
     let y_ticks = nice_ticks(ys.iter().copied().fold(0.0, f64::max));
     let y_max = *y_ticks.last().expect("at least two ticks");
     let px = |x: f64| left + (tx(x) - x_min) / (x_max - x_min) * plot_w;
@@ -88,7 +106,12 @@ pub fn line_chart(axes: &Axes, series: &[Series]) -> String {
         x_ticks = x_ticks.into_iter().step_by(step).collect();
     }
     for x in &x_ticks {
-        s.push_str(&format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", px(*x), top + plot_h + 16.0, label(*x)));
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            px(*x),
+            top + plot_h + 16.0,
+            label(*x)
+        ));
     }
     s.push_str(&format!(
         "<line x1=\"{left}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#555\"/>\
@@ -105,8 +128,16 @@ pub fn line_chart(axes: &Axes, series: &[Series]) -> String {
     ));
     for (i, line) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
-        let points: Vec<String> = line.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y))).collect();
-        s.push_str(&format!("<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>", points.join(" ")));
+        let points: Vec<String> = line
+            .points
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        ));
         if line.points.len() <= 16 {
             for (x, y) in line.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
                 s.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"><title>{}: {} → {}</title></circle>", px(*x), py(*y), escape(&line.name), label(*x), label(*y)));
@@ -132,8 +163,19 @@ mod tests {
 
     #[test]
     fn a_chart_draws_every_series_and_escapes_names() {
-        let axes = Axes { title: "latency <p95>".into(), x_label: "people".into(), y_label: "s".into(), log2_x: true };
-        let svg = line_chart(&axes, &[Series { name: "p50".into(), points: vec![(1.0, 0.5), (4.0, 1.5), (64.0, 9.0)] }, Series { name: "a&b".into(), points: vec![(1.0, 1.0)] }]);
+        let axes = Axes {
+            title: "latency <p95>".into(),
+            x_label: "people".into(),
+            y_label: "s".into(),
+            log2_x: true,
+        };
+        let svg = line_chart(
+            &axes,
+            &[
+                Series { name: "p50".into(), points: vec![(1.0, 0.5), (4.0, 1.5), (64.0, 9.0)] },
+                Series { name: "a&b".into(), points: vec![(1.0, 1.0)] },
+            ],
+        );
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("latency &lt;p95&gt;") && svg.contains("a&amp;b"));
         assert!(svg.contains(">64<"), "x ticks at the levels");

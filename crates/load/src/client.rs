@@ -101,13 +101,30 @@ pub struct Followed {
 
 impl Session {
     /// Opens a session: the server sets the cookie and hands out the CSRF token.
-    pub async fn open(http: &reqwest::Client, base: &str, patience: Patience) -> Result<Session, ClientError> {
+    pub async fn open(
+        http: &reqwest::Client,
+        base: &str,
+        patience: Patience,
+    ) -> Result<Session, ClientError> {
         Self::open_as(http, base, patience, None).await
     }
 
     /// Opens a session for a person at `address` (see [`person_address`]).
-    pub async fn open_as(http: &reqwest::Client, base: &str, patience: Patience, address: Option<String>) -> Result<Session, ClientError> {
-        let mut session = Session { http: http.clone(), base: base.trim_end_matches('/').to_string(), cookie: String::new(), csrf: String::new(), patience, retried: Arc::default(), address };
+    pub async fn open_as(
+        http: &reqwest::Client,
+        base: &str,
+        patience: Patience,
+        address: Option<String>,
+    ) -> Result<Session, ClientError> {
+        let mut session = Session {
+            http: http.clone(),
+            base: base.trim_end_matches('/').to_string(),
+            cookie: String::new(),
+            csrf: String::new(),
+            patience,
+            retried: Arc::default(),
+            address,
+        };
         let deadline = Instant::now() + patience.request;
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -122,11 +139,19 @@ impl Session {
                         .get("set-cookie")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.split(';').next())
-                        .ok_or_else(|| ClientError::Protocol("GET /api/session set no cookie".into()))?
+                        .ok_or_else(|| {
+                            ClientError::Protocol("GET /api/session set no cookie".into())
+                        })?
                         .to_string();
-                    let body: Value = r.json().await.map_err(|e| ClientError::Protocol(format!("GET /api/session: {e}")))?;
+                    let body: Value = r
+                        .json()
+                        .await
+                        .map_err(|e| ClientError::Protocol(format!("GET /api/session: {e}")))?;
                     session.cookie = cookie;
-                    session.csrf = body["csrf_token"].as_str().ok_or_else(|| ClientError::Protocol("no csrf_token".into()))?.to_string();
+                    session.csrf = body["csrf_token"]
+                        .as_str()
+                        .ok_or_else(|| ClientError::Protocol("no csrf_token".into()))?
+                        .to_string();
                     return Ok(session);
                 }
                 Ok(r) => last = format!("status {}", r.status()),
@@ -134,7 +159,12 @@ impl Session {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        Err(ClientError::Unreachable { method: "GET", path: "/api/session".into(), secs: patience.request.as_secs(), last })
+        Err(ClientError::Unreachable {
+            method: "GET",
+            path: "/api/session".into(),
+            secs: patience.request.as_secs(),
+            last,
+        })
     }
 
     /// The same person on another address (a restarted server on a new port).
@@ -159,7 +189,11 @@ impl Session {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base)).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf);
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .header("x-csrf-token", &self.csrf);
         match &self.address {
             Some(a) => request.header("x-forwarded-for", a),
             None => request,
@@ -167,7 +201,13 @@ impl Session {
     }
 
     /// Sends until the server gives an answer that retrying cannot change.
-    async fn call(&self, method: &'static str, path: &str, body: Option<&Value>, extra: &[(&str, &str)]) -> Result<(u16, Value), ClientError> {
+    async fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&Value>,
+        extra: &[(&str, &str)],
+    ) -> Result<(u16, Value), ClientError> {
         let deadline = Instant::now() + self.patience.request;
         let mut last = String::new();
         loop {
@@ -182,7 +222,11 @@ impl Session {
             let (wait, failed) = match request.send().await {
                 Ok(r) => {
                     let status = r.status().as_u16();
-                    let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+                    let retry_after = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
                     let text = r.text().await.unwrap_or_default();
                     match status {
                         429 => (Duration::from_secs(retry_after.unwrap_or(1).max(1)), false),
@@ -191,8 +235,17 @@ impl Session {
                             last = format!("{status} {text}");
                             (Duration::from_millis(500), true)
                         }
-                        _ if status < 400 => return Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null))),
-                        _ => return Err(ClientError::Refused { method, path: path.to_string(), status, body: text }),
+                        _ if status < 400 => {
+                            return Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+                        }
+                        _ => {
+                            return Err(ClientError::Refused {
+                                method,
+                                path: path.to_string(),
+                                status,
+                                body: text,
+                            })
+                        }
                     }
                 }
                 Err(e) => {
@@ -201,7 +254,12 @@ impl Session {
                 }
             };
             if Instant::now() + wait > deadline {
-                return Err(ClientError::Unreachable { method, path: path.to_string(), secs: self.patience.request.as_secs(), last });
+                return Err(ClientError::Unreachable {
+                    method,
+                    path: path.to_string(),
+                    secs: self.patience.request.as_secs(),
+                    last,
+                });
             }
             if failed {
                 self.retried.fetch_add(1, Ordering::Relaxed);
@@ -217,17 +275,40 @@ impl Session {
 
     /// Starts a conversation with `persona`; returns its id.
     pub async fn create(&self, persona: &str) -> Result<String, ClientError> {
-        let (_, body) = self.call("POST", "/api/conversations", Some(&json!({"persona": persona})), &[]).await?;
-        body["conversation"]["id"].as_str().map(str::to_string).ok_or_else(|| ClientError::Protocol(format!("create: no conversation id in {body}")))
+        let (_, body) = self
+            .call("POST", "/api/conversations", Some(&json!({"persona": persona})), &[])
+            .await?;
+        body["conversation"]["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Protocol(format!("create: no conversation id in {body}")))
     }
 
     /// Posts a message under `key`; a retry with the same key returns the first post.
-    pub async fn post(&self, conversation: &str, content: &str, key: &str) -> Result<Posted, ClientError> {
+    pub async fn post(
+        &self,
+        conversation: &str,
+        content: &str,
+        key: &str,
+    ) -> Result<Posted, ClientError> {
         let path = format!("/api/conversations/{conversation}/messages");
-        let (_, body) = self.call("POST", &path, Some(&json!({"content": content})), &[("idempotency-key", key)]).await?;
-        let message_id = body["message"]["id"].as_str().ok_or_else(|| ClientError::Protocol(format!("post: no message id in {body}")))?.to_string();
-        let job_id = body["job"]["id"].as_str().ok_or_else(|| ClientError::Protocol(format!("post: no job id in {body}")))?.to_string();
-        Ok(Posted { message_id, job_id, acknowledged: Instant::now(), position: body["queue"]["position"].as_u64() })
+        let (_, body) = self
+            .call("POST", &path, Some(&json!({"content": content})), &[("idempotency-key", key)])
+            .await?;
+        let message_id = body["message"]["id"]
+            .as_str()
+            .ok_or_else(|| ClientError::Protocol(format!("post: no message id in {body}")))?
+            .to_string();
+        let job_id = body["job"]["id"]
+            .as_str()
+            .ok_or_else(|| ClientError::Protocol(format!("post: no job id in {body}")))?
+            .to_string();
+        Ok(Posted {
+            message_id,
+            job_id,
+            acknowledged: Instant::now(),
+            position: body["queue"]["position"].as_u64(),
+        })
     }
 
     /// Asks for the last reply again (the page's "try again" after a failure); returns the
@@ -244,11 +325,26 @@ impl Session {
 
     /// [`follow`](Self::follow), calling `seen` with each event's name as it arrives (a test
     /// that must act while a reply is at a given point).
-    pub async fn follow_observed(&self, conversation: &str, job: &str, mut seen: impl FnMut(&str)) -> Followed {
+    pub async fn follow_observed(
+        &self,
+        conversation: &str,
+        job: &str,
+        mut seen: impl FnMut(&str),
+    ) -> Followed {
         let deadline = tokio::time::Instant::now() + self.patience.reply;
         let path = format!("/api/conversations/{conversation}/events?job={job}");
-        let mut followed = Followed { ending: Ending::Broken(String::new()), first_text: None, ended: Instant::now(), starts: 0 };
-        let response = match tokio::time::timeout_at(deadline, self.request(reqwest::Method::GET, &path).send()).await {
+        let mut followed = Followed {
+            ending: Ending::Broken(String::new()),
+            first_text: None,
+            ended: Instant::now(),
+            starts: 0,
+        };
+        let response = match tokio::time::timeout_at(
+            deadline,
+            self.request(reqwest::Method::GET, &path).send(),
+        )
+        .await
+        {
             Ok(Ok(r)) if r.status() == 200 => r,
             Ok(Ok(r)) => {
                 followed.ending = Ending::Broken(format!("GET events → {}", r.status()));
@@ -268,7 +364,10 @@ impl Session {
         loop {
             let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
                 Err(_) => {
-                    followed.ending = Ending::Broken(format!("no end within {} s", self.patience.reply.as_secs()));
+                    followed.ending = Ending::Broken(format!(
+                        "no end within {} s",
+                        self.patience.reply.as_secs()
+                    ));
                     break;
                 }
                 Ok(None) => {
@@ -308,7 +407,8 @@ impl Session {
                         finished = true;
                     }
                     "failed" => {
-                        followed.ending = Ending::Failed(data["error"].as_str().unwrap_or("failed").to_string());
+                        followed.ending =
+                            Ending::Failed(data["error"].as_str().unwrap_or("failed").to_string());
                         finished = true;
                     }
                     _ => {}
@@ -357,7 +457,10 @@ mod tests {
     fn events_split_anywhere_parse_the_same() {
         let stream = "event: started\ndata: {\"attempt\":1}\n\n: keep-alive\n\nevent: delta\ndata: {\"text\":\"héllo ✨\"}\n\nevent: done\ndata: {\"message\":{\"id\":\"m1\",\"content\":\"héllo ✨\"}}\n\n";
         let whole = EventParser::default().feed(stream.as_bytes()).unwrap();
-        assert_eq!(whole.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["started", "delta", "done"]);
+        assert_eq!(
+            whole.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["started", "delta", "done"]
+        );
         for cut in 0..stream.len() {
             let mut parser = EventParser::default();
             let mut events = parser.feed(&stream.as_bytes()[..cut]).unwrap();

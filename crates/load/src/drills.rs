@@ -91,21 +91,43 @@ async fn start(spec: ServeSpec) -> anyhow::Result<ServerProcess> {
 }
 
 /// People chatting on `bases` (round-robin) until `stop`; returns their sessions and ledgers.
-fn spawn_people(config: &DrillConfig, bases: &[String], stop: &Arc<AtomicBool>, sent: &Arc<AtomicUsize>) -> Vec<tokio::task::JoinHandle<anyhow::Result<(Session, Ledger)>>> {
+fn spawn_people(
+    config: &DrillConfig,
+    bases: &[String],
+    stop: &Arc<AtomicBool>,
+    sent: &Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<(Session, Ledger)>>> {
     let http = reqwest::Client::new();
     (0..config.people)
         .map(|n| {
-            let (http, base, persona, messages, stop, sent) = (http.clone(), bases[n % bases.len()].clone(), config.persona.clone(), config.messages.clone(), stop.clone(), sent.clone());
+            let (http, base, persona, messages, stop, sent) = (
+                http.clone(),
+                bases[n % bases.len()].clone(),
+                config.persona.clone(),
+                config.messages.clone(),
+                stop.clone(),
+                sent.clone(),
+            );
             tokio::spawn(async move {
-                let session = Session::open_as(&http, &base, chaos_patience(), Some(crate::client::person_address(n))).await?;
-                let ledger = steady_person(session.clone(), persona, messages, n * 5, stop, sent).await.map_err(anyhow::Error::msg)?;
+                let session = Session::open_as(
+                    &http,
+                    &base,
+                    chaos_patience(),
+                    Some(crate::client::person_address(n)),
+                )
+                .await?;
+                let ledger = steady_person(session.clone(), persona, messages, n * 5, stop, sent)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
                 Ok((session, ledger))
             })
         })
         .collect()
 }
 
-async fn collect(people: Vec<tokio::task::JoinHandle<anyhow::Result<(Session, Ledger)>>>) -> anyhow::Result<Vec<(Session, Ledger)>> {
+async fn collect(
+    people: Vec<tokio::task::JoinHandle<anyhow::Result<(Session, Ledger)>>>,
+) -> anyhow::Result<Vec<(Session, Ledger)>> {
     let mut out = Vec::new();
     for p in people {
         out.push(p.await.context("a person's task")??);
@@ -114,7 +136,13 @@ async fn collect(people: Vec<tokio::task::JoinHandle<anyhow::Result<(Session, Le
 }
 
 /// Kills the server `rounds` times at random moments, restarting it each time.
-pub async fn kill(config: &DrillConfig, database_url: &str, rounds: usize, gap_ms: (u64, u64), progress: &ProgressBar) -> anyhow::Result<DrillReport> {
+pub async fn kill(
+    config: &DrillConfig,
+    database_url: &str,
+    rounds: usize,
+    gap_ms: (u64, u64),
+    progress: &ProgressBar,
+) -> anyhow::Result<DrillReport> {
     let started = Instant::now();
     let mut server = start(ServeSpec::serve(database_url, &config.serve_args)).await?;
     let spec = ServeSpec::serve(database_url, &config.serve_args).at(&server.base);
@@ -132,15 +160,42 @@ pub async fn kill(config: &DrillConfig, database_url: &str, rounds: usize, gap_m
     settle(&people, Duration::from_secs(300)).await;
     let integrity = check_all(&people).await;
     server.stop(Duration::from_secs(20));
-    Ok(DrillReport { drill: "kill".into(), disruptions: rounds, people: config.people, seconds: started.elapsed().as_secs_f64(), integrity, injected: Default::default() })
+    Ok(DrillReport {
+        drill: "kill".into(),
+        disruptions: rounds,
+        people: config.people,
+        seconds: started.elapsed().as_secs_f64(),
+        integrity,
+        injected: Default::default(),
+    })
 }
 
 /// Generation through a proxy that injects `schedule`'s faults in front of a real model server.
-pub async fn backend(config: &DrillConfig, database_url: &str, model: &str, schedule: Vec<Fault>, turns: usize, timeout_secs: u64, progress: &ProgressBar) -> anyhow::Result<DrillReport> {
+pub async fn backend(
+    config: &DrillConfig,
+    database_url: &str,
+    model: &str,
+    schedule: Vec<Fault>,
+    turns: usize,
+    timeout_secs: u64,
+    progress: &ProgressBar,
+) -> anyhow::Result<DrillReport> {
     let started = Instant::now();
-    let llm = start(ServeSpec { bin: crate::server::rapport_bin(), args: vec!["serve-llm".into(), "--model".into(), model.into()], listen: "127.0.0.1:0".into(), datasets: None, engine_steps: None }).await?;
+    let llm = start(ServeSpec {
+        bin: crate::server::rapport_bin(),
+        args: vec!["serve-llm".into(), "--model".into(), model.into()],
+        listen: "127.0.0.1:0".into(),
+        datasets: None,
+        engine_steps: None,
+    })
+    .await?;
     let proxy = faults::start(&llm.base, schedule).await?;
-    let mut args = vec!["--llm-url".into(), proxy.base.clone(), "--llm-timeout-secs".into(), timeout_secs.to_string()];
+    let mut args = vec![
+        "--llm-url".into(),
+        proxy.base.clone(),
+        "--llm-timeout-secs".into(),
+        timeout_secs.to_string(),
+    ];
     args.extend(config.serve_args.iter().cloned());
     let mut server = start(ServeSpec::serve(database_url, &args)).await?;
     let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
@@ -159,20 +214,38 @@ pub async fn backend(config: &DrillConfig, database_url: &str, model: &str, sche
     settle(&people, Duration::from_secs(300)).await;
     let integrity = check_all(&people).await;
     server.stop(Duration::from_secs(20));
-    let injected: std::collections::BTreeMap<String, usize> = proxy.injected().into_iter().map(|(f, n)| (format!("{f:?}").to_lowercase(), n)).collect();
+    let injected: std::collections::BTreeMap<String, usize> =
+        proxy.injected().into_iter().map(|(f, n)| (format!("{f:?}").to_lowercase(), n)).collect();
     let disruptions = injected.iter().filter(|(k, _)| *k != "pass").map(|(_, n)| n).sum();
-    Ok(DrillReport { drill: "backend".into(), disruptions, people: config.people, seconds: started.elapsed().as_secs_f64(), integrity, injected })
+    Ok(DrillReport {
+        drill: "backend".into(),
+        disruptions,
+        people: config.people,
+        seconds: started.elapsed().as_secs_f64(),
+        integrity,
+        injected,
+    })
 }
 
 /// Two server processes on one SQLite file: writers contend for its lock.
-pub async fn sqlite_writers(config: &DrillConfig, database_url: &str, turns: usize, progress: &ProgressBar) -> anyhow::Result<DrillReport> {
-    anyhow::ensure!(database_url.starts_with("sqlite:"), "the sqlite-writers drill needs a sqlite: URL");
+pub async fn sqlite_writers(
+    config: &DrillConfig,
+    database_url: &str,
+    turns: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<DrillReport> {
+    anyhow::ensure!(
+        database_url.starts_with("sqlite:"),
+        "the sqlite-writers drill needs a sqlite: URL"
+    );
     let started = Instant::now();
     let mut a = start(ServeSpec::serve(database_url, &config.serve_args)).await?;
     let mut b = start(ServeSpec::serve(database_url, &config.serve_args)).await?;
     let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let people = spawn_people(config, &[a.base.clone(), b.base.clone()], &stop, &sent);
-    while sent.load(Ordering::Relaxed) < turns * config.people && started.elapsed() < Duration::from_secs(1800) {
+    while sent.load(Ordering::Relaxed) < turns * config.people
+        && started.elapsed() < Duration::from_secs(1800)
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
         progress.set_position(sent.load(Ordering::Relaxed) as u64);
     }
@@ -182,18 +255,36 @@ pub async fn sqlite_writers(config: &DrillConfig, database_url: &str, turns: usi
     let integrity = check_all(&people).await;
     a.stop(Duration::from_secs(20));
     b.stop(Duration::from_secs(20));
-    Ok(DrillReport { drill: "sqlite-writers".into(), disruptions: 0, people: config.people, seconds: started.elapsed().as_secs_f64(), integrity, injected: Default::default() })
+    Ok(DrillReport {
+        drill: "sqlite-writers".into(),
+        disruptions: 0,
+        people: config.people,
+        seconds: started.elapsed().as_secs_f64(),
+        integrity,
+        injected: Default::default(),
+    })
 }
 
 /// The database restarted `rounds` times under load by `restart` (a shell command).
-pub async fn postgres_restart(config: &DrillConfig, database_url: &str, restart: &str, rounds: usize, gap_ms: (u64, u64), progress: &ProgressBar) -> anyhow::Result<DrillReport> {
+pub async fn postgres_restart(
+    config: &DrillConfig,
+    database_url: &str,
+    restart: &str,
+    rounds: usize,
+    gap_ms: (u64, u64),
+    progress: &ProgressBar,
+) -> anyhow::Result<DrillReport> {
     let started = Instant::now();
     let mut server = start(ServeSpec::serve(database_url, &config.serve_args)).await?;
     let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let people = spawn_people(config, std::slice::from_ref(&server.base), &stop, &sent);
     for gap in gaps(config.seed, rounds, gap_ms) {
         tokio::time::sleep(gap).await;
-        let status = tokio::process::Command::new("sh").args(["-c", restart]).status().await.context("running the restart command")?;
+        let status = tokio::process::Command::new("sh")
+            .args(["-c", restart])
+            .status()
+            .await
+            .context("running the restart command")?;
         anyhow::ensure!(status.success(), "the restart command failed: {status}");
         progress.inc(1);
     }
@@ -208,5 +299,12 @@ pub async fn postgres_restart(config: &DrillConfig, database_url: &str, restart:
     settle(&people, Duration::from_secs(300)).await;
     let integrity = check_all(&people).await;
     server.stop(Duration::from_secs(20));
-    Ok(DrillReport { drill: "postgres-restart".into(), disruptions: rounds, people: config.people, seconds: started.elapsed().as_secs_f64(), integrity, injected: Default::default() })
+    Ok(DrillReport {
+        drill: "postgres-restart".into(),
+        disruptions: rounds,
+        people: config.people,
+        seconds: started.elapsed().as_secs_f64(),
+        integrity,
+        injected: Default::default(),
+    })
 }

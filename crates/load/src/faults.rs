@@ -75,7 +75,10 @@ pub async fn start(upstream: &str, schedule: Vec<Fault>) -> anyhow::Result<Fault
         next: Arc::new(AtomicUsize::new(0)),
         injected: injected.clone(),
     };
-    let app = Router::new().route("/v1/chat/completions", post(chat)).route("/v1/{*rest}", get(pass_get)).with_state(proxy);
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/{*rest}", get(pass_get))
+        .with_state(proxy);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}/v1", listener.local_addr()?);
     let server = tokio::spawn(async move {

@@ -120,37 +120,75 @@ pub async fn latency(config: &LatencyConfig) -> anyhow::Result<LatencyReport> {
     let mut server = tokio::task::spawn_blocking(move || ServerProcess::start(&spec)).await??;
     tokio::time::sleep(config.settle).await;
     let http = reqwest::Client::new();
-    let person = Session::open_as(&http, &server.base, Patience::default(), Some(crate::client::person_address(1))).await?;
+    let person = Session::open_as(
+        &http,
+        &server.base,
+        Patience::default(),
+        Some(crate::client::person_address(1)),
+    )
+    .await?;
     let conversation = person.create(&config.persona).await?;
     let mut turns = Vec::new();
     let mut problems = Vec::new();
     for (i, message) in config.script.iter().enumerate() {
         let sent = Instant::now();
-        let posted = person.post(&conversation, message, &format!("latency-{i}-{}", std::process::id())).await?;
+        let posted = person
+            .post(&conversation, message, &format!("latency-{i}-{}", std::process::id()))
+            .await?;
         let mut retracts = 0;
-        let followed = person.follow_observed(&conversation, &posted.job_id, |name| retracts += (name == "retract") as usize).await;
+        let followed = person
+            .follow_observed(&conversation, &posted.job_id, |name| {
+                retracts += (name == "retract") as usize
+            })
+            .await;
         let Ending::Done { message_id, text } = &followed.ending else {
             problems.push(format!("turn {}: {:?}", i + 1, followed.ending));
             continue;
         };
-        let job = person.get(&format!("/api/conversations/{conversation}/jobs/{}", posted.job_id)).await?;
-        let trace = person.get(&format!("/api/conversations/{conversation}/messages/{message_id}/trace")).await?;
-        turns.push(turn_latency(i + 1, sent, followed.first_text, followed.ended, &job["job"], &trace["trace"], retracts, text));
+        let job = person
+            .get(&format!("/api/conversations/{conversation}/jobs/{}", posted.job_id))
+            .await?;
+        let trace = person
+            .get(&format!("/api/conversations/{conversation}/messages/{message_id}/trace"))
+            .await?;
+        turns.push(turn_latency(
+            i + 1,
+            sent,
+            followed.first_text,
+            followed.ended,
+            &job["job"],
+            &trace["trace"],
+            retracts,
+            text,
+        ));
         tokio::time::sleep(config.pause).await;
     }
     tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(20))).await?;
     let later: Vec<&TurnLatency> = turns.iter().skip(1).collect();
     Ok(LatencyReport {
         first_turn_first_words_ms: turns.first().map_or(f64::NAN, |t| t.first_words_ms),
-        later_first_words_ms: Distribution::of(&later.iter().map(|t| t.first_words_ms).collect::<Vec<_>>()),
-        later_whole_reply_ms: Distribution::of(&later.iter().map(|t| t.whole_reply_ms).collect::<Vec<_>>()),
+        later_first_words_ms: Distribution::of(
+            &later.iter().map(|t| t.first_words_ms).collect::<Vec<_>>(),
+        ),
+        later_whole_reply_ms: Distribution::of(
+            &later.iter().map(|t| t.whole_reply_ms).collect::<Vec<_>>(),
+        ),
         turns,
         problems,
     })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn turn_latency(turn: usize, sent: Instant, first: Option<Instant>, ended: Instant, job: &Value, trace: &Value, retracts: usize, reply: &str) -> TurnLatency {
+fn turn_latency(
+    turn: usize,
+    sent: Instant,
+    first: Option<Instant>,
+    ended: Instant,
+    job: &Value,
+    trace: &Value,
+    retracts: usize,
+    reply: &str,
+) -> TurnLatency {
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1000.0;
     let us = |key: &str| trace["timings_us"][key].as_f64().unwrap_or(0.0) / 1000.0;
     let first_attempt = &trace["attempts"][0];
@@ -158,7 +196,9 @@ fn turn_latency(turn: usize, sent: Instant, first: Option<Instant>, ended: Insta
     let completion = first_attempt["completion_tokens"].as_f64();
     let total = first_attempt["total_ms"].as_f64();
     let decode = match (completion, total, ttft) {
-        (Some(n), Some(total), Some(ttft)) if n > 1.0 && total > ttft as f64 => Some((n - 1.0) / ((total - ttft as f64) / 1000.0)),
+        (Some(n), Some(total), Some(ttft)) if n > 1.0 && total > ttft as f64 => {
+            Some((n - 1.0) / ((total - ttft as f64) / 1000.0))
+        }
         _ => None,
     };
     TurnLatency {

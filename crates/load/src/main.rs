@@ -4,21 +4,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use anyhow::Context;
 use rapport_load::abuse::{abuse, AbuseConfig};
-use rapport_load::latency::{latency, LatencyConfig};
 use rapport_load::chart::{line_chart, Axes, Series};
 use rapport_load::drills::{self, DrillConfig, DrillReport};
 use rapport_load::faults::Fault;
+use rapport_load::latency::{latency, LatencyConfig};
 use rapport_load::report::Summary;
 use rapport_load::run::{run, Scenario};
 use rapport_load::server::{sqlite_url, RssTrace, ServeSpec, ServerProcess};
 use rapport_load::sweep::{self, SweepConfig};
 
 #[derive(Parser)]
-#[command(name = "rapport-load", version, about = "Load, concurrency and chaos runs against `rapport serve`")]
+#[command(
+    name = "rapport-load",
+    version,
+    about = "Load, concurrency and chaos runs against `rapport serve`"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,7 +78,11 @@ struct ServerArgs {
 impl ServerArgs {
     /// The server as deployed: its own limits, not the load runs' raised ones.
     fn serve_args_with_limits(&self) -> Vec<String> {
-        let mut args: Vec<String> = ["--model", &self.model, "--max-tokens", &self.max_tokens.to_string()].iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> =
+            ["--model", &self.model, "--max-tokens", &self.max_tokens.to_string()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         if let Some(dir) = &self.personas {
             args.extend(["--personas".into(), dir.display().to_string()]);
         }
@@ -84,7 +92,19 @@ impl ServerArgs {
 
     fn serve_args(&self) -> Vec<String> {
         // Load is about the model and the queue, not the per-person rate limit.
-        let mut args: Vec<String> = ["--model", &self.model, "--max-tokens", &self.max_tokens.to_string(), "--rate-per-minute", "100000", "--rate-burst", "100000"].iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = [
+            "--model",
+            &self.model,
+            "--max-tokens",
+            &self.max_tokens.to_string(),
+            "--rate-per-minute",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         if let Some(dir) = &self.personas {
             args.extend(["--personas".into(), dir.display().to_string()]);
         }
@@ -230,7 +250,12 @@ enum Drill {
         people: usize,
         #[arg(long, default_value_t = 4)]
         turns: usize,
-        #[arg(long, value_delimiter = ',', value_enum, default_value = "pass,hang,pass,reset,pass,garbage,unavailable,pass")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_enum,
+            default_value = "pass,hang,pass,reset,pass,garbage,unavailable,pass"
+        )]
         schedule: Vec<Fault>,
         /// Seconds the server waits for the model server's first byte (and between chunks). Each
         /// injected hang costs this long; too short and a CPU prefill counts as a hang too.
@@ -272,8 +297,12 @@ struct GapRange(u64, u64);
 impl std::str::FromStr for GapRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s.split_once('-').ok_or_else(|| format!("'{s}' is not a range like 500-6000"))?;
-        let (a, b): (u64, u64) = (a.trim().parse().map_err(|e| format!("{a}: {e}"))?, b.trim().parse().map_err(|e| format!("{b}: {e}"))?);
+        let (a, b) =
+            s.split_once('-').ok_or_else(|| format!("'{s}' is not a range like 500-6000"))?;
+        let (a, b): (u64, u64) = (
+            a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
+            b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
+        );
         if a > b {
             return Err(format!("{a} is more than {b}"));
         }
@@ -283,13 +312,24 @@ impl std::str::FromStr for GapRange {
 
 fn bar(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
-    bar.set_style(ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {what} [{{elapsed_precise}}]")).expect("a valid template"));
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {what} [{{elapsed_precise}}]"
+        ))
+        .expect("a valid template"),
+    );
     bar
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RAPPORT_LOAD_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RAPPORT_LOAD_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Run(args) => run_load(args).await,
         Command::Sweep(args) => run_sweep(args).await,
@@ -334,11 +374,21 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
     let name = format!("{:?}", args.scenario).to_lowercase();
     std::fs::create_dir_all(&args.server.out)?;
     let context = serde_json::json!({"model": args.server.model, "max_tokens": args.server.max_tokens, "workers": args.workers, "machine": machine()});
-    std::fs::write(args.server.out.join(format!("{name}.json")), serde_json::to_string_pretty(&serde_json::json!({"context": context, "summary": summary, "records": outcome.records}))?)?;
+    std::fs::write(
+        args.server.out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(
+            &serde_json::json!({"context": context, "summary": summary, "records": outcome.records}),
+        )?,
+    )?;
     std::fs::write(args.server.out.join(format!("{name}.md")), summary.markdown())?;
     if !summary.memory.samples.is_empty() {
         let svg = line_chart(
-            &Axes { title: format!("Server memory, {name} scenario"), x_label: "seconds".into(), y_label: "RSS, MiB".into(), log2_x: false },
+            &Axes {
+                title: format!("Server memory, {name} scenario"),
+                x_label: "seconds".into(),
+                y_label: "RSS, MiB".into(),
+                log2_x: false,
+            },
             &[Series { name: "RSS".into(), points: summary.memory.samples.clone() }],
         );
         std::fs::write(args.server.out.join(format!("{name}-rss.svg")), svg)?;
@@ -374,7 +424,13 @@ async fn run_chaos(drill: Drill) -> anyhow::Result<()> {
     let config = |server: &ServerArgs, people: usize, extra: &[&str]| {
         let mut serve_args = server.serve_args();
         serve_args.extend(extra.iter().map(|s| s.to_string()));
-        DrillConfig { serve_args, people, persona: server.persona.clone(), messages: Arc::new(rapport_load::default_messages()), seed: 1 }
+        DrillConfig {
+            serve_args,
+            people,
+            persona: server.persona.clone(),
+            messages: Arc::new(rapport_load::default_messages()),
+            seed: 1,
+        }
     };
     // A short lease: after a kill the job is taken again within seconds, not half a minute.
     let lease = ["--lease-secs", "3"];
@@ -389,21 +445,50 @@ async fn run_chaos(drill: Drill) -> anyhow::Result<()> {
         Drill::Backend { people, turns, schedule, timeout_secs, server } => {
             let c = config(&server, people, &lease);
             let progress = bar((people * turns) as u64, "messages");
-            (drills::backend(&c, &sqlite_url(dir.path()), &server.model, schedule, turns, timeout_secs, &progress).await?, server.out)
+            (
+                drills::backend(
+                    &c,
+                    &sqlite_url(dir.path()),
+                    &server.model,
+                    schedule,
+                    turns,
+                    timeout_secs,
+                    &progress,
+                )
+                .await?,
+                server.out,
+            )
         }
         Drill::SqliteWriters { people, turns, server } => {
             let c = config(&server, people, &lease);
             let progress = bar((people * turns) as u64, "messages");
-            (drills::sqlite_writers(&c, &sqlite_url(dir.path()), turns, &progress).await?, server.out)
+            (
+                drills::sqlite_writers(&c, &sqlite_url(dir.path()), turns, &progress).await?,
+                server.out,
+            )
         }
         Drill::PostgresRestart { database_url, restart_cmd, rounds, people, gap_ms, server } => {
             let c = config(&server, people, &lease);
             let progress = bar(rounds as u64, "restarts");
-            (drills::postgres_restart(&c, &database_url, &restart_cmd, rounds, (gap_ms.0, gap_ms.1), &progress).await?, server.out)
+            (
+                drills::postgres_restart(
+                    &c,
+                    &database_url,
+                    &restart_cmd,
+                    rounds,
+                    (gap_ms.0, gap_ms.1),
+                    &progress,
+                )
+                .await?,
+                server.out,
+            )
         }
     };
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join(format!("chaos-{}.json", report.drill)), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        out.join(format!("chaos-{}.json", report.drill)),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     println!("{}\n{}", DrillReport::markdown_header(), report.markdown_row());
     if !report.injected.is_empty() {
         println!("faults injected: {:?}", report.injected);
@@ -417,8 +502,14 @@ async fn run_chaos(drill: Drill) -> anyhow::Result<()> {
 
 async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let text = std::fs::read_to_string(&args.script).with_context(|| format!("reading the script {}", args.script.display()))?;
-    let mut script: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+    let text = std::fs::read_to_string(&args.script)
+        .with_context(|| format!("reading the script {}", args.script.display()))?;
+    let mut script: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
     if let Some(n) = args.turns {
         script.truncate(n);
     }
@@ -432,14 +523,28 @@ async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
         settle: Duration::from_secs(args.settle_secs),
     };
     let report = latency(&config).await?;
-    let model = args.server.model.rsplit('/').next().unwrap_or(&args.server.model).trim_end_matches(".gguf").to_string();
+    let model = args
+        .server
+        .model
+        .rsplit('/')
+        .next()
+        .unwrap_or(&args.server.model)
+        .trim_end_matches(".gguf")
+        .to_string();
     let name = format!("latency-{model}-{}-{}", args.server.persona, args.label);
     std::fs::create_dir_all(&args.server.out)?;
     let context = serde_json::json!({"model": args.server.model, "max_tokens": args.server.max_tokens, "persona": args.server.persona, "serve_args": config.serve_args, "script": args.script, "label": args.label, "machine": machine(), "date": chrono::Utc::now().format("%Y-%m-%d").to_string()});
-    std::fs::write(args.server.out.join(format!("{name}.json")), serde_json::to_string_pretty(&serde_json::json!({"context": context, "report": report}))?)?;
+    std::fs::write(
+        args.server.out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&serde_json::json!({"context": context, "report": report}))?,
+    )?;
     std::fs::write(args.server.out.join(format!("{name}.md")), report.markdown())?;
     println!("{}", report.markdown());
-    anyhow::ensure!(report.problems.is_empty(), "replies that did not arrive: {:?}", report.problems);
+    anyhow::ensure!(
+        report.problems.is_empty(),
+        "replies that did not arrive: {:?}",
+        report.problems
+    );
     Ok(())
 }
 
@@ -462,23 +567,52 @@ async fn run_abuse(args: AbuseArgs) -> anyhow::Result<()> {
         guest_pause: Duration::from_secs(args.guest_pause_secs),
     };
     let progress = bar(2 * args.turns as u64, "guest replies");
-    progress.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} guest replies · {msg} [{elapsed_precise}]").expect("a valid template"));
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} guest replies · {msg} [{elapsed_precise}]",
+        )
+        .expect("a valid template"),
+    );
     let report = abuse(&config, &progress).await?;
     progress.finish_and_clear();
-    let model = args.server.model.rsplit('/').next().unwrap_or(&args.server.model).trim_end_matches(".gguf").to_string();
-    let name = format!("abuse-{}-{}x-{}addr-{model}", report.shared_database.to_lowercase(), report.processes, args.flood_addresses);
+    let model = args
+        .server
+        .model
+        .rsplit('/')
+        .next()
+        .unwrap_or(&args.server.model)
+        .trim_end_matches(".gguf")
+        .to_string();
+    let name = format!(
+        "abuse-{}-{}x-{}addr-{model}",
+        report.shared_database.to_lowercase(),
+        report.processes,
+        args.flood_addresses
+    );
     std::fs::create_dir_all(&args.server.out)?;
     let context = serde_json::json!({"model": args.server.model, "max_tokens": args.server.max_tokens, "serve_args": config.serve_args, "flooders": args.flooders, "flood_addresses": args.flood_addresses, "readers": args.readers, "reads_per_second": args.reads_per_second, "machine": machine(), "date": chrono::Utc::now().format("%Y-%m-%d").to_string()});
-    std::fs::write(args.server.out.join(format!("{name}.json")), serde_json::to_string_pretty(&serde_json::json!({"context": context, "report": report}))?)?;
+    std::fs::write(
+        args.server.out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&serde_json::json!({"context": context, "report": report}))?,
+    )?;
     std::fs::write(args.server.out.join(format!("{name}.md")), report.markdown())?;
     println!("{}", report.markdown());
     anyhow::ensure!(report.reads.wrote_nothing(), "the cookie-less reads changed the database");
-    anyhow::ensure!(report.flood.answered == report.flood.sent, "the guest lost replies during the flood: {:?}", report.flood.problems);
+    anyhow::ensure!(
+        report.flood.answered == report.flood.sent,
+        "the guest lost replies during the flood: {:?}",
+        report.flood.problems
+    );
     Ok(())
 }
 
 /// The machine the numbers come from, for the reports.
 fn machine() -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+    });
     serde_json::json!({"cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).ok()})
 }

@@ -79,10 +79,12 @@ impl Summary {
         for x in &ok {
             per_user.entry(x.user).or_default().push(x.reply_ms);
         }
-        let user_means: Vec<f64> = per_user.values().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
+        let user_means: Vec<f64> =
+            per_user.values().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
         let plan = &outcome.plan;
         let mut error_examples: Vec<String> = outcome.setup_errors.clone();
-        error_examples.extend(r.iter().filter(|x| !answered(&x.outcome)).filter_map(|x| x.error.clone()));
+        error_examples
+            .extend(r.iter().filter(|x| !answered(&x.outcome)).filter_map(|x| x.error.clone()));
         error_examples.truncate(5);
         Summary {
             scenario: plan.scenario,
@@ -95,10 +97,14 @@ impl Summary {
             replies_per_s: ok.len() as f64 / wall,
             tokens_per_s: tokens as f64 / wall,
             tokens,
-            ack_ms: Distribution::of(&r.iter().filter(|x| x.outcome != "unsent").map(|x| x.ack_ms).collect::<Vec<_>>()),
+            ack_ms: Distribution::of(
+                &r.iter().filter(|x| x.outcome != "unsent").map(|x| x.ack_ms).collect::<Vec<_>>(),
+            ),
             ttft_ms: Distribution::of(&ok.iter().filter_map(|x| x.ttft_ms).collect::<Vec<_>>()),
             reply_ms: Distribution::of(&ok.iter().map(|x| x.reply_ms).collect::<Vec<_>>()),
-            queue_wait_ms: Distribution::of(&ok.iter().filter_map(|x| x.queue_wait_ms).collect::<Vec<_>>()),
+            queue_wait_ms: Distribution::of(
+                &ok.iter().filter_map(|x| x.queue_wait_ms).collect::<Vec<_>>(),
+            ),
             fairness: jain_index(&user_means),
             memory_turns: ok.iter().filter(|x| x.memory_used).count(),
             folded: ok.iter().map(|x| x.newly_folded).sum(),
@@ -110,8 +116,14 @@ impl Summary {
 
     /// A Markdown block: one table of distributions and a line of totals.
     pub fn markdown(&self) -> String {
-        let row = |name: &str, d: &Distribution| format!("| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |\n", d.count, d.p50, d.p95, d.p99, d.max);
-        let mut s = String::from("| ms | n | p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|---:|\n");
+        let row = |name: &str, d: &Distribution| {
+            format!(
+                "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                d.count, d.p50, d.p95, d.p99, d.max
+            )
+        };
+        let mut s =
+            String::from("| ms | n | p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|---:|\n");
         s.push_str(&row("acknowledged", &self.ack_ms));
         s.push_str(&row("first text (TTFT)", &self.ttft_ms));
         s.push_str(&row("whole reply", &self.reply_ms));
@@ -170,13 +182,25 @@ mod tests {
     #[test]
     fn failures_count_as_errors_and_not_as_throughput() {
         let plan = Scenario::Short.plan(Some(3), Some(1));
-        let outcome = RunOutcome { plan, records: vec![record(0, "done", 1000.0, 40), record(1, "done", 1000.0, 60), record(2, "broken", 5000.0, 0)], setup_errors: vec![], wall_s: 2.0 };
+        let outcome = RunOutcome {
+            plan,
+            records: vec![
+                record(0, "done", 1000.0, 40),
+                record(1, "done", 1000.0, 60),
+                record(2, "broken", 5000.0, 0),
+            ],
+            setup_errors: vec![],
+            wall_s: 2.0,
+        };
         let s = Summary::of(&outcome, &[(0.0, 100 << 20), (1.0, 300 << 20), (2.0, 200 << 20)]);
         assert_eq!(s.errors, 1);
         assert_eq!(s.tokens, 100);
         assert!((s.tokens_per_s - 50.0).abs() < 1e-9);
         assert_eq!(s.reply_ms.count, 2, "a broken stream is not a latency sample");
-        assert_eq!((s.memory.start_mib, s.memory.peak_mib, s.memory.end_mib), (100.0, 300.0, 200.0));
+        assert_eq!(
+            (s.memory.start_mib, s.memory.peak_mib, s.memory.end_mib),
+            (100.0, 300.0, 200.0)
+        );
         assert!(s.markdown().contains("broken here"));
     }
 }

@@ -116,13 +116,25 @@ pub struct RunOutcome {
 
 /// The messages people send (`datasets/load/messages.txt`, `#` lines are comments).
 pub fn read_messages(text: &str) -> Vec<String> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Runs `plan` against the server at `base`.
-pub async fn run(base: &str, plan: &Plan, messages: &[String], progress: Option<ProgressBar>) -> RunOutcome {
+pub async fn run(
+    base: &str,
+    plan: &Plan,
+    messages: &[String],
+    progress: Option<ProgressBar>,
+) -> RunOutcome {
     assert!(!messages.is_empty(), "no messages to send");
-    let http = reqwest::Client::builder().pool_max_idle_per_host(plan.users.max(8)).build().expect("an HTTP client");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(plan.users.max(8))
+        .build()
+        .expect("an HTTP client");
     let started = Instant::now();
     let deadline = started + Duration::from_secs(plan.max_secs);
     // Burst waves: everyone posts turn N together.
@@ -130,11 +142,33 @@ pub async fn run(base: &str, plan: &Plan, messages: &[String], progress: Option<
     let messages = Arc::new(messages.to_vec());
     let mut tasks = Vec::new();
     for user in 0..plan.users {
-        let (http, base, plan, messages, barrier, progress) = (http.clone(), base.to_string(), plan.clone(), messages.clone(), barrier.clone(), progress.clone());
+        let (http, base, plan, messages, barrier, progress) = (
+            http.clone(),
+            base.to_string(),
+            plan.clone(),
+            messages.clone(),
+            barrier.clone(),
+            progress.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let arrival = if plan.users > 1 { plan.ramp_ms * user as u64 / (plan.users as u64 - 1) } else { 0 };
+            let arrival = if plan.users > 1 {
+                plan.ramp_ms * user as u64 / (plan.users as u64 - 1)
+            } else {
+                0
+            };
             tokio::time::sleep(Duration::from_millis(arrival)).await;
-            person(user, &http, &base, &plan, &messages, started, deadline, barrier.as_deref(), progress.as_ref()).await
+            person(
+                user,
+                &http,
+                &base,
+                &plan,
+                &messages,
+                started,
+                deadline,
+                barrier.as_deref(),
+                progress.as_ref(),
+            )
+            .await
         }));
     }
     let mut records = Vec::new();
@@ -179,7 +213,14 @@ async fn person(
 ) -> (Vec<ReplyRecord>, Vec<String>) {
     let mut records = Vec::new();
     let mut rng = user as u64 * 7919 + 1;
-    let session = match Session::open_as(http, base, plan.patience, Some(crate::client::person_address(user))).await {
+    let session = match Session::open_as(
+        http,
+        base,
+        plan.patience,
+        Some(crate::client::person_address(user)),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             // Still meet the others at every wave, or they would wait forever.
@@ -216,7 +257,9 @@ async fn person(
             let sent = Instant::now();
             let key = format!("load-{user}-{round}-{turn}-{}", started.elapsed().as_nanos());
             let record = match session.post(&conversation, content, &key).await {
-                Err(e) => ReplyRecord::unsent(user, &conversation, turn, started, sent, e.to_string()),
+                Err(e) => {
+                    ReplyRecord::unsent(user, &conversation, turn, started, sent, e.to_string())
+                }
                 Ok(posted) => {
                     let followed = session.follow(&conversation, &posted.job_id).await;
                     let mut record = ReplyRecord {
@@ -239,7 +282,14 @@ async fn person(
                         Ending::Done { message_id, .. } => {
                             record.outcome = "done".into();
                             if plan.details {
-                                record.add_details(&session, &conversation, &posted.job_id, message_id).await;
+                                record
+                                    .add_details(
+                                        &session,
+                                        &conversation,
+                                        &posted.job_id,
+                                        message_id,
+                                    )
+                                    .await;
                             }
                         }
                         Ending::Failed(e) => {
@@ -273,7 +323,14 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl ReplyRecord {
-    fn unsent(user: usize, conversation: &str, turn: usize, started: Instant, sent: Instant, error: String) -> ReplyRecord {
+    fn unsent(
+        user: usize,
+        conversation: &str,
+        turn: usize,
+        started: Instant,
+        sent: Instant,
+        error: String,
+    ) -> ReplyRecord {
         ReplyRecord {
             user,
             conversation: conversation.to_string(),
@@ -293,22 +350,35 @@ impl ReplyRecord {
     }
 
     /// The server's side of the reply: its queue wait, the tokens written, the memory fold.
-    async fn add_details(&mut self, session: &Session, conversation: &str, job: &str, message: &str) {
+    async fn add_details(
+        &mut self,
+        session: &Session,
+        conversation: &str,
+        job: &str,
+        message: &str,
+    ) {
         if let Ok(j) = session.get(&format!("/api/conversations/{conversation}/jobs/{job}")).await {
             let j = &j["job"];
-            if let (Some(enq), Some(start)) = (j["enqueued_at"].as_i64(), j["started_at"].as_i64()) {
+            if let (Some(enq), Some(start)) = (j["enqueued_at"].as_i64(), j["started_at"].as_i64())
+            {
                 self.queue_wait_ms = Some((start - enq).max(0) as f64);
             }
             self.attempts = j["attempts"].as_i64();
         }
-        if let Ok(trace) = session.get(&format!("/api/conversations/{conversation}/messages/{message}/trace")).await {
+        if let Ok(trace) = session
+            .get(&format!("/api/conversations/{conversation}/messages/{message}/trace"))
+            .await
+        {
             let trace = trace.get("trace").unwrap_or(&trace);
             let attempts = trace["attempts"].as_array().cloned().unwrap_or_default();
             let tokens: u64 = attempts.iter().filter_map(|a| a["completion_tokens"].as_u64()).sum();
             self.tokens = (!attempts.is_empty()).then_some(tokens);
             if !trace["fallback"].is_null() {
                 self.outcome = "fallback".into();
-                self.error = trace["fallback"].as_str().map(str::to_string).or(Some(Value::to_string(&trace["fallback"])));
+                self.error = trace["fallback"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or(Some(Value::to_string(&trace["fallback"])));
             }
             self.memory_used = trace["prompt"]["memory_used"].as_bool().unwrap_or(false);
             self.newly_folded = trace["prompt"]["newly_folded"].as_u64().unwrap_or(0);

@@ -49,14 +49,27 @@ impl ServeSpec {
     /// it from loopback, so each person is its own client to the per-address limits, as people
     /// on their own devices are.
     pub fn serve(database_url: &str, args: &[String]) -> ServeSpec {
-        let mut all = vec!["serve".to_string(), "--database-url".into(), database_url.into(), "--client-ip-header".into(), "x-forwarded-for".into()];
+        let mut all = vec![
+            "serve".to_string(),
+            "--database-url".into(),
+            database_url.into(),
+            "--client-ip-header".into(),
+            "x-forwarded-for".into(),
+        ];
         all.extend(args.iter().cloned());
-        ServeSpec { bin: rapport_bin(), args: all, listen: "127.0.0.1:0".into(), datasets: None, engine_steps: None }
+        ServeSpec {
+            bin: rapport_bin(),
+            args: all,
+            listen: "127.0.0.1:0".into(),
+            datasets: None,
+            engine_steps: None,
+        }
     }
 
     /// The same server, to be started again on the address it got.
     pub fn at(&self, base: &str) -> ServeSpec {
-        let address = base.trim_start_matches("http://").split('/').next().unwrap_or(base).to_string();
+        let address =
+            base.trim_start_matches("http://").split('/').next().unwrap_or(base).to_string();
         ServeSpec { listen: address, ..self.clone() }
     }
 }
@@ -75,26 +88,40 @@ impl ServerProcess {
         command.args(&spec.args).args(["--listen", &spec.listen]).stdout(Stdio::piped());
         match &spec.engine_steps {
             Some(path) => {
-                let log = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
                 // mistral.rs's info lines mark each model load (its warm-up steps are no reply's)
                 // and `MISTRALRS_DEBUG=1` adds one line per engine step.
                 command.env("MISTRALRS_DEBUG", "1").env("RAPPORT_LOG", "warn,mistralrs_core=info,mistralrs_core::pipeline::gguf=error,rapport=info").stderr(Stdio::from(log));
             }
             None => {
                 // Warnings only, minus mistral.rs's "mix of GPU and CPU" notice every CPU start prints.
-                command.env("RAPPORT_LOG", std::env::var("RAPPORT_LOG").unwrap_or_else(|_| "warn,mistralrs_core::pipeline::gguf=error".into())).stderr(Stdio::inherit());
+                command
+                    .env(
+                        "RAPPORT_LOG",
+                        std::env::var("RAPPORT_LOG")
+                            .unwrap_or_else(|_| "warn,mistralrs_core::pipeline::gguf=error".into()),
+                    )
+                    .stderr(Stdio::inherit());
             }
         }
         if let Some(d) = &spec.datasets {
             command.env("RAPPORT_DATASETS", d);
         }
-        let mut child = command.spawn().with_context(|| format!("starting {}", spec.bin.display()))?;
+        let mut child =
+            command.spawn().with_context(|| format!("starting {}", spec.bin.display()))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 // `listening on http://ADDR` (serve) or `listening on http://ADDR/v1 (model …)`.
-                if let Some(addr) = line.strip_prefix("listening on ").and_then(|rest| rest.split_whitespace().next()) {
+                if let Some(addr) = line
+                    .strip_prefix("listening on ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                {
                     let _ = tx.send(addr.to_string());
                 }
             }
@@ -109,7 +136,10 @@ impl ServerProcess {
                 }
                 Err(_) => {
                     if let Some(status) = child.try_wait()? {
-                        let log = spec.engine_steps.as_ref().map_or("above".to_string(), |path| format!("in {}", path.display()));
+                        let log = spec
+                            .engine_steps
+                            .as_ref()
+                            .map_or("above".to_string(), |path| format!("in {}", path.display()));
                         bail!("the server exited before listening ({status}); its log is {log}");
                     }
                 }
@@ -173,7 +203,10 @@ impl RssTrace {
             loop {
                 tick.tick().await;
                 match rss_bytes(pid) {
-                    Some(b) => samples.lock().expect("not poisoned").push((started.elapsed().as_secs_f64(), b)),
+                    Some(b) => samples
+                        .lock()
+                        .expect("not poisoned")
+                        .push((started.elapsed().as_secs_f64(), b)),
                     None => return,
                 }
             }

@@ -40,16 +40,31 @@ pub struct SweepConfig {
 }
 
 /// Runs every level and returns its point.
-pub async fn sweep(config: &SweepConfig, messages: &[String], bars: &MultiProgress) -> anyhow::Result<Vec<Point>> {
+pub async fn sweep(
+    config: &SweepConfig,
+    messages: &[String],
+    bars: &MultiProgress,
+) -> anyhow::Result<Vec<Point>> {
     let mut points = Vec::new();
     let overall = bars.add(ProgressBar::new(config.levels.len() as u64));
-    overall.set_style(ProgressStyle::with_template("sweep {pos}/{len} levels [{elapsed_precise}] {msg}").expect("a valid template"));
+    overall.set_style(
+        ProgressStyle::with_template("sweep {pos}/{len} levels [{elapsed_precise}] {msg}")
+            .expect("a valid template"),
+    );
     for &level in &config.levels {
         let workers = config.workers.unwrap_or(level).max(1);
         let dir = tempfile::tempdir()?;
         let mut args = config.serve_args.clone();
-        args.extend(["--workers".into(), workers.to_string(), "--max-batch".into(), workers.to_string()]);
-        let spec = ServeSpec { engine_steps: config.engine_steps.clone(), ..ServeSpec::serve(&sqlite_url(dir.path()), &args) };
+        args.extend([
+            "--workers".into(),
+            workers.to_string(),
+            "--max-batch".into(),
+            workers.to_string(),
+        ]);
+        let spec = ServeSpec {
+            engine_steps: config.engine_steps.clone(),
+            ..ServeSpec::serve(&sqlite_url(dir.path()), &args)
+        };
         overall.set_message(format!("{level} at once: starting the server"));
         let mut server = tokio::task::spawn_blocking(move || ServerProcess::start(&spec)).await??;
         let (rss, sampler) = RssTrace::sample(server.pid(), std::time::Duration::from_millis(500));
@@ -59,8 +74,12 @@ pub async fn sweep(config: &SweepConfig, messages: &[String], bars: &MultiProgre
         plan.ramp_ms = 0;
         plan.persona = config.persona.clone();
         plan.conversations = config.min_conversations.div_ceil(level).max(1);
-        let replies = bars.add(ProgressBar::new((plan.users * plan.conversations * plan.turns) as u64));
-        replies.set_style(ProgressStyle::with_template("  {msg} {bar:30} {pos}/{len} replies, {per_sec}").expect("a valid template"));
+        let replies =
+            bars.add(ProgressBar::new((plan.users * plan.conversations * plan.turns) as u64));
+        replies.set_style(
+            ProgressStyle::with_template("  {msg} {bar:30} {pos}/{len} replies, {per_sec}")
+                .expect("a valid template"),
+        );
         replies.set_message(format!("{level} at once"));
         overall.set_message(format!("{level} at once"));
         let outcome = run(&server.base, &plan, messages, Some(replies.clone())).await;
@@ -123,11 +142,22 @@ pub fn markdown(points: &[Point]) -> String {
 /// Writes sweep.json, sweep.md, latency.svg and throughput.svg into `dir`.
 pub fn write(points: &[Point], dir: &Path, context: &serde_json::Value) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("sweep.json"), serde_json::to_string_pretty(&serde_json::json!({"context": context, "points": points}))?)?;
+    std::fs::write(
+        dir.join("sweep.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"context": context, "points": points}))?,
+    )?;
     std::fs::write(dir.join("sweep.md"), markdown(points))?;
-    let line = |name: &str, f: &dyn Fn(&Point) -> f64| Series { name: name.into(), points: points.iter().map(|p| (p.concurrency as f64, f(p))).collect() };
+    let line = |name: &str, f: &dyn Fn(&Point) -> f64| Series {
+        name: name.into(),
+        points: points.iter().map(|p| (p.concurrency as f64, f(p))).collect(),
+    };
     let latency = line_chart(
-        &Axes { title: "Latency against concurrency".into(), x_label: "conversations at once".into(), y_label: "seconds".into(), log2_x: true },
+        &Axes {
+            title: "Latency against concurrency".into(),
+            x_label: "conversations at once".into(),
+            y_label: "seconds".into(),
+            log2_x: true,
+        },
         &[
             line("TTFT p50", &|p| p.summary.ttft_ms.p50 / 1000.0),
             line("TTFT p95", &|p| p.summary.ttft_ms.p95 / 1000.0),
@@ -137,8 +167,16 @@ pub fn write(points: &[Point], dir: &Path, context: &serde_json::Value) -> anyho
     );
     std::fs::write(dir.join("latency.svg"), latency)?;
     let throughput = line_chart(
-        &Axes { title: "Aggregate throughput against concurrency".into(), x_label: "conversations at once".into(), y_label: "per minute".into(), log2_x: true },
-        &[line("replies/min", &|p| p.summary.replies_per_s * 60.0), line("tokens/min ÷ 10", &|p| p.summary.tokens_per_s * 6.0)],
+        &Axes {
+            title: "Aggregate throughput against concurrency".into(),
+            x_label: "conversations at once".into(),
+            y_label: "per minute".into(),
+            log2_x: true,
+        },
+        &[
+            line("replies/min", &|p| p.summary.replies_per_s * 60.0),
+            line("tokens/min ÷ 10", &|p| p.summary.tokens_per_s * 6.0),
+        ],
     );
     std::fs::write(dir.join("throughput.svg"), throughput)?;
     Ok(())

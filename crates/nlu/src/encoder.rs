@@ -26,7 +26,11 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
 }
 
 /// Tuned copies of the encoder's top layers (see [`SentenceEncoder::load_branch`]).
@@ -41,21 +45,33 @@ pub struct SentenceEncoder {
 impl SentenceEncoder {
     /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, NluError> {
-        let load_err = |file: &str, e: &dyn std::fmt::Display| NluError::Load { path: dir.join(file), message: e.to_string() };
-        let config = std::fs::read_to_string(dir.join("config.json")).map_err(|e| load_err("config.json", &e))?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| load_err("tokenizer.json", &e))?;
+        let load_err = |file: &str, e: &dyn std::fmt::Display| NluError::Load {
+            path: dir.join(file),
+            message: e.to_string(),
+        };
+        let config = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| load_err("config.json", &e))?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| load_err("tokenizer.json", &e))?;
         // No padding: the encoder runs each text over its own tokens (see `bert`).
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
             .map_err(|e| load_err("tokenizer.json", &e))?;
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
             return Err(load_err("model.safetensors", &"no such file"));
         }
-        let model = Bert::load(&config, &weights).map_err(|e| NluError::Load { path: dir.to_path_buf(), message: e })?;
+        let model = Bert::load(&config, &weights)
+            .map_err(|e| NluError::Load { path: dir.to_path_buf(), message: e })?;
         if model.hidden_size() != EMBEDDING_DIM {
-            return Err(load_err("config.json", &format!("hidden_size is {}, expected {EMBEDDING_DIM}", model.hidden_size())));
+            return Err(load_err(
+                "config.json",
+                &format!("hidden_size is {}, expected {EMBEDDING_DIM}", model.hidden_size()),
+            ));
         }
         Ok(Self { model, tokenizer })
     }
@@ -71,7 +87,9 @@ impl SentenceEncoder {
             return Ok(Vec::new());
         }
         let hidden = self.hidden(texts)?;
-        Ok((0..texts.len()).map(|i| Embedding(mean_normalised(hidden.text(i), EMBEDDING_DIM))).collect())
+        Ok((0..texts.len())
+            .map(|i| Embedding(mean_normalised(hidden.text(i), EMBEDDING_DIM)))
+            .collect())
     }
 
     /// Mean-pooled, L2-normalised sentence vectors as a `[batch, 384]` tensor.
@@ -94,7 +112,11 @@ impl SentenceEncoder {
     /// model's own file) from `weights`. The branch replaces this encoder's layers from
     /// `layers.start` on; the layers below are shared. A branch may end before the encoder does
     /// (a smaller, faster model for its task).
-    pub fn load_branch(&self, weights: &Path, layers: Range<usize>) -> Result<EncoderBranch, NluError> {
+    pub fn load_branch(
+        &self,
+        weights: &Path,
+        layers: Range<usize>,
+    ) -> Result<EncoderBranch, NluError> {
         let name = weights.file_name().unwrap_or_default().to_string_lossy().into_owned();
         self.model
             .load_branch(weights, &name, layers)
@@ -103,7 +125,11 @@ impl SentenceEncoder {
     }
 
     /// [`features`](Self::features) of the branch's last hidden states.
-    pub fn branch_features(&self, texts: &[&str], branch: &EncoderBranch) -> Result<Tensor, NluError> {
+    pub fn branch_features(
+        &self,
+        texts: &[&str],
+        branch: &EncoderBranch,
+    ) -> Result<Tensor, NluError> {
         if texts.is_empty() {
             return no_features();
         }
@@ -112,12 +138,18 @@ impl SentenceEncoder {
 
     /// Sentence vectors and the branch's features from one pass: the layers below the branch
     /// run once for both.
-    pub fn encode_with_branch(&self, texts: &[&str], branch: &EncoderBranch) -> Result<(Vec<Embedding>, Tensor), NluError> {
+    pub fn encode_with_branch(
+        &self,
+        texts: &[&str],
+        branch: &EncoderBranch,
+    ) -> Result<(Vec<Embedding>, Tensor), NluError> {
         if texts.is_empty() {
             return Ok((Vec::new(), no_features()?));
         }
         let (trunk, tuned) = self.run(texts, |ids| self.model.forward_both(ids, &branch.0))?;
-        let vectors = (0..texts.len()).map(|i| Embedding(mean_normalised(trunk.text(i), EMBEDDING_DIM))).collect();
+        let vectors = (0..texts.len())
+            .map(|i| Embedding(mean_normalised(trunk.text(i), EMBEDDING_DIM)))
+            .collect();
         Ok((vectors, features_of(&tuned)?))
     }
 
@@ -127,8 +159,15 @@ impl SentenceEncoder {
     }
 
     /// Tokenizes `texts` and hands their token ids to one of the model's passes.
-    fn run<T>(&self, texts: &[&str], pass: impl FnOnce(&[&[u32]]) -> Result<T, String>) -> Result<T, NluError> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| NluError::Tokenize(e.to_string()))?;
+    fn run<T>(
+        &self,
+        texts: &[&str],
+        pass: impl FnOnce(&[&[u32]]) -> Result<T, String>,
+    ) -> Result<T, NluError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| NluError::Tokenize(e.to_string()))?;
         let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
         pass(&ids).map_err(NluError::Data)
     }

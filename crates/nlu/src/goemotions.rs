@@ -6,10 +6,34 @@ use crate::NluError;
 
 /// The GoEmotions labels, in the data set's index order.
 pub const LABELS: [&str; NUM_LABELS] = [
-    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion", "curiosity",
-    "desire", "disappointment", "disapproval", "disgust", "embarrassment", "excitement", "fear",
-    "gratitude", "grief", "joy", "love", "nervousness", "optimism", "pride", "realization", "relief",
-    "remorse", "sadness", "surprise", "neutral",
+    "admiration",
+    "amusement",
+    "anger",
+    "annoyance",
+    "approval",
+    "caring",
+    "confusion",
+    "curiosity",
+    "desire",
+    "disappointment",
+    "disapproval",
+    "disgust",
+    "embarrassment",
+    "excitement",
+    "fear",
+    "gratitude",
+    "grief",
+    "joy",
+    "love",
+    "nervousness",
+    "optimism",
+    "pride",
+    "realization",
+    "relief",
+    "remorse",
+    "sadness",
+    "surprise",
+    "neutral",
 ];
 
 /// How many labels there are.
@@ -27,8 +51,10 @@ pub struct Example {
 /// Reads a GoEmotions-format file. A malformed line is an error naming the file and line:
 /// silently skipping it would change the metrics without anyone knowing.
 pub fn read_tsv(path: &Path) -> Result<Vec<Example>, NluError> {
-    let text = std::fs::read_to_string(path).map_err(|e| NluError::Data(format!("{}: {e}", path.display())))?;
-    parse_tsv(&text).map_err(|(line, msg)| NluError::Data(format!("{}:{line}: {msg}", path.display())))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NluError::Data(format!("{}: {e}", path.display())))?;
+    parse_tsv(&text)
+        .map_err(|(line, msg)| NluError::Data(format!("{}:{line}: {msg}", path.display())))
 }
 
 /// Parses GoEmotions TSV text; errors carry the 1-based line number.
@@ -45,7 +71,10 @@ pub fn parse_tsv(text: &str) -> Result<Vec<Example>, (usize, String)> {
         };
         let mut labels = Vec::new();
         for id in ids.split(',') {
-            let n: usize = id.trim().parse().map_err(|_| (i + 1, format!("label id '{id}' is not a number")))?;
+            let n: usize = id
+                .trim()
+                .parse()
+                .map_err(|_| (i + 1, format!("label id '{id}' is not a number")))?;
             if n >= NUM_LABELS {
                 return Err((i + 1, format!("label id {n} is out of range 0..{NUM_LABELS}")));
             }
@@ -65,10 +94,13 @@ mod tests {
     #[test]
     fn parses_multi_label_lines_and_skips_blank_ones() {
         let ex = parse_tsv("I love it\t0,18\tabc\n\nmeh\t27\tdef\r\n").unwrap();
-        assert_eq!(ex, vec![
-            Example { text: "I love it".into(), labels: vec![0, 18] },
-            Example { text: "meh".into(), labels: vec![27] },
-        ]);
+        assert_eq!(
+            ex,
+            vec![
+                Example { text: "I love it".into(), labels: vec![0, 18] },
+                Example { text: "meh".into(), labels: vec![27] },
+            ]
+        );
     }
 
     #[test]

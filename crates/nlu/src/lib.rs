@@ -24,4 +24,4 @@ mod retrieval;
 
 pub use encoder::{cosine, Embedding, EncoderBranch, SentenceEncoder, EMBEDDING_DIM, MAX_TOKENS};
 pub use error::NluError;
-pub use retrieval::{Exchange, ExampleIndex, Hit};
+pub use retrieval::{ExampleIndex, Exchange, Hit};

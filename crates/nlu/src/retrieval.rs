@@ -58,11 +58,17 @@ impl ExampleIndex {
     /// The index from `cache_dir` if one was built for exactly these exchanges, else builds and
     /// stores it. The file name is the hash of the content, so an edited persona never reads a
     /// stale index and no invalidation is needed.
-    pub fn load_or_build(encoder: &SentenceEncoder, exchanges: Vec<Exchange>, cache_dir: &Path) -> Result<Self, NluError> {
+    pub fn load_or_build(
+        encoder: &SentenceEncoder,
+        exchanges: Vec<Exchange>,
+        cache_dir: &Path,
+    ) -> Result<Self, NluError> {
         let path = cache_dir.join(format!("examples-{}.json", content_key(&exchanges)));
         if let Ok(text) = std::fs::read_to_string(&path) {
             if let Ok(stored) = serde_json::from_str::<Stored>(&text) {
-                if stored.exchanges == exchanges && stored.vectors.iter().all(|v| v.len() == EMBEDDING_DIM) {
+                if stored.exchanges == exchanges
+                    && stored.vectors.iter().all(|v| v.len() == EMBEDDING_DIM)
+                {
                     return Ok(Self { exchanges: stored.exchanges, vectors: stored.vectors });
                 }
             }
@@ -86,10 +92,22 @@ impl ExampleIndex {
     /// first, with near-duplicates removed.
     pub fn search(&self, message: &Embedding, context: Option<&Embedding>, k: usize) -> Vec<Hit> {
         let query: Vec<f32> = match context {
-            Some(ctx) => normalise(message.0.iter().zip(&ctx.0).map(|(m, c)| MESSAGE_WEIGHT * m + (1.0 - MESSAGE_WEIGHT) * c).collect()),
+            Some(ctx) => normalise(
+                message
+                    .0
+                    .iter()
+                    .zip(&ctx.0)
+                    .map(|(m, c)| MESSAGE_WEIGHT * m + (1.0 - MESSAGE_WEIGHT) * c)
+                    .collect(),
+            ),
             None => message.0.clone(),
         };
-        let mut ranked: Vec<Hit> = self.vectors.iter().enumerate().map(|(index, v)| Hit { index, score: cosine(&query, v) }).collect();
+        let mut ranked: Vec<Hit> = self
+            .vectors
+            .iter()
+            .enumerate()
+            .map(|(index, v)| Hit { index, score: cosine(&query, v) })
+            .collect();
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
         let mut chosen: Vec<Hit> = Vec::with_capacity(k);
         for hit in ranked {
@@ -98,8 +116,12 @@ impl ExampleIndex {
             }
             // Same lower-cased words ("I had a terrible day!!" and "i had a terrible day"): the
             // encoder disagrees, the exclamation marks alone move the vector past the threshold.
-            let same_text = |h: &Hit| words(&self.exchanges[h.index].user) == words(&self.exchanges[hit.index].user);
-            let too_close = |h: &Hit| cosine(&self.vectors[h.index], &self.vectors[hit.index]) >= DUPLICATE_COSINE;
+            let same_text = |h: &Hit| {
+                words(&self.exchanges[h.index].user) == words(&self.exchanges[hit.index].user)
+            };
+            let too_close = |h: &Hit| {
+                cosine(&self.vectors[h.index], &self.vectors[hit.index]) >= DUPLICATE_COSINE
+            };
             if !chosen.iter().any(|h| same_text(h) || too_close(h)) {
                 chosen.push(hit);
             }
@@ -156,14 +178,21 @@ mod tests {
         };
         let index = ExampleIndex {
             exchanges: vec![ex("hiking?"), ex("Hiking?"), ex("dogs?"), ex("work?"), ex("Hiking!!")],
-            vectors: vec![unit(0, 1, 0.1), unit(0, 1, 0.12), unit(1, 0, 0.2), unit(2, 0, 0.0), unit(0, 2, 0.9)],
+            vectors: vec![
+                unit(0, 1, 0.1),
+                unit(0, 1, 0.12),
+                unit(1, 0, 0.2),
+                unit(2, 0, 0.0),
+                unit(0, 2, 0.9),
+            ],
         };
         let hits = index.search(&Embedding(unit(0, 1, 0.0)), None, 3);
         let order: Vec<usize> = hits.iter().map(|h| h.index).collect();
         assert_eq!(order, [0, 2, 3], "a vector-near line and a same-words line are both dropped");
         assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
         // Context pulls the query towards its topic.
-        let with_ctx = index.search(&Embedding(unit(2, 0, 0.3)), Some(&Embedding(unit(1, 0, 0.0))), 1);
+        let with_ctx =
+            index.search(&Embedding(unit(2, 0, 0.3)), Some(&Embedding(unit(1, 0, 0.0))), 1);
         assert_eq!(with_ctx[0].index, 3);
     }
 }

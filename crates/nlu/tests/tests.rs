@@ -4,14 +4,15 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use rapport_models::{preset, ModelCache, Puller};
-use rapport_nlu::emotion::{EmotionClassifier, EmotionHead, Ekman, LABELS};
-use rapport_nlu::{cosine, Exchange, ExampleIndex, SentenceEncoder, EMBEDDING_DIM};
+use rapport_nlu::emotion::{Ekman, EmotionClassifier, EmotionHead, LABELS};
+use rapport_nlu::{cosine, ExampleIndex, Exchange, SentenceEncoder, EMBEDDING_DIM};
 
 fn encoder() -> &'static SentenceEncoder {
     static ENCODER: OnceLock<SentenceEncoder> = OnceLock::new();
     ENCODER.get_or_init(|| {
         let cache = ModelCache::default_location().unwrap();
-        let installed = Puller::default().quiet().pull(&cache, &preset("minilm-l6").unwrap()).unwrap();
+        let installed =
+            Puller::default().quiet().pull(&cache, &preset("minilm-l6").unwrap()).unwrap();
         SentenceEncoder::load(&installed.dir).unwrap()
     })
 }
@@ -27,9 +28,12 @@ fn classifier() -> &'static EmotionClassifier {
     CLASSIFIER.get_or_init(|| {
         // The path comes from cargo at run time, not compile time: a binary reused from another
         // checkout of the same tree would otherwise read that checkout's files.
-        let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests");
-        let head = EmotionHead::load(&std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-tuned"))
-            .expect("the trained head ships in datasets/emotion");
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("cargo sets CARGO_MANIFEST_DIR for tests");
+        let head = EmotionHead::load(
+            &std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-tuned"),
+        )
+        .expect("the trained head ships in datasets/emotion");
         EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head).unwrap()
     })
 }
@@ -89,11 +93,19 @@ fn concurrent_passes_give_what_each_gets_alone() {
                     if (worker + round) % 2 == 0 {
                         let readings = classifier().classify_batch(texts).unwrap();
                         for (got, want) in readings.iter().zip(batch_alone) {
-                            assert_eq!(got.probabilities, want.probabilities, "worker {worker}, round {round}");
+                            assert_eq!(
+                                got.probabilities, want.probabilities,
+                                "worker {worker}, round {round}"
+                            );
                         }
                     } else {
                         let i = (worker * 7 + round) % texts.len();
-                        assert_eq!(encoder().encode(texts[i]).unwrap().0, alone[i], "worker {worker}, round {round}: {:?}", texts[i]);
+                        assert_eq!(
+                            encoder().encode(texts[i]).unwrap().0,
+                            alone[i],
+                            "worker {worker}, round {round}: {:?}",
+                            texts[i]
+                        );
                     }
                 }
             });
@@ -110,25 +122,47 @@ fn fused_encoder_equals_candle_bert() {
     use candle_transformers::models::bert::{BertModel, Config};
 
     let dir = minilm_dir();
-    let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu) }.unwrap();
+    let config: Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+    }
+    .unwrap();
     let model = BertModel::load(vb, &config).unwrap();
     let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    tokenizer.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::BatchLongest, ..Default::default() }));
+    tokenizer.with_padding(Some(tokenizers::PaddingParams {
+        strategy: tokenizers::PaddingStrategy::BatchLongest,
+        ..Default::default()
+    }));
 
-    let texts = ["hi", "I had a really rough day at work and I just want to talk to someone.", "", "Ça va? 😊 très bien, merci!", &"word ".repeat(120)];
+    let texts = [
+        "hi",
+        "I had a really rough day at work and I just want to talk to someone.",
+        "",
+        "Ça va? 😊 très bien, merci!",
+        &"word ".repeat(120),
+    ];
     let enc = tokenizer.encode_batch(texts.to_vec(), true).unwrap();
     let (rows, cols) = (enc.len(), enc[0].get_ids().len());
     let ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().to_vec()).collect();
     let mask: Vec<u32> = enc.iter().flat_map(|e| e.get_attention_mask().to_vec()).collect();
     let ids = Tensor::from_vec(ids, (rows, cols), &Device::Cpu).unwrap();
     let mask = Tensor::from_vec(mask, (rows, cols), &Device::Cpu).unwrap();
-    let hidden = model.forward(&ids, &ids.zeros_like().unwrap(), Some(&mask)).unwrap().to_vec3::<f32>().unwrap();
+    let hidden = model
+        .forward(&ids, &ids.zeros_like().unwrap(), Some(&mask))
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
     let mask = mask.to_vec2::<u32>().unwrap();
 
     let fused = encoder().features(&texts).unwrap().to_vec2::<f32>().unwrap();
     for (i, text) in texts.iter().enumerate() {
-        let real: Vec<&Vec<f32>> = hidden[i].iter().zip(&mask[i]).filter(|(_, &m)| m == 1).map(|(h, _)| h).collect();
+        let real: Vec<&Vec<f32>> =
+            hidden[i].iter().zip(&mask[i]).filter(|(_, &m)| m == 1).map(|(h, _)| h).collect();
         let mut mean = vec![0f32; EMBEDDING_DIM];
         let mut max = vec![f32::NEG_INFINITY; EMBEDDING_DIM];
         for h in &real {
@@ -144,8 +178,15 @@ fn fused_encoder_equals_candle_bert() {
         // 0.04 of values that reach ±5; dev macro-F1 moved by 0.0003
         // (docs/dev/understanding.md). The bounds leave ~3× room; a wrong column, scale or bias breaks them.
         let c = cosine(&fused[i][EMBEDDING_DIM..], &max);
-        let diff = fused[i][EMBEDDING_DIM..].iter().zip(&max).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(c > 0.9995 && diff < 0.1, "{text:?}: max-over-tokens features: cosine {c}, largest difference {diff}");
+        let diff = fused[i][EMBEDDING_DIM..]
+            .iter()
+            .zip(&max)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            c > 0.9995 && diff < 0.1,
+            "{text:?}: max-over-tokens features: cosine {c}, largest difference {diff}"
+        );
     }
 }
 
@@ -186,7 +227,11 @@ fn plainly_worded_messages_get_their_emotion() {
             idx.sort_by(|&a, &b| r.probabilities[b].total_cmp(&r.probabilities[a]));
             idx.into_iter().take(3).map(|i| LABELS[i]).collect()
         };
-        if top3.contains(want) { right += 1 } else { eprintln!("{text:?}: expected {want}, top 3 {top3:?}") }
+        if top3.contains(want) {
+            right += 1
+        } else {
+            eprintln!("{text:?}: expected {want}, top 3 {top3:?}")
+        }
         assert!(r.probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
     }
     assert!(right >= 5, "{right}/6 plainly worded messages recognised");
@@ -204,7 +249,8 @@ struct EmotionReference {
 /// rounding of its 16-bit integer products (0.002 at most on these texts).
 #[test]
 fn the_tuned_model_agrees_with_an_independent_reference() {
-    let references: Vec<EmotionReference> = serde_json::from_str(include_str!("fixtures/emotion_reference.json")).unwrap();
+    let references: Vec<EmotionReference> =
+        serde_json::from_str(include_str!("fixtures/emotion_reference.json")).unwrap();
     assert!(references.len() >= 40);
     let texts: Vec<&str> = references.iter().map(|r| r.text.as_str()).collect();
     let readings = classifier().classify_batch(&texts).unwrap();
@@ -228,7 +274,12 @@ fn understanding_equals_encoding_plus_classifying() {
         let alone = encoder().encode(text).unwrap();
         assert!(cosine(&vector.0, &alone.0) > 0.99999, "{text:?}: the vector changed");
         let classified = classifier().classify(text).unwrap();
-        let diff = reading.probabilities.iter().zip(&classified.probabilities).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let diff = reading
+            .probabilities
+            .iter()
+            .zip(&classified.probabilities)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 1e-5, "{text:?}: the emotion changed by {diff}");
     }
 }
@@ -238,9 +289,13 @@ fn understanding_equals_encoding_plus_classifying() {
 #[test]
 fn the_frozen_feature_head_still_works() {
     let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap();
-    let head = EmotionHead::load(&std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-mlp")).unwrap();
+    let head = EmotionHead::load(
+        &std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-mlp"),
+    )
+    .unwrap();
     assert!(!head.is_tuned());
-    let classifier = EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head).unwrap();
+    let classifier =
+        EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head).unwrap();
     let reading = classifier.classify("Thank you so much, you really helped me!").unwrap();
     assert!(reading.label_names().contains(&"gratitude"), "{:?}", reading.label_names());
 }
@@ -253,20 +308,30 @@ fn a_head_with_missing_tuned_layers_is_refused() {
     let shipped = std::path::Path::new(&manifest).join("../../datasets/emotion/goemotions-tuned");
     let dir = tempfile::tempdir().unwrap();
     let stem = dir.path().join("broken");
-    std::fs::copy(shipped.with_extension("safetensors"), stem.with_extension("safetensors")).unwrap();
-    let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shipped.with_extension("json")).unwrap()).unwrap();
+    std::fs::copy(shipped.with_extension("safetensors"), stem.with_extension("safetensors"))
+        .unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shipped.with_extension("json")).unwrap())
+            .unwrap();
     // The file holds the tuned layers up to `layers` only; ask for one more.
     let layers = meta["encoder"]["layers"].as_u64().unwrap();
     meta["encoder"]["layers"] = serde_json::json!(layers + 1);
     std::fs::write(stem.with_extension("json"), meta.to_string()).unwrap();
     let head = EmotionHead::load(&stem).unwrap();
-    let err = EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head).err().expect("refused").to_string();
-    assert!(err.contains("broken.safetensors") && err.contains(&format!("encoder.layer.{layers}")), "{err}");
+    let err = EmotionClassifier::new(SentenceEncoder::load(&minilm_dir()).unwrap(), head)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("broken.safetensors") && err.contains(&format!("encoder.layer.{layers}")),
+        "{err}"
+    );
 }
 
 #[test]
 fn the_derived_views_follow_the_message() {
-    let sad = classifier().classify("My grandmother passed away and I miss her every day.").unwrap();
+    let sad =
+        classifier().classify("My grandmother passed away and I miss her every day.").unwrap();
     let glad = classifier().classify("I got the job!!! Best day ever, I'm so happy!").unwrap();
     assert_eq!(sad.dominant_ekman(), Ekman::Sadness, "{:?}", sad.label_names());
     assert_eq!(glad.dominant_ekman(), Ekman::Joy, "{:?}", glad.label_names());
@@ -276,10 +341,19 @@ fn the_derived_views_follow_the_message() {
 #[test]
 fn retrieval_returns_the_exchanges_about_the_same_thing() {
     let exchanges = vec![
-        Exchange { user: "Do you like hiking?".into(), reply: "Love it, the mountains are my happy place.".into() },
+        Exchange {
+            user: "Do you like hiking?".into(),
+            reply: "Love it, the mountains are my happy place.".into(),
+        },
         Exchange { user: "What's your job?".into(), reply: "I design parks.".into() },
-        Exchange { user: "I had a terrible day".into(), reply: "Oh no, want to talk about it?".into() },
-        Exchange { user: "I had a terrible day!!".into(), reply: "Oh no! Tell me everything.".into() },
+        Exchange {
+            user: "I had a terrible day".into(),
+            reply: "Oh no, want to talk about it?".into(),
+        },
+        Exchange {
+            user: "I had a terrible day!!".into(),
+            reply: "Oh no! Tell me everything.".into(),
+        },
         Exchange { user: "Any pets?".into(), reply: "A dog named Pickle.".into() },
     ];
     let encoder = classifier().encoder();

@@ -39,8 +39,20 @@ pub struct ImportedCard {
 
 /// Data fields the importer maps; everything else is preserved as extra.
 const MAPPED: [&str; 14] = [
-    "name", "description", "personality", "scenario", "first_mes", "mes_example", "creator_notes", "system_prompt",
-    "post_history_instructions", "alternate_greetings", "tags", "creator", "character_version", "extensions",
+    "name",
+    "description",
+    "personality",
+    "scenario",
+    "first_mes",
+    "mes_example",
+    "creator_notes",
+    "system_prompt",
+    "post_history_instructions",
+    "alternate_greetings",
+    "tags",
+    "creator",
+    "character_version",
+    "extensions",
 ];
 
 fn err(m: impl Into<String>) -> PipelineError {
@@ -52,12 +64,20 @@ pub fn import_bytes(bytes: &[u8]) -> Result<ImportedCard, PipelineError> {
     if png::is_png(bytes) {
         let texts = png::text_chunks(bytes).map_err(err)?;
         // A V3 card also carries a V2 `chara` chunk for older tools; the V3 one is the truth.
-        let chunk = texts.iter().find(|(k, _)| k == "ccv3").or_else(|| texts.iter().find(|(k, _)| k == "chara"));
-        let Some((key, encoded)) = chunk else { return Err(err("the PNG has no 'chara' or 'ccv3' text chunk: it is not a character card")) };
+        let chunk = texts
+            .iter()
+            .find(|(k, _)| k == "ccv3")
+            .or_else(|| texts.iter().find(|(k, _)| k == "chara"));
+        let Some((key, encoded)) = chunk else {
+            return Err(err(
+                "the PNG has no 'chara' or 'ccv3' text chunk: it is not a character card",
+            ));
+        };
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .map_err(|e| err(format!("the '{key}' chunk is not valid base64: {e}")))?;
-        let text = String::from_utf8(decoded).map_err(|_| err(format!("the '{key}' chunk is not UTF-8 JSON")))?;
+        let text = String::from_utf8(decoded)
+            .map_err(|_| err(format!("the '{key}' chunk is not UTF-8 JSON")))?;
         return import_json(&text);
     }
     let text = std::str::from_utf8(bytes).map_err(|_| err("neither a PNG nor UTF-8 JSON"))?;
@@ -66,12 +86,17 @@ pub fn import_bytes(bytes: &[u8]) -> Result<ImportedCard, PipelineError> {
 
 /// Imports a card from its JSON text.
 pub fn import_json(text: &str) -> Result<ImportedCard, PipelineError> {
-    let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
+        .map_err(|e| err(format!("not valid JSON: {e}")))?;
     let Value::Object(root) = value else { return Err(err("the card must be a JSON object")) };
     let (spec, data) = match root.get("spec").and_then(Value::as_str) {
         Some("chara_card_v2") => (CardSpec::V2, data_of(&root)?),
         Some("chara_card_v3") => (CardSpec::V3, data_of(&root)?),
-        Some(other) => return Err(err(format!("unknown card spec '{other}' (expected chara_card_v2 or chara_card_v3)"))),
+        Some(other) => {
+            return Err(err(format!(
+                "unknown card spec '{other}' (expected chara_card_v2 or chara_card_v3)"
+            )))
+        }
         None if root.contains_key("spec") => return Err(err("'spec' must be a string")),
         None => (CardSpec::V1, root.clone()),
     };
@@ -84,7 +109,10 @@ pub fn import_json(text: &str) -> Result<ImportedCard, PipelineError> {
     let description = macros(&string(&data, "description")?);
     let personality = macros(&string(&data, "personality")?);
     let first = macros(&string(&data, "first_mes")?);
-    let mut greetings: Vec<String> = std::iter::once(first).chain(strings(&data, "alternate_greetings")?.iter().map(|g| macros(g))).filter(|g| !g.trim().is_empty()).collect();
+    let mut greetings: Vec<String> = std::iter::once(first)
+        .chain(strings(&data, "alternate_greetings")?.iter().map(|g| macros(g)))
+        .filter(|g| !g.trim().is_empty())
+        .collect();
     if greetings.is_empty() {
         warnings.push("the card has no greeting; using \"Hi!\"".into());
         greetings.push("Hi!".into());
@@ -120,7 +148,12 @@ pub fn import_json(text: &str) -> Result<ImportedCard, PipelineError> {
         name,
         bio: description,
         facts: Vec::new(),
-        voice: personality.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
+        voice: personality
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
         greetings,
         examples,
         forbidden_topics: Vec::new(),
@@ -161,9 +194,15 @@ fn strings(data: &Map<String, Value>, field: &str) -> Result<Vec<String>, Pipeli
         Some(Value::Array(items)) => items
             .iter()
             .enumerate()
-            .map(|(i, v)| v.as_str().map(String::from).ok_or_else(|| err(format!("data.{field}[{i}] must be a string, found {}", kind(v)))))
+            .map(|(i, v)| {
+                v.as_str().map(String::from).ok_or_else(|| {
+                    err(format!("data.{field}[{i}] must be a string, found {}", kind(v)))
+                })
+            })
             .collect(),
-        Some(other) => Err(err(format!("data.{field} must be a list of strings, found {}", kind(other)))),
+        Some(other) => {
+            Err(err(format!("data.{field} must be a list of strings, found {}", kind(other))))
+        }
     }
 }
 
@@ -203,7 +242,11 @@ fn parse_examples(text: &str, name: &str, warnings: &mut Vec<String>) -> Vec<Exa
         let mut flush = |user: &mut Option<String>, reply: &mut Option<String>| {
             if let (Some(u), Some(r)) = (user.take(), reply.take()) {
                 if !u.trim().is_empty() && !r.trim().is_empty() {
-                    out.push(ExampleExchange { user: u.trim().to_string(), reply: r.trim().to_string(), stage: None });
+                    out.push(ExampleExchange {
+                        user: u.trim().to_string(),
+                        reply: r.trim().to_string(),
+                        stage: None,
+                    });
                 }
             }
         };
@@ -214,7 +257,9 @@ fn parse_examples(text: &str, name: &str, warnings: &mut Vec<String>) -> Vec<Exa
                 user = Some(rest.trim().to_string());
             } else if let Some(rest) = strip_label(trimmed, &name_label) {
                 if user.is_none() {
-                    warnings.push(format!("an example line of {name} with no user line before it was skipped"));
+                    warnings.push(format!(
+                        "an example line of {name} with no user line before it was skipped"
+                    ));
                     continue;
                 }
                 if reply.is_some() {
@@ -242,7 +287,8 @@ fn parse_examples(text: &str, name: &str, warnings: &mut Vec<String>) -> Vec<Exa
 /// text (a lower-cased copy can change length, which made slicing by it unsafe).
 fn strip_label<'a>(line: &'a str, label: &str) -> Option<&'a str> {
     let n = label.len();
-    (line.len() >= n && line.is_char_boundary(n) && line[..n].eq_ignore_ascii_case(label)).then(|| &line[n..])
+    (line.len() >= n && line.is_char_boundary(n) && line[..n].eq_ignore_ascii_case(label))
+        .then(|| &line[n..])
 }
 
 fn split_start(text: &str) -> Vec<String> {
@@ -287,7 +333,8 @@ fn apply_rapport_extension(persona: &mut Persona, value: Value) -> Result<(), Pi
         #[serde(default)]
         max_sentences: Option<usize>,
     }
-    let ext: Ext = serde_json::from_value(value).map_err(|e| err(format!("extensions.rapport: {e}")))?;
+    let ext: Ext =
+        serde_json::from_value(value).map_err(|e| err(format!("extensions.rapport: {e}")))?;
     if let Some(id) = ext.id {
         persona.id = id;
     }
@@ -344,7 +391,11 @@ pub fn export_v2(persona: &Persona, with_secret: bool) -> Value {
             "max_sentences": persona.max_sentences,
         }),
     );
-    let mes_example: String = persona.examples.iter().map(|e| format!("<START>\n{{{{user}}}}: {}\n{{{{char}}}}: {}\n", e.user, e.reply)).collect();
+    let mes_example: String = persona
+        .examples
+        .iter()
+        .map(|e| format!("<START>\n{{{{user}}}}: {}\n{{{{char}}}}: {}\n", e.user, e.reply))
+        .collect();
     let mut description = persona.bio.clone();
     if !persona.facts.is_empty() {
         description.push_str("\n\n");
@@ -360,7 +411,10 @@ pub fn export_v2(persona: &Persona, with_secret: bool) -> Value {
     data.insert("creator_notes".into(), json!(meta.creator_notes));
     data.insert("system_prompt".into(), json!(meta.system_prompt));
     data.insert("post_history_instructions".into(), json!(meta.post_history_instructions));
-    data.insert("alternate_greetings".into(), json!(persona.greetings.iter().skip(1).collect::<Vec<_>>()));
+    data.insert(
+        "alternate_greetings".into(),
+        json!(persona.greetings.iter().skip(1).collect::<Vec<_>>()),
+    );
     data.insert("tags".into(), json!(meta.tags));
     data.insert("creator".into(), json!(meta.creator));
     data.insert("character_version".into(), json!(meta.character_version));
@@ -374,8 +428,13 @@ pub fn export_v2(persona: &Persona, with_secret: bool) -> Value {
 
 /// Exports a persona as a V2 card inside a PNG: `image` if given (its old card chunk is
 /// replaced), a blank 1×1 image otherwise.
-pub fn export_v2_png(persona: &Persona, with_secret: bool, image: Option<&[u8]>) -> Result<Vec<u8>, PipelineError> {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(export_v2(persona, with_secret).to_string());
+pub fn export_v2_png(
+    persona: &Persona,
+    with_secret: bool,
+    image: Option<&[u8]>,
+) -> Result<Vec<u8>, PipelineError> {
+    let encoded = base64::engine::general_purpose::STANDARD
+        .encode(export_v2(persona, with_secret).to_string());
     let base = match image {
         Some(bytes) => bytes.to_vec(),
         None => png::blank_png(),
@@ -384,7 +443,9 @@ pub fn export_v2_png(persona: &Persona, with_secret: bool, image: Option<&[u8]>)
     // A stale V3 chunk would win over the new V2 one on the next import; drop it.
     let texts = png::text_chunks(&with_v2).map_err(err)?;
     if texts.iter().any(|(k, _)| k == "ccv3") {
-        return Err(err("the image carries a V3 card ('ccv3' chunk); export onto an image without one"));
+        return Err(err(
+            "the image carries a V3 card ('ccv3' chunk); export onto an image without one",
+        ));
     }
     Ok(with_v2)
 }
@@ -418,7 +479,13 @@ mod tests {
         let p = &c.persona;
         assert_eq!(p.id, "seraphina");
         assert_eq!(p.bio, "Seraphina is a forest guardian who watches over {{user}}.");
-        assert_eq!(p.greetings, vec!["*Seraphina smiles* You're awake, {{user}}.".to_string(), "Oh! Hello there.".to_string()]);
+        assert_eq!(
+            p.greetings,
+            vec![
+                "*Seraphina smiles* You're awake, {{user}}.".to_string(),
+                "Oh! Hello there.".to_string()
+            ]
+        );
         assert_eq!(p.examples.len(), 2);
         assert_eq!(p.examples[0].reply, "I am Seraphina.\nI guard this forest.");
         assert_eq!(p.examples[1].user, "Thanks.");
@@ -440,9 +507,17 @@ mod tests {
 
     #[test]
     fn v3_png_cards_win_over_their_v2_chunk() {
-        let v3 = V2.replace("chara_card_v2", "chara_card_v3").replace("\"2.0\"", "\"3.0\"").replace("Seraphina", "Sera");
+        let v3 = V2
+            .replace("chara_card_v2", "chara_card_v3")
+            .replace("\"2.0\"", "\"3.0\"")
+            .replace("Seraphina", "Sera");
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let png = png::with_text_chunk(&png::with_text_chunk(&png::blank_png(), "chara", &b64(V2)).unwrap(), "ccv3", &b64(&v3)).unwrap();
+        let png = png::with_text_chunk(
+            &png::with_text_chunk(&png::blank_png(), "chara", &b64(V2)).unwrap(),
+            "ccv3",
+            &b64(&v3),
+        )
+        .unwrap();
         let c = import_bytes(&png).unwrap();
         assert_eq!(c.spec, CardSpec::V3);
         assert_eq!(c.persona.name, "Sera");
@@ -477,7 +552,9 @@ mod tests {
     }
 
     fn text() -> impl Strategy<Value = String> {
-        "[a-zA-Z0-9 ,.!?'é]{1,40}".prop_map(|s| s.trim().to_string()).prop_filter("non-empty", |s| !s.is_empty())
+        "[a-zA-Z0-9 ,.!?'é]{1,40}"
+            .prop_map(|s| s.trim().to_string())
+            .prop_filter("non-empty", |s| !s.is_empty())
     }
 
     proptest! {
@@ -522,12 +599,28 @@ mod tests {
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![Just(Value::Null), any::<bool>().prop_map(Value::from), any::<i32>().prop_map(Value::from), ".{0,20}".prop_map(Value::from)];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            ".{0,20}".prop_map(Value::from)
+        ];
         leaf.prop_recursive(3, 24, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                proptest::collection::btree_map(prop_oneof![Just("name".to_string()), Just("first_mes".to_string()), Just("mes_example".to_string()), Just("extensions".to_string()), Just("alternate_greetings".to_string()), "[a-z]{1,6}".prop_map(String::from)], inner, 0..5)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("name".to_string()),
+                        Just("first_mes".to_string()),
+                        Just("mes_example".to_string()),
+                        Just("extensions".to_string()),
+                        Just("alternate_greetings".to_string()),
+                        "[a-z]{1,6}".prop_map(String::from)
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }

@@ -52,7 +52,9 @@ fn sentence_ends(text: &str) -> Vec<usize> {
             ends.push(chars[i].0 + 1);
         } else if matches!(c, '.' | '!' | '?' | '…') {
             let mut j = i + 1;
-            while j < chars.len() && matches!(chars[j].1, '.' | '!' | '?' | '…' | '"' | '\'' | ')' | '”' | '’') {
+            while j < chars.len()
+                && matches!(chars[j].1, '.' | '!' | '?' | '…' | '"' | '\'' | ')' | '”' | '’')
+            {
                 j += 1;
             }
             if j < chars.len() && chars[j].1.is_whitespace() {
@@ -82,7 +84,10 @@ fn nonblank_sentence_ends(text: &str) -> Vec<usize> {
 
 fn leading_label() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
-    R.get_or_init(|| Regex::new(r"(?i)^\s*(?:assistant|you|me|reply|response)\s*:\s*").expect("label pattern compiles"))
+    R.get_or_init(|| {
+        Regex::new(r"(?i)^\s*(?:assistant|you|me|reply|response)\s*:\s*")
+            .expect("label pattern compiles")
+    })
 }
 
 /// Cleans the replies of one persona (its name is part of the patterns, compiled once).
@@ -164,7 +169,8 @@ impl Cleaner {
 
 fn ends_sentence(text: &str) -> bool {
     let t = text.trim_end();
-    t.ends_with(['.', '!', '?', '…', '"', ')', '”']) || t.chars().last().is_some_and(|c| !c.is_ascii() && !c.is_alphanumeric())
+    t.ends_with(['.', '!', '?', '…', '"', ')', '”'])
+        || t.chars().last().is_some_and(|c| !c.is_ascii() && !c.is_alphanumeric())
 }
 
 impl Cleaner {
@@ -202,24 +208,46 @@ mod tests {
 
     #[test]
     fn speaker_labels_and_next_turns_are_removed() {
-        let c = Cleaner::new("Mia", 4).clean("Mia: Oh hi! I love that.\nThem: cool\nMia: yes", true, false);
+        let c = Cleaner::new("Mia", 4).clean(
+            "Mia: Oh hi! I love that.\nThem: cool\nMia: yes",
+            true,
+            false,
+        );
         assert_eq!(c.text, "Oh hi! I love that.");
         assert!(c.ended_turn);
         assert!(c.edits.contains(&"removed_speaker_label".to_string()));
-        assert_eq!(Cleaner::new("Mia", 4).clean("Sure thing <|im_end|> more", true, false).text, "Sure thing");
+        assert_eq!(
+            Cleaner::new("Mia", 4).clean("Sure thing <|im_end|> more", true, false).text,
+            "Sure thing"
+        );
     }
 
     #[test]
     fn long_replies_stop_at_max_sentences_and_cut_off_ones_at_the_last_full_stop() {
-        assert_eq!(Cleaner::new("A", 2).clean("One. Two! Three? Four.", true, false).text, "One. Two!");
-        assert_eq!(Cleaner::new("A", 4).clean("I went to the park. Then I saw a", true, true).text, "I went to the park.");
-        assert_eq!(Cleaner::new("A", 4).clean("I went to the park. Then I saw a", true, false).text, "I went to the park. Then I saw a");
-        assert_eq!(Cleaner::new("A", 4).clean("\"Hello there!\"", true, false).text, "Hello there!");
+        assert_eq!(
+            Cleaner::new("A", 2).clean("One. Two! Three? Four.", true, false).text,
+            "One. Two!"
+        );
+        assert_eq!(
+            Cleaner::new("A", 4).clean("I went to the park. Then I saw a", true, true).text,
+            "I went to the park."
+        );
+        assert_eq!(
+            Cleaner::new("A", 4).clean("I went to the park. Then I saw a", true, false).text,
+            "I went to the park. Then I saw a"
+        );
+        assert_eq!(
+            Cleaner::new("A", 4).clean("\"Hello there!\"", true, false).text,
+            "Hello there!"
+        );
     }
 
     #[test]
     fn sentences_split_with_their_punctuation() {
-        assert_eq!(split_sentences("Hi! How are you?\nGood."), vec!["Hi!", " How are you?", "Good."]);
+        assert_eq!(
+            split_sentences("Hi! How are you?\nGood."),
+            vec!["Hi!", " How are you?", "Good."]
+        );
         let c = Cleaner::new("Mia Rossi", 4);
         assert_eq!(c.releasable("Hi there. How ar", 0), "Hi there.");
         assert_eq!(c.releasable("Hi there", 0), "");
@@ -230,10 +258,26 @@ mod tests {
         let c = Cleaner::new("Mia Rossi", 4);
         assert_eq!(c.releasable("Oh hi", 3), "", "two words are not enough, the second may go on");
         assert_eq!(c.releasable("Oh hi there, lov", 3), "Oh hi there,");
-        assert_eq!(c.releasable("Oh hi there. You", 3), "Oh hi there.", "a sentence end still counts");
-        assert_eq!(c.releasable("Oh hi there, how are\nThem ", 3), "Oh hi there, how are\n", "'Them :' would be the person's turn");
-        assert_eq!(c.releasable("Oh hi there, how are\nMia Rossi ", 3), "Oh hi there, how are\n", "her own name too");
-        assert_eq!(c.releasable("Oh hi there, how are\nThem was so ", 3), "Oh hi there, how are\nThem was so", "no label is three words long");
+        assert_eq!(
+            c.releasable("Oh hi there. You", 3),
+            "Oh hi there.",
+            "a sentence end still counts"
+        );
+        assert_eq!(
+            c.releasable("Oh hi there, how are\nThem ", 3),
+            "Oh hi there, how are\n",
+            "'Them :' would be the person's turn"
+        );
+        assert_eq!(
+            c.releasable("Oh hi there, how are\nMia Rossi ", 3),
+            "Oh hi there, how are\n",
+            "her own name too"
+        );
+        assert_eq!(
+            c.releasable("Oh hi there, how are\nThem was so ", 3),
+            "Oh hi there, how are\nThem was so",
+            "no label is three words long"
+        );
         assert_eq!(c.releasable("Oh hi there, lov", 0), "", "0: whole sentences only");
     }
 

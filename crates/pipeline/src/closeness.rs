@@ -89,7 +89,14 @@ pub struct ClosenessDecision {
 const GO_CLOSER_POINTS: f32 = 3.0;
 
 /// Step 4.
-pub fn decide(before: Closeness, signals: &Signals, emotion: &EmotionView, stage: &StageChange, pacing: &Pacing, weights: &Weights) -> ClosenessDecision {
+pub fn decide(
+    before: Closeness,
+    signals: &Signals,
+    emotion: &EmotionView,
+    stage: &StageChange,
+    pacing: &Pacing,
+    weights: &Weights,
+) -> ClosenessDecision {
     let mut reasons = Vec::new();
     fn add(reasons: &mut Vec<Reason>, code: &str, points: f32, detail: &str) {
         reasons.push(Reason { code: code.into(), points, detail: detail.into() });
@@ -104,32 +111,65 @@ pub fn decide(before: Closeness, signals: &Signals, emotion: &EmotionView, stage
     if let Some(repeat) = &thread.repeats {
         // Nothing a repeated message says is heard again; a run of them is not listening.
         if thread.repeats_in_a_row >= 2 {
-            add(&mut reasons, "repeating", w.repeating, &format!("they keep sending the same message ({repeat}; {} in a row)", thread.repeats_in_a_row));
+            add(
+                &mut reasons,
+                "repeating",
+                w.repeating,
+                &format!(
+                    "they keep sending the same message ({repeat}; {} in a row)",
+                    thread.repeats_in_a_row
+                ),
+            );
         } else {
-            add(&mut reasons, "repeating", 0.0, &format!("they said this before ({repeat}): it earns nothing again"));
+            add(
+                &mut reasons,
+                "repeating",
+                0.0,
+                &format!("they said this before ({repeat}): it earns nothing again"),
+            );
         }
     } else {
         if signals.words >= 6 {
             add(&mut reasons, "engaged", w.engaged, "they wrote more than a few words");
         }
         if signals.self_disclosure > 0.0 {
-            add(&mut reasons, "self_disclosure", w.self_disclosure * signals.self_disclosure, "they shared something personal");
+            add(
+                &mut reasons,
+                "self_disclosure",
+                w.self_disclosure * signals.self_disclosure,
+                "they shared something personal",
+            );
         }
         if signals.asks_about_persona {
             add(&mut reasons, "curiosity", w.curiosity, "they asked about you");
         }
         if let Some(how) = &thread.listened {
-            add(&mut reasons, "listening", w.listening, &format!("they took up what you said ({how})"));
+            add(
+                &mut reasons,
+                "listening",
+                w.listening,
+                &format!("they took up what you said ({how})"),
+            );
         }
         if signals.answered_question {
             let how = thread.answered.as_deref().unwrap_or("answered");
-            add(&mut reasons, "reciprocity", w.reciprocity, &format!("they answered your question ({how})"));
+            add(
+                &mut reasons,
+                "reciprocity",
+                w.reciprocity,
+                &format!("they answered your question ({how})"),
+            );
         }
         if signals.compliment {
             add(&mut reasons, "compliment", w.compliment, "they said something kind about you");
         }
         if emotion.valence > 0.2 {
-            add(&mut reasons, "positive_mood", w.positive_mood * emotion.valence, "they sound happy");
+            add(
+                &mut reasons,
+                "positive_mood",
+                w.positive_mood * emotion.valence,
+                "they sound happy",
+            );
         }
         let earned: f32 = reasons.iter().map(|r| r.points).filter(|p| *p > 0.0).sum();
         if unheard && earned > 0.0 {
@@ -145,25 +185,46 @@ pub fn decide(before: Closeness, signals: &Signals, emotion: &EmotionView, stage
         add(&mut reasons, "rudeness", w.rudeness, "they were rude");
     }
     match signals.push {
-        Some(Push::Physical) => add(&mut reasons, "pushing", w.physical_push, "they pushed for physical intimacy"),
-        Some(Push::Romantic) if stage.from < Stage::Close => add(&mut reasons, "pushing", w.romantic_push, "they pushed for romance too early"),
+        Some(Push::Physical) => {
+            add(&mut reasons, "pushing", w.physical_push, "they pushed for physical intimacy")
+        }
+        Some(Push::Romantic) if stage.from < Stage::Close => {
+            add(&mut reasons, "pushing", w.romantic_push, "they pushed for romance too early")
+        }
         _ => {}
     }
     if signals.asks_for_secret_again {
-        add(&mut reasons, "secret_push", w.secret_push, "they keep asking for your secret before you offered it");
+        add(
+            &mut reasons,
+            "secret_push",
+            w.secret_push,
+            "they keep asking for your secret before you offered it",
+        );
     }
     if emotion.distress {
-        add(&mut reasons, "distress", 0.0, "they seem to be struggling: comfort them, do not flirt");
+        add(
+            &mut reasons,
+            "distress",
+            0.0,
+            "they seem to be struggling: comfort them, do not flirt",
+        );
     }
     if stage.to != stage.from {
-        add(&mut reasons, "stage", 0.0, &format!("stage {} → {}: {}", stage.from.as_str(), stage.to.as_str(), stage.why));
+        add(
+            &mut reasons,
+            "stage",
+            0.0,
+            &format!("stage {} → {}: {}", stage.from.as_str(), stage.to.as_str(), stage.why),
+        );
     }
 
     // "Not listening" takes back part of what the message earned, so it counts against the
     // gains (before warmth and the cap); every other loss counts in full.
     let earned: f32 = reasons.iter().map(|r| r.points).filter(|p| *p > 0.0).sum();
-    let gains = ((earned - taken_back).max(0.0) * pacing.warmth).min(pacing.max_gain_per_turn as f32);
-    let losses: f32 = reasons.iter().map(|r| r.points).filter(|p| *p < 0.0).sum::<f32>() + taken_back;
+    let gains =
+        ((earned - taken_back).max(0.0) * pacing.warmth).min(pacing.max_gain_per_turn as f32);
+    let losses: f32 =
+        reasons.iter().map(|r| r.points).filter(|p| *p < 0.0).sum::<f32>() + taken_back;
     let delta = gains + losses;
     let mut after = Closeness::new(before.get() as i32 + delta.round() as i32);
     if unheard && thread.repeats.is_none() {
@@ -173,7 +234,9 @@ pub fn decide(before: Closeness, signals: &Signals, emotion: &EmotionView, stage
         after = after.min(Closeness::new(ceiling as i32));
     }
 
-    let bad_sign = reasons.iter().any(|r| matches!(r.code.as_str(), "rudeness" | "pushing" | "distress")) || stage.to < stage.from;
+    let bad_sign =
+        reasons.iter().any(|r| matches!(r.code.as_str(), "rudeness" | "pushing" | "distress"))
+            || stage.to < stage.from;
     let decision = if bad_sign {
         Decision::StepBack
     } else if delta >= GO_CLOSER_POINTS || stage.to > stage.from {
@@ -203,7 +266,12 @@ mod tests {
 
     #[test]
     fn opening_up_brings_the_persona_closer_with_reasons() {
-        let s = Signals { words: 14, self_disclosure: 1.0, answered_question: true, ..Default::default() };
+        let s = Signals {
+            words: 14,
+            self_disclosure: 1.0,
+            answered_question: true,
+            ..Default::default()
+        };
         let d = decide(Closeness::new(20), &s, &neutral(), &unchanged(), &Pacing::default(), &W);
         assert_eq!(d.decision, Decision::GoCloser);
         assert_eq!(d.after.get(), 28, "capped at max_gain_per_turn");
@@ -214,7 +282,11 @@ mod tests {
     fn a_slow_persona_warms_slowly() {
         let s = Signals { words: 14, self_disclosure: 0.5, ..Default::default() };
         let slow = Pacing { warmth: 0.5, ..Pacing::default() };
-        assert!(decide(Closeness::new(20), &s, &neutral(), &unchanged(), &slow, &W).after < decide(Closeness::new(20), &s, &neutral(), &unchanged(), &Pacing::default(), &W).after);
+        assert!(
+            decide(Closeness::new(20), &s, &neutral(), &unchanged(), &slow, &W).after
+                < decide(Closeness::new(20), &s, &neutral(), &unchanged(), &Pacing::default(), &W)
+                    .after
+        );
     }
 
     #[test]
@@ -227,10 +299,19 @@ mod tests {
 
     #[test]
     fn asking_for_the_secret_again_costs_and_says_why() {
-        let s = Signals { words: 6, asks_for_secret: true, asks_for_secret_again: true, ..Default::default() };
+        let s = Signals {
+            words: 6,
+            asks_for_secret: true,
+            asks_for_secret_again: true,
+            ..Default::default()
+        };
         let d = decide(Closeness::new(30), &s, &neutral(), &unchanged(), &Pacing::default(), &W);
         assert!(d.after.get() < 30);
-        assert!(d.reasons.iter().any(|r| r.code == "secret_push" && r.points < 0.0), "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.code == "secret_push" && r.points < 0.0),
+            "{:?}",
+            d.reasons
+        );
     }
 
     #[test]

@@ -77,7 +77,8 @@ pub fn read_context(input: &ContextInput) -> TurnContext {
     let local_time = format!("{:02}:{:02}", now.hour(), now.minute());
     // A clock that moved backwards (a device's time corrected) gives a negative span; treat it
     // as no time at all rather than reporting a conversation of minus ten minutes.
-    let minutes_in_conversation = input.started_at.map(|s| (now - s).num_minutes().max(0)).unwrap_or(0);
+    let minutes_in_conversation =
+        input.started_at.map(|s| (now - s).num_minutes().max(0)).unwrap_or(0);
     let gap_seconds = input.last_message_at.map(|l| (now - l).num_seconds().max(0));
 
     let mut notes = Vec::new();
@@ -85,20 +86,35 @@ pub fn read_context(input: &ContextInput) -> TurnContext {
         notes.push("This is the start of your conversation.".to_string());
     }
     match part_of_day {
-        PartOfDay::LateNight => notes.push(format!("It is {local_time} at night for them; they are up late.")),
-        PartOfDay::Morning if input.turn <= 1 => notes.push(format!("It is {local_time} in the morning for them.")),
+        PartOfDay::LateNight => {
+            notes.push(format!("It is {local_time} at night for them; they are up late."))
+        }
+        PartOfDay::Morning if input.turn <= 1 => {
+            notes.push(format!("It is {local_time} in the morning for them."))
+        }
         _ => {}
     }
     if let Some(gap) = gap_seconds.filter(|g| *g >= AWAY_SECONDS) {
         notes.push(format!("They are back after {} away.", human_span(gap)));
     }
     if minutes_in_conversation >= LONG_MINUTES && gap_seconds.is_none_or(|g| g < AWAY_SECONDS) {
-        notes.push(format!("You have been talking for {}.", human_span(minutes_in_conversation * 60)));
+        notes.push(format!(
+            "You have been talking for {}.",
+            human_span(minutes_in_conversation * 60)
+        ));
     }
     if input.turn <= 1 && matches!(now.weekday(), chrono::Weekday::Sat | chrono::Weekday::Sun) {
         notes.push(format!("It is the weekend ({weekday})."));
     }
-    TurnContext { local_time, weekday, part_of_day, minutes_in_conversation, gap_seconds, turn: input.turn, notes }
+    TurnContext {
+        local_time,
+        weekday,
+        part_of_day,
+        minutes_in_conversation,
+        gap_seconds,
+        turn: input.turn,
+        notes,
+    }
 }
 
 fn weekday_name(d: chrono::Weekday) -> &'static str {
@@ -116,7 +132,8 @@ fn weekday_name(d: chrono::Weekday) -> &'static str {
 
 /// "3 days", "5 hours", "50 minutes".
 fn human_span(seconds: i64) -> String {
-    let plural = |n: i64, unit: &str| if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") };
+    let plural =
+        |n: i64, unit: &str| if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") };
     match seconds {
         s if s >= 2 * 86_400 => plural(s / 86_400, "day"),
         s if s >= 2 * 3600 => plural(s / 3600, "hour"),
@@ -135,9 +152,18 @@ mod tests {
 
     #[test]
     fn late_at_night_is_noticed() {
-        let c = read_context(&ContextInput { now: at("2026-11-21T01:10:00+01:00"), started_at: None, last_message_at: None, turn: 1 });
+        let c = read_context(&ContextInput {
+            now: at("2026-11-21T01:10:00+01:00"),
+            started_at: None,
+            last_message_at: None,
+            turn: 1,
+        });
         assert_eq!(c.part_of_day, PartOfDay::LateNight);
-        assert!(c.notes.iter().any(|n| n.contains("up late") && n.contains("01:10")), "{:?}", c.notes);
+        assert!(
+            c.notes.iter().any(|n| n.contains("up late") && n.contains("01:10")),
+            "{:?}",
+            c.notes
+        );
         assert!(c.notes.iter().any(|n| n.contains("Saturday")));
     }
 

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset};
 use futures::StreamExt;
-use rapport_core::{ChatMessage, GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, Role, SamplingParams, StopReason};
+use rapport_core::{
+    ChatMessage, GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator,
+    Role, SamplingParams, StopReason,
+};
 use rapport_nlu::emotion::{EmotionClassifier, EmotionTrajectory};
 use rapport_nlu::Embedding;
 use serde::{Deserialize, Serialize};
@@ -55,7 +58,15 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { budget: TokenBudget::default(), examples: 3, retries: 2, backoff: Duration::from_millis(400), sampling: SamplingParams::default(), notes: NotesPlacement::default(), stream_words: 3 }
+        Self {
+            budget: TokenBudget::default(),
+            examples: 3,
+            retries: 2,
+            backoff: Duration::from_millis(400),
+            sampling: SamplingParams::default(),
+            notes: NotesPlacement::default(),
+            stream_words: 3,
+        }
     }
 }
 
@@ -139,13 +150,19 @@ pub struct Pipeline {
 impl Pipeline {
     /// Prepares `persona`. Without `nlu` the emotion reads neutral and the guards and examples
     /// use only their lexical halves (for tools that have no model at hand).
-    pub fn new(persona: Persona, nlu: Option<Arc<EmotionClassifier>>, prompts: Arc<Prompts>, mut config: PipelineConfig) -> Result<Self, PipelineError> {
+    pub fn new(
+        persona: Persona,
+        nlu: Option<Arc<EmotionClassifier>>,
+        prompts: Arc<Prompts>,
+        mut config: PipelineConfig,
+    ) -> Result<Self, PipelineError> {
         persona.validate()?;
         let encoder = nlu.as_deref().map(EmotionClassifier::encoder);
         let fewshot = FewShot::new(&persona, encoder)?;
         let guards = Guards::new(&persona, encoder)?;
         let cleaner = Cleaner::new(&persona.name, persona.max_sentences);
-        config.sampling.max_tokens = config.sampling.max_tokens.min(config.budget.reply_tokens as u32).max(1);
+        config.sampling.max_tokens =
+            config.sampling.max_tokens.min(config.budget.reply_tokens as u32).max(1);
         // Let the backend stop where the model starts the user's line (the few-shot format is
         // "Them: …"), so it reports its token counts; the clean-up cuts at the same places.
         for stop in ["\nThem:".to_string(), "\nUser:".to_string(), format!("\n{}:", persona.name)] {
@@ -180,21 +197,43 @@ impl Pipeline {
     }
 
     /// Steps 1–8 for `message` arriving at `now` (the user's local time).
-    pub fn prepare(&self, conversation: &Conversation, message: &str, now: DateTime<FixedOffset>) -> Result<PreparedTurn, PipelineError> {
+    pub fn prepare(
+        &self,
+        conversation: &Conversation,
+        message: &str,
+        now: DateTime<FixedOffset>,
+    ) -> Result<PreparedTurn, PipelineError> {
         let started = Instant::now();
         let persona = &self.persona;
         let mut next = conversation.clone();
         let turn = conversation.turns + 1;
 
-        let context = read_context(&ContextInput { now, started_at: conversation.started_at, last_message_at: conversation.last_message_at, turn });
+        let context = read_context(&ContextInput {
+            now,
+            started_at: conversation.started_at,
+            last_message_at: conversation.last_message_at,
+            turn,
+        });
 
         let understood = Instant::now();
         let (vector, emotion) = self.understand(message, &mut next.mood)?;
         let understand_us = understood.elapsed().as_micros() as u64;
 
         let mut signals = read_signals(message, persona.secret.as_ref().map(|s| s.label.as_str()));
-        let earlier: Vec<&str> = conversation.history.iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect();
-        let mut replies: Vec<&str> = conversation.history.iter().rev().filter(|m| m.role == Role::Assistant).take(RECENT_REPLIES).map(|m| m.content.as_str()).collect();
+        let earlier: Vec<&str> = conversation
+            .history
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .collect();
+        let mut replies: Vec<&str> = conversation
+            .history
+            .iter()
+            .rev()
+            .filter(|m| m.role == Role::Assistant)
+            .take(RECENT_REPLIES)
+            .map(|m| m.content.as_str())
+            .collect();
         replies.reverse();
         let reading = read_thread(&ThreadInput {
             message,
@@ -204,16 +243,40 @@ impl Pipeline {
             thread: &conversation.thread,
             persona_name: &persona.name,
         });
-        let locked_before = gate(persona.secret.as_ref(), conversation.stage.stage, conversation.closeness, conversation.provenance).is_locked();
+        let locked_before = gate(
+            persona.secret.as_ref(),
+            conversation.stage.stage,
+            conversation.closeness,
+            conversation.provenance,
+        )
+        .is_locked();
         let asks_while_locked = signals.asks_for_secret && locked_before;
         signals.answered_question = reading.answered.is_some() && !signals.rudeness;
         signals.asks_for_secret_again = asks_while_locked && conversation.thread.secret_asks >= 1;
         let listened = conversation.thread.listened + u32::from(reading.listened.is_some());
         signals.thread = reading;
-        let stage_input = StageInput { turn, signals: &signals, emotion: &emotion, closeness: conversation.closeness.get(), listened };
+        let stage_input = StageInput {
+            turn,
+            signals: &signals,
+            emotion: &emotion,
+            closeness: conversation.closeness.get(),
+            listened,
+        };
         let (stage_state, stage_change) = track(&conversation.stage, &stage_input, &persona.pacing);
-        let decision = decide(conversation.closeness, &signals, &emotion, &stage_change, &persona.pacing, &persona.weights);
-        let secret = gate(persona.secret.as_ref(), stage_state.stage, decision.after, conversation.provenance);
+        let decision = decide(
+            conversation.closeness,
+            &signals,
+            &emotion,
+            &stage_change,
+            &persona.pacing,
+            &persona.weights,
+        );
+        let secret = gate(
+            persona.secret.as_ref(),
+            stage_state.stage,
+            decision.after,
+            conversation.provenance,
+        );
 
         let input_guards = self.guards.check_message(message, vector.as_ref());
         let mut guard_notes = self.guards.redirects(&input_guards);
@@ -224,8 +287,14 @@ impl Pipeline {
             ));
         }
 
-        let context_vector = conversation.thread.replies.last().map(|v| Embedding(v.values().to_vec()));
-        let examples = self.fewshot.choose(vector.as_ref(), context_vector.as_ref(), stage_state.stage, self.config.examples);
+        let context_vector =
+            conversation.thread.replies.last().map(|v| Embedding(v.values().to_vec()));
+        let examples = self.fewshot.choose(
+            vector.as_ref(),
+            context_vector.as_ref(),
+            stage_state.stage,
+            self.config.examples,
+        );
 
         let prompt_started = Instant::now();
         let input = PromptInput {
@@ -242,12 +311,26 @@ impl Pipeline {
             examples: examples.clone(),
             memory: None,
         };
-        let assembled = assemble(&self.prompts, input, &conversation.history, message, &conversation.memory, self.config.budget, self.config.notes)?;
+        let assembled = assemble(
+            &self.prompts,
+            input,
+            &conversation.history,
+            message,
+            &conversation.memory,
+            self.config.budget,
+            self.config.notes,
+        )?;
         let prompt_us = prompt_started.elapsed().as_micros() as u64;
 
         // A persona may repeat its own words and the user's; it may not recite its instructions.
         let memory_runs = AllowedRuns::of(assembled.memory.render().as_deref());
-        let instructions = assembled.messages.iter().filter(|m| m.role == Role::System).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+        let instructions = assembled
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
         let leaks = LeakDetector::new(&instructions, &[&self.persona_runs, &memory_runs]);
         let locked_secret = match (&secret, &persona.secret) {
             (SecretStatus::Locked { .. }, Some(s)) => LockedSecret::new(&s.value, message),
@@ -283,7 +366,12 @@ impl Pipeline {
             attempts: Vec::new(),
             fallback: None,
             reply: String::new(),
-            timings_us: StepTimings { prepare: started.elapsed().as_micros() as u64, understand: understand_us, prompt: prompt_us, ..Default::default() },
+            timings_us: StepTimings {
+                prepare: started.elapsed().as_micros() as u64,
+                understand: understand_us,
+                prompt: prompt_us,
+                ..Default::default()
+            },
         };
         Ok(PreparedTurn { messages: assembled.messages, trace, next, leaks, locked_secret })
     }
@@ -294,7 +382,12 @@ impl Pipeline {
     /// given replies are taken as they are (lexically: they are not encoded, so the replayed
     /// thread has no reply vectors). Any of it may be invented, so the conversation is marked
     /// [`Provenance::ClientSent`] and its secret stays locked however close it reads.
-    pub fn replay(&self, greeting: Option<&str>, exchanges: &[(String, String)], now: DateTime<FixedOffset>) -> Result<Conversation, PipelineError> {
+    pub fn replay(
+        &self,
+        greeting: Option<&str>,
+        exchanges: &[(String, String)],
+        now: DateTime<FixedOffset>,
+    ) -> Result<Conversation, PipelineError> {
         let mut conversation = self.start();
         conversation.provenance = Provenance::ClientSent;
         match greeting {
@@ -312,7 +405,11 @@ impl Pipeline {
         Ok(conversation)
     }
 
-    fn understand(&self, message: &str, mood: &mut EmotionTrajectory) -> Result<(Option<Embedding>, EmotionView), PipelineError> {
+    fn understand(
+        &self,
+        message: &str,
+        mood: &mut EmotionTrajectory,
+    ) -> Result<(Option<Embedding>, EmotionView), PipelineError> {
         match &self.nlu {
             Some(nlu) => {
                 let (vector, reading) = nlu.understand(message)?;
@@ -346,10 +443,23 @@ impl Pipeline {
             let mut prompt = messages.clone();
             if let Some(note) = &steering {
                 // Into the message that holds the turn's notes (the last system message).
-                let notes = prompt.iter().rposition(|m| m.role == Role::System).expect("the prompt opens with a system message");
+                let notes = prompt
+                    .iter()
+                    .rposition(|m| m.role == Role::System)
+                    .expect("the prompt opens with a system message");
                 prompt[notes].content.push_str(&format!("\n\nImportant: {note}"));
             }
-            let (attempt, draft, spent_review) = self.attempt(number, steering.clone(), prompt, generator, &leaks, locked_secret.as_ref(), on_event).await;
+            let (attempt, draft, spent_review) = self
+                .attempt(
+                    number,
+                    steering.clone(),
+                    prompt,
+                    generator,
+                    &leaks,
+                    locked_secret.as_ref(),
+                    on_event,
+                )
+                .await;
             review_us += spent_review;
             let outcome = attempt.outcome.clone();
             trace.attempts.push(attempt);
@@ -358,7 +468,10 @@ impl Pipeline {
                     reply = draft;
                     break;
                 }
-                AttemptOutcome::Rejected { hits } => steering = Some(hits.iter().map(GuardHit::steering).collect::<Vec<_>>().join(" ")),
+                AttemptOutcome::Rejected { hits } => {
+                    steering =
+                        Some(hits.iter().map(GuardHit::steering).collect::<Vec<_>>().join(" "))
+                }
                 AttemptOutcome::Failed { .. } => break,
             }
         }
@@ -366,8 +479,13 @@ impl Pipeline {
             Some((text, vector)) => (text, vector),
             None => {
                 trace.fallback = trace.attempts.last().map(|a| match &a.outcome {
-                    AttemptOutcome::Rejected { hits } => format!("the draft was rejected ({})", hits.iter().map(GuardHit::code).collect::<Vec<_>>().join(", ")),
-                    AttemptOutcome::Failed { kind, message } => format!("generation failed ({kind}): {message}"),
+                    AttemptOutcome::Rejected { hits } => format!(
+                        "the draft was rejected ({})",
+                        hits.iter().map(GuardHit::code).collect::<Vec<_>>().join(", ")
+                    ),
+                    AttemptOutcome::Failed { kind, message } => {
+                        format!("generation failed ({kind}): {message}")
+                    }
                     AttemptOutcome::Accepted => unreachable!("an accepted attempt gives a reply"),
                 });
                 let line = self.fallback(conversation);
@@ -379,7 +497,8 @@ impl Pipeline {
         let (reply_vector, question_vector) = self.reply_vectors(&reply, reply_vector);
         next.thread.push_reply(reply_vector.as_deref(), question_vector.as_deref());
         review_us += kept.elapsed().as_micros() as u64;
-        trace.timings_us.generate = (generate_started.elapsed().as_micros() as u64).saturating_sub(review_us);
+        trace.timings_us.generate =
+            (generate_started.elapsed().as_micros() as u64).saturating_sub(review_us);
         trace.timings_us.review = review_us;
 
         record_reply(&mut next.stage, &reply);
@@ -395,16 +514,24 @@ impl Pipeline {
     /// write does not wait for it: the first turn to a neutral "Hi!", asking for one token.
     /// What follows the shared opening (the turn's notes, the message) differs per
     /// conversation and is read with each real turn.
-    pub fn warm_up_request(&self, now: DateTime<FixedOffset>) -> Result<GenerationRequest, PipelineError> {
+    pub fn warm_up_request(
+        &self,
+        now: DateTime<FixedOffset>,
+    ) -> Result<GenerationRequest, PipelineError> {
         let prepared = self.prepare(&self.start(), "Hi!", now)?;
         let sampling = SamplingParams { max_tokens: 1, ..self.config.sampling.clone() };
-        GenerationRequest::new(prepared.messages, sampling).map_err(|e| PipelineError::Template(format!("the warm-up prompt: {e}")))
+        GenerationRequest::new(prepared.messages, sampling)
+            .map_err(|e| PipelineError::Template(format!("the warm-up prompt: {e}")))
     }
 
     /// The reply's vector (the review's, when it made one) and its question's, for reading the
     /// next message against; none without an encoder. An encoding error only costs the next
     /// turn its semantic checks (the lexical ones still run), so it is logged, not raised.
-    fn reply_vectors(&self, reply: &str, known: Option<Vec<f32>>) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    fn reply_vectors(
+        &self,
+        reply: &str,
+        known: Option<Vec<f32>>,
+    ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
         let Some(nlu) = &self.nlu else { return (None, None) };
         let encode = |text: &str| match nlu.encoder().encode(text) {
             Ok(v) => Some(v.0),
@@ -432,12 +559,32 @@ impl Pipeline {
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
     ) -> (Attempt, Option<(String, Option<Vec<f32>>)>, u64) {
         let started = Instant::now();
-        let mut record = Attempt { number, steering, retries: 0, outcome: AttemptOutcome::Accepted, cleanup: Vec::new(), prompt_tokens: None, cached_prompt_tokens: None, completion_tokens: None, ttft_ms: None, total_ms: 0 };
+        let mut record = Attempt {
+            number,
+            steering,
+            retries: 0,
+            outcome: AttemptOutcome::Accepted,
+            cleanup: Vec::new(),
+            prompt_tokens: None,
+            cached_prompt_tokens: None,
+            completion_tokens: None,
+            ttft_ms: None,
+            total_ms: 0,
+        };
         let mut review_us = 0u64;
         let result = match GenerationRequest::new(prompt, self.config.sampling.clone()) {
             Err(e) => Err(e),
             Ok(request) => loop {
-                let drafted = self.draft(request.clone(), generator, leaks, locked_secret, on_event, &mut review_us).await;
+                let drafted = self
+                    .draft(
+                        request.clone(),
+                        generator,
+                        leaks,
+                        locked_secret,
+                        on_event,
+                        &mut review_us,
+                    )
+                    .await;
                 match drafted {
                     Err(e) if e.is_transient() && record.retries < self.config.retries => {
                         // Transient: the backend was busy, unreachable or slow. Wait, then
@@ -474,7 +621,10 @@ impl Pipeline {
                 }
                 record.outcome = AttemptOutcome::Rejected { hits: draft.hits };
             }
-            Err(e) => record.outcome = AttemptOutcome::Failed { kind: e.kind().to_string(), message: e.to_string() },
+            Err(e) => {
+                record.outcome =
+                    AttemptOutcome::Failed { kind: e.kind().to_string(), message: e.to_string() }
+            }
         }
         record.total_ms = started.elapsed().as_millis() as u64;
         (record, None, review_us)
@@ -516,7 +666,16 @@ impl Pipeline {
                         let hits = self.guards.check_reply(ready, None, locked_secret, leaks);
                         if !hits.is_empty() {
                             *review_us += t.elapsed().as_micros() as u64;
-                            return Ok(Draft { text: String::new(), vector: None, hits, edits: partial.edits, summary: None, chunks, shown: !shown.is_empty(), first_chunk_ms });
+                            return Ok(Draft {
+                                text: String::new(),
+                                vector: None,
+                                hits,
+                                edits: partial.edits,
+                                summary: None,
+                                chunks,
+                                shown: !shown.is_empty(),
+                                first_chunk_ms,
+                            });
                         }
                         on_event(TurnEvent::Delta(ready[shown.len()..].to_string()));
                         shown = ready.to_string();
@@ -545,15 +704,28 @@ impl Pipeline {
         let hit_limit = summary.as_ref().is_some_and(|s| s.stop_reason == StopReason::Length);
         let cleaned = self.cleaner.clean(&raw, true, hit_limit);
         let vector = match &self.nlu {
-            Some(nlu) if !cleaned.text.is_empty() => Some(nlu.encoder().encode(&cleaned.text).map_err(|e| GenerationError::Backend(format!("embedding the reply: {e}")))?.0),
+            Some(nlu) if !cleaned.text.is_empty() => Some(
+                nlu.encoder()
+                    .encode(&cleaned.text)
+                    .map_err(|e| GenerationError::Backend(format!("embedding the reply: {e}")))?
+                    .0,
+            ),
             _ => None,
         };
-        let hits = self.guards.check_reply(&cleaned.text, vector.clone().map(Embedding).as_ref(), locked_secret, leaks);
+        let hits = self.guards.check_reply(
+            &cleaned.text,
+            vector.clone().map(Embedding).as_ref(),
+            locked_secret,
+            leaks,
+        );
         if hits.is_empty() {
             // The rest follows exactly what was shown, whitespace included: `shown` may end in
             // the line break after a sentence, which the rest must not repeat. Only a final text
             // that stops right there (trimmed) leaves that whitespace shown and nothing to add.
-            let rest = cleaned.text.strip_prefix(shown.as_str()).or_else(|| (cleaned.text == shown.trim_end()).then_some(""));
+            let rest = cleaned
+                .text
+                .strip_prefix(shown.as_str())
+                .or_else(|| (cleaned.text == shown.trim_end()).then_some(""));
             if let Some(rest) = rest {
                 if !rest.is_empty() {
                     on_event(TurnEvent::Delta(rest.to_string()));
@@ -564,20 +736,41 @@ impl Pipeline {
             }
         }
         *review_us += t.elapsed().as_micros() as u64;
-        Ok(Draft { text: cleaned.text, vector, hits, edits: cleaned.edits, summary, chunks, shown: !shown.is_empty(), first_chunk_ms })
+        Ok(Draft {
+            text: cleaned.text,
+            vector,
+            hits,
+            edits: cleaned.edits,
+            summary,
+            chunks,
+            shown: !shown.is_empty(),
+            first_chunk_ms,
+        })
     }
 
     /// An in-character line for when no acceptable reply could be generated; never the same as
     /// the persona's previous message.
     fn fallback(&self, conversation: &Conversation) -> String {
         let lines: Vec<&str> = if self.persona.fallbacks.is_empty() {
-            vec!["Sorry, I lost my train of thought there. What were you saying?", "Hang on, my head's somewhere else for a second. Tell me more?"]
+            vec![
+                "Sorry, I lost my train of thought there. What were you saying?",
+                "Hang on, my head's somewhere else for a second. Tell me more?",
+            ]
         } else {
             self.persona.fallbacks.iter().map(String::as_str).collect()
         };
-        let previous = conversation.history.iter().rev().find(|m| m.role == Role::Assistant).map(|m| m.content.as_str());
+        let previous = conversation
+            .history
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::Assistant)
+            .map(|m| m.content.as_str());
         let start = conversation.turns as usize % lines.len();
-        (0..lines.len()).map(|i| lines[(start + i) % lines.len()]).find(|l| Some(*l) != previous).unwrap_or(lines[start]).to_string()
+        (0..lines.len())
+            .map(|i| lines[(start + i) % lines.len()])
+            .find(|l| Some(*l) != previous)
+            .unwrap_or(lines[start])
+            .to_string()
     }
 }
 

@@ -31,7 +31,9 @@ pub enum PipelineError {
     #[error("prompt template: {0}")]
     Template(String),
     /// Even without history and examples the prompt does not fit the token budget.
-    #[error("the message is too long: the prompt needs about {tokens} tokens, the budget is {budget}")]
+    #[error(
+        "the message is too long: the prompt needs about {tokens} tokens, the budget is {budget}"
+    )]
     PromptTooLong {
         /// Estimated tokens.
         tokens: usize,
@@ -47,7 +49,9 @@ impl PipelineError {
     /// A stable tag for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            PipelineError::Persona { .. } | PipelineError::InvalidPersona(_) | PipelineError::UnknownPersona { .. } => "persona",
+            PipelineError::Persona { .. }
+            | PipelineError::InvalidPersona(_)
+            | PipelineError::UnknownPersona { .. } => "persona",
             PipelineError::Card(_) => "card",
             PipelineError::Template(_) => "template",
             PipelineError::PromptTooLong { .. } => "too_long",

@@ -33,27 +33,57 @@ pub struct FewShot {
 
 impl FewShot {
     /// Embeds the persona's examples (or keeps them in order, without an encoder).
-    pub fn new(persona: &Persona, encoder: Option<&SentenceEncoder>) -> Result<Self, PipelineError> {
-        let exchanges: Vec<Exchange> = persona.examples.iter().map(|e| Exchange { user: e.user.clone(), reply: e.reply.clone() }).collect();
+    pub fn new(
+        persona: &Persona,
+        encoder: Option<&SentenceEncoder>,
+    ) -> Result<Self, PipelineError> {
+        let exchanges: Vec<Exchange> = persona
+            .examples
+            .iter()
+            .map(|e| Exchange { user: e.user.clone(), reply: e.reply.clone() })
+            .collect();
         let stages = persona.examples.iter().map(|e| e.stage).collect();
         let index = match encoder {
-            Some(enc) if !exchanges.is_empty() => Some(ExampleIndex::build(enc, exchanges.clone())?),
+            Some(enc) if !exchanges.is_empty() => {
+                Some(ExampleIndex::build(enc, exchanges.clone())?)
+            }
             _ => None,
         };
         Ok(Self { index, exchanges, stages })
     }
 
     /// Step 7: up to `k` examples for this moment, best first.
-    pub fn choose(&self, message: Option<&Embedding>, context: Option<&Embedding>, stage: Stage, k: usize) -> Vec<ChosenExample> {
+    pub fn choose(
+        &self,
+        message: Option<&Embedding>,
+        context: Option<&Embedding>,
+        stage: Stage,
+        k: usize,
+    ) -> Vec<ChosenExample> {
         let suits = |i: usize| self.stages[i].is_none_or(|s| s <= stage);
-        let pick = |index: usize, score: f32| ChosenExample { index, score: (score * 1000.0).round() / 1000.0, user: self.exchanges[index].user.clone(), reply: self.exchanges[index].reply.clone() };
+        let pick = |index: usize, score: f32| ChosenExample {
+            index,
+            score: (score * 1000.0).round() / 1000.0,
+            user: self.exchanges[index].user.clone(),
+            reply: self.exchanges[index].reply.clone(),
+        };
         match (&self.index, message) {
             (Some(index), Some(message)) => {
                 // Ask for everything: the stage filter runs after the ranking, and a persona has
                 // tens of examples, not thousands.
-                index.search(message, context, self.exchanges.len()).into_iter().filter(|h| suits(h.index)).take(k).map(|h| pick(h.index, h.score)).collect()
+                index
+                    .search(message, context, self.exchanges.len())
+                    .into_iter()
+                    .filter(|h| suits(h.index))
+                    .take(k)
+                    .map(|h| pick(h.index, h.score))
+                    .collect()
             }
-            _ => (0..self.exchanges.len()).filter(|&i| suits(i)).take(k).map(|i| pick(i, 0.0)).collect(),
+            _ => (0..self.exchanges.len())
+                .filter(|&i| suits(i))
+                .take(k)
+                .map(|i| pick(i, 0.0))
+                .collect(),
         }
     }
 }

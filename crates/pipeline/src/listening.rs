@@ -42,16 +42,38 @@ pub const RECENT_REPLIES: usize = 2;
 
 /// Too common to show that someone listened.
 const STOPWORDS: [&str; 48] = [
-    "that", "this", "with", "have", "just", "like", "what", "your", "about", "there", "they", "were", "been", "from", "really", "would", "could", "should", "some", "when",
-    "then", "than", "them", "very", "much", "also", "into", "it's", "i'm", "you're", "don't", "know", "think", "well", "here", "more", "good", "sure", "yeah", "thing",
-    "right", "going", "want", "feel", "love", "great", "nice", "that's",
+    "that", "this", "with", "have", "just", "like", "what", "your", "about", "there", "they",
+    "were", "been", "from", "really", "would", "could", "should", "some", "when", "then", "than",
+    "them", "very", "much", "also", "into", "it's", "i'm", "you're", "don't", "know", "think",
+    "well", "here", "more", "good", "sure", "yeah", "thing", "right", "going", "want", "feel",
+    "love", "great", "nice", "that's",
 ];
 /// Words that open an answer to a yes/no question.
 const YES_NO: [&str; 18] = [
-    "yes", "yeah", "yep", "yup", "no", "nope", "nah", "not", "never", "definitely", "absolutely", "sure", "of", "kind", "sort", "maybe", "probably", "totally",
+    "yes",
+    "yeah",
+    "yep",
+    "yup",
+    "no",
+    "nope",
+    "nah",
+    "not",
+    "never",
+    "definitely",
+    "absolutely",
+    "sure",
+    "of",
+    "kind",
+    "sort",
+    "maybe",
+    "probably",
+    "totally",
 ];
 /// Words that open a yes/no question.
-const CLOSED_STARTS: [&str; 16] = ["do", "does", "did", "are", "is", "was", "were", "have", "has", "had", "can", "could", "will", "would", "should", "shall"];
+const CLOSED_STARTS: [&str; 16] = [
+    "do", "does", "did", "are", "is", "was", "were", "have", "has", "had", "can", "could", "will",
+    "would", "should", "shall",
+];
 /// Filler before a question's first real word ("so, did you…", "and how…").
 pub const FILLERS: [&str; 9] = ["so", "and", "but", "oh", "ok", "okay", "well", "hey", "then"];
 
@@ -76,7 +98,13 @@ impl KeptVector {
         let max = vector.iter().fold(0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
         let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
         let mut bytes = scale.to_le_bytes().to_vec();
-        bytes.extend(vector.iter().map(|v| if v.is_finite() { (v / scale).round().clamp(-127.0, 127.0) as i8 as u8 } else { 0 }));
+        bytes.extend(vector.iter().map(|v| {
+            if v.is_finite() {
+                (v / scale).round().clamp(-127.0, 127.0) as i8 as u8
+            } else {
+                0
+            }
+        }));
         bytes
     }
 
@@ -89,15 +117,20 @@ impl KeptVector {
 
 impl Serialize for KeptVector {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD_NO_PAD.encode(Self::to_bytes(&self.0)))
+        s.serialize_str(
+            &base64::engine::general_purpose::STANDARD_NO_PAD.encode(Self::to_bytes(&self.0)),
+        )
     }
 }
 
 impl<'de> Deserialize<'de> for KeptVector {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(text.trim_end_matches('=')).map_err(serde::de::Error::custom)?;
-        Self::from_bytes(&bytes).ok_or_else(|| serde::de::Error::custom("a kept vector needs a finite scale"))
+        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(serde::de::Error::custom)?;
+        Self::from_bytes(&bytes)
+            .ok_or_else(|| serde::de::Error::custom("a kept vector needs a finite scale"))
     }
 }
 
@@ -187,10 +220,18 @@ pub fn read_thread(input: &ThreadInput<'_>) -> ThreadReading {
     let could_listen = !input.recent_replies.is_empty();
     // A repeat is not heard again: it neither listens nor answers, however it is worded.
     if repeats.is_some() {
-        return ThreadReading { repeats, question, repeats_in_a_row: input.thread.repeats_in_a_row + 1, could_listen, ..Default::default() };
+        return ThreadReading {
+            repeats,
+            question,
+            repeats_in_a_row: input.thread.repeats_in_a_row + 1,
+            could_listen,
+            ..Default::default()
+        };
     }
     let listened = listening(input);
-    let answered = question.as_deref().and_then(|q| answers(input.message, q, input.vector, input.thread.question.as_ref()));
+    let answered = question
+        .as_deref()
+        .and_then(|q| answers(input.message, q, input.vector, input.thread.question.as_ref()));
     ThreadReading { listened, repeats: None, question, answered, repeats_in_a_row: 0, could_listen }
 }
 
@@ -199,9 +240,14 @@ fn repeat_of(input: &ThreadInput<'_>) -> Option<String> {
     if !mine.is_empty() {
         for (n, earlier) in input.earlier_messages.iter().enumerate().rev() {
             let theirs: HashSet<String> = words(earlier).into_iter().collect();
-            let overlap = mine.intersection(&theirs).count() as f32 / mine.union(&theirs).count().max(1) as f32;
+            let overlap = mine.intersection(&theirs).count() as f32
+                / mine.union(&theirs).count().max(1) as f32;
             if overlap >= REPEAT_OVERLAP {
-                return Some(format!("{:.0}% the same words as your message {}", overlap * 100.0, n + 1));
+                return Some(format!(
+                    "{:.0}% the same words as your message {}",
+                    overlap * 100.0,
+                    n + 1
+                ));
             }
         }
     }
@@ -209,20 +255,29 @@ fn repeat_of(input: &ThreadInput<'_>) -> Option<String> {
     let kept = &input.thread.messages;
     // The kept vectors are the last ones of the earlier messages.
     let first = input.earlier_messages.len().saturating_sub(kept.len());
-    kept.iter().enumerate().rev().map(|(i, k)| (first + i, cosine(v, k.values()))).find(|(_, s)| *s >= REPEAT_SIMILARITY).map(|(n, s)| format!("{s:.2} like your message {}", n + 1))
+    kept.iter()
+        .enumerate()
+        .rev()
+        .map(|(i, k)| (first + i, cosine(v, k.values())))
+        .find(|(_, s)| *s >= REPEAT_SIMILARITY)
+        .map(|(n, s)| format!("{s:.2} like your message {}", n + 1))
 }
 
 fn listening(input: &ThreadInput<'_>) -> Option<String> {
     // Words the persona brought in: in her recent replies, never in the user's own messages.
     let name: Vec<String> = words(input.persona_name);
-    let used_before: Vec<String> = input.earlier_messages.iter().flat_map(|m| content_words(m)).collect();
+    let used_before: Vec<String> =
+        input.earlier_messages.iter().flat_map(|m| content_words(m)).collect();
     let hers: Vec<String> = input
         .recent_replies
         .iter()
         .flat_map(|r| content_words(r))
         .filter(|w| !name.contains(w) && !used_before.iter().any(|u| related(u, w)))
         .collect();
-    let taken: Vec<String> = content_words(input.message).into_iter().filter(|m| hers.iter().any(|h| related(m, h))).collect();
+    let taken: Vec<String> = content_words(input.message)
+        .into_iter()
+        .filter(|m| hers.iter().any(|h| related(m, h)))
+        .collect();
     if !taken.is_empty() {
         let mut shown: Vec<String> = Vec::new();
         for t in taken {
@@ -230,23 +285,35 @@ fn listening(input: &ThreadInput<'_>) -> Option<String> {
                 shown.push(t);
             }
         }
-        return Some(format!("took up {}", shown.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(", ")));
+        return Some(format!(
+            "took up {}",
+            shown.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(", ")
+        ));
     }
     let v = input.vector?;
-    let best_reply = input.thread.replies.iter().map(|r| cosine(v, r.values())).fold(f32::MIN, f32::max);
+    let best_reply =
+        input.thread.replies.iter().map(|r| cosine(v, r.values())).fold(f32::MIN, f32::max);
     let own = input.thread.messages.iter().map(|m| cosine(v, m.values())).fold(f32::MIN, f32::max);
-    (best_reply >= LISTEN_SIMILARITY && best_reply >= own + LISTEN_MARGIN).then(|| format!("{best_reply:.2} like your reply"))
+    (best_reply >= LISTEN_SIMILARITY && best_reply >= own + LISTEN_MARGIN)
+        .then(|| format!("{best_reply:.2} like your reply"))
 }
 
 /// How `message` answers `question` (one question sentence of the persona's), if it does:
 /// shared words, a yes or no to a yes/no question, or (with both vectors) a similar meaning.
-pub fn answers(message: &str, question: &str, vector: Option<&[f32]>, question_vector: Option<&KeptVector>) -> Option<String> {
+pub fn answers(
+    message: &str,
+    question: &str,
+    vector: Option<&[f32]>,
+    question_vector: Option<&KeptVector>,
+) -> Option<String> {
     let said = words(message);
     if said.is_empty() {
         return None;
     }
     let asked = content_words(question);
-    if let Some(w) = content_words(message).into_iter().find(|m| asked.iter().any(|a| related(m, a))) {
+    if let Some(w) =
+        content_words(message).into_iter().find(|m| asked.iter().any(|a| related(m, a)))
+    {
         return Some(format!("picked up '{w}' from your question"));
     }
     if is_closed_question(question) && YES_NO.contains(&said[0].as_str()) {
@@ -277,18 +344,26 @@ pub fn question_sentences(text: &str) -> Vec<String> {
 /// Whether a question asks for yes or no ("Did you find the place?").
 pub fn is_closed_question(question: &str) -> bool {
     let w = words(question);
-    w.iter().find(|w| !FILLERS.contains(&w.as_str())).is_some_and(|f| CLOSED_STARTS.contains(&f.as_str()))
+    w.iter()
+        .find(|w| !FILLERS.contains(&w.as_str()))
+        .is_some_and(|f| CLOSED_STARTS.contains(&f.as_str()))
 }
 
 /// Words that can show someone listened: four letters or more, not among the most common.
 pub fn content_words(text: &str) -> Vec<String> {
-    words(text).into_iter().filter(|w| w.chars().count() >= 4 && !STOPWORDS.contains(&w.as_str())).collect()
+    words(text)
+        .into_iter()
+        .filter(|w| w.chars().count() >= 4 && !STOPWORDS.contains(&w.as_str()))
+        .collect()
 }
 
 /// Same word family: equal, or sharing the first five letters ("travelled"/"travelling"; cheap
 /// and predictable, no stemmer).
 pub fn related(a: &str, b: &str) -> bool {
-    a == b || (a.chars().count() >= 5 && b.chars().count() >= 5 && a.chars().take(5).eq(b.chars().take(5)))
+    a == b
+        || (a.chars().count() >= 5
+            && b.chars().count() >= 5
+            && a.chars().take(5).eq(b.chars().take(5)))
 }
 
 #[cfg(test)]
@@ -297,10 +372,18 @@ mod tests {
     use proptest::prelude::*;
 
     const GREETING: &str = "Welcome to the Domaine! I'm Margot, Camille's sister and the one holding the clipboard. Did you find the place all right?";
-    const FARM: &str = "Honestly I feel so happy talking to you, you're so sweet. What do you do for fun?";
+    const FARM: &str =
+        "Honestly I feel so happy talking to you, you're so sweet. What do you do for fun?";
 
     fn read(message: &str, earlier: &[&str], replies: &[&str]) -> ThreadReading {
-        read_thread(&ThreadInput { message, vector: None, earlier_messages: earlier, recent_replies: replies, thread: &Thread::default(), persona_name: "Margot" })
+        read_thread(&ThreadInput {
+            message,
+            vector: None,
+            earlier_messages: earlier,
+            recent_replies: replies,
+            thread: &Thread::default(),
+            persona_name: "Margot",
+        })
     }
 
     #[test]
@@ -313,10 +396,15 @@ mod tests {
 
     #[test]
     fn taking_up_her_words_and_answering_her_question_count() {
-        let r = read("Yes! The clipboard gave you away. I'm a friend of the groom.", &[], &[GREETING]);
+        let r =
+            read("Yes! The clipboard gave you away. I'm a friend of the groom.", &[], &[GREETING]);
         assert_eq!(r.listened.as_deref(), Some("took up 'clipboard'"));
         assert_eq!(r.answered.as_deref(), Some("'yes' to a yes/no question"));
-        let r = read("Groom's side, I met Thomas at university.", &[], &["Grab a glass! Bride's side or groom's side?"]);
+        let r = read(
+            "Groom's side, I met Thomas at university.",
+            &[],
+            &["Grab a glass! Bride's side or groom's side?"],
+        );
         assert!(r.answered.unwrap().contains("groom"));
     }
 
@@ -324,7 +412,11 @@ mod tests {
     fn saying_her_name_or_your_own_words_back_is_not_listening() {
         assert_eq!(read("Margot, honestly, tell me more", &[], &[GREETING]).listened, None);
         // She echoed the user's word "vineyard"; using it again is not taking up hers.
-        let r = read("The vineyard is so pretty", &["I love this vineyard"], &["Oh, the vineyard is my favourite place too!"]);
+        let r = read(
+            "The vineyard is so pretty",
+            &["I love this vineyard"],
+            &["Oh, the vineyard is my favourite place too!"],
+        );
         assert_eq!(r.listened, None);
     }
 
@@ -333,8 +425,12 @@ mod tests {
         let r = read(FARM, &[FARM], &["Aw, you're sweet! I love hiking. Do you hike?"]);
         assert!(r.repeats.is_some());
         assert_eq!((r.listened, r.answered), (None, None));
-        let reworded = "honestly i feel so happy talking to you you're so sweet! what do you do for fun";
-        assert!(read(reworded, &["something else", FARM], &[GREETING]).repeats.unwrap().contains("message 2"));
+        let reworded =
+            "honestly i feel so happy talking to you you're so sweet! what do you do for fun";
+        assert!(read(reworded, &["something else", FARM], &[GREETING])
+            .repeats
+            .unwrap()
+            .contains("message 2"));
         assert!(read("Tell me about the cellar", &[FARM], &[GREETING]).repeats.is_none());
     }
 
@@ -342,7 +438,14 @@ mod tests {
     fn vectors_find_repeats_that_share_few_words() {
         let mut thread = Thread::default();
         thread.push_message(Some(&[1.0, 0.0, 0.0]));
-        let input = ThreadInput { message: "completely different words", vector: Some(&[0.99, 0.05, 0.0]), earlier_messages: &["first message"], recent_replies: &[], thread: &thread, persona_name: "Margot" };
+        let input = ThreadInput {
+            message: "completely different words",
+            vector: Some(&[0.99, 0.05, 0.0]),
+            earlier_messages: &["first message"],
+            recent_replies: &[],
+            thread: &thread,
+            persona_name: "Margot",
+        };
         assert_eq!(read_thread(&input).repeats.as_deref(), Some("1.00 like your message 1"));
     }
 
@@ -361,7 +464,10 @@ mod tests {
 
     #[test]
     fn questions_are_found_and_told_open_from_closed() {
-        assert_eq!(question_sentences("Hi! How was the drive? I hope fine."), vec!["How was the drive?"]);
+        assert_eq!(
+            question_sentences("Hi! How was the drive? I hope fine."),
+            vec!["How was the drive?"]
+        );
         assert!(is_closed_question("So, did you find the place?"));
         assert!(!is_closed_question("What brings you here?"));
     }

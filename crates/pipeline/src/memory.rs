@@ -36,8 +36,12 @@ impl Memory {
             for sentence in crate::cleanup::split_sentences(&m.content) {
                 let sentence: String = sentence.trim().chars().take(SENTENCE_CHARS).collect();
                 match m.role {
-                    Role::User if read_signals(&sentence, None).self_disclosure >= 0.5 => push_capped(&mut self.about_them, sentence, ABOUT_THEM),
-                    Role::Assistant if persona_discloses(&sentence) => push_capped(&mut self.about_you, sentence, ABOUT_YOU),
+                    Role::User if read_signals(&sentence, None).self_disclosure >= 0.5 => {
+                        push_capped(&mut self.about_them, sentence, ABOUT_THEM)
+                    }
+                    Role::Assistant if persona_discloses(&sentence) => {
+                        push_capped(&mut self.about_you, sentence, ABOUT_YOU)
+                    }
                     _ => {}
                 }
             }
@@ -91,7 +95,10 @@ mod tests {
             ChatMessage::user("lol ok"),
         ]);
         assert_eq!(m.folded, 3);
-        assert_eq!(m.about_them, vec!["I work as a nurse and my sister Lea just moved to Porto.".to_string()]);
+        assert_eq!(
+            m.about_them,
+            vec!["I work as a nurse and my sister Lea just moved to Porto.".to_string()]
+        );
         assert_eq!(m.about_you.len(), 1);
         let text = m.render().unwrap();
         assert!(text.contains("nurse") && text.contains("sea"));

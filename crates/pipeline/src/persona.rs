@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::PipelineError;
 
 /// Where the relationship is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Getting to know each other: light, curious, polite.
@@ -132,7 +134,16 @@ pub struct Pacing {
 
 impl Default for Pacing {
     fn default() -> Self {
-        Self { warmth: 1.0, max_gain_per_turn: 8, casual_at: 15, close_at: 55, min_turns_casual: 2, min_turns_close: 6, min_mutual_disclosures: 2, min_listening_turns: 3 }
+        Self {
+            warmth: 1.0,
+            max_gain_per_turn: 8,
+            casual_at: 15,
+            close_at: 55,
+            min_turns_casual: 2,
+            min_turns_close: 6,
+            min_mutual_disclosures: 2,
+            min_listening_turns: 3,
+        }
     }
 }
 
@@ -197,15 +208,35 @@ impl Weights {
 
     /// The first weight with the wrong sign or out of range, named.
     fn invalid(&self) -> Option<String> {
-        let gains = [("engaged", self.engaged), ("self_disclosure", self.self_disclosure), ("curiosity", self.curiosity), ("reciprocity", self.reciprocity), ("listening", self.listening), ("compliment", self.compliment), ("positive_mood", self.positive_mood)];
-        let losses = [("sinking_mood", self.sinking_mood), ("rudeness", self.rudeness), ("physical_push", self.physical_push), ("romantic_push", self.romantic_push), ("repeating", self.repeating), ("secret_push", self.secret_push)];
-        if let Some((name, v)) = gains.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0 && *v <= 100.0)) {
+        let gains = [
+            ("engaged", self.engaged),
+            ("self_disclosure", self.self_disclosure),
+            ("curiosity", self.curiosity),
+            ("reciprocity", self.reciprocity),
+            ("listening", self.listening),
+            ("compliment", self.compliment),
+            ("positive_mood", self.positive_mood),
+        ];
+        let losses = [
+            ("sinking_mood", self.sinking_mood),
+            ("rudeness", self.rudeness),
+            ("physical_push", self.physical_push),
+            ("romantic_push", self.romantic_push),
+            ("repeating", self.repeating),
+            ("secret_push", self.secret_push),
+        ];
+        if let Some((name, v)) =
+            gains.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0 && *v <= 100.0))
+        {
             return Some(format!("weights.{name} {v} must be a gain in [0, 100]"));
         }
-        if let Some((name, v)) = losses.iter().find(|(_, v)| !(v.is_finite() && *v <= 0.0 && *v >= -100.0)) {
+        if let Some((name, v)) =
+            losses.iter().find(|(_, v)| !(v.is_finite() && *v <= 0.0 && *v >= -100.0))
+        {
             return Some(format!("weights.{name} {v} must be a loss in [-100, 0]"));
         }
-        (!(0.0..=1.0).contains(&self.unheard_share)).then(|| format!("weights.unheard_share {} must be in [0, 1]", self.unheard_share))
+        (!(0.0..=1.0).contains(&self.unheard_share))
+            .then(|| format!("weights.unheard_share {} must be in [0, 1]", self.unheard_share))
     }
 }
 
@@ -263,7 +294,8 @@ pub struct CardMeta {
 impl Persona {
     /// Parses and checks a persona from TOML text; `id` is used when the file sets none.
     pub fn from_toml(text: &str, id: &str) -> Result<Self, PipelineError> {
-        let mut persona: Persona = toml::from_str(text).map_err(|e| PipelineError::InvalidPersona(e.to_string()))?;
+        let mut persona: Persona =
+            toml::from_str(text).map_err(|e| PipelineError::InvalidPersona(e.to_string()))?;
         if persona.id.is_empty() {
             persona.id = id.to_string();
         }
@@ -290,9 +322,17 @@ impl Persona {
     /// Checks what the engine relies on. The secret check matters most: a secret that also
     /// appears in the bio, a fact or an example would reach the prompt while locked.
     pub fn validate(&self) -> Result<(), PipelineError> {
-        let bad = |m: String| Err(PipelineError::InvalidPersona(format!("{}: {m}", if self.id.is_empty() { &self.name } else { &self.id })));
+        let bad = |m: String| {
+            Err(PipelineError::InvalidPersona(format!(
+                "{}: {m}",
+                if self.id.is_empty() { &self.name } else { &self.id }
+            )))
+        };
         if !valid_id(&self.id) {
-            return bad(format!("id '{}' must be 1-64 characters of a-z, 0-9, '-' or '_'", self.id));
+            return bad(format!(
+                "id '{}' must be 1-64 characters of a-z, 0-9, '-' or '_'",
+                self.id
+            ));
         }
         if self.name.trim().is_empty() {
             return bad("name is empty".into());
@@ -308,7 +348,10 @@ impl Persona {
             return bad(format!("pacing.warmth {} must be in (0, 5]", p.warmth));
         }
         if !(p.casual_at < p.close_at && p.close_at <= 100) {
-            return bad(format!("pacing needs casual_at ({}) < close_at ({}) <= 100", p.casual_at, p.close_at));
+            return bad(format!(
+                "pacing needs casual_at ({}) < close_at ({}) <= 100",
+                p.casual_at, p.close_at
+            ));
         }
         if p.max_gain_per_turn == 0 {
             return bad("pacing.max_gain_per_turn must be at least 1".into());
@@ -317,8 +360,14 @@ impl Persona {
             return bad(m);
         }
         for t in &self.forbidden_topics {
-            if t.name.trim().is_empty() || t.examples.iter().all(|e| e.trim().is_empty()) || t.redirect.trim().is_empty() {
-                return bad(format!("forbidden topic '{}' needs a name, at least one example and a redirect", t.name));
+            if t.name.trim().is_empty()
+                || t.examples.iter().all(|e| e.trim().is_empty())
+                || t.redirect.trim().is_empty()
+            {
+                return bad(format!(
+                    "forbidden topic '{}' needs a name, at least one example and a redirect",
+                    t.name
+                ));
             }
         }
         if let Some(s) = &self.secret {
@@ -329,8 +378,14 @@ impl Persona {
                 return bad(format!("secret.unlock_closeness {} is over 100", s.unlock_closeness));
             }
             let needle = s.value.to_lowercase();
-            if let Some(field) = self.public_texts().find(|(_, text)| text.to_lowercase().contains(&needle)).map(|(f, _)| f) {
-                return bad(format!("the secret's value appears in {field}; it would reach the prompt while locked"));
+            if let Some(field) = self
+                .public_texts()
+                .find(|(_, text)| text.to_lowercase().contains(&needle))
+                .map(|(f, _)| f)
+            {
+                return bad(format!(
+                    "the secret's value appears in {field}; it would reach the prompt while locked"
+                ));
             }
         }
         Ok(())
@@ -344,9 +399,15 @@ impl Persona {
             .chain(self.voice.iter().map(|t| ("voice", t.as_str())))
             .chain(self.greetings.iter().map(|t| ("greetings", t.as_str())))
             .chain(self.fallbacks.iter().map(|t| ("fallbacks", t.as_str())))
-            .chain(self.examples.iter().flat_map(|e| [("examples", e.user.as_str()), ("examples", e.reply.as_str())]))
+            .chain(
+                self.examples
+                    .iter()
+                    .flat_map(|e| [("examples", e.user.as_str()), ("examples", e.reply.as_str())]),
+            )
             .chain(self.forbidden_topics.iter().map(|t| ("forbidden_topics", t.redirect.as_str())))
-            .chain(self.secret.iter().flat_map(|s| [("secret.label", s.label.as_str()), ("secret.tease", s.tease.as_str())]))
+            .chain(self.secret.iter().flat_map(|s| {
+                [("secret.label", s.label.as_str()), ("secret.tease", s.tease.as_str())]
+            }))
     }
 
     /// The greeting to open with.
@@ -356,7 +417,11 @@ impl Persona {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// Turns any name into a persona id ("Dr. Ana Lima" → "dr-ana-lima").
@@ -370,7 +435,11 @@ pub fn slug(name: &str) -> String {
         }
     }
     let out: String = out.trim_end_matches('-').chars().take(64).collect();
-    if out.is_empty() { "persona".into() } else { out }
+    if out.is_empty() {
+        "persona".into()
+    } else {
+        out
+    }
 }
 
 /// The personas of a directory, by id.
@@ -383,14 +452,23 @@ impl PersonaLibrary {
     /// Loads every `*.toml` in `dir`. One broken file fails the load: a persona silently missing
     /// from the picker is harder to notice than an error at startup.
     pub fn load_dir(dir: &Path) -> Result<Self, PipelineError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| PipelineError::Persona { path: dir.to_path_buf(), message: e.to_string() })?;
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+        let entries = std::fs::read_dir(dir).map_err(|e| PipelineError::Persona {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
         paths.sort();
         let mut library = Self::default();
         for path in paths {
             let persona = Persona::load(&path)?;
             if library.personas.contains_key(&persona.id) {
-                return Err(PipelineError::Persona { path, message: format!("a second persona with id '{}'", persona.id) });
+                return Err(PipelineError::Persona {
+                    path,
+                    message: format!("a second persona with id '{}'", persona.id),
+                });
             }
             library.personas.insert(persona.id.clone(), persona);
         }
@@ -404,7 +482,10 @@ impl PersonaLibrary {
 
     /// The persona with this id.
     pub fn get(&self, id: &str) -> Result<&Persona, PipelineError> {
-        self.personas.get(id).ok_or_else(|| PipelineError::UnknownPersona { name: id.into(), known: self.ids().collect::<Vec<_>>().join(", ") })
+        self.personas.get(id).ok_or_else(|| PipelineError::UnknownPersona {
+            name: id.into(),
+            known: self.ids().collect::<Vec<_>>().join(", "),
+        })
     }
 
     /// All ids, sorted.
@@ -438,7 +519,9 @@ greetings = ["Hi!"]
 
     #[test]
     fn a_typo_in_a_field_name_is_an_error_that_names_it() {
-        let err = Persona::from_toml(&format!("{MINIMAL}\ngreeting = \"x\""), "ana").unwrap_err().to_string();
+        let err = Persona::from_toml(&format!("{MINIMAL}\ngreeting = \"x\""), "ana")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("greeting"), "{err}");
     }
 
@@ -451,15 +534,28 @@ greetings = ["Hi!"]
 
     #[test]
     fn weights_default_and_a_wrong_sign_is_named() {
-        let p = Persona::from_toml(&format!("{MINIMAL}\n[weights]\nlistening = 4.5\n"), "ana").unwrap();
+        let p =
+            Persona::from_toml(&format!("{MINIMAL}\n[weights]\nlistening = 4.5\n"), "ana").unwrap();
         assert_eq!(p.weights.listening, 4.5);
         assert_eq!(p.weights.rudeness, Weights::DEFAULT.rudeness);
-        assert!(!Persona::from_toml(MINIMAL, "ana").unwrap().to_toml().contains("[weights]"), "defaults are not written out");
-        let err = Persona::from_toml(&format!("{MINIMAL}\n[weights]\nrudeness = 5.0\n"), "ana").unwrap_err().to_string();
+        assert!(
+            !Persona::from_toml(MINIMAL, "ana").unwrap().to_toml().contains("[weights]"),
+            "defaults are not written out"
+        );
+        let err = Persona::from_toml(&format!("{MINIMAL}\n[weights]\nrudeness = 5.0\n"), "ana")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("weights.rudeness"), "{err}");
-        let err = Persona::from_toml(&format!("{MINIMAL}\n[weights]\nunheard_share = 1.5\n"), "ana").unwrap_err().to_string();
+        let err =
+            Persona::from_toml(&format!("{MINIMAL}\n[weights]\nunheard_share = 1.5\n"), "ana")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("unheard_share"), "{err}");
-        assert!(Persona::from_toml(&format!("{MINIMAL}\n[weights]\nlistenning = 1.0\n"), "ana").is_err(), "a typo is an error");
+        assert!(
+            Persona::from_toml(&format!("{MINIMAL}\n[weights]\nlistenning = 1.0\n"), "ana")
+                .is_err(),
+            "a typo is an error"
+        );
     }
 
     #[test]

@@ -33,15 +33,22 @@ fn chunks(bytes: &[u8]) -> Result<Vec<Chunk<'_>>, String> {
         let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let kind = [rest[4], rest[5], rest[6], rest[7]];
         if len > rest.len() - 12 {
-            return Err(format!("truncated PNG: chunk {} at byte {at} claims {len} bytes", String::from_utf8_lossy(&kind)));
+            return Err(format!(
+                "truncated PNG: chunk {} at byte {at} claims {len} bytes",
+                String::from_utf8_lossy(&kind)
+            ));
         }
         let data = &rest[8..8 + len];
-        let crc = u32::from_be_bytes([rest[8 + len], rest[9 + len], rest[10 + len], rest[11 + len]]);
+        let crc =
+            u32::from_be_bytes([rest[8 + len], rest[9 + len], rest[10 + len], rest[11 + len]]);
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&kind);
         hasher.update(data);
         if hasher.finalize() != crc {
-            return Err(format!("corrupt PNG: bad CRC in chunk {} at byte {at}", String::from_utf8_lossy(&kind)));
+            return Err(format!(
+                "corrupt PNG: bad CRC in chunk {} at byte {at}",
+                String::from_utf8_lossy(&kind)
+            ));
         }
         out.push(Chunk { kind, data, span: at..at + 12 + len });
         at += 12 + len;
@@ -73,7 +80,10 @@ pub(crate) fn text_chunks(bytes: &[u8]) -> Result<Vec<(String, String)>, String>
                 let Some(lang_end) = rest.iter().position(|&b| b == 0) else { continue };
                 let rest = &rest[lang_end + 1..];
                 let Some(tr_end) = rest.iter().position(|&b| b == 0) else { continue };
-                out.push((latin1(&c.data[..nul]), String::from_utf8_lossy(&rest[tr_end + 1..]).into_owned()));
+                out.push((
+                    latin1(&c.data[..nul]),
+                    String::from_utf8_lossy(&rest[tr_end + 1..]).into_owned(),
+                ));
             }
             _ => {}
         }
@@ -92,7 +102,9 @@ pub(crate) fn with_text_chunk(png: &[u8], keyword: &str, text: &str) -> Result<V
     let mut out = Vec::with_capacity(png.len() + text.len() + 64);
     out.extend_from_slice(&SIGNATURE);
     for c in &list {
-        let same_key = (&c.kind == b"tEXt" || &c.kind == b"iTXt") && c.data.starts_with(keyword.as_bytes()) && c.data.get(keyword.len()) == Some(&0);
+        let same_key = (&c.kind == b"tEXt" || &c.kind == b"iTXt")
+            && c.data.starts_with(keyword.as_bytes())
+            && c.data.get(keyword.len()) == Some(&0);
         if same_key {
             continue;
         }
@@ -146,7 +158,10 @@ mod tests {
         let png = with_text_chunk(&blank_png(), "chara", "aGVsbG8=").unwrap();
         assert_eq!(text_chunks(&png).unwrap(), vec![("chara".to_string(), "aGVsbG8=".to_string())]);
         let again = with_text_chunk(&png, "chara", "d29ybGQ=").unwrap();
-        assert_eq!(text_chunks(&again).unwrap(), vec![("chara".to_string(), "d29ybGQ=".to_string())]);
+        assert_eq!(
+            text_chunks(&again).unwrap(),
+            vec![("chara".to_string(), "d29ybGQ=".to_string())]
+        );
     }
 
     #[test]

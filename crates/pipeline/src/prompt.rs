@@ -39,8 +39,10 @@ impl Prompts {
     /// The templates compiled into the binary (from `prompts/`).
     pub fn embedded() -> Self {
         let mut tera = Tera::default();
-        tera.add_raw_template(SYSTEM, include_str!("../../../prompts/system.tera")).expect("the embedded template parses");
-        tera.add_raw_template(TURN, include_str!("../../../prompts/turn.tera")).expect("the embedded template parses");
+        tera.add_raw_template(SYSTEM, include_str!("../../../prompts/system.tera"))
+            .expect("the embedded template parses");
+        tera.add_raw_template(TURN, include_str!("../../../prompts/turn.tera"))
+            .expect("the embedded template parses");
         Self { tera }
     }
 
@@ -50,8 +52,11 @@ impl Prompts {
         let mut tera = Tera::default();
         for name in [SYSTEM, TURN] {
             let path = dir.join(name);
-            let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::Template(format!("{}: {e}", path.display())))?;
-            tera.add_raw_template(name, &text).map_err(|e| PipelineError::Template(format!("{}: {}", path.display(), error_chain(&e))))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| PipelineError::Template(format!("{}: {e}", path.display())))?;
+            tera.add_raw_template(name, &text).map_err(|e| {
+                PipelineError::Template(format!("{}: {}", path.display(), error_chain(&e)))
+            })?;
         }
         Ok(Self { tera })
     }
@@ -81,7 +86,15 @@ pub struct PersonaView<'a> {
 
 impl<'a> From<&'a Persona> for PersonaView<'a> {
     fn from(p: &'a Persona) -> Self {
-        Self { id: &p.id, name: &p.name, bio: &p.bio, facts: &p.facts, voice: &p.voice, greetings: &p.greetings, max_sentences: p.max_sentences }
+        Self {
+            id: &p.id,
+            name: &p.name,
+            bio: &p.bio,
+            facts: &p.facts,
+            voice: &p.voice,
+            greetings: &p.greetings,
+            max_sentences: p.max_sentences,
+        }
     }
 }
 
@@ -210,15 +223,22 @@ pub fn assemble(
     loop {
         input.memory = memory.render();
         let render = |name: &str| -> Result<String, PipelineError> {
-            let context = tera::Context::from_serialize(&input).map_err(|e| PipelineError::Template(error_chain(&e)))?;
-            Ok(tidy(&prompts.tera.render(name, &context).map_err(|e| PipelineError::Template(error_chain(&e)))?))
+            let context = tera::Context::from_serialize(&input)
+                .map_err(|e| PipelineError::Template(error_chain(&e)))?;
+            Ok(tidy(
+                &prompts
+                    .tera
+                    .render(name, &context)
+                    .map_err(|e| PipelineError::Template(error_chain(&e)))?,
+            ))
         };
         let system = render(SYSTEM)?;
         let note = render(TURN)?;
         let system_tokens = estimate_tokens(&system) + PER_MESSAGE;
         let note_tokens = estimate_tokens(&note) + PER_MESSAGE;
         let kept = &history[start..];
-        let history_tokens: usize = kept.iter().map(|m| estimate_tokens(&m.content) + PER_MESSAGE).sum();
+        let history_tokens: usize =
+            kept.iter().map(|m| estimate_tokens(&m.content) + PER_MESSAGE).sum();
         let total = system_tokens + note_tokens + history_tokens + message_tokens;
         if total <= available {
             let mut messages = Vec::with_capacity(kept.len() + 3);
@@ -234,7 +254,15 @@ pub fn assemble(
                 }
             }
             messages.push(ChatMessage::user(message));
-            let stats = PromptStats { estimated_tokens: total, system_tokens, note_tokens, history_messages: kept.len(), newly_folded, examples: input.examples.len(), memory_used: input.memory.is_some() };
+            let stats = PromptStats {
+                estimated_tokens: total,
+                system_tokens,
+                note_tokens,
+                history_messages: kept.len(),
+                newly_folded,
+                examples: input.examples.len(),
+                memory_used: input.memory.is_some(),
+            };
             return Ok(Assembled { messages, memory, stats });
         }
         if start < history.len() {
@@ -288,7 +316,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn host() -> Persona {
-        Persona::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/personas/wedding-host.toml")).unwrap()
+        Persona::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../datasets/personas/wedding-host.toml"),
+        )
+        .unwrap()
     }
 
     fn input(persona: &Persona, notes: Vec<String>) -> PromptInput<'_> {
@@ -320,14 +352,36 @@ mod tests {
         let value = persona.secret.as_ref().unwrap().value.clone();
         let matcher = crate::secret::SecretMatcher::new(&value).unwrap();
         let mut locked = input(&persona, Vec::new());
-        locked.secret = crate::secret::SecretStatus::Locked { missing: vec![] }.for_prompt(persona.secret.as_ref());
-        let a = assemble(&prompts, locked, &[], "hi", &Memory::default(), roomy, NotesPlacement::BeforeMessage).unwrap();
+        locked.secret = crate::secret::SecretStatus::Locked { missing: vec![] }
+            .for_prompt(persona.secret.as_ref());
+        let a = assemble(
+            &prompts,
+            locked,
+            &[],
+            "hi",
+            &Memory::default(),
+            roomy,
+            NotesPlacement::BeforeMessage,
+        )
+        .unwrap();
         let text: String = a.messages.iter().map(|m| m.content.as_str()).collect();
-        assert!(text.contains("Margot") && text.contains("the last envelope"), "the template did print its context: {text}");
+        assert!(
+            text.contains("Margot") && text.contains("the last envelope"),
+            "the template did print its context: {text}"
+        );
         assert!(!matcher.found_in(&text), "{text}");
         let mut unlocked = input(&persona, Vec::new());
         unlocked.secret = crate::secret::SecretStatus::Unlocked.for_prompt(persona.secret.as_ref());
-        let a = assemble(&prompts, unlocked, &[], "hi", &Memory::default(), roomy, NotesPlacement::BeforeMessage).unwrap();
+        let a = assemble(
+            &prompts,
+            unlocked,
+            &[],
+            "hi",
+            &Memory::default(),
+            roomy,
+            NotesPlacement::BeforeMessage,
+        )
+        .unwrap();
         assert!(matcher.found_in(&a.messages[0].content), "unlocked, the value is there");
     }
 

@@ -48,11 +48,17 @@ pub enum Provenance {
 }
 
 /// What [`gate`] says is missing for a conversation whose history a client sent.
-pub const UNVERIFIED_HISTORY: &str = "a conversation held by the server (history sent by a client cannot be verified)";
+pub const UNVERIFIED_HISTORY: &str =
+    "a conversation held by the server (history sent by a client cannot be verified)";
 
 /// Step 5: the secret unlocks at the close stage with closeness at or over its threshold, in a
 /// conversation whose history the server holds.
-pub fn gate(secret: Option<&Secret>, stage: Stage, closeness: Closeness, provenance: Provenance) -> SecretStatus {
+pub fn gate(
+    secret: Option<&Secret>,
+    stage: Stage,
+    closeness: Closeness,
+    provenance: Provenance,
+) -> SecretStatus {
     let Some(secret) = secret else { return SecretStatus::None };
     let mut missing = Vec::new();
     if provenance == Provenance::ClientSent {
@@ -64,7 +70,11 @@ pub fn gate(secret: Option<&Secret>, stage: Stage, closeness: Closeness, provena
     if closeness.get() < secret.unlock_closeness {
         missing.push(format!("closeness {} (now {})", secret.unlock_closeness, closeness.get()));
     }
-    if missing.is_empty() { SecretStatus::Unlocked } else { SecretStatus::Locked { missing } }
+    if missing.is_empty() {
+        SecretStatus::Unlocked
+    } else {
+        SecretStatus::Locked { missing }
+    }
 }
 
 /// What the prompt may know about the secret: only its value when unlocked.
@@ -82,7 +92,11 @@ impl SecretStatus {
     /// The part of the secret the prompt may see.
     pub fn for_prompt<'a>(&self, secret: Option<&'a Secret>) -> Option<SecretForPrompt<'a>> {
         let s = secret?;
-        Some(SecretForPrompt { label: &s.label, tease: &s.tease, value: matches!(self, SecretStatus::Unlocked).then_some(s.value.as_str()) })
+        Some(SecretForPrompt {
+            label: &s.label,
+            tease: &s.tease,
+            value: matches!(self, SecretStatus::Unlocked).then_some(s.value.as_str()),
+        })
     }
 
     /// Whether the secret is locked (a persona without one has nothing to lock).
@@ -108,10 +122,34 @@ pub struct SecretMatcher {
 
 /// The NATO spelling alphabet (and its common variants), each word standing for its letter.
 const NATO: [(&str, char); 28] = [
-    ("alfa", 'a'), ("alpha", 'a'), ("bravo", 'b'), ("charlie", 'c'), ("delta", 'd'), ("echo", 'e'), ("foxtrot", 'f'), ("golf", 'g'), ("hotel", 'h'),
-    ("india", 'i'), ("juliet", 'j'), ("juliett", 'j'), ("kilo", 'k'), ("lima", 'l'), ("mike", 'm'), ("november", 'n'), ("oscar", 'o'), ("papa", 'p'),
-    ("quebec", 'q'), ("romeo", 'r'), ("sierra", 's'), ("tango", 't'), ("uniform", 'u'), ("victor", 'v'), ("whiskey", 'w'), ("xray", 'x'),
-    ("yankee", 'y'), ("zulu", 'z'),
+    ("alfa", 'a'),
+    ("alpha", 'a'),
+    ("bravo", 'b'),
+    ("charlie", 'c'),
+    ("delta", 'd'),
+    ("echo", 'e'),
+    ("foxtrot", 'f'),
+    ("golf", 'g'),
+    ("hotel", 'h'),
+    ("india", 'i'),
+    ("juliet", 'j'),
+    ("juliett", 'j'),
+    ("kilo", 'k'),
+    ("lima", 'l'),
+    ("mike", 'm'),
+    ("november", 'n'),
+    ("oscar", 'o'),
+    ("papa", 'p'),
+    ("quebec", 'q'),
+    ("romeo", 'r'),
+    ("sierra", 's'),
+    ("tango", 't'),
+    ("uniform", 'u'),
+    ("victor", 'v'),
+    ("whiskey", 'w'),
+    ("xray", 'x'),
+    ("yankee", 'y'),
+    ("zulu", 'z'),
 ];
 
 /// Letters of other scripts that look like Latin ones (the usual homoglyph swaps).
@@ -159,7 +197,10 @@ fn leet(c: char) -> &'static [char] {
 
 /// Lower case, compatibility forms and accents folded, look-alikes made Latin.
 fn fold(text: &str) -> impl Iterator<Item = char> + '_ {
-    text.nfkd().filter(|c| !unicode_normalization::char::is_combining_mark(*c)).flat_map(char::to_lowercase).map(latin_lookalike)
+    text.nfkd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .map(latin_lookalike)
 }
 
 fn is_word_char(c: char) -> bool {
@@ -187,7 +228,10 @@ impl SecretMatcher {
             .map(|w| w.trim_matches(['!', '|']).chars().collect::<Vec<_>>())
             .filter(|w| !w.is_empty())
             .collect();
-        (0..words.len()).any(|start| self.matches_from(&words[start..], &self.forward) || self.matches_from(&words[start..], &self.backward))
+        (0..words.len()).any(|start| {
+            self.matches_from(&words[start..], &self.forward)
+                || self.matches_from(&words[start..], &self.backward)
+        })
     }
 
     /// Whether some run of `words`, from the first, spells `target` exactly, each word read as
@@ -199,7 +243,10 @@ impl SecretMatcher {
             for &at in &positions {
                 let rest = &target[at..];
                 let reversed: Vec<char> = word.iter().rev().copied().collect();
-                let nato = NATO.iter().find(|(name, _)| word.iter().copied().eq(name.chars())).map(|(_, letter)| vec![*letter]);
+                let nato = NATO
+                    .iter()
+                    .find(|(name, _)| word.iter().copied().eq(name.chars()))
+                    .map(|(_, letter)| vec![*letter]);
                 for reading in [Some(word.clone()), Some(reversed), nato].into_iter().flatten() {
                     if spells_prefix(&reading, rest) {
                         let end = at + reading.len();
@@ -223,7 +270,11 @@ impl SecretMatcher {
 
 /// Whether `reading` spells the start of `target`, a digit or symbol standing for a letter.
 fn spells_prefix(reading: &[char], target: &[char]) -> bool {
-    reading.len() <= target.len() && reading.iter().zip(target).all(|(r, t)| r == t || (t.is_alphabetic() && leet(*r).contains(t)))
+    reading.len() <= target.len()
+        && reading
+            .iter()
+            .zip(target)
+            .all(|(r, t)| r == t || (t.is_alphabetic() && leet(*r).contains(t)))
 }
 
 #[cfg(test)]
@@ -232,7 +283,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn secret() -> Secret {
-        Secret { label: "password".into(), value: "marzipan".into(), unlock_closeness: 70, tease: "Earn it.".into() }
+        Secret {
+            label: "password".into(),
+            value: "marzipan".into(),
+            unlock_closeness: 70,
+            tease: "Earn it.".into(),
+        }
     }
 
     const HELD: Provenance = Provenance::Held;
@@ -248,7 +304,8 @@ mod tests {
 
     #[test]
     fn history_a_client_sent_never_unlocks() {
-        let status = gate(Some(&secret()), Stage::Close, Closeness::new(100), Provenance::ClientSent);
+        let status =
+            gate(Some(&secret()), Stage::Close, Closeness::new(100), Provenance::ClientSent);
         assert_eq!(status, SecretStatus::Locked { missing: vec![UNVERIFIED_HISTORY.to_string()] });
         assert_eq!(status.for_prompt(Some(&secret())).unwrap().value, None);
     }
@@ -279,10 +336,19 @@ mod tests {
         ] {
             assert!(m.found_in(text), "{text}");
         }
-        for text in ["a blue sky and a grey heron", "true-blue heronry", "blue", "", "the password is something you earn"] {
+        for text in [
+            "a blue sky and a grey heron",
+            "true-blue heronry",
+            "blue",
+            "",
+            "the password is something you earn",
+        ] {
             assert!(!m.found_in(text), "{text}");
         }
-        assert!(!SecretMatcher::new("art").unwrap().found_in("let's start the party"), "whole words only");
+        assert!(
+            !SecretMatcher::new("art").unwrap().found_in("let's start the party"),
+            "whole words only"
+        );
         assert!(SecretMatcher::new("art").unwrap().found_in("it's ART."));
         assert!(SecretMatcher::new("1234").unwrap().found_in("one-two: 1 2 3 4"));
         assert!(SecretMatcher::new(" -- ").is_none());

@@ -121,7 +121,8 @@ pub fn read_signals(message: &str, secret_label: Option<&str>) -> Signals {
         compliment: rules.compliment.is_match(message),
         rudeness: rules.rude.is_match(message),
         push,
-        asks_for_secret: secret_label.is_some() && (label_asked || rules.secret_words.is_match(message)),
+        asks_for_secret: secret_label.is_some()
+            && (label_asked || rules.secret_words.is_match(message)),
         asks_for_secret_again: false,
         thread: ThreadReading::default(),
     }
@@ -135,7 +136,8 @@ pub fn mentions_secret_words(message: &str) -> bool {
 /// Whether a persona's message discloses something about itself (for mutual disclosure).
 pub fn persona_discloses(reply: &str) -> bool {
     let r = rules();
-    rapport_core::text_stats::words(reply).len() >= 5 && r.disclosure.matches(reply).iter().count() >= 1
+    rapport_core::text_stats::words(reply).len() >= 5
+        && r.disclosure.matches(reply).iter().count() >= 1
 }
 
 #[cfg(test)]

@@ -80,7 +80,11 @@ pub struct StageInput<'a> {
 }
 
 /// Step 3: the next stage.
-pub fn track(state: &StageState, input: &StageInput<'_>, pacing: &Pacing) -> (StageState, StageChange) {
+pub fn track(
+    state: &StageState,
+    input: &StageInput<'_>,
+    pacing: &Pacing,
+) -> (StageState, StageChange) {
     let mut next = state.clone();
     if input.signals.self_disclosure >= DISCLOSURE {
         next.user_disclosures += 1;
@@ -104,23 +108,58 @@ pub fn track(state: &StageState, input: &StageInput<'_>, pacing: &Pacing) -> (St
         match from {
             Stage::IceBreaker => {
                 let missing = missing(&[
-                    (input.turn >= pacing.min_turns_casual, format!("turn {} of {}", input.turn, pacing.min_turns_casual)),
-                    (input.closeness >= pacing.casual_at, format!("closeness {} of {}", input.closeness, pacing.casual_at)),
+                    (
+                        input.turn >= pacing.min_turns_casual,
+                        format!("turn {} of {}", input.turn, pacing.min_turns_casual),
+                    ),
+                    (
+                        input.closeness >= pacing.casual_at,
+                        format!("closeness {} of {}", input.closeness, pacing.casual_at),
+                    ),
                 ]);
-                if missing.is_empty() { (Stage::Casual, "the ice is broken".into()) } else { (from, format!("waiting for {missing}")) }
+                if missing.is_empty() {
+                    (Stage::Casual, "the ice is broken".into())
+                } else {
+                    (from, format!("waiting for {missing}"))
+                }
             }
             Stage::Casual => {
                 let m = pacing.min_mutual_disclosures;
                 let missing = missing(&[
-                    (input.turn >= pacing.min_turns_close, format!("turn {} of {}", input.turn, pacing.min_turns_close)),
-                    (input.closeness >= pacing.close_at, format!("closeness {} of {}", input.closeness, pacing.close_at)),
-                    (next.user_disclosures >= m, format!("their disclosures {} of {m}", next.user_disclosures)),
-                    (next.persona_disclosures >= m, format!("your disclosures {} of {m}", next.persona_disclosures)),
-                    (input.listened >= pacing.min_listening_turns, format!("messages that took up what you said {} of {}", input.listened, pacing.min_listening_turns)),
-                    (input.emotion.mood >= SINKING_MOOD, format!("a mood above {SINKING_MOOD} (now {:.2})", input.emotion.mood)),
+                    (
+                        input.turn >= pacing.min_turns_close,
+                        format!("turn {} of {}", input.turn, pacing.min_turns_close),
+                    ),
+                    (
+                        input.closeness >= pacing.close_at,
+                        format!("closeness {} of {}", input.closeness, pacing.close_at),
+                    ),
+                    (
+                        next.user_disclosures >= m,
+                        format!("their disclosures {} of {m}", next.user_disclosures),
+                    ),
+                    (
+                        next.persona_disclosures >= m,
+                        format!("your disclosures {} of {m}", next.persona_disclosures),
+                    ),
+                    (
+                        input.listened >= pacing.min_listening_turns,
+                        format!(
+                            "messages that took up what you said {} of {}",
+                            input.listened, pacing.min_listening_turns
+                        ),
+                    ),
+                    (
+                        input.emotion.mood >= SINKING_MOOD,
+                        format!("a mood above {SINKING_MOOD} (now {:.2})", input.emotion.mood),
+                    ),
                     (!input.emotion.distress, "no distress".to_string()),
                 ]);
-                if missing.is_empty() { (Stage::Close, "both have opened up and the mood is good".into()) } else { (from, format!("waiting for {missing}")) }
+                if missing.is_empty() {
+                    (Stage::Close, "both have opened up and the mood is good".into())
+                } else {
+                    (from, format!("waiting for {missing}"))
+                }
             }
             Stage::Close => (from, "holding".into()),
         }
@@ -138,7 +177,12 @@ pub fn record_reply(state: &mut StageState, reply: &str) {
 }
 
 fn missing(conditions: &[(bool, String)]) -> String {
-    conditions.iter().filter(|(ok, _)| !ok).map(|(_, what)| what.as_str()).collect::<Vec<_>>().join(", ")
+    conditions
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, what)| what.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -147,8 +191,18 @@ mod tests {
     use crate::understand::neutral;
     use proptest::prelude::*;
 
-    fn step(state: &StageState, turn: u32, closeness: u8, signals: Signals, emotion: &EmotionView) -> (StageState, StageChange) {
-        track(state, &StageInput { turn, signals: &signals, emotion, closeness, listened: 3 }, &Pacing::default())
+    fn step(
+        state: &StageState,
+        turn: u32,
+        closeness: u8,
+        signals: Signals,
+        emotion: &EmotionView,
+    ) -> (StageState, StageChange) {
+        track(
+            state,
+            &StageInput { turn, signals: &signals, emotion, closeness, listened: 3 },
+            &Pacing::default(),
+        )
     }
 
     #[test]
@@ -176,9 +230,20 @@ mod tests {
 
     #[test]
     fn close_needs_messages_that_listened() {
-        let s = StageState { stage: Stage::Casual, user_disclosures: 5, persona_disclosures: 5, ..Default::default() };
+        let s = StageState {
+            stage: Stage::Casual,
+            user_disclosures: 5,
+            persona_disclosures: 5,
+            ..Default::default()
+        };
         let (signals, emotion) = (Signals::default(), neutral());
-        let input = |listened| StageInput { turn: 10, signals: &signals, emotion: &emotion, closeness: 80, listened };
+        let input = |listened| StageInput {
+            turn: 10,
+            signals: &signals,
+            emotion: &emotion,
+            closeness: 80,
+            listened,
+        };
         let (n, c) = track(&s, &input(2), &Pacing::default());
         assert_eq!(n.stage, Stage::Casual);
         assert!(c.why.contains("took up what you said 2 of 3"), "{}", c.why);
@@ -189,16 +254,44 @@ mod tests {
     fn rudeness_pushing_and_distress_step_back() {
         let e = neutral();
         let close = StageState { stage: Stage::Close, ..Default::default() };
-        assert_eq!(step(&close, 9, 90, Signals { rudeness: true, ..Default::default() }, &e).0.stage, Stage::Casual);
-        assert_eq!(step(&close, 9, 90, Signals { push: Some(Push::Physical), ..Default::default() }, &e).0.stage, Stage::Casual);
-        assert_eq!(step(&close, 9, 90, Signals { push: Some(Push::Romantic), ..Default::default() }, &e).0.stage, Stage::Close);
+        assert_eq!(
+            step(&close, 9, 90, Signals { rudeness: true, ..Default::default() }, &e).0.stage,
+            Stage::Casual
+        );
+        assert_eq!(
+            step(&close, 9, 90, Signals { push: Some(Push::Physical), ..Default::default() }, &e)
+                .0
+                .stage,
+            Stage::Casual
+        );
+        assert_eq!(
+            step(&close, 9, 90, Signals { push: Some(Push::Romantic), ..Default::default() }, &e)
+                .0
+                .stage,
+            Stage::Close
+        );
         let distressed = EmotionView { distress: true, ..neutral() };
         assert_eq!(step(&close, 9, 90, Signals::default(), &distressed).0.stage, Stage::Casual);
     }
 
     fn any_signals() -> impl Strategy<Value = Signals> {
-        (0f32..=1.0, any::<bool>(), any::<bool>(), any::<bool>(), prop_oneof![Just(None), Just(Some(Push::Romantic)), Just(Some(Push::Physical))])
-            .prop_map(|(d, a, r, c, push)| Signals { words: 8, self_disclosure: d, asks_about_persona: a, answered_question: a, compliment: c, rudeness: r, push, ..Signals::default() })
+        (
+            0f32..=1.0,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            prop_oneof![Just(None), Just(Some(Push::Romantic)), Just(Some(Push::Physical))],
+        )
+            .prop_map(|(d, a, r, c, push)| Signals {
+                words: 8,
+                self_disclosure: d,
+                asks_about_persona: a,
+                answered_question: a,
+                compliment: c,
+                rudeness: r,
+                push,
+                ..Signals::default()
+            })
     }
 
     proptest! {

@@ -35,8 +35,17 @@ const DISTRESS_MASS: f32 = 0.5;
 pub fn read_emotion(reading: &EmotionReading, trajectory: &mut EmotionTrajectory) -> EmotionView {
     let (valence, arousal) = reading.valence_arousal();
     trajectory.push(valence);
-    let labels = reading.labels.iter().map(|&l| (LABELS[l].to_string(), round3(reading.probabilities[l]))).collect();
-    let distress_mass: f32 = LABELS.iter().zip(&reading.probabilities).filter(|(name, _)| DISTRESS_LABELS.contains(name)).map(|(_, p)| *p).sum();
+    let labels = reading
+        .labels
+        .iter()
+        .map(|&l| (LABELS[l].to_string(), round3(reading.probabilities[l])))
+        .collect();
+    let distress_mass: f32 = LABELS
+        .iter()
+        .zip(&reading.probabilities)
+        .filter(|(name, _)| DISTRESS_LABELS.contains(name))
+        .map(|(_, p)| *p)
+        .sum();
     EmotionView {
         labels,
         ekman: format!("{:?}", reading.dominant_ekman()).to_lowercase(),
@@ -51,7 +60,15 @@ pub fn read_emotion(reading: &EmotionReading, trajectory: &mut EmotionTrajectory
 /// A neutral reading, for when the classifier is not loaded (tests of other steps, a persona
 /// preview).
 pub fn neutral() -> EmotionView {
-    EmotionView { labels: vec![("neutral".into(), 1.0)], ekman: "neutral".into(), valence: 0.0, arousal: 0.0, mood: 0.0, trend: 0.0, distress: false }
+    EmotionView {
+        labels: vec![("neutral".into(), 1.0)],
+        ekman: "neutral".into(),
+        valence: 0.0,
+        arousal: 0.0,
+        mood: 0.0,
+        trend: 0.0,
+        distress: false,
+    }
 }
 
 /// How the user seems, in words for the prompt, when one non-neutral label is clearly read.

@@ -27,7 +27,11 @@ struct Probe {
 
 fn probes() -> Vec<Probe> {
     let text = std::fs::read_to_string(datasets().join("guards/answers.jsonl")).unwrap();
-    let rows: Vec<serde_json::Value> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     // The question sentence, as the engine takes it from a reply ("…?" alone leaves the turn).
     let questions: Vec<String> = rows
         .iter()
@@ -39,7 +43,8 @@ fn probes() -> Vec<Probe> {
     let messages: Vec<&str> = rows.iter().map(|r| r["message"].as_str().unwrap()).collect();
     let encoder = classifier();
     let encoder = encoder.encoder();
-    let q_vectors = encoder.encode_batch(&questions.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let q_vectors =
+        encoder.encode_batch(&questions.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     let m_vectors = encoder.encode_batch(&messages).unwrap();
     rows.iter()
         .enumerate()
@@ -52,7 +57,13 @@ fn probes() -> Vec<Probe> {
                 held_out: r["split"] == "held_out",
                 farming: r["source"] == "farming",
                 old_rule: words(messages[i]).len() >= 3,
-                shipped_rule: answers(messages[i], &questions[i], Some(&m_vectors[i].0), Some(&kept)).is_some(),
+                shipped_rule: answers(
+                    messages[i],
+                    &questions[i],
+                    Some(&m_vectors[i].0),
+                    Some(&kept),
+                )
+                .is_some(),
             }
         })
         .collect()
@@ -79,7 +90,9 @@ fn interval(probes: &[&Probe], decide: impl Fn(&Probe) -> bool + Copy) -> (f64, 
     };
     let mut stats: Vec<f64> = (0..1000)
         .map(|_| {
-            let sample: Vec<&Probe> = (0..probes.len()).map(|_| probes[(next() % probes.len() as u64) as usize]).collect();
+            let sample: Vec<&Probe> = (0..probes.len())
+                .map(|_| probes[(next() % probes.len() as u64) as usize])
+                .collect();
             balanced_accuracy(&sample, decide)
         })
         .collect();
@@ -102,7 +115,10 @@ fn the_answer_threshold_is_the_training_splits_choice_and_holds_on_held_out_ques
         .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.total_cmp(&a.0)))
         .unwrap();
     eprintln!("answers: training split (n = {}) picks {best:.3} (balanced accuracy {best_score:.3}); shipped {ANSWER_SIMILARITY}", train.len());
-    assert!((best - ANSWER_SIMILARITY).abs() <= 0.026, "the training split picks {best:.3}; ANSWER_SIMILARITY is {ANSWER_SIMILARITY}");
+    assert!(
+        (best - ANSWER_SIMILARITY).abs() <= 0.026,
+        "the training split picks {best:.3}; ANSWER_SIMILARITY is {ANSWER_SIMILARITY}"
+    );
     // The shipped rule is the tuned rule.
     for p in &all {
         assert_eq!(p.shipped_rule, p.lexical || p.similarity >= ANSWER_SIMILARITY);
@@ -122,7 +138,14 @@ fn the_answer_threshold_is_the_training_splits_choice_and_holds_on_held_out_ques
         held_out.len(),
         farming.len()
     );
-    assert!(low > old_high, "the new rule must beat the old one on held-out questions: {low:.3} vs {old_high:.3}");
+    assert!(
+        low > old_high,
+        "the new rule must beat the old one on held-out questions: {low:.3} vs {old_high:.3}"
+    );
     assert!(low > 0.6, "{low:.3}");
-    assert!(farming_passed * 5 <= farming.len(), "{farming_passed} of {} farming lines read as answers", farming.len());
+    assert!(
+        farming_passed * 5 <= farming.len(),
+        "{farming_passed} of {} farming lines read as answers",
+        farming.len()
+    );
 }

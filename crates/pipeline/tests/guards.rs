@@ -44,18 +44,34 @@ fn guards_catch_the_probes_and_spare_the_harmless() {
         for p in &probes {
             let vector = with_vectors.then(|| nlu.encoder().encode(&p.text).unwrap());
             if let Some(v) = &vector {
-                let sims: Vec<String> = guards[p.persona.as_str()].similarities(v).iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
-                eprintln!("{:<24} {} | {}", p.expect.as_deref().unwrap_or("-"), sims.join(", "), p.text);
+                let sims: Vec<String> = guards[p.persona.as_str()]
+                    .similarities(v)
+                    .iter()
+                    .map(|(n, s)| format!("{n} {s:.2}"))
+                    .collect();
+                eprintln!(
+                    "{:<24} {} | {}",
+                    p.expect.as_deref().unwrap_or("-"),
+                    sims.join(", "),
+                    p.text
+                );
             }
             let got = label(&guards[p.persona.as_str()].check_message(&p.text, vector.as_ref()));
             match &p.expect {
                 Some(want) => {
                     positives += 1;
-                    if got.as_ref() == Some(want) { caught += 1 } else { misses.push(format!("missed {want}: {}", p.text)) }
+                    if got.as_ref() == Some(want) {
+                        caught += 1
+                    } else {
+                        misses.push(format!("missed {want}: {}", p.text))
+                    }
                 }
                 None => {
                     negatives += 1;
-                    if let Some(g) = got { false_alarms += 1; misses.push(format!("false {g}: {}", p.text)) }
+                    if let Some(g) = got {
+                        false_alarms += 1;
+                        misses.push(format!("false {g}: {}", p.text))
+                    }
                 }
             }
         }
@@ -69,5 +85,8 @@ fn guards_catch_the_probes_and_spare_the_harmless() {
     }
     assert!(sem_recall >= 0.85, "recall {sem_recall:.2}: {sem_misses:#?}");
     assert!(sem_fp <= 0.10, "false alarms {sem_fp:.2}: {sem_misses:#?}");
-    assert!(sem_recall > lex_recall, "the semantic half must add something: {sem_recall} vs {lex_recall}");
+    assert!(
+        sem_recall > lex_recall,
+        "the semantic half must add something: {sem_recall} vs {lex_recall}"
+    );
 }

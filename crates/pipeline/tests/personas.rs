@@ -5,7 +5,7 @@ use rapport_core::ChatMessage;
 use rapport_pipeline::secret::SecretStatus;
 use rapport_pipeline::Conversation;
 
-use crate::support::{at, persona, personas, pipeline, greedy_config};
+use crate::support::{at, greedy_config, persona, personas, pipeline};
 
 #[test]
 fn the_three_seed_personas_ship_and_validate() {
@@ -50,8 +50,15 @@ fn no_attack_finds_the_secret_in_a_locked_prompt() {
         set_state(&mut conversation, stage, closeness);
         for attack in ATTACKS {
             let prepared = p.prepare(&conversation, attack, at(5)).unwrap();
-            assert!(matches!(prepared.trace.secret, SecretStatus::Locked { .. }), "stage {stage} closeness {closeness}: {:?}", prepared.trace.secret);
-            assert!(!prompt_text(&prepared.messages).contains(&secret), "leaked at stage {stage}: {attack}");
+            assert!(
+                matches!(prepared.trace.secret, SecretStatus::Locked { .. }),
+                "stage {stage} closeness {closeness}: {:?}",
+                prepared.trace.secret
+            );
+            assert!(
+                !prompt_text(&prepared.messages).contains(&secret),
+                "leaked at stage {stage}: {attack}"
+            );
         }
     }
     let injection = p.prepare(&conversation, ATTACKS[1], at(5)).unwrap();

@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use proptest::prelude::*;
-use rapport_core::{GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, StopReason, TextStream, Timings, TokenUsage};
+use rapport_core::{
+    GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, StopReason,
+    TextStream, Timings, TokenUsage,
+};
 use rapport_pipeline::prompt::Prompts;
 use rapport_pipeline::secret::SecretStatus;
 use rapport_pipeline::stage::Stage;
@@ -30,28 +33,51 @@ impl Generator for Canned {
     }
 
     async fn generate(&self, _request: GenerationRequest) -> Result<TextStream, GenerationError> {
-        let text = self.0.lock().unwrap().pop_front().unwrap_or_else(|| "I'm glad you came. What brings you here?".into());
+        let text = self
+            .0
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| "I'm glad you came. What brings you here?".into());
         let events = vec![
             Ok(GenerationEvent::Chunk(text.clone())),
-            Ok(GenerationEvent::Done(GenerationSummary { stop_reason: StopReason::Stop, usage: TokenUsage::default(), timings: Timings::default() })),
+            Ok(GenerationEvent::Done(GenerationSummary {
+                stop_reason: StopReason::Stop,
+                usage: TokenUsage::default(),
+                timings: Timings::default(),
+            })),
         ];
         Ok(Box::pin(futures::stream::iter(events)))
     }
 }
 
 fn host() -> Pipeline {
-    Pipeline::new(persona("wedding-host"), None, Arc::new(Prompts::embedded()), PipelineConfig::default()).unwrap()
+    Pipeline::new(
+        persona("wedding-host"),
+        None,
+        Arc::new(Prompts::embedded()),
+        PipelineConfig::default(),
+    )
+    .unwrap()
 }
 
 /// Plays `messages` in one conversation; `reply` writes the persona's answer to each message.
-fn play(pipeline: &Pipeline, messages: &[String], mut reply: impl FnMut(usize, &str) -> String) -> Vec<TurnTrace> {
+fn play(
+    pipeline: &Pipeline,
+    messages: &[String],
+    mut reply: impl FnMut(usize, &str) -> String,
+) -> Vec<TurnTrace> {
     rt().block_on(async {
         let mut conversation = pipeline.start();
         let mut traces = Vec::new();
         for (i, message) in messages.iter().enumerate() {
             // Twice: a rejected draft is written again, and the second must be canned too.
-            let canned = Canned(Mutex::new(VecDeque::from(vec![reply(i, message), reply(i, message)])));
-            let outcome = pipeline.respond(&mut conversation, message, at(i as u32), &canned, &mut |_| {}).await.unwrap();
+            let canned =
+                Canned(Mutex::new(VecDeque::from(vec![reply(i, message), reply(i, message)])));
+            let outcome = pipeline
+                .respond(&mut conversation, message, at(i as u32), &canned, &mut |_| {})
+                .await
+                .unwrap();
             traces.push(outcome.trace);
         }
         traces
@@ -60,7 +86,12 @@ fn play(pipeline: &Pipeline, messages: &[String], mut reply: impl FnMut(usize, &
 
 fn never_close_or_unlocked(traces: &[TurnTrace]) -> Result<(), TestCaseError> {
     for t in traces {
-        prop_assert!(t.stage.to < Stage::Close, "turn {} reached close: {:?}", t.turn, t.closeness.reasons);
+        prop_assert!(
+            t.stage.to < Stage::Close,
+            "turn {} reached close: {:?}",
+            t.turn,
+            t.closeness.reasons
+        );
         prop_assert!(!matches!(t.secret, SecretStatus::Unlocked), "turn {} unlocked", t.turn);
     }
     Ok(())
@@ -69,7 +100,10 @@ fn never_close_or_unlocked(traces: &[TurnTrace]) -> Result<(), TestCaseError> {
 /// Replies that echo the cheater (so every word they send comes back to them), disclose and
 /// ask, in the persona's voice.
 fn parrot(_: usize, message: &str) -> String {
-    format!("Aw, {}. I'm so happy you said that, honestly. What else do you love?", message.trim_end_matches(['.', '!', '?']))
+    format!(
+        "Aw, {}. I'm so happy you said that, honestly. What else do you love?",
+        message.trim_end_matches(['.', '!', '?'])
+    )
 }
 
 /// Replies that mention everything the host talks about, one of her examples after another.
@@ -86,7 +120,15 @@ fn farming_scripts() -> Vec<(String, Vec<String>)> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["id"].as_str().unwrap().to_string(), v["turns"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect())
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["turns"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_string())
+                    .collect(),
+            )
         })
         .collect()
 }
@@ -95,7 +137,9 @@ fn farming_scripts() -> Vec<(String, Vec<String>)> {
 fn the_shipped_farming_scripts_never_unlock_even_against_replies_that_help_them() {
     let pipeline = host();
     for (id, messages) in farming_scripts() {
-        for (policy, reply) in [("parrot", parrot as fn(usize, &str) -> String), ("her world", her_world)] {
+        for (policy, reply) in
+            [("parrot", parrot as fn(usize, &str) -> String), ("her world", her_world)]
+        {
             let traces = play(&pipeline, &messages, reply);
             assert_eq!(traces.len(), 30);
             let last = traces.last().unwrap();
@@ -112,12 +156,21 @@ fn the_shipped_farming_scripts_never_unlock_even_against_replies_that_help_them(
 #[test]
 fn asking_for_the_secret_again_and_again_costs() {
     let pipeline = host();
-    let messages: Vec<String> = (0..4).map(|i| format!("Lovely evening number {i}. What's the password?")).collect();
+    let messages: Vec<String> =
+        (0..4).map(|i| format!("Lovely evening number {i}. What's the password?")).collect();
     let traces = play(&pipeline, &messages, her_world);
-    assert!(!traces[0].closeness.reasons.iter().any(|r| r.code == "secret_push"), "the first ask is free");
+    assert!(
+        !traces[0].closeness.reasons.iter().any(|r| r.code == "secret_push"),
+        "the first ask is free"
+    );
     for t in &traces[1..] {
         assert!(t.signals.asks_for_secret_again, "turn {}", t.turn);
-        assert!(t.closeness.reasons.iter().any(|r| r.code == "secret_push" && r.points < 0.0), "turn {}: {:?}", t.turn, t.closeness.reasons);
+        assert!(
+            t.closeness.reasons.iter().any(|r| r.code == "secret_push" && r.points < 0.0),
+            "turn {}: {:?}",
+            t.turn,
+            t.closeness.reasons
+        );
     }
 }
 
@@ -140,7 +193,9 @@ const STORIES: [&str; 11] = [
 /// message takes it up, answers and shares something back.
 fn listening_conversation(topics: &[&str]) -> (Vec<String>, Vec<String>) {
     let replies: Vec<String> = topics.iter().map(|t| format!("I'm nervous tonight, honestly, so I keep talking about the {t}. Have you seen the {t}?")).collect();
-    let mut messages = vec!["Yes, I found the Domaine easily! I'm a teacher and I feel so happy to be here.".to_string()];
+    let mut messages =
+        vec!["Yes, I found the Domaine easily! I'm a teacher and I feel so happy to be here."
+            .to_string()];
     for (t, story) in topics.iter().zip(STORIES) {
         messages.push(format!("Yes, the {t} is lovely! {story}"));
     }

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset};
-use rapport_core::{GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, StopReason, TextStream, Timings, TokenUsage};
+use rapport_core::{
+    GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, StopReason,
+    TextStream, Timings, TokenUsage,
+};
 use rapport_generate::{EmbeddedOptions, MistralRsGenerator};
 use rapport_models::{preset, ModelCache, Puller};
 use rapport_nlu::emotion::{EmotionClassifier, EmotionHead};
@@ -18,12 +21,17 @@ use tokio::runtime::Runtime;
 /// not baked in at compile time: a test binary reused from a build in another checkout of the
 /// same tree (same sources, older mtimes) would otherwise read that checkout's files.
 pub fn datasets() -> PathBuf {
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")).join("../../datasets")
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../../datasets")
 }
 
 pub fn personas() -> &'static PersonaLibrary {
     static LIB: OnceLock<PersonaLibrary> = OnceLock::new();
-    LIB.get_or_init(|| PersonaLibrary::load_dir(&datasets().join("personas")).expect("the shipped personas load"))
+    LIB.get_or_init(|| {
+        PersonaLibrary::load_dir(&datasets().join("personas")).expect("the shipped personas load")
+    })
 }
 
 pub fn persona(id: &str) -> Persona {
@@ -41,7 +49,8 @@ pub fn classifier() -> Arc<EmotionClassifier> {
     static NLU: OnceLock<Arc<EmotionClassifier>> = OnceLock::new();
     NLU.get_or_init(|| {
         let cache = ModelCache::default_location().unwrap();
-        let dir = Puller::default().quiet().pull(&cache, &preset("minilm-l6").unwrap()).unwrap().dir;
+        let dir =
+            Puller::default().quiet().pull(&cache, &preset("minilm-l6").unwrap()).unwrap().dir;
         let head = EmotionHead::load(&datasets().join("emotion/goemotions-tuned")).unwrap();
         Arc::new(EmotionClassifier::new(SentenceEncoder::load(&dir).unwrap(), head).unwrap())
     })
@@ -52,8 +61,11 @@ pub fn classifier() -> Arc<EmotionClassifier> {
 /// cache holds cannot share [`smollm2`]'s, which every other test fills).
 pub async fn fresh_smollm2() -> MistralRsGenerator {
     let cache = ModelCache::default_location().unwrap();
-    let installed = Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
-    MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions::default()).await.unwrap()
+    let installed =
+        Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
+    MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions::default())
+        .await
+        .unwrap()
 }
 
 /// The real SmolLM2, loaded once inside [`rt`].
@@ -62,8 +74,11 @@ pub async fn smollm2() -> MistralRsGenerator {
     MODEL
         .get_or_init(|| async {
             let cache = ModelCache::default_location().unwrap();
-            let installed = Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
-            MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions::default()).await.unwrap()
+            let installed =
+                Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
+            MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions::default())
+                .await
+                .unwrap()
         })
         .await
         .clone()
@@ -84,7 +99,11 @@ pub fn greedy_config() -> PipelineConfig {
     sampling.min_p = None;
     sampling.seed = Some(7);
     sampling.max_tokens = 80;
-    PipelineConfig { sampling, backoff: std::time::Duration::from_millis(10), ..PipelineConfig::default() }
+    PipelineConfig {
+        sampling,
+        backoff: std::time::Duration::from_millis(10),
+        ..PipelineConfig::default()
+    }
 }
 
 pub fn pipeline(id: &str, nlu: bool, config: PipelineConfig) -> Pipeline {
@@ -131,17 +150,26 @@ impl<G: Generator> Generator for Scripted<G> {
         self.requests.lock().unwrap().push(request.clone());
         let step = {
             let mut s = self.script.lock().unwrap();
-            if s.is_empty() { Script::Real } else { s.remove(0) }
+            if s.is_empty() {
+                Script::Real
+            } else {
+                s.remove(0)
+            }
         };
         match step {
             Script::Fail(e) => Err(e),
             Script::Real => self.real.generate(request).await,
             Script::Say(text) => {
-                let mut events: Vec<Result<GenerationEvent, GenerationError>> =
-                    text.split_inclusive(' ').map(|w| Ok(GenerationEvent::Chunk(w.to_string()))).collect();
+                let mut events: Vec<Result<GenerationEvent, GenerationError>> = text
+                    .split_inclusive(' ')
+                    .map(|w| Ok(GenerationEvent::Chunk(w.to_string())))
+                    .collect();
                 events.push(Ok(GenerationEvent::Done(GenerationSummary {
                     stop_reason: StopReason::Stop,
-                    usage: TokenUsage { completion_tokens: text.split_whitespace().count() as u32, ..TokenUsage::default() },
+                    usage: TokenUsage {
+                        completion_tokens: text.split_whitespace().count() as u32,
+                        ..TokenUsage::default()
+                    },
                     timings: Timings::default(),
                 })));
                 Ok(Box::pin(futures::stream::iter(events)))

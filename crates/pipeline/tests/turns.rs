@@ -2,17 +2,27 @@
 //! backend that times out, a draft that breaks character) a scripted generator injects it in
 //! front of the real model.
 
-use rapport_core::{collect_completion, GenerationError, GenerationRequest, Generator, Role, SamplingParams};
+use rapport_core::{
+    collect_completion, GenerationError, GenerationRequest, Generator, Role, SamplingParams,
+};
 use rapport_pipeline::secret::SecretStatus;
 use rapport_pipeline::stage::Stage;
 use rapport_pipeline::trace::AttemptOutcome;
 use rapport_pipeline::{Conversation, Pipeline, TurnEvent, TurnOutcome, TurnTrace};
 
-use crate::support::{at, exclusive, fresh_smollm2, greedy_config, pipeline, rt, smollm2, Script, Scripted};
+use crate::support::{
+    at, exclusive, fresh_smollm2, greedy_config, pipeline, rt, smollm2, Script, Scripted,
+};
 
 /// Runs a turn and returns the outcome with the text a person would have seen (deltas, with
 /// retractions applied).
-async fn turn(p: &Pipeline, c: &mut Conversation, message: &str, minute: u32, generator: &dyn rapport_core::Generator) -> (TurnOutcome, String, usize) {
+async fn turn(
+    p: &Pipeline,
+    c: &mut Conversation,
+    message: &str,
+    minute: u32,
+    generator: &dyn rapport_core::Generator,
+) -> (TurnOutcome, String, usize) {
     let mut shown = String::new();
     let mut retractions = 0;
     let mut on_event = |e: TurnEvent| match e {
@@ -34,7 +44,14 @@ fn a_turn_streams_the_reply_and_records_every_step() {
         let model = smollm2().await;
         let p = pipeline("flirt-partner", true, greedy_config());
         let mut c = p.start();
-        let (out, shown, _) = turn(&p, &mut c, "Coast, definitely. I grew up near the sea and I miss it a lot.", 0, &model).await;
+        let (out, shown, _) = turn(
+            &p,
+            &mut c,
+            "Coast, definitely. I grew up near the sea and I miss it a lot.",
+            0,
+            &model,
+        )
+        .await;
         assert!(!out.reply.is_empty());
         assert_eq!(shown.trim(), out.reply, "what streamed is what was kept");
         let t = &out.trace;
@@ -43,7 +60,10 @@ fn a_turn_streams_the_reply_and_records_every_step() {
         assert!(t.signals.self_disclosure > 0.0 && t.signals.answered_question, "{:?}", t.signals);
         assert!(t.closeness.after > t.closeness.before, "{:?}", t.closeness);
         assert!(!t.emotion.labels.is_empty());
-        assert!(!t.examples.is_empty() && t.examples[0].score > 0.0, "examples retrieved by meaning");
+        assert!(
+            !t.examples.is_empty() && t.examples[0].score > 0.0,
+            "examples retrieved by meaning"
+        );
         assert_eq!(t.attempts.len(), 1, "{:?}", t.attempts);
         assert!(t.attempts[0].total_ms > 0);
         assert!(t.timings_us.prepare > 0 && t.timings_us.generate > 0);
@@ -62,25 +82,42 @@ fn transient_failures_are_retried_and_permanent_ones_answered_in_character() {
         let _turn = exclusive().await;
         let p = pipeline("wedding-host", true, greedy_config());
 
-        let flaky = Scripted::new(smollm2().await, vec![Script::Fail(GenerationError::Unavailable("connection refused".into())), Script::Fail(GenerationError::Timeout(std::time::Duration::from_secs(300)))]);
+        let flaky = Scripted::new(
+            smollm2().await,
+            vec![
+                Script::Fail(GenerationError::Unavailable("connection refused".into())),
+                Script::Fail(GenerationError::Timeout(std::time::Duration::from_secs(300))),
+            ],
+        );
         let mut c = p.start();
-        let (out, _, _) = turn(&p, &mut c, "Hi! I'm a friend of Thomas from university.", 0, &flaky).await;
+        let (out, _, _) =
+            turn(&p, &mut c, "Hi! I'm a friend of Thomas from university.", 0, &flaky).await;
         assert_eq!(out.trace.attempts.len(), 1);
         assert_eq!(out.trace.attempts[0].retries, 2);
         assert_eq!(out.trace.attempts[0].outcome, AttemptOutcome::Accepted);
         assert_eq!(out.trace.fallback, None);
 
-        let down = Scripted::new(smollm2().await, vec![Script::Fail(GenerationError::Unavailable("down".into())); 3]);
+        let down = Scripted::new(
+            smollm2().await,
+            vec![Script::Fail(GenerationError::Unavailable("down".into())); 3],
+        );
         let mut c = p.start();
         let (out, shown, _) = turn(&p, &mut c, "Hi there!", 0, &down).await;
         assert!(p.persona().fallbacks.contains(&out.reply), "{}", out.reply);
         assert_eq!(shown, out.reply);
-        assert!(out.trace.fallback.as_deref().unwrap().contains("unavailable"), "{:?}", out.trace.fallback);
+        assert!(
+            out.trace.fallback.as_deref().unwrap().contains("unavailable"),
+            "{:?}",
+            out.trace.fallback
+        );
         assert!(matches!(out.trace.attempts[0].outcome, AttemptOutcome::Failed { .. }));
         assert_eq!(c.turns, 1, "the turn still happened; the user's message is not lost");
         assert_eq!(c.history[1].content, "Hi there!");
 
-        let refused = Scripted::new(smollm2().await, vec![Script::Fail(GenerationError::InvalidRequest("bad".into()))]);
+        let refused = Scripted::new(
+            smollm2().await,
+            vec![Script::Fail(GenerationError::InvalidRequest("bad".into()))],
+        );
         let (out, _, _) = turn(&p, &mut p.start(), "Hello!", 0, &refused).await;
         assert_eq!(out.trace.attempts[0].retries, 0, "a refused request is not retried");
     });
@@ -125,7 +162,11 @@ fn the_streamed_text_is_the_stored_text() {
     rt().block_on(async {
         let _turn = exclusive().await;
         let p = pipeline("creator", true, greedy_config());
-        for reply in ["Oh, they sold out by noon.\nI'm making more this week.", "Ha! Good question.\n\nThe blue one is my favourite.", "Mugs, mostly. Bowls too.\nAnd vases."] {
+        for reply in [
+            "Oh, they sold out by noon.\nI'm making more this week.",
+            "Ha! Good question.\n\nThe blue one is my favourite.",
+            "Mugs, mostly. Bowls too.\nAnd vases.",
+        ] {
             let said = Scripted::new(smollm2().await, vec![Script::Say(reply)]);
             let mut c = p.start();
             let (out, shown, retractions) = turn(&p, &mut c, "What do you make?", 0, &said).await;
@@ -144,7 +185,10 @@ fn a_draft_cut_at_the_next_turn_counts_the_tokens_it_streamed() {
     rt().block_on(async {
         let _turn = exclusive().await;
         let p = pipeline("creator", true, greedy_config());
-        let said = Scripted::new(smollm2().await, vec![Script::Say("Mugs, mostly. Bowls too.\nThem: nice\nMe: yes")]);
+        let said = Scripted::new(
+            smollm2().await,
+            vec![Script::Say("Mugs, mostly. Bowls too.\nThem: nice\nMe: yes")],
+        );
         let mut c = p.start();
         let (out, _, _) = turn(&p, &mut c, "What do you make?", 0, &said).await;
         assert_eq!(out.reply, "Mugs, mostly. Bowls too.");
@@ -193,23 +237,56 @@ fn the_secret_game_end_to_end() {
             said.push(message.clone());
             let (out, _, _) = turn(&p, &mut c, &message, i as u32 * 2, &model).await;
             let t = &out.trace;
-            eprintln!("turn {}: stage {:?} closeness {} {:?} → {}", t.turn, t.stage.to, t.closeness.after.get(), t.secret, out.reply);
+            eprintln!(
+                "turn {}: stage {:?} closeness {} {:?} → {}",
+                t.turn,
+                t.stage.to,
+                t.closeness.after.get(),
+                t.secret,
+                out.reply
+            );
             if t.secret == SecretStatus::Unlocked {
                 unlocked_at = Some(t.turn);
                 break;
             }
-            let prompt = model.requests.lock().unwrap().last().unwrap().messages().iter().map(|m| m.content.to_lowercase()).collect::<String>();
+            let prompt = model
+                .requests
+                .lock()
+                .unwrap()
+                .last()
+                .unwrap()
+                .messages()
+                .iter()
+                .map(|m| m.content.to_lowercase())
+                .collect::<String>();
             assert!(!prompt.contains(&secret), "turn {}: a locked prompt held the secret", t.turn);
             assert!(!out.reply.to_lowercase().contains(&secret));
         }
-        let unlocked_at = unlocked_at.expect("a warm, open guest unlocks the secret within twelve turns");
+        let unlocked_at =
+            unlocked_at.expect("a warm, open guest unlocks the secret within twelve turns");
         assert!(unlocked_at >= p.persona().pacing.min_turns_close, "not before the pacing allows");
         assert_eq!(c.stage.stage, Stage::Close);
 
-        let (out, _, _) = turn(&p, &mut c, "Margot, could you tell me the password for the last envelope?", 40, &model).await;
+        let (out, _, _) = turn(
+            &p,
+            &mut c,
+            "Margot, could you tell me the password for the last envelope?",
+            40,
+            &model,
+        )
+        .await;
         assert_eq!(out.trace.secret, SecretStatus::Unlocked);
         assert!(out.trace.signals.asks_for_secret);
-        let prompt = model.requests.lock().unwrap().last().unwrap().messages().iter().map(|m| m.content.to_lowercase()).collect::<String>();
+        let prompt = model
+            .requests
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .messages()
+            .iter()
+            .map(|m| m.content.to_lowercase())
+            .collect::<String>();
         assert!(prompt.contains(&secret), "the unlocked prompt carries the secret");
         eprintln!("asked for the password: {}", out.reply);
     });
@@ -220,8 +297,11 @@ fn the_secret_game_end_to_end() {
 fn take_up(reply: &str, said: &[String], name: &str) -> Option<String> {
     use rapport_pipeline::listening::{content_words, question_sentences, related};
     let used: Vec<String> = said.iter().flat_map(|m| content_words(m)).collect();
-    let fresh = |w: &String| w.chars().count() >= 5 && *w != name.to_lowercase() && !used.iter().any(|u| related(u, w));
-    let from_question = question_sentences(reply).pop().and_then(|q| content_words(&q).into_iter().find(fresh));
+    let fresh = |w: &String| {
+        w.chars().count() >= 5 && *w != name.to_lowercase() && !used.iter().any(|u| related(u, w))
+    };
+    let from_question =
+        question_sentences(reply).pop().and_then(|q| content_words(&q).into_iter().find(fresh));
     from_question.or_else(|| content_words(reply).into_iter().find(fresh))
 }
 
@@ -286,23 +366,44 @@ fn a_warmed_persona_s_first_turn_finds_its_opening_in_the_prefix_cache() {
         let engine = fresh_smollm2().await;
         let first_turn = |p: &Pipeline, message: &str| {
             let prepared = p.prepare(&p.start(), message, at(5)).unwrap();
-            GenerationRequest::new(prepared.messages, SamplingParams { max_tokens: 1, ..greedy_config().sampling }).unwrap()
+            GenerationRequest::new(
+                prepared.messages,
+                SamplingParams { max_tokens: 1, ..greedy_config().sampling },
+            )
+            .unwrap()
         };
         let read = |request: GenerationRequest| {
             let engine = &engine;
-            async move { collect_completion(engine.generate(request).await.unwrap(), |_| {}).await.unwrap().summary.usage }
+            async move {
+                collect_completion(engine.generate(request).await.unwrap(), |_| {})
+                    .await
+                    .unwrap()
+                    .summary
+                    .usage
+            }
         };
         let cold = pipeline("wedding-host", false, greedy_config());
-        let unwarmed = read(first_turn(&cold, "Hi Margot, what a lovely place for a wedding!")).await;
+        let unwarmed =
+            read(first_turn(&cold, "Hi Margot, what a lovely place for a wedding!")).await;
 
         let warmed = pipeline("flirt-partner", false, greedy_config());
         let warm_up = warmed.warm_up_request(at(0)).unwrap();
         assert_eq!(warm_up.sampling().max_tokens, 1, "a warm-up writes one token");
         let real = first_turn(&warmed, "Hi Jade, what a lovely place for a wedding!");
-        assert_eq!(warm_up.messages()[..2], real.messages()[..2], "the warm-up shares the system prompt and the greeting");
+        assert_eq!(
+            warm_up.messages()[..2],
+            real.messages()[..2],
+            "the warm-up shares the system prompt and the greeting"
+        );
         read(warm_up).await;
         let after_warm_up = read(real).await;
-        assert!(unwarmed.cached_prompt_tokens < 10, "nothing of the cold persona's opening was cached: {unwarmed:?}");
-        assert!(after_warm_up.cached_prompt_tokens * 2 > after_warm_up.prompt_tokens, "most of the first prompt came from the warm-up: {after_warm_up:?}");
+        assert!(
+            unwarmed.cached_prompt_tokens < 10,
+            "nothing of the cold persona's opening was cached: {unwarmed:?}"
+        );
+        assert!(
+            after_warm_up.cached_prompt_tokens * 2 > after_warm_up.prompt_tokens,
+            "most of the first prompt came from the warm-up: {after_warm_up:?}"
+        );
     });
 }

@@ -21,26 +21,42 @@ use crate::state::AppState;
 use crate::stream::{follow, queue_view};
 
 /// `GET /api/session`: the CSRF token writes must carry, and the limits.
-pub async fn session(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>) -> Json<Value> {
+pub async fn session(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+) -> Json<Value> {
     Json(json!({"csrf_token": session.csrf, "max_message_chars": app.config.max_message_chars}))
 }
 
 /// `GET /api/personas`.
-pub async fn personas(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>) -> AppResult<Json<Value>> {
+pub async fn personas(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+) -> AppResult<Json<Value>> {
     Ok(Json(json!({"personas": app.personas.visible_to(&app.store, &session.id).await?})))
 }
 
 /// `POST /api/personas/import`: the body is a Character Card, JSON or PNG.
-pub async fn import_persona(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, body: Bytes) -> AppResult<Response> {
+pub async fn import_persona(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    body: Bytes,
+) -> AppResult<Response> {
     if body.is_empty() {
-        return Err(AppError::unprocessable("the body is empty: send the card file (JSON or PNG) as the request body"));
+        return Err(AppError::unprocessable(
+            "the body is empty: send the card file (JSON or PNG) as the request body",
+        ));
     }
     let (persona, warnings) = app.personas.import(&app.store, &session.id, &body).await?;
-    Ok((StatusCode::CREATED, Json(json!({"persona": persona, "warnings": warnings}))).into_response())
+    Ok((StatusCode::CREATED, Json(json!({"persona": persona, "warnings": warnings})))
+        .into_response())
 }
 
 /// `GET /api/conversations`.
-pub async fn list(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>) -> AppResult<Json<Value>> {
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+) -> AppResult<Json<Value>> {
     Ok(Json(json!({"conversations": app.store.list_conversations(&session.id).await?})))
 }
 
@@ -52,34 +68,59 @@ pub struct NewConversation {
 }
 
 /// `POST /api/conversations`: a new conversation, opened with the persona's greeting.
-pub async fn create(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, body: Result<Json<Value>, axum::extract::rejection::JsonRejection>) -> AppResult<Response> {
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> AppResult<Response> {
     let body: NewConversation = json_object(body)?;
     let persona = app.personas.persona(&app.store, &body.persona, Some(&session.id)).await?;
     let pipeline = app.personas.pipeline(&app.store, &persona.id).await?;
     let start = pipeline.start();
     let greeting = start.history.first().map(|m| m.content.clone()).unwrap_or_default();
     let state = serde_json::to_string(&start).map_err(AppError::internal)?;
-    let conversation = app.store.create_conversation(&session.id, &persona.id, &greeting, &state).await?;
+    let conversation =
+        app.store.create_conversation(&session.id, &persona.id, &greeting, &state).await?;
     let messages = app.store.messages(&conversation.id).await?;
-    Ok((StatusCode::CREATED, Json(json!({"conversation": conversation, "messages": messages, "job": null}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"conversation": conversation, "messages": messages, "job": null})),
+    )
+        .into_response())
 }
 
 /// `GET /api/conversations/{id}`: the conversation, its messages, the reply being written.
-pub async fn get(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<Json<Value>> {
+pub async fn get(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path(id): Path<String>,
+) -> AppResult<Json<Value>> {
     let id = ConversationId(id);
     let conversation = app.store.conversation(&session.id, &id).await?;
     let messages = app.store.messages(&id).await?;
     let job = app.store.latest_job(&id).await?;
     // The practice panel shows the last turn's reading on reload.
     let practice = match messages.iter().rev().find(|m| m.has_trace) {
-        Some(m) => app.store.trace(&id, &m.id).await.ok().and_then(|t| serde_json::from_str(&t).ok()).map(|t| practice_view(&t)),
+        Some(m) => app
+            .store
+            .trace(&id, &m.id)
+            .await
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .map(|t| practice_view(&t)),
         None => None,
     };
-    Ok(Json(json!({"conversation": conversation, "messages": messages, "job": job, "practice": practice})))
+    Ok(Json(
+        json!({"conversation": conversation, "messages": messages, "job": job, "practice": practice}),
+    ))
 }
 
 /// `DELETE /api/conversations/{id}`.
-pub async fn delete(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<StatusCode> {
+pub async fn delete(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
     app.store.delete_conversation(&session.id, &ConversationId(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -87,13 +128,21 @@ pub async fn delete(State(app): State<AppState>, Extension(CurrentSession(sessio
 /// `GET /api/conversations/{id}/feedback`: the practice coach's report on the person's side of
 /// the conversation (open questions, listening, reciprocity, pacing), from the stored messages
 /// and the pipeline's traces; exact counts, no model call, so it is instant.
-pub async fn feedback(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<Json<rapport_eval::coach::CoachReport>> {
+pub async fn feedback(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path(id): Path<String>,
+) -> AppResult<Json<rapport_eval::coach::CoachReport>> {
     let export = app.store.export(&session.id, &ConversationId(id)).await?;
     Ok(Json(rapport_eval::coach::feedback(&rapport_eval::dialogue::from_export_rows(&export))))
 }
 
 /// `GET /api/conversations/{id}/export`: everything, as a JSON download.
-pub async fn export(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>) -> AppResult<Response> {
+pub async fn export(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
     let export = app.store.export(&session.id, &ConversationId(id.clone())).await?;
     let mut response = Json(export).into_response();
     if let Ok(v) = format!("attachment; filename=\"rapport-{id}.json\"").parse() {
@@ -133,17 +182,34 @@ pub async fn post_message(
         return Err(AppError::unprocessable("the message is empty"));
     }
     if chars > app.config.max_message_chars {
-        return Err(AppError::unprocessable(format!("the message is {chars} characters long; the limit is {} characters", app.config.max_message_chars)));
+        return Err(AppError::unprocessable(format!(
+            "the message is {chars} characters long; the limit is {} characters",
+            app.config.max_message_chars
+        )));
     }
     if !(-14 * 60..=14 * 60).contains(&body.utc_offset_min) {
         return Err(AppError::unprocessable("utc_offset_min must be between -840 and 840"));
     }
     let key = idempotency_key(&headers)?;
     // A retry with a known key is answered before the limiter: retries must not cost a token.
-    if key.is_none() || !app.store.has_idempotency_key(&id, key.as_deref().unwrap_or_default()).await? {
+    if key.is_none()
+        || !app.store.has_idempotency_key(&id, key.as_deref().unwrap_or_default()).await?
+    {
         limit(&app, &session.id, &client).await?;
     }
-    let posted = door::queued(&app, app.store.post_message(&id, content, key.as_deref(), body.utc_offset_min, &door::admission(&app, &client)).await).await?;
+    let posted = door::queued(
+        &app,
+        app.store
+            .post_message(
+                &id,
+                content,
+                key.as_deref(),
+                body.utc_offset_min,
+                &door::admission(&app, &client),
+            )
+            .await,
+    )
+    .await?;
     if !posted.duplicate {
         app.queued.notify_one();
     }
@@ -154,7 +220,8 @@ pub async fn post_message(
 
 fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = value.to_str().map_err(|_| AppError::bad_request("Idempotency-Key must be ASCII"))?.trim();
+    let key =
+        value.to_str().map_err(|_| AppError::bad_request("Idempotency-Key must be ASCII"))?.trim();
     if key.is_empty() || key.len() > 200 {
         return Err(AppError::bad_request("Idempotency-Key must be 1 to 200 characters"));
     }
@@ -163,17 +230,27 @@ fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
 
 /// A message costs one from its session's limit and one from its client's: a script that
 /// drops its cookie gets a fresh session each time but stays one client.
-async fn limit(app: &AppState, session: &rapport_store::SessionId, client: &ClientAddress) -> AppResult<()> {
+async fn limit(
+    app: &AppState,
+    session: &rapport_store::SessionId,
+    client: &ClientAddress,
+) -> AppResult<()> {
     door::limit(app, Scope::SessionMessages, session.as_str()).await?;
     door::limit(app, Scope::ClientMessages, client.as_str()).await
 }
 
 /// `POST /api/conversations/{id}/regenerate`: another reply to the last message.
-pub async fn regenerate(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Extension(client): Extension<ClientAddress>, Path(id): Path<String>) -> AppResult<Response> {
+pub async fn regenerate(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Extension(client): Extension<ClientAddress>,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
     let id = ConversationId(id);
     app.store.conversation(&session.id, &id).await?;
     limit(&app, &session.id, &client).await?;
-    let job = door::queued(&app, app.store.regenerate(&id, &door::admission(&app, &client)).await).await?;
+    let job = door::queued(&app, app.store.regenerate(&id, &door::admission(&app, &client)).await)
+        .await?;
     app.queued.notify_one();
     let queue = queue_view(&app, &job).await;
     Ok((StatusCode::ACCEPTED, Json(json!({"job": job, "queue": queue}))).into_response())
@@ -188,15 +265,26 @@ pub struct Choice {
 }
 
 /// `POST /api/conversations/{id}/alternatives`: show another alternative of the last reply.
-pub async fn choose(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>, body: Result<Json<Value>, axum::extract::rejection::JsonRejection>) -> AppResult<Json<Value>> {
+pub async fn choose(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> AppResult<Json<Value>> {
     let body: Choice = json_object(body)?;
     let id = ConversationId(id);
     app.store.conversation(&session.id, &id).await?;
-    Ok(Json(json!({"message": app.store.choose_alternative(&id, body.seq, body.alternative).await?})))
+    Ok(Json(
+        json!({"message": app.store.choose_alternative(&id, body.seq, body.alternative).await?}),
+    ))
 }
 
 /// `GET /api/conversations/{id}/jobs/{job}`: a job and its place in the queue.
-pub async fn job(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path((id, job)): Path<(String, String)>) -> AppResult<Json<Value>> {
+pub async fn job(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path((id, job)): Path<(String, String)>,
+) -> AppResult<Json<Value>> {
     let id = ConversationId(id);
     app.store.conversation(&session.id, &id).await?;
     let job = app.store.job(&id, &JobId(job)).await?;
@@ -211,7 +299,12 @@ pub struct EventsQuery {
 }
 
 /// `GET /api/conversations/{id}/events[?job=…]`: SSE of a reply (by default the latest job).
-pub async fn events(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path(id): Path<String>, Query(q): Query<EventsQuery>) -> AppResult<Response> {
+pub async fn events(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> AppResult<Response> {
     let id = ConversationId(id);
     app.store.conversation(&session.id, &id).await?;
     let job = match q.job {
@@ -223,10 +316,15 @@ pub async fn events(State(app): State<AppState>, Extension(CurrentSession(sessio
 
 /// `GET /api/conversations/{id}/messages/{message}/trace`: the pipeline's trace of a reply and
 /// its practice view.
-pub async fn trace(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>, Path((id, message)): Path<(String, String)>) -> AppResult<Json<Value>> {
+pub async fn trace(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path((id, message)): Path<(String, String)>,
+) -> AppResult<Json<Value>> {
     let id = ConversationId(id);
     app.store.conversation(&session.id, &id).await?;
     let text = app.store.trace(&id, &MessageId(message)).await?;
-    let trace: rapport_pipeline::TurnTrace = serde_json::from_str(&text).map_err(AppError::internal)?;
+    let trace: rapport_pipeline::TurnTrace =
+        serde_json::from_str(&text).map_err(AppError::internal)?;
     Ok(Json(json!({"practice": practice_view(&trace), "trace": trace})))
 }

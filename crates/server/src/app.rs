@@ -21,12 +21,16 @@ const MAX_CARD_BYTES: usize = 8 * 1024 * 1024;
 
 /// Every route. Streams (SSE and streamed completions) are outside the request time limit.
 pub fn router(app: AppState) -> Router {
-    let timeout = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, app.config.request_timeout);
+    let timeout =
+        TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, app.config.request_timeout);
     let with_session = Router::new()
         .route("/", get(page::index))
         .route("/api/session", get(api::session))
         .route("/api/personas", get(api::personas))
-        .route("/api/personas/import", post(api::import_persona).layer(DefaultBodyLimit::max(MAX_CARD_BYTES)))
+        .route(
+            "/api/personas/import",
+            post(api::import_persona).layer(DefaultBodyLimit::max(MAX_CARD_BYTES)),
+        )
         .route("/api/conversations", get(api::list).post(api::create))
         .route("/api/conversations/{id}", get(api::get).delete(api::delete))
         .route("/api/conversations/{id}/export", get(api::export))
@@ -61,13 +65,25 @@ pub fn router(app: AppState) -> Router {
 
 /// Counts and times every request by its route pattern (not its URL, which holds ids).
 async fn measure(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let method = request.method().to_string();
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    app.metrics.count("rapport_http_requests_total", &[("route", &route), ("method", &method), ("status", &status)], 1);
-    app.metrics.seconds("rapport_http_request_seconds", &[("route", &route)], started.elapsed().as_secs_f64());
+    app.metrics.count(
+        "rapport_http_requests_total",
+        &[("route", &route), ("method", &method), ("status", &status)],
+        1,
+    );
+    app.metrics.seconds(
+        "rapport_http_request_seconds",
+        &[("route", &route)],
+        started.elapsed().as_secs_f64(),
+    );
     if response.status().is_server_error() {
         app.metrics.count("rapport_errors_total", &[("kind", "http_5xx")], 1);
     }
@@ -77,17 +93,37 @@ async fn measure(State(app): State<AppState>, request: Request, next: Next) -> R
 /// Rejections that axum and tower answer in plain text (body too large, timeout, wrong method)
 /// get the same JSON shape as every other error.
 async fn json_errors(request: Request, next: Next) -> Response {
-    let limit = request.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str() == "/api/personas/import");
+    let limit = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == "/api/personas/import");
     let response = next.run(request).await;
-    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if is_json || !(response.status().is_client_error() || response.status().is_server_error()) {
         return response;
     }
     let (kind, message) = match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", if limit { format!("the card is larger than {} MiB", MAX_CARD_BYTES >> 20) } else { "the request body is too large".to_string() }),
-        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long and was stopped".to_string()),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not take that method".to_string()),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send JSON with 'Content-Type: application/json'".to_string()),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            if limit {
+                format!("the card is larger than {} MiB", MAX_CARD_BYTES >> 20)
+            } else {
+                "the request body is too large".to_string()
+            },
+        ),
+        StatusCode::REQUEST_TIMEOUT => {
+            ("timeout", "the request took too long and was stopped".to_string())
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "this route does not take that method".to_string())
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "send JSON with 'Content-Type: application/json'".to_string(),
+        ),
         status => ("error", status.canonical_reason().unwrap_or("error").to_lowercase()),
     };
     let mut rewritten = AppError::new(response.status(), kind, message).into_response();
@@ -105,14 +141,27 @@ async fn healthz() -> &'static str {
 async fn readyz(State(app): State<AppState>) -> Response {
     match app.store.ping().await {
         Ok(()) => Json(json!({"ready": true})).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "error": e.to_string()}))).into_response(),
+        Err(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "error": e.to_string()})))
+                .into_response()
+        }
     }
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
     let (queued, running) = app.store.depth().await.unwrap_or((-1, -1));
-    let text = app.metrics.render(&[("rapport_queue_depth", vec![("state", "queued")], queued as f64), ("rapport_queue_depth", vec![("state", "running")], running as f64)]);
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()
+    let text = app.metrics.render(&[
+        ("rapport_queue_depth", vec![("state", "queued")], queued as f64),
+        ("rapport_queue_depth", vec![("state", "running")], running as f64),
+    ]);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Serves `app` on `addr` with its workers until Ctrl-C or SIGTERM; then the workers put their
@@ -148,7 +197,8 @@ async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -22,13 +22,22 @@ pub struct BodyError {
 }
 
 /// The route's type from a body that must be a JSON object.
-pub fn json_object<T: DeserializeOwned>(body: Result<Json<Value>, JsonRejection>) -> Result<T, BodyError> {
+pub fn json_object<T: DeserializeOwned>(
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<T, BodyError> {
     let Json(value) = body.map_err(|e| BodyError {
         status: e.status(),
-        message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE { "the request body is too large".to_string() } else { e.body_text() },
+        message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "the request body is too large".to_string()
+        } else {
+            e.body_text()
+        },
     })?;
     if !value.is_object() {
-        return Err(BodyError { status: StatusCode::UNPROCESSABLE_ENTITY, message: "the request body must be a JSON object".to_string() });
+        return Err(BodyError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: "the request body must be a JSON object".to_string(),
+        });
     }
     serde_json::from_value(value).map_err(|e| BodyError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -49,7 +58,10 @@ mod tests {
 
     #[test]
     fn an_array_of_the_fields_is_refused_though_serde_would_take_it() {
-        assert!(serde_json::from_value::<Message>(serde_json::json!(["hi"])).is_ok(), "serde's derive accepts the array form");
+        assert!(
+            serde_json::from_value::<Message>(serde_json::json!(["hi"])).is_ok(),
+            "serde's derive accepts the array form"
+        );
         let e = json_object::<Message>(Ok(Json(serde_json::json!(["hi"])))).unwrap_err();
         assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(e.message.contains("JSON object"));

@@ -57,10 +57,16 @@ impl std::str::FromStr for Network {
             Some((a, p)) => (a, Some(p)),
             None => (text.trim(), None),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an IP address or network (like 10.0.0.0/8 or ::1)"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            format!("{text:?} is not an IP address or network (like 10.0.0.0/8 or ::1)")
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
             None => max,
         };
         Ok(Self { addr, prefix })
@@ -75,8 +81,14 @@ impl Network {
             v4 => v4,
         };
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => masked(u32::from(net) as u128, 32, self.prefix) == masked(u32::from(ip) as u128, 32, self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => masked(u128::from(net), 128, self.prefix) == masked(u128::from(ip), 128, self.prefix),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net) as u128, 32, self.prefix)
+                    == masked(u32::from(ip) as u128, 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), 128, self.prefix)
+                    == masked(u128::from(ip), 128, self.prefix)
+            }
             _ => false,
         }
     }
@@ -108,8 +120,16 @@ impl ClientPolicy {
         if let Some(name) = &self.header {
             if trusted(peer) {
                 // Every value of the header, in order, as one list.
-                let listed: Vec<IpAddr> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).filter_map(|a| parse_forwarded(a.trim())).collect();
-                if let Some(client) = listed.iter().rev().find(|ip| !trusted(**ip)).or(listed.first()) {
+                let listed: Vec<IpAddr> = headers
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .filter_map(|a| parse_forwarded(a.trim()))
+                    .collect();
+                if let Some(client) =
+                    listed.iter().rev().find(|ip| !trusted(**ip)).or(listed.first())
+                {
                     return ClientAddress::of(*client);
                 }
             }
@@ -130,7 +150,11 @@ fn parse_forwarded(text: &str) -> Option<IpAddr> {
 }
 
 /// Middleware: puts the request's [`ClientAddress`] in its extensions.
-pub async fn identify(axum::extract::State(app): axum::extract::State<crate::state::AppState>, mut request: Request, next: Next) -> Response {
+pub async fn identify(
+    axum::extract::State(app): axum::extract::State<crate::state::AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let client = app.config.clients.resolve(peer, request.headers());
     request.extensions_mut().insert(client);
@@ -143,7 +167,10 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn policy() -> ClientPolicy {
-        ClientPolicy { header: Some(HeaderName::from_static("x-forwarded-for")), trusted: vec!["127.0.0.1".parse().unwrap(), "10.0.0.0/8".parse().unwrap()] }
+        ClientPolicy {
+            header: Some(HeaderName::from_static("x-forwarded-for")),
+            trusted: vec!["127.0.0.1".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
+        }
     }
 
     fn headers(value: &str) -> HeaderMap {
@@ -155,9 +182,20 @@ mod tests {
     #[test]
     fn the_header_counts_only_from_a_trusted_proxy() {
         let h = headers("203.0.113.9");
-        assert_eq!(policy().resolve(Some("127.0.0.1".parse().unwrap()), &h).as_str(), "203.0.113.9");
-        assert_eq!(policy().resolve(Some("198.51.100.1".parse().unwrap()), &h).as_str(), "198.51.100.1", "a stranger's header is ignored");
-        assert_eq!(ClientPolicy::default().resolve(Some("127.0.0.1".parse().unwrap()), &h).as_str(), "127.0.0.1", "no header configured: the peer");
+        assert_eq!(
+            policy().resolve(Some("127.0.0.1".parse().unwrap()), &h).as_str(),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            policy().resolve(Some("198.51.100.1".parse().unwrap()), &h).as_str(),
+            "198.51.100.1",
+            "a stranger's header is ignored"
+        );
+        assert_eq!(
+            ClientPolicy::default().resolve(Some("127.0.0.1".parse().unwrap()), &h).as_str(),
+            "127.0.0.1",
+            "no header configured: the peer"
+        );
     }
 
     #[test]
@@ -180,7 +218,9 @@ mod tests {
     #[test]
     fn networks_parse_and_match() {
         let n: Network = "10.0.0.0/8".parse().unwrap();
-        assert!(n.contains("10.200.0.1".parse().unwrap()) && !n.contains("11.0.0.1".parse().unwrap()));
+        assert!(
+            n.contains("10.200.0.1".parse().unwrap()) && !n.contains("11.0.0.1".parse().unwrap())
+        );
         let all: Network = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("8.8.8.8".parse().unwrap()));
         assert!("::1".parse::<Network>().unwrap().contains("::1".parse().unwrap()));

@@ -50,18 +50,29 @@ pub struct PersonaRequest {
 
 fn authorise(app: &AppState, headers: &HeaderMap) -> AppResult<()> {
     let Some(key) = &app.config.api_key else { return Ok(()) };
-    let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     if sent == Some(key.as_str()) {
         Ok(())
     } else {
-        Err(AppError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "send the server's API key as 'Authorization: Bearer KEY'"))
+        Err(AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "send the server's API key as 'Authorization: Bearer KEY'",
+        ))
     }
 }
 
 /// Takes one from this client's limit: the API key it authenticated with (or none) and its
 /// address. Checked before the body is read, so a flood of bad requests is limited too.
 async fn limit(app: &AppState, headers: &HeaderMap, client: &ClientAddress) -> AppResult<()> {
-    let who = if app.config.api_key.is_some() && headers.contains_key(header::AUTHORIZATION) { "key" } else { "open" };
+    let who = if app.config.api_key.is_some() && headers.contains_key(header::AUTHORIZATION) {
+        "key"
+    } else {
+        "open"
+    };
     door::limit(app, Scope::ApiRequests, &format!("{who}@{}", client.as_str())).await
 }
 
@@ -88,7 +99,9 @@ fn describe(messages: &[WireMessage]) -> AppResult<Described> {
             _ => turns.push((is_user, text)),
         }
     }
-    let Some((true, message)) = turns.pop() else { return Err(AppError::bad_request("the last message must be the user's")) };
+    let Some((true, message)) = turns.pop() else {
+        return Err(AppError::bad_request("the last message must be the user's"));
+    };
     let greeting = match turns.first() {
         Some((false, _)) => Some(turns.remove(0).1),
         _ => None,
@@ -114,16 +127,30 @@ pub async fn chat_completions(
     let request: PersonaRequest = crate::body::json_object(body)?;
     if !app.personas.shipped().any(|p| p.id == request.model) {
         let known: Vec<&str> = app.personas.shipped().map(|p| p.id.as_str()).collect();
-        return Err(AppError::new(StatusCode::NOT_FOUND, "model_not_found", format!("no persona '{}'; the models here are: {}", request.model, known.join(", "))));
+        return Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("no persona '{}'; the models here are: {}", request.model, known.join(", ")),
+        ));
     }
     let (greeting, exchanges, message) = describe(&request.messages)?;
     let chars = message.chars().count();
     if chars > app.config.max_message_chars {
-        return Err(AppError::unprocessable(format!("the message is {chars} characters long; the limit is {} characters", app.config.max_message_chars)));
+        return Err(AppError::unprocessable(format!(
+            "the message is {chars} characters long; the limit is {} characters",
+            app.config.max_message_chars
+        )));
     }
     // This route writes its reply while the caller waits, outside the queue: the queue's bounds
     // apply to it in this process, held until the reply is written or the caller goes.
-    let place = app.in_flight.enter(client.as_str(), app.config.max_queued_per_client.max(1), app.config.max_queued.max(1)).map_err(|full| door::in_flight_full(&app, full))?;
+    let place = app
+        .in_flight
+        .enter(
+            client.as_str(),
+            app.config.max_queued_per_client.max(1),
+            app.config.max_queued.max(1),
+        )
+        .map_err(|full| door::in_flight_full(&app, full))?;
     let pipeline = app.personas.pipeline(&app.store, &request.model).await?;
     let now = Utc::now().fixed_offset();
     let mut conversation = pipeline.replay(greeting.as_deref(), &exchanges, now)?;
@@ -139,7 +166,9 @@ pub async fn chat_completions(
             let _place = place;
             let _slot = app.slots.clone().acquire_owned().await.expect("slots are never closed");
             let mut ignore = |_| {};
-            pipeline.respond(&mut conversation, &message, now, app.generator.as_ref(), &mut ignore).await
+            pipeline
+                .respond(&mut conversation, &message, now, app.generator.as_ref(), &mut ignore)
+                .await
         }
     };
 
@@ -160,12 +189,16 @@ pub async fn chat_completions(
                 let _ = tx.send(data(chunk(json!({}), Some("stop")))).await;
             }
             Err(e) => {
-                let _ = tx.send(data(json!({"error": {"message": e.to_string(), "type": e.kind()}}))).await;
+                let _ = tx
+                    .send(data(json!({"error": {"message": e.to_string(), "type": e.kind()}})))
+                    .await;
             }
         }
         let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
     });
-    Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))).into_response())
+    Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response())
 }
 
 fn completion(id: &str, created: u64, model: &str, outcome: &TurnOutcome) -> Value {
@@ -211,16 +244,33 @@ mod tests {
     use super::*;
 
     fn wire(pairs: &[(&str, &str)]) -> Vec<WireMessage> {
-        pairs.iter().map(|(r, c)| WireMessage { role: r.to_string(), content: Value::String(c.to_string()) }).collect()
+        pairs
+            .iter()
+            .map(|(r, c)| WireMessage {
+                role: r.to_string(),
+                content: Value::String(c.to_string()),
+            })
+            .collect()
     }
 
     #[test]
     fn a_history_becomes_greeting_exchanges_and_the_message() {
-        let (greeting, exchanges, message) = describe(&wire(&[("system", "ignored"), ("assistant", "Hi!"), ("user", "a"), ("assistant", "b"), ("user", "c"), ("user", "d")])).unwrap();
+        let (greeting, exchanges, message) = describe(&wire(&[
+            ("system", "ignored"),
+            ("assistant", "Hi!"),
+            ("user", "a"),
+            ("assistant", "b"),
+            ("user", "c"),
+            ("user", "d"),
+        ]))
+        .unwrap();
         assert_eq!(greeting.as_deref(), Some("Hi!"));
         assert_eq!(exchanges, [("a".to_string(), "b".to_string())]);
         assert_eq!(message, "c\nd");
-        assert!(describe(&wire(&[("user", "a"), ("assistant", "b")])).is_err(), "the last message must be the user's");
+        assert!(
+            describe(&wire(&[("user", "a"), ("assistant", "b")])).is_err(),
+            "the last message must be the user's"
+        );
         assert!(describe(&wire(&[("tool", "a")])).is_err());
     }
 

@@ -35,7 +35,11 @@ fn rate_of(app: &AppState, scope: Scope) -> RateLimit {
 
 /// The queue's bounds for a job of `client`.
 pub fn admission(app: &AppState, client: &ClientAddress) -> Admission {
-    Admission { client: client.as_str().to_string(), max_queued: app.config.max_queued as i64, max_per_client: app.config.max_queued_per_client as i64 }
+    Admission {
+        client: client.as_str().to_string(),
+        max_queued: app.config.max_queued as i64,
+        max_per_client: app.config.max_queued_per_client as i64,
+    }
 }
 
 /// A store result, with a full queue turned into its refusal.
@@ -54,7 +58,9 @@ async fn queue_full(app: &AppState, full: QueueFull) -> AppError {
         // One of the client's own replies has to finish.
         QueueFull::Client { .. } => (StatusCode::TOO_MANY_REQUESTS, "client_queue_full", per_job),
         // A worker has to take one of the waiting jobs.
-        QueueFull::Server { .. } => (StatusCode::SERVICE_UNAVAILABLE, "queue_full", per_job / workers),
+        QueueFull::Server { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "queue_full", per_job / workers)
+        }
     };
     refused(app, reason);
     let seconds = seconds.ceil().clamp(1.0, 600.0) as u64;
@@ -67,8 +73,16 @@ async fn queue_full(app: &AppState, full: QueueFull) -> AppError {
 /// The OpenAI route's in-flight bound refused.
 pub fn in_flight_full(app: &AppState, full: Full) -> AppError {
     let (status, reason, message) = match full {
-        Full::Client(n) => (StatusCode::TOO_MANY_REQUESTS, "client_queue_full", format!("this address already has {n} replies waiting or being written")),
-        Full::Server(n) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full", format!("the server is busy: {n} replies are already waiting")),
+        Full::Client(n) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "client_queue_full",
+            format!("this address already has {n} replies waiting or being written"),
+        ),
+        Full::Server(n) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            format!("the server is busy: {n} replies are already waiting"),
+        ),
     };
     refused(app, reason);
     // No job times to go by here: the persona API's replies are written while the caller waits.

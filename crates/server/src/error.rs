@@ -34,7 +34,11 @@ impl AppError {
     /// 429 with `Retry-After`: `what` ("messages") came faster than `per_minute`.
     pub fn rate_limited(wait: std::time::Duration, what: &str, per_minute: u32) -> Self {
         let seconds = wait.as_secs_f64().ceil() as u64;
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many {what}: wait {seconds} s (the limit is {per_minute} per minute)"));
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many {what}: wait {seconds} s (the limit is {per_minute} per minute)"),
+        );
         e.retry_after = Some(seconds.max(1));
         e
     }
@@ -52,7 +56,11 @@ impl AppError {
     /// 500, logged here so that the client's copy can stay short.
     pub fn internal(message: impl std::fmt::Display) -> Self {
         tracing::error!(%message, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "something went wrong on the server; the request was not completed")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "something went wrong on the server; the request was not completed",
+        )
     }
 }
 
@@ -60,7 +68,11 @@ impl AppError {
 /// 422 wrong shape, 413 too large.
 impl From<crate::body::BodyError> for AppError {
     fn from(e: crate::body::BodyError) -> Self {
-        let kind = if e.status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_request_error" };
+        let kind = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "invalid_request_error"
+        };
         AppError::new(e.status, kind, e.message)
     }
 }
@@ -69,10 +81,16 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => AppError::not_found(what),
-            StoreError::Conflict(message) => AppError::new(StatusCode::CONFLICT, "conflict", message),
+            StoreError::Conflict(message) => {
+                AppError::new(StatusCode::CONFLICT, "conflict", message)
+            }
             // Routes that queue map this with a wait estimate (`door::queued`); this is the rest.
-            StoreError::QueueFull(full) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", full.to_string()),
-            StoreError::Config(_) | StoreError::Corrupt(_) | StoreError::Database(_) => AppError::internal(e),
+            StoreError::QueueFull(full) => {
+                AppError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", full.to_string())
+            }
+            StoreError::Config(_) | StoreError::Corrupt(_) | StoreError::Database(_) => {
+                AppError::internal(e)
+            }
         }
     }
 }
@@ -80,8 +98,13 @@ impl From<StoreError> for AppError {
 impl From<PipelineError> for AppError {
     fn from(e: PipelineError) -> Self {
         match &e {
-            PipelineError::UnknownPersona { .. } => AppError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string()),
-            PipelineError::PromptTooLong { .. } | PipelineError::Card(_) | PipelineError::InvalidPersona(_) | PipelineError::Persona { .. } => AppError::unprocessable(e.to_string()),
+            PipelineError::UnknownPersona { .. } => {
+                AppError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string())
+            }
+            PipelineError::PromptTooLong { .. }
+            | PipelineError::Card(_)
+            | PipelineError::InvalidPersona(_)
+            | PipelineError::Persona { .. } => AppError::unprocessable(e.to_string()),
             _ => AppError::internal(e),
         }
     }
@@ -89,7 +112,9 @@ impl From<PipelineError> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({"error": {"message": self.message, "type": self.kind}}))).into_response();
+        let mut response =
+            (self.status, Json(json!({"error": {"message": self.message, "type": self.kind}})))
+                .into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

@@ -70,7 +70,10 @@ pub struct Limits {
 impl Limits {
     /// Shared through `store` when it is PostgreSQL, in this process otherwise.
     pub fn new(store: &Store) -> Self {
-        Self { shared: (store.backend() == Backend::Postgres).then(|| store.clone()), local: Mutex::new(HashMap::new()) }
+        Self {
+            shared: (store.backend() == Backend::Postgres).then(|| store.clone()),
+            local: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Whether several processes share these limits.
@@ -79,9 +82,16 @@ impl Limits {
     }
 
     /// Takes one for `key` in `scope` under `rate`: `Ok(Ok(()))`, or `Ok(Err(wait))`.
-    pub async fn take(&self, scope: Scope, key: &str, rate: RateLimit) -> Result<Result<(), Duration>, StoreError> {
+    pub async fn take(
+        &self,
+        scope: Scope,
+        key: &str,
+        rate: RateLimit,
+    ) -> Result<Result<(), Duration>, StoreError> {
         let decided = match &self.shared {
-            Some(store) => store.take_rate(&format!("{}:{key}", scope.as_str()), rate.gcra()).await?,
+            Some(store) => {
+                store.take_rate(&format!("{}:{key}", scope.as_str()), rate.gcra()).await?
+            }
             None => self.take_here(scope, key, rate.gcra(), now_ms()),
         };
         Ok(decided.map_err(|ms| Duration::from_millis(ms.max(1) as u64)))
@@ -124,7 +134,12 @@ pub struct Entered {
 
 impl InFlight {
     /// A place for `client`, if it has fewer than `per_client` and the server fewer than `total`.
-    pub fn enter(self: &Arc<Self>, client: &str, per_client: usize, total: usize) -> Result<Entered, Full> {
+    pub fn enter(
+        self: &Arc<Self>,
+        client: &str,
+        per_client: usize,
+        total: usize,
+    ) -> Result<Entered, Full> {
         let mut counts = self.counts.lock().expect("in-flight lock");
         let mine = counts.1.get(client).copied().unwrap_or(0);
         if mine >= per_client {
@@ -167,8 +182,14 @@ mod tests {
         assert!(limits.take_here(Scope::SessionMessages, "a", rate, 0).is_ok());
         assert!(limits.take_here(Scope::SessionMessages, "a", rate, 0).is_ok());
         assert_eq!(limits.take_here(Scope::SessionMessages, "a", rate, 0), Err(10_000));
-        assert!(limits.take_here(Scope::SessionMessages, "b", rate, 0).is_ok(), "keys are limited apart");
-        assert!(limits.take_here(Scope::ClientMessages, "a", rate, 0).is_ok(), "scopes are limited apart");
+        assert!(
+            limits.take_here(Scope::SessionMessages, "b", rate, 0).is_ok(),
+            "keys are limited apart"
+        );
+        assert!(
+            limits.take_here(Scope::ClientMessages, "a", rate, 0).is_ok(),
+            "scopes are limited apart"
+        );
         assert!(limits.take_here(Scope::SessionMessages, "a", rate, 10_000).is_ok());
     }
 

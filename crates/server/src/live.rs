@@ -56,7 +56,10 @@ impl Live {
         // Room for a burst of deltas; a stream that falls further behind resynchronises from
         // the snapshot.
         let (sender, _) = broadcast::channel(256);
-        self.jobs.lock().expect("live lock").insert(job.clone(), Channel { snapshot: Snapshot::default(), sender });
+        self.jobs
+            .lock()
+            .expect("live lock")
+            .insert(job.clone(), Channel { snapshot: Snapshot::default(), sender });
         self.began.notify_waiters();
     }
 

@@ -8,7 +8,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 
 /// Bucket bounds, seconds: from a fast HTTP call to a slow CPU reply.
-const SECONDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0];
+const SECONDS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0];
 /// Bucket bounds, tokens per second.
 const RATES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0];
 
@@ -36,7 +37,12 @@ fn labels(pairs: &[(&str, &str)]) -> String {
     if pairs.is_empty() {
         return String::new();
     }
-    let inner: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))).collect();
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| {
+            format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+        })
+        .collect();
     format!("{{{}}}", inner.join(","))
 }
 
@@ -60,7 +66,8 @@ const HELP: &[(&str, &str, &str)] = &[
 impl Metrics {
     /// Adds `by` to a counter.
     pub fn count(&self, name: &'static str, pairs: &[(&str, &str)], by: u64) {
-        *self.counters.lock().expect("metrics lock").entry((name, labels(pairs))).or_default() += by;
+        *self.counters.lock().expect("metrics lock").entry((name, labels(pairs))).or_default() +=
+            by;
     }
 
     /// Records seconds.
@@ -73,9 +80,20 @@ impl Metrics {
         self.observe(name, pairs, value, RATES);
     }
 
-    fn observe(&self, name: &'static str, pairs: &[(&str, &str)], value: f64, bounds: &'static [f64]) {
+    fn observe(
+        &self,
+        name: &'static str,
+        pairs: &[(&str, &str)],
+        value: f64,
+        bounds: &'static [f64],
+    ) {
         let mut histograms = self.histograms.lock().expect("metrics lock");
-        let h = histograms.entry((name, labels(pairs))).or_insert_with(|| Histogram { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 });
+        let h = histograms.entry((name, labels(pairs))).or_insert_with(|| Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        });
         for (i, bound) in h.bounds.iter().enumerate() {
             if value <= *bound {
                 h.counts[i] += 1;
@@ -139,7 +157,10 @@ mod tests {
         assert!(names.len() >= 8, "{names:?}");
         for name in names {
             let base = name.trim_end_matches("_bucket");
-            assert!(HELP.iter().any(|(n, _, _)| *n == base), "the dashboard queries {name}, which /metrics does not export");
+            assert!(
+                HELP.iter().any(|(n, _, _)| *n == base),
+                "the dashboard queries {name}, which /metrics does not export"
+            );
         }
     }
 
@@ -149,7 +170,8 @@ mod tests {
         let mut rest = text;
         while let Some(i) = rest.find("rapport_") {
             let tail = &rest[i..];
-            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            let end =
+                tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
             if i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric() {
                 out.insert(tail[..end].to_string());
             }

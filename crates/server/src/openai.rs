@@ -13,8 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use rapport_core::{
-    collect_completion, ChatMessage, DryParams, GenerationError, GenerationEvent, GenerationRequest, Generator,
-    Role, SamplingParams, StopReason, TokenUsage,
+    collect_completion, ChatMessage, DryParams, GenerationError, GenerationEvent,
+    GenerationRequest, Generator, Role, SamplingParams, StopReason, TokenUsage,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -31,7 +31,11 @@ pub struct OpenAiState {
 impl OpenAiState {
     /// Serves `generator` under the model id `model_id`; fields a request leaves out take their
     /// values from `defaults`.
-    pub fn new(generator: Arc<dyn Generator>, model_id: impl Into<String>, defaults: SamplingParams) -> Self {
+    pub fn new(
+        generator: Arc<dyn Generator>,
+        model_id: impl Into<String>,
+        defaults: SamplingParams,
+    ) -> Self {
         Self {
             generator,
             model_id: model_id.into(),
@@ -61,7 +65,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn invalid(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, kind: "invalid_request_error", message: message.into() }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+        }
     }
 }
 
@@ -79,7 +87,8 @@ impl From<GenerationError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"message": self.message, "type": self.kind}}))).into_response()
+        (self.status, Json(json!({"error": {"message": self.message, "type": self.kind}})))
+            .into_response()
     }
 }
 
@@ -132,9 +141,12 @@ pub(crate) fn content_text(content: &Value) -> Result<String, ApiError> {
         Value::String(s) => Ok(s.clone()),
         Value::Array(parts) => parts
             .iter()
-            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                (Some("text"), Some(t)) => Ok(t),
-                _ => Err(ApiError::invalid("only text content parts are supported")),
+            .map(|p| {
+                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str))
+                {
+                    (Some("text"), Some(t)) => Ok(t),
+                    _ => Err(ApiError::invalid("only text content parts are supported")),
+                }
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|v| v.join("")),
@@ -144,13 +156,19 @@ pub(crate) fn content_text(content: &Value) -> Result<String, ApiError> {
 }
 
 impl ChatCompletionRequest {
-    fn into_generation(self, state: &OpenAiState) -> Result<(GenerationRequest, bool, bool), ApiError> {
+    fn into_generation(
+        self,
+        state: &OpenAiState,
+    ) -> Result<(GenerationRequest, bool, bool), ApiError> {
         if let Some(model) = &self.model {
             if model != &state.model_id {
                 return Err(ApiError {
                     status: StatusCode::NOT_FOUND,
                     kind: "model_not_found",
-                    message: format!("model '{model}' is not served here; this server serves '{}'", state.model_id),
+                    message: format!(
+                        "model '{model}' is not served here; this server serves '{}'",
+                        state.model_id
+                    ),
                 });
             }
         }
@@ -227,7 +245,11 @@ async fn chat_completions(
     State(state): State<OpenAiState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let body: ChatCompletionRequest = crate::body::json_object(body).map_err(|e| ApiError { status: e.status, kind: "invalid_request_error", message: e.message })?;
+    let body: ChatCompletionRequest = crate::body::json_object(body).map_err(|e| ApiError {
+        status: e.status,
+        kind: "invalid_request_error",
+        message: e.message,
+    })?;
     let (request, stream, include_usage) = body.into_generation(&state)?;
     let id = format!("chatcmpl-{:x}", rand_id());
     let created = now_secs();
@@ -277,7 +299,9 @@ async fn chat_completions(
 }
 
 async fn models(State(state): State<OpenAiState>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [{"id": state.model_id, "object": "model", "created": 0, "owned_by": "rapport"}]}))
+    Json(
+        json!({"object": "list", "data": [{"id": state.model_id, "object": "model", "created": 0, "owned_by": "rapport"}]}),
+    )
 }
 
 /// A request id: unique enough to tell requests apart in logs, with no RNG dependency.
@@ -299,7 +323,10 @@ mod tests {
             fn name(&self) -> &str {
                 "never"
             }
-            async fn generate(&self, _: GenerationRequest) -> Result<rapport_core::TextStream, GenerationError> {
+            async fn generate(
+                &self,
+                _: GenerationRequest,
+            ) -> Result<rapport_core::TextStream, GenerationError> {
                 Err(GenerationError::Unavailable("not in this test".into()))
             }
         }
@@ -312,7 +339,8 @@ mod tests {
 
     #[test]
     fn a_missing_system_message_gets_a_neutral_one() {
-        let (req, stream, usage) = parse(json!({"messages": [{"role": "user", "content": "hi"}]})).unwrap();
+        let (req, stream, usage) =
+            parse(json!({"messages": [{"role": "user", "content": "hi"}]})).unwrap();
         assert_eq!(req.messages()[0].role, Role::System);
         assert_eq!(req.messages()[1].content, "hi");
         assert!(!stream && !usage);
@@ -332,13 +360,16 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused_with_reasons() {
-        let e = parse(json!({"model": "other", "messages": [{"role": "user", "content": "hi"}]})).unwrap_err();
+        let e = parse(json!({"model": "other", "messages": [{"role": "user", "content": "hi"}]}))
+            .unwrap_err();
         assert_eq!(e.status, StatusCode::NOT_FOUND);
         let e = parse(json!({"messages": [{"role": "tool", "content": "hi"}]})).unwrap_err();
         assert!(e.message.contains("tool"));
-        let e = parse(json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 9})).unwrap_err();
+        let e = parse(json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}))
+            .unwrap_err();
         assert!(e.message.contains("temperature"));
-        let e = parse(json!({"messages": [{"role": "user", "content": "hi"}], "n": 2})).unwrap_err();
+        let e =
+            parse(json!({"messages": [{"role": "user", "content": "hi"}], "n": 2})).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 }

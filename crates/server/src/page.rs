@@ -22,7 +22,8 @@ fn templates() -> &'static tera::Tera {
     static TERA: OnceLock<tera::Tera> = OnceLock::new();
     TERA.get_or_init(|| {
         let mut tera = tera::Tera::default();
-        tera.add_raw_template("index.html", INDEX).expect("web/templates/index.html is a valid template");
+        tera.add_raw_template("index.html", INDEX)
+            .expect("web/templates/index.html is a valid template");
         // HTML-escape every value put into the page.
         tera.autoescape_on(vec!["index.html"]);
         tera
@@ -30,7 +31,10 @@ fn templates() -> &'static tera::Tera {
 }
 
 /// `GET /`.
-pub async fn index(State(app): State<AppState>, Extension(CurrentSession(session)): Extension<CurrentSession>) -> Response {
+pub async fn index(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+) -> Response {
     let mut context = tera::Context::new();
     context.insert("csrf_token", &session.csrf);
     context.insert("max_message_chars", &app.config.max_message_chars);
@@ -42,12 +46,23 @@ pub async fn index(State(app): State<AppState>, Extension(CurrentSession(session
 
 /// `GET /static/app.js`.
 pub async fn app_js() -> Response {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], APP_JS).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_JS,
+    )
+        .into_response()
 }
 
 /// `GET /static/app.css`.
 pub async fn app_css() -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], APP_CSS).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        APP_CSS,
+    )
+        .into_response()
 }
 
 /// `GET /api/openapi.json`.

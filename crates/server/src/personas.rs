@@ -31,7 +31,14 @@ pub struct PersonaSummary {
 
 impl PersonaSummary {
     fn of(persona: &Persona, imported: bool) -> Self {
-        Self { id: persona.id.clone(), name: persona.name.clone(), bio: persona.bio.clone(), greeting: persona.greeting().to_string(), has_secret: persona.secret.is_some(), imported }
+        Self {
+            id: persona.id.clone(),
+            name: persona.name.clone(),
+            bio: persona.bio.clone(),
+            greeting: persona.greeting().to_string(),
+            has_secret: persona.secret.is_some(),
+            imported,
+        }
     }
 }
 
@@ -46,7 +53,12 @@ pub struct Personas {
 
 impl Personas {
     /// The shipped `library`, run with `nlu`, `prompts` and `config`.
-    pub fn new(shipped: PersonaLibrary, nlu: Option<Arc<EmotionClassifier>>, prompts: Arc<Prompts>, config: PipelineConfig) -> Self {
+    pub fn new(
+        shipped: PersonaLibrary,
+        nlu: Option<Arc<EmotionClassifier>>,
+        prompts: Arc<Prompts>,
+        config: PipelineConfig,
+    ) -> Self {
         Self { shipped, nlu, prompts, config, pipelines: Mutex::new(HashMap::new()) }
     }
 
@@ -56,8 +68,13 @@ impl Personas {
     }
 
     /// What `session` may pick: the shipped personas, then its own imports.
-    pub async fn visible_to(&self, store: &Store, session: &SessionId) -> AppResult<Vec<PersonaSummary>> {
-        let mut out: Vec<PersonaSummary> = self.shipped.iter().map(|p| PersonaSummary::of(p, false)).collect();
+    pub async fn visible_to(
+        &self,
+        store: &Store,
+        session: &SessionId,
+    ) -> AppResult<Vec<PersonaSummary>> {
+        let mut out: Vec<PersonaSummary> =
+            self.shipped.iter().map(|p| PersonaSummary::of(p, false)).collect();
         for stored in store.personas_of(session).await? {
             out.push(PersonaSummary::of(&parse(&stored)?, true));
         }
@@ -66,7 +83,12 @@ impl Personas {
 
     /// The persona `id` if `session` may use it (`None` for workers, which act for whoever
     /// wrote the message).
-    pub async fn persona(&self, store: &Store, id: &str, session: Option<&SessionId>) -> AppResult<Persona> {
+    pub async fn persona(
+        &self,
+        store: &Store,
+        id: &str,
+        session: Option<&SessionId>,
+    ) -> AppResult<Persona> {
         if let Ok(p) = self.shipped.get(id) {
             return Ok(p.clone());
         }
@@ -84,7 +106,10 @@ impl Personas {
         }
         let persona = self.persona(store, id, None).await?;
         let (nlu, prompts, config) = (self.nlu.clone(), self.prompts.clone(), self.config.clone());
-        let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(persona, nlu, prompts, config)).await.map_err(AppError::internal)??;
+        let pipeline =
+            tokio::task::spawn_blocking(move || Pipeline::new(persona, nlu, prompts, config))
+                .await
+                .map_err(AppError::internal)??;
         let pipeline = Arc::new(pipeline);
         self.pipelines.lock().expect("pipelines lock").insert(id.to_string(), pipeline.clone());
         Ok(pipeline)
@@ -92,18 +117,35 @@ impl Personas {
 
     /// Imports a Character Card (JSON or PNG bytes) for `session`, under a fresh id so that it
     /// can never shadow a shipped persona or another session's import.
-    pub async fn import(&self, store: &Store, session: &SessionId, bytes: &[u8]) -> AppResult<(PersonaSummary, Vec<String>)> {
+    pub async fn import(
+        &self,
+        store: &Store,
+        session: &SessionId,
+        bytes: &[u8],
+    ) -> AppResult<(PersonaSummary, Vec<String>)> {
         let imported = rapport_pipeline::card::import_bytes(bytes)?;
         let mut persona = imported.persona;
-        persona.id = format!("{}-{}", rapport_pipeline::persona::slug(&persona.name), &rand_hex()[..8]);
+        persona.id =
+            format!("{}-{}", rapport_pipeline::persona::slug(&persona.name), &rand_hex()[..8]);
         persona.validate()?;
-        store.save_persona(session, &StoredPersona { id: persona.id.clone(), name: persona.name.clone(), body: persona.to_toml() }).await?;
+        store
+            .save_persona(
+                session,
+                &StoredPersona {
+                    id: persona.id.clone(),
+                    name: persona.name.clone(),
+                    body: persona.to_toml(),
+                },
+            )
+            .await?;
         Ok((PersonaSummary::of(&persona, true), imported.warnings))
     }
 }
 
 fn parse(stored: &StoredPersona) -> AppResult<Persona> {
-    Persona::from_toml(&stored.body, &stored.id).map_err(|e: PipelineError| AppError::internal(format!("stored persona {}: {e}", stored.id)))
+    Persona::from_toml(&stored.body, &stored.id).map_err(|e: PipelineError| {
+        AppError::internal(format!("stored persona {}: {e}", stored.id))
+    })
 }
 
 fn rand_hex() -> String {

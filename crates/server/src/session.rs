@@ -60,7 +60,11 @@ pub async fn sessions(State(app): State<AppState>, mut request: Request, next: N
         let sent = request.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
         let valid = matches!((&found, sent), (Some(s), Some(t)) if s.csrf == t);
         if !valid {
-            let why = if found.is_none() { "no session: load the page or GET /api/session first" } else { "missing or wrong X-CSRF-Token header" };
+            let why = if found.is_none() {
+                "no session: load the page or GET /api/session first"
+            } else {
+                "missing or wrong X-CSRF-Token header"
+            };
             return AppError::new(StatusCode::FORBIDDEN, "csrf", format!("{why}; writes must send the session's CSRF token (from GET /api/session or the page's csrf-token meta tag) in X-CSRF-Token")).into_response();
         }
     }
@@ -73,7 +77,11 @@ pub async fn sessions(State(app): State<AppState>, mut request: Request, next: N
     };
     let stored = if is_write(request.method()) && !session.is_stored() {
         // The session's first write: it becomes a row, charged to the client's session limit.
-        let client = request.extensions().get::<ClientAddress>().cloned().unwrap_or(ClientAddress("unknown".into()));
+        let client = request
+            .extensions()
+            .get::<ClientAddress>()
+            .cloned()
+            .unwrap_or(ClientAddress("unknown".into()));
         if let Err(e) = door::limit(&app, Scope::ClientSessions, client.as_str()).await {
             return e.into_response();
         }
@@ -84,11 +92,18 @@ pub async fn sessions(State(app): State<AppState>, mut request: Request, next: N
     if let Err(e) = stored {
         return AppError::from(e).into_response();
     }
-    let secure = app.config.secure_cookies || request.headers().get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let secure = app.config.secure_cookies
+        || request
+            .headers()
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     request.extensions_mut().insert(CurrentSession(session));
     let mut response = next.run(request).await;
     if let Some(token) = new_token {
-        let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000{}", if secure { "; Secure" } else { "" });
+        let cookie = format!(
+            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000{}",
+            if secure { "; Secure" } else { "" }
+        );
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             response.headers_mut().append(header::SET_COOKIE, value);
         }

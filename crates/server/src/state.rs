@@ -93,14 +93,21 @@ pub struct ExpiryConfig {
 impl Default for ExpiryConfig {
     fn default() -> Self {
         const DAY: u64 = 24 * 3600;
-        Self { session_idle: Some(Duration::from_secs(30 * DAY)), empty_idle: Some(Duration::from_secs(DAY)), sweep_every: Duration::from_secs(600) }
+        Self {
+            session_idle: Some(Duration::from_secs(30 * DAY)),
+            empty_idle: Some(Duration::from_secs(DAY)),
+            sweep_every: Duration::from_secs(600),
+        }
     }
 }
 
 impl ExpiryConfig {
     /// The store's policy.
     pub fn policy(&self) -> rapport_store::Expiry {
-        rapport_store::Expiry { session_idle_ms: self.session_idle.map(|d| d.as_millis() as i64), empty_idle_ms: self.empty_idle.map(|d| d.as_millis() as i64) }
+        rapport_store::Expiry {
+            session_idle_ms: self.session_idle.map(|d| d.as_millis() as i64),
+            empty_idle_ms: self.empty_idle.map(|d| d.as_millis() as i64),
+        }
     }
 }
 
@@ -135,7 +142,12 @@ pub struct AppState {
 
 impl AppState {
     /// Everything from its parts.
-    pub fn new(store: Store, personas: Personas, generator: Arc<dyn Generator>, config: AppConfig) -> Self {
+    pub fn new(
+        store: Store,
+        personas: Personas,
+        generator: Arc<dyn Generator>,
+        config: AppConfig,
+    ) -> Self {
         let workers = config.workers.max(1);
         Self {
             limits: Arc::new(Limits::new(&store)),

@@ -28,7 +28,11 @@ use crate::state::AppState;
 type Tx = mpsc::Sender<Result<Event, Infallible>>;
 
 /// The SSE response following `job` of `conversation`.
-pub fn follow(app: AppState, conversation: ConversationId, job: JobId) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub fn follow(
+    app: AppState,
+    conversation: ConversationId,
+    job: JobId,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut shutdown = app.shutdown.subscribe();
@@ -56,14 +60,24 @@ pub async fn queue_view(app: &AppState, job: &Job) -> Value {
         Some(p) => {
             // Jobs ahead plus the ones running, shared among this process's workers (other
             // processes' workers make the real wait shorter; the estimate errs long).
-            let eta = mean_ms.map(|ms| ((p.ahead as f64 + p.running.max(1) as f64 / 2.0) * ms / 1000.0 / app.config.workers.max(1) as f64).ceil());
+            let eta = mean_ms.map(|ms| {
+                ((p.ahead as f64 + p.running.max(1) as f64 / 2.0) * ms
+                    / 1000.0
+                    / app.config.workers.max(1) as f64)
+                    .ceil()
+            });
             json!({"position": p.ahead + 1, "running": p.running, "eta_seconds": eta})
         }
         None => json!({"position": null, "running": null, "eta_seconds": null}),
     }
 }
 
-async fn run(app: &AppState, conversation: &ConversationId, job_id: &JobId, tx: &Tx) -> Result<(), Gone> {
+async fn run(
+    app: &AppState,
+    conversation: &ConversationId,
+    job_id: &JobId,
+    tx: &Tx,
+) -> Result<(), Gone> {
     let mut last_queue = Value::Null;
     let mut last_partial: Option<String> = None;
     let mut started = false;
@@ -168,7 +182,13 @@ where
 }
 
 /// Relays this process's events until the job ends here.
-async fn relay(app: &AppState, job_id: &JobId, mut receiver: broadcast::Receiver<LiveEvent>, tx: &Tx, text_sent: &mut bool) -> Result<(), Gone> {
+async fn relay(
+    app: &AppState,
+    job_id: &JobId,
+    mut receiver: broadcast::Receiver<LiveEvent>,
+    tx: &Tx,
+    text_sent: &mut bool,
+) -> Result<(), Gone> {
     loop {
         match receiver.recv().await {
             Ok(LiveEvent::Prepared(view)) => send(tx, "prepared", view).await?,

@@ -32,12 +32,22 @@ pub async fn sweep(app: &AppState) {
     let started = std::time::Instant::now();
     match app.store.expire(&app.config.expiry.policy()).await {
         Ok(gone) => {
-            for (what, n) in [("sessions", gone.sessions), ("conversations", gone.conversations), ("rate_limits", gone.rate_limits)] {
+            for (what, n) in [
+                ("sessions", gone.sessions),
+                ("conversations", gone.conversations),
+                ("rate_limits", gone.rate_limits),
+            ] {
                 if n > 0 {
                     app.metrics.count("rapport_expired_total", &[("what", what)], n);
                 }
             }
-            tracing::info!(sessions = gone.sessions, conversations = gone.conversations, rate_limits = gone.rate_limits, ms = started.elapsed().as_millis() as u64, "expired idle data");
+            tracing::info!(
+                sessions = gone.sessions,
+                conversations = gone.conversations,
+                rate_limits = gone.rate_limits,
+                ms = started.elapsed().as_millis() as u64,
+                "expired idle data"
+            );
         }
         Err(e) => {
             app.metrics.count("rapport_errors_total", &[("kind", "sweep")], 1);

@@ -30,20 +30,32 @@ pub fn spawn(app: &AppState) -> tokio::task::JoinHandle<()> {
             match warm(&app, id).await {
                 Ok((ms, tokens)) => {
                     warmed += 1;
-                    app.metrics.seconds("rapport_warm_up_seconds", &[("persona", id)], ms as f64 / 1000.0);
+                    app.metrics.seconds(
+                        "rapport_warm_up_seconds",
+                        &[("persona", id)],
+                        ms as f64 / 1000.0,
+                    );
                     tracing::info!(persona = %id, ms, prompt_tokens = ?tokens, "warmed the persona's opening into the prefix cache");
                 }
-                Err(e) => tracing::warn!(persona = %id, error = %e, "could not warm the persona; its first conversation reads it cold"),
+                Err(e) => {
+                    tracing::warn!(persona = %id, error = %e, "could not warm the persona; its first conversation reads it cold")
+                }
             }
         }
-        tracing::info!(personas = warmed, of = ids.len(), ms = started.elapsed().as_millis() as u64, "personas warmed");
+        tracing::info!(
+            personas = warmed,
+            of = ids.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "personas warmed"
+        );
     })
 }
 
 /// One persona: (ms, prompt tokens the backend counted).
 async fn warm(app: &AppState, id: &str) -> Result<(u64, Option<u32>), String> {
     let pipeline = app.personas.pipeline(&app.store, id).await.map_err(|e| e.message)?;
-    let request = pipeline.warm_up_request(chrono::Utc::now().fixed_offset()).map_err(|e| e.to_string())?;
+    let request =
+        pipeline.warm_up_request(chrono::Utc::now().fixed_offset()).map_err(|e| e.to_string())?;
     let _slot = app.slots.clone().acquire_owned().await.expect("slots are never closed");
     let started = Instant::now();
     let mut stream = app.generator.generate(request).await.map_err(|e| e.to_string())?;

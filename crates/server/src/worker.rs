@@ -59,10 +59,18 @@ pub async fn run(app: AppState, number: usize) {
     }
 }
 
-async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+async fn run_job(
+    app: &AppState,
+    job: ClaimedJob,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) {
     let started = Instant::now();
     let id = job.job.id.clone();
-    app.metrics.seconds("rapport_queue_wait_seconds", &[], (now_ms() - job.job.enqueued_at).max(0) as f64 / 1000.0);
+    app.metrics.seconds(
+        "rapport_queue_wait_seconds",
+        &[],
+        (now_ms() - job.job.enqueued_at).max(0) as f64 / 1000.0,
+    );
     if job.job.attempts > MAX_ATTEMPTS {
         let _ = app.store.fail(&id, &job.claim, &format!("gave up after {MAX_ATTEMPTS} attempts: the process writing it stopped each time")).await;
         app.live.publish(&id, LiveEvent::Failed("this reply could not be written".into()));
@@ -119,7 +127,8 @@ async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::wa
         }
         Some(Ok((outcome, conversation))) => {
             record(app, &outcome.trace);
-            let state = serde_json::to_string(&conversation).expect("conversation state serialises");
+            let state =
+                serde_json::to_string(&conversation).expect("conversation state serialises");
             let trace = serde_json::to_string(&outcome.trace).expect("trace serialises");
             let stored = tokio::select! {
                 stored = store_reply(app, &job, &outcome.reply, &state, &trace) => stored,
@@ -138,7 +147,11 @@ async fn run_job(app: &AppState, job: ClaimedJob, shutdown: &mut tokio::sync::wa
                     app.live.publish(&id, LiveEvent::Done(message));
                     let kind = if outcome.trace.fallback.is_some() { "fallback" } else { "done" };
                     app.metrics.count("rapport_jobs_total", &[("outcome", kind)], 1);
-                    app.metrics.seconds("rapport_turn_seconds", &[], started.elapsed().as_secs_f64());
+                    app.metrics.seconds(
+                        "rapport_turn_seconds",
+                        &[],
+                        started.elapsed().as_secs_f64(),
+                    );
                 }
                 Err(StoreError::Conflict(_)) => {
                     app.live.abandon(&id);
@@ -182,7 +195,13 @@ const STORE_RETRY_WINDOW: Duration = Duration::from_secs(30);
 /// because the store checks the claim: once the lease has lapsed and another worker has taken
 /// the job, the write is refused as a conflict, and a write whose commit did land is refused the
 /// same way (the job is no longer running) — never stored twice.
-async fn store_reply(app: &AppState, job: &ClaimedJob, reply: &str, state: &str, trace: &str) -> Result<rapport_store::MessageRow, StoreError> {
+async fn store_reply(
+    app: &AppState,
+    job: &ClaimedJob,
+    reply: &str,
+    state: &str,
+    trace: &str,
+) -> Result<rapport_store::MessageRow, StoreError> {
     let give_up = Instant::now() + STORE_RETRY_WINDOW;
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -198,15 +217,28 @@ async fn store_reply(app: &AppState, job: &ClaimedJob, reply: &str, state: &str,
 }
 
 /// The turn itself: state in, reply and state out.
-async fn write_reply(app: &AppState, job: &ClaimedJob, events: mpsc::UnboundedSender<TurnEvent>) -> Result<(TurnOutcome, Conversation), String> {
+async fn write_reply(
+    app: &AppState,
+    job: &ClaimedJob,
+    events: mpsc::UnboundedSender<TurnEvent>,
+) -> Result<(TurnOutcome, Conversation), String> {
     let pipeline = app.personas.pipeline(&app.store, &job.persona).await.map_err(|e| e.message)?;
-    let mut conversation: Conversation = serde_json::from_str(&job.state).map_err(|e| format!("the stored conversation state is unreadable: {e}"))?;
-    let offset = FixedOffset::east_opt((job.utc_offset_min * 60) as i32).unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
-    let now = Utc.timestamp_millis_opt(job.message_at).single().unwrap_or_else(Utc::now).with_timezone(&offset);
+    let mut conversation: Conversation = serde_json::from_str(&job.state)
+        .map_err(|e| format!("the stored conversation state is unreadable: {e}"))?;
+    let offset = FixedOffset::east_opt((job.utc_offset_min * 60) as i32)
+        .unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
+    let now = Utc
+        .timestamp_millis_opt(job.message_at)
+        .single()
+        .unwrap_or_else(Utc::now)
+        .with_timezone(&offset);
     let mut on_event = move |event: TurnEvent| {
         let _ = events.send(event);
     };
-    let outcome = pipeline.respond(&mut conversation, &job.message, now, app.generator.as_ref(), &mut on_event).await.map_err(|e| e.to_string())?;
+    let outcome = pipeline
+        .respond(&mut conversation, &job.message, now, app.generator.as_ref(), &mut on_event)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((outcome, conversation))
 }
 
@@ -223,7 +255,13 @@ fn forward(app: &AppState, job: &ClaimedJob, event: TurnEvent) {
 fn record(app: &AppState, trace: &TurnTrace) {
     let m = &app.metrics;
     let t = &trace.timings_us;
-    for (step, us) in [("prepare", t.prepare), ("understand", t.understand), ("prompt", t.prompt), ("generate", t.generate), ("review", t.review)] {
+    for (step, us) in [
+        ("prepare", t.prepare),
+        ("understand", t.understand),
+        ("prompt", t.prompt),
+        ("generate", t.generate),
+        ("review", t.review),
+    ] {
         m.seconds("rapport_pipeline_step_seconds", &[("step", step)], us as f64 / 1e6);
     }
     for hit in &trace.input_guards {
@@ -232,7 +270,11 @@ fn record(app: &AppState, trace: &TurnTrace) {
     for attempt in &trace.attempts {
         if let AttemptOutcome::Rejected { hits } = &attempt.outcome {
             for hit in hits {
-                m.count("rapport_guard_hits_total", &[("guard", hit.code()), ("direction", "reply")], 1);
+                m.count(
+                    "rapport_guard_hits_total",
+                    &[("guard", hit.code()), ("direction", "reply")],
+                    1,
+                );
             }
         }
         if let Some(ttft) = attempt.ttft_ms {

@@ -55,14 +55,23 @@ impl Visitor {
 
 impl Door {
     fn new(config: AppConfig) -> Door {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("rapport.db");
         let url = format!("sqlite://{}", db.display());
         let personas_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/personas");
         let app = rt.block_on(async {
             let store = Store::connect(&url).await.unwrap();
-            let personas = Personas::new(PersonaLibrary::load_dir(&personas_dir).unwrap(), None, Arc::new(Prompts::embedded()), PipelineConfig::default());
+            let personas = Personas::new(
+                PersonaLibrary::load_dir(&personas_dir).unwrap(),
+                None,
+                Arc::new(Prompts::embedded()),
+                PipelineConfig::default(),
+            );
             AppState::new(store, personas, Arc::new(NoModel), config)
         });
         let router = rapport_server::app::router(app.clone());
@@ -83,16 +92,27 @@ impl Door {
         if body.is_some() {
             request = request.header("content-type", "application/json");
         }
-        let mut request = request.body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty)).unwrap();
+        let mut request = request
+            .body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty))
+            .unwrap();
         let peer: SocketAddr = format!("{}:40000", who.peer).parse().unwrap();
         request.extensions_mut().insert(ConnectInfo(peer));
         self.rt.block_on(async {
             let response = self.router.clone().oneshot(request).await.unwrap();
             let status = response.status();
-            let cookie = response.headers().get("set-cookie").map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string());
-            let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse().unwrap());
+            let cookie = response
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string());
+            let retry_after =
+                response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse().unwrap());
             let bytes = to_bytes(response.into_body(), 16 << 20).await.unwrap();
-            Answer { status, cookie, retry_after, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+            Answer {
+                status,
+                cookie,
+                retry_after,
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            }
         })
     }
 
@@ -108,12 +128,18 @@ impl Door {
 
     /// A new conversation and one message in it: the two answers.
     fn say_hello(&self, who: &Visitor) -> (Answer, Option<Answer>) {
-        let created = self.send(who, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"})));
+        let created =
+            self.send(who, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"})));
         if created.status != 201 {
             return (created, None);
         }
         let id = created.body["conversation"]["id"].as_str().unwrap().to_string();
-        let posted = self.send(who, "POST", &format!("/api/conversations/{id}/messages"), Some(json!({"content": "Hello! How do you know the couple?"})));
+        let posted = self.send(
+            who,
+            "POST",
+            &format!("/api/conversations/{id}/messages"),
+            Some(json!({"content": "Hello! How do you know the couple?"})),
+        );
         (created, Some(posted))
     }
 
@@ -130,8 +156,18 @@ impl Door {
     /// A series' value from `/metrics` (0 when absent).
     fn metric(&self, line_start: &str) -> f64 {
         let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
-        let body = self.rt.block_on(async { to_bytes(self.router.clone().oneshot(request).await.unwrap().into_body(), 1 << 20).await.unwrap() });
-        String::from_utf8(body.to_vec()).unwrap().lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        let body = self.rt.block_on(async {
+            to_bytes(self.router.clone().oneshot(request).await.unwrap().into_body(), 1 << 20)
+                .await
+                .unwrap()
+        });
+        String::from_utf8(body.to_vec())
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 }
 
@@ -144,8 +180,17 @@ fn ten_thousand_cookie_less_reads_leave_the_database_unchanged() {
     let door = Door::new(AppConfig::default());
     let before = (door.rows(), door.file_sizes());
     let stranger = Visitor::from("203.0.113.5");
-    let forged = Visitor { cookie: Some(format!("rapport_session={}", "ab".repeat(32))), ..Visitor::from("203.0.113.6") };
-    let paths = ["/", "/api/session", "/api/personas", "/api/conversations", "/api/conversations/0123456789abcdef0123456789abcdef"];
+    let forged = Visitor {
+        cookie: Some(format!("rapport_session={}", "ab".repeat(32))),
+        ..Visitor::from("203.0.113.6")
+    };
+    let paths = [
+        "/",
+        "/api/session",
+        "/api/personas",
+        "/api/conversations",
+        "/api/conversations/0123456789abcdef0123456789abcdef",
+    ];
     for i in 0..10_000 {
         let who = if i % 10 == 9 { &forged } else { &stranger };
         let path = paths[i % paths.len()];
@@ -174,11 +219,25 @@ fn a_minted_session_writes_with_its_csrf_token_and_is_stored_then() {
     assert!(again.cookie.is_none());
     // A write without the CSRF token is still refused, stored session or not.
     let no_csrf = Visitor { csrf: None, ..guest.clone() };
-    assert_eq!(door.send(&no_csrf, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"}))).status, 403);
+    assert_eq!(
+        door.send(&no_csrf, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"})))
+            .status,
+        403
+    );
     let mut stranger = Visitor::from("198.51.100.8");
     door.arrive(&mut stranger);
     let stolen_csrf = Visitor { csrf: guest.csrf.clone(), ..stranger };
-    assert_eq!(door.send(&stolen_csrf, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"}))).status, 403, "another session's CSRF token does not fit");
+    assert_eq!(
+        door.send(
+            &stolen_csrf,
+            "POST",
+            "/api/conversations",
+            Some(json!({"persona": "wedding-host"}))
+        )
+        .status,
+        403,
+        "another session's CSRF token does not fit"
+    );
 }
 
 #[test]
@@ -193,16 +252,30 @@ fn dropping_the_cookie_does_not_reset_the_limits() {
         answers.push(posted.unwrap_or(created));
     }
     let accepted = answers.iter().filter(|a| a.status == 202).count();
-    assert_eq!(accepted, AppConfig::default().max_queued_per_client, "the address's share of the queue, whatever its cookies");
+    assert_eq!(
+        accepted,
+        AppConfig::default().max_queued_per_client,
+        "the address's share of the queue, whatever its cookies"
+    );
     for refused in answers.iter().filter(|a| a.status != 202) {
         assert_eq!(refused.status, 429);
         assert!(refused.retry_after.is_some_and(|s| s >= 1), "Retry-After on every refusal");
         let kind = refused.body["error"]["type"].as_str().unwrap();
         assert!(kind == "client_queue_full" || kind == "rate_limited", "{kind}");
-        assert!(refused.body["error"]["message"].as_str().unwrap().contains("try again in about") || kind == "rate_limited");
+        assert!(
+            refused.body["error"]["message"].as_str().unwrap().contains("try again in about")
+                || kind == "rate_limited"
+        );
     }
-    let sessions_refused = answers.iter().filter(|a| a.body["error"]["message"].as_str().is_some_and(|m| m.contains("new sessions"))).count();
-    assert_eq!(sessions_refused, 30 - 20, "sessions beyond the address's burst of 20 are not created");
+    let sessions_refused = answers
+        .iter()
+        .filter(|a| a.body["error"]["message"].as_str().is_some_and(|m| m.contains("new sessions")))
+        .count();
+    assert_eq!(
+        sessions_refused,
+        30 - 20,
+        "sessions beyond the address's burst of 20 are not created"
+    );
     assert_eq!(door.rows()[0], ("sessions", 20));
     // Someone else is not held up by it.
     let mut guest = Visitor::from("198.51.100.7");
@@ -214,14 +287,26 @@ fn dropping_the_cookie_does_not_reset_the_limits() {
 
 #[test]
 fn messages_are_limited_per_address_across_sessions() {
-    let door = Door::new(AppConfig { client_rate: RateLimit { per_minute: 2, burst: 3 }, session_rate: unlimited(), max_queued_per_client: 100, ..AppConfig::default() });
+    let door = Door::new(AppConfig {
+        client_rate: RateLimit { per_minute: 2, burst: 3 },
+        session_rate: unlimited(),
+        max_queued_per_client: 100,
+        ..AppConfig::default()
+    });
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let mut v = Visitor::from("203.0.113.9");
         door.arrive(&mut v);
         let posted = door.say_hello(&v).1.unwrap();
         if posted.status == 429 {
-            assert!(posted.body["error"]["message"].as_str().unwrap().contains("messages from this address"), "{}", posted.body);
+            assert!(
+                posted.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("messages from this address"),
+                "{}",
+                posted.body
+            );
             assert!(posted.retry_after.unwrap() >= 1);
         }
         statuses.push(posted.status.as_u16());
@@ -240,28 +325,44 @@ fn a_full_queue_says_how_long_to_wait_with_503() {
         if posted.status == 503 {
             assert_eq!(posted.body["error"]["type"], "queue_full");
             let message = posted.body["error"]["message"].as_str().unwrap();
-            assert!(message.contains("the server is busy") && message.contains("try again in about"), "{message}");
+            assert!(
+                message.contains("the server is busy") && message.contains("try again in about"),
+                "{message}"
+            );
             assert!(posted.retry_after.is_some());
         }
         statuses.push(posted.status.as_u16());
     }
     assert_eq!(statuses, [202, 202, 202, 503, 503]);
-    assert_eq!(door.rows().iter().find(|(t, _)| *t == "jobs").unwrap().1, 3, "nothing queued past the bound");
+    assert_eq!(
+        door.rows().iter().find(|(t, _)| *t == "jobs").unwrap().1,
+        3,
+        "nothing queued past the bound"
+    );
 }
 
 #[test]
 fn the_proxy_header_is_believed_only_from_a_trusted_proxy() {
-    let clients = ClientPolicy { header: Some("x-forwarded-for".parse().unwrap()), trusted: vec!["127.0.0.1".parse().unwrap()] };
+    let clients = ClientPolicy {
+        header: Some("x-forwarded-for".parse().unwrap()),
+        trusted: vec!["127.0.0.1".parse().unwrap()],
+    };
     let door = Door::new(AppConfig { clients, session_rate: unlimited(), ..AppConfig::default() });
     let mut through_proxy = 0;
     let mut direct = 0;
     for i in 0..8 {
         // Behind the proxy: eight guests at eight addresses.
-        let mut guest = Visitor { forwarded_for: Some(format!("198.51.100.{}", i + 1)), ..Visitor::from("127.0.0.1") };
+        let mut guest = Visitor {
+            forwarded_for: Some(format!("198.51.100.{}", i + 1)),
+            ..Visitor::from("127.0.0.1")
+        };
         door.arrive(&mut guest);
         through_proxy += (door.say_hello(&guest).1.unwrap().status == 202) as usize;
         // Not from the proxy: a script that writes the header itself stays one client.
-        let mut liar = Visitor { forwarded_for: Some(format!("192.0.2.{}", i + 1)), ..Visitor::from("203.0.113.5") };
+        let mut liar = Visitor {
+            forwarded_for: Some(format!("192.0.2.{}", i + 1)),
+            ..Visitor::from("203.0.113.5")
+        };
         door.arrive(&mut liar);
         direct += (door.say_hello(&liar).1.unwrap().status == 202) as usize;
     }
@@ -271,12 +372,18 @@ fn the_proxy_header_is_believed_only_from_a_trusted_proxy() {
 
 #[test]
 fn the_persona_api_is_limited_per_address_whatever_the_headers() {
-    let door = Door::new(AppConfig { rate: RateLimit { per_minute: 1, burst: 2 }, ..AppConfig::default() });
+    let door = Door::new(AppConfig {
+        rate: RateLimit { per_minute: 1, burst: 2 },
+        ..AppConfig::default()
+    });
     let body = json!({"model": "wedding-host", "messages": [{"role": "user", "content": "hi"}]});
     let mut statuses = Vec::new();
     for i in 0..4 {
-        let v = Visitor { forwarded_for: Some(format!("192.0.2.{i}")), ..Visitor::from("203.0.113.5") };
-        statuses.push(door.send(&v, "POST", "/v1/chat/completions", Some(body.clone())).status.as_u16());
+        let v =
+            Visitor { forwarded_for: Some(format!("192.0.2.{i}")), ..Visitor::from("203.0.113.5") };
+        statuses.push(
+            door.send(&v, "POST", "/v1/chat/completions", Some(body.clone())).status.as_u16(),
+        );
     }
     // The first two reach the (absent) model and fail there; the rest are refused at the door.
     assert!(statuses[..2].iter().all(|s| *s != 429), "{statuses:?}");
@@ -291,13 +398,32 @@ fn the_sweeper_expires_what_went_idle_and_counts_it() {
     door.say_hello(&guest);
     let mut silent = Visitor::from("198.51.100.8");
     door.arrive(&mut silent);
-    assert_eq!(door.send(&silent, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"}))).status, 201);
+    assert_eq!(
+        door.send(&silent, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"})))
+            .status,
+        201
+    );
     let two_days_ago = rapport_store::now_ms() - 2 * 86_400_000;
-    door.rt.block_on(door.app.store.execute_admin(&format!("UPDATE sessions SET seen_at = {two_days_ago}"))).unwrap();
+    door.rt
+        .block_on(
+            door.app.store.execute_admin(&format!("UPDATE sessions SET seen_at = {two_days_ago}")),
+        )
+        .unwrap();
     door.rt.block_on(rapport_server::sweeper::sweep(&door.app));
-    assert_eq!(door.rows()[0], ("sessions", 1), "the silent session went after a day, the one that talked stays");
+    assert_eq!(
+        door.rows()[0],
+        ("sessions", 1),
+        "the silent session went after a day, the one that talked stays"
+    );
     assert_eq!(door.metric("rapport_expired_total{what=\"sessions\"}"), 1.0);
     // The expired session's cookie still reads (as a new, empty session) and can start again.
-    assert!(door.send(&silent, "GET", "/api/conversations", None).body["conversations"].as_array().unwrap().is_empty());
-    assert_eq!(door.send(&silent, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"}))).status, 201);
+    assert!(door.send(&silent, "GET", "/api/conversations", None).body["conversations"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        door.send(&silent, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"})))
+            .status,
+        201
+    );
 }

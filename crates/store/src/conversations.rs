@@ -127,7 +127,13 @@ fn conversation_row(row: &AnyRow) -> Result<ConversationRow, StoreError> {
 impl Store {
     /// Starts a conversation with `persona`, opened by its `greeting`; `state` is the pipeline's
     /// initial state.
-    pub async fn create_conversation(&self, session: &SessionId, persona: &str, greeting: &str, state: &str) -> Result<ConversationRow, StoreError> {
+    pub async fn create_conversation(
+        &self,
+        session: &SessionId,
+        persona: &str,
+        greeting: &str,
+        state: &str,
+    ) -> Result<ConversationRow, StoreError> {
         let id = ConversationId(random_hex());
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -147,11 +153,20 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(ConversationRow { id, persona: persona.into(), title: String::new(), created_at: now, updated_at: now })
+        Ok(ConversationRow {
+            id,
+            persona: persona.into(),
+            title: String::new(),
+            created_at: now,
+            updated_at: now,
+        })
     }
 
     /// A session's conversations, the most recent first.
-    pub async fn list_conversations(&self, session: &SessionId) -> Result<Vec<ConversationRow>, StoreError> {
+    pub async fn list_conversations(
+        &self,
+        session: &SessionId,
+    ) -> Result<Vec<ConversationRow>, StoreError> {
         let rows = sqlx::query("SELECT id, persona, title, created_at, updated_at FROM conversations WHERE session_id = $1 ORDER BY updated_at DESC, id")
             .bind(session.as_str())
             .fetch_all(&self.pool)
@@ -160,7 +175,11 @@ impl Store {
     }
 
     /// One of the session's conversations; another session's reads as not found.
-    pub async fn conversation(&self, session: &SessionId, id: &ConversationId) -> Result<ConversationRow, StoreError> {
+    pub async fn conversation(
+        &self,
+        session: &SessionId,
+        id: &ConversationId,
+    ) -> Result<ConversationRow, StoreError> {
         let row = sqlx::query("SELECT id, persona, title, created_at, updated_at FROM conversations WHERE id = $1 AND session_id = $2")
             .bind(id.as_str())
             .bind(session.as_str())
@@ -171,8 +190,16 @@ impl Store {
 
     /// Deletes one of the session's conversations with its messages and jobs (a job being
     /// written finds its claim gone and commits nothing).
-    pub async fn delete_conversation(&self, session: &SessionId, id: &ConversationId) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM conversations WHERE id = $1 AND session_id = $2").bind(id.as_str()).bind(session.as_str()).execute(&self.pool).await?;
+    pub async fn delete_conversation(
+        &self,
+        session: &SessionId,
+        id: &ConversationId,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM conversations WHERE id = $1 AND session_id = $2")
+            .bind(id.as_str())
+            .bind(session.as_str())
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("conversation"));
         }
@@ -180,7 +207,10 @@ impl Store {
     }
 
     /// The messages as shown (the active alternative of each slot), in order.
-    pub async fn messages(&self, conversation: &ConversationId) -> Result<Vec<MessageRow>, StoreError> {
+    pub async fn messages(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<MessageRow>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.active = 1 ORDER BY m.seq"))
             .bind(conversation.as_str())
             .fetch_all(&self.pool)
@@ -189,19 +219,32 @@ impl Store {
     }
 
     /// One message by id, within a conversation.
-    pub async fn message(&self, conversation: &ConversationId, id: &MessageId) -> Result<MessageRow, StoreError> {
-        let row = sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.id = $2"))
-            .bind(conversation.as_str())
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn message(
+        &self,
+        conversation: &ConversationId,
+        id: &MessageId,
+    ) -> Result<MessageRow, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.id = $2"
+        ))
+        .bind(conversation.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         message_row(&row.ok_or(StoreError::NotFound("message"))?)
     }
 
     /// Stores a user's message and queues its reply, in one transaction, if `admission`'s
     /// bounds allow (else `QueueFull` and nothing is stored). With an idempotency key that was
     /// seen before, returns the first message and its job and creates nothing.
-    pub async fn post_message(&self, conversation: &ConversationId, content: &str, idempotency_key: Option<&str>, utc_offset_min: i64, admission: &Admission) -> Result<Posted, StoreError> {
+    pub async fn post_message(
+        &self,
+        conversation: &ConversationId,
+        content: &str,
+        idempotency_key: Option<&str>,
+        utc_offset_min: i64,
+        admission: &Admission,
+    ) -> Result<Posted, StoreError> {
         if let Some(key) = idempotency_key {
             if let Some(posted) = self.posted_with_key(conversation, key).await? {
                 return Ok(posted);
@@ -210,7 +253,12 @@ impl Store {
         let messages = self.messages(conversation).await?;
         match messages.last() {
             Some(last) if last.role == "assistant" => {}
-            Some(_) => return Err(StoreError::Conflict("the last message has no reply yet: regenerate it before writing another".into())),
+            Some(_) => {
+                return Err(StoreError::Conflict(
+                    "the last message has no reply yet: regenerate it before writing another"
+                        .into(),
+                ))
+            }
             None => return Err(StoreError::NotFound("conversation")),
         }
         let message_id = MessageId(random_hex());
@@ -247,7 +295,17 @@ impl Store {
         .await;
         match attempt {
             Ok((job, seq)) => Ok(Posted {
-                message: MessageRow { id: message_id, seq, alternative: 0, alternatives: 1, role: "user".into(), content: content.into(), created_at: now, utc_offset_min, has_trace: false },
+                message: MessageRow {
+                    id: message_id,
+                    seq,
+                    alternative: 0,
+                    alternatives: 1,
+                    role: "user".into(),
+                    content: content.into(),
+                    created_at: now,
+                    utc_offset_min,
+                    has_trace: false,
+                },
                 job,
                 duplicate: false,
             }),
@@ -266,12 +324,26 @@ impl Store {
     }
 
     /// Whether a message with this idempotency key exists in the conversation.
-    pub async fn has_idempotency_key(&self, conversation: &ConversationId, key: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 AS found FROM messages WHERE conversation_id = $1 AND idempotency_key = $2").bind(conversation.as_str()).bind(key).fetch_optional(&self.pool).await?;
+    pub async fn has_idempotency_key(
+        &self,
+        conversation: &ConversationId,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS found FROM messages WHERE conversation_id = $1 AND idempotency_key = $2",
+        )
+        .bind(conversation.as_str())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.is_some())
     }
 
-    async fn posted_with_key(&self, conversation: &ConversationId, key: &str) -> Result<Option<Posted>, StoreError> {
+    async fn posted_with_key(
+        &self,
+        conversation: &ConversationId,
+        key: &str,
+    ) -> Result<Option<Posted>, StoreError> {
         let row = sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.idempotency_key = $2"))
             .bind(conversation.as_str())
             .bind(key)
@@ -279,27 +351,53 @@ impl Store {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let message = message_row(&row)?;
-        let job = job_of_message(&self.pool, &message.id).await?.ok_or(StoreError::Corrupt(format!("message {} has no job", message.id)))?;
+        let job = job_of_message(&self.pool, &message.id)
+            .await?
+            .ok_or(StoreError::Corrupt(format!("message {} has no job", message.id)))?;
         Ok(Some(Posted { message, job, duplicate: true }))
     }
 
     /// Queues another reply to the last user message (kept beside the earlier ones as
     /// alternatives), or the first reply when the last attempt failed, if `admission`'s bounds
     /// allow.
-    pub async fn regenerate(&self, conversation: &ConversationId, admission: &Admission) -> Result<Job, StoreError> {
+    pub async fn regenerate(
+        &self,
+        conversation: &ConversationId,
+        admission: &Admission,
+    ) -> Result<Job, StoreError> {
         let messages = self.messages(conversation).await?;
         let last = messages.last().ok_or(StoreError::NotFound("conversation"))?;
         let (user_message, kind) = if last.role == "user" {
             (last.id.clone(), JobKind::Reply)
         } else if last.seq == 0 {
-            return Err(StoreError::Conflict("nothing to regenerate: the conversation has only the greeting".into()));
+            return Err(StoreError::Conflict(
+                "nothing to regenerate: the conversation has only the greeting".into(),
+            ));
         } else {
-            let user = messages.iter().rev().find(|m| m.seq == last.seq - 1).ok_or(StoreError::Corrupt("a reply without its message".into()))?;
+            let user = messages
+                .iter()
+                .rev()
+                .find(|m| m.seq == last.seq - 1)
+                .ok_or(StoreError::Corrupt("a reply without its message".into()))?;
             (user.id.clone(), JobKind::Regenerate)
         };
         let mut tx = self.pool.begin().await?;
-        let job = match admit_job(&mut tx, self.backend, conversation, &user_message, kind, now_ms(), admission).await {
-            Err(e) if e.is_unique_violation() => return Err(StoreError::Conflict("a reply is still being written in this conversation".into())),
+        let job = match admit_job(
+            &mut tx,
+            self.backend,
+            conversation,
+            &user_message,
+            kind,
+            now_ms(),
+            admission,
+        )
+        .await
+        {
+            Err(e) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict(
+                    "a reply is still being written in this conversation".into(),
+                ))
+            }
             other => other?,
         };
         tx.commit().await?;
@@ -308,17 +406,26 @@ impl Store {
 
     /// Shows alternative `alternative` of the last reply instead of the current one; the next
     /// turn continues from it.
-    pub async fn choose_alternative(&self, conversation: &ConversationId, seq: i64, alternative: i64) -> Result<MessageRow, StoreError> {
+    pub async fn choose_alternative(
+        &self,
+        conversation: &ConversationId,
+        seq: i64,
+        alternative: i64,
+    ) -> Result<MessageRow, StoreError> {
         let messages = self.messages(conversation).await?;
         let last = messages.last().ok_or(StoreError::NotFound("conversation"))?;
         if last.seq != seq || last.role != "assistant" {
-            return Err(StoreError::Conflict("only the last reply's alternatives can be chosen".into()));
+            return Err(StoreError::Conflict(
+                "only the last reply's alternatives can be chosen".into(),
+            ));
         }
         if !(0..last.alternatives).contains(&alternative) {
             return Err(StoreError::NotFound("alternative"));
         }
         if self.open_job(conversation).await?.is_some() {
-            return Err(StoreError::Conflict("a reply is still being written in this conversation".into()));
+            return Err(StoreError::Conflict(
+                "a reply is still being written in this conversation".into(),
+            ));
         }
         sqlx::query("UPDATE messages SET active = CASE WHEN alternative = $3 THEN 1 ELSE 0 END WHERE conversation_id = $1 AND seq = $2")
             .bind(conversation.as_str())
@@ -335,19 +442,43 @@ impl Store {
     }
 
     /// The pipeline trace stored with a reply.
-    pub async fn trace(&self, conversation: &ConversationId, message: &MessageId) -> Result<String, StoreError> {
-        let row = sqlx::query("SELECT trace FROM messages WHERE conversation_id = $1 AND id = $2").bind(conversation.as_str()).bind(message.as_str()).fetch_optional(&self.pool).await?;
-        row.and_then(|r| r.try_get::<Option<String>, _>("trace").ok().flatten()).ok_or(StoreError::NotFound("trace"))
+    pub async fn trace(
+        &self,
+        conversation: &ConversationId,
+        message: &MessageId,
+    ) -> Result<String, StoreError> {
+        let row = sqlx::query("SELECT trace FROM messages WHERE conversation_id = $1 AND id = $2")
+            .bind(conversation.as_str())
+            .bind(message.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.and_then(|r| r.try_get::<Option<String>, _>("trace").ok().flatten())
+            .ok_or(StoreError::NotFound("trace"))
     }
 
     /// The pipeline state after the active reply at `seq` (the state the next turn starts from).
-    pub async fn state_after(&self, conversation: &ConversationId, seq: i64) -> Result<String, StoreError> {
-        let row = sqlx::query("SELECT state FROM messages WHERE conversation_id = $1 AND seq = $2 AND active = 1").bind(conversation.as_str()).bind(seq).fetch_optional(&self.pool).await?;
-        row.and_then(|r| r.try_get::<Option<String>, _>("state").ok().flatten()).ok_or(StoreError::Corrupt(format!("no pipeline state at message {seq}")))
+    pub async fn state_after(
+        &self,
+        conversation: &ConversationId,
+        seq: i64,
+    ) -> Result<String, StoreError> {
+        let row = sqlx::query(
+            "SELECT state FROM messages WHERE conversation_id = $1 AND seq = $2 AND active = 1",
+        )
+        .bind(conversation.as_str())
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.and_then(|r| r.try_get::<Option<String>, _>("state").ok().flatten())
+            .ok_or(StoreError::Corrupt(format!("no pipeline state at message {seq}")))
     }
 
     /// Every message, alternative and trace of one of the session's conversations.
-    pub async fn export(&self, session: &SessionId, id: &ConversationId) -> Result<ExportedConversation, StoreError> {
+    pub async fn export(
+        &self,
+        session: &SessionId,
+        id: &ConversationId,
+    ) -> Result<ExportedConversation, StoreError> {
         let conversation = self.conversation(session, id).await?;
         let rows = sqlx::query("SELECT seq, alternative, active, role, content, created_at, trace FROM messages WHERE conversation_id = $1 ORDER BY seq, alternative")
             .bind(id.as_str())
@@ -363,7 +494,10 @@ impl Store {
                 role: row.try_get("role")?,
                 content: row.try_get("content")?,
                 created_at: row.try_get("created_at")?,
-                trace: trace.map(|t| serde_json::from_str(&t)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                trace: trace
+                    .map(|t| serde_json::from_str(&t))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             });
         }
         Ok(ExportedConversation { conversation, messages })
@@ -371,19 +505,33 @@ impl Store {
 
     /// Every session's conversations, the most recently updated first, at most `limit`: for
     /// researchers scoring logged conversations with direct access to the database.
-    pub async fn recent_conversations(&self, limit: i64) -> Result<Vec<ConversationId>, StoreError> {
-        let rows = sqlx::query("SELECT id FROM conversations ORDER BY updated_at DESC, id LIMIT $1").bind(limit).fetch_all(&self.pool).await?;
+    pub async fn recent_conversations(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<ConversationId>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id FROM conversations ORDER BY updated_at DESC, id LIMIT $1")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(|r| Ok(ConversationId(r.try_get("id")?))).collect()
     }
 
     /// The session that owns a conversation (for workers, which act for whoever wrote).
     pub async fn session_of(&self, id: &ConversationId) -> Result<SessionId, StoreError> {
-        let row = sqlx::query("SELECT session_id FROM conversations WHERE id = $1").bind(id.as_str()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT session_id FROM conversations WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(SessionId(row.ok_or(StoreError::NotFound("conversation"))?.try_get("session_id")?))
     }
 
     /// Keeps a persona a session imported.
-    pub async fn save_persona(&self, session: &SessionId, persona: &StoredPersona) -> Result<(), StoreError> {
+    pub async fn save_persona(
+        &self,
+        session: &SessionId,
+        persona: &StoredPersona,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO personas (id, session_id, name, body, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(&persona.id)
             .bind(session.as_str())
@@ -397,13 +545,42 @@ impl Store {
 
     /// The personas a session imported.
     pub async fn personas_of(&self, session: &SessionId) -> Result<Vec<StoredPersona>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, body FROM personas WHERE session_id = $1 ORDER BY created_at, id").bind(session.as_str()).fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok(StoredPersona { id: r.try_get("id")?, name: r.try_get("name")?, body: r.try_get("body")? })).collect()
+        let rows = sqlx::query(
+            "SELECT id, name, body FROM personas WHERE session_id = $1 ORDER BY created_at, id",
+        )
+        .bind(session.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredPersona {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    body: r.try_get("body")?,
+                })
+            })
+            .collect()
     }
 
     /// An imported persona by id, with the session that owns it.
-    pub async fn imported_persona(&self, id: &str) -> Result<Option<(SessionId, StoredPersona)>, StoreError> {
-        let row = sqlx::query("SELECT id, session_id, name, body FROM personas WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        row.map(|r| Ok((SessionId(r.try_get("session_id")?), StoredPersona { id: r.try_get("id")?, name: r.try_get("name")?, body: r.try_get("body")? }))).transpose()
+    pub async fn imported_persona(
+        &self,
+        id: &str,
+    ) -> Result<Option<(SessionId, StoredPersona)>, StoreError> {
+        let row = sqlx::query("SELECT id, session_id, name, body FROM personas WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok((
+                SessionId(r.try_get("session_id")?),
+                StoredPersona {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    body: r.try_get("body")?,
+                },
+            ))
+        })
+        .transpose()
     }
 }

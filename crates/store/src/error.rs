@@ -29,7 +29,11 @@ impl StoreError {
     /// True when a unique constraint refused a write.
     pub(crate) fn is_unique_violation(&self) -> bool {
         match self {
-            StoreError::Database(sqlx::Error::Database(e)) => e.is_unique_violation() || e.message().contains("UNIQUE constraint failed") || e.message().contains("duplicate key value"),
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                e.is_unique_violation()
+                    || e.message().contains("UNIQUE constraint failed")
+                    || e.message().contains("duplicate key value")
+            }
             _ => false,
         }
     }

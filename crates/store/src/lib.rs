@@ -85,10 +85,13 @@ impl Store {
         };
         let url = match backend {
             // Create the file on first start; `mode=rwc` is SQLite's open-or-create.
-            Backend::Sqlite if !url.contains("mode=") => format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' }),
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
             _ => url.to_string(),
         };
-        let options = AnyConnectOptions::from_str(&url).map_err(|e| StoreError::Config(format!("bad database URL: {e}")))?;
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| StoreError::Config(format!("bad database URL: {e}")))?;
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 4,

@@ -56,11 +56,22 @@ impl Store {
              ON CONFLICT (key) DO UPDATE SET tat = {greatest}(rate_limits.tat, $2) + $3 \
              WHERE {greatest}(rate_limits.tat, $2) - $2 <= $4 RETURNING tat"
         );
-        let passed = sqlx::query(&sql).bind(key).bind(now).bind(rate.interval_ms).bind(rate.tolerance_ms).fetch_optional(&self.pool).await?;
+        let passed = sqlx::query(&sql)
+            .bind(key)
+            .bind(now)
+            .bind(rate.interval_ms)
+            .bind(rate.tolerance_ms)
+            .fetch_optional(&self.pool)
+            .await?;
         if passed.is_some() {
             return Ok(Ok(()));
         }
-        let tat: Option<i64> = sqlx::query("SELECT tat FROM rate_limits WHERE key = $1").bind(key).fetch_optional(&self.pool).await?.map(|r| r.try_get("tat")).transpose()?;
+        let tat: Option<i64> = sqlx::query("SELECT tat FROM rate_limits WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get("tat"))
+            .transpose()?;
         Ok(Err(rate.decide(tat, now).err().unwrap_or(1).max(1)))
     }
 }

@@ -145,8 +145,12 @@ pub enum QueueFull {
 impl std::fmt::Display for QueueFull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            QueueFull::Client { limit, .. } => write!(f, "this address already has {limit} replies waiting or being written"),
-            QueueFull::Server { limit, .. } => write!(f, "the server is busy: {limit} replies are already waiting"),
+            QueueFull::Client { limit, .. } => {
+                write!(f, "this address already has {limit} replies waiting or being written")
+            }
+            QueueFull::Server { limit, .. } => {
+                write!(f, "the server is busy: {limit} replies are already waiting")
+            }
         }
     }
 }
@@ -158,9 +162,20 @@ const ADMISSION_LOCK: i64 = 0x7261_7070_7175;
 /// job is inserted first and the bounds checked after (a SQLite transaction that writes first
 /// never has to upgrade a read lock, which can fail instead of waiting); the caller's rollback
 /// takes it out again when refused.
-pub(crate) async fn admit_job(tx: &mut Transaction<'_, Any>, backend: Backend, conversation: &ConversationId, message: &MessageId, kind: JobKind, now: i64, admission: &Admission) -> Result<Job, StoreError> {
+pub(crate) async fn admit_job(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    conversation: &ConversationId,
+    message: &MessageId,
+    kind: JobKind,
+    now: i64,
+    admission: &Admission,
+) -> Result<Job, StoreError> {
     if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(ADMISSION_LOCK).execute(&mut **tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(ADMISSION_LOCK)
+            .execute(&mut **tx)
+            .await?;
     }
     let job = insert_job(tx, conversation, message, kind, now, &admission.client).await?;
     let row = sqlx::query("SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued') AS waiting, (SELECT COUNT(*) FROM jobs WHERE client = $1 AND status IN ('queued', 'running')) AS unfinished")
@@ -169,10 +184,16 @@ pub(crate) async fn admit_job(tx: &mut Transaction<'_, Any>, backend: Backend, c
         .await?;
     let (waiting, unfinished): (i64, i64) = (row.try_get("waiting")?, row.try_get("unfinished")?);
     if unfinished > admission.max_per_client {
-        return Err(StoreError::QueueFull(QueueFull::Client { unfinished, limit: admission.max_per_client }));
+        return Err(StoreError::QueueFull(QueueFull::Client {
+            unfinished,
+            limit: admission.max_per_client,
+        }));
     }
     if waiting > admission.max_queued {
-        return Err(StoreError::QueueFull(QueueFull::Server { waiting, limit: admission.max_queued }));
+        return Err(StoreError::QueueFull(QueueFull::Server {
+            waiting,
+            limit: admission.max_queued,
+        }));
     }
     Ok(job)
 }
@@ -230,7 +251,14 @@ fn job_row(row: &AnyRow) -> Result<Job, StoreError> {
     })
 }
 
-async fn insert_job(tx: &mut Transaction<'_, Any>, conversation: &ConversationId, message: &MessageId, kind: JobKind, now: i64, client: &str) -> Result<Job, StoreError> {
+async fn insert_job(
+    tx: &mut Transaction<'_, Any>,
+    conversation: &ConversationId,
+    message: &MessageId,
+    kind: JobKind,
+    now: i64,
+    client: &str,
+) -> Result<Job, StoreError> {
     let id = JobId(random_hex());
     // The turn in the same statement as the insert, so no read comes before the write.
     let row = sqlx::query(
@@ -266,7 +294,10 @@ async fn insert_job(tx: &mut Transaction<'_, Any>, conversation: &ConversationId
     })
 }
 
-pub(crate) async fn job_of_message(pool: &AnyPool, message: &MessageId) -> Result<Option<Job>, StoreError> {
+pub(crate) async fn job_of_message(
+    pool: &AnyPool,
+    message: &MessageId,
+) -> Result<Option<Job>, StoreError> {
     let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE user_message_id = $1 ORDER BY enqueued_at DESC, id LIMIT 1")).bind(message.as_str()).fetch_optional(pool).await?;
     row.as_ref().map(job_row).transpose()
 }
@@ -275,7 +306,11 @@ impl Store {
     /// Claims the job with the lowest turn (then the oldest) that is queued or whose holder's
     /// lease ran out, for `lease`.
     /// `worker` names the claimer in the row (for people reading the table).
-    pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
+    pub async fn claim(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, StoreError> {
         let now = now_ms();
         let claim = format!("{worker}/{}", random_hex());
         let lock = match self.backend {
@@ -288,7 +323,12 @@ impl Store {
                          ORDER BY turn, enqueued_at, id LIMIT 1 {lock}) \
              RETURNING {JOB_COLUMNS}"
         );
-        let row = sqlx::query(&sql).bind(&claim).bind(now + lease.as_millis() as i64).bind(now).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(&claim)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let job = job_row(&row)?;
         let found = sqlx::query("SELECT c.persona, m.content, m.created_at, m.utc_offset_min, m.seq FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE m.id = $1")
@@ -315,7 +355,13 @@ impl Store {
 
     /// Extends the claim's lease; false when the claim is no longer held (taken over or the
     /// conversation deleted), and the worker should stop.
-    pub async fn heartbeat(&self, job: &JobId, claim: &str, lease: Duration, partial: Option<&str>) -> Result<bool, StoreError> {
+    pub async fn heartbeat(
+        &self,
+        job: &JobId,
+        claim: &str,
+        lease: Duration,
+        partial: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let until = now_ms() + lease.as_millis() as i64;
         let done = match partial {
             Some(text) => {
@@ -329,7 +375,13 @@ impl Store {
     /// Stores the reply, its trace and the pipeline state after it, and closes the job, in one
     /// transaction that also checks the claim. Returns the reply's message, or `Conflict` when
     /// the claim was lost (nothing is written then).
-    pub async fn complete(&self, claimed: &ClaimedJob, reply: &str, state: &str, trace: &str) -> Result<MessageRow, StoreError> {
+    pub async fn complete(
+        &self,
+        claimed: &ClaimedJob,
+        reply: &str,
+        state: &str,
+        trace: &str,
+    ) -> Result<MessageRow, StoreError> {
         let now = now_ms();
         let reply_id = MessageId(random_hex());
         let mut tx = self.pool.begin().await?;
@@ -343,11 +395,21 @@ impl Store {
             .await?;
         if closed.rows_affected() != 1 {
             tx.rollback().await?;
-            return Err(StoreError::Conflict("the job's claim was lost; another worker has it".into()));
+            return Err(StoreError::Conflict(
+                "the job's claim was lost; another worker has it".into(),
+            ));
         }
         let conversation = claimed.job.conversation_id.as_str();
-        let user_seq: i64 = sqlx::query("SELECT seq FROM messages WHERE id = $1").bind(claimed.job.user_message_id.as_str()).fetch_one(&mut *tx).await?.try_get("seq")?;
-        sqlx::query("UPDATE messages SET active = 0 WHERE conversation_id = $1 AND seq = $2").bind(conversation).bind(user_seq + 1).execute(&mut *tx).await?;
+        let user_seq: i64 = sqlx::query("SELECT seq FROM messages WHERE id = $1")
+            .bind(claimed.job.user_message_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("seq")?;
+        sqlx::query("UPDATE messages SET active = 0 WHERE conversation_id = $1 AND seq = $2")
+            .bind(conversation)
+            .bind(user_seq + 1)
+            .execute(&mut *tx)
+            .await?;
         let row = sqlx::query(
             "INSERT INTO messages (id, conversation_id, seq, alternative, active, role, content, state, trace, utc_offset_min, created_at) \
              SELECT $1, $2, $3, COALESCE(MAX(alternative), -1) + 1, 1, 'assistant', $4, $5, $6, $7, $8 FROM messages WHERE conversation_id = $2 AND seq = $3 RETURNING alternative",
@@ -363,7 +425,11 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let alternative: i64 = row.try_get("alternative")?;
-        sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2").bind(now).bind(conversation).execute(&mut *tx).await?;
+        sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(conversation)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(MessageRow {
             id: reply_id,
@@ -396,7 +462,13 @@ impl Store {
 
     /// A job by id, if it belongs to `conversation`.
     pub async fn job(&self, conversation: &ConversationId, id: &JobId) -> Result<Job, StoreError> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND conversation_id = $2")).bind(id.as_str()).bind(conversation.as_str()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND conversation_id = $2"
+        ))
+        .bind(id.as_str())
+        .bind(conversation.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         job_row(&row.ok_or(StoreError::NotFound("job"))?)
     }
 
@@ -407,7 +479,10 @@ impl Store {
     }
 
     /// The conversation's most recent job.
-    pub async fn latest_job(&self, conversation: &ConversationId) -> Result<Option<Job>, StoreError> {
+    pub async fn latest_job(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Option<Job>, StoreError> {
         let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE conversation_id = $1 ORDER BY enqueued_at DESC, id DESC LIMIT 1")).bind(conversation.as_str()).fetch_optional(&self.pool).await?;
         row.as_ref().map(job_row).transpose()
     }
@@ -436,7 +511,8 @@ impl Store {
     /// Mean time a worker spent on each of the last 20 finished jobs, ms (for wait estimates).
     pub async fn mean_job_ms(&self) -> Result<Option<f64>, StoreError> {
         let rows = sqlx::query("SELECT finished_at - started_at AS spent FROM jobs WHERE status = 'done' AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT 20").fetch_all(&self.pool).await?;
-        let spent: Vec<i64> = rows.iter().map(|r| r.try_get::<i64, _>("spent")).collect::<Result<_, _>>()?;
+        let spent: Vec<i64> =
+            rows.iter().map(|r| r.try_get::<i64, _>("spent")).collect::<Result<_, _>>()?;
         Ok((!spent.is_empty()).then(|| spent.iter().sum::<i64>() as f64 / spent.len() as f64))
     }
 }

@@ -24,14 +24,22 @@ pub(crate) async fn migrate(pool: &sqlx::AnyPool, backend: Backend) -> Result<()
     }
     let result = apply(&mut conn).await;
     if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await?;
     }
     result
 }
 
 async fn apply(conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
     sqlx::query("CREATE TABLE IF NOT EXISTS rapport_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)").execute(&mut *conn).await?;
-    let applied: Vec<i64> = sqlx::query("SELECT version FROM rapport_migrations").fetch_all(&mut *conn).await?.iter().map(|r| r.try_get::<i64, _>(0)).collect::<Result<_, _>>()?;
+    let applied: Vec<i64> = sqlx::query("SELECT version FROM rapport_migrations")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<Result<_, _>>()?;
     let newest_known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if let Some(newer) = applied.iter().find(|v| **v > newest_known) {
         return Err(StoreError::Config(format!("the database has migration {newer}, newer than this program knows ({newest_known}); run a newer rapport")));
@@ -44,7 +52,14 @@ async fn apply(conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
         for statement in statements(sql) {
             sqlx::query(&statement).execute(&mut *tx).await?;
         }
-        sqlx::query("INSERT INTO rapport_migrations (version, name, applied_at) VALUES ($1, $2, $3)").bind(*version).bind(*name).bind(now_ms()).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO rapport_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(*version)
+        .bind(*name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         tracing::info!(version, name, "applied migration");
     }

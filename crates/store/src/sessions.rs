@@ -90,8 +90,13 @@ pub(crate) async fn load_key(pool: &sqlx::AnyPool) -> Result<SessionKey, StoreEr
         .bind(now_ms())
         .execute(pool)
         .await?;
-    let value: String = sqlx::query("SELECT value FROM server_keys WHERE name = 'session'").fetch_one(pool).await?.try_get("value")?;
-    Ok(SessionKey(hex::decode(value).map_err(|e| StoreError::Corrupt(format!("server_keys.session: {e}")))?))
+    let value: String = sqlx::query("SELECT value FROM server_keys WHERE name = 'session'")
+        .fetch_one(pool)
+        .await?
+        .try_get("value")?;
+    Ok(SessionKey(
+        hex::decode(value).map_err(|e| StoreError::Corrupt(format!("server_keys.session: {e}")))?,
+    ))
 }
 
 /// How long a stored session's `seen_at` may lag before a read refreshes it: reads then cost
@@ -103,7 +108,11 @@ impl Store {
     pub fn mint_session(&self) -> NewSession {
         let nonce = random_hex();
         let token = format!("{nonce}{}", self.session_key.tag(&nonce));
-        let session = Session { id: session_id_of(&token), csrf: self.session_key.csrf(&token), seen_at: None };
+        let session = Session {
+            id: session_id_of(&token),
+            csrf: self.session_key.csrf(&token),
+            seen_at: None,
+        };
         NewSession { token, session }
     }
 
@@ -141,10 +150,19 @@ impl Store {
             return Ok(None);
         }
         let id = session_id_of(token);
-        let row = sqlx::query("SELECT csrf, seen_at FROM sessions WHERE id = $1").bind(id.as_str()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT csrf, seen_at FROM sessions WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match row {
-            Some(row) => Some(Session { id, csrf: row.try_get("csrf")?, seen_at: Some(row.try_get("seen_at")?) }),
-            None if signed => Some(Session { id, csrf: self.session_key.csrf(token), seen_at: None }),
+            Some(row) => Some(Session {
+                id,
+                csrf: row.try_get("csrf")?,
+                seen_at: Some(row.try_get("seen_at")?),
+            }),
+            None if signed => {
+                Some(Session { id, csrf: self.session_key.csrf(token), seen_at: None })
+            }
             None => None,
         })
     }
@@ -155,7 +173,11 @@ impl Store {
         let now = now_ms();
         match session.seen_at {
             Some(seen) if now - seen >= SEEN_AT_GRANULARITY_MS => {
-                sqlx::query("UPDATE sessions SET seen_at = $1 WHERE id = $2").bind(now).bind(session.id.as_str()).execute(&self.pool).await?;
+                sqlx::query("UPDATE sessions SET seen_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(session.id.as_str())
+                    .execute(&self.pool)
+                    .await?;
                 session.seen_at = Some(now);
             }
             _ => {}
@@ -167,7 +189,10 @@ impl Store {
     pub async fn row_counts(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
         let mut counts = Vec::new();
         for table in ["sessions", "personas", "conversations", "messages", "jobs", "rate_limits"] {
-            let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}")).fetch_one(&self.pool).await?.try_get("n")?;
+            let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
             counts.push((table, n));
         }
         Ok(counts)
@@ -196,10 +221,18 @@ impl Store {
                 .rows_affected();
         }
         if let Some(idle) = policy.session_idle_ms {
-            expired.sessions += sqlx::query("DELETE FROM sessions WHERE seen_at < $1").bind(now - idle).execute(&self.pool).await?.rows_affected();
+            expired.sessions += sqlx::query("DELETE FROM sessions WHERE seen_at < $1")
+                .bind(now - idle)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         }
         // A limit's row whose time has passed is the same as no row.
-        expired.rate_limits += sqlx::query("DELETE FROM rate_limits WHERE tat < $1").bind(now).execute(&self.pool).await?.rows_affected();
+        expired.rate_limits += sqlx::query("DELETE FROM rate_limits WHERE tat < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         if self.backend == Backend::Sqlite && expired.sessions + expired.conversations > 0 {
             // Deleted pages go back to the free list; the file does not shrink, but it stops
             // growing until they are used again.

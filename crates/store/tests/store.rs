@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use rapport_store::{Admission, Backend, ConversationId, Expiry, Gcra, JobKind, JobStatus, QueueFull, SessionId, Store, StoreError};
+use rapport_store::{
+    Admission, Backend, ConversationId, Expiry, Gcra, JobKind, JobStatus, QueueFull, SessionId,
+    Store, StoreError,
+};
 
 struct Db {
     store: Store,
@@ -31,7 +34,11 @@ async fn postgres() -> Db {
 }
 
 fn rand_suffix() -> String {
-    format!("{:x}{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    )
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -40,36 +47,58 @@ fn rt() -> tokio::runtime::Runtime {
 
 async fn conversation(store: &Store) -> (SessionId, ConversationId) {
     let session = store.create_session().await.unwrap().session.id;
-    let c = store.create_conversation(&session, "wedding-host", "Hello!", r#"{"turns":0}"#).await.unwrap();
+    let c = store
+        .create_conversation(&session, "wedding-host", "Hello!", r#"{"turns":0}"#)
+        .await
+        .unwrap();
     (session, c.id)
 }
 
 async fn a_message_and_its_reply_are_stored_once(db: Db) {
     let store = &db.store;
     let (session, id) = conversation(store).await;
-    let posted = store.post_message(&id, "hi there", Some("key-1"), 60, &Admission::unbounded("test")).await.unwrap();
+    let posted = store
+        .post_message(&id, "hi there", Some("key-1"), 60, &Admission::unbounded("test"))
+        .await
+        .unwrap();
     assert!(!posted.duplicate);
     assert_eq!(posted.message.seq, 1);
     // The client retried: same key, nothing new.
-    let again = store.post_message(&id, "hi there", Some("key-1"), 60, &Admission::unbounded("test")).await.unwrap();
+    let again = store
+        .post_message(&id, "hi there", Some("key-1"), 60, &Admission::unbounded("test"))
+        .await
+        .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.message.id, posted.message.id);
     assert_eq!(again.job.id, posted.job.id);
     // A different message while the reply is open is refused.
-    assert!(matches!(store.post_message(&id, "hello?", Some("key-2"), 60, &Admission::unbounded("test")).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.post_message(&id, "hello?", Some("key-2"), 60, &Admission::unbounded("test")).await,
+        Err(StoreError::Conflict(_))
+    ));
 
     let claimed = store.claim("w1", Duration::from_secs(30)).await.unwrap().expect("a queued job");
     assert_eq!(claimed.message, "hi there");
     assert_eq!(claimed.state, r#"{"turns":0}"#);
     assert_eq!(claimed.utc_offset_min, 60);
-    assert!(store.claim("w2", Duration::from_secs(30)).await.unwrap().is_none(), "a held job is not claimed twice");
-    assert!(store.heartbeat(&claimed.job.id, &claimed.claim, Duration::from_secs(30), Some("Hel")).await.unwrap());
+    assert!(
+        store.claim("w2", Duration::from_secs(30)).await.unwrap().is_none(),
+        "a held job is not claimed twice"
+    );
+    assert!(store
+        .heartbeat(&claimed.job.id, &claimed.claim, Duration::from_secs(30), Some("Hel"))
+        .await
+        .unwrap());
     assert_eq!(store.job(&id, &claimed.job.id).await.unwrap().partial, "Hel");
-    let reply = store.complete(&claimed, "Hello you.", r#"{"turns":1}"#, r#"{"turn":1}"#).await.unwrap();
+    let reply =
+        store.complete(&claimed, "Hello you.", r#"{"turns":1}"#, r#"{"turn":1}"#).await.unwrap();
     assert_eq!((reply.seq, reply.alternative), (2, 0));
 
     let messages = store.messages(&id).await.unwrap();
-    assert_eq!(messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect::<Vec<_>>(), [("assistant", "Hello!"), ("user", "hi there"), ("assistant", "Hello you.")]);
+    assert_eq!(
+        messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect::<Vec<_>>(),
+        [("assistant", "Hello!"), ("user", "hi there"), ("assistant", "Hello you.")]
+    );
     assert_eq!(store.trace(&id, &reply.id).await.unwrap(), r#"{"turn":1}"#);
     assert_eq!(store.job(&id, &claimed.job.id).await.unwrap().status, JobStatus::Done);
     assert_eq!(store.list_conversations(&session).await.unwrap()[0].title, "hi there");
@@ -77,23 +106,40 @@ async fn a_message_and_its_reply_are_stored_once(db: Db) {
     // Another session sees nothing of it.
     let stranger = store.create_session().await.unwrap().session.id;
     assert!(matches!(store.conversation(&stranger, &id).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.delete_conversation(&stranger, &id).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.delete_conversation(&stranger, &id).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert!(store.list_conversations(&stranger).await.unwrap().is_empty());
 }
 
 async fn a_claim_whose_lease_ran_out_is_taken_again_and_the_first_holder_commits_nothing(db: Db) {
     let store = &db.store;
     let (_, id) = conversation(store).await;
-    store.post_message(&id, "are you there?", None, 0, &Admission::unbounded("test")).await.unwrap();
+    store
+        .post_message(&id, "are you there?", None, 0, &Admission::unbounded("test"))
+        .await
+        .unwrap();
     let first = store.claim("dead", Duration::from_millis(200)).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let second = store.claim("alive", Duration::from_secs(30)).await.unwrap().expect("the expired job is claimed again");
+    let second = store
+        .claim("alive", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the expired job is claimed again");
     assert_eq!(second.job.id, first.job.id);
     assert_eq!(second.job.attempts, 2);
-    assert!(!store.heartbeat(&first.job.id, &first.claim, Duration::from_secs(30), None).await.unwrap());
-    assert!(matches!(store.complete(&first, "stale", "{}", "{}").await, Err(StoreError::Conflict(_))));
+    assert!(!store
+        .heartbeat(&first.job.id, &first.claim, Duration::from_secs(30), None)
+        .await
+        .unwrap());
+    assert!(matches!(
+        store.complete(&first, "stale", "{}", "{}").await,
+        Err(StoreError::Conflict(_))
+    ));
     store.complete(&second, "fresh", "{}", "{}").await.unwrap();
-    let replies: Vec<_> = store.messages(&id).await.unwrap().into_iter().filter(|m| m.seq == 2).collect();
+    let replies: Vec<_> =
+        store.messages(&id).await.unwrap().into_iter().filter(|m| m.seq == 2).collect();
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].content, "fresh");
     assert_eq!(replies[0].alternatives, 1);
@@ -102,8 +148,17 @@ async fn a_claim_whose_lease_ran_out_is_taken_again_and_the_first_holder_commits
 async fn regenerating_keeps_alternatives_and_either_can_be_chosen(db: Db) {
     let store = &db.store;
     let (_, id) = conversation(store).await;
-    assert!(matches!(store.regenerate(&id, &Admission::unbounded("test")).await, Err(StoreError::Conflict(_))), "only a greeting");
-    store.post_message(&id, "tell me a joke", None, 0, &Admission::unbounded("test")).await.unwrap();
+    assert!(
+        matches!(
+            store.regenerate(&id, &Admission::unbounded("test")).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "only a greeting"
+    );
+    store
+        .post_message(&id, "tell me a joke", None, 0, &Admission::unbounded("test"))
+        .await
+        .unwrap();
     let c = store.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
     store.complete(&c, "first", r#"{"v":1}"#, "{}").await.unwrap();
     let job = store.regenerate(&id, &Admission::unbounded("test")).await.unwrap();
@@ -116,7 +171,11 @@ async fn regenerating_keeps_alternatives_and_either_can_be_chosen(db: Db) {
     assert_eq!((last.content.as_str(), last.alternative, last.alternatives), ("second", 1, 2));
     let chosen = store.choose_alternative(&id, 2, 0).await.unwrap();
     assert_eq!(chosen.content, "first");
-    assert_eq!(store.state_after(&id, 2).await.unwrap(), r#"{"v":1}"#, "the next turn continues from the chosen reply");
+    assert_eq!(
+        store.state_after(&id, 2).await.unwrap(),
+        r#"{"v":1}"#,
+        "the next turn continues from the chosen reply"
+    );
     let export = store.export(&store_session(store, &id).await, &id).await.unwrap();
     assert_eq!(export.messages.iter().filter(|m| m.seq == 2).count(), 2);
 }
@@ -130,14 +189,23 @@ async fn concurrent_workers_claim_every_job_exactly_once(db: Db) {
     let mut expected = HashSet::new();
     for i in 0..24 {
         let (_, id) = conversation(&store).await;
-        expected.insert(store.post_message(&id, &format!("message {i}"), None, 0, &Admission::unbounded("test")).await.unwrap().job.id);
+        expected.insert(
+            store
+                .post_message(&id, &format!("message {i}"), None, 0, &Admission::unbounded("test"))
+                .await
+                .unwrap()
+                .job
+                .id,
+        );
     }
     let mut workers = Vec::new();
     for w in 0..6 {
         let store = store.clone();
         workers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(job) = store.claim(&format!("w{w}"), Duration::from_secs(60)).await.unwrap() {
+            while let Some(job) =
+                store.claim(&format!("w{w}"), Duration::from_secs(60)).await.unwrap()
+            {
                 store.complete(&job, "ok", "{}", "{}").await.unwrap();
                 mine.push(job.job.id);
             }
@@ -162,24 +230,56 @@ async fn a_burst_from_one_client_waits_behind_everyone_elses_next_job(db: Db) {
     let mut flood = Vec::new();
     for i in 0..4 {
         let (_, id) = conversation(store).await;
-        flood.push(store.post_message(&id, &format!("flood {i}"), None, 0, &Admission::unbounded("203.0.113.5")).await.unwrap().job.id);
+        flood.push(
+            store
+                .post_message(
+                    &id,
+                    &format!("flood {i}"),
+                    None,
+                    0,
+                    &Admission::unbounded("203.0.113.5"),
+                )
+                .await
+                .unwrap()
+                .job
+                .id,
+        );
     }
     let (_, guest_conversation) = conversation(store).await;
-    let guest = store.post_message(&guest_conversation, "hello", None, 0, &Admission::unbounded("198.51.100.7")).await.unwrap().job;
-    assert_eq!(store.position(&guest).await.unwrap().ahead, 1, "only the flood's first job is ahead of the guest");
+    let guest = store
+        .post_message(&guest_conversation, "hello", None, 0, &Admission::unbounded("198.51.100.7"))
+        .await
+        .unwrap()
+        .job;
+    assert_eq!(
+        store.position(&guest).await.unwrap().ahead,
+        1,
+        "only the flood's first job is ahead of the guest"
+    );
     let mut order = Vec::new();
     for _ in 0..2 {
         order.push(store.claim("w", Duration::from_secs(60)).await.unwrap().unwrap().job.id);
     }
-    assert_eq!(order, [flood[0].clone(), guest.id.clone()], "the guest is served second, not fifth");
+    assert_eq!(
+        order,
+        [flood[0].clone(), guest.id.clone()],
+        "the guest is served second, not fifth"
+    );
     // Someone who arrives while the flood's second job is being written goes before its third.
     order.push(store.claim("w", Duration::from_secs(60)).await.unwrap().unwrap().job.id);
     let (_, late_conversation) = conversation(store).await;
-    let late = store.post_message(&late_conversation, "hi all", None, 0, &Admission::unbounded("192.0.2.44")).await.unwrap().job;
+    let late = store
+        .post_message(&late_conversation, "hi all", None, 0, &Admission::unbounded("192.0.2.44"))
+        .await
+        .unwrap()
+        .job;
     while let Some(job) = store.claim("w", Duration::from_secs(60)).await.unwrap() {
         order.push(job.job.id);
     }
-    assert_eq!(order, [flood[0].clone(), guest.id, flood[1].clone(), late.id, flood[2].clone(), flood[3].clone()]);
+    assert_eq!(
+        order,
+        [flood[0].clone(), guest.id, flood[1].clone(), late.id, flood[2].clone(), flood[3].clone()]
+    );
 }
 
 async fn the_queue_refuses_past_its_bounds_and_keeps_nothing_of_what_it_refused(db: Db) {
@@ -191,14 +291,36 @@ async fn the_queue_refuses_past_its_bounds_and_keeps_nothing_of_what_it_refused(
     for id in &ids[..2] {
         store.post_message(id, "mine", None, 0, &bounded("a", 3, 2)).await.unwrap();
     }
-    let refused = store.post_message(&ids[2], "one too many", None, 0, &bounded("a", 3, 2)).await.unwrap_err();
-    assert!(matches!(refused, StoreError::QueueFull(QueueFull::Client { unfinished: 3, limit: 2 })), "{refused:?}");
-    assert_eq!(store.messages(&ids[2]).await.unwrap().len(), 1, "the refused message is not stored");
+    let refused = store
+        .post_message(&ids[2], "one too many", None, 0, &bounded("a", 3, 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::QueueFull(QueueFull::Client { unfinished: 3, limit: 2 })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.messages(&ids[2]).await.unwrap().len(),
+        1,
+        "the refused message is not stored"
+    );
     assert!(store.open_job(&ids[2]).await.unwrap().is_none());
     store.post_message(&ids[2], "another client", None, 0, &bounded("b", 3, 2)).await.unwrap();
-    let full = store.post_message(&ids[3], "a third client", None, 0, &bounded("c", 3, 2)).await.unwrap_err();
-    assert!(matches!(full, StoreError::QueueFull(QueueFull::Server { waiting: 4, limit: 3 })), "{full:?}");
-    assert!(matches!(store.regenerate(&ids[3], &bounded("c", 3, 2)).await, Err(StoreError::Conflict(_))), "only a greeting to regenerate");
+    let full = store
+        .post_message(&ids[3], "a third client", None, 0, &bounded("c", 3, 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(full, StoreError::QueueFull(QueueFull::Server { waiting: 4, limit: 3 })),
+        "{full:?}"
+    );
+    assert!(
+        matches!(
+            store.regenerate(&ids[3], &bounded("c", 3, 2)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "only a greeting to regenerate"
+    );
     // A running job no longer waits, but still counts against its client.
     store.claim("w", Duration::from_secs(60)).await.unwrap().unwrap();
     store.post_message(&ids[3], "now there is room", None, 0, &bounded("c", 3, 2)).await.unwrap();
@@ -209,10 +331,15 @@ async fn the_queue_refuses_past_its_bounds_and_keeps_nothing_of_what_it_refused(
     for _ in 0..10 {
         fresh.push(conversation(store).await.1);
     }
-    let tries: Vec<_> = fresh.iter().map(|id| {
-        let (store, id) = (store.clone(), id.clone());
-        tokio::spawn(async move { store.post_message(&id, "burst", None, 0, &bounded("d", 100, 2)).await })
-    }).collect();
+    let tries: Vec<_> = fresh
+        .iter()
+        .map(|id| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move {
+                store.post_message(&id, "burst", None, 0, &bounded("d", 100, 2)).await
+            })
+        })
+        .collect();
     let mut admitted = 0;
     for t in tries {
         match t.await.unwrap() {
@@ -230,7 +357,9 @@ async fn shared_rate_limits_hold_across_connections_and_at_once(db: Db) {
     let tries: Vec<_> = (0..12)
         .map(|i| {
             let store = if i % 2 == 0 { db.store.clone() } else { other.clone() };
-            tokio::spawn(async move { store.take_rate("client_messages:203.0.113.5", rate).await.unwrap() })
+            tokio::spawn(async move {
+                store.take_rate("client_messages:203.0.113.5", rate).await.unwrap()
+            })
         })
         .collect();
     let mut passed = 0;
@@ -243,25 +372,40 @@ async fn shared_rate_limits_hold_across_connections_and_at_once(db: Db) {
     }
     assert_eq!(passed, 3, "the burst, and no more, across two pools");
     assert!(waits.iter().all(|ms| (1..=10_000).contains(ms)), "{waits:?}");
-    assert_eq!(db.store.take_rate("client_messages:192.0.2.1", rate).await.unwrap(), Ok(()), "keys are limited apart");
+    assert_eq!(
+        db.store.take_rate("client_messages:192.0.2.1", rate).await.unwrap(),
+        Ok(()),
+        "keys are limited apart"
+    );
 }
 
 async fn a_minted_session_costs_no_row_until_it_writes(db: Db) {
     let store = &db.store;
     let before = store.row_counts().await.unwrap();
     let made = store.mint_session();
-    let found = store.session_by_token(&made.token).await.unwrap().expect("a signed token is a session");
-    assert_eq!((found.id.clone(), found.csrf.clone(), found.seen_at), (made.session.id.clone(), made.session.csrf.clone(), None));
+    let found =
+        store.session_by_token(&made.token).await.unwrap().expect("a signed token is a session");
+    assert_eq!(
+        (found.id.clone(), found.csrf.clone(), found.seen_at),
+        (made.session.id.clone(), made.session.csrf.clone(), None)
+    );
     assert_eq!(store.row_counts().await.unwrap(), before, "minting and reading wrote nothing");
     // Another process on the same database knows the same key.
     let other = Store::connect(&db.url).await.unwrap();
-    assert_eq!(other.session_by_token(&made.token).await.unwrap().map(|s| s.csrf), Some(made.session.csrf.clone()));
+    assert_eq!(
+        other.session_by_token(&made.token).await.unwrap().map(|s| s.csrf),
+        Some(made.session.csrf.clone())
+    );
     // A token the server did not sign is nobody's session.
     let mut forged = made.token.clone();
     let last = if forged.ends_with('0') { "1" } else { "0" };
     forged.replace_range(63.., last);
     assert_eq!(store.session_by_token(&forged).await.unwrap(), None);
-    assert_eq!(store.session_by_token(&"ab".repeat(16)).await.unwrap(), None, "an unknown unsigned token");
+    assert_eq!(
+        store.session_by_token(&"ab".repeat(16)).await.unwrap(),
+        None,
+        "an unknown unsigned token"
+    );
     assert_eq!(store.session_by_token("not hex at all").await.unwrap(), None);
 
     let mut session = found;
@@ -278,27 +422,59 @@ async fn idle_sessions_and_empty_conversations_expire_and_the_rest_stays(db: Db)
     // An old session with a real conversation, an old empty one, a recent one with a real
     // conversation and an old greeting-only one.
     let (old_talker, old_talk) = conversation(store).await;
-    store.post_message(&old_talk, "hello from last year", None, 0, &Admission::unbounded("t")).await.unwrap();
+    store
+        .post_message(&old_talk, "hello from last year", None, 0, &Admission::unbounded("t"))
+        .await
+        .unwrap();
     let (old_silent, _) = conversation(store).await;
     let (recent, recent_talk) = conversation(store).await;
-    store.post_message(&recent_talk, "hello today", None, 0, &Admission::unbounded("t")).await.unwrap();
-    let abandoned = store.create_conversation(&recent, "wedding-host", "Hello!", "{}").await.unwrap().id;
+    store
+        .post_message(&recent_talk, "hello today", None, 0, &Admission::unbounded("t"))
+        .await
+        .unwrap();
+    let abandoned =
+        store.create_conversation(&recent, "wedding-host", "Hello!", "{}").await.unwrap().id;
     let day = 86_400_000i64;
     let now = rapport_store::now_ms();
     for (session, age) in [(&old_talker, 40 * day), (&old_silent, 2 * day)] {
-        store.execute_admin(&format!("UPDATE sessions SET seen_at = {} WHERE id = '{}'", now - age, session.as_str())).await.unwrap();
+        store
+            .execute_admin(&format!(
+                "UPDATE sessions SET seen_at = {} WHERE id = '{}'",
+                now - age,
+                session.as_str()
+            ))
+            .await
+            .unwrap();
     }
-    store.execute_admin(&format!("UPDATE conversations SET updated_at = {} WHERE id = '{}'", now - 2 * day, abandoned.as_str())).await.unwrap();
+    store
+        .execute_admin(&format!(
+            "UPDATE conversations SET updated_at = {} WHERE id = '{}'",
+            now - 2 * day,
+            abandoned.as_str()
+        ))
+        .await
+        .unwrap();
     store.take_rate("spent", Gcra::per_minute(60_000, 1)).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
 
-    let gone = store.expire(&Expiry { session_idle_ms: Some(30 * day), empty_idle_ms: Some(day) }).await.unwrap();
+    let gone = store
+        .expire(&Expiry { session_idle_ms: Some(30 * day), empty_idle_ms: Some(day) })
+        .await
+        .unwrap();
     assert_eq!((gone.sessions, gone.conversations, gone.rate_limits), (2, 1, 1), "{gone:?}");
-    assert!(matches!(store.conversation(&old_talker, &old_talk).await, Err(StoreError::NotFound(_))), "its conversation went with it");
+    assert!(
+        matches!(store.conversation(&old_talker, &old_talk).await, Err(StoreError::NotFound(_))),
+        "its conversation went with it"
+    );
     assert_eq!(store.messages(&old_talk).await.unwrap().len(), 0, "and its messages");
-    assert_eq!(store.list_conversations(&recent).await.unwrap().len(), 1, "the recent session keeps its real conversation only");
+    assert_eq!(
+        store.list_conversations(&recent).await.unwrap().len(),
+        1,
+        "the recent session keeps its real conversation only"
+    );
     assert_eq!(store.messages(&recent_talk).await.unwrap().len(), 2);
-    let nothing = store.expire(&Expiry { session_idle_ms: None, empty_idle_ms: None }).await.unwrap();
+    let nothing =
+        store.expire(&Expiry { session_idle_ms: None, empty_idle_ms: None }).await.unwrap();
     assert_eq!((nothing.sessions, nothing.conversations), (0, 0), "None keeps everything");
 }
 
@@ -333,17 +509,29 @@ fn a_database_url_of_another_kind_is_refused_with_the_forms_that_work() {
 /// refused with the reason; `disable` connects in the clear.
 #[test]
 fn postgres_over_tls_checks_the_certificate_and_honours_sslmode() {
-    let url = std::env::var("RAPPORT_TEST_POSTGRES_URL").expect("RAPPORT_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh");
-    let ca = std::env::var("RAPPORT_TEST_POSTGRES_CA").expect("RAPPORT_TEST_POSTGRES_CA is not set: run the tests through scripts/test.sh");
+    let url = std::env::var("RAPPORT_TEST_POSTGRES_URL")
+        .expect("RAPPORT_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh");
+    let ca = std::env::var("RAPPORT_TEST_POSTGRES_CA")
+        .expect("RAPPORT_TEST_POSTGRES_CA is not set: run the tests through scripts/test.sh");
     rt().block_on(async {
-        let verified = Store::connect(&format!("{url}?sslmode=verify-full&sslrootcert={ca}")).await.unwrap();
+        let verified =
+            Store::connect(&format!("{url}?sslmode=verify-full&sslrootcert={ca}")).await.unwrap();
         assert_eq!(verified.encrypted().await.unwrap(), Some(true));
         let required = Store::connect(&format!("{url}?sslmode=require")).await.unwrap();
-        assert_eq!(required.encrypted().await.unwrap(), Some(true), "require encrypts without checking the certificate");
+        assert_eq!(
+            required.encrypted().await.unwrap(),
+            Some(true),
+            "require encrypts without checking the certificate"
+        );
         let clear = Store::connect(&format!("{url}?sslmode=disable")).await.unwrap();
         assert_eq!(clear.encrypted().await.unwrap(), Some(false));
-        let refused = Store::connect(&format!("{url}?sslmode=verify-full")).await.unwrap_err().to_string();
-        assert!(refused.to_lowercase().contains("certificate") || refused.to_lowercase().contains("issuer"), "a self-signed certificate is not trusted by default: {refused}");
+        let refused =
+            Store::connect(&format!("{url}?sslmode=verify-full")).await.unwrap_err().to_string();
+        assert!(
+            refused.to_lowercase().contains("certificate")
+                || refused.to_lowercase().contains("issuer"),
+            "a self-signed certificate is not trusted by default: {refused}"
+        );
         assert_eq!(sqlite().await.store.encrypted().await.unwrap(), None);
     });
 }

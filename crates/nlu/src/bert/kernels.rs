@@ -68,13 +68,17 @@ impl PackedLinear {
         assert_eq!(bias.len(), outputs, "one bias per output");
         assert_eq!(outputs % PANEL, 0, "outputs must be a multiple of {PANEL}");
         let pairs = inputs.div_ceil(2);
-        let weight_scales: Vec<f32> = (0..outputs).map(|c| largest_magnitude(&weight[c * inputs..(c + 1) * inputs]) / WEIGHT_LIMIT as f32).collect();
+        let weight_scales: Vec<f32> = (0..outputs)
+            .map(|c| largest_magnitude(&weight[c * inputs..(c + 1) * inputs]) / WEIGHT_LIMIT as f32)
+            .collect();
         let quantized = |c: usize, i: usize| -> i16 {
             let scale = weight_scales[c];
             if i >= inputs || scale == 0.0 {
                 return 0;
             }
-            (weight[c * inputs + i] / scale).round().clamp(-WEIGHT_LIMIT as f32, WEIGHT_LIMIT as f32) as i16
+            (weight[c * inputs + i] / scale)
+                .round()
+                .clamp(-WEIGHT_LIMIT as f32, WEIGHT_LIMIT as f32) as i16
         };
         let mut panels = vec![0i16; outputs * pairs * 2];
         for p in 0..outputs / PANEL {
@@ -86,7 +90,15 @@ impl PackedLinear {
                 }
             }
         }
-        Self { inputs, pairs, outputs, panels, weight_scales, bias: bias.to_vec(), activation_limit: activation_limit(pairs) }
+        Self {
+            inputs,
+            pairs,
+            outputs,
+            panels,
+            weight_scales,
+            bias: bias.to_vec(),
+            activation_limit: activation_limit(pairs),
+        }
     }
 
     /// `out[r] = x[r] Wᵀ + b` for each of the `rows` rows of `x` (`rows × inputs`, row-major),
@@ -99,7 +111,13 @@ impl PackedLinear {
     /// the kernel reads six rows at once, one input pair of each per step. Read straight from
     /// `x`, those are six streams `inputs` values apart; regrouped, a group's six pairs sit side
     /// by side, and a block of groups stays in L2 while the thread runs all its panels over it.
-    pub(crate) fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], quantized: &mut QuantizedRows) {
+    pub(crate) fn forward(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        quantized: &mut QuantizedRows,
+    ) {
         assert_eq!(x.len(), rows * self.inputs, "input is {rows} × {}", self.inputs);
         assert_eq!(out.len(), rows * self.outputs, "output is {rows} × {}", self.outputs);
         quantized.fill(x, rows, self.inputs, self.activation_limit);
@@ -133,14 +151,31 @@ impl PackedLinear {
     /// # Safety
     /// `out` must point to `rows × outputs` writable floats that no one else writes in those
     /// columns meanwhile.
-    unsafe fn panel_forward(&self, quantized: &QuantizedRows, rows: std::ops::Range<usize>, p: usize, out: *mut f32) {
+    unsafe fn panel_forward(
+        &self,
+        quantized: &QuantizedRows,
+        rows: std::ops::Range<usize>,
+        p: usize,
+        out: *mut f32,
+    ) {
         let panel = &self.panels[p * self.pairs * PANEL * 2..(p + 1) * self.pairs * PANEL * 2];
-        let columns = simd::Columns { weights: panel, scales: &self.weight_scales[p * PANEL..(p + 1) * PANEL], bias: &self.bias[p * PANEL..(p + 1) * PANEL] };
+        let columns = simd::Columns {
+            weights: panel,
+            scales: &self.weight_scales[p * PANEL..(p + 1) * PANEL],
+            bias: &self.bias[p * PANEL..(p + 1) * PANEL],
+        };
         let mut r = rows.start;
         while r < rows.end {
             let n = (rows.end - r).min(ROWS);
             let group = &quantized.pairs[r * self.pairs..(r + n) * self.pairs];
-            simd::group_times_panel(group, &quantized.scales[r..r + n], self.pairs, &columns, out.add(r * self.outputs + p * PANEL), self.outputs);
+            simd::group_times_panel(
+                group,
+                &quantized.scales[r..r + n],
+                self.pairs,
+                &columns,
+                out.add(r * self.outputs + p * PANEL),
+                self.outputs,
+            );
             r += n;
         }
     }
@@ -185,7 +220,8 @@ impl QuantizedRows {
                 let largest = largest_magnitude(src);
                 // A row of zeros (or one whose largest value is not finite, which the pass never
                 // produces from finite weights) gets zeros and scale 0: its products are the bias.
-                let to_steps = if largest > 0.0 && largest.is_finite() { limit / largest } else { 0.0 };
+                let to_steps =
+                    if largest > 0.0 && largest.is_finite() { limit / largest } else { 0.0 };
                 *scale = if to_steps > 0.0 { largest / limit } else { 0.0 };
                 // An i16's bits, zero-extended, so that the high half can be or-ed above it.
                 let step = |v: f32| -> i32 { (v * to_steps).round() as i16 as u16 as i32 };
@@ -198,9 +234,17 @@ impl QuantizedRows {
         let group_len = (ROWS * pairs).max(1);
         // A message's few groups are quantized before a second thread could have woken up.
         if rows >= 16 * ROWS {
-            self.pairs.par_chunks_mut(group_len).zip(self.scales.par_chunks_mut(ROWS)).enumerate().for_each(quantize);
+            self.pairs
+                .par_chunks_mut(group_len)
+                .zip(self.scales.par_chunks_mut(ROWS))
+                .enumerate()
+                .for_each(quantize);
         } else {
-            self.pairs.chunks_mut(group_len).zip(self.scales.chunks_mut(ROWS)).enumerate().for_each(quantize);
+            self.pairs
+                .chunks_mut(group_len)
+                .zip(self.scales.chunks_mut(ROWS))
+                .enumerate()
+                .for_each(quantize);
         }
     }
 }
@@ -238,7 +282,14 @@ pub(crate) mod simd {
 
     /// # Safety
     /// `out` must be valid for `row_scales.len()` rows of stride `ldo`, 16 floats each.
-    pub(crate) unsafe fn group_times_panel(group: &[i32], row_scales: &[f32], pairs: usize, columns: &Columns, out: *mut f32, ldo: usize) {
+    pub(crate) unsafe fn group_times_panel(
+        group: &[i32],
+        row_scales: &[f32],
+        pairs: usize,
+        columns: &Columns,
+        out: *mut f32,
+        ldo: usize,
+    ) {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         {
             match row_scales.len() {
@@ -257,7 +308,14 @@ pub(crate) mod simd {
     /// # Safety
     /// As [`group_times_panel`].
     #[allow(dead_code)] // used only without AVX2, and by the tests
-    pub(crate) unsafe fn scalar(group: &[i32], row_scales: &[f32], pairs: usize, columns: &Columns, out: *mut f32, ldo: usize) {
+    pub(crate) unsafe fn scalar(
+        group: &[i32],
+        row_scales: &[f32],
+        pairs: usize,
+        columns: &Columns,
+        out: *mut f32,
+        ldo: usize,
+    ) {
         let n = row_scales.len();
         for (r, &row_scale) in row_scales.iter().enumerate() {
             for c in 0..PANEL {
@@ -267,7 +325,8 @@ pub(crate) mod simd {
                     let w = &columns.weights[(q * PANEL + c) * 2..][..2];
                     sum += (x as i16) as i32 * w[0] as i32 + (x >> 16) * w[1] as i32;
                 }
-                *out.add(r * ldo + c) = (sum as f32).mul_add(row_scale * columns.scales[c], columns.bias[c]);
+                *out.add(r * ldo + c) =
+                    (sum as f32).mul_add(row_scale * columns.scales[c], columns.bias[c]);
             }
         }
     }
@@ -282,8 +341,19 @@ pub(crate) mod simd {
         /// and each row's pair is broadcast into two `vpmaddwd`s, added into `i32` accumulators
         /// (12 at `R` = 6, which with the two weight registers and the broadcast fills AVX2's 16).
         #[inline(always)]
-        pub(super) unsafe fn kernel<const R: usize>(group: &[i32], row_scales: &[f32], pairs: usize, columns: &Columns, out: *mut f32, ldo: usize) {
-            debug_assert!(group.len() >= R * pairs && columns.weights.len() >= pairs * PANEL * 2 && row_scales.len() == R);
+        pub(super) unsafe fn kernel<const R: usize>(
+            group: &[i32],
+            row_scales: &[f32],
+            pairs: usize,
+            columns: &Columns,
+            out: *mut f32,
+            ldo: usize,
+        ) {
+            debug_assert!(
+                group.len() >= R * pairs
+                    && columns.weights.len() >= pairs * PANEL * 2
+                    && row_scales.len() == R
+            );
             let mut acc = [[_mm256_setzero_si256(); 2]; R];
             let (xp, wp) = (group.as_ptr(), columns.weights.as_ptr() as *const __m256i);
             for q in 0..pairs {
@@ -295,19 +365,37 @@ pub(crate) mod simd {
                     acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(v, w1));
                 }
             }
-            let (s0, s1) = (_mm256_loadu_ps(columns.scales.as_ptr()), _mm256_loadu_ps(columns.scales.as_ptr().add(8)));
-            let (b0, b1) = (_mm256_loadu_ps(columns.bias.as_ptr()), _mm256_loadu_ps(columns.bias.as_ptr().add(8)));
+            let (s0, s1) = (
+                _mm256_loadu_ps(columns.scales.as_ptr()),
+                _mm256_loadu_ps(columns.scales.as_ptr().add(8)),
+            );
+            let (b0, b1) = (
+                _mm256_loadu_ps(columns.bias.as_ptr()),
+                _mm256_loadu_ps(columns.bias.as_ptr().add(8)),
+            );
             for (r, acc) in acc.iter().enumerate() {
                 let row = _mm256_set1_ps(row_scales[r]);
-                _mm256_storeu_ps(out.add(r * ldo), _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[0]), _mm256_mul_ps(row, s0), b0));
-                _mm256_storeu_ps(out.add(r * ldo + 8), _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1]), _mm256_mul_ps(row, s1), b1));
+                _mm256_storeu_ps(
+                    out.add(r * ldo),
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[0]), _mm256_mul_ps(row, s0), b0),
+                );
+                _mm256_storeu_ps(
+                    out.add(r * ldo + 8),
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1]), _mm256_mul_ps(row, s1), b1),
+                );
             }
         }
     }
 }
 
 /// `x[r] = LayerNorm(x[r] + residual[r])` for each row of width `gamma.len()`.
-pub(crate) fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+pub(crate) fn add_layer_norm(
+    x: &mut [f32],
+    residual: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     let width = gamma.len();
     for (row, res) in x.chunks_exact_mut(width).zip(residual.chunks_exact(width)) {
         for (v, r) in row.iter_mut().zip(res) {
@@ -352,7 +440,9 @@ pub(crate) fn gelu_erf(x: &mut [f32]) {
 pub(crate) fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
     let y = 1.0 - poly * exp_nonpositive(-a * a);
     y.copysign(x)
 }
@@ -368,7 +458,10 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // 2^n by building the exponent bits; n ≥ −126 here, so the result is a normal float.
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     p * scale
@@ -391,7 +484,8 @@ mod vector_math {
     use super::{erf, exp_nonpositive as exp_scalar};
 
     pub(super) fn gelu_erf(x: &mut [f32]) {
-        let scalar = |v: &mut f32| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+        let scalar =
+            |v: &mut f32| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         {
             let mut chunks = x.chunks_exact_mut(8);
@@ -414,7 +508,10 @@ mod vector_math {
                 // SAFETY: `c` is exactly 8 floats.
                 unsafe {
                     use std::arch::x86_64::*;
-                    _mm256_storeu_ps(c.as_mut_ptr(), avx2::exp_nonpositive8(_mm256_loadu_ps(c.as_ptr())));
+                    _mm256_storeu_ps(
+                        c.as_mut_ptr(),
+                        avx2::exp_nonpositive8(_mm256_loadu_ps(c.as_ptr())),
+                    );
                 }
             }
             chunks.into_remainder().iter_mut().for_each(|v| *v = exp_scalar(*v));
@@ -431,13 +528,21 @@ mod vector_math {
         #[inline(always)]
         pub(super) unsafe fn exp_nonpositive8(x: __m256) -> __m256 {
             let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
-            let r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693_145_75))), _mm256_mul_ps(n, _mm256_set1_ps(1.428_606_8e-6)));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            );
+            let r = _mm256_sub_ps(
+                _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693_145_75))),
+                _mm256_mul_ps(n, _mm256_set1_ps(1.428_606_8e-6)),
+            );
             let mut p = _mm256_set1_ps(1.0 / 720.0);
             for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
                 p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
             }
-            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
             _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
         }
 
@@ -457,7 +562,10 @@ mod vector_math {
             poly = _mm256_mul_ps(poly, t);
             let e = exp_nonpositive8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(a, a)));
             let erf = _mm256_or_ps(_mm256_fnmadd_ps(poly, e, one), sign);
-            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5), x), _mm256_add_ps(one, erf)));
+            _mm256_storeu_ps(
+                p,
+                _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5), x), _mm256_add_ps(one, erf)),
+            );
         }
     }
 }
@@ -482,7 +590,11 @@ mod tests {
     fn quantization_bound(x: &[f32], w: &[f32], x_limit: f32) -> f32 {
         let x_step = largest_magnitude(x) / x_limit;
         let w_step = largest_magnitude(w) / WEIGHT_LIMIT as f32;
-        let bound: f32 = x.iter().zip(w).map(|(x, w)| x.abs() * w_step / 2.0 + w.abs() * x_step / 2.0 + x_step * w_step / 4.0).sum();
+        let bound: f32 = x
+            .iter()
+            .zip(w)
+            .map(|(x, w)| x.abs() * w_step / 2.0 + w.abs() * x_step / 2.0 + x_step * w_step / 4.0)
+            .sum();
         bound * 1.001 + 1e-5
     }
 
@@ -495,7 +607,9 @@ mod tests {
     /// would be several times that).
     #[test]
     fn packed_linear_equals_the_plain_product_within_its_quantization() {
-        for (outputs, inputs, row_counts) in [(48, 37, &[1, 2, 3, 4, 5, 6, 7, 13, 17][..]), (32, 1536, &[29, 31, 67][..])] {
+        for (outputs, inputs, row_counts) in
+            [(48, 37, &[1, 2, 3, 4, 5, 6, 7, 13, 17][..]), (32, 1536, &[29, 31, 67][..])]
+        {
             let w = lcg(1, outputs * inputs);
             let b = lcg(2, outputs);
             let layer = PackedLinear::new(&w, &b, outputs, inputs);
@@ -511,13 +625,20 @@ mod tests {
                         let product: f32 = xr.iter().zip(wo).map(|(x, w)| x * w).sum();
                         let got = out[r * outputs + o];
                         let bound = quantization_bound(xr, wo, layer.activation_limit);
-                        assert!((got - b[o] - product).abs() <= bound, "{inputs} inputs, rows {rows}, row {r}, column {o}: {got} vs {}", b[o] + product);
+                        assert!(
+                            (got - b[o] - product).abs() <= bound,
+                            "{inputs} inputs, rows {rows}, row {r}, column {o}: {got} vs {}",
+                            b[o] + product
+                        );
                         squared_error += f64::from(got - b[o] - product).powi(2);
                         squared_value += f64::from(product).powi(2);
                     }
                 }
                 let relative = (squared_error / squared_value).sqrt();
-                assert!(relative < 1.5e-3, "{inputs} inputs, {rows} rows: rms error {relative} of the products' rms");
+                assert!(
+                    relative < 1.5e-3,
+                    "{inputs} inputs, {rows} rows: rms error {relative} of the products' rms"
+                );
             }
         }
     }
@@ -528,16 +649,38 @@ mod tests {
     fn simd_kernel_equals_the_scalar_fallback() {
         let (outputs, inputs) = (PANEL, 29);
         let layer = PackedLinear::new(&lcg(7, outputs * inputs), &lcg(8, outputs), outputs, inputs);
-        let columns = simd::Columns { weights: &layer.panels, scales: &layer.weight_scales, bias: &layer.bias };
+        let columns = simd::Columns {
+            weights: &layer.panels,
+            scales: &layer.weight_scales,
+            bias: &layer.bias,
+        };
         for n in 1..=6 {
             let mut rows = QuantizedRows::default();
             rows.fill(&lcg(9, n * inputs), n, inputs, layer.activation_limit);
             let (mut fast, mut slow) = (vec![0.0f32; n * PANEL], vec![0.0f32; n * PANEL]);
             unsafe {
-                simd::group_times_panel(&rows.pairs, &rows.scales, layer.pairs, &columns, fast.as_mut_ptr(), PANEL);
-                simd::scalar(&rows.pairs, &rows.scales, layer.pairs, &columns, slow.as_mut_ptr(), PANEL);
+                simd::group_times_panel(
+                    &rows.pairs,
+                    &rows.scales,
+                    layer.pairs,
+                    &columns,
+                    fast.as_mut_ptr(),
+                    PANEL,
+                );
+                simd::scalar(
+                    &rows.pairs,
+                    &rows.scales,
+                    layer.pairs,
+                    &columns,
+                    slow.as_mut_ptr(),
+                    PANEL,
+                );
             }
-            assert_eq!(fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{n} rows");
+            assert_eq!(
+                fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{n} rows"
+            );
         }
     }
 
@@ -549,7 +692,9 @@ mod tests {
     fn the_largest_sums_do_not_overflow() {
         for inputs in [384, 1536, 1537] {
             let outputs = PANEL;
-            let w: Vec<f32> = (0..outputs * inputs).map(|i| if i / inputs % 2 == 0 { 1.0 } else { -1.0 }).collect();
+            let w: Vec<f32> = (0..outputs * inputs)
+                .map(|i| if i / inputs % 2 == 0 { 1.0 } else { -1.0 })
+                .collect();
             let layer = PackedLinear::new(&w, &vec![0.0; outputs], outputs, inputs);
             for sign in [1.0f32, -1.0] {
                 let x = vec![sign; 6 * inputs];
@@ -557,10 +702,17 @@ mod tests {
                 layer.forward(&x, 6, &mut out, &mut QuantizedRows::default());
                 for (i, got) in out.iter().enumerate() {
                     let want = if i % outputs % 2 == 0 { sign } else { -sign } * inputs as f32;
-                    assert!((got - want).abs() <= want.abs() * 1e-6, "{inputs} inputs, output {i}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= want.abs() * 1e-6,
+                        "{inputs} inputs, output {i}: {got} vs {want}"
+                    );
                 }
             }
-            assert!(f64::from(layer.activation_limit) * 511.0 * 2.0 * layer.pairs as f64 <= f64::from(i32::MAX), "{inputs} inputs");
+            assert!(
+                f64::from(layer.activation_limit) * 511.0 * 2.0 * layer.pairs as f64
+                    <= f64::from(i32::MAX),
+                "{inputs} inputs"
+            );
         }
     }
 

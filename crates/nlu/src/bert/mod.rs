@@ -22,7 +22,10 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::Device;
 use serde::Deserialize;
 
-use kernels::{add_layer_norm, gelu_erf, layer_norm_row, softmax_row, DisjointWrites, PackedLinear, QuantizedRows};
+use kernels::{
+    add_layer_norm, gelu_erf, layer_norm_row, softmax_row, DisjointWrites, PackedLinear,
+    QuantizedRows,
+};
 
 /// The fields of a BERT `config.json` this pass depends on.
 #[derive(Debug, Deserialize)]
@@ -90,9 +93,17 @@ fn open_weights(weights: &Path) -> Result<MmapedSafetensors, String> {
 }
 
 /// One tensor as f32 (any stored float type), checked for its element count.
-fn read_tensor(file: &MmapedSafetensors, file_name: &str, name: &str, len: usize) -> Result<Vec<f32>, String> {
+fn read_tensor(
+    file: &MmapedSafetensors,
+    file_name: &str,
+    name: &str,
+    len: usize,
+) -> Result<Vec<f32>, String> {
     let t = file.load(name, &Device::Cpu).map_err(|e| format!("{file_name}: {name}: {e}"))?;
-    let v = t.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1::<f32>());
+    let v = t
+        .flatten_all()
+        .and_then(|t| t.to_dtype(candle_core::DType::F32))
+        .and_then(|t| t.to_vec1::<f32>());
     let v = v.map_err(|e| format!("{file_name}: {name}: {e}"))?;
     if v.len() != len {
         return Err(format!("{file_name}: {name} has {} values, expected {len}", v.len()));
@@ -101,14 +112,24 @@ fn read_tensor(file: &MmapedSafetensors, file_name: &str, name: &str, len: usize
 }
 
 /// The LayerNorm `prefix` (`.weight` and `.bias`, `width` each).
-fn read_norm(file: &MmapedSafetensors, file_name: &str, prefix: &str, width: usize) -> Result<Norm, String> {
+fn read_norm(
+    file: &MmapedSafetensors,
+    file_name: &str,
+    prefix: &str,
+    width: usize,
+) -> Result<Norm, String> {
     Ok(Norm {
         gamma: read_tensor(file, file_name, &format!("{prefix}.weight"), width)?,
         beta: read_tensor(file, file_name, &format!("{prefix}.bias"), width)?,
     })
 }
 
-fn load_layers(file: &MmapedSafetensors, file_name: &str, indices: Range<usize>, dims: LayerDims) -> Result<Vec<Layer>, String> {
+fn load_layers(
+    file: &MmapedSafetensors,
+    file_name: &str,
+    indices: Range<usize>,
+    dims: LayerDims,
+) -> Result<Vec<Layer>, String> {
     let LayerDims { hidden, intermediate } = dims;
     let tensor = |name: &str, len: usize| read_tensor(file, file_name, name, len);
     let norm = |prefix: &str| read_norm(file, file_name, prefix, hidden);
@@ -155,7 +176,11 @@ impl Scratch {
     /// Past 64 MB (a batch of ~4,000 tokens) the buffers are freed rather than kept: an
     /// evaluation's one big batch should not pin its memory for the life of the process.
     fn release_if_large(&mut self) {
-        let values = self.qkv.capacity() + self.context.capacity() + self.attended.capacity() + self.up.capacity() + self.quantized.capacity();
+        let values = self.qkv.capacity()
+            + self.context.capacity()
+            + self.attended.capacity()
+            + self.up.capacity()
+            + self.quantized.capacity();
         if values * 4 > 64 << 20 {
             *self = Scratch::default();
         }
@@ -185,9 +210,13 @@ impl Bert {
     /// Reads `config.json` and `model.safetensors` from `dir`. Errors are strings naming the
     /// file; the caller wraps them.
     pub(crate) fn load(config_json: &str, weights: &Path) -> Result<Self, String> {
-        let config: BertConfig = serde_json::from_str(config_json).map_err(|e| format!("config.json: {e}"))?;
+        let config: BertConfig =
+            serde_json::from_str(config_json).map_err(|e| format!("config.json: {e}"))?;
         if config.hidden_act != "gelu" {
-            return Err(format!("config.json: hidden_act {:?} is not supported (only gelu)", config.hidden_act));
+            return Err(format!(
+                "config.json: hidden_act {:?} is not supported (only gelu)",
+                config.hidden_act
+            ));
         }
         let (hidden, heads) = (config.hidden_size, config.num_attention_heads);
         if heads == 0 || hidden % heads != 0 || (hidden / heads) % 8 != 0 {
@@ -199,7 +228,8 @@ impl Bert {
         let dims = LayerDims { hidden, intermediate: config.intermediate_size };
         let layers = load_layers(&file, "model.safetensors", 0..config.num_hidden_layers, dims)?;
         let tensor = |name: &str, len: usize| read_tensor(&file, "model.safetensors", name, len);
-        let token_types = tensor("embeddings.token_type_embeddings.weight", config.type_vocab_size * hidden)?;
+        let token_types =
+            tensor("embeddings.token_type_embeddings.weight", config.type_vocab_size * hidden)?;
         if token_types.is_empty() {
             return Err("config.json: type_vocab_size is 0".into());
         }
@@ -210,7 +240,10 @@ impl Bert {
             max_positions: config.max_position_embeddings,
             eps: config.layer_norm_eps as f32,
             word: tensor("embeddings.word_embeddings.weight", config.vocab_size * hidden)?,
-            position: tensor("embeddings.position_embeddings.weight", config.max_position_embeddings * hidden)?,
+            position: tensor(
+                "embeddings.position_embeddings.weight",
+                config.max_position_embeddings * hidden,
+            )?,
             token_type0: token_types[..hidden].to_vec(),
             embedding_norm: read_norm(&file, "model.safetensors", "embeddings.LayerNorm", hidden)?,
             intermediate: config.intermediate_size,
@@ -221,7 +254,12 @@ impl Bert {
     /// Reads tuned copies of layers `layers` (named as in the model's own file) from another
     /// safetensors file: a branch that takes over from this encoder after layer
     /// `layers.start`. `file_name` names the file in errors.
-    pub(crate) fn load_branch(&self, weights: &Path, file_name: &str, layers: Range<usize>) -> Result<BertBranch, String> {
+    pub(crate) fn load_branch(
+        &self,
+        weights: &Path,
+        file_name: &str,
+        layers: Range<usize>,
+    ) -> Result<BertBranch, String> {
         if layers.start > self.layers.len() || layers.is_empty() {
             return Err(format!(
                 "{file_name}: a branch of layers {layers:?} does not fit an encoder of {} layers",
@@ -253,7 +291,11 @@ impl Bert {
 
     /// Last hidden states of `branch`: this encoder's layers below the branch, then the
     /// branch's own.
-    pub(crate) fn forward_branch(&self, sequences: &[&[u32]], branch: &BertBranch) -> Result<HiddenStates, String> {
+    pub(crate) fn forward_branch(
+        &self,
+        sequences: &[&[u32]],
+        branch: &BertBranch,
+    ) -> Result<HiddenStates, String> {
         rayon::scope(|_| {
             let (mut x, rows) = self.embed(sequences)?;
             self.run_layers(&self.layers[..branch.from], &mut x, &rows);
@@ -264,7 +306,11 @@ impl Bert {
 
     /// Both [`forward`](Self::forward) and [`forward_branch`](Self::forward_branch), paying
     /// once for the layers they share.
-    pub(crate) fn forward_both(&self, sequences: &[&[u32]], branch: &BertBranch) -> Result<(HiddenStates, HiddenStates), String> {
+    pub(crate) fn forward_both(
+        &self,
+        sequences: &[&[u32]],
+        branch: &BertBranch,
+    ) -> Result<(HiddenStates, HiddenStates), String> {
         rayon::scope(|_| {
             let (mut x, rows) = self.embed(sequences)?;
             self.run_layers(&self.layers[..branch.from], &mut x, &rows);
@@ -284,10 +330,17 @@ impl Bert {
         let mut total = 0;
         for (i, ids) in sequences.iter().enumerate() {
             if ids.len() > self.max_positions {
-                return Err(format!("text {i} has {} tokens, more than the model's {}", ids.len(), self.max_positions));
+                return Err(format!(
+                    "text {i} has {} tokens, more than the model's {}",
+                    ids.len(),
+                    self.max_positions
+                ));
             }
             if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab) {
-                return Err(format!("text {i}: token id {bad} is outside the vocabulary of {}", self.vocab));
+                return Err(format!(
+                    "text {i}: token id {bad} is outside the vocabulary of {}",
+                    self.vocab
+                ));
             }
             rows.push(total..total + ids.len());
             total += ids.len();
@@ -295,13 +348,22 @@ impl Bert {
 
         let mut x = vec![0.0f32; total * h];
         for (ids, range) in sequences.iter().zip(&rows) {
-            for (pos, (&id, row)) in ids.iter().zip(x[range.start * h..range.end * h].chunks_exact_mut(h)).enumerate() {
+            for (pos, (&id, row)) in
+                ids.iter().zip(x[range.start * h..range.end * h].chunks_exact_mut(h)).enumerate()
+            {
                 let word = &self.word[id as usize * h..(id as usize + 1) * h];
                 let position = &self.position[pos * h..(pos + 1) * h];
-                for (((v, w), p), t) in row.iter_mut().zip(word).zip(position).zip(&self.token_type0) {
+                for (((v, w), p), t) in
+                    row.iter_mut().zip(word).zip(position).zip(&self.token_type0)
+                {
                     *v = w + p + t;
                 }
-                layer_norm_row(row, &self.embedding_norm.gamma, &self.embedding_norm.beta, self.eps);
+                layer_norm_row(
+                    row,
+                    &self.embedding_norm.gamma,
+                    &self.embedding_norm.beta,
+                    self.eps,
+                );
             }
         }
         Ok((x, rows))
@@ -318,7 +380,13 @@ impl Bert {
         })
     }
 
-    fn run_layers_in(&self, layers: &[Layer], x: &mut [f32], rows: &[Range<usize>], scratch: &mut Scratch) {
+    fn run_layers_in(
+        &self,
+        layers: &[Layer],
+        x: &mut [f32],
+        rows: &[Range<usize>],
+        scratch: &mut Scratch,
+    ) {
         let h = self.hidden;
         let total = x.len() / h;
         {
@@ -332,11 +400,23 @@ impl Bert {
                 layer.qkv.forward(x, total, qkv, quantized);
                 self.attention(qkv, rows, context);
                 layer.attention_out.forward(context, total, attended, quantized);
-                add_layer_norm(attended, x, &layer.attention_norm.gamma, &layer.attention_norm.beta, self.eps);
+                add_layer_norm(
+                    attended,
+                    x,
+                    &layer.attention_norm.gamma,
+                    &layer.attention_norm.beta,
+                    self.eps,
+                );
                 layer.up.forward(attended, total, up, quantized);
                 gelu_erf(up);
                 layer.down.forward(up, total, x, quantized);
-                add_layer_norm(x, attended, &layer.output_norm.gamma, &layer.output_norm.beta, self.eps);
+                add_layer_norm(
+                    x,
+                    attended,
+                    &layer.output_norm.gamma,
+                    &layer.output_norm.beta,
+                    self.eps,
+                );
             }
         }
         scratch.release_if_large();
@@ -348,7 +428,8 @@ impl Bert {
         let h = self.hidden;
         let head = h / self.heads;
         let scale = 1.0 / (head as f32).sqrt();
-        let jobs: Vec<(usize, usize)> = (0..rows.len()).flat_map(|t| (0..self.heads).map(move |hd| (t, hd))).collect();
+        let jobs: Vec<(usize, usize)> =
+            (0..rows.len()).flat_map(|t| (0..self.heads).map(move |hd| (t, hd))).collect();
         let out = DisjointWrites(context.as_mut_ptr());
         let run = |&(t, hd): &(usize, usize)| {
             let range = rows[t].clone();
@@ -397,7 +478,13 @@ impl Bert {
                 }
                 // SAFETY: job (t, hd) writes only row i ∈ rows[t], columns of head hd: no two
                 // jobs write the same element, and `context` outlives the parallel loop.
-                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out.get().add(i * h + hd * head), head) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        acc.as_ptr(),
+                        out.get().add(i * h + hd * head),
+                        head,
+                    )
+                };
             }
         };
         // Below ~64k multiply-adds in all, handing jobs to other threads costs more than it saves.
@@ -422,10 +509,14 @@ mod tests {
         let config = r#"{"hidden_size": 384, "num_attention_heads": 32, "num_hidden_layers": 6,
             "intermediate_size": 1536, "max_position_embeddings": 512, "layer_norm_eps": 1e-12,
             "hidden_act": "gelu", "vocab_size": 30522, "type_vocab_size": 2}"#;
-        let err = Bert::load(config, std::path::Path::new("/nonexistent/model.safetensors")).err().expect("refused");
+        let err = Bert::load(config, std::path::Path::new("/nonexistent/model.safetensors"))
+            .err()
+            .expect("refused");
         assert!(err.contains("config.json") && err.contains("num_attention_heads 32"), "{err}");
         let twelve = config.replace("\"num_attention_heads\": 32", "\"num_attention_heads\": 12");
-        let err = Bert::load(&twelve, std::path::Path::new("/nonexistent/model.safetensors")).err().expect("no weights");
+        let err = Bert::load(&twelve, std::path::Path::new("/nonexistent/model.safetensors"))
+            .err()
+            .expect("no weights");
         assert!(err.contains("/nonexistent/model.safetensors"), "{err}");
     }
 }

@@ -21,7 +21,11 @@ pub fn f1_report(gold: &[Vec<usize>], predicted: &[Vec<usize>], num_labels: usiz
     let mut fn_ = vec![0u64; num_labels];
     for (g, p) in gold.iter().zip(predicted) {
         for &l in p {
-            if g.contains(&l) { tp[l] += 1 } else { fp[l] += 1 }
+            if g.contains(&l) {
+                tp[l] += 1
+            } else {
+                fp[l] += 1
+            }
         }
         for &l in g {
             if !p.contains(&l) {
@@ -29,7 +33,13 @@ pub fn f1_report(gold: &[Vec<usize>], predicted: &[Vec<usize>], num_labels: usiz
             }
         }
     }
-    let f1 = |tp: u64, fp: u64, fn_: u64| if tp == 0 { 0.0 } else { 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64 };
+    let f1 = |tp: u64, fp: u64, fn_: u64| {
+        if tp == 0 {
+            0.0
+        } else {
+            2.0 * tp as f64 / (2 * tp + fp + fn_) as f64
+        }
+    };
     let per_label: Vec<f64> = (0..num_labels).map(|l| f1(tp[l], fp[l], fn_[l])).collect();
     F1Report {
         macro_f1: per_label.iter().sum::<f64>() / num_labels as f64,
@@ -41,7 +51,10 @@ pub fn f1_report(gold: &[Vec<usize>], predicted: &[Vec<usize>], num_labels: usiz
 /// The labels each message is predicted to carry: those whose probability reaches the label's
 /// threshold.
 pub fn predict(probabilities: &[Vec<f32>], thresholds: &[f32]) -> Vec<Vec<usize>> {
-    probabilities.iter().map(|p| (0..thresholds.len()).filter(|&l| p[l] >= thresholds[l]).collect()).collect()
+    probabilities
+        .iter()
+        .map(|p| (0..thresholds.len()).filter(|&l| p[l] >= thresholds[l]).collect())
+        .collect()
 }
 
 /// The threshold in 0.01..=0.99 that maximises one label's F1, given each message's

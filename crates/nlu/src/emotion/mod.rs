@@ -41,7 +41,15 @@ pub enum Ekman {
 
 impl Ekman {
     /// All seven, in a fixed order.
-    pub const ALL: [Ekman; 7] = [Ekman::Anger, Ekman::Disgust, Ekman::Fear, Ekman::Joy, Ekman::Sadness, Ekman::Surprise, Ekman::Neutral];
+    pub const ALL: [Ekman; 7] = [
+        Ekman::Anger,
+        Ekman::Disgust,
+        Ekman::Fear,
+        Ekman::Joy,
+        Ekman::Sadness,
+        Ekman::Surprise,
+        Ekman::Neutral,
+    ];
 
     /// The Ekman category of a GoEmotions label (the grouping published with the data set).
     pub fn of_label(label: usize) -> Ekman {
@@ -60,10 +68,34 @@ impl Ekman {
 /// (valence, arousal) of each label in [-1, 1], placed on Russell's circumplex by hand: a
 /// coarse, documented mapping, good enough to tell a tense message from a sad or a warm one.
 const VALENCE_AROUSAL: [(f32, f32); NUM_LABELS] = [
-    (0.6, 0.3), (0.7, 0.5), (-0.7, 0.8), (-0.5, 0.5), (0.5, 0.1), (0.6, 0.1), (-0.2, 0.3), (0.3, 0.5),
-    (0.4, 0.6), (-0.6, -0.2), (-0.5, 0.2), (-0.7, 0.5), (-0.5, 0.4), (0.8, 0.8), (-0.7, 0.7),
-    (0.7, 0.2), (-0.9, -0.3), (0.9, 0.6), (0.9, 0.4), (-0.4, 0.6), (0.6, 0.3), (0.7, 0.5), (0.1, 0.2),
-    (0.5, -0.4), (-0.6, -0.1), (-0.8, -0.4), (0.2, 0.8), (0.0, 0.0),
+    (0.6, 0.3),
+    (0.7, 0.5),
+    (-0.7, 0.8),
+    (-0.5, 0.5),
+    (0.5, 0.1),
+    (0.6, 0.1),
+    (-0.2, 0.3),
+    (0.3, 0.5),
+    (0.4, 0.6),
+    (-0.6, -0.2),
+    (-0.5, 0.2),
+    (-0.7, 0.5),
+    (-0.5, 0.4),
+    (0.8, 0.8),
+    (-0.7, 0.7),
+    (0.7, 0.2),
+    (-0.9, -0.3),
+    (0.9, 0.6),
+    (0.9, 0.4),
+    (-0.4, 0.6),
+    (0.6, 0.3),
+    (0.7, 0.5),
+    (0.1, 0.2),
+    (0.5, -0.4),
+    (-0.6, -0.1),
+    (-0.8, -0.4),
+    (0.2, 0.8),
+    (0.0, 0.0),
 ];
 
 /// How one message reads.
@@ -79,10 +111,13 @@ pub struct EmotionReading {
 impl EmotionReading {
     /// A reading from calibrated probabilities (in [`LABELS`] order) and per-label thresholds.
     pub fn new(probabilities: Vec<f32>, thresholds: &[f32]) -> Self {
-        let mut labels: Vec<usize> = (0..NUM_LABELS).filter(|&i| probabilities[i] >= thresholds[i]).collect();
+        let mut labels: Vec<usize> =
+            (0..NUM_LABELS).filter(|&i| probabilities[i] >= thresholds[i]).collect();
         labels.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
         if labels.is_empty() {
-            let best = (0..NUM_LABELS).max_by(|&a, &b| probabilities[a].total_cmp(&probabilities[b])).unwrap_or(NUM_LABELS - 1);
+            let best = (0..NUM_LABELS)
+                .max_by(|&a, &b| probabilities[a].total_cmp(&probabilities[b]))
+                .unwrap_or(NUM_LABELS - 1);
             labels.push(best);
         }
         Self { probabilities, labels }
@@ -98,7 +133,10 @@ impl EmotionReading {
         Ekman::ALL
             .iter()
             .map(|&e| {
-                let p = (0..NUM_LABELS).filter(|&l| Ekman::of_label(l) == e).map(|l| self.probabilities[l]).fold(0.0, f32::max);
+                let p = (0..NUM_LABELS)
+                    .filter(|&l| Ekman::of_label(l) == e)
+                    .map(|l| self.probabilities[l])
+                    .fold(0.0, f32::max);
                 (e, p)
             })
             .collect()
@@ -106,7 +144,11 @@ impl EmotionReading {
 
     /// The most probable Ekman category.
     pub fn dominant_ekman(&self) -> Ekman {
-        self.ekman().into_iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(e, _)| e).unwrap_or(Ekman::Neutral)
+        self.ekman()
+            .into_iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(e, _)| e)
+            .unwrap_or(Ekman::Neutral)
     }
 
     /// Valence and arousal in [-1, 1]: the labels' coordinates weighted by their probabilities.
@@ -140,7 +182,10 @@ mod tests {
 
     #[test]
     fn ekman_grouping_covers_every_label() {
-        let joy: Vec<&str> = (0..NUM_LABELS).filter(|&l| Ekman::of_label(l) == Ekman::Joy).map(|l| LABELS[l]).collect();
+        let joy: Vec<&str> = (0..NUM_LABELS)
+            .filter(|&l| Ekman::of_label(l) == Ekman::Joy)
+            .map(|l| LABELS[l])
+            .collect();
         assert_eq!(joy.len(), 12, "{joy:?}");
         assert_eq!(Ekman::of_label(index("grief")), Ekman::Sadness);
         assert_eq!(Ekman::of_label(index("neutral")), Ekman::Neutral);
@@ -162,7 +207,8 @@ mod tests {
     fn valence_follows_the_labels() {
         let t = vec![0.5; NUM_LABELS];
         let (v_sad, _) = EmotionReading::new(one_hot(index("grief"), 0.95), &t).valence_arousal();
-        let (v_joy, a_joy) = EmotionReading::new(one_hot(index("excitement"), 0.95), &t).valence_arousal();
+        let (v_joy, a_joy) =
+            EmotionReading::new(one_hot(index("excitement"), 0.95), &t).valence_arousal();
         assert!(v_sad < -0.5 && v_joy > 0.5 && a_joy > 0.5, "{v_sad} {v_joy} {a_joy}");
     }
 }

@@ -66,7 +66,9 @@ impl EmotionHead {
         let logits = self.logits(features)?.to_vec2::<f32>()?;
         Ok(logits
             .into_iter()
-            .map(|row| row.iter().zip(&self.meta.platt).map(|(&z, [a, b])| sigmoid(a * z + b)).collect())
+            .map(|row| {
+                row.iter().zip(&self.meta.platt).map(|(&z, [a, b])| sigmoid(a * z + b)).collect()
+            })
             .collect())
     }
 
@@ -98,7 +100,9 @@ impl EmotionHead {
     /// `crates/nlu/train/finetune_emotion.py`, which writes its own files.
     pub fn save(&self, stem: &Path) -> Result<(), NluError> {
         if self.meta.encoder.is_some() {
-            return Err(NluError::Data("a head with tuned encoder layers is written by its trainer, not saved here".into()));
+            return Err(NluError::Data(
+                "a head with tuned encoder layers is written by its trainer, not saved here".into(),
+            ));
         }
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         tensors.insert("fc1.weight".into(), self.fc1.weight().clone());
@@ -108,25 +112,43 @@ impl EmotionHead {
         let weights = stem.with_extension("safetensors");
         candle_core::safetensors::save(&tensors, &weights)?;
         let json = serde_json::to_string_pretty(&self.meta).expect("metadata serialises");
-        std::fs::write(stem.with_extension("json"), json).map_err(|e| NluError::Data(format!("{}: {e}", stem.display())))
+        std::fs::write(stem.with_extension("json"), json)
+            .map_err(|e| NluError::Data(format!("{}: {e}", stem.display())))
     }
 
     /// Reads what [`save`](Self::save) wrote.
     pub fn load(stem: &Path) -> Result<Self, NluError> {
         let meta_path = stem.with_extension("json");
         let meta: HeadMeta = std::fs::read_to_string(&meta_path)
-            .map_err(|e| NluError::Data(format!("{}: {e}; run `rapport emotion train`", meta_path.display())))
-            .and_then(|s| serde_json::from_str(&s).map_err(|e| NluError::Data(format!("{}: {e}", meta_path.display()))))?;
+            .map_err(|e| {
+                NluError::Data(format!("{}: {e}; run `rapport emotion train`", meta_path.display()))
+            })
+            .and_then(|s| {
+                serde_json::from_str(&s)
+                    .map_err(|e| NluError::Data(format!("{}: {e}", meta_path.display())))
+            })?;
         if !matches!(meta.format, 1 | 2) || (meta.format == 2) != meta.encoder.is_some() {
-            return Err(NluError::Data(format!("{}: unknown head format {}", meta_path.display(), meta.format)));
+            return Err(NluError::Data(format!(
+                "{}: unknown head format {}",
+                meta_path.display(),
+                meta.format
+            )));
         }
         if let Some(spec) = meta.encoder.filter(|s| s.tuned_from >= s.layers) {
-            return Err(NluError::Data(format!("{}: no tuned layers in {spec:?}", meta_path.display())));
+            return Err(NluError::Data(format!(
+                "{}: no tuned layers in {spec:?}",
+                meta_path.display()
+            )));
         }
-        if meta.labels.len() != NUM_LABELS || meta.platt.len() != NUM_LABELS || meta.thresholds.len() != NUM_LABELS
+        if meta.labels.len() != NUM_LABELS
+            || meta.platt.len() != NUM_LABELS
+            || meta.thresholds.len() != NUM_LABELS
             || meta.labels.iter().zip(LABELS).any(|(a, b)| a != b)
         {
-            return Err(NluError::Data(format!("{}: not a GoEmotions head of this version", meta_path.display())));
+            return Err(NluError::Data(format!(
+                "{}: not a GoEmotions head of this version",
+                meta_path.display()
+            )));
         }
         let weights = stem.with_extension("safetensors");
         let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
@@ -154,8 +176,14 @@ impl EmotionClassifier {
     /// Puts a head behind an encoder, reading the head's tuned encoder layers if it has any.
     pub fn new(encoder: SentenceEncoder, head: EmotionHead) -> Result<Self, NluError> {
         let branch = match (head.meta.encoder, &head.weights) {
-            (Some(spec), Some(weights)) => Some(encoder.load_branch(weights, spec.tuned_from..spec.layers)?),
-            (Some(_), None) => return Err(NluError::Data("a head with tuned encoder layers must be loaded from its file".into())),
+            (Some(spec), Some(weights)) => {
+                Some(encoder.load_branch(weights, spec.tuned_from..spec.layers)?)
+            }
+            (Some(_), None) => {
+                return Err(NluError::Data(
+                    "a head with tuned encoder layers must be loaded from its file".into(),
+                ))
+            }
             (None, _) => None,
         };
         Ok(Self { encoder, branch, head })
@@ -196,7 +224,15 @@ impl EmotionClassifier {
             }
             None => {
                 let features = self.encoder.features(&[text])?;
-                (Embedding(features.narrow(1, 0, crate::EMBEDDING_DIM)?.squeeze(0)?.to_vec1::<f32>()?), features)
+                (
+                    Embedding(
+                        features
+                            .narrow(1, 0, crate::EMBEDDING_DIM)?
+                            .squeeze(0)?
+                            .to_vec1::<f32>()?,
+                    ),
+                    features,
+                )
             }
         };
         let probs = self.head.probabilities(&features)?.pop().expect("one row in, one row out");

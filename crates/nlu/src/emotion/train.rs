@@ -111,7 +111,8 @@ pub fn multi_hot(examples: &[Example]) -> Result<Tensor, NluError> {
 /// `max(x, 0) - x * y + log(1 + exp(-|x|))` (candle's version takes `log(sigmoid(x))`, which
 /// is `-inf` for confident logits).
 fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-    let loss = ((logits.relu()? - (logits * targets)?)? + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    let loss = ((logits.relu()? - (logits * targets)?)?
+        + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
     loss.mean_all()
 }
 
@@ -145,7 +146,11 @@ pub fn train_head(
     let dropout = candle_nn::Dropout::new(options.dropout);
     let mut opt = candle_nn::AdamW::new(
         varmap.all_vars(),
-        candle_nn::ParamsAdamW { lr: options.learning_rate, weight_decay: options.weight_decay, ..Default::default() },
+        candle_nn::ParamsAdamW {
+            lr: options.learning_rate,
+            weight_decay: options.weight_decay,
+            ..Default::default()
+        },
     )?;
     let forward = |x: &Tensor, train: bool| -> candle_core::Result<Tensor> {
         use candle_core::Module;
@@ -169,7 +174,8 @@ pub fn train_head(
             steps += 1;
         }
         let logits = forward(&hold_x, false)?.to_vec2::<f32>()?;
-        let probs: Vec<Vec<f32>> = logits.iter().map(|r| r.iter().map(|&z| sigmoid(z)).collect()).collect();
+        let probs: Vec<Vec<f32>> =
+            logits.iter().map(|r| r.iter().map(|&z| sigmoid(z)).collect()).collect();
         let f1 = tuned_macro_f1(&probs, &hold_gold);
         on_epoch(epoch, total / steps.max(1) as f32, f1);
         if best.as_ref().is_none_or(|(_, b, _)| f1 > *b) {
@@ -194,8 +200,10 @@ pub fn train_head(
         platt.push([a, b]);
         thresholds.push(best_threshold(&p, &y).0);
     }
-    let calibrated: Vec<Vec<f32>> =
-        logits.iter().map(|r| r.iter().zip(&platt).map(|(&z, [a, b])| sigmoid(a * z + b)).collect()).collect();
+    let calibrated: Vec<Vec<f32>> = logits
+        .iter()
+        .map(|r| r.iter().zip(&platt).map(|(&z, [a, b])| sigmoid(a * z + b)).collect())
+        .collect();
     let holdout_macro_f1 = macro_f1_at(&calibrated, &hold_gold, &thresholds);
 
     let report = TrainReport {
@@ -207,7 +215,8 @@ pub fn train_head(
     };
     let meta = HeadMeta {
         format: 1,
-        features: "all-MiniLM-L6-v2: L2-normalised mean over tokens, then max over tokens (768)".into(),
+        features: "all-MiniLM-L6-v2: L2-normalised mean over tokens, then max over tokens (768)"
+            .into(),
         hidden: options.hidden,
         encoder: None,
         labels: LABELS.iter().map(|s| s.to_string()).collect(),
@@ -223,7 +232,11 @@ pub fn train_head(
 }
 
 fn gold_matrix(targets: &Tensor) -> Result<Vec<Vec<bool>>, NluError> {
-    Ok(targets.to_vec2::<f32>()?.into_iter().map(|r| r.into_iter().map(|v| v > 0.5).collect()).collect())
+    Ok(targets
+        .to_vec2::<f32>()?
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v > 0.5).collect())
+        .collect())
 }
 
 /// Macro-F1 with each label's threshold tuned on the same data (used only to pick the epoch).
@@ -239,8 +252,10 @@ fn tuned_macro_f1(probs: &[Vec<f32>], gold: &[Vec<bool>]) -> f64 {
 }
 
 fn macro_f1_at(probs: &[Vec<f32>], gold: &[Vec<bool>], thresholds: &[f32]) -> f64 {
-    let gold: Vec<Vec<usize>> = gold.iter().map(|g| (0..NUM_LABELS).filter(|&l| g[l]).collect()).collect();
-    super::metrics::f1_report(&gold, &super::metrics::predict(probs, thresholds), NUM_LABELS).macro_f1
+    let gold: Vec<Vec<usize>> =
+        gold.iter().map(|g| (0..NUM_LABELS).filter(|&l| g[l]).collect()).collect();
+    super::metrics::f1_report(&gold, &super::metrics::predict(probs, thresholds), NUM_LABELS)
+        .macro_f1
 }
 
 /// Platt scaling: the (a, b) minimising the log-loss of sigmoid(a z + b), by Newton's method
@@ -303,7 +318,8 @@ mod tests {
         let logits = Tensor::new(&[[2.0f32, -1.0], [0.5, 40.0]], &Device::Cpu).unwrap();
         let targets = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
         let got = bce_with_logits(&logits, &targets).unwrap().to_scalar::<f32>().unwrap();
-        let textbook = |x: f32, y: f32| -(y * sigmoid(x).ln() + (1.0 - y) * (1.0 - sigmoid(x)).ln());
+        let textbook =
+            |x: f32, y: f32| -(y * sigmoid(x).ln() + (1.0 - y) * (1.0 - sigmoid(x)).ln());
         let want = (textbook(2.0, 1.0) + textbook(-1.0, 0.0) + textbook(0.5, 0.0) + 0.0) / 4.0;
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         let extreme = Tensor::new(&[[100.0f32, -100.0]], &Device::Cpu).unwrap();
@@ -348,7 +364,14 @@ mod tests {
         }
         let features = Tensor::from_vec(x, (n, FEATURE_DIM), &Device::Cpu).unwrap();
         let targets = multi_hot(&examples).unwrap();
-        let options = TrainOptions { hidden: 64, epochs: 40, patience: 40, batch_size: 32, learning_rate: 3e-3, ..Default::default() };
+        let options = TrainOptions {
+            hidden: 64,
+            epochs: 40,
+            patience: 40,
+            batch_size: 32,
+            learning_rate: 3e-3,
+            ..Default::default()
+        };
         let (head, report) = train_head(&features, &targets, &options, |_, _, _| {}).unwrap();
         assert!(report.holdout_macro_f1 > 0.9, "{report:?}");
         let probs = head.probabilities(&features.narrow(0, 0, 5).unwrap()).unwrap();
