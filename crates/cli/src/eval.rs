@@ -11,7 +11,7 @@ use indicatif::MultiProgress;
 use rapport_eval::batch::{self, BatchParts, BatchSpec, RunDir, VerdictLine};
 use rapport_eval::calibrate;
 use rapport_eval::coach;
-use rapport_eval::compare::{self, PairTally};
+use rapport_eval::compare;
 use rapport_eval::judge::{Judge, JudgeConfig};
 use rapport_eval::report::{self, RunReport};
 use rapport_eval::rubric::Side;
@@ -632,7 +632,7 @@ async fn compare_runs(args: CompareArgs) -> anyhow::Result<()> {
                 .map(batch::brief_of)
                 .unwrap_or_default();
             for (id, outcome) in judge.compare(da, db, &criteria, &brief).await? {
-                c.pairwise.entry(id).or_insert_with(PairTally::default).add(outcome);
+                c.pairwise.entry(id).or_default().add(outcome);
             }
             bar.inc(1);
         }

@@ -97,7 +97,7 @@ mod candle_patch {
 
     fn check_values<T: GgmlType>((m, k, n): (usize, usize, usize), lhs: &[f32], rhs: &[f32]) {
         let mut rhs_t = vec![T::zeros(); n * k / T::BLCK_SIZE];
-        T::from_float(&rhs, &mut rhs_t);
+        T::from_float(rhs, &mut rhs_t);
         let mut blocked = vec![0f32; m * n];
         matmul((m, k, n), lhs, &rhs_t, &mut blocked).unwrap();
         let k_in_blocks = k / T::BLCK_SIZE;

@@ -109,6 +109,17 @@ fn identity(path: &Path) -> Result<String, String> {
     Ok(hex::encode(&h.finalize()[..8]))
 }
 
+/// Counts tensors per block format (for logs and tests).
+pub fn formats(gguf: &Path) -> Result<HashMap<String, usize>, String> {
+    let mut reader = BufReader::new(File::open(gguf).map_err(|e| e.to_string())?);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for t in content.tensor_infos.values() {
+        *out.entry(format!("{:?}", t.ggml_dtype)).or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,15 +215,4 @@ mod tests {
         let e = prepare(&src, dir.path()).unwrap_err();
         assert!(e.contains("not a GGUF file"), "{e}");
     }
-}
-
-/// Counts tensors per block format (for logs and tests).
-pub fn formats(gguf: &Path) -> Result<HashMap<String, usize>, String> {
-    let mut reader = BufReader::new(File::open(gguf).map_err(|e| e.to_string())?);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| e.to_string())?;
-    let mut out = HashMap::new();
-    for t in content.tensor_infos.values() {
-        *out.entry(format!("{:?}", t.ggml_dtype)).or_insert(0) += 1;
-    }
-    Ok(out)
 }

@@ -28,7 +28,8 @@ fn escape(text: &str) -> String {
 
 /// Ticks for 0..max: a round step giving 4–8 lines.
 fn nice_ticks(max: f64) -> Vec<f64> {
-    if !(max > 0.0) {
+    // Not positive, or NaN.
+    if max.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return vec![0.0, 1.0];
     }
     let raw = max / 5.0;

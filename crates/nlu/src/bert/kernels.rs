@@ -701,7 +701,8 @@ mod tests {
                 let mut out = vec![0.0; 6 * outputs];
                 layer.forward(&x, 6, &mut out, &mut QuantizedRows::default());
                 for (i, got) in out.iter().enumerate() {
-                    let want = if i % outputs % 2 == 0 { sign } else { -sign } * inputs as f32;
+                    let want =
+                        if (i % outputs).is_multiple_of(2) { sign } else { -sign } * inputs as f32;
                     assert!(
                         (got - want).abs() <= want.abs() * 1e-6,
                         "{inputs} inputs, output {i}: {got} vs {want}"

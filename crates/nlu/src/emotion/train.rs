@@ -159,7 +159,9 @@ pub fn train_head(
     };
 
     let mut fit = fit_idx.to_vec();
-    let mut best: Option<(usize, f64, Vec<(String, Tensor)>)> = None;
+    // The best epoch so far: its number, its dev score and a copy of its weights.
+    type Best = (usize, f64, Vec<(String, Tensor)>);
+    let mut best: Option<Best> = None;
     let mut epochs_run = 0;
     for epoch in 1..=options.epochs {
         epochs_run = epoch;
