@@ -89,6 +89,13 @@ pub struct DoorArgs {
     /// Sessions one client address may create at once.
     #[arg(long, default_value_t = 20)]
     session_rate_burst: u32,
+    /// Conversations one client address may start (and Character Cards it may import) per
+    /// minute.
+    #[arg(long, default_value_t = 30)]
+    conversation_rate_per_minute: u32,
+    /// Conversations one client address may start at once.
+    #[arg(long, default_value_t = 30)]
+    conversation_rate_burst: u32,
     /// Most replies waiting for a worker; past it new messages get 503 with Retry-After.
     #[arg(long, default_value_t = 100)]
     max_queued: usize,
@@ -125,6 +132,10 @@ impl DoorArgs {
     fn apply(&self, config: &mut AppConfig) -> anyhow::Result<()> {
         config.client_rate =
             RateLimit { per_minute: self.client_rate_per_minute, burst: self.client_rate_burst };
+        config.conversation_rate = RateLimit {
+            per_minute: self.conversation_rate_per_minute,
+            burst: self.conversation_rate_burst,
+        };
         config.session_rate =
             RateLimit { per_minute: self.session_rate_per_minute, burst: self.session_rate_burst };
         config.max_queued = self.max_queued.max(1);

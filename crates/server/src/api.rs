@@ -40,8 +40,11 @@ pub async fn personas(
 pub async fn import_persona(
     State(app): State<AppState>,
     Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Extension(client): Extension<ClientAddress>,
     body: Bytes,
 ) -> AppResult<Response> {
+    // Charged before the card is read: reading an 8 MiB card is work, and keeping one is a row.
+    door::limit(&app, Scope::ClientConversations, client.as_str()).await?;
     if body.is_empty() {
         return Err(AppError::unprocessable(
             "the body is empty: send the card file (JSON or PNG) as the request body",
@@ -71,10 +74,12 @@ pub struct NewConversation {
 pub async fn create(
     State(app): State<AppState>,
     Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Extension(client): Extension<ClientAddress>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> AppResult<Response> {
     let body: NewConversation = json_object(body)?;
     let persona = app.personas.persona(&app.store, &body.persona, Some(&session.id)).await?;
+    door::limit(&app, Scope::ClientConversations, client.as_str()).await?;
     let pipeline = app.personas.pipeline(&app.store, &persona.id).await?;
     let start = pipeline.start();
     let greeting = start.history.first().map(|m| m.content.clone()).unwrap_or_default();

@@ -30,6 +30,7 @@ fn rate_of(app: &AppState, scope: Scope) -> RateLimit {
         Scope::SessionMessages | Scope::ApiRequests => app.config.rate,
         Scope::ClientMessages => app.config.client_rate,
         Scope::ClientSessions => app.config.session_rate,
+        Scope::ClientConversations => app.config.conversation_rate,
     }
 }
 

@@ -35,6 +35,9 @@ pub enum Scope {
     ClientMessages,
     /// Sessions one client address creates (a session is created by its first write).
     ClientSessions,
+    /// Conversations started and personas imported from one client address: writes that store
+    /// data without a reply, which a stored session could otherwise repeat without end.
+    ClientConversations,
     /// Requests to the OpenAI-compatible persona API from one API key and address.
     ApiRequests,
 }
@@ -46,6 +49,7 @@ impl Scope {
             Scope::SessionMessages => "session_messages",
             Scope::ClientMessages => "client_messages",
             Scope::ClientSessions => "client_sessions",
+            Scope::ClientConversations => "client_conversations",
             Scope::ApiRequests => "api_requests",
         }
     }
@@ -56,6 +60,7 @@ impl Scope {
             Scope::SessionMessages => "messages from this session",
             Scope::ClientMessages => "messages from this address",
             Scope::ClientSessions => "new sessions from this address",
+            Scope::ClientConversations => "new conversations and imports from this address",
             Scope::ApiRequests => "requests",
         }
     }

@@ -58,7 +58,7 @@ const HELP: &[(&str, &str, &str)] = &[
     ("rapport_guard_hits_total", "counter", "Guard hits by guard and direction (message, reply)."),
     ("rapport_jobs_total", "counter", "Finished jobs by outcome (done, fallback, failed, lost)."),
     ("rapport_errors_total", "counter", "Errors by kind."),
-    ("rapport_rejections_total", "counter", "Requests refused for load (429/503) by reason: session_messages, client_messages, client_sessions, api_requests, client_queue_full, queue_full."),
+    ("rapport_rejections_total", "counter", "Requests refused for load (429/503) by reason: session_messages, client_messages, client_sessions, client_conversations, api_requests, client_queue_full, queue_full."),
     ("rapport_warm_up_seconds", "histogram", "Time to read a shipped persona's opening into the prefix cache at start-up, by persona."),
     ("rapport_expired_total", "counter", "Rows deleted by the expiry sweep (sessions, conversations, rate_limits)."),
 ];

@@ -32,6 +32,8 @@ pub struct AppConfig {
     pub client_rate: RateLimit,
     /// Sessions a client address may create (on their first write).
     pub session_rate: RateLimit,
+    /// Conversations a client address may start and personas it may import.
+    pub conversation_rate: RateLimit,
     /// Most replies waiting for a worker, over all clients; past it, 503 with `Retry-After`.
     pub max_queued: usize,
     /// Most unfinished replies of one client address; past it, 429 with `Retry-After`.
@@ -64,6 +66,7 @@ impl Default for AppConfig {
             rate: RateLimit { per_minute: 20, burst: 6 },
             client_rate: RateLimit { per_minute: 60, burst: 20 },
             session_rate: RateLimit { per_minute: 20, burst: 20 },
+            conversation_rate: RateLimit { per_minute: 30, burst: 30 },
             max_queued: 100,
             max_queued_per_client: 4,
             clients: ClientPolicy::default(),

@@ -67,8 +67,12 @@ impl Api {
             // Rate limits would turn later cases into 429s; they are tested in `front_door`.
             let unlimited =
                 rapport_server::limits::RateLimit { per_minute: 1_000_000, burst: 1_000_000 };
-            let config =
-                AppConfig { rate: unlimited, client_rate: unlimited, ..AppConfig::default() };
+            let config = AppConfig {
+                rate: unlimited,
+                client_rate: unlimited,
+                conversation_rate: unlimited,
+                ..AppConfig::default()
+            };
             rapport_server::app::router(AppState::new(store, personas, Arc::new(NoModel), config))
         });
         let mut api = Api {

@@ -427,3 +427,50 @@ fn the_sweeper_expires_what_went_idle_and_counts_it() {
         201
     );
 }
+
+#[test]
+fn conversations_and_imports_are_limited_per_address_even_for_one_session() {
+    // One stored session could otherwise start conversations (each a row with the persona's
+    // state) or import cards without end.
+    let door = Door::new(AppConfig {
+        conversation_rate: RateLimit { per_minute: 1, burst: 3 },
+        ..AppConfig::default()
+    });
+    let mut guest = Visitor::from("203.0.113.7");
+    door.arrive(&mut guest);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let a = door.send(
+            &guest,
+            "POST",
+            "/api/conversations",
+            Some(json!({"persona": "wedding-host"})),
+        );
+        if a.status == 429 {
+            assert!(
+                a.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("new conversations and imports from this address"),
+                "{}",
+                a.body
+            );
+            assert!(a.retry_after.is_some_and(|s| s >= 1));
+        }
+        statuses.push(a.status.as_u16());
+    }
+    assert_eq!(statuses, [201, 201, 201, 429, 429]);
+    // A card import draws on the same allowance, before the card is read.
+    let card = json!({"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Robin", "description": "A gardener.", "first_mes": "Hi!"}});
+    assert_eq!(door.send(&guest, "POST", "/api/personas/import", Some(card)).status, 429);
+    assert_eq!(door.rows().iter().find(|(t, _)| *t == "conversations").unwrap().1, 3);
+    // A dropped cookie does not reset it.
+    let mut again = Visitor::from("203.0.113.7");
+    door.arrive(&mut again);
+    assert_eq!(
+        door.send(&again, "POST", "/api/conversations", Some(json!({"persona": "wedding-host"})))
+            .status,
+        429
+    );
+    assert_eq!(door.metric("rapport_rejections_total{reason=\"client_conversations\"}"), 4.0);
+}
