@@ -10,6 +10,8 @@ apt_missing=()
 command -v pg_ctlcluster >/dev/null 2>&1 || apt_missing+=(postgresql)
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 command -v npm >/dev/null 2>&1 || apt_missing+=(nodejs npm)
+# The test cluster's TLS certificates are made with openssl.
+command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing: ${apt_missing[*]}" >&2
   apt_log=$(mktemp)
