@@ -92,23 +92,8 @@ impl ServerArgs {
 
     fn serve_args(&self) -> Vec<String> {
         // Load is about the model and the queue, not the per-person rate limit.
-        let mut args: Vec<String> = [
-            "--model",
-            &self.model,
-            "--max-tokens",
-            &self.max_tokens.to_string(),
-            "--rate-per-minute",
-            "100000",
-            "--rate-burst",
-            "100000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(dir) = &self.personas {
-            args.extend(["--personas".into(), dir.display().to_string()]);
-        }
-        args.extend(self.serve_args.iter().cloned());
+        let mut args = self.serve_args_with_limits();
+        args.extend(["--rate-per-minute", "100000", "--rate-burst", "100000"].map(String::from));
         args
     }
 }

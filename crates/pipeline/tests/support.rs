@@ -71,17 +71,7 @@ pub async fn fresh_smollm2() -> MistralRsGenerator {
 /// The real SmolLM2, loaded once inside [`rt`].
 pub async fn smollm2() -> MistralRsGenerator {
     static MODEL: tokio::sync::OnceCell<MistralRsGenerator> = tokio::sync::OnceCell::const_new();
-    MODEL
-        .get_or_init(|| async {
-            let cache = ModelCache::default_location().unwrap();
-            let installed =
-                Puller::default().quiet().pull(&cache, &preset("smollm2-135m").unwrap()).unwrap();
-            MistralRsGenerator::load(&installed.primary, "smollm2-135m", EmbeddedOptions::default())
-                .await
-                .unwrap()
-        })
-        .await
-        .clone()
+    MODEL.get_or_init(fresh_smollm2).await.clone()
 }
 
 /// Model tests take turns (batch composition changes greedy output).

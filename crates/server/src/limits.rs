@@ -108,9 +108,9 @@ impl Limits {
             // A time in the past is the same as no entry: forgetting those changes no decision.
             times.retain(|_, tat| *tat > now);
         }
-        let tat = times.get(&(scope, key.to_string())).copied();
-        let next = rate.decide(tat, now)?;
-        times.insert((scope, key.to_string()), next);
+        let key = (scope, key.to_string());
+        let next = rate.decide(times.get(&key).copied(), now)?;
+        times.insert(key, next);
         Ok(())
     }
 }

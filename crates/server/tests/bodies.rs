@@ -45,36 +45,38 @@ struct Api {
     _dir: tempfile::TempDir,
 }
 
+/// The runtime the in-process router runs on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The app on a SQLite file at `db` with the shipped personas and no model.
+pub fn shipped_app(rt: &tokio::runtime::Runtime, db: &Path, config: AppConfig) -> AppState {
+    let personas_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/personas");
+    rt.block_on(async {
+        let store = Store::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        let library = PersonaLibrary::load_dir(&personas_dir).unwrap();
+        let personas =
+            Personas::new(library, None, Arc::new(Prompts::embedded()), PipelineConfig::default());
+        AppState::new(store, personas, Arc::new(NoModel), config)
+    })
+}
+
 impl Api {
     fn new() -> Api {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("rapport.db").display());
-        let personas_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/personas");
-        let router = rt.block_on(async {
-            let store = Store::connect(&url).await.unwrap();
-            let library = PersonaLibrary::load_dir(&personas_dir).unwrap();
-            let personas = Personas::new(
-                library,
-                None,
-                Arc::new(Prompts::embedded()),
-                PipelineConfig::default(),
-            );
-            // Rate limits would turn later cases into 429s; they are tested in `front_door`.
-            let unlimited =
-                rapport_server::limits::RateLimit { per_minute: 1_000_000, burst: 1_000_000 };
-            let config = AppConfig {
-                rate: unlimited,
-                client_rate: unlimited,
-                conversation_rate: unlimited,
-                ..AppConfig::default()
-            };
-            rapport_server::app::router(AppState::new(store, personas, Arc::new(NoModel), config))
-        });
+        // Rate limits would turn later cases into 429s; they are tested in `front_door`.
+        let unlimited =
+            rapport_server::limits::RateLimit { per_minute: 1_000_000, burst: 1_000_000 };
+        let config = AppConfig {
+            rate: unlimited,
+            client_rate: unlimited,
+            conversation_rate: unlimited,
+            ..AppConfig::default()
+        };
+        let router =
+            rapport_server::app::router(shipped_app(&rt, &dir.path().join("rapport.db"), config));
         let mut api = Api {
             router,
             cookie: String::new(),

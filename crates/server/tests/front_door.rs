@@ -3,24 +3,18 @@
 //! `ConnectInfo` a real listener adds). No worker runs, so queued jobs stay queued.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use rapport_pipeline::prompt::Prompts;
-use rapport_pipeline::{PersonaLibrary, PipelineConfig};
 use rapport_server::client::ClientPolicy;
 use rapport_server::limits::RateLimit;
-use rapport_server::personas::Personas;
 use rapport_server::state::{AppConfig, AppState};
-use rapport_store::Store;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::bodies::NoModel;
+use crate::bodies::{runtime, shipped_app};
 
 struct Door {
     app: AppState,
@@ -55,25 +49,10 @@ impl Visitor {
 
 impl Door {
     fn new(config: AppConfig) -> Door {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("rapport.db");
-        let url = format!("sqlite://{}", db.display());
-        let personas_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/personas");
-        let app = rt.block_on(async {
-            let store = Store::connect(&url).await.unwrap();
-            let personas = Personas::new(
-                PersonaLibrary::load_dir(&personas_dir).unwrap(),
-                None,
-                Arc::new(Prompts::embedded()),
-                PipelineConfig::default(),
-            );
-            AppState::new(store, personas, Arc::new(NoModel), config)
-        });
+        let app = shipped_app(&rt, &db, config);
         let router = rapport_server::app::router(app.clone());
         Door { app, router, db, rt, _dir: dir }
     }
