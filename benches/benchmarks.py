@@ -114,12 +114,59 @@ def llamacpp_section():
     return out + [""]
 
 
+def partner_section():
+    path = os.path.join(RESULTS, "partner", "compare.json")
+    if not os.path.exists(path):
+        return []
+    d, c = load(path), load(os.path.join(RESULTS, "partner", "context.json"))
+    out = ["## The character guard, off and on", "",
+           f"{machine(c)}, {c['date']}, `{c['model']}` as persona, simulated users and judge (`--method expected`); "
+           f"{d['paired_dialogues']} paired dialogues; {c['note']}. Commands: " + "; ".join(f"`{x}`" for x in c["commands"]) +
+           " (reading: [docs/eval/partner-quality.md](docs/eval/partner-quality.md)).", "",
+           "| measure | guard off | guard on | change [95% CI] | p | Holm p | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    wanted = ["character_breaks", "unanswered_questions", "in_role", "engaging", "empathy", "guard_rejections",
+              "fallbacks", "ttft_ms", "reply_ms"]
+    by_id = {ch["id"]: ch for ch in d["changes"]}
+    for key in wanted:
+        ch = by_id.get(key)
+        if not ch:
+            continue
+        delta = ch["difference"]["delta"]
+        out.append(f"| {ch['name']} | {ch['mean_a']:.2f} | {ch['mean_b']:.2f} | {delta['value']:+.2f} [{delta['low']:+.2f}, {delta['high']:+.2f}] | "
+                   f"{ch['difference']['p_value']:.3f} | {ch['p_adjusted']:.3f} | {ch['verdict']} |")
+    return out + [f"", f"File: `{rel(path)}`.", ""]
+
+
+def judge_section():
+    files = sorted(f for f in glob.glob(os.path.join(RESULTS, "judge", "*.json")) if not f.endswith("context.json"))
+    if not files:
+        return []
+    c = load(os.path.join(RESULTS, "judge", "context.json"))
+    out = ["## How far the judge agrees with people", "",
+           f"{machine(c)}, {c['date']}. Commands: " + "; ".join(f"`{x}`" for x in c["commands"]) +
+           " (reading: [docs/eval/evaluation.md](docs/eval/evaluation.md#calibration-against-people)). "
+           "Spearman ρ against the chitchat raters on the held-out split, with 95% bootstrap intervals.", "",
+           "| judge · method | dimension | held-out n | ρ raw | ρ calibrated | expected − argmax of the same call | unreadable | file |",
+           "|---|---|---|---|---|---|---|---|"]
+    est = lambda e: "undefined" if not e else f"{e['value']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]"
+    for f in files:
+        r = load(f)
+        cal = {v["dimension"]: v for v in r.get("calibrated_vs_raw", [])}
+        arg = {v["dimension"]: v for v in r.get("expected_vs_argmax", [])}
+        for dim in r["dimensions"]:
+            name = dim["dimension"]
+            out.append(f"| {r['judge_model']} · {r['method']} | {name} | {dim['n']} | {est(dim['spearman'])} | "
+                       f"{est(cal.get(name, {}).get('rho'))} | {est(arg.get(name, {}).get('difference'))} | {dim['unreadable']} | `{rel(f)}` |")
+    return out + [""]
+
+
 def page():
     lines = ["# Benchmarks", "",
              "The current figures, generated from `benches/results/` by `python3 benches/benchmarks.py` "
              "(the test suite checks this page is what the files give). History and superseded figures: "
              "[docs/dev/speed.md](docs/dev/speed.md), [docs/dev/performance.md](docs/dev/performance.md).", ""]
-    for section in (latency_section, abuse_section, secret_section, llamacpp_section):
+    for section in (judge_section, partner_section, latency_section, abuse_section, secret_section, llamacpp_section):
         lines += section()
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -48,6 +48,13 @@ pub struct BatchSpec {
     pub rubric: String,
     /// Judge samples per dialogue.
     pub judge_samples: usize,
+    /// How the judge read scores (`json`, `expected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_method: Option<String>,
+    /// The judge's key ([`crate::judge::Judge::key`]): a calibration mapping applies to this
+    /// run's scores only when it was fitted under the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_key: Option<String>,
 }
 
 impl BatchSpec {
@@ -391,6 +398,7 @@ async fn simulate(
     let mut dialogue = Dialogue {
         id: dialogue_id(persona, simulator, seed),
         persona: persona.to_string(),
+        persona_name: Some(pipeline.persona().name.clone()),
         simulator: Some(simulator.to_string()),
         seed: Some(seed),
         turns: vec![Turn { speaker: Speaker::Persona, text: greeting.clone(), trace: None }],
@@ -495,6 +503,8 @@ mod tests {
             judge_model: None,
             rubric: "default".into(),
             judge_samples: 1,
+            judge_method: None,
+            judge_key: None,
         };
         assert!(!run.claim(&spec).unwrap());
         assert!(run.claim(&spec).unwrap(), "the same batch resumes");

@@ -85,6 +85,55 @@ pub fn read_rated(path: &Path) -> Result<Vec<RatedItem>, EvalError> {
     Ok(out)
 }
 
+/// Which rated items a calibration judges and reports on.
+///
+/// Items are assigned to a split by a hash of their id (FNV-1a, [`TRAIN_PERCENT`] in 100 to
+/// training), so the assignment never depends on the file's order, on `--limit`, or on which
+/// other items are present: an item is in the same split in every run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Split {
+    /// Every item.
+    All,
+    /// The training split: what a mapping is fitted and a prompt tuned on.
+    Train,
+    /// The held-out split: what agreement is reported on.
+    HeldOut,
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(Split::All),
+            "train" => Ok(Split::Train),
+            "held-out" => Ok(Split::HeldOut),
+            other => Err(format!("unknown split '{other}' (all, train, held-out)")),
+        }
+    }
+}
+
+/// Items in 100 that go to the training split.
+pub const TRAIN_PERCENT: u64 = 40;
+
+/// The split an item id belongs to.
+pub fn split_of(id: &str) -> Split {
+    let h = id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    if h % 100 < TRAIN_PERCENT {
+        Split::Train
+    } else {
+        Split::HeldOut
+    }
+}
+
+impl Split {
+    fn admits(self, id: &str) -> bool {
+        self == Split::All || split_of(id) == self
+    }
+}
+
 /// Agreement on one dimension.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DimensionAgreement {
@@ -92,7 +141,7 @@ pub struct DimensionAgreement {
     pub dimension: String,
     /// Items with both a human and a judge score.
     pub n: usize,
-    /// Items the judge's answer could not be read for.
+    /// Items the judge's answer could not be read for (counted, never dropped silently).
     pub unreadable: usize,
     /// Spearman's ρ with its interval; `None` when undefined (a constant side).
     pub spearman: Option<Estimate>,
@@ -106,6 +155,24 @@ pub struct DimensionAgreement {
     pub judge_distinct: usize,
 }
 
+/// One scorer against another on the same items: Spearman's ρ with people of each, and the
+/// paired bootstrap of their difference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versus {
+    /// The dimension.
+    pub dimension: String,
+    /// What is compared with what, e.g. "expected − argmax".
+    pub what: String,
+    /// Items both scored.
+    pub n: usize,
+    /// ρ of the first scorer (this judge's score, or the calibrated one).
+    pub rho: Option<Estimate>,
+    /// ρ of the other.
+    pub rho_other: Option<Estimate>,
+    /// ρ(first) − ρ(other), resampled by item.
+    pub difference: Option<Estimate>,
+}
+
 /// The calibration report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationReport {
@@ -113,7 +180,16 @@ pub struct CalibrationReport {
     pub rated: String,
     /// The judge's model.
     pub judge_model: String,
-    /// Items judged.
+    /// How scores were read (`json`, `expected`).
+    #[serde(default)]
+    pub method: String,
+    /// The judge's key ([`Judge::key`]): scores and mappings are shared only under it.
+    #[serde(default)]
+    pub judge_key: String,
+    /// The split reported on (`held-out` when a mapping was fitted).
+    #[serde(default = "all_split")]
+    pub split: Split,
+    /// Items in the rated file's reported split.
     pub items: usize,
     /// Per dimension.
     pub dimensions: Vec<DimensionAgreement>,
@@ -121,28 +197,94 @@ pub struct CalibrationReport {
     pub failed_calls: usize,
     /// Items judged by this invocation (the rest came from the `--save` file).
     pub judged_now: usize,
+    /// Items in the `--save` file judged under another key, and therefore judged again.
+    #[serde(default)]
+    pub saved_under_other_key: usize,
     /// Seconds this invocation spent judging.
     pub seconds: f64,
+    /// With the expected-score method: its score against the argmax integer of the same call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_vs_argmax: Vec<Versus>,
+    /// With `--baseline`: this judge against the saved one, on the items both scored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versus_baseline: Vec<Versus>,
+    /// With `--fit`: the mapping's held-out agreement against the raw scores'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calibrated_vs_raw: Vec<Versus>,
+    /// Where the fitted mapping was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<String>,
+}
+
+fn all_split() -> Split {
+    Split::All
 }
 
 /// One judged item, as kept in the `--save` file so an interrupted calibration resumes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct JudgedItem {
-    id: String,
-    scores: BTreeMap<String, Option<f64>>,
-    failed_calls: usize,
+pub struct JudgedItem {
+    /// The rated item's id.
+    pub id: String,
+    /// The judge that scored it ([`Judge::key`]); saved items under another key are not reused.
+    #[serde(default)]
+    pub judge: String,
+    /// By criterion id.
+    pub scores: BTreeMap<String, Option<f64>>,
+    /// With the expected-score method: the most likely score of the same call.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub argmax: BTreeMap<String, Option<f64>>,
+    /// Failed judge calls.
+    pub failed_calls: usize,
+}
+
+/// How [`calibrate`] runs beyond the judge and the items.
+#[derive(Debug, Clone, Default)]
+pub struct CalibrateOptions<'a> {
+    /// A JSONL file of judged items to resume from and append to.
+    pub save: Option<&'a Path>,
+    /// Which items to judge and report on (ignored with `fit`, which judges every item).
+    pub split: Option<Split>,
+    /// Fit a mapping on the training split and write it here; report on the held-out split.
+    pub fit: Option<&'a Path>,
+    /// Another judge's `--save` file to compare with on the same items.
+    pub baseline: Option<&'a Path>,
+    /// Judge at most this many training-split items (in file order): a mapping of a few
+    /// weights needs far fewer items than an agreement worth reporting.
+    pub train_limit: Option<usize>,
+    /// Draw a progress bar.
+    pub show_progress: bool,
+}
+
+/// Reads a `--save` file: the items judged under `key` (all of them when `key` is `None`), and
+/// how many lines were judged under another key.
+pub fn read_judged(
+    path: &Path,
+    key: Option<&str>,
+) -> Result<(BTreeMap<String, JudgedItem>, usize), EvalError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
+    let (mut judged, mut other) = (BTreeMap::new(), 0);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // A torn last line from an interrupted run is skipped; the item is judged again.
+        let Ok(j) = serde_json::from_str::<JudgedItem>(line) else { continue };
+        if key.is_some_and(|k| k != j.judge) {
+            other += 1;
+            continue;
+        }
+        judged.insert(j.id.clone(), j);
+    }
+    Ok((judged, other))
 }
 
 /// Runs the judge on `items` and measures its agreement with the humans on every dimension the
-/// rubric has a criterion for. `save`: a JSONL file of judged items to resume from and append to.
+/// rubric has a criterion for.
 pub async fn calibrate(
     judge: &Judge,
     rubric: &Rubric,
     items: &[RatedItem],
     rated_name: &str,
     judge_model: &str,
-    save: Option<&Path>,
-    show_progress: bool,
+    options: CalibrateOptions<'_>,
 ) -> Result<CalibrationReport, EvalError> {
     let dimensions: BTreeSet<&str> =
         items.iter().flat_map(|i| i.annotations.keys().map(String::as_str)).collect();
@@ -156,19 +298,31 @@ pub async fn calibrate(
             rubric.criteria.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
-    let mut judged: BTreeMap<String, JudgedItem> = BTreeMap::new();
-    if let Some(path) = save.filter(|p| p.exists()) {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            // A torn last line from an interrupted run is skipped; the item is judged again.
-            if let Ok(j) = serde_json::from_str::<JudgedItem>(line) {
-                judged.insert(j.id.clone(), j);
+    let key = judge.key(judge_model, &criteria);
+    let split =
+        if options.fit.is_some() { Split::All } else { options.split.unwrap_or(Split::All) };
+    let mut train_left = options.train_limit.unwrap_or(usize::MAX);
+    let items: Vec<&RatedItem> = items
+        .iter()
+        .filter(|i| split.admits(i.id.as_deref().unwrap_or_default()))
+        .filter(|i| {
+            if split_of(i.id.as_deref().unwrap_or_default()) != Split::Train {
+                return true;
             }
-        }
-    }
-    let bar =
-        if show_progress { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
+            let keep = train_left > 0;
+            train_left = train_left.saturating_sub(1);
+            keep
+        })
+        .collect();
+    let (mut judged, saved_under_other_key) = match options.save.filter(|p| p.exists()) {
+        Some(path) => read_judged(path, Some(&key))?,
+        None => (BTreeMap::new(), 0),
+    };
+    let bar = if options.show_progress {
+        ProgressBar::new(items.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "  judging {wide_bar} {pos}/{len} [{elapsed_precise}, eta {eta}]",
@@ -178,7 +332,7 @@ pub async fn calibrate(
     );
     let started = std::time::Instant::now();
     let mut judged_now = 0;
-    let mut out_file = match save {
+    let mut out_file = match options.save {
         Some(p) => Some(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -188,7 +342,7 @@ pub async fn calibrate(
         ),
         None => None,
     };
-    for item in items {
+    for item in &items {
         let id = item.id.clone().unwrap_or_default();
         if judged.contains_key(&id) {
             bar.inc(1);
@@ -199,7 +353,22 @@ pub async fn calibrate(
             .score_transcript(&transcript, &criteria, Side::Dialogue, &PersonaBrief::default())
             .await?;
         let scores = verdict.criteria.iter().map(|(k, v)| (k.clone(), v.score)).collect();
-        let j = JudgedItem { id: id.clone(), scores, failed_calls: verdict.failed_calls };
+        let argmax = if judge.config().method == crate::judge::JudgeMethod::Expected {
+            verdict
+                .criteria
+                .iter()
+                .map(|(k, v)| (k.clone(), v.distributions.first().map(|d| d.argmax)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let j = JudgedItem {
+            id: id.clone(),
+            judge: key.clone(),
+            scores,
+            argmax,
+            failed_calls: verdict.failed_calls,
+        };
         if let Some(f) = out_file.as_mut() {
             let mut line = serde_json::to_vec(&j).expect("serialises");
             line.push(b'\n');
@@ -213,23 +382,39 @@ pub async fn calibrate(
     }
     bar.finish_and_clear();
 
+    let reported = if options.fit.is_some() { Split::HeldOut } else { split };
+    let report_items: Vec<&RatedItem> = items
+        .iter()
+        .copied()
+        .filter(|i| reported.admits(i.id.as_deref().unwrap_or_default()))
+        .collect();
+    let score_of = |item: &RatedItem, c: &str| {
+        judged
+            .get(item.id.as_deref().unwrap_or_default())
+            .and_then(|j| j.scores.get(c).copied().flatten())
+    };
     let mut report = CalibrationReport {
         rated: rated_name.into(),
         judge_model: judge_model.into(),
-        items: items.len(),
+        method: judge.config().method.as_str().into(),
+        judge_key: key.clone(),
+        split: reported,
+        items: report_items.len(),
         dimensions: vec![],
         failed_calls: judged.values().map(|j| j.failed_calls).sum(),
         judged_now,
+        saved_under_other_key,
         seconds: started.elapsed().as_secs_f64(),
+        expected_vs_argmax: vec![],
+        versus_baseline: vec![],
+        calibrated_vs_raw: vec![],
+        mapping: None,
     };
     for c in &criteria {
         let (mut human, mut machine, mut unreadable) = (Vec::new(), Vec::new(), 0);
-        for item in items {
+        for item in &report_items {
             let Some(h) = item.human_score(&c.id) else { continue };
-            match judged
-                .get(item.id.as_deref().unwrap_or_default())
-                .and_then(|j| j.scores.get(&c.id).copied().flatten())
-            {
+            match score_of(item, &c.id) {
                 Some(m) => {
                     human.push(h);
                     machine.push(m);
@@ -238,8 +423,119 @@ pub async fn calibrate(
             }
         }
         report.dimensions.push(agreement(&c.id, &human, &machine, unreadable));
+        // The same call's argmax integer: what the probabilities add over a greedy judge.
+        let argmax_of = |item: &RatedItem| {
+            judged
+                .get(item.id.as_deref().unwrap_or_default())
+                .and_then(|j| j.argmax.get(&c.id).copied().flatten())
+        };
+        if judge.config().method == crate::judge::JudgeMethod::Expected {
+            report.expected_vs_argmax.push(versus(
+                &c.id,
+                "expected − argmax of the same call",
+                &report_items,
+                |i| score_of(i, &c.id),
+                argmax_of,
+            ));
+        }
+    }
+    if let Some(path) = options.baseline {
+        let (baseline, _) = read_judged(path, None)?;
+        let keys: BTreeSet<&str> = baseline.values().map(|j| j.judge.as_str()).collect();
+        if keys.len() > 1 {
+            return Err(EvalError::Invalid(format!(
+                "{} holds items of {} judges; a baseline must be one judge's",
+                path.display(),
+                keys.len()
+            )));
+        }
+        for c in &criteria {
+            report.versus_baseline.push(versus(
+                &c.id,
+                &format!("this judge − {}", keys.first().copied().unwrap_or("baseline")),
+                &report_items,
+                |i| score_of(i, &c.id),
+                |i| {
+                    baseline
+                        .get(i.id.as_deref().unwrap_or_default())
+                        .and_then(|j| j.scores.get(&c.id).copied().flatten())
+                },
+            ));
+        }
+    }
+    if let Some(out) = options.fit {
+        let features: Vec<String> = criteria.iter().map(|c| c.id.clone()).collect();
+        let row = |item: &RatedItem| -> Option<Vec<f64>> {
+            features.iter().map(|f| score_of(item, f)).collect()
+        };
+        let mut mapping = crate::fit::Mapping {
+            rubric: rubric.id.clone(),
+            judge_key: key.clone(),
+            judge_model: judge_model.into(),
+            method: judge.config().method.as_str().into(),
+            data: rated_name.into(),
+            features: features.clone(),
+            dimensions: BTreeMap::new(),
+            held_out: BTreeMap::new(),
+        };
+        for c in &criteria {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            for item in
+                items.iter().filter(|i| Split::Train.admits(i.id.as_deref().unwrap_or_default()))
+            {
+                if let (Some(r), Some(h)) = (row(item), item.human_score(&c.id)) {
+                    x.push(r);
+                    y.push(h);
+                }
+            }
+            let Some(fit) = crate::fit::fit_dimension(&x, &y) else { continue };
+            let calibrated = |i: &RatedItem| row(i).map(|r| fit.predict(&r));
+            let v =
+                versus(&c.id, "calibrated − raw (held-out)", &report_items, calibrated, |i| {
+                    score_of(i, &c.id)
+                });
+            mapping.held_out.insert(
+                c.id.clone(),
+                crate::fit::HeldOutAgreement { n: v.n, raw: v.rho_other, calibrated: v.rho },
+            );
+            mapping.dimensions.insert(c.id.clone(), fit);
+            report.calibrated_vs_raw.push(v);
+        }
+        let json = serde_json::to_string_pretty(&mapping).expect("serialises");
+        std::fs::write(out, json + "\n")
+            .map_err(|e| EvalError::Io(format!("{}: {e}", out.display())))?;
+        report.mapping = Some(out.display().to_string());
     }
     Ok(report)
+}
+
+/// Two scorers on the items both scored, against the human score of `dimension`.
+fn versus(
+    dimension: &str,
+    what: &str,
+    items: &[&RatedItem],
+    first: impl Fn(&RatedItem) -> Option<f64>,
+    other: impl Fn(&RatedItem) -> Option<f64>,
+) -> Versus {
+    let (mut a, mut b, mut y) = (Vec::new(), Vec::new(), Vec::new());
+    for item in items {
+        if let (Some(f), Some(o), Some(h)) = (first(item), other(item), item.human_score(dimension))
+        {
+            a.push(f);
+            b.push(o);
+            y.push(h);
+        }
+    }
+    let seed =
+        dimension.bytes().fold(0xB00Du64, |h, c| h.wrapping_mul(31).wrapping_add(u64::from(c)));
+    Versus {
+        dimension: dimension.into(),
+        what: what.into(),
+        n: y.len(),
+        rho: stats::correlation_ci(&a, &y, seed, stats::spearman),
+        rho_other: stats::correlation_ci(&b, &y, seed, stats::spearman),
+        difference: crate::fit::spearman_difference(&b, &a, &y, seed),
+    }
 }
 
 /// Agreement between paired human and judge scores (public for tests and other callers).
@@ -266,11 +562,16 @@ pub fn agreement(
 
 /// The report as Markdown.
 pub fn markdown(r: &CalibrationReport) -> String {
-    let est = |e: &Option<Estimate>| {
-        e.map(|e| format!("{:+.2} [{:+.2}, {:+.2}]", e.value, e.low, e.high))
-            .unwrap_or_else(|| "undefined".into())
+    let est = |e: &Option<Estimate>| e.map(|e| e.display(2)).unwrap_or_else(|| "undefined".into());
+    let split = match r.split {
+        Split::All => "all items",
+        Split::Train => "the training split",
+        Split::HeldOut => "the held-out split",
     };
-    let mut out = format!("# Judge calibration\n\nJudge `{}` on `{}`: {} items ({} judged now, in {:.0} s).\n\n| dimension | n | Spearman ρ [95% CI] | Kendall τ-b [95% CI] | human mean | judge mean | judge's distinct scores | unreadable |\n|---|---|---|---|---|---|---|---|\n", r.judge_model, r.rated, r.items, r.judged_now, r.seconds);
+    let mut out = format!(
+        "# Judge calibration\n\nJudge `{}` (method `{}`) on `{}`, {split}: {} items ({} judged now, in {:.0} s).\n\n| dimension | n | Spearman ρ [95% CI] | Kendall τ-b [95% CI] | human mean | judge mean | judge's distinct scores | unreadable |\n|---|---|---|---|---|---|---|---|\n",
+        r.judge_model, r.method, r.rated, r.items, r.judged_now, r.seconds
+    );
     for d in &r.dimensions {
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -282,6 +583,38 @@ pub fn markdown(r: &CalibrationReport) -> String {
             d.judge_mean.map(|v| format!("{v:.2}")).unwrap_or_default(),
             d.judge_distinct,
             d.unreadable
+        ));
+    }
+    for (title, rows) in [
+        ("Expected score against the argmax of the same call", &r.expected_vs_argmax),
+        ("Against the baseline judge, same items", &r.versus_baseline),
+        ("Calibrated against raw, held-out split", &r.calibrated_vs_raw),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "\n## {title}\n\n| dimension | compared | n | ρ | ρ other | difference [95% CI, paired bootstrap] |\n|---|---|---|---|---|---|\n"
+        ));
+        for v in rows {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                v.dimension,
+                v.what,
+                v.n,
+                est(&v.rho),
+                est(&v.rho_other),
+                est(&v.difference)
+            ));
+        }
+    }
+    if let Some(m) = &r.mapping {
+        out.push_str(&format!("\nMapping fitted on the training split, written to `{m}`.\n"));
+    }
+    if r.saved_under_other_key > 0 {
+        out.push_str(&format!(
+            "\n{} saved items were judged under another judge, rubric, prompt or method and were judged again.\n",
+            r.saved_under_other_key
         ));
     }
     if r.failed_calls > 0 {

@@ -61,6 +61,10 @@ pub struct Dialogue {
     pub id: String,
     /// The persona's id.
     pub persona: String,
+    /// The name the persona goes by, where known (simulated dialogues): the character checks
+    /// need it to tell her own name from another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persona_name: Option<String>,
     /// The simulator's id, for simulated dialogues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulator: Option<String>,
@@ -87,6 +91,7 @@ impl Dialogue {
         Dialogue {
             id: "d".into(),
             persona: "p".into(),
+            persona_name: None,
             simulator: None,
             seed: None,
             turns: turns
@@ -288,6 +293,7 @@ fn dialogue_from_messages<'a>(
     Dialogue {
         id: id.to_string(),
         persona: persona.to_string(),
+        persona_name: None,
         simulator: None,
         seed: None,
         turns,

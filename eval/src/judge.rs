@@ -21,13 +21,17 @@ use serde_json::Value;
 use tera::{Context, Tera};
 
 use crate::dialogue::Dialogue;
+use crate::expected::{self, DigitScale, ScoreDistribution};
 use crate::rubric::{Criterion, Side};
 use crate::EvalError;
 
 const SINGLE: &str = "judge.tera";
 const PAIRWISE: &str = "judge_pairwise.tera";
+const SCORE: &str = "judge_score.tera";
 const SYSTEM: &str =
     "You are a careful, strict evaluator of conversations. You answer with one JSON object only.";
+const SYSTEM_SCORE: &str =
+    "You are a careful, strict evaluator of conversations. You answer with one digit only.";
 
 /// Who the persona is, for criteria such as voice consistency.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +40,41 @@ pub struct PersonaBrief {
     pub name: String,
     /// Bio and voice, in a sentence or two.
     pub description: String,
+}
+
+/// How the judge turns its model's answer into a score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeMethod {
+    /// One call writes a JSON object with an integer score and a reason per criterion (or per
+    /// criterion with `per_criterion`); the score is the integer written.
+    #[default]
+    Json,
+    /// One call per criterion answers a single digit; the score is the probability-weighted mean
+    /// over the scale's digits at that position ([`crate::expected`]). Needs a backend that
+    /// returns log-probabilities.
+    Expected,
+}
+
+impl std::str::FromStr for JudgeMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(JudgeMethod::Json),
+            "expected" => Ok(JudgeMethod::Expected),
+            other => Err(format!("unknown judge method '{other}' (json, expected)")),
+        }
+    }
+}
+
+impl JudgeMethod {
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JudgeMethod::Json => "json",
+            JudgeMethod::Expected => "expected",
+        }
+    }
 }
 
 /// How the judge runs.
@@ -53,6 +92,8 @@ pub struct JudgeConfig {
     /// Score each criterion in its own call: slower, but small judges manage one question
     /// far better than a JSON object with eight.
     pub per_criterion: bool,
+    /// How a score is read from the model.
+    pub method: JudgeMethod,
 }
 
 impl Default for JudgeConfig {
@@ -63,6 +104,7 @@ impl Default for JudgeConfig {
             max_transcript_chars: 6000,
             seed: 0,
             per_criterion: false,
+            method: JudgeMethod::Json,
         }
     }
 }
@@ -78,6 +120,9 @@ pub struct CriterionVerdict {
     pub reasons: Vec<String>,
     /// Samples whose score for this criterion could not be read (or was off the scale).
     pub unreadable: usize,
+    /// With [`JudgeMethod::Expected`]: the probabilities behind each sample's score.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distributions: Vec<ScoreDistribution>,
 }
 
 /// A judge's verdict on one dialogue.
@@ -243,17 +288,26 @@ pub struct Judge {
     generator: Arc<dyn Generator>,
     tera: Tera,
     config: JudgeConfig,
+    /// Template texts by name, for [`Judge::key`].
+    sources: BTreeMap<&'static str, String>,
 }
 
 impl Judge {
     /// A judge with the templates compiled in (`prompts/judge*.tera`).
     pub fn new(generator: Arc<dyn Generator>, config: JudgeConfig) -> Self {
         let mut tera = Tera::default();
-        tera.add_raw_template(SINGLE, include_str!("../../prompts/judge.tera"))
-            .expect("the embedded template parses");
-        tera.add_raw_template(PAIRWISE, include_str!("../../prompts/judge_pairwise.tera"))
-            .expect("the embedded template parses");
-        Self { generator, tera, config }
+        let sources: BTreeMap<&'static str, String> = [
+            (SINGLE, include_str!("../../prompts/judge.tera")),
+            (PAIRWISE, include_str!("../../prompts/judge_pairwise.tera")),
+            (SCORE, include_str!("../../prompts/judge_score.tera")),
+        ]
+        .into_iter()
+        .map(|(name, text)| (name, text.to_string()))
+        .collect();
+        for (name, text) in &sources {
+            tera.add_raw_template(name, text).expect("the embedded template parses");
+        }
+        Self { generator, tera, config, sources }
     }
 
     /// A judge with templates read from `dir` (to edit prompts without rebuilding).
@@ -262,20 +316,55 @@ impl Judge {
         config: JudgeConfig,
         dir: &std::path::Path,
     ) -> Result<Self, EvalError> {
-        let mut tera = Tera::default();
-        for name in [SINGLE, PAIRWISE] {
+        let Judge { mut tera, mut sources, .. } = Self::new(generator.clone(), config.clone());
+        for name in [SINGLE, PAIRWISE, SCORE] {
             let path = dir.join(name);
+            // A directory made before a template existed keeps the compiled-in one for it.
+            if name == SCORE && !path.exists() {
+                continue;
+            }
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| EvalError::Io(format!("{}: {e}", path.display())))?;
             tera.add_raw_template(name, &text)
                 .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
+            sources.insert(name, text);
         }
-        Ok(Self { generator, tera, config })
+        Ok(Self { generator, tera, config, sources })
     }
 
     /// The configuration.
     pub fn config(&self) -> &JudgeConfig {
         &self.config
+    }
+
+    /// What makes two judges' scores interchangeable: the model, the method and its settings,
+    /// the prompt template it fills and the criteria it is asked. Saved scores and calibration
+    /// mappings carry it, and are reused or applied only under the same key: a run with another
+    /// model, rubric, prompt or method must never pass off old scores as its own.
+    pub fn key(&self, model: &str, criteria: &[&Criterion]) -> String {
+        let c = &self.config;
+        let template = match c.method {
+            JudgeMethod::Json => SINGLE,
+            JudgeMethod::Expected => SCORE,
+        };
+        let mut text = format!(
+            "{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            model,
+            c.method.as_str(),
+            c.samples,
+            c.per_criterion,
+            c.max_transcript_chars,
+            c.seed,
+            self.sources.get(template).map(String::as_str).unwrap_or_default()
+        );
+        for criterion in criteria {
+            text.push_str(&serde_json::to_string(criterion).unwrap_or_default());
+        }
+        // FNV-1a: stable across builds and platforms, unlike the standard library's hasher.
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        format!("{model}|{}|{hash:016x}", c.method.as_str())
     }
 
     /// The prompt the judge sees for `criteria` (public so that tests and `--dry-run` can show it).
@@ -302,17 +391,54 @@ impl Judge {
         side: Side,
         persona: &PersonaBrief,
     ) -> Result<String, EvalError> {
-        let (user, name) = names(side, persona);
-        let mut ctx = Context::new();
-        ctx.insert("side", &side);
-        ctx.insert("persona_name", &name);
-        ctx.insert("user_name", &user);
-        ctx.insert("persona_description", &persona.description);
-        ctx.insert("transcript", transcript);
+        let mut ctx = conversation_context(transcript, side, persona);
         ctx.insert("criteria", &views(criteria));
         self.tera
             .render(SINGLE, &ctx)
             .map_err(|e| EvalError::Invalid(format!("judge template: {e}")))
+    }
+
+    /// The single-digit prompt for one criterion ([`JudgeMethod::Expected`]): the conversation
+    /// first and the criterion last, so that a conversation's criteria share a cached prefix.
+    pub fn render_score(
+        &self,
+        transcript: &str,
+        criterion: &Criterion,
+        side: Side,
+        persona: &PersonaBrief,
+    ) -> Result<String, EvalError> {
+        let digits = DigitScale::for_scale(criterion.scale);
+        let mut ctx = conversation_context(transcript, side, persona);
+        let mut view = views(&[criterion]).remove(0);
+        view.scale = ScaleView { min: digits.low.to_string(), max: digits.high.to_string() };
+        if !digits.is_native() {
+            for (a, anchor) in view.anchors.iter_mut().zip(&criterion.anchors) {
+                a.score = digits.to_digit(anchor.score).to_string();
+            }
+        }
+        ctx.insert("criterion", &view);
+        self.tera
+            .render(SCORE, &ctx)
+            .map_err(|e| EvalError::Invalid(format!("judge score template: {e}")))
+    }
+
+    /// One greedy call that answers a digit, read as a distribution over the scale.
+    async fn ask_distribution(
+        &self,
+        prompt: &str,
+        digits: DigitScale,
+    ) -> Result<Option<ScoreDistribution>, rapport_core::GenerationError> {
+        let request = GenerationRequest::new(
+            vec![ChatMessage::system(SYSTEM_SCORE), ChatMessage::user(prompt)],
+            SamplingParams::greedy(expected::MAX_TOKENS),
+        )?
+        .with_top_logprobs(expected::TOP_LOGPROBS)?;
+        let done = collect_completion(self.generator.generate(request).await?, |_| {}).await?;
+        let read = expected::read_distribution(&done.summary.logprobs, digits);
+        if read.is_none() {
+            tracing::debug!(answer = %done.text, "no score digit in the judge's answer");
+        }
+        Ok(read)
     }
 
     /// Scores `dialogue` on `criteria` (all judged, all on `side`).
@@ -348,8 +474,35 @@ impl Judge {
         for c in criteria {
             verdict.criteria.insert(
                 c.id.clone(),
-                CriterionVerdict { score: None, samples: vec![], reasons: vec![], unreadable: 0 },
+                CriterionVerdict {
+                    score: None,
+                    samples: vec![],
+                    reasons: vec![],
+                    unreadable: 0,
+                    distributions: vec![],
+                },
             );
+        }
+        if self.config.method == JudgeMethod::Expected {
+            for c in criteria {
+                let prompt = self.render_score(transcript, c, side, persona)?;
+                verdict.calls += 1;
+                let v = verdict.criteria.get_mut(&c.id).expect("inserted above");
+                match self.ask_distribution(&prompt, DigitScale::for_scale(c.scale)).await {
+                    Ok(Some(d)) => {
+                        v.samples.push(d.expected);
+                        v.distributions.push(d);
+                    }
+                    Ok(None) => v.unreadable += 1,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "judge call failed");
+                        verdict.failed_calls += 1;
+                        v.unreadable += 1;
+                    }
+                }
+                v.score = v.samples.first().copied();
+            }
+            return Ok(verdict);
         }
         let groups: Vec<Vec<&Criterion>> = if self.config.per_criterion {
             criteria.iter().map(|c| vec![*c]).collect()
@@ -532,6 +685,18 @@ fn views<'a>(criteria: &[&'a Criterion]) -> Vec<CriterionView<'a>> {
                 .collect(),
         })
         .collect()
+}
+
+/// What both single-dialogue templates say about the conversation and who is in it.
+fn conversation_context(transcript: &str, side: Side, persona: &PersonaBrief) -> Context {
+    let (user, name) = names(side, persona);
+    let mut ctx = Context::new();
+    ctx.insert("side", &side);
+    ctx.insert("persona_name", &name);
+    ctx.insert("user_name", &user);
+    ctx.insert("persona_description", &persona.description);
+    ctx.insert("transcript", transcript);
+    ctx
 }
 
 fn names(side: Side, persona: &PersonaBrief) -> (String, String) {

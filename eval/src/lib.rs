@@ -5,8 +5,9 @@
 //! 1. [`dialogue`]: what is scored — simulated dialogues written by a [`batch`] (personas ×
 //!    [`simulator`]s × seeds × turns), or logged ones read from the app's database or JSONL.
 //! 2. [`rubric`]: what "good" means, criterion by criterion, with anchored scales.
-//! 3. Scorers: the [`judge`] (an LLM through [`rapport_core::Generator`], JSON verdicts,
-//!    several samples, position-swapped pairwise mode) and exact [`metrics`] (diversity,
+//! 3. Scorers: the [`judge`] (an LLM through [`rapport_core::Generator`], JSON verdicts or
+//!    [`expected`] scores read from its probabilities, several samples, position-swapped
+//!    pairwise mode) and exact [`metrics`] (diversity,
 //!    questions, emotion mirroring, stage timing, guard hits, secret leaks, latency, tokens).
 //! 4. [`report`]: JSON, Markdown and self-contained HTML with [`svg`] charts; [`compare`] tells
 //!    which criteria changed significantly between two runs.
@@ -28,6 +29,8 @@ pub mod calibrate;
 pub mod coach;
 pub mod compare;
 pub mod dialogue;
+pub mod expected;
+pub mod fit;
 pub mod html;
 pub mod injection;
 pub mod judge;

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use rapport_core::text_stats;
+use rapport_pipeline::character::{lexical_breaks, takes_up, Asked};
 use rapport_pipeline::secret::SecretStatus;
 use rapport_pipeline::stage::Stage;
 use rapport_pipeline::trace::AttemptOutcome;
@@ -42,6 +43,13 @@ pub enum Metric {
     TurnsToClose,
     /// The turn at which the secret first unlocked (absent where it never did).
     TurnsToUnlock,
+    /// Replies that break character (say they are an AI, claim another identity, narrate
+    /// themselves, talk like a help desk), per 100 generated replies, found by the pipeline's
+    /// lexical character checks on the reply as sent (guard or no guard).
+    CharacterBreaks,
+    /// Of the user's direct questions (not a forbidden topic, injection or push for the
+    /// secret), the share whose reply did not take them up (the pipeline's lexical test).
+    UnansweredQuestions,
     /// Drafts the reply guards rejected, per reply.
     GuardRejections,
     /// Replies that ended in the persona's fallback line.
@@ -78,7 +86,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 24] = [
+    pub const ALL: [Metric; 26] = [
         Metric::Distinct1,
         Metric::Distinct2,
         Metric::Repetition,
@@ -88,6 +96,8 @@ impl Metric {
         Metric::TurnsToCasual,
         Metric::TurnsToClose,
         Metric::TurnsToUnlock,
+        Metric::CharacterBreaks,
+        Metric::UnansweredQuestions,
         Metric::GuardRejections,
         Metric::Fallbacks,
         Metric::InputGuardHits,
@@ -133,8 +143,8 @@ impl Metric {
             | ActiveListening
             | Reciprocity
             | UserPacing => Some(true),
-            Repetition | GuardRejections | Fallbacks | SecretLeaks | SecretClaims | TtftMs
-            | ReplyMs => Some(false),
+            Repetition | CharacterBreaks | UnansweredQuestions | GuardRejections | Fallbacks
+            | SecretLeaks | SecretClaims | TtftMs | ReplyMs => Some(false),
             ReplyWords | TurnsToCasual | TurnsToClose | TurnsToUnlock | InputGuardHits
             | PromptTokens | CompletionTokens => None,
         }
@@ -159,6 +169,13 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
     }
     if let Some(m) = emotion_mirroring(dialogue) {
         out.insert(Metric::EmotionMirroring, m);
+    }
+    if let (Some(name), false) = (&dialogue.persona_name, generated.is_empty()) {
+        let broken = generated.iter().filter(|r| !lexical_breaks(r, name).is_empty()).count();
+        out.insert(Metric::CharacterBreaks, 100.0 * broken as f64 / generated.len() as f64);
+    }
+    if let Some(m) = unanswered_questions(dialogue) {
+        out.insert(Metric::UnansweredQuestions, m);
     }
 
     let traces: Vec<_> = dialogue.persona_turns().filter_map(|t| t.trace.as_deref()).collect();
@@ -243,6 +260,30 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
 }
 
 /// Persona replies after the first user message (the greeting is hand-written).
+/// Of the user's direct questions, the share the next reply did not take up. Turns whose trace
+/// shows the message was steered around (an input guard fired, or it pushed for the secret) are
+/// left out: not answering them is the point.
+fn unanswered_questions(dialogue: &Dialogue) -> Option<f64> {
+    let (mut asked, mut ignored) = (0usize, 0usize);
+    for pair in dialogue.turns.windows(2) {
+        let [user, reply] = pair else { continue };
+        if user.speaker != Speaker::User || reply.speaker != Speaker::Persona {
+            continue;
+        }
+        if reply
+            .trace
+            .as_ref()
+            .is_some_and(|t| !t.input_guards.is_empty() || t.signals.asks_for_secret)
+        {
+            continue;
+        }
+        let Some(question) = Asked::from_message(&user.text, None) else { continue };
+        asked += 1;
+        ignored += usize::from(!takes_up(&reply.text, &question, None));
+    }
+    (asked > 0).then(|| ignored as f64 / asked as f64)
+}
+
 fn generated_replies(dialogue: &Dialogue) -> Vec<&str> {
     let first_user = dialogue
         .turns
@@ -342,6 +383,30 @@ mod tests {
 
     fn dialogue(turns: &[(Speaker, &str)]) -> Dialogue {
         Dialogue::of_turns(turns)
+    }
+
+    #[test]
+    fn character_breaks_and_unanswered_questions_are_counted() {
+        use Speaker::*;
+        let mut d = dialogue(&[
+            (Persona, "Welcome! I'm Margot."),
+            (User, "I teach in Manchester. How are you holding up?"),
+            (Persona, "Hey there! I'm Camille, Margot's older sister. I'm here to help you out."),
+            (User, "What's the hardest part of organising all this?"),
+            (Persona, "As Margot, organising is quite challenging."),
+            (User, "Ha! Where is the bar?"),
+            (Persona, "Lovely weather today."),
+            (User, "I brought wine."),
+            (Persona, "The bar is by the pond, I'll show you."),
+        ]);
+        assert!(!compute(&d).contains_key(&Metric::CharacterBreaks), "no name, no count");
+        d.persona_name = Some("Margot".into());
+        let m = compute(&d);
+        // Two of four generated replies break character (the greeting is not generated).
+        assert_eq!(m[&Metric::CharacterBreaks], 50.0);
+        // Three questions: the first answered by a first-person reply, the second by its word
+        // "organising", the third ("Where is the bar?") not at all.
+        assert!((m[&Metric::UnansweredQuestions] - 1.0 / 3.0).abs() < 1e-9, "{m:?}");
     }
 
     #[test]

@@ -55,6 +55,23 @@ pub struct CriterionSummary {
     pub histogram: BTreeMap<String, usize>,
     /// Mean per persona.
     pub per_persona: BTreeMap<String, Estimate>,
+    /// With a calibration mapping fitted for this judge: the mean calibrated score (what people
+    /// would have given, by the mapping), beside the raw one above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<Estimate>,
+}
+
+/// How far one judged criterion can be trusted: its measured agreement with people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CriterionTrust {
+    /// The criterion.
+    pub criterion: String,
+    /// Held-out agreement of the calibration this judge was fitted with; `None`: the judge has
+    /// no measured agreement with people on this criterion.
+    pub agreement: Option<crate::fit::HeldOutAgreement>,
+    /// The human-rated set that agreement was measured on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }
 
 /// One metric across the run.
@@ -102,19 +119,28 @@ pub struct RunReport {
     pub metrics: Vec<MetricSummary>,
     /// The judge.
     pub judge: JudgeStats,
+    /// Per judged criterion, how far its scores can be trusted.
+    #[serde(default)]
+    pub trust: Vec<CriterionTrust>,
     /// Per dialogue.
     pub per_dialogue: Vec<DialogueScores>,
 }
 
 /// Builds the report of `dialogues` with their `verdicts`, scored on the persona's side of
 /// `rubric` (the coach's user side has its own report).
+///
+/// `mapping`, the rubric's calibration, is applied only when it was fitted under the judge key
+/// the run's spec records; otherwise the judged criteria are marked uncalibrated.
 pub fn build(
     run: &str,
     rubric: &Rubric,
     spec: Option<serde_json::Value>,
     dialogues: &[Dialogue],
     verdicts: &[VerdictLine],
+    mapping: Option<&crate::fit::Mapping>,
 ) -> RunReport {
+    let run_key = spec.as_ref().and_then(|s| s.get("judge_key")).and_then(|k| k.as_str());
+    let mapping = mapping.filter(|m| Some(m.judge_key.as_str()) == run_key);
     let by_id: BTreeMap<&str, &VerdictLine> =
         verdicts.iter().map(|v| (v.dialogue.as_str(), v)).collect();
     let mut judge = JudgeStats::default();
@@ -186,6 +212,17 @@ pub fn build(
                     per_persona.insert(p.to_string(), e);
                 }
             }
+            let calibrated = mapping.and_then(|m| {
+                let values: Vec<f64> = per_dialogue
+                    .iter()
+                    .filter_map(|d| {
+                        let scores =
+                            d.criteria.iter().map(|(k, v)| (k.clone(), Some(*v))).collect();
+                        m.apply(&c.id, &scores)
+                    })
+                    .collect();
+                stats::mean_ci(&values, seed_of(&c.id))
+            });
             CriterionSummary {
                 id: c.id.clone(),
                 name: c.name.clone(),
@@ -195,6 +232,7 @@ pub fn build(
                 missing: per_dialogue.len() - all.len(),
                 histogram,
                 per_persona,
+                calibrated,
             }
         })
         .collect();
@@ -241,7 +279,18 @@ pub fn build(
         })
         .collect();
 
+    let trust = rubric
+        .criteria
+        .iter()
+        .filter(|c| c.side != Side::User && c.scorer == Scorer::Judge)
+        .map(|c| CriterionTrust {
+            criterion: c.id.clone(),
+            agreement: mapping.and_then(|m| m.held_out.get(&c.id).cloned()),
+            data: mapping.filter(|m| m.held_out.contains_key(&c.id)).map(|m| m.data.clone()),
+        })
+        .collect();
     RunReport {
+        trust,
         run: run.into(),
         rubric: (rubric.id.clone(), rubric.name.clone()),
         spec,
@@ -340,7 +389,44 @@ pub fn markdown(r: &RunReport) -> String {
     } else {
         out.push_str("\nNo judge ran: judged criteria are empty; exact metrics only.\n");
     }
+    if j.dialogues > 0 && !r.trust.is_empty() {
+        out.push_str("\n## How far to trust the judged scores\n\n");
+        out.push_str(&trust_lines(r).join("\n"));
+        out.push('\n');
+    }
     out
+}
+
+/// One line per judged criterion: the judge, its method and its measured agreement with people,
+/// or that it has none.
+pub fn trust_lines(r: &RunReport) -> Vec<String> {
+    let judge = r
+        .spec
+        .as_ref()
+        .map(|s| {
+            format!(
+                "`{}` ({})",
+                s.get("judge_model").and_then(|v| v.as_str()).unwrap_or("?"),
+                s.get("judge_method").and_then(|v| v.as_str()).unwrap_or("json")
+            )
+        })
+        .unwrap_or_else(|| "the judge".into());
+    r.trust
+        .iter()
+        .map(|t| match (&t.agreement, &t.data) {
+            (Some(a), Some(data)) => format!(
+                "- **{}**: judge {judge}; Spearman ρ with people on {} held-out conversations of `{data}`: raw {}, calibrated {}.",
+                t.criterion,
+                a.n,
+                a.raw.map(|e| e.display(2)).unwrap_or_else(|| "undefined".into()),
+                a.calibrated.map(|e| e.display(2)).unwrap_or_else(|| "undefined".into()),
+            ),
+            _ => format!(
+                "- **{}**: judge {judge}; **not calibrated**: its agreement with people on this criterion has not been measured. Compare runs judged alike; do not read the number as what people would say.",
+                t.criterion
+            ),
+        })
+        .collect()
 }
 
 fn spec_line(spec: &serde_json::Value) -> String {
@@ -468,6 +554,14 @@ pub fn html(r: &RunReport, dialogues: &[Dialogue]) -> String {
     out.push_str("</table>");
     let j = &r.judge;
     out.push_str(&format!("<p class=\"meta\">Judge: {} dialogues, {} calls ({} failed), {} criterion scores read, {} unreadable.</p>", j.dialogues, j.calls, j.failed_calls, j.readable, j.unreadable));
+    if j.dialogues > 0 && !r.trust.is_empty() {
+        out.push_str("<h2>How far to trust the judged scores</h2><ul>");
+        for line in trust_lines(r) {
+            let text = escape(line.trim_start_matches("- ")).replace("**", "").replace('`', "");
+            out.push_str(&format!("<li>{text}</li>"));
+        }
+        out.push_str("</ul>");
+    }
 
     out.push_str("<h2>Dialogues</h2>");
     let by_id: BTreeMap<&str, &DialogueScores> =
@@ -535,6 +629,7 @@ mod tests {
         Dialogue {
             id: id.into(),
             persona: persona.into(),
+            persona_name: None,
             simulator: Some("shy".into()),
             seed: Some(1),
             turns: vec![
@@ -565,6 +660,7 @@ mod tests {
                     samples: vec![score],
                     reasons: vec!["because".into()],
                     unreadable: 0,
+                    distributions: vec![],
                 },
             )]
             .into(),
@@ -575,7 +671,7 @@ mod tests {
             VerdictLine { dialogue: "a/shy/1".into(), verdict: verdict(4.0) },
             VerdictLine { dialogue: "b/shy/1".into(), verdict: verdict(2.0) },
         ];
-        let r = build("run1", &rubric, None, &ds, &vs);
+        let r = build("run1", &rubric, None, &ds, &vs, None);
         let empathy = r.criteria.iter().find(|c| c.id == "empathy").unwrap();
         assert_eq!(empathy.overall.unwrap().value, 3.0);
         assert_eq!(empathy.per_persona["a"].value, 4.0);
@@ -588,5 +684,39 @@ mod tests {
         assert!(!page.contains("<script>"), "dialogue text is escaped");
         let md = markdown(&r);
         assert!(md.contains("| Empathy (judge) | 1..5 | 3.00 [2.00, 4.00] |"), "{md}");
+        assert!(md.contains("**empathy**: judge the judge; **not calibrated**"), "{md}");
+
+        // A mapping fitted for this judge is applied and its agreement stated; one fitted for
+        // another judge (another key) is not.
+        let fit = crate::fit::ridge(&[vec![1.0], vec![2.0], vec![3.0]], &[2.0, 4.0, 6.0], 0.0);
+        let rho = Estimate { value: 0.4, low: 0.3, high: 0.5, n: 300, dropped: 0, resamples: 1000 };
+        let mapping = crate::fit::Mapping {
+            rubric: "default".into(),
+            judge_key: "m|expected|1".into(),
+            judge_model: "m".into(),
+            method: "expected".into(),
+            data: "chitchat".into(),
+            features: vec!["empathy".into()],
+            dimensions: [("empathy".to_string(), fit)].into(),
+            held_out: [(
+                "empathy".to_string(),
+                crate::fit::HeldOutAgreement { n: 300, raw: Some(rho), calibrated: Some(rho) },
+            )]
+            .into(),
+        };
+        let spec = |key: &str| {
+            Some(
+                serde_json::json!({"judge_model": "m", "judge_method": "expected", "judge_key": key}),
+            )
+        };
+        let r = build("run1", &rubric, spec("m|expected|1"), &ds, &vs, Some(&mapping));
+        let empathy = r.criteria.iter().find(|c| c.id == "empathy").unwrap();
+        assert!((empathy.calibrated.unwrap().value - 6.0).abs() < 1e-9, "(4·2 + 2·2) / 2");
+        let md = markdown(&r);
+        assert!(md.contains("Spearman ρ with people on 300 held-out conversations of `chitchat`: raw +0.40 [+0.30, +0.50]"), "{md}");
+        assert!(md.contains("**in_role**: judge `m` (expected); **not calibrated**"), "{md}");
+        let r = build("run1", &rubric, spec("m|json|2"), &ds, &vs, Some(&mapping));
+        assert!(r.trust.iter().all(|t| t.agreement.is_none()));
+        assert!(r.criteria.iter().all(|c| c.calibrated.is_none()));
     }
 }

@@ -119,6 +119,17 @@ const DEFAULT: &str = include_str!("../rubrics/default.toml");
 const COACH: &str = include_str!("../rubrics/coach.toml");
 const CHITCHAT: &str = include_str!("../rubrics/chitchat.toml");
 
+/// Where a rubric's calibration mapping lives: next to a rubric file (`x.toml` →
+/// `x.calibration.json`), or for a shipped rubric in `eval/rubrics/` of the source tree.
+pub fn mapping_path(name_or_path: &str) -> std::path::PathBuf {
+    match name_or_path {
+        "default" | "coach" | "chitchat" => {
+            Path::new("eval/rubrics").join(format!("{name_or_path}.calibration.json"))
+        }
+        path => Path::new(path).with_extension("calibration.json"),
+    }
+}
+
 impl Rubric {
     /// A shipped rubric by id (`default`, `coach`, `chitchat`), or a TOML file by path.
     pub fn load(name_or_path: &str) -> Result<Self, EvalError> {

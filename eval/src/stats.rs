@@ -142,6 +142,42 @@ pub struct Estimate {
     pub high: f64,
     /// Sample size.
     pub n: usize,
+    /// Bootstrap resamples on which the statistic was undefined (a resample of a few items can
+    /// be constant): left out of the interval, which then describes only the rest. When every
+    /// resample was, there is no interval at all ([`Estimate::has_interval`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped: usize,
+    /// Resamples drawn (0 where the interval is not a bootstrap's).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resamples: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+impl Estimate {
+    /// Whether the interval means anything: false when every bootstrap resample was undefined
+    /// (the low and high then equal the value, which is not certainty but no information).
+    pub fn has_interval(&self) -> bool {
+        self.resamples == 0 || self.dropped < self.resamples
+    }
+
+    /// `0.42 [0.30, 0.52]`, or the value with why it has no interval, and the share of
+    /// undefined resamples when there were any.
+    pub fn display(&self, decimals: usize) -> String {
+        if !self.has_interval() {
+            return format!("{:+.decimals$} [no interval: every resample undefined]", self.value);
+        }
+        let mut out = format!(
+            "{:+.decimals$} [{:+.decimals$}, {:+.decimals$}]",
+            self.value, self.low, self.high
+        );
+        if self.dropped > 0 {
+            out.push_str(&format!(" ({} of {} resamples undefined)", self.dropped, self.resamples));
+        }
+        out
+    }
 }
 
 /// Resamples `n` indices with replacement `resamples` times and applies `statistic` to each
@@ -166,11 +202,19 @@ pub fn bootstrap(
             draws.push(v);
         }
     }
+    let dropped = resamples - draws.len();
     if draws.is_empty() {
-        return Some(Estimate { value, low: value, high: value, n });
+        return Some(Estimate { value, low: value, high: value, n, dropped, resamples });
     }
     draws.sort_by(f64::total_cmp);
-    Some(Estimate { value, low: quantile(&draws, 0.025), high: quantile(&draws, 0.975), n })
+    Some(Estimate {
+        value,
+        low: quantile(&draws, 0.025),
+        high: quantile(&draws, 0.975),
+        n,
+        dropped,
+        resamples,
+    })
 }
 
 /// The mean with a bootstrap interval.
@@ -252,6 +296,8 @@ pub fn difference(
         low: quantile(&draws, 0.025),
         high: quantile(&draws, 0.975),
         n: a.len() + b.len(),
+        dropped: 0,
+        resamples: draws.len(),
     };
     let mut pooled: Vec<f64> = a.iter().chain(b).copied().collect();
     let mut extreme = 0;
@@ -322,6 +368,22 @@ mod tests {
         assert_eq!(spearman(&[1.0, 2.0, 3.0], &[4.0, 4.0, 4.0]), None);
         assert_eq!(kendall_tau_b(&[1.0, 2.0, 3.0], &[4.0, 4.0, 4.0]), None);
         assert_eq!(pearson(&[1.0], &[2.0]), None);
+    }
+
+    #[test]
+    fn undefined_resamples_are_counted_and_none_left_means_no_interval() {
+        // Defined only when both items are drawn: about half the resamples of two items.
+        let e = bootstrap(2, 1000, 7, |idx| (idx.contains(&0) && idx.contains(&1)).then_some(1.0))
+            .unwrap();
+        assert!(e.dropped > 350 && e.dropped < 650, "{e:?}");
+        assert!(e.has_interval());
+        assert!(e.display(2).contains("resamples undefined"), "{}", e.display(2));
+        // Defined only on the sample itself: no resample counts, so no interval is claimed.
+        let all: Vec<usize> = (0..10).collect();
+        let e = bootstrap(10, 200, 7, |idx| (idx == all.as_slice()).then_some(0.5)).unwrap();
+        assert_eq!((e.dropped, e.resamples), (200, 200));
+        assert!(!e.has_interval());
+        assert!(e.display(2).contains("no interval"), "{}", e.display(2));
     }
 
     #[test]

@@ -10,9 +10,10 @@ use clap::{Args, Subcommand};
 use indicatif::MultiProgress;
 use rapport_eval::batch::{self, BatchParts, BatchSpec, RunDir, VerdictLine};
 use rapport_eval::calibrate;
+use rapport_eval::calibrate::Split;
 use rapport_eval::coach;
 use rapport_eval::compare;
-use rapport_eval::judge::{Judge, JudgeConfig};
+use rapport_eval::judge::{Judge, JudgeConfig, JudgeMethod};
 use rapport_eval::report::{self, RunReport};
 use rapport_eval::rubric::Side;
 use rapport_eval::simulator::{self, RuleMatcher};
@@ -83,6 +84,11 @@ pub struct JudgeArgs {
     /// One judge call per criterion (slower; far more reliable with small judges).
     #[arg(long)]
     per_criterion: bool,
+    /// How a score is read: `json` (the judge writes an integer and a reason) or `expected`
+    /// (one digit per criterion; the score is the probability-weighted mean over the scale,
+    /// read from the backend's log-probabilities).
+    #[arg(long, default_value = "json")]
+    method: JudgeMethod,
     /// Transcript budget in characters.
     #[arg(long, default_value_t = 6000)]
     max_transcript_chars: usize,
@@ -127,6 +133,10 @@ pub struct RunArgs {
     /// No sentence encoder: lexical pipeline, and simulated users' reaction rules never fire.
     #[arg(long)]
     lexical_only: bool,
+    /// Do not check drafts for breaks of character and unanswered questions (to measure what
+    /// the check is worth against a run with it).
+    #[arg(long)]
+    no_character_guard: bool,
     #[arg(long, env = "RAPPORT_PERSONAS")]
     personas_dir: Option<PathBuf>,
     #[arg(long)]
@@ -205,9 +215,29 @@ pub struct CalibrateArgs {
     /// The rubric whose criteria match the rated dimensions.
     #[arg(long, default_value = "chitchat")]
     rubric: String,
-    /// Keep judged items here, and resume from it.
+    /// Keep judged items here, and resume from it (only items judged under the same judge
+    /// model, method, prompt and rubric are reused).
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Judge and report on this split of the items (`all`, `train`, `held-out`); an item's
+    /// split is fixed by a hash of its id, 40% training.
+    #[arg(long, default_value = "all")]
+    split: Split,
+    /// Fit a calibration mapping on the training split, report agreement on the held-out split
+    /// only, and save the mapping (see --mapping).
+    #[arg(long)]
+    fit: bool,
+    /// Where --fit writes the mapping: default next to the rubric (`RUBRIC.calibration.json`
+    /// for a file; `eval/rubrics/ID.calibration.json` for a shipped rubric).
+    #[arg(long, requires = "fit")]
+    mapping: Option<PathBuf>,
+    /// Another judge's --save file: compare agreement on the items both judged (paired
+    /// bootstrap of the difference in Spearman's ρ).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Judge at most this many training-split items (the first in the file).
+    #[arg(long)]
+    train_limit: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -403,6 +433,7 @@ fn make_judge(args: &JudgeArgs, backend: &Backend) -> anyhow::Result<Judge> {
         samples: args.samples.max(1),
         per_criterion: args.per_criterion,
         max_transcript_chars: args.max_transcript_chars,
+        method: args.method,
         ..JudgeConfig::default()
     };
     Ok(match &args.judge_prompts {
@@ -453,6 +484,7 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
             reply_tokens: sampling.max_tokens as usize,
         },
         sampling,
+        character_guard: !args.no_character_guard,
         ..PipelineConfig::default()
     };
     let prompts = Arc::new(Prompts::embedded());
@@ -474,8 +506,15 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
         judge_model: judge.as_ref().map(|j| j.model_name.clone()),
         rubric: rubric.id.clone(),
         judge_samples: args.judge.samples.max(1),
+        judge_method: None,
+        judge_key: None,
     };
     let judge = judge.as_ref().map(|b| make_judge(&args.judge, b)).transpose()?;
+    let mut spec = spec;
+    if let (Some(j), Some(model)) = (&judge, &spec.judge_model) {
+        spec.judge_method = Some(j.config().method.as_str().to_string());
+        spec.judge_key = Some(j.key(model, &rubric.judged(rapport_eval::rubric::Side::Persona)));
+    }
     let parts = BatchParts {
         pipelines,
         simulators,
@@ -523,7 +562,13 @@ fn write_reports(run: &RunDir, rubric: &Rubric) -> anyhow::Result<RunReport> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "run".into());
-    let r = report::build(&name, rubric, spec, &dialogues, &verdicts);
+    // The rubric's calibration, where one was fitted (build applies it only to this judge's).
+    let mapping = [rapport_eval::rubric::mapping_path(&rubric.id)]
+        .into_iter()
+        .find(|p| p.exists())
+        .map(|p| rapport_eval::fit::Mapping::load(&p))
+        .transpose()?;
+    let r = report::build(&name, rubric, spec, &dialogues, &verdicts, mapping.as_ref());
     let dir = run.path();
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&r)?)?;
     std::fs::write(dir.join("report.md"), report::markdown(&r))?;
@@ -657,14 +702,24 @@ async fn run_calibration(args: CalibrateArgs) -> anyhow::Result<()> {
     }
     let backend = judge_backend(&args.judge, &args.backend, None).await?;
     let judge = make_judge(&args.judge, &backend)?;
+    let mapping = args.fit.then(|| {
+        args.mapping.clone().unwrap_or_else(|| rapport_eval::rubric::mapping_path(&args.rubric))
+    });
+    let options = calibrate::CalibrateOptions {
+        save: args.save.as_deref(),
+        split: Some(args.split),
+        fit: mapping.as_deref(),
+        baseline: args.baseline.as_deref(),
+        train_limit: args.train_limit,
+        show_progress: !args.json,
+    };
     let report = calibrate::calibrate(
         &judge,
         &rubric,
         &items,
         &args.rated.display().to_string(),
         &backend.model_name,
-        args.save.as_deref(),
-        !args.json,
+        options,
     )
     .await?;
     if args.json {

@@ -266,6 +266,62 @@ fn the_chitchat_package_becomes_a_calibration_set() {
     assert_eq!(lines(&again), items);
 }
 
+/// The expected-score judge through the command line: a mapping fitted on the training split,
+/// agreement reported on the held-out split only, every item scored or counted, and a resume
+/// file that never passes one judge's scores off as another's.
+#[test]
+fn expected_scores_fit_on_train_report_on_held_out_and_resume_only_under_the_same_judge() {
+    super::ensure_smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let rated = dir.path().join("chitchat.jsonl");
+    let out = rapport()
+        .args(["eval", "chitchat", "--limit", "36", "--seed", "4", "--out"])
+        .arg(&rated)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (save, mapping) = (dir.path().join("judged.jsonl"), dir.path().join("map.json"));
+    let calibrate = |extra: &[&str]| {
+        let out = rapport()
+            .args(["eval", "calibrate", "-m", "smollm2-135m", "--max-transcript-chars", "500"])
+            .args(["--json", "--rated"])
+            .arg(&rated)
+            .arg("--save")
+            .arg(&save)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let report = calibrate(&["--method", "expected", "--fit", "--mapping", map_arg(&mapping)]);
+    assert_eq!(report["split"], "held-out");
+    assert_eq!(report["method"], "expected");
+    let held_out = report["items"].as_u64().unwrap();
+    assert!(held_out > 10 && held_out < 36, "{report}");
+    for d in report["dimensions"].as_array().unwrap() {
+        assert_eq!(d["n"].as_u64().unwrap() + d["unreadable"].as_u64().unwrap(), held_out, "{d}");
+    }
+    assert_eq!(report["expected_vs_argmax"].as_array().unwrap().len(), 3, "{report}");
+    let fitted: Value = serde_json::from_str(&std::fs::read_to_string(&mapping).unwrap()).unwrap();
+    assert_eq!(fitted["judge_key"], report["judge_key"]);
+    assert_eq!(fitted["features"], serde_json::json!(["witty", "upbeat", "interesting"]));
+    // Every item was judged, train and held-out, and saved under this judge's key.
+    assert_eq!(lines(&save).len(), 36);
+
+    // The same judge resumes from the file; another method judges again.
+    let again = calibrate(&["--method", "expected", "--split", "held-out"]);
+    assert_eq!(again["judged_now"], 0, "{again}");
+    let json = calibrate(&["--method", "json", "--split", "held-out", "--limit", "6"]);
+    assert_eq!(json["saved_under_other_key"], 36, "{json}");
+    assert_eq!(json["judged_now"], json["items"], "{json}");
+    assert_ne!(json["judge_key"], report["judge_key"]);
+}
+
+fn map_arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 #[test]
 fn the_injection_suite_counts_leaks_and_the_secret_never_leaks_before_unlock() {
     super::ensure_smollm2();

@@ -69,6 +69,37 @@ impl Timings {
     }
 }
 
+/// One alternative at a generated position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopToken {
+    /// The token's text.
+    pub token: String,
+    /// Its natural log-probability under the model's distribution at this position.
+    pub logprob: f32,
+}
+
+/// One generated token with how sure the model was of it and of the alternatives.
+///
+/// Log-probabilities are natural logs of the model's own distribution (before temperature,
+/// penalties and truncation), as OpenAI's API defines them; both backends report them so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token generated.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens at this position, most likely first (as many as asked for, or
+    /// fewer where the backend gives fewer).
+    pub top: Vec<TopToken>,
+}
+
+impl TokenLogprob {
+    /// The probability the model gave each alternative, by its text, for the listed ones.
+    pub fn probabilities(&self) -> impl Iterator<Item = (&str, f64)> + '_ {
+        self.top.iter().map(|t| (t.token.as_str(), f64::from(t.logprob).exp()))
+    }
+}
+
 /// The end of a generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationSummary {
@@ -78,6 +109,10 @@ pub struct GenerationSummary {
     pub usage: TokenUsage,
     /// Timings.
     pub timings: Timings,
+    /// One entry per generated token when the request asked for log-probabilities
+    /// ([`crate::GenerationRequest::with_top_logprobs`]); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// One item of a generation stream. A well-formed stream is zero or more `Chunk`s and then
@@ -220,6 +255,7 @@ mod tests {
             stop_reason: StopReason::Stop,
             usage: TokenUsage { prompt_tokens: 3, completion_tokens: 2, cached_prompt_tokens: 0 },
             timings: Timings::default(),
+            logprobs: Vec::new(),
         };
         let s: TextStream = Box::pin(futures::stream::iter(vec![
             Ok(GenerationEvent::Chunk("he".into())),

@@ -24,9 +24,9 @@ pub mod text_stats;
 
 pub use generator::{
     collect_completion, Completion, GenerationError, GenerationEvent, GenerationSummary, Generator,
-    StopReason, TextStream, Timings, TokenUsage,
+    StopReason, TextStream, Timings, TokenLogprob, TokenUsage, TopToken,
 };
-pub use message::{ChatMessage, GenerationRequest, Role};
+pub use message::{ChatMessage, GenerationRequest, Role, MAX_TOP_LOGPROBS};
 pub use sampling::{DryParams, SamplingParams};
 pub use sse::{SseDecoder, SseEvent};
 pub use stop::{Released, StopFilter};

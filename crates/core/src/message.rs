@@ -64,7 +64,12 @@ impl ChatMessage {
 pub struct GenerationRequest {
     messages: Vec<ChatMessage>,
     sampling: SamplingParams,
+    top_logprobs: Option<u8>,
 }
+
+/// The most alternatives a request may ask for at each position: OpenAI's own limit, which
+/// vLLM and llama.cpp's server follow.
+pub const MAX_TOP_LOGPROBS: u8 = 20;
 
 impl GenerationRequest {
     /// Validates and builds a request.
@@ -88,7 +93,25 @@ impl GenerationRequest {
             ));
         }
         sampling.validate()?;
-        Ok(Self { messages, sampling })
+        Ok(Self { messages, sampling, top_logprobs: None })
+    }
+
+    /// Asks the backend for the `k` most likely tokens at each generated position, with their
+    /// log-probabilities (returned in [`crate::GenerationSummary::logprobs`]). A backend that
+    /// cannot give them fails the request with an error saying so; it never answers without.
+    pub fn with_top_logprobs(mut self, k: u8) -> Result<Self, GenerationError> {
+        if k == 0 || k > MAX_TOP_LOGPROBS {
+            return Err(GenerationError::InvalidRequest(format!(
+                "top_logprobs must be between 1 and {MAX_TOP_LOGPROBS}, got {k}"
+            )));
+        }
+        self.top_logprobs = Some(k);
+        Ok(self)
+    }
+
+    /// How many alternatives per position the request asks log-probabilities for, if any.
+    pub fn top_logprobs(&self) -> Option<u8> {
+        self.top_logprobs
     }
 
     /// The conversation, system message first.
@@ -115,6 +138,19 @@ mod tests {
         let err = GenerationRequest::new(vec![ChatMessage::user("hi")], sampling()).unwrap_err();
         assert_eq!(err.kind(), "invalid_request");
         assert!(err.to_string().contains("system"), "{err}");
+    }
+
+    #[test]
+    fn top_logprobs_must_be_between_one_and_twenty() {
+        let req = GenerationRequest::new(
+            vec![ChatMessage::system("s"), ChatMessage::user("u")],
+            sampling(),
+        )
+        .unwrap();
+        assert_eq!(req.top_logprobs(), None);
+        assert!(req.clone().with_top_logprobs(0).is_err());
+        assert!(req.clone().with_top_logprobs(21).is_err());
+        assert_eq!(req.with_top_logprobs(20).unwrap().top_logprobs(), Some(20));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use mistralrs_core::{
 };
 use rapport_core::{
     GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, Role,
-    SamplingParams, StopFilter, StopReason, TextStream, Timings, TokenUsage,
+    SamplingParams, StopFilter, StopReason, TextStream, Timings, TokenLogprob, TokenUsage,
+    TopToken,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -231,6 +232,20 @@ fn to_mistral_sampling(s: &SamplingParams) -> mistralrs::SamplingParams {
     p
 }
 
+/// mistral.rs's per-token log-probabilities (natural logs of the model's distribution, by the
+/// patch recorded in vendor/PATCHES.md) in the seam's terms.
+fn token_logprob(lp: mistralrs_core::ResponseLogprob) -> TokenLogprob {
+    TokenLogprob {
+        token: lp.token,
+        logprob: lp.logprob,
+        top: lp
+            .top_logprobs
+            .into_iter()
+            .map(|t| TopToken { token: t.bytes.unwrap_or_default(), logprob: t.logprob })
+            .collect(),
+    }
+}
+
 #[async_trait::async_trait]
 impl Generator for MistralRsGenerator {
     fn name(&self) -> &str {
@@ -239,8 +254,13 @@ impl Generator for MistralRsGenerator {
 
     async fn generate(&self, request: GenerationRequest) -> Result<TextStream, GenerationError> {
         let started = Instant::now();
+        let mut sampling = to_mistral_sampling(request.sampling());
+        let want_logprobs = request.top_logprobs().is_some();
+        if let Some(k) = request.top_logprobs() {
+            sampling.top_n_logprobs = usize::from(k);
+        }
         let mut builder =
-            RequestBuilder::new().set_sampling(to_mistral_sampling(request.sampling()));
+            RequestBuilder::new().set_sampling(sampling).return_logprobs(want_logprobs);
         for m in request.messages() {
             let role = match m.role {
                 Role::System => TextMessageRole::System,
@@ -273,10 +293,14 @@ impl Generator for MistralRsGenerator {
             };
             let mut first_token = None;
             let mut chunks = 0u32;
+            let mut logprobs = Vec::new();
             while let Some(response) = stream.next().await {
                 let event = match response {
                     Response::Chunk(chunk) => {
                         let Some(choice) = chunk.choices.into_iter().next() else { continue };
+                        if let Some(lp) = choice.logprobs {
+                            logprobs.push(token_logprob(lp));
+                        }
                         if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
                             chunks += 1;
                             let released = stops.push(&text).text;
@@ -310,6 +334,7 @@ impl Generator for MistralRsGenerator {
                                 time_to_first_token: first_token,
                                 total: started.elapsed(),
                             },
+                            logprobs: std::mem::take(&mut logprobs),
                         }))
                     }
                     Response::Done(done) => {
@@ -330,6 +355,7 @@ impl Generator for MistralRsGenerator {
                                 time_to_first_token: first_token,
                                 total: started.elapsed(),
                             },
+                            logprobs: std::mem::take(&mut logprobs),
                         }))
                     }
                     Response::ModelError(msg, _) | Response::CompletionModelError(msg, _) => {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rapport_core::{
     GenerationError, GenerationEvent, GenerationRequest, GenerationSummary, Generator, StopFilter,
-    StopReason, TextStream, Timings, TokenUsage,
+    StopReason, TextStream, Timings, TokenLogprob, TokenUsage, TopToken,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -108,6 +108,10 @@ impl OpenAiCompatGenerator {
         put("presence_penalty", Some(s.presence_penalty.unwrap_or(0.0).into()));
         put("seed", s.seed.map(Value::from));
         put("stop", (!s.stop.is_empty()).then(|| Value::from(s.stop.clone())));
+        if let Some(k) = request.top_logprobs() {
+            put("logprobs", Some(true.into()));
+            put("top_logprobs", Some(k.into()));
+        }
         if self.options.send_extensions {
             // top_k has no neutral value all servers share (vLLM -1, llama.cpp 0): omitted when unset.
             put("top_k", s.top_k.map(Value::from));
@@ -138,6 +142,30 @@ struct ChunkChoice {
     #[serde(default)]
     delta: Option<ChunkDelta>,
     finish_reason: Option<String>,
+    /// OpenAI's shape, which vLLM and llama.cpp's server follow: `{"content": [{token,
+    /// logprob, top_logprobs: [{token, logprob}]}]}`, one entry per token of the delta.
+    #[serde(default)]
+    logprobs: Option<ChunkLogprobs>,
+}
+
+#[derive(Deserialize)]
+struct ChunkLogprobs {
+    #[serde(default)]
+    content: Option<Vec<ChunkTokenLogprob>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkTokenLogprob {
+    token: String,
+    logprob: f32,
+    #[serde(default)]
+    top_logprobs: Vec<ChunkTopLogprob>,
+}
+
+#[derive(Deserialize)]
+struct ChunkTopLogprob {
+    token: String,
+    logprob: f32,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +198,10 @@ struct StreamState {
     chunks: u32,
     /// Not every server honours `stop` strictly; cutting again here is harmless where it does.
     stops: StopFilter,
+    /// Whether the request asked for log-probabilities; a server that ignores the request
+    /// (`logprobs` is an optional feature of OpenAI-compatible servers) is then an error.
+    want_logprobs: bool,
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl StreamState {
@@ -183,6 +215,13 @@ impl StreamState {
             };
             if self.stops.stopped() {
                 reason = "stop".into();
+            }
+            if self.want_logprobs && self.logprobs.is_empty() && self.chunks > 0 {
+                return Err(GenerationError::Backend(
+                    "log-probabilities were asked for but the server sent none: it does not \
+                     support `logprobs` (vLLM and llama.cpp's server do)"
+                        .into(),
+                ));
             }
             let mut events = Vec::new();
             let held = self.stops.finish();
@@ -202,6 +241,7 @@ impl StreamState {
                     time_to_first_token: self.first_token,
                     total: self.started.elapsed(),
                 },
+                logprobs: std::mem::take(&mut self.logprobs),
             }));
             return Ok(events);
         }
@@ -234,6 +274,18 @@ impl StreamState {
         }
         let mut text = String::new();
         for choice in chunk.choices {
+            let tokens = choice.logprobs.and_then(|l| l.content).unwrap_or_default();
+            self.logprobs.extend(tokens.into_iter().map(|t| {
+                TokenLogprob {
+                    token: t.token,
+                    logprob: t.logprob,
+                    top: t
+                        .top_logprobs
+                        .into_iter()
+                        .map(|a| TopToken { token: a.token, logprob: a.logprob })
+                        .collect(),
+                }
+            }));
             if let Some(content) = choice.delta.and_then(|d| d.content) {
                 text.push_str(&content);
             }
@@ -318,6 +370,8 @@ impl Generator for OpenAiCompatGenerator {
             usage: None,
             chunks: 0,
             stops: StopFilter::new(&request.sampling().stop),
+            want_logprobs: request.top_logprobs().is_some(),
+            logprobs: Vec::new(),
         };
         let stream = async_stream(move |tx| async move {
             let mut got_bytes = false;
@@ -397,6 +451,8 @@ mod tests {
             usage: None,
             chunks: 0,
             stops: StopFilter::new(&[]),
+            want_logprobs: false,
+            logprobs: Vec::new(),
         }
     }
 
@@ -431,6 +487,41 @@ mod tests {
             (Some(0.0), Some(1.0))
         );
         assert_eq!((body["min_p"].as_f64(), body["top_p"].as_f64()), (Some(0.0), Some(1.0)));
+    }
+
+    #[test]
+    fn logprobs_are_asked_for_read_back_and_their_absence_is_an_error() {
+        let g = OpenAiCompatGenerator::new(OpenAiCompatOptions::new("http://127.0.0.1:1/v1", "m"))
+            .unwrap();
+        let req = GenerationRequest::new(
+            vec![ChatMessage::system("judge"), ChatMessage::user("score?")],
+            SamplingParams::greedy(1),
+        )
+        .unwrap();
+        assert!(g.body(&req).get("logprobs").is_none(), "not asked, not sent");
+        let req = req.with_top_logprobs(5).unwrap();
+        let body = g.body(&req);
+        assert_eq!(
+            (body["logprobs"].as_bool(), body["top_logprobs"].as_u64()),
+            (Some(true), Some(5))
+        );
+
+        let mut s = state();
+        s.want_logprobs = true;
+        s.on_data(r#"{"choices":[{"delta":{"content":"4"},"finish_reason":"length","logprobs":{"content":[{"token":"4","logprob":-0.25,"top_logprobs":[{"token":"4","logprob":-0.25},{"token":"3","logprob":-1.6}]}]}}]}"#).unwrap();
+        let [GenerationEvent::Done(summary)] = &s.on_data("[DONE]").unwrap()[..] else {
+            panic!("expected Done")
+        };
+        assert_eq!(summary.logprobs.len(), 1);
+        assert_eq!(summary.logprobs[0].token, "4");
+        assert_eq!(summary.logprobs[0].top[1], TopToken { token: "3".into(), logprob: -1.6 });
+
+        // A server that ignores `logprobs` must not pass for one that gave them.
+        let mut s = state();
+        s.want_logprobs = true;
+        s.on_data(r#"{"choices":[{"delta":{"content":"4"},"finish_reason":"stop"}]}"#).unwrap();
+        let err = s.on_data("[DONE]").unwrap_err();
+        assert!(err.to_string().contains("does not support `logprobs`"), "{err}");
     }
 
     #[test]

@@ -42,6 +42,42 @@ fn a_reply_streams_in_chunks_and_ends_with_one_summary() {
     });
 }
 
+/// Log-probabilities come back for every generated token, as natural logs of the model's own
+/// distribution: the greedy token is the most likely alternative, alternatives are in order, and
+/// their probabilities sum to at most one. Upstream gave the log (base 10) of a raw logit on the
+/// greedy path: NaN for a negative logit, above zero for a logit over 1 (vendor/PATCHES.md).
+#[test]
+fn greedy_tokens_come_with_the_models_log_probabilities() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let req = request("Is the sky blue? Answer yes or no.", SamplingParams::greedy(4))
+            .with_top_logprobs(5)
+            .unwrap();
+        let done =
+            collect_completion(smollm2().await.generate(req).await.unwrap(), |_| {}).await.unwrap();
+        let lps = &done.summary.logprobs;
+        assert_eq!(lps.len(), done.summary.usage.completion_tokens as usize, "{lps:?}");
+        for lp in lps {
+            assert_eq!(lp.top.len(), 5);
+            assert!(lp.logprob.is_finite() && lp.logprob <= 0.0, "{lp:?}");
+            assert_eq!(lp.logprob, lp.top[0].logprob, "greedy takes the most likely: {lp:?}");
+            assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "{lp:?}");
+            let mass: f64 = lp.probabilities().map(|(_, p)| p).sum();
+            assert!(mass > 0.0 && mass <= 1.0 + 1e-4, "{mass} {lp:?}");
+        }
+        let text: String = lps.iter().map(|l| l.token.as_str()).collect();
+        assert_eq!(text.trim(), done.text.trim(), "tokens spell the reply");
+        // Not asked, not sent.
+        let plain = collect_completion(
+            smollm2().await.generate(request("Hi", SamplingParams::greedy(2))).await.unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert!(plain.summary.logprobs.is_empty());
+    });
+}
+
 #[test]
 fn max_tokens_stops_with_length_and_counts_exactly() {
     rt().block_on(async {

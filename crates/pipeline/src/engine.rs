@@ -19,6 +19,7 @@ use rapport_nlu::emotion::{EmotionClassifier, EmotionTrajectory};
 use rapport_nlu::Embedding;
 use serde::{Deserialize, Serialize};
 
+use crate::character::{Asked, CharacterGuard};
 use crate::cleanup::Cleaner;
 use crate::closeness::{decide, Closeness};
 use crate::context::{read_context, ContextInput};
@@ -54,6 +55,9 @@ pub struct PipelineConfig {
     /// sentence by sentence). Earlier first words; a retract still replaces them if a later
     /// check fails.
     pub stream_words: usize,
+    /// Check drafts for breaks of character and unanswered questions ([`crate::character`])
+    /// and write them again. Off only to measure what the checks are worth.
+    pub character_guard: bool,
 }
 
 impl Default for PipelineConfig {
@@ -66,6 +70,7 @@ impl Default for PipelineConfig {
             sampling: SamplingParams::default(),
             notes: NotesPlacement::default(),
             stream_words: 3,
+            character_guard: true,
         }
     }
 }
@@ -132,7 +137,23 @@ pub struct PreparedTurn {
     next: Conversation,
     leaks: LeakDetector,
     locked_secret: Option<LockedSecret>,
+    /// The user's question the reply should take up, when there is one to answer.
+    asked: Option<Asked>,
 }
+
+/// What a draft reply is checked against this turn.
+#[derive(Clone, Copy)]
+struct ReplyChecks<'a> {
+    /// The system prompt's word sequences, which the reply must not recite.
+    leaks: &'a LeakDetector,
+    /// The secret, while it is locked.
+    locked_secret: Option<&'a LockedSecret>,
+    /// The user's question the reply should take up.
+    asked: Option<&'a Asked>,
+}
+
+/// A draft's text and its sentence vector.
+type DraftText = (String, Option<Vec<f32>>);
 
 /// A persona, ready to run turns: its examples embedded, its guards compiled.
 pub struct Pipeline {
@@ -140,6 +161,7 @@ pub struct Pipeline {
     nlu: Option<Arc<EmotionClassifier>>,
     fewshot: FewShot,
     guards: Guards,
+    character: CharacterGuard,
     prompts: Arc<Prompts>,
     cleaner: Cleaner,
     /// What the persona may say verbatim without leaking its instructions.
@@ -160,6 +182,7 @@ impl Pipeline {
         let encoder = nlu.as_deref().map(EmotionClassifier::encoder);
         let fewshot = FewShot::new(&persona, encoder)?;
         let guards = Guards::new(&persona, encoder)?;
+        let character = CharacterGuard::new(&persona.name, encoder)?;
         let cleaner = Cleaner::new(&persona.name, persona.max_sentences);
         config.sampling.max_tokens =
             config.sampling.max_tokens.min(config.budget.reply_tokens as u32).max(1);
@@ -171,7 +194,17 @@ impl Pipeline {
             }
         }
         let persona_runs = AllowedRuns::of(persona.public_texts().map(|(_, t)| t));
-        Ok(Self { persona, nlu, fewshot, guards, prompts, cleaner, persona_runs, config })
+        Ok(Self {
+            persona,
+            nlu,
+            fewshot,
+            guards,
+            character,
+            prompts,
+            cleaner,
+            persona_runs,
+            config,
+        })
     }
 
     /// The persona.
@@ -350,6 +383,16 @@ impl Pipeline {
         next.started_at = conversation.started_at.or(Some(now));
         next.last_message_at = Some(now);
 
+        // A question on a forbidden topic, an injection or a push for the secret is meant to be
+        // steered around, not answered.
+        let asked = (self.config.character_guard
+            && input_guards.is_empty()
+            && !signals.asks_for_secret)
+            .then(|| {
+                Asked::from_message(message, self.nlu.as_deref().map(EmotionClassifier::encoder))
+            })
+            .flatten();
+
         let trace = TurnTrace {
             persona: persona.id.clone(),
             turn,
@@ -365,6 +408,7 @@ impl Pipeline {
             prompt: assembled.stats,
             attempts: Vec::new(),
             fallback: None,
+            kept_soft: None,
             reply: String::new(),
             timings_us: StepTimings {
                 prepare: started.elapsed().as_micros() as u64,
@@ -373,7 +417,7 @@ impl Pipeline {
                 ..Default::default()
             },
         };
-        Ok(PreparedTurn { messages: assembled.messages, trace, next, leaks, locked_secret })
+        Ok(PreparedTurn { messages: assembled.messages, trace, next, leaks, locked_secret, asked })
     }
 
     /// Rebuilds the state a conversation would have after `exchanges` (user message, the reply
@@ -433,11 +477,18 @@ impl Pipeline {
     ) -> Result<TurnOutcome, PipelineError> {
         let prepared = self.prepare(conversation, message, now)?;
         on_event(TurnEvent::Prepared(Box::new(prepared.trace.clone())));
-        let PreparedTurn { messages, mut trace, mut next, leaks, locked_secret } = prepared;
+        let PreparedTurn { messages, mut trace, mut next, leaks, locked_secret, asked } = prepared;
 
         let generate_started = Instant::now();
         let mut review_us = 0;
         let mut reply = None;
+        // The least bad draft rejected only for soft hits, kept in case no draft is clean.
+        let mut soft: Option<(usize, u32, DraftText)> = None;
+        let checks = ReplyChecks {
+            leaks: &leaks,
+            locked_secret: locked_secret.as_ref(),
+            asked: asked.as_ref(),
+        };
         let mut steering: Option<String> = None;
         for number in 1..=2 {
             let mut prompt = messages.clone();
@@ -449,17 +500,8 @@ impl Pipeline {
                     .expect("the prompt opens with a system message");
                 prompt[notes].content.push_str(&format!("\n\nImportant: {note}"));
             }
-            let (attempt, draft, spent_review) = self
-                .attempt(
-                    number,
-                    steering.clone(),
-                    prompt,
-                    generator,
-                    &leaks,
-                    locked_secret.as_ref(),
-                    on_event,
-                )
-                .await;
+            let (attempt, draft, spent_review) =
+                self.attempt(number, steering.clone(), prompt, generator, checks, on_event).await;
             review_us += spent_review;
             let outcome = attempt.outcome.clone();
             trace.attempts.push(attempt);
@@ -469,10 +511,23 @@ impl Pipeline {
                     break;
                 }
                 AttemptOutcome::Rejected { hits } => {
+                    if let Some(draft) = draft {
+                        // Fewer soft hits wins; on a tie the later, steered draft.
+                        if soft.as_ref().is_none_or(|(n, _, _)| hits.len() <= *n) {
+                            soft = Some((hits.len(), number, draft));
+                        }
+                    }
                     steering =
                         Some(hits.iter().map(GuardHit::steering).collect::<Vec<_>>().join(" "))
                 }
                 AttemptOutcome::Failed { .. } => break,
+            }
+        }
+        if reply.is_none() {
+            if let Some((_, number, draft)) = soft {
+                trace.kept_soft = Some(number);
+                on_event(TurnEvent::Delta(draft.0.clone()));
+                reply = Some(draft);
             }
         }
         let (reply, reply_vector) = match reply {
@@ -547,17 +602,15 @@ impl Pipeline {
 
     /// One draft: generate (retrying transient failures), stream what passes, review the rest.
     /// Returns the attempt's record, the accepted text and its vector, and µs spent reviewing.
-    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         number: u32,
         steering: Option<String>,
         prompt: Vec<ChatMessage>,
         generator: &dyn Generator,
-        leaks: &LeakDetector,
-        locked_secret: Option<&LockedSecret>,
+        checks: ReplyChecks<'_>,
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
-    ) -> (Attempt, Option<(String, Option<Vec<f32>>)>, u64) {
+    ) -> (Attempt, Option<DraftText>, u64) {
         let started = Instant::now();
         let mut record = Attempt {
             number,
@@ -575,16 +628,8 @@ impl Pipeline {
         let result = match GenerationRequest::new(prompt, self.config.sampling.clone()) {
             Err(e) => Err(e),
             Ok(request) => loop {
-                let drafted = self
-                    .draft(
-                        request.clone(),
-                        generator,
-                        leaks,
-                        locked_secret,
-                        on_event,
-                        &mut review_us,
-                    )
-                    .await;
+                let drafted =
+                    self.draft(request.clone(), generator, checks, on_event, &mut review_us).await;
                 match drafted {
                     Err(e) if e.is_transient() && record.retries < self.config.retries => {
                         // Transient: the backend was busy, unreachable or slow. Wait, then
@@ -619,7 +664,13 @@ impl Pipeline {
                 if draft.shown {
                     on_event(TurnEvent::Retract);
                 }
+                let soft = draft.hits.iter().all(GuardHit::is_soft) && !draft.text.is_empty();
                 record.outcome = AttemptOutcome::Rejected { hits: draft.hits };
+                if soft {
+                    // Not shown now; kept for the engine to send if no later draft is clean.
+                    record.total_ms = started.elapsed().as_millis() as u64;
+                    return (record, Some((draft.text, draft.vector)), review_us);
+                }
             }
             Err(e) => {
                 record.outcome =
@@ -637,11 +688,11 @@ impl Pipeline {
         &self,
         request: GenerationRequest,
         generator: &dyn Generator,
-        leaks: &LeakDetector,
-        locked_secret: Option<&LockedSecret>,
+        checks: ReplyChecks<'_>,
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
         review_us: &mut u64,
     ) -> Result<Draft, GenerationError> {
+        let ReplyChecks { leaks, locked_secret, asked } = checks;
         let started = Instant::now();
         let mut first_chunk_ms = None;
         let mut stream = generator.generate(request).await?;
@@ -663,7 +714,10 @@ impl Pipeline {
                     if ready.len() > shown.len() && ready.starts_with(shown.as_str()) {
                         // Lexical checks before anything is shown: a forbidden keyword or a
                         // leak stops the draft here, unseen.
-                        let hits = self.guards.check_reply(ready, None, locked_secret, leaks);
+                        let mut hits = self.guards.check_reply(ready, None, locked_secret, leaks);
+                        if self.config.character_guard {
+                            hits.extend(self.character.check_partial(ready));
+                        }
                         if !hits.is_empty() {
                             *review_us += t.elapsed().as_micros() as u64;
                             return Ok(Draft {
@@ -712,12 +766,20 @@ impl Pipeline {
             ),
             _ => None,
         };
-        let hits = self.guards.check_reply(
+        let mut hits = self.guards.check_reply(
             &cleaned.text,
             vector.clone().map(Embedding).as_ref(),
             locked_secret,
             leaks,
         );
+        if self.config.character_guard && !cleaned.text.is_empty() {
+            hits.extend(self.character.check(
+                &cleaned.text,
+                self.nlu.as_deref().map(EmotionClassifier::encoder),
+                vector.as_deref(),
+                asked,
+            ));
+        }
         if hits.is_empty() {
             // The rest follows exactly what was shown, whitespace included: `shown` may end in
             // the line break after a sentence, which the rest must not repeat. Only a final text

@@ -66,6 +66,29 @@ pub enum GuardHit {
         /// What matched.
         evidence: String,
     },
+    /// A reply in which the persona claims to be someone else ("I'm Camille, Margot's older
+    /// sister"): [`crate::character`].
+    OtherIdentity {
+        /// What matched.
+        evidence: String,
+    },
+    /// A reply that narrates the persona or steps outside the scene ("As Margot, …", "Margot
+    /// smiles", "in this roleplay").
+    Narration {
+        /// What matched.
+        evidence: String,
+    },
+    /// A reply that talks like a help desk ("I'm here to help you out", "Thank you for sharing
+    /// your experience"). Soft: see [`GuardHit::is_soft`].
+    AssistantSpeak {
+        /// The phrase, or the sentence and the service sentence it resembles.
+        evidence: String,
+    },
+    /// A reply that leaves the user's direct question untouched. Soft.
+    IgnoredQuestion {
+        /// The question.
+        question: String,
+    },
     /// A reply with nothing left after clean-up.
     Empty,
 }
@@ -80,8 +103,29 @@ impl GuardHit {
             GuardHit::SecretLeak => "secret_leak",
             GuardHit::SecretClaim { .. } => "secret_claim",
             GuardHit::CharacterBreak { .. } => "character_break",
+            GuardHit::OtherIdentity { .. } => "other_identity",
+            GuardHit::Narration { .. } => "narration",
+            GuardHit::AssistantSpeak { .. } => "assistant_speak",
+            GuardHit::IgnoredQuestion { .. } => "ignored_question",
             GuardHit::Empty => "empty",
         }
+    }
+
+    /// Whether a draft with only such hits may still be sent when no draft is clean: it is a
+    /// worse reply, not a wrong one, and the fallback line would answer nothing at all.
+    pub fn is_soft(&self) -> bool {
+        matches!(self, GuardHit::AssistantSpeak { .. } | GuardHit::IgnoredQuestion { .. })
+    }
+
+    /// Whether the hit is a break of character (counted together in traces and evaluations).
+    pub fn is_character_break(&self) -> bool {
+        matches!(
+            self,
+            GuardHit::CharacterBreak { .. }
+                | GuardHit::OtherIdentity { .. }
+                | GuardHit::Narration { .. }
+                | GuardHit::AssistantSpeak { .. }
+        )
     }
 
     /// What to tell the model when it must write the reply again.
@@ -92,6 +136,10 @@ impl GuardHit {
             GuardHit::SecretLeak => "Your draft gave away something you keep to yourself. Do not reveal it.".into(),
             GuardHit::SecretClaim { .. } => "Your draft named or confirmed a password or secret. You are not sharing it yet: tease them instead, never name one, and never say whether a guess is right.".into(),
             GuardHit::CharacterBreak { .. } => "Your draft stepped out of character. You are a person in this conversation; never call yourself an AI, a model or an assistant.".into(),
+            GuardHit::OtherIdentity { evidence } => format!("Your draft said \"{evidence}\": that is not you. Speak as yourself, in the first person, under your own name."),
+            GuardHit::Narration { .. } => "Your draft described you from outside (\"As …\", your name in the third person, the scene as a roleplay). Just speak, in the first person, inside the moment.".into(),
+            GuardHit::AssistantSpeak { .. } => "Your draft sounded like a help desk. Talk like a friend at this event: no offers of help, no thanking them for sharing, no advice lists.".into(),
+            GuardHit::IgnoredQuestion { question } => format!("They asked you: \"{question}\" Answer that first, in a sentence, from your own life."),
             GuardHit::Empty => "Your draft was empty. Answer them in a sentence or two.".into(),
         }
     }
@@ -185,6 +233,11 @@ fn rules() -> &'static Rules {
         let denial = Regex::new(r"(?i)\b(?:no|not|nope|nah|wrong|nice try|close|guess again|try again|never|earn\w*|tease)\b|n't\b").expect("denial pattern compiles");
         Rules { injection_patterns, character_break, secret_claim, guess, affirmation, denial, quoted_phrase }
     })
+}
+
+/// What in `reply` says the persona is an AI, a model or an assistant, if anything.
+pub fn ai_break(reply: &str) -> Option<&str> {
+    rules().character_break.find(reply).map(|m| m.as_str())
 }
 
 impl Guards {

@@ -13,7 +13,8 @@
 //! 4. [`closeness`]: a score and a decision (hold / go closer / step back) with its reasons.
 //! 5. [`secret`]: whether the persona's secret may enter the prompt this turn.
 //! 6. [`guards`]: forbidden topics and prompt injection on the way in; forbidden topics, leaks
-//!    and breaks of character on the way out.
+//!    and breaks of character on the way out, the last by [`character`] (another identity,
+//!    narration, assistant-speak, the user's question left unanswered).
 //! 7. [`fewshot`]: the persona's example exchanges that fit this moment.
 //! 8. [`prompt`]: tera templates rendered within a token budget, oldest turns folded into a
 //!    running [`memory`].
@@ -34,6 +35,7 @@
 #![deny(missing_docs)]
 
 pub mod card;
+pub mod character;
 pub mod cleanup;
 pub mod closeness;
 pub mod context;

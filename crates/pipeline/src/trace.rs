@@ -44,6 +44,10 @@ pub struct TurnTrace {
     pub attempts: Vec<Attempt>,
     /// Why the fallback line was used, if it was.
     pub fallback: Option<String>,
+    /// When no draft was clean but one was rejected only for soft hits (assistant-speak, an
+    /// unanswered question), the attempt whose draft was sent instead of the fallback line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_soft: Option<u32>,
     /// The reply as shown.
     pub reply: String,
     /// Microseconds spent in each step.

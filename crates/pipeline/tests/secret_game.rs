@@ -45,6 +45,7 @@ impl Generator for Canned {
                 stop_reason: StopReason::Stop,
                 usage: TokenUsage::default(),
                 timings: Timings::default(),
+                logprobs: Vec::new(),
             })),
         ];
         Ok(Box::pin(futures::stream::iter(events)))

@@ -161,6 +161,7 @@ impl<G: Generator> Generator for Scripted<G> {
                         ..TokenUsage::default()
                     },
                     timings: Timings::default(),
+                    logprobs: Vec::new(),
                 })));
                 Ok(Box::pin(futures::stream::iter(events)))
             }

@@ -8,7 +8,7 @@ use rapport_core::{
 use rapport_pipeline::secret::SecretStatus;
 use rapport_pipeline::stage::Stage;
 use rapport_pipeline::trace::AttemptOutcome;
-use rapport_pipeline::{Conversation, Pipeline, TurnEvent, TurnOutcome, TurnTrace};
+use rapport_pipeline::{Conversation, Pipeline, PipelineConfig, TurnEvent, TurnOutcome, TurnTrace};
 
 use crate::support::{
     at, exclusive, fresh_smollm2, greedy_config, pipeline, rt, smollm2, Script, Scripted,
@@ -64,8 +64,16 @@ fn a_turn_streams_the_reply_and_records_every_step() {
             !t.examples.is_empty() && t.examples[0].score > 0.0,
             "examples retrieved by meaning"
         );
-        assert_eq!(t.attempts.len(), 1, "{:?}", t.attempts);
-        assert!(t.attempts[0].total_ms > 0);
+        // SmolLM2 talks like a help desk now and then ("happy to help"): the character guard
+        // may ask for a second draft, whose outcome is the reply.
+        assert!((1..=2).contains(&t.attempts.len()), "{:?}", t.attempts);
+        assert!(
+            matches!(t.attempts.last().unwrap().outcome, AttemptOutcome::Accepted)
+                || t.kept_soft.is_some(),
+            "{:?}",
+            t.attempts
+        );
+        assert!(t.attempts.iter().all(|a| a.total_ms > 0));
         assert!(t.timings_us.prepare > 0 && t.timings_us.generate > 0);
         // The trace is data: it survives a round trip through JSON unchanged.
         let back: TurnTrace = serde_json::from_str(&serde_json::to_string(t).unwrap()).unwrap();
@@ -169,7 +177,10 @@ fn the_streamed_text_is_the_stored_text() {
         ] {
             let said = Scripted::new(smollm2().await, vec![Script::Say(reply)]);
             let mut c = p.start();
-            let (out, shown, retractions) = turn(&p, &mut c, "What do you make?", 0, &said).await;
+            // Not a question: the scripted replies do not answer one, and this test is about
+            // streaming, not about the character guard.
+            let (out, shown, retractions) =
+                turn(&p, &mut c, "Tell me about your pots.", 0, &said).await;
             assert_eq!(out.reply, reply, "accepted as written");
             assert_eq!(retractions, 0);
             assert_eq!(shown, reply, "streamed and stored differ");
@@ -405,5 +416,86 @@ fn a_warmed_persona_s_first_turn_finds_its_opening_in_the_prefix_cache() {
             after_warm_up.cached_prompt_tokens * 2 > after_warm_up.prompt_tokens,
             "most of the first prompt came from the warm-up: {after_warm_up:?}"
         );
+    });
+}
+
+/// The character guard on drafts the real models wrote (issue 34): another identity is stopped
+/// while it streams and written again; narration likewise; a help-desk draft that stays a
+/// help-desk draft is sent rather than replaced by the fallback line, and the trace says which
+/// attempt was kept; a question left unanswered asks for a second draft that answers it.
+#[test]
+fn breaks_of_character_are_written_again_and_soft_ones_kept_rather_than_dropped() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let p = pipeline("wedding-host", true, greedy_config());
+        // (message, the two drafts, the reply kept, the first draft's hits, the soft draft kept)
+        type Case<'a> = (&'a str, [&'static str; 2], &'a str, &'a [&'a str], Option<u32>);
+        let cases: [Case; 4] = [
+            (
+                "I teach primary school in Manchester. Honestly I'm a bit nervous.",
+                [
+                    "Hey there! I'm Camille, Margot's older sister. Welcome!",
+                    "Oh, a teacher! Don't be nervous, half of them are strangers too.",
+                ],
+                "Oh, a teacher! Don't be nervous, half of them are strangers too.",
+                &["other_identity"],
+                None,
+            ),
+            (
+                "I made it, finally. The roads were awful.",
+                [
+                    "As Margot, I can tell you the roads here are terrible.",
+                    "Ugh, the roads! You made it though, that's what counts.",
+                ],
+                "Ugh, the roads! You made it though, that's what counts.",
+                &["narration"],
+                None,
+            ),
+            (
+                "Honestly I barely know anyone here.",
+                [
+                    "I'm here to help you out with anything you need.",
+                    "Feel free to ask me anything about the weekend.",
+                ],
+                "Feel free to ask me anything about the weekend.",
+                &["assistant_speak"],
+                Some(2),
+            ),
+            (
+                "What's the hardest part of running a whole weekend like this?",
+                [
+                    "Welcome to the Domaine! The bar opens at six.",
+                    "The seating plan, easily. Running a weekend means three aunts who can't sit together.",
+                ],
+                "The seating plan, easily. Running a weekend means three aunts who can't sit together.",
+                &["ignored_question"],
+                None,
+            ),
+        ];
+        for (message, drafts, kept, first_hits, kept_soft) in cases {
+            let said = Scripted::new(
+                smollm2().await,
+                vec![Script::Say(drafts[0]), Script::Say(drafts[1])],
+            );
+            let mut c = p.start();
+            let (out, shown, _) = turn(&p, &mut c, message, 0, &said).await;
+            assert_eq!(out.reply, kept, "{message}");
+            assert_eq!(shown, kept, "what was shown is what was kept: {message}");
+            let t = &out.trace;
+            let AttemptOutcome::Rejected { hits } = &t.attempts[0].outcome else {
+                panic!("the first draft passed: {:?}", t.attempts)
+            };
+            let codes: Vec<&str> = hits.iter().map(|h| h.code()).collect();
+            assert_eq!(codes, first_hits, "{message}");
+            assert!(t.attempts[1].steering.is_some(), "the second draft was told why");
+            assert_eq!(t.kept_soft, kept_soft, "{message}");
+            assert!(t.fallback.is_none(), "{message}");
+        }
+        // Off, the same drafts pass as written.
+        let off = pipeline("wedding-host", true, PipelineConfig { character_guard: false, ..greedy_config() });
+        let said = Scripted::new(smollm2().await, vec![Script::Say(cases[0].1[0])]);
+        let mut c = off.start();
+        let (out, _, _) = turn(&off, &mut c, cases[0].0, 0, &said).await;
+        assert_eq!(out.reply, cases[0].1[0]);
     });
 }

@@ -1031,6 +1031,13 @@ impl Sampler {
         // }
 
         let logits = logits.to_vec1()?;
+        // RAPPORT PATCH (logprobs): upstream reads log-probabilities off whatever its sampling
+        // path holds: raw logits on the greedy path (the log of a logit, NaN when negative),
+        // probabilities truncated by top-k/top-p elsewhere, in base 10. Callers that ask for
+        // them (a judge reading how sure the model is) get, as OpenAI's API defines them, the
+        // natural log of the model's own distribution at this position: a softmax of the raw
+        // logits, before penalties, processors and temperature.
+        let model_logprobs = if return_logprobs { Some(log_softmax(&logits)) } else { None };
         let mut logits = self.apply_penalties(logits, context)?;
         for processor in &self.logits_processors {
             logits = processor.apply(&logits, context)?;
@@ -1076,8 +1083,42 @@ impl Sampler {
                 }
             }
         };
+        // RAPPORT PATCH (logprobs): see above.
+        let next_token = match model_logprobs {
+            Some(logprobs) => self.with_model_logprobs(next_token, &logprobs),
+            None => next_token,
+        };
         Ok(next_token)
     }
+
+    /// RAPPORT PATCH (logprobs): the chosen token's and the top-n tokens' natural
+    /// log-probabilities under the model's own distribution (`logprobs`, a log-softmax).
+    fn with_model_logprobs(&self, mut sampled: Logprobs, logprobs: &[f32]) -> Logprobs {
+        sampled.logprob = logprobs.get(sampled.token as usize).copied().unwrap_or(f32::NEG_INFINITY);
+        let mut ranked = logprobs.to_vec();
+        let top = partial_sort_top_k(&mut ranked, self.top_n_logprobs.min(logprobs.len()), false);
+        sampled.top_logprobs = Some(
+            top.into_iter()
+                .map(|(token, logprob)| TopLogprob {
+                    token,
+                    logprob,
+                    bytes: self
+                        .tokenizer
+                        .as_ref()
+                        .and_then(|t| t.decode(&[token], false).ok()),
+                })
+                .collect(),
+        );
+        sampled
+    }
+}
+
+/// RAPPORT PATCH (logprobs): `ln softmax(x)`, computed stably (max subtracted first).
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| f64::from((x - max).exp())).sum();
+    let log_sum = sum.ln() as f32;
+    logits.iter().map(|&x| x - max - log_sum).collect()
 }
 
 #[cfg(test)]
