@@ -47,12 +47,15 @@ pub struct PersonaBrief {
 #[serde(rename_all = "snake_case")]
 pub enum JudgeMethod {
     /// One call writes a JSON object with an integer score and a reason per criterion (or per
-    /// criterion with `per_criterion`); the score is the integer written.
-    #[default]
+    /// criterion with `per_criterion`); the score is the integer written. For backends without
+    /// log-probabilities.
     Json,
     /// One call per criterion answers a single digit; the score is the probability-weighted mean
     /// over the scale's digits at that position ([`crate::expected`]). Needs a backend that
-    /// returns log-probabilities.
+    /// returns log-probabilities. The default: on 100 held-out chitchat conversations it agreed
+    /// with people significantly better than `Json` on two of three dimensions, at 0.59× the
+    /// cost (docs/eval/evaluation.md).
+    #[default]
     Expected,
 }
 
@@ -104,7 +107,7 @@ impl Default for JudgeConfig {
             max_transcript_chars: 6000,
             seed: 0,
             per_criterion: false,
-            method: JudgeMethod::Json,
+            method: JudgeMethod::Expected,
         }
     }
 }

@@ -84,10 +84,10 @@ pub struct JudgeArgs {
     /// One judge call per criterion (slower; far more reliable with small judges).
     #[arg(long)]
     per_criterion: bool,
-    /// How a score is read: `json` (the judge writes an integer and a reason) or `expected`
-    /// (one digit per criterion; the score is the probability-weighted mean over the scale,
-    /// read from the backend's log-probabilities).
-    #[arg(long, default_value = "json")]
+    /// How a score is read: `expected` (one digit per criterion; the score is the
+    /// probability-weighted mean over the scale, read from the backend's log-probabilities) or
+    /// `json` (the judge writes an integer and a reason; for servers without `logprobs`).
+    #[arg(long, default_value = "expected")]
     method: JudgeMethod,
     /// Transcript budget in characters.
     #[arg(long, default_value_t = 6000)]

@@ -184,7 +184,8 @@ fn calibration_reports_agreement_per_dimension_and_names_bad_lines() {
     let text: String = items.iter().map(|(c, w, u, i)| format!("{{\"context\": \"{c}\", \"annotations\": {{\"witty\": [{w}], \"upbeat\": [{u}, \"n/a\"], \"interesting\": [{i}]}}}}\n")).collect();
     std::fs::write(&rated, text).unwrap();
     let out = rapport()
-        .args(["eval", "calibrate", "-m", "smollm2-135m", "--per-criterion", "--json", "--rated"])
+        .args(["eval", "calibrate", "-m", "smollm2-135m", "--method", "json", "--per-criterion"])
+        .args(["--json", "--rated"])
         .arg(&rated)
         .output()
         .unwrap();
