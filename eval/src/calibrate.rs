@@ -118,10 +118,7 @@ pub const TRAIN_PERCENT: u64 = 40;
 
 /// The split an item id belongs to.
 pub fn split_of(id: &str) -> Split {
-    let h = id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    if h % 100 < TRAIN_PERCENT {
+    if stats::fnv1a(id) % 100 < TRAIN_PERCENT {
         Split::Train
     } else {
         Split::HeldOut

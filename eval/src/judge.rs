@@ -363,10 +363,7 @@ impl Judge {
         for criterion in criteria {
             text.push_str(&serde_json::to_string(criterion).unwrap_or_default());
         }
-        // FNV-1a: stable across builds and platforms, unlike the standard library's hasher.
-        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
+        let hash = crate::stats::fnv1a(&text);
         format!("{model}|{}|{hash:016x}", c.method.as_str())
     }
 

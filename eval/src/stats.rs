@@ -5,6 +5,13 @@
 //! must be reproducible from a seed across releases: the generator is SplitMix64, whose output
 //! is fixed by its definition, not by a crate's version.
 
+/// FNV-1a of `text`: a hash that is the same on every machine and every build (the standard
+/// library's hasher is not), for keys and splits that must not move between runs.
+pub fn fnv1a(text: &str) -> u64 {
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
 /// A tiny deterministic generator (SplitMix64, Steele et al. 2014): the same seed gives the same
 /// resamples on every machine and every version of Rapport.
 #[derive(Debug, Clone)]

@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 use rapport_nlu::{cosine, SentenceEncoder};
 use regex::Regex;
 
+use crate::cleanup::split_sentences;
 use crate::guards::GuardHit;
 use crate::listening::{answers, question_sentences, KeptVector};
 use crate::PipelineError;
@@ -278,8 +279,10 @@ pub fn lexical_breaks(reply: &str, persona_name: &str) -> Vec<GuardHit> {
     hits
 }
 
+/// The pipeline's sentences ([`split_sentences`]), trimmed, without pieces that hold no word.
 fn sentences(text: &str) -> Vec<&str> {
-    text.split_inclusive(['.', '!', '?', '\n'])
+    split_sentences(text)
+        .into_iter()
         .map(str::trim)
         .filter(|s| s.chars().any(char::is_alphanumeric))
         .collect()
