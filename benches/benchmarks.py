@@ -101,17 +101,34 @@ def llamacpp_section():
         return []
     out = ["## The engine against llama.cpp", "",
            "`python3 benches/compare_llamacpp.py --model MODEL --runs N` (greedy, 48 new tokens; ratios: decode Rapport ÷ llama.cpp, "
-           "≥ 1 is as fast or faster). These files predate recording the machine and date; docs/dev/speed.md dates them "
-           "(2026-11-24, a Zen 3). Issue 36 measured 0.74–0.76× for the default model with a persona in context on the 2-core AMD EPYC "
-           "of the tables above, so read them as one machine's figures.", "",
-           "| model | prompt | tokens | decode tok/s llama.cpp | decode tok/s Rapport | decode ratio | TTFT ratio | file |",
-           "|---|---|---|---|---|---|---|---|"]
+           "≥ 1 is as fast or faster). Each result records its machine since issue 36; the files without one predate that, and "
+           "docs/dev/speed.md dates them (2026-11-24, a Zen 3). Issue 36 measured 0.74–0.76× for the default model with a persona in "
+           "context on the 2-core AMD EPYC of the tables above, so read each row as its machine's figure only.", "",
+           "| model | prompt | tokens | decode tok/s llama.cpp | decode tok/s Rapport | decode ratio | TTFT ratio | machine | file |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for f in files:
         d = load(f)
+        m = d.get("machine")
+        where = f"{m['cpu']}, {m['cores']} cores, {m['date']}" if m else "not recorded (2026-11-24, Zen 3)"
         for row in d["rows"]:
             out.append(f"| {d['model']} | {row['prompt']} | {row['prompt_tokens']} | {row['llamacpp']['decode_tok_per_s_p50']:.1f} | "
-                       f"{row['rapport']['decode_tok_per_s_p50']:.1f} | {row['decode_ratio']:.2f}× | {row['ttft_ratio']:.2f}× | `{rel(f)}` |")
+                       f"{row['rapport']['decode_tok_per_s_p50']:.1f} | {row['decode_ratio']:.2f}× | {row['ttft_ratio']:.2f}× | {where} | `{rel(f)}` |")
     return out + [""]
+
+
+def change_rows(d, wanted, a_name, b_name):
+    """A comparison's table (`rapport eval compare`'s compare.json), the measures in `wanted` order."""
+    out = [f"| measure | {a_name} | {b_name} | change [95% CI] | p | Holm p | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    by_id = {ch["id"]: ch for ch in d["changes"]}
+    for key in wanted:
+        ch = by_id.get(key)
+        if not ch:
+            continue
+        delta = ch["difference"]["delta"]
+        out.append(f"| {ch['name']} | {ch['mean_a']:.2f} | {ch['mean_b']:.2f} | {delta['value']:+.2f} [{delta['low']:+.2f}, {delta['high']:+.2f}] | "
+                   f"{ch['difference']['p_value']:.3f} | {ch['p_adjusted']:.3f} | {ch['verdict']} |")
+    return out
 
 
 def partner_section():
@@ -122,20 +139,30 @@ def partner_section():
     out = ["## The character guard, off and on", "",
            f"{machine(c)}, {c['date']}, `{c['model']}` as persona, simulated users and judge (`--method expected`); "
            f"{d['paired_dialogues']} paired dialogues; {c['note']}. Commands: " + "; ".join(f"`{x}`" for x in c["commands"]) +
-           " (reading: [docs/eval/partner-quality.md](docs/eval/partner-quality.md)).", "",
-           "| measure | guard off | guard on | change [95% CI] | p | Holm p | verdict |",
-           "|---|---|---|---|---|---|---|"]
-    wanted = ["character_breaks", "unanswered_questions", "in_role", "engaging", "empathy", "guard_rejections",
-              "fallbacks", "ttft_ms", "reply_ms"]
-    by_id = {ch["id"]: ch for ch in d["changes"]}
-    for key in wanted:
-        ch = by_id.get(key)
-        if not ch:
-            continue
-        delta = ch["difference"]["delta"]
-        out.append(f"| {ch['name']} | {ch['mean_a']:.2f} | {ch['mean_b']:.2f} | {delta['value']:+.2f} [{delta['low']:+.2f}, {delta['high']:+.2f}] | "
-                   f"{ch['difference']['p_value']:.3f} | {ch['p_adjusted']:.3f} | {ch['verdict']} |")
+           " (reading: [docs/eval/partner-quality.md](docs/eval/partner-quality.md)).", ""]
+    out += change_rows(d, ["character_breaks", "unanswered_questions", "in_role", "engaging", "empathy", "guard_rejections",
+                           "fallbacks", "ttft_ms", "reply_ms"], "guard off", "guard on")
     return out + [f"", f"File: `{rel(path)}`.", ""]
+
+
+def layout_section():
+    c_path = os.path.join(RESULTS, "layout", "context.json")
+    if not os.path.exists(c_path):
+        return []
+    c = load(c_path)
+    out = ["## Prompt layouts, judged", "",
+           f"{machine(c)}, {c['date']}, `{c['model']}` as persona, simulated users and judge (`--method expected`); "
+           f"{c['note']}. Commands: " + "; ".join(f"`{x}`" for x in c["commands"]) +
+           " (reading: [docs/eval/prompt-layout.md](docs/eval/prompt-layout.md)).", ""]
+    for comparison in c["comparisons"]:
+        path = os.path.join(RESULTS, "layout", comparison["file"])
+        d = load(path)
+        out += [f"**{comparison['a']} → {comparison['b']}**, {d['paired_dialogues']} paired dialogues (`{rel(path)}`):", ""]
+        out += change_rows(d, ["character_breaks", "unanswered_questions", "in_role", "engaging", "empathy", "voice",
+                               "new_prompt_tokens", "prompt_tokens", "ttft_ms", "reply_ms", "guard_rejections", "fallbacks"],
+                           comparison["a"], comparison["b"])
+        out.append("")
+    return out
 
 
 def judge_section():
@@ -166,7 +193,7 @@ def page():
              "The current figures, generated from `benches/results/` by `python3 benches/benchmarks.py` "
              "(the test suite checks this page is what the files give). History and superseded figures: "
              "[docs/dev/speed.md](docs/dev/speed.md), [docs/dev/performance.md](docs/dev/performance.md).", ""]
-    for section in (judge_section, partner_section, latency_section, abuse_section, secret_section, llamacpp_section):
+    for section in (judge_section, layout_section, partner_section, latency_section, abuse_section, secret_section, llamacpp_section):
         lines += section()
     return "\n".join(lines).rstrip("\n") + "\n"
 

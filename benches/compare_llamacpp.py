@@ -78,6 +78,27 @@ def run_llamacpp(model_path, prompts, runs, max_tokens, threads):
     return out
 
 
+def machine():
+    """The CPU this ran on, so that a figure is never read as another machine's: kernels tuned on
+    one CPU have lost on the next (issue 36). Model name, the SIMD flags the engines can use,
+    cores, and the date."""
+    info = {"cpu": "unknown", "flags": [], "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and info["cpu"] == "unknown":
+            info["cpu"] = value.strip()
+        elif key == "flags" and not info["flags"]:
+            wanted = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16")
+            have = set(value.split())
+            info["flags"] = [f for f in wanted if f in have]
+    return info
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -122,7 +143,9 @@ def main():
     def f(x, spec):
         return "-" if x is None else format(x, spec)
 
-    print(f"\n{args.model}, greedy, {args.max_tokens} new tokens, {args.threads} threads, p50 of {args.runs} runs after a cold one\n")
+    cpu = machine()
+    print(f"\n{args.model}, greedy, {args.max_tokens} new tokens, {args.threads} threads, p50 of {args.runs} runs after a cold one")
+    print(f"{cpu['cpu']} ({cpu['cores']} cores; {' '.join(cpu['flags'])}), {cpu['date']}\n")
     print("| prompt | tokens | decode tok/s llama.cpp | decode tok/s Rapport | decode ratio | TTFT llama.cpp | TTFT Rapport | TTFT ratio | cold TTFT llama.cpp | cold TTFT Rapport |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -131,7 +154,7 @@ def main():
               f"{f(r['decode_ratio'], '.2f')}x | {f(t['ttft_p50_s'], '.2f')} s | {f(m['ttft_p50_s'], '.2f')} s | {f(r['ttft_ratio'], '.2f')}x | "
               f"{f(t['ttft_cold_s'], '.2f')} s | {f(m['ttft_cold_s'], '.2f')} s |")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"model": args.model, "runs": args.runs, "max_tokens": args.max_tokens, "rows": rows}, indent=2))
+        Path(args.json_out).write_text(json.dumps({"model": args.model, "runs": args.runs, "max_tokens": args.max_tokens, "machine": cpu, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ cargo fmt -- --check >/dev/null || { echo "error: code not formatted: run cargo 
 # in the workspace's own code (vendor/ is a dependency: its warnings are shown, not denied).
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo build --release -p rapport
+# vendor/ is the pinned crates.io releases plus the patches recorded in vendor/patches/.
+bash scripts/vendor-check.sh
 # The figures on BENCHMARKS.md are what benches/results/ says, not retyped.
 python3 benches/benchmarks.py --check
 for model in smollm2-135m minilm-l6; do

@@ -55,6 +55,23 @@ pub struct BatchSpec {
     /// run's scores only when it was fitted under the same key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge_key: Option<String>,
+    /// The persona pipeline's options that a comparison of two runs needs to name (none in
+    /// runs written before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineOptions>,
+}
+
+/// What a run's persona pipeline was set to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineOptions {
+    /// The prompt layout (`rapport_pipeline::prompt::PromptLayout`'s name).
+    pub layout: String,
+    /// Whether drafts were checked for breaks of character.
+    pub character_guard: bool,
+    /// Whether help-desk sentences were cut rather than the draft written again (false in runs
+    /// from before the cut existed, which is what they did).
+    #[serde(default)]
+    pub cut_service: bool,
 }
 
 impl BatchSpec {
@@ -505,6 +522,7 @@ mod tests {
             judge_samples: 1,
             judge_method: None,
             judge_key: None,
+            pipeline: None,
         };
         assert!(!run.claim(&spec).unwrap());
         assert!(run.claim(&spec).unwrap(), "the same batch resumes");

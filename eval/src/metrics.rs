@@ -70,6 +70,9 @@ pub enum Metric {
     ReplyMs,
     /// Mean prompt tokens per reply.
     PromptTokens,
+    /// Mean prompt tokens per reply that the backend's prefix cache did not serve (read again
+    /// before the first token: what the prompt layout costs in time), first drafts only.
+    NewPromptTokens,
     /// Mean completion tokens per reply.
     CompletionTokens,
     /// The simulated user's emotion at the end minus at the start (0–100 scale).
@@ -86,7 +89,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 26] = [
+    pub const ALL: [Metric; 27] = [
         Metric::Distinct1,
         Metric::Distinct2,
         Metric::Repetition,
@@ -107,6 +110,7 @@ impl Metric {
         Metric::TtftMs,
         Metric::ReplyMs,
         Metric::PromptTokens,
+        Metric::NewPromptTokens,
         Metric::CompletionTokens,
         Metric::SimulatorEmotionChange,
         Metric::OpenQuestionRate,
@@ -144,7 +148,7 @@ impl Metric {
             | Reciprocity
             | UserPacing => Some(true),
             Repetition | CharacterBreaks | UnansweredQuestions | GuardRejections | Fallbacks
-            | SecretLeaks | SecretClaims | TtftMs | ReplyMs => Some(false),
+            | SecretLeaks | SecretClaims | TtftMs | ReplyMs | NewPromptTokens => Some(false),
             ReplyWords | TurnsToCasual | TurnsToClose | TurnsToUnlock | InputGuardHits
             | PromptTokens | CompletionTokens => None,
         }
@@ -230,6 +234,17 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
             .collect();
         if let Some(v) = crate::stats::mean(&prompt) {
             out.insert(Metric::PromptTokens, v);
+        }
+        // Only where the backend says what its cache served: a backend without a prefix cache
+        // (or one that does not report it) would otherwise read as if nothing was cached.
+        let new: Vec<f64> = traces
+            .iter()
+            .filter_map(|t| t.attempts.first())
+            .filter_map(|a| Some(a.prompt_tokens?.saturating_sub(a.cached_prompt_tokens?)))
+            .map(f64::from)
+            .collect();
+        if let Some(v) = crate::stats::mean(&new) {
+            out.insert(Metric::NewPromptTokens, v);
         }
         if let Some(v) = crate::stats::mean(&completion) {
             out.insert(Metric::CompletionTokens, v);

@@ -6,6 +6,8 @@ use clap::Args;
 use rapport_core::{collect_completion, ChatMessage, GenerationRequest};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use rapport_pipeline::prompt::PromptLayout;
+
 use crate::backend::BackendArgs;
 use crate::terminal::{next_input, Input};
 
@@ -45,10 +47,12 @@ pub struct ChatArgs {
     /// Prompt templates directory (defaults to the templates built into the binary).
     #[arg(long, requires = "persona")]
     pub(crate) prompts: Option<std::path::PathBuf>,
-    /// Put each turn's notes in the opening system message instead of a system message just
-    /// before the user's (for servers whose chat template allows only one system message).
-    #[arg(long, requires = "persona")]
-    pub(crate) notes_in_system: bool,
+    /// Where each turn's notes and the persona's examples go: `cached` (examples for the stage
+    /// as earlier exchanges, notes after the message: the least read again each turn),
+    /// `notes-before-message`, or `notes-in-system` (for chat templates that allow only one
+    /// system message).
+    #[arg(long, requires = "persona", default_value_t = PromptLayout::default())]
+    pub(crate) layout: PromptLayout,
     /// Context window the prompt may fill, in tokens.
     #[arg(long, default_value_t = 2048)]
     pub(crate) context_tokens: usize,
@@ -65,7 +69,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             personas: args.personas.clone(),
             lexical_only: args.lexical_only,
             prompts: args.prompts.clone(),
-            notes_in_system: args.notes_in_system,
+            layout: args.layout,
             context_tokens: args.context_tokens,
             trace_json: args.trace_json.clone(),
             trace: args.trace,

@@ -1,7 +1,7 @@
-//! The documentation against the program: every `rapport …` command line shown in the README
-//! and under `docs/` is parsed by the real command-line parser, and every relative link points
-//! at a file that exists, so that a renamed flag or a moved page fails the tests instead of a
-//! reader.
+//! The documentation against the programs: every `rapport …` and `rapport-load …` command line
+//! shown in the README and under `docs/` is parsed by the program's real command-line parser,
+//! and every relative link points at a file that exists, so that a renamed flag or a moved page
+//! fails the tests instead of a reader.
 
 use std::path::{Path, PathBuf};
 
@@ -35,9 +35,38 @@ fn pages() -> Vec<PathBuf> {
     pages
 }
 
+/// The programs whose command lines the docs show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Program {
+    /// `rapport` (or `$RAPPORT_BIN`).
+    Rapport,
+    /// `rapport-load`.
+    Load,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Program::Rapport => "rapport",
+            Program::Load => "rapport-load",
+        }
+    }
+
+    /// Parses `words` (after the program's name) with the program's own parser.
+    fn parse(self, words: Vec<String>) -> Result<(), clap::Error> {
+        let argv = std::iter::once(self.name().to_string()).chain(words);
+        match self {
+            Program::Rapport => Cli::try_parse_from(argv).map(drop),
+            Program::Load => rapport_load::cli::Cli::try_parse_from(argv).map(drop),
+        }
+    }
+}
+
 /// A command line found in a page.
 #[derive(Debug, PartialEq)]
 struct Shown {
+    /// Which program it runs.
+    program: Program,
     /// Its words after the program's name.
     words: Vec<String>,
     /// In a code block (a command to copy, which must parse whole), not an inline span (a
@@ -72,17 +101,28 @@ fn command_lines(text: &str) -> Vec<Shown> {
         }
     }
     out.into_iter()
-        .filter_map(|(line, fenced)| rapport_words(&line).map(|words| Shown { words, fenced }))
+        .filter_map(|(line, fenced)| {
+            invocation(&line).map(|(program, words)| Shown { program, words, fenced })
+        })
         .collect()
 }
 
-/// The words of a `rapport` (or `$RAPPORT_BIN`) invocation in `line`, after the program name,
-/// up to a comment, a pipe or a redirection; `None` when the line runs something else.
-/// Placeholders written as `[--flag]` count as the flag, `a|b` as its first choice, `…` as
-/// nothing.
+/// The words of a `rapport` (or `$RAPPORT_BIN`) invocation in `line`, after the program name.
+#[cfg(test)]
 fn rapport_words(line: &str) -> Option<Vec<String>> {
+    invocation(line).filter(|(p, _)| *p == Program::Rapport).map(|(_, words)| words)
+}
+
+/// The program a line runs and its words after the program's name, up to a comment, a pipe or
+/// a redirection; `None` when the line runs something else. Placeholders written as `[--flag]`
+/// count as the flag, `a|b` as its first choice, `…` as nothing.
+fn invocation(line: &str) -> Option<(Program, Vec<String>)> {
     let words = shell_words(line.trim())?;
-    let start = words.iter().position(|w| w == "rapport" || w == "$RAPPORT_BIN")?;
+    let (start, program) = words.iter().enumerate().find_map(|(i, w)| match w.as_str() {
+        "rapport" | "$RAPPORT_BIN" => Some((i, Program::Rapport)),
+        "rapport-load" => Some((i, Program::Load)),
+        _ => None,
+    })?;
     if start != 0 && !words[..start].iter().all(|w| w.contains('=')) {
         return None;
     }
@@ -102,7 +142,7 @@ fn rapport_words(line: &str) -> Option<Vec<String>> {
         }
         out.push(word.to_string());
     }
-    (!out.is_empty()).then_some(out)
+    (!out.is_empty()).then_some((program, out))
 }
 
 /// Splits like a shell: whitespace separates, quotes group, a backslash escapes. `None` for
@@ -154,10 +194,8 @@ fn every_rapport_command_in_the_docs_parses() {
         let text = std::fs::read_to_string(&page).unwrap();
         for shown in command_lines(&text) {
             checked += 1;
-            let line = shown.words.join(" ");
-            if let Err(e) =
-                Cli::try_parse_from(std::iter::once("rapport".to_string()).chain(shown.words))
-            {
+            let line = format!("{} {}", shown.program.name(), shown.words.join(" "));
+            if let Err(e) = shown.program.parse(shown.words) {
                 use clap::error::ErrorKind::*;
                 let help = matches!(e.kind(), DisplayHelp | DisplayVersion);
                 let a_mention = !shown.fenced
@@ -171,7 +209,7 @@ fn every_rapport_command_in_the_docs_parses() {
                     );
                 if !help && !a_mention {
                     broken.push(format!(
-                        "{}: `rapport {line}`: {}",
+                        "{}: `{line}`: {}",
                         page.strip_prefix(root()).unwrap_or(&page).display(),
                         e.to_string().lines().next().unwrap_or_default()
                     ));
@@ -234,10 +272,21 @@ fn command_lines_are_read_as_a_shell_would() {
     );
     assert_eq!(rapport_words("cargo run -p rapport"), None);
     assert_eq!(rapport_words("rapport-load run"), None);
+    assert_eq!(
+        invocation("RAPPORT_BIN=x rapport-load sweep --levels 1,4 # chart"),
+        Some((Program::Load, vec!["sweep".into(), "--levels".into(), "1,4".into()]))
+    );
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(Program::Load.parse(words(&["sweep", "--levels", "1,4"])).is_ok());
+    assert!(Program::Load.parse(words(&["sweep", "--no-such-flag"])).is_err());
+    assert!(Program::Rapport.parse(words(&["eval", "run", "--layout", "cached"])).is_ok());
+    assert!(Program::Rapport.parse(words(&["eval", "run", "--layout", "cache"])).is_err());
     assert_eq!(
         command_lines("```sh\nrapport serve \\\n  --listen 127.0.0.1:9\n```\nand `rapport models list` inline"),
-        [Shown { words: words(&["serve", "--listen", "127.0.0.1:9"]), fenced: true }, Shown { words: words(&["models", "list"]), fenced: false }]
+        [
+            Shown { program: Program::Rapport, words: words(&["serve", "--listen", "127.0.0.1:9"]), fenced: true },
+            Shown { program: Program::Rapport, words: words(&["models", "list"]), fenced: false }
+        ]
     );
     assert_eq!(
         rapport_words("rapport eval compare A B ───┴─► which changed").unwrap(),

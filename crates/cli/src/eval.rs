@@ -20,7 +20,7 @@ use rapport_eval::simulator::{self, RuleMatcher};
 use rapport_eval::{Dialogue, Rubric};
 use rapport_models::{preset, ModelCache, Puller};
 use rapport_nlu::emotion::EmotionClassifier;
-use rapport_pipeline::prompt::{Prompts, TokenBudget};
+use rapport_pipeline::prompt::{PromptLayout, Prompts, TokenBudget};
 use rapport_pipeline::{PersonaLibrary, Pipeline, PipelineConfig};
 
 use crate::backend::{Backend, BackendArgs};
@@ -137,6 +137,16 @@ pub struct RunArgs {
     /// the check is worth against a run with it).
     #[arg(long)]
     no_character_guard: bool,
+    /// Cut a help-desk draft's help-desk sentences instead of writing it again, when a reply
+    /// is left (off by default until measured; docs/eval/partner-quality.md).
+    #[arg(long)]
+    cut_service: bool,
+    /// Where each turn's notes and the persona's examples go: `cached` (examples for the stage
+    /// as earlier exchanges, notes after the message: the least read again each turn),
+    /// `notes-before-message`, or `notes-in-system` (for chat templates that allow only one
+    /// system message).
+    #[arg(long, default_value_t = PromptLayout::default())]
+    layout: PromptLayout,
     #[arg(long, env = "RAPPORT_PERSONAS")]
     personas_dir: Option<PathBuf>,
     #[arg(long)]
@@ -485,6 +495,8 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
         },
         sampling,
         character_guard: !args.no_character_guard,
+        layout: args.layout,
+        cut_service: args.cut_service,
         ..PipelineConfig::default()
     };
     let prompts = Arc::new(Prompts::embedded());
@@ -508,6 +520,11 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
         judge_samples: args.judge.samples.max(1),
         judge_method: None,
         judge_key: None,
+        pipeline: Some(batch::PipelineOptions {
+            layout: args.layout.to_string(),
+            character_guard: !args.no_character_guard,
+            cut_service: args.cut_service,
+        }),
     };
     let judge = judge.as_ref().map(|b| make_judge(&args.judge, b)).transpose()?;
     let mut spec = spec;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use rapport_core::SamplingParams;
 use rapport_pipeline::card::{import_bytes, ImportedCard};
-use rapport_pipeline::prompt::{NotesPlacement, Prompts, TokenBudget};
+use rapport_pipeline::prompt::{PromptLayout, Prompts, TokenBudget};
 use rapport_pipeline::{Persona, PersonaLibrary, Pipeline, PipelineConfig, TurnEvent, TurnTrace};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -47,7 +47,7 @@ pub struct Options {
     pub personas: Option<PathBuf>,
     pub lexical_only: bool,
     pub prompts: Option<PathBuf>,
-    pub notes_in_system: bool,
+    pub layout: PromptLayout,
     pub context_tokens: usize,
     pub trace_json: Option<PathBuf>,
     pub trace: bool,
@@ -70,15 +70,13 @@ pub async fn run(
         Some(dir) => Prompts::from_dir(dir)?,
         None => Prompts::embedded(),
     };
-    let notes =
-        if args.notes_in_system { NotesPlacement::InSystem } else { NotesPlacement::BeforeMessage };
     let config = PipelineConfig {
         budget: TokenBudget {
             context_tokens: args.context_tokens,
             reply_tokens: sampling.max_tokens as usize,
         },
         sampling,
-        notes,
+        layout: args.layout,
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::new(persona, nlu, Arc::new(prompts), config)?;

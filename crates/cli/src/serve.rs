@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use rapport_pipeline::prompt::{Prompts, TokenBudget};
+use rapport_pipeline::prompt::{PromptLayout, Prompts, TokenBudget};
 use rapport_pipeline::{PersonaLibrary, PipelineConfig};
 use rapport_server::{AppConfig, AppState, Personas, RateLimit};
 use rapport_store::Store;
@@ -74,6 +74,12 @@ pub struct ServeArgs {
     /// still checked.
     #[arg(long)]
     no_character_guard: bool,
+    /// Where each turn's notes and the persona's examples go: `cached` (examples for the stage
+    /// as earlier exchanges, notes after the message: the least read again each turn),
+    /// `notes-before-message`, or `notes-in-system` (for chat templates that allow only one
+    /// system message).
+    #[arg(long, default_value_t = PromptLayout::default())]
+    layout: PromptLayout,
     #[command(flatten)]
     door: DoorArgs,
 }
@@ -219,6 +225,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         sampling,
         stream_words: args.stream_words,
         character_guard: !args.no_character_guard,
+        layout: args.layout,
         ..PipelineConfig::default()
     };
     let personas = Personas::new(library, nlu, Arc::new(Prompts::embedded()), config);

@@ -17,6 +17,7 @@
 pub mod abuse;
 pub mod chaos;
 pub mod chart;
+pub mod cli;
 pub mod client;
 pub mod drills;
 pub mod faults;

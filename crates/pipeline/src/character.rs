@@ -243,6 +243,43 @@ impl CharacterGuard {
             .max_by(|a, b| a.0.total_cmp(&b.0))
     }
 
+    /// The reply without its help-desk sentences, when what is left is still a reply: at least
+    /// one sentence of three words or more, and nothing else changed. Last session's batch found
+    /// that most help-desk drafts that stayed help-desk after a second draft had a sentence worth
+    /// keeping ("Oh, a school trip! Let me know if you need anything." keeps its first half), so
+    /// cutting costs nothing where a second draft costs a whole generation. Sentences are the
+    /// pipeline's, cut out of the original text, so what remains is the model's own words.
+    pub fn without_service(
+        &self,
+        reply: &str,
+        encoder: Option<&SentenceEncoder>,
+    ) -> Option<String> {
+        let all = sentences(reply);
+        let service: Vec<bool> = match encoder.filter(|_| !self.service_vectors.is_empty()) {
+            Some(enc) => {
+                let vectors = enc.encode_batch(&all).ok()?;
+                all.iter()
+                    .zip(vectors)
+                    .map(|(s, v)| {
+                        rules().service.is_match(s)
+                            || self
+                                .service_vectors
+                                .iter()
+                                .any(|(e, _)| cosine(&v.0, e) >= SERVICE_SIMILARITY)
+                    })
+                    .collect()
+            }
+            None => all.iter().map(|s| rules().service.is_match(s)).collect(),
+        };
+        if !service.contains(&true) {
+            return None;
+        }
+        let kept: Vec<&str> =
+            all.iter().zip(&service).filter(|(_, &cut)| !cut).map(|(s, _)| *s).collect();
+        let words = |s: &str| s.split_whitespace().count();
+        kept.iter().any(|s| words(s) >= 3).then(|| kept.join(" "))
+    }
+
     /// Whether the lexical service phrases match (public for measuring the two halves apart).
     pub fn service_phrase(reply: &str) -> Option<&str> {
         rules().service.find(reply).map(|m| m.as_str())
@@ -319,6 +356,26 @@ mod tests {
         assert_eq!(codes(&hits), ["narration"]);
         let hits = g.check("Thank you for sharing your experience.", None, None, None);
         assert_eq!(codes(&hits), ["assistant_speak"]);
+    }
+
+    #[test]
+    fn help_desk_sentences_are_cut_when_a_reply_is_left() {
+        let g = margot();
+        assert_eq!(
+            g.without_service(
+                "Oh, a school trip! Sixty kids is brave. Let me know if you need anything.",
+                None
+            )
+            .as_deref(),
+            Some("Oh, a school trip! Sixty kids is brave.")
+        );
+        assert_eq!(
+            g.without_service("Thank you for sharing. Feel free to ask me anything!", None),
+            None,
+            "nothing of her own is left"
+        );
+        assert_eq!(g.without_service("Yes! I'm here to help.", None), None, "too little is left");
+        assert_eq!(g.without_service("I lost the dog twice today.", None), None, "nothing to cut");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::guards::{AllowedRuns, GuardHit, Guards, LeakDetector, LockedSecret};
 use crate::listening::{question_sentences, read_thread, Thread, ThreadInput, RECENT_REPLIES};
 use crate::memory::Memory;
 use crate::persona::Persona;
-use crate::prompt::{assemble, NotesPlacement, PromptInput, Prompts, TokenBudget};
+use crate::prompt::{assemble, PromptInput, PromptLayout, Prompts, TokenBudget};
 use crate::secret::{gate, Provenance, SecretStatus};
 use crate::signals::read_signals;
 use crate::stage::{record_reply, track, StageInput, StageState};
@@ -41,16 +41,20 @@ use crate::PipelineError;
 pub struct PipelineConfig {
     /// Token budget of the prompt.
     pub budget: TokenBudget,
-    /// Few-shot examples per prompt.
+    /// Few-shot examples per prompt, chosen for each message (the notes-before-message and
+    /// notes-in-system layouts).
     pub examples: usize,
+    /// Examples per stage in the cached layout (read once per stage, so more of them cost
+    /// little).
+    pub stage_examples: usize,
     /// Retries of a generation after a transient error.
     pub retries: u32,
     /// Wait before the first retry; doubled for each further one.
     pub backoff: Duration,
     /// Sampling (max_tokens is capped by the budget's reply tokens).
     pub sampling: SamplingParams,
-    /// Where the turn's notes go in the prompt.
-    pub notes: NotesPlacement,
+    /// Where the turn's notes and the examples go in the prompt.
+    pub layout: PromptLayout,
     /// Show the reply word by word once this many words have passed the lexical guards (0:
     /// sentence by sentence). Earlier first words; a retract still replaces them if a later
     /// check fails.
@@ -58,6 +62,11 @@ pub struct PipelineConfig {
     /// Check drafts for breaks of character and unanswered questions ([`crate::character`])
     /// and write them again. Off only to measure what the checks are worth.
     pub character_guard: bool,
+    /// A draft whose only fault is help-desk sentences loses those sentences instead of being
+    /// written again, when a reply is left ([`crate::character::CharacterGuard::without_service`]).
+    /// Off until a judged batch shows what it does to the replies (`rapport eval run
+    /// --cut-service`).
+    pub cut_service: bool,
 }
 
 impl Default for PipelineConfig {
@@ -65,12 +74,14 @@ impl Default for PipelineConfig {
         Self {
             budget: TokenBudget::default(),
             examples: 3,
+            stage_examples: 8,
             retries: 2,
             backoff: Duration::from_millis(400),
             sampling: SamplingParams::default(),
-            notes: NotesPlacement::default(),
+            layout: PromptLayout::default(),
             stream_words: 3,
             character_guard: true,
+            cut_service: false,
         }
     }
 }
@@ -322,12 +333,16 @@ impl Pipeline {
 
         let context_vector =
             conversation.thread.replies.last().map(|v| Embedding(v.values().to_vec()));
-        let examples = self.fewshot.choose(
-            vector.as_ref(),
-            context_vector.as_ref(),
-            stage_state.stage,
-            self.config.examples,
-        );
+        let examples = if self.config.layout.examples_per_stage() {
+            self.fewshot.for_stage(stage_state.stage, self.config.stage_examples)
+        } else {
+            self.fewshot.choose(
+                vector.as_ref(),
+                context_vector.as_ref(),
+                stage_state.stage,
+                self.config.examples,
+            )
+        };
 
         let prompt_started = Instant::now();
         let input = PromptInput {
@@ -342,6 +357,7 @@ impl Pipeline {
             repeating: signals.thread.repeats_in_a_row >= 2,
             guard_notes,
             examples: examples.clone(),
+            stage_examples: Vec::new(),
             memory: None,
         };
         let assembled = assemble(
@@ -351,7 +367,7 @@ impl Pipeline {
             message,
             &conversation.memory,
             self.config.budget,
-            self.config.notes,
+            self.config.layout,
         )?;
         let prompt_us = prompt_started.elapsed().as_micros() as u64;
 
@@ -692,7 +708,7 @@ impl Pipeline {
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
         review_us: &mut u64,
     ) -> Result<Draft, GenerationError> {
-        let ReplyChecks { leaks, locked_secret, asked } = checks;
+        let ReplyChecks { leaks, locked_secret, .. } = checks;
         let started = Instant::now();
         let mut first_chunk_ms = None;
         let mut stream = generator.generate(request).await?;
@@ -756,29 +772,20 @@ impl Pipeline {
         drop(stream);
         let t = Instant::now();
         let hit_limit = summary.as_ref().is_some_and(|s| s.stop_reason == StopReason::Length);
-        let cleaned = self.cleaner.clean(&raw, true, hit_limit);
-        let vector = match &self.nlu {
-            Some(nlu) if !cleaned.text.is_empty() => Some(
-                nlu.encoder()
-                    .encode(&cleaned.text)
-                    .map_err(|e| GenerationError::Backend(format!("embedding the reply: {e}")))?
-                    .0,
-            ),
-            _ => None,
-        };
-        let mut hits = self.guards.check_reply(
-            &cleaned.text,
-            vector.clone().map(Embedding).as_ref(),
-            locked_secret,
-            leaks,
-        );
-        if self.config.character_guard && !cleaned.text.is_empty() {
-            hits.extend(self.character.check(
-                &cleaned.text,
-                self.nlu.as_deref().map(EmotionClassifier::encoder),
-                vector.as_deref(),
-                asked,
-            ));
+        let mut cleaned = self.cleaner.clean(&raw, true, hit_limit);
+        let (mut vector, mut hits) = self.review(&cleaned.text, checks)?;
+        let only_service =
+            !hits.is_empty() && hits.iter().all(|h| matches!(h, GuardHit::AssistantSpeak { .. }));
+        if self.config.cut_service && only_service {
+            let encoder = self.nlu.as_deref().map(EmotionClassifier::encoder);
+            if let Some(cut) = self.character.without_service(&cleaned.text, encoder) {
+                let (cut_vector, cut_hits) = self.review(&cut, checks)?;
+                if cut_hits.is_empty() {
+                    cleaned.text = cut;
+                    cleaned.edits.push("cut help-desk sentences".into());
+                    (vector, hits) = (cut_vector, cut_hits);
+                }
+            }
         }
         if hits.is_empty() {
             // The rest follows exactly what was shown, whitespace included: `shown` may end in
@@ -808,6 +815,40 @@ impl Pipeline {
             shown: !shown.is_empty(),
             first_chunk_ms,
         })
+    }
+
+    /// Every check on a finished text: the guards and, when on, the character guard. Returns
+    /// the text's vector (for the next turn's reading) with the hits.
+    fn review(
+        &self,
+        text: &str,
+        checks: ReplyChecks<'_>,
+    ) -> Result<(Option<Vec<f32>>, Vec<GuardHit>), GenerationError> {
+        let ReplyChecks { leaks, locked_secret, asked } = checks;
+        let vector = match &self.nlu {
+            Some(nlu) if !text.is_empty() => Some(
+                nlu.encoder()
+                    .encode(text)
+                    .map_err(|e| GenerationError::Backend(format!("embedding the reply: {e}")))?
+                    .0,
+            ),
+            _ => None,
+        };
+        let mut hits = self.guards.check_reply(
+            text,
+            vector.clone().map(Embedding).as_ref(),
+            locked_secret,
+            leaks,
+        );
+        if self.config.character_guard && !text.is_empty() {
+            hits.extend(self.character.check(
+                text,
+                self.nlu.as_deref().map(EmotionClassifier::encoder),
+                vector.as_deref(),
+                asked,
+            ));
+        }
+        Ok((vector, hits))
     }
 
     /// An in-character line for when no acceptable reply could be generated; never the same as

@@ -61,12 +61,7 @@ impl FewShot {
         k: usize,
     ) -> Vec<ChosenExample> {
         let suits = |i: usize| self.stages[i].is_none_or(|s| s <= stage);
-        let pick = |index: usize, score: f32| ChosenExample {
-            index,
-            score: (score * 1000.0).round() / 1000.0,
-            user: self.exchanges[index].user.clone(),
-            reply: self.exchanges[index].reply.clone(),
-        };
+        let pick = |index: usize, score: f32| self.chosen(index, score);
         match (&self.index, message) {
             (Some(index), Some(message)) => {
                 // Ask for everything: the stage filter runs after the ranking, and a persona has
@@ -85,5 +80,51 @@ impl FewShot {
                 .map(|i| pick(i, 0.0))
                 .collect(),
         }
+    }
+
+    /// The cached layout's examples: up to `k` of those that suit `stage`, the same ones every
+    /// turn of the stage so that they stay in the prefix cache. Examples for every stage come
+    /// first, then each later stage's in turn, so that a new stage adds examples after the
+    /// ones already read rather than changing them.
+    pub fn for_stage(&self, stage: Stage, k: usize) -> Vec<ChosenExample> {
+        let mut suited: Vec<usize> = (0..self.exchanges.len())
+            .filter(|&i| self.stages[i].is_none_or(|s| s <= stage))
+            .collect();
+        suited.sort_by_key(|&i| (self.stages[i], i));
+        suited.into_iter().take(k).map(|index| self.chosen(index, 0.0)).collect()
+    }
+
+    /// Example `index`, with its similarity to the query (rounded for the trace).
+    fn chosen(&self, index: usize, score: f32) -> ChosenExample {
+        ChosenExample {
+            index,
+            score: (score * 1000.0).round() / 1000.0,
+            user: self.exchanges[index].user.clone(),
+            reply: self.exchanges[index].reply.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached layout reads a stage's examples once: a later stage keeps the earlier
+    /// stage's examples, in the same order, and adds its own after them; none is too intimate
+    /// for the stage.
+    #[test]
+    fn a_later_stage_adds_examples_after_the_earlier_ones() {
+        let persona = crate::prompt::tests::host();
+        let fewshot = FewShot::new(&persona, None).unwrap();
+        let mut previous: Vec<usize> = Vec::new();
+        for stage in [Stage::IceBreaker, Stage::Casual, Stage::Close] {
+            let chosen: Vec<usize> = fewshot.for_stage(stage, 20).iter().map(|e| e.index).collect();
+            assert!(chosen.starts_with(&previous), "{stage:?}: {chosen:?} after {previous:?}");
+            assert!(chosen.iter().all(|&i| persona.examples[i].stage.is_none_or(|s| s <= stage)));
+            previous = chosen;
+        }
+        assert_eq!(previous.len(), persona.examples.len(), "the close stage may use every example");
+        assert!(fewshot.for_stage(Stage::IceBreaker, 20).len() < persona.examples.len());
+        assert_eq!(fewshot.for_stage(Stage::Close, 2).len(), 2, "at most k");
     }
 }

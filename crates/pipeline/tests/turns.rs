@@ -5,6 +5,7 @@
 use rapport_core::{
     collect_completion, GenerationError, GenerationRequest, Generator, Role, SamplingParams,
 };
+use rapport_pipeline::prompt::PromptLayout;
 use rapport_pipeline::secret::SecretStatus;
 use rapport_pipeline::stage::Stage;
 use rapport_pipeline::trace::AttemptOutcome;
@@ -60,10 +61,17 @@ fn a_turn_streams_the_reply_and_records_every_step() {
         assert!(t.signals.self_disclosure > 0.0 && t.signals.answered_question, "{:?}", t.signals);
         assert!(t.closeness.after > t.closeness.before, "{:?}", t.closeness);
         assert!(!t.emotion.labels.is_empty());
-        assert!(
-            !t.examples.is_empty() && t.examples[0].score > 0.0,
-            "examples retrieved by meaning"
+        assert!(!t.examples.is_empty(), "the stage's examples (the default layout)");
+        // The older layout chooses them for each message, by meaning.
+        let by_meaning = pipeline(
+            "flirt-partner",
+            true,
+            PipelineConfig { layout: PromptLayout::NotesBeforeMessage, ..greedy_config() },
         );
+        let prepared = by_meaning
+            .prepare(&by_meaning.start(), "Coast, definitely. I grew up near the sea.", at(0))
+            .unwrap();
+        assert!(prepared.trace.examples[0].score > 0.0, "examples retrieved by meaning");
         // SmolLM2 talks like a help desk now and then ("happy to help"): the character guard
         // may ask for a second draft, whose outcome is the reply.
         assert!((1..=2).contains(&t.attempts.len()), "{:?}", t.attempts);
@@ -354,8 +362,7 @@ fn old_turns_fold_into_memory_and_the_token_estimate_covers_the_real_count() {
         assert!(last.messages[0].content.contains("They told you earlier"));
         // With the notes before the message, the opening system message is the same from one
         // turn to the next (what a prefix cache needs) and the notes sit just before the user.
-        config.notes = rapport_pipeline::prompt::NotesPlacement::BeforeMessage;
-        assert_eq!(config.notes, rapport_pipeline::prompt::NotesPlacement::default());
+        config.layout = rapport_pipeline::prompt::PromptLayout::NotesBeforeMessage;
         let before = pipeline("flirt-partner", true, config);
         let one = before.prepare(&c, "ok", at(30)).unwrap();
         let two = before.prepare(&c, "and what about you?", at(31)).unwrap();
@@ -416,6 +423,57 @@ fn a_warmed_persona_s_first_turn_finds_its_opening_in_the_prefix_cache() {
             after_warm_up.cached_prompt_tokens * 2 > after_warm_up.prompt_tokens,
             "most of the first prompt came from the warm-up: {after_warm_up:?}"
         );
+    });
+}
+
+/// The cached layout (issue 36): over one conversation on the real engine, each turn after the
+/// first reads far fewer new prompt tokens than the notes-before-message layout does over the
+/// same messages, because the previous prompt is the prefix of the next. One fresh engine per
+/// layout, so that neither finds the other's prompts in its cache.
+#[test]
+fn the_cached_layout_reads_fewer_new_tokens_each_turn() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let lines = [
+            "Hi Margot! I'm Sam, I teach primary school in Manchester.",
+            "How are you holding up with all the organising?",
+            "I once lost a kid at the zoo on a school trip, so I feel your pain.",
+            "What is the hardest part of the weekend for you?",
+        ];
+        let mut new_tokens = Vec::new();
+        for layout in [PromptLayout::NotesBeforeMessage, PromptLayout::CachedExchanges] {
+            let engine = fresh_smollm2().await;
+            let p = pipeline("wedding-host", false, PipelineConfig { layout, ..greedy_config() });
+            let mut c = p.start();
+            let mut per_turn = Vec::new();
+            for (i, line) in lines.iter().enumerate() {
+                // The turn's prompt sent for one token first: the backend's summary says what
+                // its cache served (a reply cut short by the clean-up has no summary).
+                let prepared = p.prepare(&c, line, at(i as u32)).unwrap();
+                let request =
+                    GenerationRequest::new(prepared.messages, SamplingParams::greedy(1)).unwrap();
+                let usage = collect_completion(engine.generate(request).await.unwrap(), |_| {})
+                    .await
+                    .unwrap()
+                    .summary
+                    .usage;
+                let (prompt, cached) = (usage.prompt_tokens, usage.cached_prompt_tokens);
+                eprintln!("{layout}: turn {}: {prompt} prompt tokens, {cached} cached", i + 1);
+                per_turn.push(prompt - cached);
+                turn(&p, &mut c, line, i as u32, &engine).await;
+            }
+            new_tokens.push(per_turn);
+        }
+        let (before, cached) = (&new_tokens[0], &new_tokens[1]);
+        for t in 1..lines.len() {
+            assert!(
+                cached[t] * 2 < before[t],
+                "turn {}: {} new tokens with the cached layout, {} with notes before the message",
+                t + 1,
+                cached[t],
+                before[t]
+            );
+        }
     });
 }
 
@@ -491,6 +549,29 @@ fn breaks_of_character_are_written_again_and_soft_ones_kept_rather_than_dropped(
             assert_eq!(t.kept_soft, kept_soft, "{message}");
             assert!(t.fallback.is_none(), "{message}");
         }
+        // With the cut on, a help-desk draft that has a sentence of her own loses the help-desk
+        // sentence instead of being written again: one generation, shown as what was kept (the
+        // service sentence, once shown, is taken back), the edit in the trace.
+        let cutting = pipeline("wedding-host", true, PipelineConfig { cut_service: true, ..greedy_config() });
+        let said = Scripted::new(
+            smollm2().await,
+            vec![Script::Say("Oh, a school trip! Sixty kids at the zoo is brave. Let me know if you need anything.")],
+        );
+        let mut c = cutting.start();
+        let (out, shown, _) = turn(&cutting, &mut c, "I once lost a kid at the zoo on a school trip.", 0, &said).await;
+        assert_eq!(out.reply, "Oh, a school trip! Sixty kids at the zoo is brave.");
+        assert_eq!(shown, out.reply);
+        assert_eq!(out.trace.attempts.len(), 1, "no second draft: {:?}", out.trace.attempts);
+        assert_eq!(out.trace.attempts[0].outcome, AttemptOutcome::Accepted);
+        assert!(out.trace.attempts[0].cleanup.iter().any(|e| e == "cut help-desk sentences"));
+        // Nothing of her own left: written again, as without the cut.
+        let said = Scripted::new(
+            smollm2().await,
+            vec![Script::Say("Thank you for sharing. Feel free to ask me anything!"), Script::Say("Ha, sixty kids? You're braver than me.")],
+        );
+        let (out, _, _) = turn(&cutting, &mut c, "It was sixty kids, honestly.", 1, &said).await;
+        assert_eq!(out.trace.attempts.len(), 2);
+        assert_eq!(out.reply, "Ha, sixty kids? You're braver than me.");
         // Off, the same drafts pass as written.
         let off = pipeline("wedding-host", true, PipelineConfig { character_guard: false, ..greedy_config() });
         let said = Scripted::new(smollm2().await, vec![Script::Say(cases[0].1[0])]);
