@@ -230,17 +230,36 @@ impl CharacterGuard {
         encoder: &SentenceEncoder,
     ) -> Option<(f32, String, &'static str)> {
         let sentences = sentences(reply);
-        let vectors = encoder.encode_batch(&sentences).ok()?;
         sentences
             .iter()
-            .zip(vectors)
-            .filter_map(|(s, v)| {
-                self.service_vectors
-                    .iter()
-                    .map(|(e, ex)| (cosine(&v.0, e), s.to_string(), *ex))
-                    .max_by(|a, b| a.0.total_cmp(&b.0))
-            })
+            .zip(self.each_sentence_likeness(&sentences, encoder)?)
+            .map(|(s, (score, like))| (score, s.to_string(), like))
             .max_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
+    /// For each sentence, its greatest similarity to a service sentence and that sentence;
+    /// `None` without service vectors or when encoding fails.
+    fn each_sentence_likeness(
+        &self,
+        sentences: &[&str],
+        encoder: &SentenceEncoder,
+    ) -> Option<Vec<(f32, &'static str)>> {
+        if self.service_vectors.is_empty() {
+            return None;
+        }
+        let vectors = encoder.encode_batch(sentences).ok()?;
+        Some(
+            vectors
+                .iter()
+                .map(|v| {
+                    self.service_vectors
+                        .iter()
+                        .map(|(e, ex)| (cosine(&v.0, e), *ex))
+                        .max_by(|a, b| a.0.total_cmp(&b.0))
+                        .expect("service vectors are not empty")
+                })
+                .collect(),
+        )
     }
 
     /// The reply without its help-desk sentences, when what is left is still a reply: at least
@@ -255,22 +274,20 @@ impl CharacterGuard {
         encoder: Option<&SentenceEncoder>,
     ) -> Option<String> {
         let all = sentences(reply);
-        let service: Vec<bool> = match encoder.filter(|_| !self.service_vectors.is_empty()) {
-            Some(enc) => {
-                let vectors = enc.encode_batch(&all).ok()?;
-                all.iter()
-                    .zip(vectors)
-                    .map(|(s, v)| {
-                        rules().service.is_match(s)
-                            || self
-                                .service_vectors
-                                .iter()
-                                .any(|(e, _)| cosine(&v.0, e) >= SERVICE_SIMILARITY)
-                    })
-                    .collect()
+        let likeness = match encoder {
+            Some(enc) if !self.service_vectors.is_empty() => {
+                Some(self.each_sentence_likeness(&all, enc)?)
             }
-            None => all.iter().map(|s| rules().service.is_match(s)).collect(),
+            _ => None,
         };
+        let service: Vec<bool> = all
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                rules().service.is_match(s)
+                    || likeness.as_ref().is_some_and(|l| l[i].0 >= SERVICE_SIMILARITY)
+            })
+            .collect();
         if !service.contains(&true) {
             return None;
         }
