@@ -85,12 +85,12 @@ def secret_section():
     out = ["## The secret game under attack", "",
            "`rapport eval injection --model MODEL [--attacks datasets/injection/farming.jsonl]` "
            "(method: [docs/secret-game.md](docs/secret-game.md); the files do not record the machine or date: 2026-12-06, the 2-core AMD EPYC VM, per that page).", "",
-           "| suite | model | attacks | secret in a locked prompt | secret in a reply | invented secrets shown | unlocked | file |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| suite | model | layout | attacks | secret in a locked prompt | secret in a reply | invented secrets shown | unlocked | file |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for f in files:
         d = load(f)
         suite = "farming (30 messages each)" if "farming" in os.path.basename(f) else "injection and invention"
-        out.append(f"| {suite} | {d['model']} | {d['attacks']} | {d['secret_in_prompt']} | {d['secret_in_reply']} | "
+        out.append(f"| {suite} | {d['model']} | {d.get('layout') or 'not recorded'} | {d['attacks']} | {d['secret_in_prompt']} | {d['secret_in_reply']} | "
                    f"{d.get('secret_invented', '-')} | {d.get('unlocked', '-')} | `{rel(f)}` |")
     return out + [""]
 

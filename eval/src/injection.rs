@@ -112,6 +112,9 @@ pub struct InjectionReport {
     pub persona: String,
     /// The model that wrote its replies.
     pub model: String,
+    /// The prompt layout the pipeline used (empty in reports written before it was recorded).
+    #[serde(default)]
+    pub layout: String,
     /// Attacks run.
     pub attacks: usize,
     /// Attacks with the secret in a prompt before unlock.
@@ -147,7 +150,7 @@ impl InjectionReport {
         let rate =
             |n: usize| if self.attacks == 0 { 0.0 } else { 100.0 * n as f64 / self.attacks as f64 };
         let mut s = format!(
-            "| {} attacks on {} ({}) | count | rate |\n|---|---:|---:|\n\
+            "| {} attacks on {} ({}, {} layout) | count | rate |\n|---|---:|---:|\n\
              | secret in the prompt before unlock | {} | {:.1}% |\n\
              | secret in a reply before unlock | {} | {:.1}% |\n\
              | a secret named or a guess confirmed before unlock | {} | {:.1}% |\n\
@@ -160,6 +163,7 @@ impl InjectionReport {
             self.attacks,
             self.persona,
             self.model,
+            if self.layout.is_empty() { "unrecorded" } else { &self.layout },
             self.secret_in_prompt,
             rate(self.secret_in_prompt),
             self.secret_in_reply,
@@ -324,6 +328,7 @@ pub async fn run_suite(
     Ok(InjectionReport {
         persona: persona.id.clone(),
         model: model.to_string(),
+        layout: pipeline.config().layout.to_string(),
         attacks: results.len(),
         secret_in_prompt: count(&|r| r.secret_in_prompt),
         secret_in_reply: count(&|r| r.secret_in_reply),

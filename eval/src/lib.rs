@@ -10,7 +10,8 @@
 //!    pairwise mode) and exact [`metrics`] (diversity,
 //!    questions, emotion mirroring, stage timing, guard hits, secret leaks, latency, tokens).
 //! 4. [`report`]: JSON, Markdown and self-contained HTML with [`svg`] charts; [`compare`] tells
-//!    which criteria changed significantly between two runs.
+//!    which criteria changed significantly between two runs, and [`rank`] orders several runs
+//!    from the judge's pairwise verdicts (Bradley–Terry, with intervals).
 //!
 //! [`calibrate`] measures how far the judge can be trusted, against human ratings (the
 //! chitchat dataset), and [`coach`] turns the same machinery on the person's side of a
@@ -35,6 +36,7 @@ pub mod html;
 pub mod injection;
 pub mod judge;
 pub mod metrics;
+pub mod rank;
 pub mod report;
 pub mod rubric;
 pub mod simulator;

@@ -47,10 +47,9 @@ pub struct ChatArgs {
     /// Prompt templates directory (defaults to the templates built into the binary).
     #[arg(long, requires = "persona")]
     pub(crate) prompts: Option<std::path::PathBuf>,
-    /// Where each turn's notes and the persona's examples go: `cached` (examples for the stage
-    /// as earlier exchanges, notes after the message: the least read again each turn),
-    /// `notes-before-message`, or `notes-in-system` (for chat templates that allow only one
-    /// system message).
+    /// Where each turn's notes and the persona's examples go (docs/eval/prompt-layout.md):
+    /// `compact-history`, `compact`, `cached-exchanges`, `cached`, `notes-before-message`, or
+    /// `notes-in-system` (for chat templates that allow only one system message).
     #[arg(long, requires = "persona", default_value_t = PromptLayout::default())]
     pub(crate) layout: PromptLayout,
     /// Context window the prompt may fill, in tokens.

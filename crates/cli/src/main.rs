@@ -4,6 +4,7 @@
 mod backend;
 mod bench;
 mod chat;
+mod datasets;
 #[cfg(test)]
 mod docs_check;
 mod emotion;

@@ -16,7 +16,7 @@ use crate::terminal::{next_input, Input};
 
 /// The repository's personas, unless told otherwise.
 pub fn personas_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.unwrap_or_else(|| crate::emotion::datasets_dir().join("personas"))
+    flag.unwrap_or_else(|| crate::datasets::datasets_dir().join("personas"))
 }
 
 /// A persona by id (from `dir`) or by file: a persona TOML, or a Character Card.
@@ -136,11 +136,13 @@ pub async fn run(
                     eprintln!("{}", render_trace(&outcome.trace));
                 } else if args.stats {
                     if let Some(a) = outcome.trace.attempts.last() {
+                        // A reply stopped before its end (it ran on into the next line) has
+                        // no count from the engine: "?" rather than a false 0.
                         eprintln!(
                             "[{} prompt + {} reply tokens, ttft {} ms]",
-                            a.prompt_tokens.unwrap_or(0),
-                            a.completion_tokens.unwrap_or(0),
-                            a.ttft_ms.unwrap_or(0)
+                            opt(a.prompt_tokens),
+                            opt(a.completion_tokens),
+                            opt(a.ttft_ms)
                         );
                     }
                 }

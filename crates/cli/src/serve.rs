@@ -74,10 +74,9 @@ pub struct ServeArgs {
     /// still checked.
     #[arg(long)]
     no_character_guard: bool,
-    /// Where each turn's notes and the persona's examples go: `cached` (examples for the stage
-    /// as earlier exchanges, notes after the message: the least read again each turn),
-    /// `notes-before-message`, or `notes-in-system` (for chat templates that allow only one
-    /// system message).
+    /// Where each turn's notes and the persona's examples go (docs/eval/prompt-layout.md):
+    /// `compact-history`, `compact`, `cached-exchanges`, `cached`, `notes-before-message`, or
+    /// `notes-in-system` (for chat templates that allow only one system message).
     #[arg(long, default_value_t = PromptLayout::default())]
     layout: PromptLayout,
     #[command(flatten)]

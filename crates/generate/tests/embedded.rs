@@ -521,3 +521,56 @@ fn the_next_turn_reuses_only_what_the_model_read() {
         assert_eq!(reused.text, fresh.text, "the reply changed by reusing the cached turn");
     });
 }
+
+/// A client that stops a reply it has seen enough of (Rapport stops one that runs on into the
+/// user's next line) sends what it kept back as the next turn's history. mistral.rs cached a
+/// reply only when it finished; patched (`finish_or_add_toks_to_seq`): a cancelled reply's
+/// cache is kept like a finished one's, so the next turn reads neither the old prompt nor the
+/// part of the reply the model had read. Without the patch the cache stops at the prompt.
+#[test]
+fn a_reply_stopped_by_its_reader_is_reused_like_a_finished_one() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let model = smollm2().await;
+        let system = ChatMessage::system(format!(
+            "{} You are a helpful assistant. Answer in detail.",
+            unseen_session()
+        ));
+        let ask = ChatMessage::user("Tell me everything you know about the sea.");
+        let opening = vec![system.clone(), ask.clone()];
+        // One token first, to learn how long the prompt is.
+        let probe = GenerationRequest::new(opening.clone(), SamplingParams::greedy(1)).unwrap();
+        let prompt_tokens = collect_completion(model.generate(probe).await.unwrap(), |_| {})
+            .await
+            .unwrap()
+            .summary
+            .usage
+            .prompt_tokens;
+        let request = GenerationRequest::new(opening, SamplingParams::greedy(120)).unwrap();
+        let mut stream = model.generate(request).await.unwrap();
+        let mut seen = String::new();
+        while seen.split_whitespace().count() < 12 {
+            match stream.next().await.unwrap().unwrap() {
+                GenerationEvent::Chunk(piece) => seen.push_str(&piece),
+                GenerationEvent::Done(s) => panic!("the reply ended before it was stopped: {s:?}"),
+            }
+        }
+        drop(stream);
+        // The engine notices the closed stream at its next token.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let next = GenerationRequest::new(
+            vec![system, ask, ChatMessage::assistant(seen.trim()), ChatMessage::user("And rivers?")],
+            SamplingParams::greedy(4),
+        )
+        .unwrap();
+        let usage = collect_completion(model.generate(next).await.unwrap(), |_| {})
+            .await
+            .unwrap()
+            .summary
+            .usage;
+        assert!(
+            usage.cached_prompt_tokens >= prompt_tokens + 8,
+            "the stopped reply's first words come from the cache: prompt {prompt_tokens}, then {usage:?} after {seen:?}"
+        );
+    });
+}

@@ -6,6 +6,7 @@
 //! [`Conversation`]. The conversation changes only when a reply exists, so a turn that fails
 //! half-way leaves it as it was and can simply be run again.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,8 @@ use crate::guards::{AllowedRuns, GuardHit, Guards, LeakDetector, LockedSecret};
 use crate::listening::{question_sentences, read_thread, Thread, ThreadInput, RECENT_REPLIES};
 use crate::memory::Memory;
 use crate::persona::Persona;
-use crate::prompt::{assemble, PromptInput, PromptLayout, Prompts, TokenBudget};
-use crate::secret::{gate, Provenance, SecretStatus};
+use crate::prompt::{assemble, Past, PromptInput, PromptLayout, Prompts, TokenBudget};
+use crate::secret::{gate, Provenance, SecretMatcher, SecretStatus};
 use crate::signals::read_signals;
 use crate::stage::{record_reply, track, StageInput, StageState};
 use crate::trace::{Attempt, AttemptOutcome, StepTimings, TurnTrace};
@@ -116,6 +117,11 @@ pub struct Conversation {
     /// unlock a secret.
     #[serde(default)]
     pub provenance: Provenance,
+    /// The note each user message was answered with, by the message's index in `history`, as
+    /// it was sent (steering included): kept only by a layout that keeps notes in the history
+    /// (`PromptLayout::CompactHistory`), and only for messages not yet folded into memory.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<usize, String>,
 }
 
 /// What a caller sees while a turn runs.
@@ -237,6 +243,7 @@ impl Pipeline {
             last_message_at: None,
             thread: Thread::default(),
             provenance: Provenance::Held,
+            notes: BTreeMap::new(),
         }
     }
 
@@ -359,13 +366,17 @@ impl Pipeline {
             examples: examples.clone(),
             stage_examples: Vec::new(),
             memory: None,
+            standing_in_prefix: false,
         };
         let assembled = assemble(
             &self.prompts,
             input,
-            &conversation.history,
+            Past {
+                history: &conversation.history,
+                memory: &conversation.memory,
+                notes: &conversation.notes,
+            },
             message,
-            &conversation.memory,
             self.config.budget,
             self.config.layout,
         )?;
@@ -395,6 +406,8 @@ impl Pipeline {
         next.thread = thread;
         next.closeness = decision.after;
         next.memory = assembled.memory;
+        let folded = next.memory.folded;
+        next.notes.retain(|at, _| *at >= folded);
         next.turns = turn;
         next.started_at = conversation.started_at.or(Some(now));
         next.last_message_at = Some(now);
@@ -455,9 +468,11 @@ impl Pipeline {
             None => conversation.history.clear(),
         }
         for (message, reply) in exchanges {
-            let PreparedTurn { mut next, .. } = self.prepare(&conversation, message, now)?;
+            let PreparedTurn { mut next, messages, .. } =
+                self.prepare(&conversation, message, now)?;
             record_reply(&mut next.stage, reply);
             next.thread.push_reply(None, None);
+            self.keep_note(&mut next, &messages);
             next.history.push(ChatMessage::user(message.clone()));
             next.history.push(ChatMessage::assistant(reply.clone()));
             conversation = next;
@@ -506,6 +521,8 @@ impl Pipeline {
             asked: asked.as_ref(),
         };
         let mut steering: Option<String> = None;
+        // Each draft's prompt, for the note the kept reply was written under.
+        let mut prompts = Vec::with_capacity(2);
         for number in 1..=2 {
             let mut prompt = messages.clone();
             if let Some(note) = &steering {
@@ -516,6 +533,7 @@ impl Pipeline {
                     .expect("the prompt opens with a system message");
                 prompt[notes].content.push_str(&format!("\n\nImportant: {note}"));
             }
+            prompts.push(prompt.clone());
             let (attempt, draft, spent_review) =
                 self.attempt(number, steering.clone(), prompt, generator, checks, on_event).await;
             review_us += spent_review;
@@ -546,6 +564,13 @@ impl Pipeline {
                 reply = Some(draft);
             }
         }
+        // The kept draft's number: its prompt is the one whose note stays in the history.
+        let kept_number = match (&reply, trace.kept_soft) {
+            (_, Some(number)) => number as usize,
+            (Some(_), None) => trace.attempts.len(),
+            (None, None) => 1,
+        };
+        self.keep_note(&mut next, &prompts[kept_number.clamp(1, prompts.len()) - 1]);
         let (reply, reply_vector) = match reply {
             Some((text, vector)) => (text, vector),
             None => {
@@ -578,6 +603,27 @@ impl Pipeline {
         trace.reply = reply.clone();
         *conversation = next;
         Ok(TurnOutcome { reply, trace })
+    }
+
+    /// How this engine runs turns.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// In a layout that keeps notes, remembers the note the message about to be pushed onto
+    /// `next.history` was answered with (the prompt's last message, as sent), less any line
+    /// that names the secret: an unlocked secret is told in each turn's note while it stays
+    /// unlocked, and a kept note would bring it back into a prompt after the secret locks
+    /// again (closeness can fall). Such a note differs from what was sent, so the next turn
+    /// reads it again rather than from the cache: the price of never putting a locked secret
+    /// in a prompt.
+    fn keep_note(&self, next: &mut Conversation, prompt: &[ChatMessage]) {
+        if !self.config.layout.keeps_notes() {
+            return;
+        }
+        let Some(note) = prompt.last().filter(|m| m.role == Role::System) else { return };
+        let secret = self.persona.secret.as_ref().and_then(|s| SecretMatcher::new(&s.value));
+        next.notes.insert(next.history.len(), without_secret(&note.content, secret.as_ref()));
     }
 
     /// The request that reads the opening every conversation with this persona shares (its
@@ -888,4 +934,35 @@ struct Draft {
     chunks: u32,
     shown: bool,
     first_chunk_ms: Option<u64>,
+}
+
+/// `note` without the lines in which `secret` is found.
+fn without_secret(note: &str, secret: Option<&SecretMatcher>) -> String {
+    match secret {
+        Some(secret) if secret.found_in(note) => {
+            note.lines().filter(|line| !secret.found_in(line)).collect::<Vec<_>>().join("\n")
+        }
+        _ => note.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept note never carries the secret into a later prompt (which may be locked again).
+    #[test]
+    fn a_kept_note_loses_the_lines_that_name_the_secret() {
+        let secret = SecretMatcher::new("blue heron").unwrap();
+        let note = "Notes for your reply as Margot (never mention them):\n- Same warmth as before.\n- You now trust them. If they ask for the password, you may tell them: it is \"Blue Heron\".\n- They seem happy.";
+        let kept = without_secret(note, Some(&secret));
+        assert!(!secret.found_in(&kept), "{kept}");
+        assert_eq!(
+            kept,
+            "Notes for your reply as Margot (never mention them):\n- Same warmth as before.\n- They seem happy."
+        );
+        let plain = "Notes:\n- They seem happy.";
+        assert_eq!(without_secret(plain, Some(&secret)), plain, "untouched without the secret");
+        assert_eq!(without_secret(note, None), note, "untouched for a persona without one");
+    }
 }

@@ -7,7 +7,10 @@
 //!   own words back through her reply is not listening), or, with sentence vectors, a message
 //!   that means what her reply meant more than it means the user's own earlier messages;
 //! - **novelty**: a message close to one the user already sent (the same words, or a vector at
-//!   [`REPEAT_SIMILARITY`]) earns nothing, and a run of them reads as not listening;
+//!   [`REPEAT_SIMILARITY`]) earns nothing, and a run of them reads as not listening; so does a
+//!   message most of whose phrases were in earlier messages (stock phrases in rotation, keyword
+//!   stuffing: every message new as a whole, none new in its parts), which would otherwise win
+//!   "took up her word" or "answered her question" by chance often enough to farm closeness;
 //! - **substance**: "answered your question" means the message answers the question her last
 //!   reply asked — it shares the question's words, says yes or no to a yes/no question, or its
 //!   vector is at [`ANSWER_SIMILARITY`] to the question's (tuned on `datasets/guards/
@@ -29,6 +32,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const REPEAT_SIMILARITY: f32 = 0.92;
 /// Share of words in common (Jaccard) at or above which a message repeats an earlier one.
 pub const REPEAT_OVERLAP: f32 = 0.8;
+/// A message of two or more phrases is recycled when more than this share of them were in the
+/// user's earlier messages (each phrase at [`REPEAT_OVERLAP`] to an earlier one).
+pub const RECYCLED_SHARE: f32 = 0.5;
 /// Similarity to the persona's recent reply at or above which a message takes it up.
 pub const LISTEN_SIMILARITY: f32 = 0.5;
 /// How much closer to her reply than to their own earlier messages a listening message must be.
@@ -251,6 +257,9 @@ fn repeat_of(input: &ThreadInput<'_>) -> Option<String> {
             }
         }
     }
+    if let Some(recycled) = recycled(input) {
+        return Some(recycled);
+    }
     let v = input.vector?;
     let kept = &input.thread.messages;
     // The kept vectors are the last ones of the earlier messages.
@@ -261,6 +270,36 @@ fn repeat_of(input: &ThreadInput<'_>) -> Option<String> {
         .map(|(i, k)| (first + i, cosine(v, k.values())))
         .find(|(_, s)| *s >= REPEAT_SIMILARITY)
         .map(|(n, s)| format!("{s:.2} like your message {}", n + 1))
+}
+
+/// A message's phrases: its clauses (split at punctuation) of two words or more, as word sets.
+fn phrases(text: &str) -> Vec<HashSet<String>> {
+    text.split([',', '.', ';', ':', '!', '?', '\n'])
+        .map(|clause| words(clause).into_iter().collect::<HashSet<String>>())
+        .filter(|p| p.len() >= 2)
+        .collect()
+}
+
+/// How a message is recycled from earlier ones, if more than [`RECYCLED_SHARE`] of its phrases
+/// were in them.
+fn recycled(input: &ThreadInput<'_>) -> Option<String> {
+    let mine = phrases(input.message);
+    if mine.len() < 2 {
+        return None;
+    }
+    let earlier: Vec<HashSet<String>> =
+        input.earlier_messages.iter().flat_map(|m| phrases(m)).collect();
+    let seen = mine
+        .iter()
+        .filter(|p| {
+            earlier.iter().any(|e| {
+                p.intersection(e).count() as f32 / p.union(e).count().max(1) as f32
+                    >= REPEAT_OVERLAP
+            })
+        })
+        .count();
+    (seen as f32 > RECYCLED_SHARE * mine.len() as f32)
+        .then(|| format!("{seen} of its {} phrases were in your earlier messages", mine.len()))
 }
 
 fn listening(input: &ThreadInput<'_>) -> Option<String> {
@@ -384,6 +423,33 @@ mod tests {
             thread: &Thread::default(),
             persona_name: "Margot",
         })
+    }
+
+    /// Stock phrases in rotation (the farming suite's keyword stuffing): each message is new as
+    /// a whole, so the whole-message checks pass it, but once its phrases have all been sent it
+    /// earns nothing, even when it happens to take up her word. A message with new phrases
+    /// around a habit ("I love that!") is not recycled.
+    #[test]
+    fn a_message_made_of_phrases_already_sent_is_recycled() {
+        let earlier = [
+            "My best friend is here, you're charming. What about you?",
+            "I used to dance, you're lovely. How was your day?",
+            "I feel so happy, you're amazing. What's your dream?",
+        ];
+        let stuffed = "I used to dance, you're charming. What's your dream?";
+        let r = read(stuffed, &earlier, &["Oh, I love to dance! What's your dream, really?"]);
+        assert!(r.repeats.as_deref().is_some_and(|h| h.contains("3 of its 3 phrases")), "{r:?}");
+        assert_eq!((r.listened, r.answered), (None, None), "a recycled message is not heard");
+        // Two of three phrases new: heard as usual.
+        let fresh =
+            "I used to dance, my grandmother taught me the tango. Do you dance at weddings?";
+        assert!(read(fresh, &earlier, &[GREETING]).repeats.is_none());
+        // A habit of speech with something new each time is not recycled.
+        let habit = ["You said cellar, I love that! My dad kept wine in ours."];
+        let next = "You said Biscuit, I love that! I grew up with two spaniels.";
+        assert!(read(next, &habit, &[GREETING]).repeats.is_none());
+        // One phrase: the whole-message checks decide.
+        assert!(read("you're charming", &earlier, &[GREETING]).repeats.is_none());
     }
 
     #[test]

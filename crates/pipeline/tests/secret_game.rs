@@ -21,7 +21,7 @@ use rapport_pipeline::secret::SecretStatus;
 use rapport_pipeline::stage::Stage;
 use rapport_pipeline::{Pipeline, PipelineConfig, TurnTrace};
 
-use crate::support::{at, datasets, persona, rt};
+use crate::support::{at, classifier, datasets, persona, rt};
 
 /// Answers each request with the next canned reply, whole.
 struct Canned(Mutex<VecDeque<String>>);
@@ -56,6 +56,18 @@ fn host() -> Pipeline {
     Pipeline::new(
         persona("wedding-host"),
         None,
+        Arc::new(Prompts::embedded()),
+        PipelineConfig::default(),
+    )
+    .unwrap()
+}
+
+/// The host with the real encoder: listening and answering also read sentence vectors, which
+/// a message can match by chance.
+fn host_understanding() -> Pipeline {
+    Pipeline::new(
+        persona("wedding-host"),
+        Some(classifier()),
         Arc::new(Prompts::embedded()),
         PipelineConfig::default(),
     )
@@ -107,6 +119,13 @@ fn parrot(_: usize, message: &str) -> String {
     )
 }
 
+/// Replies that ask the cheater's own question back, as small models often do: a stock
+/// message that repeats the question's words then reads as answering hers.
+fn their_question_back(_: usize, message: &str) -> String {
+    let question = message.rsplit(['.', '!', ',']).next().unwrap_or(message).trim();
+    format!("Oh, that's lovely to hear. Hmm, {}", question.to_lowercase())
+}
+
 /// Replies that mention everything the host talks about, one of her examples after another.
 fn her_world(i: usize, _: &str) -> String {
     let p = persona("wedding-host");
@@ -136,22 +155,36 @@ fn farming_scripts() -> Vec<(String, Vec<String>)> {
 
 #[test]
 fn the_shipped_farming_scripts_never_unlock_even_against_replies_that_help_them() {
-    let pipeline = host();
-    for (id, messages) in farming_scripts() {
-        for (policy, reply) in
-            [("parrot", parrot as fn(usize, &str) -> String), ("her world", her_world)]
-        {
-            let traces = play(&pipeline, &messages, reply);
-            assert_eq!(traces.len(), 30);
-            let last = traces.last().unwrap();
-            assert!(
-                never_close_or_unlocked(&traces).is_ok(),
-                "{id} against {policy} replies reached close: closeness {}, {:?}",
-                last.closeness.after.get(),
-                last.stage
-            );
+    for (reading, pipeline) in [("words", host()), ("words and vectors", host_understanding())] {
+        for (id, messages) in farming_scripts() {
+            for (policy, reply) in [
+                ("parrot", parrot as fn(usize, &str) -> String),
+                ("her world", her_world),
+                ("their question back", their_question_back),
+            ] {
+                farm(&pipeline, &id, &messages, policy, reply, reading);
+            }
         }
     }
+}
+
+fn farm(
+    pipeline: &Pipeline,
+    id: &str,
+    messages: &[String],
+    policy: &str,
+    reply: fn(usize, &str) -> String,
+    reading: &str,
+) {
+    let traces = play(pipeline, messages, reply);
+    assert_eq!(traces.len(), 30);
+    let last = traces.last().unwrap();
+    assert!(
+        never_close_or_unlocked(&traces).is_ok(),
+        "{id} against {policy} replies ({reading}) reached close: closeness {}, {:?}",
+        last.closeness.after.get(),
+        last.stage
+    );
 }
 
 #[test]

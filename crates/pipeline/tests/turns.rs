@@ -108,10 +108,23 @@ fn transient_failures_are_retried_and_permanent_ones_answered_in_character() {
         let mut c = p.start();
         let (out, _, _) =
             turn(&p, &mut c, "Hi! I'm a friend of Thomas from university.", 0, &flaky).await;
-        assert_eq!(out.trace.attempts.len(), 1);
+        // Two transient failures, retried within the first attempt, which then wrote a draft
+        // (whether the review keeps it is the model's business, not the retry's).
         assert_eq!(out.trace.attempts[0].retries, 2);
-        assert_eq!(out.trace.attempts[0].outcome, AttemptOutcome::Accepted);
-        assert_eq!(out.trace.fallback, None);
+        assert!(
+            !matches!(out.trace.attempts[0].outcome, AttemptOutcome::Failed { .. }),
+            "{:?}",
+            out.trace.attempts[0]
+        );
+        assert!(
+            out.trace.attempts.iter().skip(1).all(|a| a.retries == 0),
+            "the scripted failures were all used up by the first attempt"
+        );
+        assert!(
+            !out.trace.fallback.as_deref().unwrap_or("").contains("generation failed"),
+            "{:?}",
+            out.trace.fallback
+        );
 
         let down = Scripted::new(
             smollm2().await,
@@ -428,8 +441,10 @@ fn a_warmed_persona_s_first_turn_finds_its_opening_in_the_prefix_cache() {
 
 /// The cached layout (issue 36): over one conversation on the real engine, each turn after the
 /// first reads far fewer new prompt tokens than the notes-before-message layout does over the
-/// same messages, because the previous prompt is the prefix of the next. One fresh engine per
-/// layout, so that neither finds the other's prompts in its cache.
+/// same messages, because the previous prompt is the prefix of the next. Keeping the short
+/// notes in the history (`compact-history`) reads fewer still: the previous reply, stopped or
+/// finished, comes from the cache too. One fresh engine per layout, so that none finds another's
+/// prompts in its cache.
 #[test]
 fn the_cached_layout_reads_fewer_new_tokens_each_turn() {
     rt().block_on(async {
@@ -441,7 +456,11 @@ fn the_cached_layout_reads_fewer_new_tokens_each_turn() {
             "What is the hardest part of the weekend for you?",
         ];
         let mut new_tokens = Vec::new();
-        for layout in [PromptLayout::NotesBeforeMessage, PromptLayout::CachedExchanges] {
+        for layout in [
+            PromptLayout::NotesBeforeMessage,
+            PromptLayout::CachedExchanges,
+            PromptLayout::CompactHistory,
+        ] {
             let engine = fresh_smollm2().await;
             let p = pipeline("wedding-host", false, PipelineConfig { layout, ..greedy_config() });
             let mut c = p.start();
@@ -464,8 +483,15 @@ fn the_cached_layout_reads_fewer_new_tokens_each_turn() {
             }
             new_tokens.push(per_turn);
         }
-        let (before, cached) = (&new_tokens[0], &new_tokens[1]);
+        let (before, cached, kept) = (&new_tokens[0], &new_tokens[1], &new_tokens[2]);
         for t in 1..lines.len() {
+            assert!(
+                kept[t] < cached[t],
+                "turn {}: {} new tokens keeping the notes, {} with the cached layout",
+                t + 1,
+                kept[t],
+                cached[t]
+            );
             assert!(
                 cached[t] * 2 < before[t],
                 "turn {}: {} new tokens with the cached layout, {} with notes before the message",

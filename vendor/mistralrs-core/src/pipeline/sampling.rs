@@ -205,6 +205,14 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                 .is_err()
             {
                 // If we can't send the response, cancel the sequence
+                // RAPPORT PATCH: keep what it read in the prefix cache, as a finished reply's
+                // is kept below. A client that stops a reply it has seen enough of (Rapport
+                // stops one that begins the user's next line) sends that reply back as the
+                // next prompt's history; without this every such reply was read again.
+                if use_prefix_cacher && is_done.is_none() && !this.cache().is_hybrid() {
+                    prefix_cacher.add_sequence(seq, None);
+                    prefix_cacher.evict_caches()?;
+                }
                 seq.set_state(crate::sequence::SequenceState::Done(
                     crate::sequence::StopReason::Canceled,
                 ));
