@@ -191,7 +191,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
 /// Reads a JSONL file of `T`, dropping a torn last line (and truncating the file to the last
 /// whole line, so that the next append starts on a line of its own). A bad line elsewhere is
 /// an error: that is not an interruption but a corrupted file.
-fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, EvalError> {
+pub fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, EvalError> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     let mut good_bytes = 0usize;
@@ -219,7 +219,8 @@ fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, EvalE
     Ok(out)
 }
 
-fn append_line<T: Serialize>(path: &Path, value: &T) -> Result<(), EvalError> {
+/// Appends `value` as one JSON line and syncs it, so that a kill loses at most that line.
+pub fn append_line<T: Serialize>(path: &Path, value: &T) -> Result<(), EvalError> {
     let mut line = serde_json::to_vec(value).map_err(|e| EvalError::Invalid(e.to_string()))?;
     line.push(b'\n');
     let mut f = std::fs::OpenOptions::new()

@@ -746,7 +746,6 @@ async fn compare_runs(args: CompareArgs) -> anyhow::Result<()> {
 
 async fn rank_runs(args: RankArgs) -> anyhow::Result<()> {
     use rapport_eval::rank::{self, PairVerdict};
-    use std::io::Write as _;
 
     let rubric = Rubric::load(&args.rubric)?;
     let mut names = Vec::new();
@@ -774,16 +773,8 @@ async fn rank_runs(args: RankArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&args.out)?;
     let verdicts_path = args.out.join("verdicts.jsonl");
-    let mut verdicts: Vec<PairVerdict> = match std::fs::read_to_string(&verdicts_path) {
-        Ok(text) => text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("reading {}", verdicts_path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", verdicts_path.display())),
-    };
+    // Read as a batch's files are: a line torn by an interrupted ranking is dropped.
+    let mut verdicts: Vec<PairVerdict> = batch::read_lines(&verdicts_path)?;
     let done: std::collections::BTreeSet<(String, String, String)> =
         verdicts.iter().map(|v| (v.dialogue.clone(), v.a.clone(), v.b.clone())).collect();
     let mut todo = Vec::new();
@@ -803,8 +794,6 @@ async fn rank_runs(args: RankArgs) -> anyhow::Result<()> {
             PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))
                 .ok();
         let criteria = rubric.judged(Side::Persona);
-        let mut file =
-            std::fs::OpenOptions::new().create(true).append(true).open(&verdicts_path)?;
         let bar = indicatif::ProgressBar::new(todo.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -827,10 +816,9 @@ async fn rank_runs(args: RankArgs) -> anyhow::Result<()> {
                     criterion,
                     outcome,
                 };
-                writeln!(file, "{}", serde_json::to_string(&v)?)?;
+                batch::append_line(&verdicts_path, &v)?;
                 verdicts.push(v);
             }
-            file.sync_data()?;
             bar.inc(1);
         }
         bar.finish_and_clear();

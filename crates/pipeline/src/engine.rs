@@ -521,19 +521,8 @@ impl Pipeline {
             asked: asked.as_ref(),
         };
         let mut steering: Option<String> = None;
-        // Each draft's prompt, for the note the kept reply was written under.
-        let mut prompts = Vec::with_capacity(2);
         for number in 1..=2 {
-            let mut prompt = messages.clone();
-            if let Some(note) = &steering {
-                // Into the message that holds the turn's notes (the last system message).
-                let notes = prompt
-                    .iter()
-                    .rposition(|m| m.role == Role::System)
-                    .expect("the prompt opens with a system message");
-                prompt[notes].content.push_str(&format!("\n\nImportant: {note}"));
-            }
-            prompts.push(prompt.clone());
+            let prompt = steered(&messages, steering.as_deref());
             let (attempt, draft, spent_review) =
                 self.attempt(number, steering.clone(), prompt, generator, checks, on_event).await;
             review_us += spent_review;
@@ -564,13 +553,17 @@ impl Pipeline {
                 reply = Some(draft);
             }
         }
-        // The kept draft's number: its prompt is the one whose note stays in the history.
-        let kept_number = match (&reply, trace.kept_soft) {
-            (_, Some(number)) => number as usize,
-            (Some(_), None) => trace.attempts.len(),
-            (None, None) => 1,
-        };
-        self.keep_note(&mut next, &prompts[kept_number.clamp(1, prompts.len()) - 1]);
+        // The note of the draft that was kept (the first one's when a fallback line was
+        // sent) stays in the history as it was sent, the draft's steering included.
+        if self.config.layout.keeps_notes() {
+            let kept = match (&reply, trace.kept_soft) {
+                (_, Some(number)) => number as usize,
+                (Some(_), None) => trace.attempts.len(),
+                (None, None) => 1,
+            };
+            let steering = trace.attempts.get(kept - 1).and_then(|a| a.steering.as_deref());
+            self.keep_note(&mut next, &steered(&messages, steering));
+        }
         let (reply, reply_vector) = match reply {
             Some((text, vector)) => (text, vector),
             None => {
@@ -944,6 +937,20 @@ fn without_secret(note: &str, secret: Option<&SecretMatcher>) -> String {
         }
         _ => note.to_string(),
     }
+}
+
+/// The prompt a draft is sent: `messages`, with a steering note from the previous draft's
+/// review added to the message that holds the turn's notes (the last system message).
+fn steered(messages: &[ChatMessage], steering: Option<&str>) -> Vec<ChatMessage> {
+    let mut prompt = messages.to_vec();
+    if let Some(note) = steering {
+        let notes = prompt
+            .iter()
+            .rposition(|m| m.role == Role::System)
+            .expect("the prompt opens with a system message");
+        prompt[notes].content.push_str(&format!("\n\nImportant: {note}"));
+    }
+    prompt
 }
 
 #[cfg(test)]
