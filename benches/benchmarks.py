@@ -188,12 +188,54 @@ def judge_section():
     return out + [""]
 
 
+def coach_section():
+    """The practice coach: how far its detectors agree with a person, and its rewrites."""
+    folder = os.path.join(RESULTS, "coach")
+    if not os.path.exists(os.path.join(folder, "context.json")):
+        return []
+    c = load(os.path.join(folder, "context.json"))
+    out = ["## The practice coach", "",
+           f"{machine(c)}, {c['date']}. Reading: [docs/user/practice.md](docs/user/practice.md).", ""]
+    trust = os.path.join(folder, "trust.json")
+    if os.path.exists(trust):
+        out += [f"**Its detectors against a person's labels** (`{c['trust_command']}`; 80 messages, 50 from people "
+                "(chitchat) and 30 from simulated learners, labelled without looking at the detectors; none was tuned on them). "
+                "Agreement and Cohen's κ with 95% bootstrap intervals:", "",
+                "| detector | skill | n (positive) | agreement | κ |", "|---|---|---|---|---|"]
+        for a in load(trust):
+            k = "undefined" if a["kappa"] is None else (
+                f"{a['kappa']:.2f}" + (f" [{a['kappa_ci'][0]:.2f}, {a['kappa_ci'][1]:.2f}]" if a["kappa_ci"] else ""))
+            lo, hi = a["agreement_ci"]
+            skill = (a["skill"] or "—").replace("_", " ")
+            out.append(f"| {a['detector']} | {skill} | {a['n']} ({a['positives']}) | "
+                       f"{100 * a['agreement']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] | {k} |")
+        out.append("")
+    runs = sorted(glob.glob(os.path.join(folder, "rewrites-*.json")))
+    if runs:
+        out += [f"**Its rewrites on the default model** (`{c['rewrites_command']}`): learners' messages from evaluation "
+                "batches whose tip suggests something; shown = passed the check. The checks were written on the tuning sets; "
+                "the held-out set was run once, after.", "",
+                "| set | dialogues | n | shown [95% CI] | judged better than the message | ms p50 / p95 | file |",
+                "|---|---|---|---|---|---|---|"]
+        for f in runs:
+            r = load(f)
+            sm = r["summary"]
+            lo, hi = sm["shown_ci"]
+            better = r.get("better")
+            better = f"{better['yes']} of {better['rated']} ({better['by']})" if better else "not rated"
+            share = 100 * sm['shown'] / max(sm['n'], 1)
+            out.append(f"| {r['role']} | `{r['dialogues']}` | {sm['n']} | {sm['shown']} ({share:.0f}%) [{100 * lo:.0f}, {100 * hi:.0f}] | "
+                       f"{better} | {sm['ms_p50']:.0f} / {sm['ms_p95']:.0f} | `{rel(f)}` |")
+        out.append("")
+    return out
+
+
 def page():
     lines = ["# Benchmarks", "",
              "The current figures, generated from `benches/results/` by `python3 benches/benchmarks.py` "
              "(the test suite checks this page is what the files give). History and superseded figures: "
              "[docs/dev/speed.md](docs/dev/speed.md), [docs/dev/performance.md](docs/dev/performance.md).", ""]
-    for section in (judge_section, layout_section, partner_section, latency_section, abuse_section, secret_section, llamacpp_section):
+    for section in (judge_section, coach_section, layout_section, partner_section, latency_section, abuse_section, secret_section, llamacpp_section):
         lines += section()
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// The folders of `datasets/` the commands read at run time. Not `guards/`, `load/` or
 /// `prompts/`: test and benchmark data, read from the source tree by the tests.
-const SHIPPED: [&str; 5] = ["personas", "emotion", "simulators", "injection", "goemotions"];
+const SHIPPED: [&str; 7] =
+    ["personas", "scenarios", "coach", "emotion", "simulators", "injection", "goemotions"];
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");

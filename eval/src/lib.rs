@@ -15,7 +15,9 @@
 //!
 //! [`calibrate`] measures how far the judge can be trusted, against human ratings (the
 //! chitchat dataset), and [`coach`] turns the same machinery on the person's side of a
-//! conversation for the practice feedback the web app shows. [`stats`] holds the statistics.
+//! conversation for the practice feedback the web app shows (a report per conversation and a
+//! tip per message, and [`rewrite`]'s checked "try: …" by the model), and [`scenario`] gives that practice a goal: a persona in a setting, a
+//! success check read from the stored state, levels and a debrief. [`stats`] holds the statistics.
 //!
 //! # Invariants
 //! - Nothing is guessed: an unreadable judge answer leaves the criterion without a score (and
@@ -36,12 +38,16 @@ pub mod html;
 pub mod injection;
 pub mod judge;
 pub mod metrics;
+pub mod progress;
 pub mod rank;
 pub mod report;
+pub mod rewrite;
 pub mod rubric;
+pub mod scenario;
 pub mod simulator;
 pub mod stats;
 pub mod svg;
+pub mod trust;
 
 pub use dialogue::{Dialogue, Speaker, Turn};
 pub use rubric::Rubric;

@@ -7,7 +7,7 @@ const CSRF = meta('csrf-token');
 const MAX_CHARS = Number(meta('max-message-chars'));
 const $ = (id) => document.getElementById(id);
 
-const state = { personas: [], conversations: [], current: null, persona: null, messages: [], source: null, busy: false };
+const state = { trust: {}, personas: [], scenarios: [], conversations: [], current: null, persona: null, messages: [], tips: [], scenario: null, source: null, busy: false };
 
 /** An element with attributes and children; strings become text nodes (so they are escaped). */
 function el(tag, attrs = {}, ...children) {
@@ -45,9 +45,17 @@ function showStatus(text, kind = 'info', action = null) {
 }
 
 function personaName(id) {
+  // A scenario's persona: scenario--<scenario>--<level>.
+  const m = /^scenario--(.+)--([a-z]+)$/.exec(id || '');
+  if (m) {
+    const s = state.scenarios.find((s) => s.id === m[1]);
+    if (s) return `${personaName(s.persona)} · ${s.title} (${m[2]})`;
+  }
   const p = state.personas.find((p) => p.id === id);
   return p ? p.name : id;
 }
+
+function coachOn() { return localStorage.getItem('rapport.coach') !== 'off'; }
 
 // ---- personas and the sidebar ----
 
@@ -60,11 +68,31 @@ async function loadPersonas() {
       el('span', { class: 'greeting' }, `“${p.greeting}”`)))));
 }
 
+const KINDS = { small_talk: 'Small talk', flirting: 'Flirting', comforting: 'Comforting', secret_game: 'Secret game' };
+
+async function loadScenarios() {
+  state.scenarios = (await api('GET', '/api/scenarios')).scenarios;
+  $('scenario-title').hidden = state.scenarios.length === 0;
+  $('scenario-list').replaceChildren(...state.scenarios.map((s) => el('li', { class: 'scenario', 'data-scenario': s.id },
+    el('span', { class: 'kind' }, `${KINDS[s.kind] || s.kind} · with ${personaName(s.persona)}`),
+    el('strong', { class: 'name' }, s.title),
+    el('span', { class: 'setting' }, s.setting),
+    el('span', { class: 'goal' }, `Goal: ${s.goal}`),
+    el('span', { class: 'levels' }, ...s.levels.map((l) => el('button', { type: 'button', 'data-level': l.name, title: l.description, onclick: () => startScenario(s.id, l.name) }, `${l.name[0].toUpperCase()}${l.name.slice(1)} · ${l.max_turns} messages`))))));
+}
+
+async function startScenario(scenario, level) {
+  try {
+    const data = await api('POST', '/api/conversations', { scenario, level });
+    await openConversation(data.conversation.id, data);
+  } catch (e) { showStatus(e.message, 'error'); }
+}
+
 async function loadConversations() {
   state.conversations = (await api('GET', '/api/conversations')).conversations;
   $('conversation-list').replaceChildren(...state.conversations.map((c) => el('li', { 'aria-current': c.id === state.current ? 'true' : 'false' },
     el('button', { type: 'button', class: 'open', onclick: () => openConversation(c.id) },
-      el('span', { class: 'who' }, personaName(c.persona)),
+      el('span', { class: 'who' }, personaName(c.persona), c.branch_of ? ' ↻ retry' : ''),
       el('span', { class: 'title' }, c.title || 'New conversation')),
     el('button', { type: 'button', class: 'delete', 'aria-label': `Delete the conversation with ${personaName(c.persona)}`, onclick: () => deleteConversation(c.id) }, '✕'))));
 }
@@ -76,6 +104,11 @@ function showPicker() {
   $('picker').hidden = false;
   $('messages').hidden = true;
   $('composer').hidden = true;
+  $('progress').hidden = true;
+  $('scenario-banner').hidden = true;
+  $('debrief').hidden = true;
+  $('branch-bar').hidden = true;
+  $('compare').hidden = true;
   $('chat-title').textContent = 'Pick someone to talk to';
   showStatus('');
   loadConversations();
@@ -102,11 +135,17 @@ async function openConversation(id, data) {
   state.current = id;
   state.persona = data.conversation.persona;
   state.messages = data.messages;
+  state.tips = data.tips || [];
+  state.scenario = data.scenario || null;
   history.replaceState(null, '', `#c=${encodeURIComponent(id)}`);
   localStorage.setItem('rapport.last', id);
   $('picker').hidden = true;
+  $('progress').hidden = true;
   $('messages').hidden = false;
   $('composer').hidden = false;
+  renderScenario();
+  renderBranchBar(data.conversation);
+  $('compare').hidden = true;
   $('chat-title').textContent = personaName(state.persona);
   $('sidebar').classList.remove('open');
   renderMessages();
@@ -124,7 +163,10 @@ function renderMessages() {
   const last = state.messages.at(-1);
   $('messages').replaceChildren(...state.messages.map((m) => {
     const bubble = el('li', { class: `bubble ${m.role}`, 'data-seq': m.seq }, el('span', { class: 'text' }, m.content));
-    if (m === last && m.role === 'assistant' && m.seq > 0) bubble.append(replyTools(m));
+    if (m === last && m.role === 'assistant' && m.seq > 0 && !scenarioOver()) bubble.append(replyTools(m));
+    const tip = m.role === 'user' && coachOn() ? state.tips.find((t) => t.seq === m.seq) : null;
+    if (tip) bubble.append(tipBox(m, tip.tip));
+    if (m.role === 'user' && m.id) bubble.append(el('button', { type: 'button', class: 'ghost retry', 'aria-label': `Try again from your message “${m.content.slice(0, 40)}”`, onclick: () => branchAt(m) }, 'Try that again'));
     return bubble;
   }));
   scrollDown();
@@ -268,6 +310,7 @@ function follow(jobId, queue) {
     showStatus('');
     setBusy(false);
     loadConversations();
+    refreshCoaching(conversation);
   });
   on('failed', (d) => { closeStream(); const p = $('pending'); if (p) p.remove(); showFailed(d.error); });
   source.onerror = () => {
@@ -286,6 +329,204 @@ function follow(jobId, queue) {
 function showFailed(error) {
   setBusy(false);
   showStatus(`The reply could not be written: ${error || 'unknown error'}.`, 'error', el('button', { type: 'button', onclick: regenerate }, 'Try again'));
+}
+
+// ---- the coach on each message, and scenarios ----
+
+/** After a reply: the tip on the message it answered and where the scenario stands. */
+async function refreshCoaching(conversation) {
+  try {
+    const data = await api('GET', `/api/conversations/${encodeURIComponent(conversation)}`);
+    if (state.current !== conversation) return;
+    state.tips = data.tips || [];
+    state.scenario = data.scenario || null;
+    renderMessages();
+    renderScenario();
+  } catch (e) { /* the tip is a bonus: the reply is shown either way */ }
+}
+
+function tipBox(message, tip) {
+  const out = el('div', { class: 'rewrite', 'aria-live': 'polite' });
+  const button = el('button', { type: 'button', class: 'ghost rewrite-button', onclick: () => rewrite(message, out, button) }, 'Show me a better way');
+  return el('div', { class: `msg-tip ${tip.kind}`, 'data-skill': tip.skill },
+    el('strong', {}, tip.kind === 'strength' ? '✓ ' : '→ '), tip.text,
+    el('q', {}, tip.quote),
+    tip.kind === 'try' ? button : null, out);
+}
+
+async function rewrite(message, out, button) {
+  button.disabled = true;
+  out.replaceChildren(el('span', { class: 'muted' }, 'The coach is writing…'));
+  try {
+    const r = await api('POST', `/api/conversations/${encodeURIComponent(state.current)}/messages/${encodeURIComponent(message.id)}/rewrite`, {});
+    out.replaceChildren(r.rewrite
+      ? el('span', {}, el('strong', {}, 'Try: '), r.rewrite)
+      : el('span', { class: 'muted' }, `No rewrite this time: ${r.refused}.`));
+  } catch (e) { out.replaceChildren(el('span', { class: 'error' }, `No rewrite: ${e.message}`)); }
+  button.disabled = false;
+}
+
+function scenarioOver() { return !!(state.scenario && state.scenario.progress.status !== 'playing'); }
+
+function renderScenario() {
+  const v = state.scenario;
+  const banner = $('scenario-banner');
+  banner.hidden = !v;
+  $('debrief').hidden = true;
+  if (!v) { $('composer').hidden = false; return; }
+  const p = v.progress;
+  banner.replaceChildren(
+    el('strong', {}, `${v.scenario.title} (${v.level})`), ' ',
+    el('span', { class: 'muted' }, `message ${Math.min(p.turns_used, p.max_turns)} of ${p.max_turns}`),
+    el('p', { class: 'goal' }, v.scenario.goal),
+    el('ul', { class: 'checks' }, ...p.checks.map((c) => el('li', { class: c.met ? 'met' : '' }, c.met ? '✓ ' : '○ ', `${c.what} — now ${c.now}`))));
+  const over = p.status !== 'playing';
+  $('composer').hidden = over;
+  if (!over) return;
+  const box = $('debrief');
+  box.hidden = false;
+  const pct = (x) => (x === null || x === undefined ? 'not measured' : `${Math.round(x * 100)}%`);
+  box.replaceChildren(
+    el('h3', { class: p.status }, p.status === 'succeeded' ? 'Goal reached!' : 'Out of messages: goal not reached this time'),
+    el('ul', { class: 'debrief-lines' }, ...(v.debrief || []).map((d) => el('li', { class: d.met ? 'met' : 'try' },
+      el('strong', {}, `${d.met ? '✓' : '→'} ${d.label}: ${pct(d.score)}`), ` (aim: ${pct(d.target)}). `,
+      d.met ? null : d.advice,
+      d.example ? el('q', {}, d.example) : null,
+      v.trust && v.trust[d.skill] ? el('span', { class: 'trust muted' }, trustLine(d.skill, v.trust[d.skill])) : null))),
+    el('p', {},
+      el('button', { type: 'button', class: 'primary', onclick: () => startScenario(v.scenario.id, v.level) }, 'Play again'), ' ',
+      el('button', { type: 'button', onclick: showProgress }, 'See my progress')));
+}
+
+// ---- try that again: branches and their comparison ----
+
+async function branchAt(m) {
+  if (state.busy) return;
+  try {
+    const data = await api('POST', `/api/conversations/${encodeURIComponent(state.current)}/branch`, { seq: m.seq });
+    await openConversation(data.conversation.id, data);
+    // The old message, ready to be changed.
+    $('composer-input').value = m.content;
+    $('composer-input').select();
+    showStatus('A new branch from just before your message: change it and send. The original conversation is kept.');
+  } catch (e) { showStatus(e.message, 'error'); }
+}
+
+function renderBranchBar(conversation) {
+  const bar = $('branch-bar');
+  bar.hidden = !conversation.branch_of;
+  if (!conversation.branch_of) return;
+  bar.replaceChildren(
+    el('span', {}, 'A retry of an earlier moment. '),
+    el('button', { type: 'button', class: 'ghost', onclick: () => compare(conversation.branch_of, conversation.id, conversation.branch_seq) }, 'Compare with the original'),
+    ' ',
+    el('button', { type: 'button', class: 'ghost', onclick: () => openConversation(conversation.branch_of).catch(() => showStatus('The original conversation was deleted.', 'error')) }, 'Open the original'));
+}
+
+/** The original and the branch side by side, from the message that was tried again. */
+async function compare(originalId, branchId, fromSeq) {
+  const box = $('compare');
+  box.hidden = false;
+  box.replaceChildren(el('p', { class: 'muted' }, 'Loading both conversations…'));
+  const side = (title, data) => {
+    const closeness = new Map((data.readings || []).map((r) => [r.seq, r]));
+    const tips = new Map((data.tips || []).map((t) => [t.seq, t.tip]));
+    return el('div', { class: 'compare-side' }, el('h4', {}, title),
+      el('ol', { class: 'compare-messages' }, ...data.messages.filter((m) => m.seq >= fromSeq).map((m) => {
+        const r = closeness.get(m.seq);
+        const tip = tips.get(m.seq);
+        return el('li', { class: `bubble ${m.role}` }, el('span', { class: 'text' }, m.content),
+          r ? el('span', { class: 'reading' }, `closeness ${r.closeness}, ${r.stage.replace('_', ' ')}`) : null,
+          tip ? el('span', { class: `reading tip-line ${tip.kind}` }, `${tip.kind === 'strength' ? '✓' : '→'} ${tip.text}`) : null);
+      })));
+  };
+  try {
+    const [original, branch] = await Promise.all([
+      api('GET', `/api/conversations/${encodeURIComponent(originalId)}`),
+      api('GET', `/api/conversations/${encodeURIComponent(branchId)}`)]);
+    box.replaceChildren(
+      el('h3', { id: 'compare-title' }, 'What you said, and what you tried'),
+      el('div', { class: 'compare-grid' }, side('Original', original), side('This try', branch)),
+      el('button', { type: 'button', class: 'ghost', onclick: () => { box.hidden = true; } }, 'Close the comparison'));
+  } catch (e) {
+    box.replaceChildren(el('p', { class: 'error' }, e.status === 404 ? 'The original conversation was deleted: nothing to compare with.' : `Could not compare: ${e.message}`));
+  }
+}
+
+// ---- progress ----
+
+/** How far a skill's score can be leaned on: its detector's agreement with a person's reading. */
+function trustLine(skill, a) {
+  const label = { open_questions: 'Open questions', listening: 'Active listening', reciprocity: 'Give and take', mirroring: 'Mirroring feelings', pacing: 'Pacing' }[skill] || skill;
+  const kappa = a.kappa === null || a.kappa === undefined ? 'κ undefined' : `κ ${a.kappa.toFixed(2)}`;
+  const verdict = a.kappa !== null && a.kappa !== undefined && a.kappa >= 0.6 && a.n >= 30 ? 'a fair guide'
+    : a.kappa !== null && a.kappa !== undefined && a.kappa >= 0.4 ? 'a rough guide' : 'not to be leaned on yet';
+  return `${label}: agrees with a person's reading on ${Math.round(a.agreement * 100)}% of ${a.n} messages (${kappa}): ${verdict}.`;
+}
+
+function trustNote(skill) {
+  const a = (state.trust || {})[skill];
+  return a ? el('span', { class: 'trust muted' }, ` (${trustLine(skill, a)})`) : null;
+}
+
+
+const SKILL_COLOURS = { open_questions: '#3957d6', listening: '#0a7a4a', reciprocity: '#b5540b', mirroring: '#a0268f', pacing: '#555' };
+
+async function showProgress() {
+  closeStream();
+  state.current = null;
+  history.replaceState(null, '', '#progress');
+  for (const id of ['picker', 'messages', 'composer', 'scenario-banner', 'debrief', 'branch-bar', 'compare']) $(id).hidden = true;
+  $('progress').hidden = false;
+  $('chat-title').textContent = 'Your progress';
+  $('sidebar').classList.remove('open');
+  showStatus('');
+  try {
+    const r = await api('GET', '/api/progress');
+    const p = r.progress;
+    state.trust = r.trust || {};
+    const n = p.conversations.length;
+    $('progress-summary').textContent = n === 0
+      ? 'No conversations with a message from you yet: chat or play a scenario, and your skills show up here.'
+      : `${n} conversation${n === 1 ? '' : 's'}; scenarios: ${p.scenarios_played} played, ${p.scenarios_succeeded} goal${p.scenarios_succeeded === 1 ? '' : 's'} reached.`;
+    $('progress-chart').replaceChildren(n ? chart(p) : '');
+    $('progress-focus').replaceChildren(...p.focus.map((f) => el('li', {}, el('strong', {}, `${f.label} (${Math.round(f.score * 100)}%): `), f.advice, trustNote(f.skill))));
+    $('progress-trust').replaceChildren(...Object.entries(state.trust).map(([skill, a]) => el('li', {}, trustLine(skill, a))));
+  } catch (e) { showStatus(`Could not load your progress: ${e.message}`, 'error'); }
+}
+
+/** Each skill's score (0–100%) per conversation, as lines: an inline SVG built node by node. */
+function chart(p) {
+  const NS = 'http://www.w3.org/2000/svg';
+  const svg = (tag, attrs, ...kids) => { const n = document.createElementNS(NS, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); kids.forEach((k) => n.append(k)); return n; };
+  const W = 560, H = 220, L = 40, R = 10, T = 10, B = 30;
+  const n = p.conversations.length;
+  const x = (i) => L + (n <= 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (n - 1));
+  const y = (v) => T + (1 - v) * (H - T - B);
+  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': 'Each skill\'s score per conversation, oldest on the left', class: 'chart' });
+  for (const v of [0, 0.5, 1]) {
+    root.append(svg('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: '#dde' }), svg('text', { x: 4, y: y(v) + 4, 'font-size': 11, fill: '#667' }, `${v * 100}%`));
+  }
+  root.append(svg('text', { x: L, y: H - 8, 'font-size': 11, fill: '#667' }, 'oldest'), svg('text', { x: W - R - 40, y: H - 8, 'font-size': 11, fill: '#667' }, 'latest'));
+  const legend = el('ul', { class: 'legend' });
+  for (const s of p.skills) {
+    if (!s.series.length) continue;
+    const colour = SKILL_COLOURS[s.skill] || '#333';
+    root.append(svg('polyline', { points: s.series.map(([i, v]) => `${x(i)},${y(v)}`).join(' '), fill: 'none', stroke: colour, 'stroke-width': 2 }));
+    for (const [i, v] of s.series) root.append(svg('circle', { cx: x(i), cy: y(v), r: 3, fill: colour }, svg('title', {}, `${s.label}: ${Math.round(v * 100)}%`)));
+    legend.append(el('li', { style: `--c: ${colour}` }, `${s.label}${s.recent_mean === null ? '' : ` — recent ${Math.round(s.recent_mean * 100)}%`}`));
+  }
+  return el('figure', {}, root, legend);
+}
+
+async function deleteProgress() {
+  if (!confirm('Delete your progress? This deletes every conversation it is measured from, and cannot be undone.')) return;
+  try {
+    await api('DELETE', '/api/progress');
+    localStorage.removeItem('rapport.last');
+    await loadConversations();
+    await showProgress();
+  } catch (e) { showStatus(e.message, 'error'); }
 }
 
 // ---- practice panel ----
@@ -370,11 +611,17 @@ async function init() {
   $('composer-input').addEventListener('keydown', (e) => { if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); $('composer').requestSubmit(); } });
   $('card-file').addEventListener('change', importCard);
   $('get-feedback').addEventListener('click', showFeedback);
+  $('show-progress').addEventListener('click', showProgress);
+  $('progress-delete').addEventListener('click', deleteProgress);
+  $('coach-on').checked = coachOn();
+  $('coach-on').addEventListener('change', (e) => { localStorage.setItem('rapport.coach', e.target.checked ? 'on' : 'off'); renderMessages(); });
   toggle('toggle-practice', 'practice');
   toggle('toggle-sidebar', 'sidebar', 'open');
   try {
     await loadPersonas();
+    await loadScenarios();
     await loadConversations();
+    if (location.hash === '#progress') { await showProgress(); return; }
     const fromHash = new URLSearchParams(location.hash.slice(1)).get('c');
     const id = fromHash || localStorage.getItem('rapport.last');
     if (id && state.conversations.some((c) => c.id === id)) await openConversation(id);

@@ -64,6 +64,21 @@ pub enum EvalCommand {
     },
     /// Feedback on the person's side of a conversation (the practice coach).
     Coach(CoachArgs),
+    /// Measure the coach's rewrites on logged or simulated dialogues: how often one passes the
+    /// check (and why not), and how long one takes.
+    Rewrites(RewritesArgs),
+    /// How far the coach's detectors agree with a person's labels (agreement and Cohen's κ with
+    /// bootstrap intervals), per detector and the skill it serves.
+    CoachTrust {
+        /// The labelled messages (default: datasets/coach/agreement.jsonl).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        #[arg(long, default_value_t = 39)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the prompt-injection suite against a persona with a secret: leaks of the secret and
     /// of the instructions before unlock, and what the guards caught.
     Injection(InjectionArgs),
@@ -296,6 +311,23 @@ pub struct CoachArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct RewritesArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Dialogues with the pipeline's traces: a batch's dialogues.jsonl.
+    #[arg(long)]
+    dialogues: PathBuf,
+    /// Messages to rewrite, drawn at random by --seed among those whose tip suggests something.
+    #[arg(long, default_value_t = 40)]
+    limit: usize,
+    #[arg(long, default_value_t = 39)]
+    seed: u64,
+    /// Write rewrites.jsonl and summary.json here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct InjectionArgs {
     #[command(flatten)]
     backend: BackendArgs,
@@ -358,7 +390,101 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
         }
         EvalCommand::Coach(args) => run_coach(args).await,
         EvalCommand::Injection(args) => run_injection(args).await,
+        EvalCommand::Rewrites(args) => run_rewrites(args).await,
+        EvalCommand::CoachTrust { labels, seed, json } => {
+            let path = labels
+                .unwrap_or_else(|| crate::datasets::datasets_dir().join("coach/agreement.jsonl"));
+            let items = rapport_eval::trust::load(&path)?;
+            let measured = rapport_eval::trust::measure(&items, seed);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&measured)?);
+                return Ok(());
+            }
+            println!("{} labelled messages ({})\n", items.len(), path.display());
+            println!(
+                "| detector | skill | n (positive) | agreement [95% CI] | Cohen's κ [95% CI] |"
+            );
+            println!("|---|---|---|---|---|");
+            for a in &measured {
+                let kappa = match (a.kappa, a.kappa_ci) {
+                    (Some(k), Some((lo, hi))) => format!("{k:.2} [{lo:.2}, {hi:.2}]"),
+                    (Some(k), None) => format!("{k:.2} (no interval)"),
+                    (None, _) => "undefined (one side never varies)".into(),
+                };
+                println!(
+                    "| {} | {} | {} ({}) | {:.0}% [{:.0}, {:.0}] | {} |",
+                    a.detector,
+                    a.skill.map_or("—", |s| s.label()),
+                    a.n,
+                    a.positives,
+                    100.0 * a.agreement,
+                    100.0 * a.agreement_ci.0,
+                    100.0 * a.agreement_ci.1,
+                    kappa
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+async fn run_rewrites(args: RewritesArgs) -> anyhow::Result<()> {
+    use rapport_eval::rewrite;
+    let dialogues = rapport_eval::dialogue::read_jsonl(&args.dialogues)?;
+    let items = rewrite::study_items(&dialogues, args.limit, args.seed);
+    anyhow::ensure!(
+        !items.is_empty(),
+        "{} holds no learner message with a tip to rewrite (it needs the pipeline's traces: a batch's dialogues.jsonl)",
+        args.dialogues.display()
+    );
+    let backend = args.backend.build().await?;
+    let progress = indicatif::ProgressBar::new(items.len() as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} rewrites [{elapsed_precise}, {eta} left] {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let mut shown = 0;
+    let studied = rewrite::study(backend.generator.as_ref(), &dialogues, &items, |item| {
+        shown += usize::from(item.rewrite.is_some());
+        progress.set_message(format!("{shown} shown"));
+        progress.inc(1);
+    })
+    .await?;
+    progress.finish_and_clear();
+    let summary = rewrite::summarise(&studied);
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        let mut lines = String::new();
+        for item in &studied {
+            lines.push_str(&serde_json::to_string(item)?);
+            lines.push('\n');
+        }
+        std::fs::write(dir.join("rewrites.jsonl"), lines)?;
+        let record = serde_json::json!({
+            "model": args.backend.model,
+            "dialogues": args.dialogues,
+            "limit": args.limit,
+            "seed": args.seed,
+            "summary": summary,
+        });
+        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&record)?)?;
+    }
+    println!(
+        "{} rewrites: {} shown ({:.0}%, 95% CI {:.0}–{:.0}%); {} ms median, {} ms p95",
+        summary.n,
+        summary.shown,
+        100.0 * summary.shown as f64 / summary.n.max(1) as f64,
+        100.0 * summary.shown_ci.0,
+        100.0 * summary.shown_ci.1,
+        summary.ms_p50.round(),
+        summary.ms_p95.round()
+    );
+    for (why, n) in &summary.refused {
+        println!("  not shown, {n}×: {why}");
+    }
+    Ok(())
 }
 
 /// Fails (exit 1) when the secret leaked before unlock: the one number that must be 0.
@@ -880,6 +1006,23 @@ async fn run_coach(args: CoachArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{} holds no dialogue", path.display()))?,
         _ => anyhow::bail!("give --database-url with --conversation, or --jsonl"),
     };
+    // The persona's name, as the web app reads it, so that saying it back is not counted as
+    // listening here either (a scenario's persona goes by its shipped persona's name).
+    let mut dialogue = dialogue;
+    if dialogue.persona_name.is_none() {
+        let personas_dir = crate::persona_chat::personas_dir(None);
+        if let Ok(library) = PersonaLibrary::load_dir(&personas_dir) {
+            let scenarios = rapport_eval::scenario::ScenarioLibrary::load_dir(
+                &personas_dir.parent().map(|p| p.join("scenarios")).unwrap_or_default(),
+                &library,
+            )
+            .unwrap_or_default();
+            let base = scenarios
+                .of_persona_id(&dialogue.persona)
+                .map_or(dialogue.persona.as_str(), |(s, _)| s.persona.as_str());
+            dialogue.persona_name = library.get(base).ok().map(|p| p.name.clone());
+        }
+    }
     let report = coach::feedback(&dialogue);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -204,8 +204,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::connect(&url)
         .await
         .with_context(|| format!("opening the database {}", redact(&url)))?;
-    let library =
-        PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas.clone()))?;
+    let personas_dir = crate::persona_chat::personas_dir(args.personas.clone());
+    let library = PersonaLibrary::load_dir(&personas_dir)?;
+    // Scenarios live beside the personas they are played with (datasets/scenarios); a persona
+    // directory of one's own without that sibling offers free chat only.
+    let scenarios_dir = personas_dir.parent().map(|p| p.join("scenarios")).unwrap_or_default();
+    let scenarios = rapport_eval::scenario::ScenarioLibrary::load_dir(&scenarios_dir, &library)
+        .with_context(|| format!("loading the scenarios in {}", scenarios_dir.display()))?;
     let backend = args.backend.build().await?;
     let mut sampling = backend.sampling.clone();
     if let Some(n) = args.max_tokens {
@@ -227,7 +232,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         layout: args.layout,
         ..PipelineConfig::default()
     };
-    let personas = Personas::new(library, nlu, Arc::new(Prompts::embedded()), config);
+    // How far the coach's skill scores agree with a person's labels, measured at start-up from
+    // the shipped labels (milliseconds) so the page never shows a stale figure.
+    let labels = personas_dir.parent().map(|p| p.join("coach/agreement.jsonl")).unwrap_or_default();
+    let trust = if labels.is_file() {
+        rapport_eval::trust::by_skill(&rapport_eval::trust::measure(
+            &rapport_eval::trust::load(&labels)?,
+            39,
+        ))
+    } else {
+        Default::default()
+    };
+    let personas = Personas::new(library, nlu, Arc::new(Prompts::embedded()), config)
+        .with_scenarios(scenarios)
+        .with_coach_trust(trust);
     let mut app_config = AppConfig {
         workers: args.workers.max(1),
         lease: Duration::from_secs(args.lease_secs.max(2)),

@@ -774,6 +774,242 @@ fn the_page_api_cannot_farm_the_secret_with_one_repeated_message() {
     });
 }
 
+/// A data directory for `serve --personas`: the shipped personas and, beside them, the
+/// shipped secret-game scenario and two short test scenarios: `one-line` ends after one
+/// message and is won only at the close stage (so it is lost), `open-question` is won by one
+/// open question (so a test can reach the goal whatever the model says).
+fn practice_data(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("personas")).unwrap();
+    std::fs::create_dir_all(data.join("scenarios")).unwrap();
+    for entry in std::fs::read_dir(datasets().join("personas")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, data.join("personas").join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        datasets().join("scenarios/wedding-password.toml"),
+        data.join("scenarios/wedding-password.toml"),
+    )
+    .unwrap();
+    let scenario = |id: &str, success: &str, turns: u32| {
+        let text = format!(
+            "title = \"{id}\"\nkind = \"small_talk\"\npersona = \"wedding-host\"\nsetting = \"The terrace.\"\ngoal = \"Say hello.\"\ndebrief = {{ listening = 0.5, open_questions = 0.5 }}\n[success]\n{success}\n[levels.easy]\ndescription = \"Short.\"\nmax_turns = {turns}\n"
+        );
+        std::fs::write(data.join("scenarios").join(format!("{id}.toml")), text).unwrap();
+    };
+    std::fs::create_dir_all(data.join("coach")).unwrap();
+    std::fs::copy(datasets().join("coach/agreement.jsonl"), data.join("coach/agreement.jsonl"))
+        .unwrap();
+    scenario("one-line", "stage = \"close\"", 1);
+    scenario("open-question", "skills = { open_questions = 0.5 }\nmin_messages = 1", 2);
+    data.join("personas")
+}
+
+fn user_seq_of(posted: &Value) -> i64 {
+    posted["message"]["seq"].as_i64().unwrap()
+}
+
+/// A practice scenario through every door: started by id and level (bad ones refused with the
+/// reason), coached on each answered message (a tip quoting the learner, a rewrite that goes
+/// through the model), over after its last message (a further one is refused), never played
+/// through the OpenAI door, and counted in a progress record the learner can delete.
+#[test]
+fn a_scenario_is_played_coached_ended_and_counted_in_progress_on_sqlite() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    practice_through_the_api(&sqlite_url(dir.path()), dir.path());
+}
+
+/// The same on PostgreSQL: branches copy rows and progress reads them on both databases.
+#[test]
+fn a_scenario_is_played_coached_ended_and_counted_in_progress_on_postgres() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let url = rt().block_on(postgres_url());
+    practice_through_the_api(&url, dir.path());
+}
+
+fn practice_through_the_api(database_url: &str, dir: &Path) {
+    let personas = practice_data(dir);
+    let server = Server::start(
+        database_url,
+        &["--rate-burst", "20", "--personas", personas.to_str().unwrap()],
+    );
+    rt().block_on(async {
+        let me = Client::new(&server.base).await;
+        let (status, list) = me.get("/api/scenarios").await;
+        assert_eq!(status, 200);
+        let ids: Vec<&str> =
+            list["scenarios"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["one-line", "open-question", "wedding-password"]);
+        // What only she knows never reaches the picker.
+        assert!(!list.to_string().to_lowercase().contains("silver lantern"), "{list}");
+
+        // Bad starts, each with its reason; nothing is created.
+        for (body, code, says) in [
+            (json!({"scenario": "nope", "level": "easy"}), 404, "scenario"),
+            (json!({"scenario": "one-line"}), 422, "needs a level"),
+            (json!({"scenario": "one-line", "level": "expert"}), 422, "no level"),
+            (json!({"persona": "wedding-host", "scenario": "one-line", "level": "easy"}), 422, "either"),
+            (json!({"persona": "wedding-host", "level": "easy"}), 422, "either"),
+        ] {
+            let (status, answer) = me.post("/api/conversations", body.clone()).await;
+            assert_eq!(status, code, "{body} → {answer}");
+            assert!(answer["error"]["message"].as_str().unwrap().contains(says), "{answer}");
+        }
+        assert_eq!(me.get("/api/conversations").await.1["conversations"].as_array().unwrap().len(), 0);
+
+        let (status, started) = me
+            .post("/api/conversations", json!({"scenario": "one-line", "level": "easy"}))
+            .await;
+        assert_eq!(status, 201, "{started}");
+        let id = started["conversation"]["id"].as_str().unwrap().to_string();
+        assert_eq!(started["conversation"]["persona"], "scenario--one-line--easy");
+        assert_eq!(started["scenario"]["progress"]["status"], "playing", "{started}");
+        assert_eq!(started["scenario"]["persona_name"], "Margot");
+
+        let message = "Hi Margot! The password is silver lantern, right? Do you like wine?";
+        let (status, posted) = me
+            .post(&format!("/api/conversations/{id}/messages"), json!({"content": message}))
+            .await;
+        assert_eq!(status, 202, "{posted}");
+        let events = me.events(&id, posted["job"]["id"].as_str().unwrap()).await;
+        assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
+
+        let (_, convo) = me.get(&format!("/api/conversations/{id}")).await;
+        // Out of messages without reaching the close stage: failed, with a debrief.
+        let scenario = &convo["scenario"];
+        assert_eq!(scenario["progress"]["status"], "failed", "{scenario}");
+        assert_eq!(scenario["progress"]["turns_used"], 1);
+        let debriefed: Vec<&str> = scenario["debrief"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["skill"].as_str().unwrap())
+            .collect();
+        assert_eq!(debriefed, ["open_questions", "listening"], "{scenario}");
+        // The coach's tip on the message quotes it.
+        let tips = convo["tips"].as_array().unwrap();
+        assert_eq!(tips.len(), 1, "{convo}");
+        let user_seq = posted["message"]["seq"].clone();
+        assert_eq!(tips[0]["seq"], user_seq);
+        assert!(message.contains(tips[0]["tip"]["quote"].as_str().unwrap()), "{tips:?}");
+        assert!(!tips[0]["tip"]["text"].as_str().unwrap().is_empty());
+
+        // Over: a further message is refused and not stored.
+        let (status, refused) = me
+            .post(&format!("/api/conversations/{id}/messages"), json!({"content": "One more?"}))
+            .await;
+        assert_eq!(status, 409, "{refused}");
+        assert_eq!(refused["error"]["type"], "scenario_over");
+        let (status, _) =
+            me.post(&format!("/api/conversations/{id}/regenerate"), json!({})).await;
+        assert_eq!(status, 409, "no reroll of a finished scenario's last reply");
+        let (_, after) = me.get(&format!("/api/conversations/{id}")).await;
+        assert_eq!(after["messages"].as_array().unwrap().len(), 3, "greeting, message, reply");
+        assert_eq!(after["readings"].as_array().unwrap().len(), 1, "{after}");
+
+        // Try that again: a branch at the message holds what came before it, plays the
+        // scenario from there, and leaves the original as it was.
+        let (status, branch) = me
+            .post(&format!("/api/conversations/{id}/branch"), json!({"seq": user_seq_of(&posted)}))
+            .await;
+        assert_eq!(status, 201, "{branch}");
+        let branch_id = branch["conversation"]["id"].as_str().unwrap().to_string();
+        assert_eq!(branch["conversation"]["branch_of"], id.as_str());
+        assert_eq!(branch["messages"].as_array().unwrap().len(), 1, "the greeting only");
+        assert_eq!(branch["scenario"]["progress"]["status"], "playing");
+        let (status, posted_again) = me
+            .post(
+                &format!("/api/conversations/{branch_id}/messages"),
+                json!({"content": "Hello Margot, how is the weekend going so far?"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{posted_again}");
+        let events = me.events(&branch_id, posted_again["job"]["id"].as_str().unwrap()).await;
+        assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
+        let (_, original) = me.get(&format!("/api/conversations/{id}")).await;
+        assert_eq!(original["messages"], after["messages"], "the original is unchanged");
+        let her_seq = after["messages"][2]["seq"].as_i64().unwrap();
+        let (status, _) =
+            me.post(&format!("/api/conversations/{id}/branch"), json!({"seq": her_seq})).await;
+        assert_eq!(status, 409, "a branch tries one of the learner's messages");
+        let (status, _) =
+            me.post(&format!("/api/conversations/{id}/branch"), json!({"seq": 99})).await;
+        assert_eq!(status, 404);
+
+        // The rewrite runs the model after the reply: a checked rewrite, or the reason none is
+        // shown; never for her message, never for another session.
+        let user_id = posted["message"]["id"].as_str().unwrap();
+        let (status, rewrite) =
+            me.post(&format!("/api/conversations/{id}/messages/{user_id}/rewrite"), json!({})).await;
+        assert_eq!(status, 200, "{rewrite}");
+        assert!(rewrite["rewrite"].is_string() != rewrite["refused"].is_string(), "{rewrite}");
+        if let Some(text) = rewrite["rewrite"].as_str() {
+            assert_ne!(text.trim(), message);
+        }
+        assert!(rewrite["ms"].as_u64().is_some());
+        let her_id = after["messages"][2]["id"].as_str().unwrap();
+        let (status, _) =
+            me.post(&format!("/api/conversations/{id}/messages/{her_id}/rewrite"), json!({})).await;
+        assert_eq!(status, 422);
+        let stranger = Client::new(&server.base).await;
+        let (status, _) = stranger
+            .post(&format!("/api/conversations/{id}/messages/{user_id}/rewrite"), json!({}))
+            .await;
+        assert_eq!(status, 404);
+        let (status, _) = stranger
+            .post(&format!("/api/conversations/{id}/branch"), json!({"seq": 1}))
+            .await;
+        assert_eq!(status, 404, "another session's conversation cannot be branched");
+
+        // The OpenAI door offers shipped personas only: a scenario is no model there.
+        let r = me
+            .http
+            .post(format!("{}/v1/chat/completions", server.base))
+            .json(&json!({"model": "scenario--wedding-password--easy", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+
+        // A secret-game scenario plays for its practice password: her real one is not in it,
+        // and the learner saying the practice one wins nothing.
+        let (_, game) = me
+            .post("/api/conversations", json!({"scenario": "wedding-password", "level": "hard"}))
+            .await;
+        let game_id = game["conversation"]["id"].as_str().unwrap().to_string();
+        assert_eq!(game["scenario"]["progress"]["checks"][0]["met"], false);
+
+        // Progress: both conversations' skills, the scenario outcome, and it can be deleted.
+        let (status, body) = me.get("/api/progress").await;
+        assert_eq!(status, 200);
+        let progress = &body["progress"];
+        // Beside the scores: how far each agrees with a person's reading of messages.
+        assert!(body["trust"]["open_questions"]["n"].as_u64().unwrap() > 0, "{body}");
+        assert!(body["trust"]["listening"]["agreement"].as_f64().is_some(), "{body}");
+        let rows = progress["conversations"].as_array().unwrap();
+        assert_eq!(
+            rows.len(),
+            1,
+            "only conversations with a message count, and not branches (copies): {progress}"
+        );
+        assert_eq!(rows[0]["status"], "failed");
+        assert_eq!(progress["scenarios_failed"], 1);
+        assert!(progress["skills"].as_array().unwrap().len() >= 4);
+        assert!(progress["focus"].as_array().unwrap().len() <= 3);
+        let r = me.request(reqwest::Method::GET, "/api/progress?download=1").send().await.unwrap();
+        assert!(r.headers()["content-disposition"].to_str().unwrap().contains("attachment"));
+        let r = me.request(reqwest::Method::DELETE, "/api/progress").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        assert_eq!(
+            me.get("/api/progress").await.1["progress"]["conversations"].as_array().unwrap().len(),
+            0
+        );
+        assert_eq!(me.get(&format!("/api/conversations/{game_id}")).await.0, 404);
+    });
+}
+
 #[test]
 fn two_processes_on_one_postgres_share_conversations_and_never_run_a_job_twice() {
     let _one = serialised();
@@ -1110,10 +1346,36 @@ fn a_shutdown_does_not_wait_out_a_locked_database_and_the_reply_is_written_after
 #[test]
 fn the_chat_page_works_in_chromium() {
     let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_url(dir.path()), &[]);
+    let shots = in_chromium("chat.mjs", &server.base, dir.path());
+    assert!(shots.join("chat.png").metadata().unwrap().len() > 10_000, "a real screenshot");
+}
+
+/// Practice in the page: a scenario lost and one won, the coach's tip and rewrite on a
+/// message, a retry compared with the original, the progress page with its chart; keyboard
+/// only, desktop and phone widths (web/tests/practice.mjs).
+#[test]
+fn the_practice_page_works_in_chromium() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let personas = practice_data(dir.path());
+    let server = Server::start(
+        &sqlite_url(dir.path()),
+        &["--rate-burst", "30", "--personas", personas.to_str().unwrap()],
+    );
+    let shots = in_chromium("practice.mjs", &server.base, dir.path());
+    assert!(shots.join("progress.png").metadata().unwrap().len() > 10_000, "a real screenshot");
+}
+
+/// Runs `web/tests/<script>` in headless Chromium against `base`; returns where its
+/// screenshots went.
+fn in_chromium(script: &str, base: &str, dir: &Path) -> PathBuf {
     let chromium =
         std::env::var("RAPPORT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let script =
-        Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../web/tests/chat.mjs");
+    let script = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
+        .join("../../web/tests")
+        .join(script);
     assert!(
         Path::new(&chromium).exists(),
         "{chromium} is missing: scripts/test.sh installs Debian's chromium"
@@ -1122,15 +1384,13 @@ fn the_chat_page_works_in_chromium() {
         script.with_file_name("node_modules").join("playwright-core").exists(),
         "web/tests/node_modules is missing: scripts/test.sh runs npm ci there"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&sqlite_url(dir.path()), &[]);
     let shots = std::env::var("RAPPORT_SCREENSHOTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| dir.path().to_path_buf());
+        .unwrap_or_else(|_| dir.to_path_buf());
     std::fs::create_dir_all(&shots).unwrap();
     let out = Command::new("node")
         .arg(&script)
-        .env("RAPPORT_URL", &server.base)
+        .env("RAPPORT_URL", base)
         .env("CHROMIUM", &chromium)
         .env("SCREENSHOTS", &shots)
         .output()
@@ -1139,5 +1399,5 @@ fn the_chat_page_works_in_chromium() {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser test failed:\n{log}");
     assert!(log.contains("PASS"), "{log}");
-    assert!(shots.join("chat.png").metadata().unwrap().len() > 10_000, "a real screenshot");
+    shots
 }

@@ -15,7 +15,7 @@ use crate::client::ClientAddress;
 use crate::door;
 use crate::error::{AppError, AppResult};
 use crate::limits::Scope;
-use crate::practice::practice_view;
+use crate::practice::{coaching, practice_view, refuse_when_over};
 use crate::session::CurrentSession;
 use crate::state::AppState;
 use crate::stream::{follow, queue_view};
@@ -63,11 +63,48 @@ pub async fn list(
     Ok(Json(json!({"conversations": app.store.list_conversations(&session.id).await?})))
 }
 
-/// Body of `POST /api/conversations`.
+/// Body of `POST /api/conversations`: a persona for a free chat, or a scenario and its level.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewConversation {
-    persona: String,
+    #[serde(default)]
+    persona: Option<String>,
+    #[serde(default)]
+    scenario: Option<String>,
+    #[serde(default)]
+    level: Option<String>,
+}
+
+impl NewConversation {
+    /// The persona id the conversation runs under: the persona's, or the scenario level's.
+    fn persona_id(&self, app: &AppState) -> AppResult<String> {
+        match (&self.persona, &self.scenario) {
+            (Some(p), None) if self.level.is_none() => Ok(p.clone()),
+            (None, Some(s)) => {
+                let scenario = app
+                    .personas
+                    .scenarios()
+                    .get(s)
+                    .ok_or_else(|| AppError::not_found("scenario"))?;
+                let level = self.level.as_deref().ok_or_else(|| {
+                    AppError::unprocessable(format!(
+                        "a scenario needs a level: one of {}",
+                        scenario.levels.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                if !scenario.levels.contains_key(level) {
+                    return Err(AppError::unprocessable(format!(
+                        "scenario {s} has no level {level:?}: it has {}",
+                        scenario.levels.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                Ok(scenario.persona_id(level))
+            }
+            _ => Err(AppError::unprocessable(
+                "send either {\"persona\": id} or {\"scenario\": id, \"level\": name}",
+            )),
+        }
+    }
 }
 
 /// `POST /api/conversations`: a new conversation, opened with the persona's greeting.
@@ -78,7 +115,8 @@ pub async fn create(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> AppResult<Response> {
     let body: NewConversation = json_object(body)?;
-    let persona = app.personas.persona(&app.store, &body.persona, Some(&session.id)).await?;
+    let persona_id = body.persona_id(&app)?;
+    let persona = app.personas.persona(&app.store, &persona_id, Some(&session.id)).await?;
     door::limit(&app, Scope::ClientConversations, client.as_str()).await?;
     let pipeline = app.personas.pipeline(&app.store, &persona.id).await?;
     let start = pipeline.start();
@@ -87,9 +125,11 @@ pub async fn create(
     let conversation =
         app.store.create_conversation(&session.id, &persona.id, &greeting, &state).await?;
     let messages = app.store.messages(&conversation.id).await?;
+    let export = app.store.export(&session.id, &conversation.id).await?;
+    let read = coaching(&app, &export);
     Ok((
         StatusCode::CREATED,
-        Json(json!({"conversation": conversation, "messages": messages, "job": null})),
+        Json(json!({"conversation": conversation, "messages": messages, "job": null, "tips": read.tips, "readings": read.readings, "scenario": read.scenario})),
     )
         .into_response())
 }
@@ -115,9 +155,17 @@ pub async fn get(
             .map(|t| practice_view(&t)),
         None => None,
     };
-    Ok(Json(
-        json!({"conversation": conversation, "messages": messages, "job": job, "practice": practice}),
-    ))
+    let export = app.store.export(&session.id, &id).await?;
+    let read = coaching(&app, &export);
+    Ok(Json(json!({
+        "conversation": conversation,
+        "messages": messages,
+        "job": job,
+        "practice": practice,
+        "tips": read.tips,
+        "readings": read.readings,
+        "scenario": read.scenario,
+    })))
 }
 
 /// `DELETE /api/conversations/{id}`.
@@ -139,7 +187,7 @@ pub async fn feedback(
     Path(id): Path<String>,
 ) -> AppResult<Json<rapport_eval::coach::CoachReport>> {
     let export = app.store.export(&session.id, &ConversationId(id)).await?;
-    Ok(Json(rapport_eval::coach::feedback(&rapport_eval::dialogue::from_export_rows(&export))))
+    Ok(Json(rapport_eval::coach::feedback(&crate::practice::dialogue_of(&app, &export))))
 }
 
 /// `GET /api/conversations/{id}/export`: everything, as a JSON download.
@@ -180,7 +228,8 @@ pub async fn post_message(
 ) -> AppResult<Response> {
     let body: NewMessage = json_object(body)?;
     let id = ConversationId(id);
-    app.store.conversation(&session.id, &id).await?;
+    let conversation = app.store.conversation(&session.id, &id).await?;
+    refuse_when_over(&app, &session.id, &conversation).await?;
     let content = body.content.trim();
     let chars = content.chars().count();
     if chars == 0 {
@@ -252,7 +301,9 @@ pub async fn regenerate(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     let id = ConversationId(id);
-    app.store.conversation(&session.id, &id).await?;
+    let conversation = app.store.conversation(&session.id, &id).await?;
+    // A finished scenario's outcome is final: no reroll of its last reply.
+    refuse_when_over(&app, &session.id, &conversation).await?;
     limit(&app, &session.id, &client).await?;
     let job = door::queued(&app, app.store.regenerate(&id, &door::admission(&app, &client)).await)
         .await?;
@@ -278,7 +329,8 @@ pub async fn choose(
 ) -> AppResult<Json<Value>> {
     let body: Choice = json_object(body)?;
     let id = ConversationId(id);
-    app.store.conversation(&session.id, &id).await?;
+    let conversation = app.store.conversation(&session.id, &id).await?;
+    refuse_when_over(&app, &session.id, &conversation).await?;
     Ok(Json(
         json!({"message": app.store.choose_alternative(&id, body.seq, body.alternative).await?}),
     ))

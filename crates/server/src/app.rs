@@ -14,7 +14,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{api, client, companion, page, session, sweeper, warm, worker};
+use crate::{api, client, companion, page, practice, session, sweeper, warm, worker};
 
 /// Largest Character Card upload (PNG cards carry a picture).
 const MAX_CARD_BYTES: usize = 8 * 1024 * 1024;
@@ -40,6 +40,10 @@ pub fn router(app: AppState) -> Router {
         .route("/api/conversations/{id}/alternatives", post(api::choose))
         .route("/api/conversations/{id}/jobs/{job}", get(api::job))
         .route("/api/conversations/{id}/messages/{message}/trace", get(api::trace))
+        .route("/api/conversations/{id}/messages/{message}/rewrite", post(practice::rewrite))
+        .route("/api/conversations/{id}/branch", post(practice::branch))
+        .route("/api/scenarios", get(practice::scenarios))
+        .route("/api/progress", get(practice::progress).delete(practice::delete_progress))
         .layer(timeout)
         .route("/api/conversations/{id}/events", get(api::events))
         .route_layer(from_fn_with_state(app.clone(), session::sessions));

@@ -1,9 +1,11 @@
 //! The personas the app offers — the shipped ones and the Character Cards each session
 //! imported — and one ready [`Pipeline`] per persona, built on first use.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use rapport_eval::scenario::{ScenarioLibrary, Skill};
+use rapport_eval::trust::Agreement;
 use rapport_nlu::emotion::EmotionClassifier;
 use rapport_pipeline::prompt::Prompts;
 use rapport_pipeline::{Persona, PersonaLibrary, Pipeline, PipelineConfig, PipelineError};
@@ -49,6 +51,8 @@ pub struct Personas {
     prompts: Arc<Prompts>,
     config: PipelineConfig,
     pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
+    scenarios: ScenarioLibrary,
+    trust: BTreeMap<Skill, Agreement>,
 }
 
 impl Personas {
@@ -59,7 +63,52 @@ impl Personas {
         prompts: Arc<Prompts>,
         config: PipelineConfig,
     ) -> Self {
-        Self { shipped, nlu, prompts, config, pipelines: Mutex::new(HashMap::new()) }
+        Self {
+            shipped,
+            nlu,
+            prompts,
+            config,
+            pipelines: Mutex::new(HashMap::new()),
+            scenarios: ScenarioLibrary::default(),
+            trust: BTreeMap::new(),
+        }
+    }
+
+    /// How far each of the coach's skill scores agrees with a person's reading
+    /// ([`rapport_eval::trust`]), shown beside the scores.
+    pub fn with_coach_trust(mut self, trust: BTreeMap<Skill, Agreement>) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// The coach's measured agreement, by skill (empty when no labels were shipped).
+    pub fn coach_trust(&self) -> &BTreeMap<Skill, Agreement> {
+        &self.trust
+    }
+
+    /// Offers `scenarios` (checked against the shipped personas when they were loaded): each
+    /// level's persona is derived from a shipped one, under the id
+    /// [`rapport_eval::scenario::Scenario::persona_id`].
+    pub fn with_scenarios(mut self, scenarios: ScenarioLibrary) -> Self {
+        self.scenarios = scenarios;
+        self
+    }
+
+    /// The practice scenarios.
+    pub fn scenarios(&self) -> &ScenarioLibrary {
+        &self.scenarios
+    }
+
+    /// The name the persona of `id` goes by, for shipped personas and scenarios (imported ones:
+    /// `None`; reading them needs the store).
+    pub fn display_name(&self, id: &str) -> Option<String> {
+        let base = self.scenarios.of_persona_id(id).map_or(id, |(s, _)| s.persona.as_str());
+        self.shipped.get(base).ok().map(|p| p.name.clone())
+    }
+
+    /// The display name of shipped persona `id` (the id itself if there is none).
+    pub fn shipped_name(&self, id: &str) -> String {
+        self.shipped.get(id).map_or_else(|_| id.to_string(), |p| p.name.clone())
     }
 
     /// The shipped personas.
@@ -91,6 +140,11 @@ impl Personas {
     ) -> AppResult<Persona> {
         if let Ok(p) = self.shipped.get(id) {
             return Ok(p.clone());
+        }
+        // A scenario's persona is derived from a shipped one: anyone may play it.
+        if let Some((scenario, level)) = self.scenarios.of_persona_id(id) {
+            let base = self.shipped.get(&scenario.persona)?;
+            return scenario.persona(base, level).map_err(AppError::internal);
         }
         match store.imported_persona(id).await? {
             Some((owner, stored)) if session.is_none_or(|s| *s == owner) => parse(&stored),

@@ -21,7 +21,15 @@ pub struct ConversationRow {
     pub created_at: i64,
     /// Unix ms of the last message.
     pub updated_at: i64,
+    /// For a branch: the conversation it was started from (which may since be deleted).
+    pub branch_of: Option<ConversationId>,
+    /// For a branch: the place of the learner's message it tries again.
+    pub branch_seq: Option<i64>,
 }
+
+/// The columns [`conversation_row`] reads.
+const CONVERSATION_COLUMNS: &str =
+    "id, persona, title, created_at, updated_at, branch_of, branch_seq";
 
 /// One message as shown: the active alternative of its slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -121,6 +129,8 @@ fn conversation_row(row: &AnyRow) -> Result<ConversationRow, StoreError> {
         title: row.try_get("title")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        branch_of: row.try_get::<Option<String>, _>("branch_of")?.map(ConversationId),
+        branch_seq: row.try_get("branch_seq")?,
     })
 }
 
@@ -159,6 +169,79 @@ impl Store {
             title: String::new(),
             created_at: now,
             updated_at: now,
+            branch_of: None,
+            branch_seq: None,
+        })
+    }
+
+    /// A branch of one of the session's conversations at `seq`, the place of one of the
+    /// learner's messages: a new conversation holding copies of the messages before it (each
+    /// with the pipeline's state and trace, so the next turn starts exactly where that message
+    /// did), ready for a different message there. The original is not changed.
+    pub async fn branch_conversation(
+        &self,
+        session: &SessionId,
+        id: &ConversationId,
+        seq: i64,
+    ) -> Result<ConversationRow, StoreError> {
+        let original = self.conversation(session, id).await?;
+        let mut tx = self.pool.begin().await?;
+        let at = sqlx::query(
+            "SELECT role FROM messages WHERE conversation_id = $1 AND seq = $2 AND active = 1",
+        )
+        .bind(id.as_str())
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match at {
+            None => return Err(StoreError::NotFound("message")),
+            Some(row) if row.try_get::<String, _>("role")? != "user" => {
+                return Err(StoreError::Conflict(format!(
+                    "message {seq} is not yours: a branch tries one of your messages again"
+                )))
+            }
+            Some(_) => {}
+        }
+        let branch = ConversationId(random_hex());
+        let now = now_ms();
+        sqlx::query("INSERT INTO conversations (id, session_id, persona, title, created_at, updated_at, branch_of, branch_seq) VALUES ($1, $2, $3, $4, $5, $5, $6, $7)")
+            .bind(branch.as_str())
+            .bind(session.as_str())
+            .bind(&original.persona)
+            .bind(&original.title)
+            .bind(now)
+            .bind(id.as_str())
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query("SELECT seq, role, content, state, trace, utc_offset_min, created_at FROM messages WHERE conversation_id = $1 AND active = 1 AND seq < $2 ORDER BY seq")
+            .bind(id.as_str())
+            .bind(seq)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &rows {
+            sqlx::query("INSERT INTO messages (id, conversation_id, seq, alternative, active, role, content, state, trace, utc_offset_min, created_at) VALUES ($1, $2, $3, 0, 1, $4, $5, $6, $7, $8, $9)")
+                .bind(random_hex())
+                .bind(branch.as_str())
+                .bind(row.try_get::<i64, _>("seq")?)
+                .bind(row.try_get::<String, _>("role")?)
+                .bind(row.try_get::<String, _>("content")?)
+                .bind(row.try_get::<Option<String>, _>("state")?)
+                .bind(row.try_get::<Option<String>, _>("trace")?)
+                .bind(row.try_get::<i64, _>("utc_offset_min")?)
+                .bind(row.try_get::<i64, _>("created_at")?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ConversationRow {
+            id: branch,
+            persona: original.persona,
+            title: original.title,
+            created_at: now,
+            updated_at: now,
+            branch_of: Some(id.clone()),
+            branch_seq: Some(seq),
         })
     }
 
@@ -167,7 +250,7 @@ impl Store {
         &self,
         session: &SessionId,
     ) -> Result<Vec<ConversationRow>, StoreError> {
-        let rows = sqlx::query("SELECT id, persona, title, created_at, updated_at FROM conversations WHERE session_id = $1 ORDER BY updated_at DESC, id")
+        let rows = sqlx::query(&format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE session_id = $1 ORDER BY updated_at DESC, id"))
             .bind(session.as_str())
             .fetch_all(&self.pool)
             .await?;
@@ -180,11 +263,13 @@ impl Store {
         session: &SessionId,
         id: &ConversationId,
     ) -> Result<ConversationRow, StoreError> {
-        let row = sqlx::query("SELECT id, persona, title, created_at, updated_at FROM conversations WHERE id = $1 AND session_id = $2")
-            .bind(id.as_str())
-            .bind(session.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1 AND session_id = $2"
+        ))
+        .bind(id.as_str())
+        .bind(session.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         conversation_row(&row.ok_or(StoreError::NotFound("conversation"))?)
     }
 
