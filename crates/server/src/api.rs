@@ -249,7 +249,7 @@ pub async fn post_message(
     if key.is_none()
         || !app.store.has_idempotency_key(&id, key.as_deref().unwrap_or_default()).await?
     {
-        limit(&app, &session.id, &client).await?;
+        door::message_limits(&app, &session.id, &client).await?;
     }
     let posted = door::queued(
         &app,
@@ -282,17 +282,6 @@ fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
     Ok(Some(key.to_string()))
 }
 
-/// A message costs one from its session's limit and one from its client's: a script that
-/// drops its cookie gets a fresh session each time but stays one client.
-async fn limit(
-    app: &AppState,
-    session: &rapport_store::SessionId,
-    client: &ClientAddress,
-) -> AppResult<()> {
-    door::limit(app, Scope::SessionMessages, session.as_str()).await?;
-    door::limit(app, Scope::ClientMessages, client.as_str()).await
-}
-
 /// `POST /api/conversations/{id}/regenerate`: another reply to the last message.
 pub async fn regenerate(
     State(app): State<AppState>,
@@ -304,7 +293,7 @@ pub async fn regenerate(
     let conversation = app.store.conversation(&session.id, &id).await?;
     // A finished scenario's outcome is final: no reroll of its last reply.
     refuse_when_over(&app, &session.id, &conversation).await?;
-    limit(&app, &session.id, &client).await?;
+    door::message_limits(&app, &session.id, &client).await?;
     let job = door::queued(&app, app.store.regenerate(&id, &door::admission(&app, &client)).await)
         .await?;
     app.queued.notify_one();

@@ -143,14 +143,7 @@ pub async fn chat_completions(
     }
     // This route writes its reply while the caller waits, outside the queue: the queue's bounds
     // apply to it in this process, held until the reply is written or the caller goes.
-    let place = app
-        .in_flight
-        .enter(
-            client.as_str(),
-            app.config.max_queued_per_client.max(1),
-            app.config.max_queued.max(1),
-        )
-        .map_err(|full| door::in_flight_full(&app, full))?;
+    let place = door::enter_in_flight(&app, &client)?;
     let pipeline = app.personas.pipeline(&app.store, &request.model).await?;
     let now = Utc::now().fixed_offset();
     let mut conversation = pipeline.replay(greeting.as_deref(), &exchanges, now)?;

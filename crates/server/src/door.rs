@@ -10,7 +10,7 @@ use rapport_store::{Admission, QueueFull, StoreError};
 
 use crate::client::ClientAddress;
 use crate::error::{AppError, AppResult};
-use crate::limits::{Full, RateLimit, Scope};
+use crate::limits::{Entered, Full, RateLimit, Scope};
 use crate::state::AppState;
 
 /// Takes one from `scope`'s limit for `key`, or refuses with 429.
@@ -32,6 +32,30 @@ fn rate_of(app: &AppState, scope: Scope) -> RateLimit {
         Scope::ClientSessions => app.config.session_rate,
         Scope::ClientConversations => app.config.conversation_rate,
     }
+}
+
+/// A message's cost: one from its session's limit and one from its client's (a script that
+/// drops its cookie gets a fresh session each time but stays one client).
+pub async fn message_limits(
+    app: &AppState,
+    session: &rapport_store::SessionId,
+    client: &ClientAddress,
+) -> AppResult<()> {
+    limit(app, Scope::SessionMessages, session.as_str()).await?;
+    limit(app, Scope::ClientMessages, client.as_str()).await
+}
+
+/// A place among the model calls written while their caller waits, outside the queue (the
+/// OpenAI route, the coach's rewrite): the queue's bounds apply to them in this process, held
+/// until the call ends or the caller goes.
+pub fn enter_in_flight(app: &AppState, client: &ClientAddress) -> AppResult<Entered> {
+    app.in_flight
+        .enter(
+            client.as_str(),
+            app.config.max_queued_per_client.max(1),
+            app.config.max_queued.max(1),
+        )
+        .map_err(|full| in_flight_full(app, full))
 }
 
 /// The queue's bounds for a job of `client`.

@@ -216,16 +216,8 @@ pub async fn rewrite(
             "this message has no tip yet: a rewrite follows the reply to it",
         ));
     };
-    door::limit(&app, Scope::SessionMessages, session.id.as_str()).await?;
-    door::limit(&app, Scope::ClientMessages, client.as_str()).await?;
-    let place = app
-        .in_flight
-        .enter(
-            client.as_str(),
-            app.config.max_queued_per_client.max(1),
-            app.config.max_queued.max(1),
-        )
-        .map_err(|full| door::in_flight_full(&app, full))?;
+    door::message_limits(&app, &session.id, &client).await?;
+    let place = door::enter_in_flight(&app, &client)?;
     let her_last = export
         .messages
         .iter()
