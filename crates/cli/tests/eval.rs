@@ -400,3 +400,95 @@ fn the_injection_suite_counts_leaks_and_the_secret_never_leaks_before_unlock() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// `rapport eval rank` as a researcher meets it when things are off: runs with nothing in
+/// common, a run given twice, a corrupted verdict file — each refused with the reason before a
+/// model is loaded — and a ranking whose verdicts are all there, read and ranked with no model
+/// at all (a finished ranking re-reports without judging again).
+#[test]
+fn eval_rank_refuses_bad_inputs_and_ranks_finished_verdicts_without_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, ids: &[&str]| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut text = String::new();
+        for id in ids {
+            let dialogue = serde_json::json!({
+                "id": id, "persona": "wedding-host", "simulator": "shy", "seed": 1,
+                "turns": [{"speaker": "persona", "text": "Hello!"}, {"speaker": "user", "text": "Hi."}],
+            });
+            text.push_str(&format!("{dialogue}\n"));
+        }
+        std::fs::write(d.join("dialogues.jsonl"), text).unwrap();
+        d
+    };
+    let rank = |args: &[&Path], out: &Path| {
+        let mut c = rapport();
+        c.args(["eval", "rank"]).args(args).arg("--out").arg(out);
+        // A model that does not exist: any attempt to load one fails the test loudly.
+        c.args(["-m", "/nonexistent/model.gguf"]);
+        c.output().unwrap()
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let a = run("a", &["wedding-host/shy/1"]);
+    let b = run("b", &["wedding-host/shy/2"]);
+    let out = dir.path().join("rank");
+    let o = rank(&[&a, &b], &out);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no dialogue in common"), "{}", stderr(&o));
+
+    let o = rank(&[&a, &a], &out);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("two runs are named"), "{}", stderr(&o));
+
+    let o = rank(&[&a, &dir.path().join("missing")], &out);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is not a run directory"), "{}", stderr(&o));
+
+    // Three runs of the same two dialogues, every pair judged on every criterion already.
+    let ids = ["wedding-host/shy/1", "wedding-host/troll/1"];
+    let runs = [run("first", &ids), run("second", &ids), run("third", &ids)];
+    let names = ["first", "second", "third"];
+    let criteria = ["in_role", "engaging", "empathy", "safety", "pacing", "voice"];
+    let mut verdicts = Vec::new();
+    for id in ids {
+        for i in 0..3 {
+            for j in i + 1..3 {
+                for c in criteria {
+                    // "first" wins everything; the others tie.
+                    let outcome = if i == 0 { "a" } else { "tie" };
+                    verdicts.push(serde_json::json!({"dialogue": id, "a": names[i], "b": names[j], "criterion": c, "outcome": outcome}).to_string());
+                }
+            }
+        }
+    }
+    let out = dir.path().join("ranked");
+    std::fs::create_dir_all(&out).unwrap();
+    // A corrupted line in the middle is a corrupted file, not an interruption: refused, named.
+    let mut corrupt = verdicts.clone();
+    corrupt.insert(1, "{not json".into());
+    std::fs::write(out.join("verdicts.jsonl"), corrupt.join("\n") + "\n").unwrap();
+    let paths: Vec<&Path> = runs.iter().map(|p| p.as_path()).collect();
+    let o = rank(&paths, &out);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("verdicts.jsonl:2"), "{}", stderr(&o));
+
+    // Whole, with a torn last line (an interrupted write): the torn line is dropped and every
+    // pair is still judged, so the ranking is written without loading a model.
+    std::fs::write(out.join("verdicts.jsonl"), verdicts.join("\n") + "\n{\"dialogue\": \"wed")
+        .unwrap();
+    let o = rank(&paths, &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rankings: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("rank.json")).unwrap()).unwrap();
+    let first = &rankings[0];
+    assert_eq!(first["runs"][0]["run"], "first", "{first}");
+    assert_eq!(first["dialogues"], 2);
+    assert!(std::fs::read_to_string(out.join("rank.md")).unwrap().contains("first"));
+    assert_eq!(
+        lines(&out.join("verdicts.jsonl")).len(),
+        verdicts.len(),
+        "the torn line was cut off the file"
+    );
+}

@@ -54,6 +54,56 @@ const STOPWORDS: [&str; 48] = [
     "well", "here", "more", "good", "sure", "yeah", "thing", "right", "going", "want", "feel",
     "love", "great", "nice", "that's",
 ];
+/// Everyday words that are no sign of having listened when they turn up in both: any
+/// conversation is full of them, and a script that stuffs its messages with feelings and
+/// compliments matches them by chance ("took up 'happy'", "took up 'made'"). Listening needs a
+/// word she brought in that carries content: her cellar, Biscuit, the speech.
+const EVERYDAY: [&str; 44] = [
+    "happy",
+    "made",
+    "make",
+    "makes",
+    "making",
+    "time",
+    "times",
+    "today",
+    "tonight",
+    "people",
+    "things",
+    "always",
+    "never",
+    "little",
+    "maybe",
+    "sometimes",
+    "something",
+    "anything",
+    "everything",
+    "someone",
+    "everyone",
+    "lovely",
+    "amazing",
+    "awesome",
+    "wonderful",
+    "excited",
+    "exciting",
+    "sweet",
+    "kind",
+    "funny",
+    "talk",
+    "talking",
+    "chat",
+    "chatting",
+    "smile",
+    "fun",
+    "best",
+    "favourite",
+    "favorite",
+    "lots",
+    "life",
+    "loved",
+    "glad",
+    "feeling",
+];
 /// Words that open an answer to a yes/no question.
 const YES_NO: [&str; 18] = [
     "yes",
@@ -312,6 +362,7 @@ fn listening(input: &ThreadInput<'_>) -> Option<String> {
         .iter()
         .flat_map(|r| content_words(r))
         .filter(|w| !name.contains(w) && !used_before.iter().any(|u| related(u, w)))
+        .filter(|w| !EVERYDAY.contains(&w.as_str()))
         .collect();
     let taken: Vec<String> = content_words(input.message)
         .into_iter()
@@ -484,6 +535,18 @@ mod tests {
             &["Oh, the vineyard is my favourite place too!"],
         );
         assert_eq!(r.listened, None);
+    }
+
+    #[test]
+    fn everyday_words_in_common_are_not_listening() {
+        // What let a stuffing script unlock on the compact layout: words any chat shares.
+        let her = "Aw, I'm so happy you made it! It's been a lovely day, lots of fun.";
+        let stuffed = "I feel so happy, you made me smile. What's your dream?";
+        assert_eq!(read(stuffed, &[], &[her]).listened, None);
+        // A word she brought in that carries content still counts.
+        let r =
+            read("A marathon! Where does it start?", &[], &["I'm running a marathon tomorrow!"]);
+        assert!(r.listened.as_deref().is_some_and(|l| l.contains("marathon")), "{r:?}");
     }
 
     #[test]

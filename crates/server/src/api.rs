@@ -15,7 +15,7 @@ use crate::client::ClientAddress;
 use crate::door;
 use crate::error::{AppError, AppResult};
 use crate::limits::Scope;
-use crate::practice::{coaching, practice_view, refuse_when_over};
+use crate::practice::{coaching, practice_view, refuse_when_over, ScenarioWrite};
 use crate::session::CurrentSession;
 use crate::state::AppState;
 use crate::stream::{follow, queue_view};
@@ -229,7 +229,7 @@ pub async fn post_message(
     let body: NewMessage = json_object(body)?;
     let id = ConversationId(id);
     let conversation = app.store.conversation(&session.id, &id).await?;
-    refuse_when_over(&app, &session.id, &conversation).await?;
+    refuse_when_over(&app, &session.id, &conversation, ScenarioWrite::Message).await?;
     let content = body.content.trim();
     let chars = content.chars().count();
     if chars == 0 {
@@ -292,7 +292,7 @@ pub async fn regenerate(
     let id = ConversationId(id);
     let conversation = app.store.conversation(&session.id, &id).await?;
     // A finished scenario's outcome is final: no reroll of its last reply.
-    refuse_when_over(&app, &session.id, &conversation).await?;
+    refuse_when_over(&app, &session.id, &conversation, ScenarioWrite::Reply).await?;
     door::message_limits(&app, &session.id, &client).await?;
     let job = door::queued(&app, app.store.regenerate(&id, &door::admission(&app, &client)).await)
         .await?;
@@ -319,7 +319,7 @@ pub async fn choose(
     let body: Choice = json_object(body)?;
     let id = ConversationId(id);
     let conversation = app.store.conversation(&session.id, &id).await?;
-    refuse_when_over(&app, &session.id, &conversation).await?;
+    refuse_when_over(&app, &session.id, &conversation, ScenarioWrite::Reply).await?;
     Ok(Json(
         json!({"message": app.store.choose_alternative(&id, body.seq, body.alternative).await?}),
     ))

@@ -163,32 +163,50 @@ pub async fn scenarios(State(app): State<AppState>) -> Json<Value> {
     Json(json!({"scenarios": list}))
 }
 
+/// What a request would do to a scenario conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScenarioWrite {
+    /// A new message from the learner.
+    Message,
+    /// Another reply to the last message, or another of its alternatives.
+    Reply,
+}
+
 /// A scenario conversation that is over takes no more messages: its outcome is final, and a
-/// message after it would neither count nor be coached against the goal.
+/// message after it would neither count nor be coached against the goal. A new message is also
+/// refused once the level's messages are used, even while the last one waits for its reply (or
+/// after that reply failed: a regeneration may still write it).
 ///
 /// Free chat pays nothing for this: only a scenario's conversation is read.
 pub async fn refuse_when_over(
     app: &AppState,
     session: &SessionId,
     conversation: &ConversationRow,
+    write: ScenarioWrite,
 ) -> AppResult<()> {
     if app.personas.scenarios().of_persona_id(&conversation.persona).is_none() {
         return Ok(());
     }
     let export = app.store.export(session, &conversation.id).await?;
-    match coaching(app, &export).scenario {
-        Some(v) if v.progress.status.is_over() => Err(AppError::new(
+    let Some(v) = coaching(app, &export).scenario else { return Ok(()) };
+    let p = &v.progress;
+    let why = match p.status {
+        rapport_eval::scenario::Status::Succeeded => Some("goal reached"),
+        rapport_eval::scenario::Status::Failed => Some("out of messages"),
+        rapport_eval::scenario::Status::Playing
+            if write == ScenarioWrite::Message && p.turns_used >= p.max_turns =>
+        {
+            Some("out of messages")
+        }
+        rapport_eval::scenario::Status::Playing => None,
+    };
+    match why {
+        Some(why) => Err(AppError::new(
             StatusCode::CONFLICT,
             "scenario_over",
-            format!(
-                "this scenario is over ({}): start it again or open a free chat",
-                match v.progress.status {
-                    rapport_eval::scenario::Status::Succeeded => "goal reached",
-                    _ => "out of messages",
-                }
-            ),
+            format!("this scenario is over ({why}): start it again or open a free chat"),
         )),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
