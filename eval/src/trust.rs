@@ -9,7 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rapport_pipeline::listening::{question_sentences, read_thread, Thread, ThreadInput};
+use rapport_nlu::SentenceEncoder;
+use rapport_pipeline::listening::{
+    question_sentences, read_thread, Thread, ThreadInput, ThreadReading,
+};
 use rapport_pipeline::signals::read_signals;
 use serde::{Deserialize, Serialize};
 
@@ -84,8 +87,59 @@ pub fn load(path: &Path) -> Result<Vec<LabelledMessage>, EvalError> {
         .collect()
 }
 
-/// Every detector against `items`; resampling seeded by `seed`.
-pub fn measure(items: &[LabelledMessage], seed: u64) -> Vec<Agreement> {
+/// The sentence vectors the live pipeline reads a message with.
+struct Vectors {
+    message: Vec<f32>,
+    replies: Vec<Vec<f32>>,
+    question: Option<Vec<f32>>,
+}
+
+fn vectors(m: &LabelledMessage, encoder: &SentenceEncoder) -> Result<Vectors, EvalError> {
+    let encode =
+        |t: &str| encoder.encode(t).map(|e| e.0).map_err(|e| EvalError::Model(e.to_string()));
+    let replies: Vec<&String> = m.partner.iter().filter(|p| !p.trim().is_empty()).collect();
+    Ok(Vectors {
+        message: encode(&m.message)?,
+        replies: replies.iter().map(|r| encode(r)).collect::<Result<_, _>>()?,
+        question: match m.partner.last().and_then(|l| question_sentences(l).pop()) {
+            Some(q) => Some(encode(&q)?),
+            None => None,
+        },
+    })
+}
+
+/// Every detector against `items`; resampling seeded by `seed`. With `encoder`, the pipeline's
+/// readings are also measured as the live pipeline makes them (words, then sentence vectors),
+/// and the skill "give and take" is credited to that reading.
+pub fn measure(
+    items: &[LabelledMessage],
+    seed: u64,
+    encoder: Option<&SentenceEncoder>,
+) -> Result<Vec<Agreement>, EvalError> {
+    let vectors: Vec<Option<Vectors>> = match encoder {
+        Some(e) => items.iter().map(|m| vectors(m, e).map(Some)).collect::<Result<_, _>>()?,
+        None => items.iter().map(|_| None).collect(),
+    };
+    let live = |m: &LabelledMessage| -> ThreadReading {
+        let i = items.iter().position(|x| std::ptr::eq(x, m)).expect("one of the items");
+        let v = vectors[i].as_ref().expect("vectors when an encoder is given");
+        let replies: Vec<String> =
+            m.partner.iter().filter(|p| !p.trim().is_empty()).cloned().collect();
+        let replies: Vec<&str> = replies.iter().map(String::as_str).collect();
+        let mut thread = Thread::default();
+        for (n, r) in v.replies.iter().enumerate() {
+            let last = n + 1 == v.replies.len();
+            thread.push_reply(Some(r), if last { v.question.as_deref() } else { None });
+        }
+        read_thread(&ThreadInput {
+            message: &m.message,
+            vector: Some(&v.message),
+            earlier_messages: &[],
+            recent_replies: &replies,
+            thread: &thread,
+            persona_name: "",
+        })
+    };
     let recent = |m: &LabelledMessage| -> Vec<String> {
         m.partner.iter().filter(|p| !p.trim().is_empty()).cloned().collect()
     };
@@ -133,9 +187,21 @@ pub fn measure(items: &[LabelledMessage], seed: u64) -> Vec<Agreement> {
     );
     add(
         "answers their question (the pipeline's reading, words only)",
-        Some(Skill::Reciprocity),
+        encoder.is_none().then_some(Skill::Reciprocity),
         pairs(&|m| m.labels.answered, &|m| thread(m).answered.is_some()),
     );
+    if encoder.is_some() {
+        add(
+            "takes up what they said (the pipeline's live reading, with sentence vectors)",
+            None,
+            pairs(&|m| Some(m.labels.listened), &|m| live(m).listened.is_some()),
+        );
+        add(
+            "answers their question (the pipeline's live reading, with sentence vectors)",
+            Some(Skill::Reciprocity),
+            pairs(&|m| m.labels.answered, &|m| live(m).answered.is_some()),
+        );
+    }
     add(
         "they said how they feel",
         None,
@@ -151,7 +217,7 @@ pub fn measure(items: &[LabelledMessage], seed: u64) -> Vec<Agreement> {
         Some(Skill::Pacing),
         pairs(&|m| Some(m.labels.pushed), &|m| read_signals(&m.message, None).push.is_some()),
     );
-    out
+    Ok(out)
 }
 
 /// How far each skill's score can be trusted: the agreement of the detector behind it.
@@ -242,7 +308,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/coach/agreement.jsonl");
         let items = load(&path).unwrap();
         assert!(items.len() >= 80);
-        let measured = measure(&items, 1);
+        let measured = measure(&items, 1, None).unwrap();
         assert_eq!(measured.len(), 7);
         for a in &measured {
             assert!(a.n > 0, "{}", a.detector);
@@ -251,6 +317,6 @@ mod tests {
         }
         assert_eq!(by_skill(&measured).len(), 5, "one detector behind each skill");
         // Deterministic for a seed.
-        assert_eq!(measure(&items, 1), measured);
+        assert_eq!(measure(&items, 1, None).unwrap(), measured);
     }
 }

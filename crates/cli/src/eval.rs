@@ -78,6 +78,9 @@ pub enum EvalCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Without the sentence encoder: the pipeline's readings by words alone.
+        #[arg(long)]
+        lexical_only: bool,
     },
     /// Run the prompt-injection suite against a persona with a secret: leaks of the secret and
     /// of the instructions before unlock, and what the guards caught.
@@ -391,11 +394,13 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Coach(args) => run_coach(args).await,
         EvalCommand::Injection(args) => run_injection(args).await,
         EvalCommand::Rewrites(args) => run_rewrites(args).await,
-        EvalCommand::CoachTrust { labels, seed, json } => {
+        EvalCommand::CoachTrust { labels, seed, json, lexical_only } => {
             let path = labels
                 .unwrap_or_else(|| crate::datasets::datasets_dir().join("coach/agreement.jsonl"));
             let items = rapport_eval::trust::load(&path)?;
-            let measured = rapport_eval::trust::measure(&items, seed);
+            let nlu = load_nlu(lexical_only).await?;
+            let measured =
+                rapport_eval::trust::measure(&items, seed, nlu.as_deref().map(|c| c.encoder()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&measured)?);
                 return Ok(());

@@ -239,7 +239,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         rapport_eval::trust::by_skill(&rapport_eval::trust::measure(
             &rapport_eval::trust::load(&labels)?,
             39,
-        ))
+            nlu.as_deref().map(|c| c.encoder()),
+        )?)
     } else {
         Default::default()
     };
