@@ -198,7 +198,8 @@ def coach_section():
            f"{machine(c)}, {c['date']}. Reading: [docs/user/practice.md](docs/user/practice.md).", ""]
     trust = os.path.join(folder, "trust.json")
     if os.path.exists(trust):
-        out += [f"**Its detectors against a person's labels** (`{c['trust_command']}`; 80 messages, 50 from people "
+        note = f", {c['trust_note']}" if c.get("trust_note") else ""
+        out += [f"**Its detectors against a person's labels** (`{c['trust_command']}`{note}; 80 messages, 50 from people "
                 "(chitchat) and 30 from simulated learners, labelled without looking at the detectors; none was tuned on them). "
                 "Agreement and Cohen's κ with 95% bootstrap intervals:", "",
                 "| detector | skill | n (positive) | agreement | κ |", "|---|---|---|---|---|"]
