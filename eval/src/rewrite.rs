@@ -617,6 +617,16 @@ mod tests {
     use crate::coach::Skill;
 
     #[test]
+    fn dialogues_without_traces_give_nothing_to_rewrite() {
+        // Logged conversations from before traces, or plain JSONL: the CLI says what it needs.
+        let d = crate::Dialogue::of_turns(&[
+            (crate::Speaker::Persona, "Hi! How was your day?"),
+            (crate::Speaker::User, "fine"),
+        ]);
+        assert!(study_items(&[d], 10, 1).is_empty());
+    }
+
+    #[test]
     fn the_wilson_interval_matches_a_published_value() {
         // 8 of 10: 0.490–0.943 (Newcombe 1998, table I).
         let (lo, hi) = wilson(8, 10);

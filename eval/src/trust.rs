@@ -304,6 +304,22 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_label_line_is_refused_with_its_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("rapport-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("labels.jsonl");
+        let good = r#"{"id":"x","partner":["","Hi!"],"message":"Hello","labels":{"asks_open":null,"listened":false,"partner_feeling":false,"acknowledged":null,"answered":null,"pushed":false}}"#;
+        std::fs::write(&path, format!("{good}\n{{\"id\": 3}}\n")).unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("labels.jsonl line 2"), "{err}");
+        assert!(load(&dir.join("missing.jsonl"))
+            .unwrap_err()
+            .to_string()
+            .contains("missing.jsonl"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn the_shipped_labels_load_and_every_detector_is_measured() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/coach/agreement.jsonl");
         let items = load(&path).unwrap();
