@@ -508,6 +508,12 @@ impl ScenarioLibrary {
         self.scenarios.get(id)
     }
 
+    /// The shipped persona a persona id is played as: a scenario's base persona, or the id
+    /// itself.
+    pub fn base_persona<'a>(&'a self, persona_id: &'a str) -> &'a str {
+        self.of_persona_id(persona_id).map_or(persona_id, |(s, _)| s.persona.as_str())
+    }
+
     /// The scenario and level a persona id names (`scenario--<id>--<level>`), if it names one.
     pub fn of_persona_id<'a>(&'a self, persona_id: &'a str) -> Option<(&'a Scenario, &'a str)> {
         let rest = persona_id.strip_prefix(SCENARIO_PREFIX)?;
@@ -733,5 +739,7 @@ max_turns = 3
         assert!(lib.of_persona_id(&s.persona_id("impossible")).is_none());
         assert!(lib.of_persona_id("scenario--nope--easy").is_none());
         assert!(lib.of_persona_id("wedding-host").is_none());
+        assert_eq!(lib.base_persona(&id), s.persona);
+        assert_eq!(lib.base_persona("wedding-host"), "wedding-host");
     }
 }

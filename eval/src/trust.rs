@@ -120,8 +120,7 @@ pub fn measure(
         Some(e) => items.iter().map(|m| vectors(m, e).map(Some)).collect::<Result<_, _>>()?,
         None => items.iter().map(|_| None).collect(),
     };
-    let live = |m: &LabelledMessage| -> ThreadReading {
-        let i = items.iter().position(|x| std::ptr::eq(x, m)).expect("one of the items");
+    let live = |i: usize, m: &LabelledMessage| -> ThreadReading {
         let v = vectors[i].as_ref().expect("vectors when an encoder is given");
         let replies: Vec<String> =
             m.partner.iter().filter(|p| !p.trim().is_empty()).cloned().collect();
@@ -156,9 +155,14 @@ pub fn measure(
             persona_name: "",
         })
     };
+    // Each detector sees the item and its place (the live readings need the item's vectors).
     let pairs = |label: &dyn Fn(&LabelledMessage) -> Option<bool>,
-                 detect: &dyn Fn(&LabelledMessage) -> bool| {
-        items.iter().filter_map(|m| label(m).map(|l| (l, detect(m)))).collect::<Vec<_>>()
+                 detect: &dyn Fn(usize, &LabelledMessage) -> bool| {
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| label(m).map(|l| (l, detect(i, m))))
+            .collect::<Vec<_>>()
     };
     let mut out = Vec::new();
     let mut add = |detector: &str, skill, pairs: Vec<(bool, bool)>| {
@@ -167,14 +171,14 @@ pub fn measure(
     add(
         "open question (of the messages that ask one)",
         Some(Skill::OpenQuestions),
-        pairs(&|m| m.labels.asks_open, &|m| {
+        pairs(&|m| m.labels.asks_open, &|_, m| {
             question_sentences(&m.message).iter().any(|q| is_open_question(q))
         }),
     );
     add(
         "takes up what they said (the coach's rule)",
         Some(Skill::Listening),
-        pairs(&|m| Some(m.labels.listened), &|m| {
+        pairs(&|m| Some(m.labels.listened), &|_, m| {
             let r = recent(m);
             let r: Vec<&str> = r.iter().map(String::as_str).collect();
             picks_up(&m.message, &r, None)
@@ -183,39 +187,39 @@ pub fn measure(
     add(
         "takes up what they said (the pipeline's live reading, words only)",
         None,
-        pairs(&|m| Some(m.labels.listened), &|m| thread(m).listened.is_some()),
+        pairs(&|m| Some(m.labels.listened), &|_, m| thread(m).listened.is_some()),
     );
     add(
         "answers their question (the pipeline's reading, words only)",
         encoder.is_none().then_some(Skill::Reciprocity),
-        pairs(&|m| m.labels.answered, &|m| thread(m).answered.is_some()),
+        pairs(&|m| m.labels.answered, &|_, m| thread(m).answered.is_some()),
     );
     if encoder.is_some() {
         add(
             "takes up what they said (the pipeline's live reading, with sentence vectors)",
             None,
-            pairs(&|m| Some(m.labels.listened), &|m| live(m).listened.is_some()),
+            pairs(&|m| Some(m.labels.listened), &|i, m| live(i, m).listened.is_some()),
         );
         add(
             "answers their question (the pipeline's live reading, with sentence vectors)",
             Some(Skill::Reciprocity),
-            pairs(&|m| m.labels.answered, &|m| live(m).answered.is_some()),
+            pairs(&|m| m.labels.answered, &|i, m| live(i, m).answered.is_some()),
         );
     }
     add(
         "they said how they feel",
         None,
-        pairs(&|m| Some(m.labels.partner_feeling), &|m| feeling_in(&last(m)).is_some()),
+        pairs(&|m| Some(m.labels.partner_feeling), &|_, m| feeling_in(&last(m)).is_some()),
     );
     add(
         "acknowledges their feeling (of the messages after one)",
         Some(Skill::Mirroring),
-        pairs(&|m| m.labels.acknowledged, &|m| acknowledges(&m.message)),
+        pairs(&|m| m.labels.acknowledged, &|_, m| acknowledges(&m.message)),
     );
     add(
         "pushes for closeness",
         Some(Skill::Pacing),
-        pairs(&|m| Some(m.labels.pushed), &|m| read_signals(&m.message, None).push.is_some()),
+        pairs(&|m| Some(m.labels.pushed), &|_, m| read_signals(&m.message, None).push.is_some()),
     );
     Ok(out)
 }

@@ -1022,9 +1022,7 @@ async fn run_coach(args: CoachArgs) -> anyhow::Result<()> {
                 &library,
             )
             .unwrap_or_default();
-            let base = scenarios
-                .of_persona_id(&dialogue.persona)
-                .map_or(dialogue.persona.as_str(), |(s, _)| s.persona.as_str());
+            let base = scenarios.base_persona(&dialogue.persona);
             dialogue.persona_name = library.get(base).ok().map(|p| p.name.clone());
         }
     }

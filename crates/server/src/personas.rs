@@ -102,13 +102,7 @@ impl Personas {
     /// The name the persona of `id` goes by, for shipped personas and scenarios (imported ones:
     /// `None`; reading them needs the store).
     pub fn display_name(&self, id: &str) -> Option<String> {
-        let base = self.scenarios.of_persona_id(id).map_or(id, |(s, _)| s.persona.as_str());
-        self.shipped.get(base).ok().map(|p| p.name.clone())
-    }
-
-    /// The display name of shipped persona `id` (the id itself if there is none).
-    pub fn shipped_name(&self, id: &str) -> String {
-        self.shipped.get(id).map_or_else(|_| id.to_string(), |p| p.name.clone())
+        self.shipped.get(self.scenarios.base_persona(id)).ok().map(|p| p.name.clone())
     }
 
     /// The shipped personas.

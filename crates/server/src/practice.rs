@@ -139,7 +139,7 @@ pub fn coaching(app: &AppState, export: &ExportedConversation) -> Coaching {
             ScenarioView {
                 scenario: s.summary(),
                 level: level.to_string(),
-                persona_name: app.personas.shipped_name(&s.persona),
+                persona_name: dialogue.persona_name.clone().unwrap_or_else(|| s.persona.clone()),
                 progress,
                 debrief,
                 trust: app.personas.coach_trust().clone(),
@@ -184,12 +184,13 @@ pub async fn refuse_when_over(
     conversation: &ConversationRow,
     write: ScenarioWrite,
 ) -> AppResult<()> {
-    if app.personas.scenarios().of_persona_id(&conversation.persona).is_none() {
+    let Some((scenario, level)) = app.personas.scenarios().of_persona_id(&conversation.persona)
+    else {
         return Ok(());
-    }
+    };
+    // Only the standing: the tips, readings and debrief of the page's read are not needed here.
     let export = app.store.export(session, &conversation.id).await?;
-    let Some(v) = coaching(app, &export).scenario else { return Ok(()) };
-    let p = &v.progress;
+    let p = &scenario.progress(level, &dialogue_of(app, &export));
     let why = match p.status {
         rapport_eval::scenario::Status::Succeeded => Some("goal reached"),
         rapport_eval::scenario::Status::Failed => Some("out of messages"),
