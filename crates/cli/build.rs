@@ -12,7 +12,11 @@ const SHIPPED: [&str; 7] =
     ["personas", "scenarios", "coach", "emotion", "simulators", "injection", "goemotions"];
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    // Read when the script runs, not when it was compiled: clones that share a target directory
+    // (CI's fresh clone and a working copy) reuse one compiled build script, and `env!` would
+    // point every one of them at the clone that compiled it.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest).join("../../datasets");
     let mut files = Vec::new();
     for dir in SHIPPED {
         let dir = root.join(dir);

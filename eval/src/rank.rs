@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::judge::PairOutcome;
-use crate::stats::{Estimate, SplitMix64};
+use crate::stats::{quantile, Estimate, SplitMix64};
 
 /// One criterion's verdict on one dialogue between two runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,7 +179,7 @@ pub fn rank(
                 let (low, high) = if d.is_empty() {
                     (whole[i], whole[i])
                 } else {
-                    (percentile(&d, 0.025), percentile(&d, 0.975))
+                    (quantile(&d, 0.025), quantile(&d, 0.975))
                 };
                 Ranked {
                     run: run.clone(),
@@ -207,13 +207,6 @@ pub fn rank(
         });
     }
     out
-}
-
-/// Linear interpolation between order statistics (numpy's default), on sorted values.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let at = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
 }
 
 /// The rankings as Markdown: one table per criterion.

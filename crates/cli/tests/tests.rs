@@ -252,5 +252,6 @@ fn persona_cards_import_and_export_from_the_command_line() {
     );
 }
 
+mod contract;
 mod eval;
 mod web;
