@@ -211,6 +211,23 @@ def coach_section():
             out.append(f"| {a['detector']} | {skill} | {a['n']} ({a['positives']}) | "
                        f"{100 * a['agreement']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] | {k} |")
         out.append("")
+    empathy = os.path.join(folder, "empathy-calibration.json")
+    if os.path.exists(empathy):
+        e = load(empathy)
+        out += [f"**The judged \"empathy shown\" against a person's ratings** (`{c['empathy_command']}`): 64 chitchat "
+                "conversations (people, MIT licence) of 6–14 lines in which one speaker shares something personal (a word filter "
+                "on that side only, then a seeded draw), the other's replies rated 1–5 against the rubric's anchors by one "
+                "annotator before the judge ran; the mapping is fitted on the 40% training split, "
+                f"agreement reported on the held-out split. Judge `{e['judge_model']}`, method `{e['method']}`, "
+                f"{e['seconds'] / max(e['judged_now'], 1):.1f} s per conversation.", "",
+                "| criterion | held-out n | unreadable | Spearman ρ [95% CI] | Kendall τ-b [95% CI] | mean: person / judge |",
+                "|---|---|---|---|---|---|"]
+        for d in e["dimensions"]:
+            s, k = d["spearman"], d["kendall"]
+            out.append(f"| {d['dimension'].replace('_', ' ')} | {d['n']} | {d['unreadable']} | "
+                       f"{s['value']:.2f} [{s['low']:.2f}, {s['high']:.2f}] | {k['value']:.2f} [{k['low']:.2f}, {k['high']:.2f}] | "
+                       f"{d['human_mean']:.2f} / {d['judge_mean']:.2f} |")
+        out.append("")
     runs = sorted(glob.glob(os.path.join(folder, "rewrites-*.json")))
     if runs:
         out += [f"**Its rewrites on the default model** (`{c['rewrites_command']}`): learners' messages from evaluation "

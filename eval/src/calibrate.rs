@@ -42,6 +42,22 @@ pub struct RatedItem {
     pub response: Option<String>,
     /// Dimension → human scores.
     pub annotations: BTreeMap<String, Vec<Value>>,
+    /// Whose turns the ratings are about: the whole dialogue (the default, speakers `A` and
+    /// `B`), or the `user` side of a conversation with a persona (the practice coach's judged
+    /// criteria), whose lines read `User: …` and `PERSONA: …`.
+    #[serde(default = "dialogue", skip_serializing_if = "is_dialogue")]
+    pub side: Side,
+    /// With `side`: the persona's name in the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persona: Option<String>,
+}
+
+fn dialogue() -> Side {
+    Side::Dialogue
+}
+
+fn is_dialogue(side: &Side) -> bool {
+    *side == Side::Dialogue
 }
 
 impl RatedItem {
@@ -80,6 +96,16 @@ pub fn read_rated(path: &Path) -> Result<Vec<RatedItem>, EvalError> {
     for (n, line) in crate::dialogue::jsonl_lines(path)? {
         let mut item: RatedItem = serde_json::from_str(&line).map_err(|e| EvalError::Invalid(format!("{}:{}: {e} (expected {{\"context\": …, \"annotations\": {{dimension: [scores]}}}})", path.display(), n + 1)))?;
         item.id.get_or_insert_with(|| format!("line{}", n + 1));
+        if item.side != Side::Dialogue
+            && item.persona.as_deref().is_none_or(|p| p.trim().is_empty())
+        {
+            return Err(EvalError::Invalid(format!(
+                "{}:{}: a rated item on the {:?} side names its persona (\"persona\": the name its lines use)",
+                path.display(),
+                n + 1,
+                item.side
+            )));
+        }
         out.push(item);
     }
     Ok(out)
@@ -346,9 +372,11 @@ pub async fn calibrate(
             continue;
         }
         let transcript = item.transcript(judge.config().max_transcript_chars);
-        let verdict = judge
-            .score_transcript(&transcript, &criteria, Side::Dialogue, &PersonaBrief::default())
-            .await?;
+        let persona = PersonaBrief {
+            name: item.persona.clone().unwrap_or_default(),
+            description: String::new(),
+        };
+        let verdict = judge.score_transcript(&transcript, &criteria, item.side, &persona).await?;
         let scores = verdict.criteria.iter().map(|(k, v)| (k.clone(), v.score)).collect();
         let argmax = if judge.config().method == crate::judge::JudgeMethod::Expected {
             verdict
@@ -681,6 +709,8 @@ pub fn convert_chitchat(
             context: lines.join("\n"),
             response: None,
             annotations,
+            side: Side::Dialogue,
+            persona: None,
         });
     }
     if let Some(limit) = limit.filter(|&l| l < items.len()) {
@@ -712,6 +742,39 @@ mod tests {
             serde_json::from_str(r#"{"context": "A: hi", "annotations": {"witty": ["n/a"]}}"#)
                 .unwrap();
         assert_eq!(item.human_score("witty"), None);
+    }
+
+    #[test]
+    fn a_user_side_item_names_its_persona_and_the_default_is_the_whole_dialogue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rated.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"context": "A: hi\nB: hey", "annotations": {"witty": [4]}}"#,
+                "\n",
+                r#"{"side": "user", "persona": "Alex", "context": "Alex: my dog died\nUser: oh no, I'm so sorry", "annotations": {"empathy_shown": [5]}}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let items = read_rated(&path).unwrap();
+        assert_eq!((items[0].side, items[0].persona.as_deref()), (Side::Dialogue, None));
+        assert_eq!((items[1].side, items[1].persona.as_deref()), (Side::User, Some("Alex")));
+        // A whole-dialogue item is written as before (no side field).
+        assert!(!serde_json::to_string(&items[0]).unwrap().contains("side"));
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"context": "A: hi\nB: hey", "annotations": {"witty": [4]}}"#,
+                "\n",
+                r#"{"side": "user", "context": "Alex: hi\nUser: hey", "annotations": {"empathy_shown": [3]}}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let e = read_rated(&path).unwrap_err().to_string();
+        assert!(e.contains("rated.jsonl:2") && e.contains("persona"), "{e}");
     }
 
     #[test]

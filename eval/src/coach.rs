@@ -6,7 +6,7 @@
 //! messages and, where the pipeline left them, its traces (its signals already read "asked
 //! back", "answered", "pushed"); the web app shows them as a feedback report with examples
 //! quoted from the conversation. Empathy shown is a judged criterion (`rubrics/coach.toml`),
-//! scored by `rapport eval coach`.
+//! scored by `rapport eval coach --judge` (see `coach_judge`).
 
 use serde::{Deserialize, Serialize};
 

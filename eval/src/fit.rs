@@ -80,7 +80,30 @@ pub struct Mapping {
     pub held_out: BTreeMap<String, HeldOutAgreement>,
 }
 
+/// The shipped rubrics' calibrations as they were when the binary was built, so that an
+/// installed binary states a judge's agreement with people from any directory.
+const SHIPPED: &[(&str, &str)] = &[
+    ("chitchat", include_str!("../rubrics/chitchat.calibration.json")),
+    ("coach", include_str!("../rubrics/coach.calibration.json")),
+];
+
 impl Mapping {
+    /// The saved calibration of a rubric (a shipped id or a TOML path), if it has one: the file
+    /// next to it ([`crate::rubric::mapping_path`]) when present, so a fresh `--fit` counts at
+    /// once; otherwise, for a shipped rubric, the one built into the binary.
+    pub fn saved(rubric: &str) -> Result<Option<Self>, crate::EvalError> {
+        let path = crate::rubric::mapping_path(rubric);
+        if path.exists() {
+            return Self::load(&path).map(Some);
+        }
+        match SHIPPED.iter().find(|(id, _)| *id == rubric) {
+            Some((id, text)) => serde_json::from_str(text).map(Some).map_err(|e| {
+                crate::EvalError::Invalid(format!("the built-in calibration of {id}: {e}"))
+            }),
+            None => Ok(None),
+        }
+    }
+
     /// Reads a mapping file.
     pub fn load(path: &std::path::Path) -> Result<Self, crate::EvalError> {
         let text = std::fs::read_to_string(path)
@@ -234,6 +257,17 @@ mod tests {
         assert!(fit.lambda >= 10.0, "{fit:?}");
         assert!(fit.weights[0].abs() < 1.0, "{fit:?}");
         assert!(fit_dimension(&x[..5], &y[..5]).is_none(), "too few items to fit");
+    }
+
+    #[test]
+    fn shipped_calibrations_are_found_from_any_directory() {
+        // The tests run in eval/, where eval/rubrics/… is not a path: the built-in copy answers.
+        assert!(!crate::rubric::mapping_path("coach").exists());
+        let coach = Mapping::saved("coach").unwrap().expect("the coach rubric is calibrated");
+        assert_eq!(coach.rubric, "coach");
+        assert!(coach.held_out["empathy_shown"].n >= 30, "{:?}", coach.held_out);
+        assert!(Mapping::saved("chitchat").unwrap().is_some());
+        assert!(Mapping::saved("default").unwrap().is_none(), "no human ratings: no mapping");
     }
 
     #[test]

@@ -30,6 +30,7 @@
 pub mod batch;
 pub mod calibrate;
 pub mod coach;
+pub mod coach_judge;
 pub mod compare;
 pub mod dialogue;
 pub mod expected;

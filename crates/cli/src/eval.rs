@@ -311,6 +311,14 @@ pub struct CoachArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also score what needs the LLM judge (the coach rubric's "empathy shown"), with the
+    /// judge's measured agreement with people when its calibration was fitted for this judge.
+    #[arg(long)]
+    judge: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    judge_args: JudgeArgs,
 }
 
 #[derive(Args, Debug)]
@@ -745,11 +753,7 @@ fn write_reports(run: &RunDir, rubric: &Rubric) -> anyhow::Result<RunReport> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "run".into());
     // The rubric's calibration, where one was fitted (build applies it only to this judge's).
-    let mapping = [rapport_eval::rubric::mapping_path(&rubric.id)]
-        .into_iter()
-        .find(|p| p.exists())
-        .map(|p| rapport_eval::fit::Mapping::load(&p))
-        .transpose()?;
+    let mapping = rapport_eval::fit::Mapping::saved(&rubric.id)?;
     let r = report::build(&name, rubric, spec, &dialogues, &verdicts, mapping.as_ref());
     let dir = run.path();
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&r)?)?;
@@ -1027,8 +1031,28 @@ async fn run_coach(args: CoachArgs) -> anyhow::Result<()> {
         }
     }
     let report = coach::feedback(&dialogue);
+    let judged = if args.judge {
+        let rubric = Rubric::load("coach")?;
+        let backend = judge_backend(&args.judge_args, &args.backend, None).await?;
+        let judge = make_judge(&args.judge_args, &backend)?;
+        let mapping = rapport_eval::fit::Mapping::saved("coach")?;
+        rapport_eval::coach_judge::judge_user_side(
+            &judge,
+            &backend.model_name,
+            &rubric,
+            &dialogue,
+            mapping.as_ref(),
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if args.judge {
+            value["judged"] = serde_json::to_value(&judged)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     let m = &report.measured;
@@ -1052,6 +1076,9 @@ async fn run_coach(args: CoachArgs) -> anyhow::Result<()> {
         if let Some(e) = &t.example {
             println!("      e.g. \"{e}\"");
         }
+    }
+    for skill in &judged {
+        println!("\n{}", rapport_eval::coach_judge::describe(skill));
     }
     Ok(())
 }

@@ -502,6 +502,18 @@ async fn chat_through_the_api(base: &str, database_url: &str) {
         coach["measured"], feedback["measured"],
         "the page and the command line give the same feedback"
     );
+    // The judged "empathy shown": scored by the judge asked for, and never credited with the
+    // agreement measured for another judge (the shipped calibration is Qwen2.5-Coder's).
+    let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
+        .args(["eval", "coach", "--database-url", database_url, "--conversation", &id])
+        .args(["--judge", "-m", "smollm2-135m"])
+        .env("RAPPORT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Empathy shown: "), "{text}");
+    assert!(text.contains("not calibrated for this judge"), "{text}");
 
     // Another session cannot see, write or delete it.
     let stranger = Client::new(base).await;
