@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use rapport_pipeline::prompt::{PromptLayout, Prompts, TokenBudget};
 use rapport_pipeline::{PersonaLibrary, PipelineConfig};
-use rapport_server::{AppConfig, AppState, Personas, RateLimit};
+use rapport_server::{AppConfig, AppState, CoachTrust, Personas, RateLimit};
 use rapport_store::Store;
 
 use crate::backend::BackendArgs;
@@ -232,17 +232,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         layout: args.layout,
         ..PipelineConfig::default()
     };
-    // How far the coach's skill scores agree with a person's labels, measured at start-up from
-    // the shipped labels (milliseconds) so the page never shows a stale figure.
+    // How far the coach's skill scores agree with a person's labels, measured from the shipped
+    // labels so the page never shows a stale figure. The labels are read now (a bad file stops
+    // the start with its line); the measurement (about a second of sentence encodings) runs
+    // in the background and does not hold the port.
     let labels = personas_dir.parent().map(|p| p.join("coach/agreement.jsonl")).unwrap_or_default();
     let trust = if labels.is_file() {
-        rapport_eval::trust::by_skill(&rapport_eval::trust::measure(
-            &rapport_eval::trust::load(&labels)?,
-            39,
-            nlu.as_deref().map(|c| c.encoder()),
-        )?)
+        let items = rapport_eval::trust::load(&labels)?;
+        let nlu = nlu.clone();
+        CoachTrust::measured_by(move || {
+            let encoder = nlu.as_deref().map(|c| c.encoder());
+            match rapport_eval::trust::measure(&items, 39, encoder) {
+                Ok(agreements) => rapport_eval::trust::by_skill(&agreements),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the coach's agreement could not be measured");
+                    Default::default()
+                }
+            }
+        })
     } else {
-        Default::default()
+        CoachTrust::none()
     };
     let personas = Personas::new(library, nlu, Arc::new(Prompts::embedded()), config)
         .with_scenarios(scenarios)

@@ -43,5 +43,5 @@ pub mod worker;
 
 pub use app::{router, serve};
 pub use limits::RateLimit;
-pub use personas::Personas;
+pub use personas::{CoachTrust, Personas};
 pub use state::{AppConfig, AppState};

@@ -2,7 +2,7 @@
 //! imported — and one ready [`Pipeline`] per persona, built on first use.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rapport_eval::scenario::{ScenarioLibrary, Skill};
 use rapport_eval::trust::Agreement;
@@ -52,7 +52,40 @@ pub struct Personas {
     config: PipelineConfig,
     pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
     scenarios: ScenarioLibrary,
-    trust: BTreeMap<Skill, Agreement>,
+    trust: Arc<CoachTrust>,
+}
+
+/// How far the coach's scores agree with a person's labels, measured once: in the background
+/// from start-up (about a second of sentence encodings that the port need not wait for), or by
+/// the first reader, who waits for a measurement already under way rather than starting
+/// another.
+pub struct CoachTrust {
+    measured: OnceLock<BTreeMap<Skill, Agreement>>,
+    measure: Mutex<Option<Measure>>,
+}
+
+type Measure = Box<dyn FnOnce() -> BTreeMap<Skill, Agreement> + Send>;
+
+impl CoachTrust {
+    /// Nothing to measure: no labels were shipped.
+    pub fn none() -> Self {
+        Self::measured_by(BTreeMap::new)
+    }
+
+    /// Measured by `measure`, when first asked for.
+    pub fn measured_by(
+        measure: impl FnOnce() -> BTreeMap<Skill, Agreement> + Send + 'static,
+    ) -> Self {
+        Self { measured: OnceLock::new(), measure: Mutex::new(Some(Box::new(measure))) }
+    }
+
+    /// The agreement by skill; measures it (or waits for the measurement under way) first.
+    pub fn get(&self) -> &BTreeMap<Skill, Agreement> {
+        self.measured.get_or_init(|| {
+            let measure = self.measure.lock().unwrap_or_else(|e| e.into_inner()).take();
+            measure.map(|m| m()).unwrap_or_default()
+        })
+    }
 }
 
 impl Personas {
@@ -70,20 +103,28 @@ impl Personas {
             config,
             pipelines: Mutex::new(HashMap::new()),
             scenarios: ScenarioLibrary::default(),
-            trust: BTreeMap::new(),
+            trust: Arc::new(CoachTrust::none()),
         }
     }
 
     /// How far each of the coach's skill scores agrees with a person's reading
     /// ([`rapport_eval::trust`]), shown beside the scores.
-    pub fn with_coach_trust(mut self, trust: BTreeMap<Skill, Agreement>) -> Self {
+    /// Measured in the background from now on (see [`CoachTrust`]).
+    pub fn with_coach_trust(mut self, trust: CoachTrust) -> Self {
+        let trust = Arc::new(trust);
+        let background = trust.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let skills = background.get().len();
+            tracing::info!(skills, secs = started.elapsed().as_secs_f64(), "coach trust measured");
+        });
         self.trust = trust;
         self
     }
 
     /// The coach's measured agreement, by skill (empty when no labels were shipped).
     pub fn coach_trust(&self) -> &BTreeMap<Skill, Agreement> {
-        &self.trust
+        self.trust.get()
     }
 
     /// Offers `scenarios` (checked against the shipped personas when they were loaded): each
@@ -199,4 +240,47 @@ fn parse(stored: &StoredPersona) -> AppResult<Persona> {
 fn rand_hex() -> String {
     use rand::Rng;
     format!("{:016x}", rand::rng().random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn the_coach_trust_is_measured_once_and_readers_wait_for_it() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let trust = Arc::new(CoachTrust::measured_by(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // Long enough that the readers below arrive while it runs.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            [(Skill::Listening, sample())].into()
+        }));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let t = trust.clone();
+                std::thread::spawn(move || t.get().len())
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.join().unwrap(), 1, "every reader sees the measurement");
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "measured once");
+        assert!(CoachTrust::none().get().is_empty());
+    }
+
+    fn sample() -> Agreement {
+        Agreement {
+            detector: "d".into(),
+            skill: Some(Skill::Listening),
+            n: 1,
+            positives: 1,
+            agreement: 1.0,
+            agreement_ci: (1.0, 1.0),
+            kappa: None,
+            kappa_ci: None,
+            confusion: [1, 0, 0, 0],
+        }
+    }
 }

@@ -321,16 +321,16 @@ pub async fn progress(
     Extension(CurrentSession(session)): Extension<CurrentSession>,
     Query(q): Query<ProgressQuery>,
 ) -> AppResult<Response> {
-    let mut dialogues = Vec::new();
     // A branch retries a moment of another conversation and holds copies of its messages:
     // counting it would count those messages twice.
-    for c in app.store.list_conversations(&session.id).await? {
-        if c.branch_of.is_some() {
-            continue;
-        }
-        let export = app.store.export(&session.id, &c.id).await?;
-        dialogues.push((dialogue_of(&app, &export), c.created_at));
-    }
+    let dialogues: Vec<_> = app
+        .store
+        .export_session(&session.id)
+        .await?
+        .iter()
+        .filter(|export| export.conversation.branch_of.is_none())
+        .map(|export| (dialogue_of(&app, export), export.conversation.created_at))
+        .collect();
     let report = rapport_eval::progress::progress(&dialogues, app.personas.scenarios());
     let mut response =
         Json(json!({"progress": report, "trust": app.personas.coach_trust()})).into_response();

@@ -1,5 +1,7 @@
 //! Conversations, their messages (with alternatives), and imported personas.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -102,6 +104,23 @@ pub struct ExportedMessage {
     pub created_at: i64,
     /// The pipeline's trace of the turn that produced it.
     pub trace: Option<serde_json::Value>,
+}
+
+/// One exported message from a row of `messages` (the export's columns).
+fn exported_message(row: &AnyRow) -> Result<ExportedMessage, StoreError> {
+    let trace: Option<String> = row.try_get("trace")?;
+    Ok(ExportedMessage {
+        seq: row.try_get("seq")?,
+        alternative: row.try_get("alternative")?,
+        active: row.try_get::<i64, _>("active")? != 0,
+        role: row.try_get("role")?,
+        content: row.try_get("content")?,
+        created_at: row.try_get("created_at")?,
+        trace: trace
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    })
 }
 
 const MESSAGE_COLUMNS: &str = "m.id, m.seq, m.alternative, m.role, m.content, m.created_at, m.utc_offset_min, \
@@ -569,23 +588,33 @@ impl Store {
             .bind(id.as_str())
             .fetch_all(&self.pool)
             .await?;
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in rows {
-            let trace: Option<String> = row.try_get("trace")?;
-            messages.push(ExportedMessage {
-                seq: row.try_get("seq")?,
-                alternative: row.try_get("alternative")?,
-                active: row.try_get::<i64, _>("active")? != 0,
-                role: row.try_get("role")?,
-                content: row.try_get("content")?,
-                created_at: row.try_get("created_at")?,
-                trace: trace
-                    .map(|t| serde_json::from_str(&t))
-                    .transpose()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            });
-        }
+        let messages = rows.iter().map(exported_message).collect::<Result<_, _>>()?;
         Ok(ExportedConversation { conversation, messages })
+    }
+
+    /// Every conversation of `session` as [`Store::export`] gives it, in the order of
+    /// [`Store::list_conversations`]: two queries however many conversations there are.
+    pub async fn export_session(
+        &self,
+        session: &SessionId,
+    ) -> Result<Vec<ExportedConversation>, StoreError> {
+        let conversations = self.list_conversations(session).await?;
+        let rows = sqlx::query("SELECT m.conversation_id, m.seq, m.alternative, m.active, m.role, m.content, m.created_at, m.trace FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.session_id = $1 ORDER BY m.conversation_id, m.seq, m.alternative")
+            .bind(session.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut by_conversation: HashMap<String, Vec<ExportedMessage>> = HashMap::new();
+        for row in &rows {
+            let id: String = row.try_get("conversation_id")?;
+            by_conversation.entry(id).or_default().push(exported_message(row)?);
+        }
+        Ok(conversations
+            .into_iter()
+            .map(|conversation| {
+                let messages = by_conversation.remove(conversation.id.as_str()).unwrap_or_default();
+                ExportedConversation { conversation, messages }
+            })
+            .collect())
     }
 
     /// Every session's conversations, the most recently updated first, at most `limit`: for

@@ -478,6 +478,34 @@ async fn idle_sessions_and_empty_conversations_expire_and_the_rest_stays(db: Db)
     assert_eq!((nothing.sessions, nothing.conversations), (0, 0), "None keeps everything");
 }
 
+async fn a_session_exports_in_one_read_what_each_conversation_exports(db: Db) {
+    let store = &db.store;
+    let (session, first) = conversation(store).await;
+    let second = store
+        .create_conversation(&session, "creator", "Hi, I'm Jade.", r#"{"turns":0}"#)
+        .await
+        .unwrap()
+        .id;
+    for (id, text) in [(&first, "hello Margot"), (&second, "hi Jade")] {
+        store.post_message(id, text, None, 0, &Admission::unbounded("test")).await.unwrap();
+    }
+    let (stranger, theirs) = conversation(store).await;
+    store.post_message(&theirs, "not yours", None, 0, &Admission::unbounded("t")).await.unwrap();
+    let all = store.export_session(&session).await.unwrap();
+    let listed = store.list_conversations(&session).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.conversation.id.clone()).collect::<Vec<_>>(),
+        listed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        "the listing's conversations, in its order"
+    );
+    for export in &all {
+        let one = store.export(&session, &export.conversation.id).await.unwrap();
+        assert_eq!(serde_json::to_value(export).unwrap(), serde_json::to_value(&one).unwrap());
+    }
+    assert_eq!(all.iter().map(|e| e.messages.len()).sum::<usize>(), 2 + 2, "greetings included");
+    assert_eq!(store.export_session(&stranger).await.unwrap().len(), 1);
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite { $( #[test] fn $name() { super::rt().block_on(async { super::$name(super::sqlite().await).await }) } )* }
@@ -495,6 +523,7 @@ on_both!(
     shared_rate_limits_hold_across_connections_and_at_once,
     a_minted_session_costs_no_row_until_it_writes,
     idle_sessions_and_empty_conversations_expire_and_the_rest_stays,
+    a_session_exports_in_one_read_what_each_conversation_exports,
 );
 
 #[test]
