@@ -185,7 +185,25 @@ def judge_section():
             name = dim["dimension"]
             out.append(f"| {r['judge_model']} · {r['method']} | {name} | {dim['n']} | {est(dim['spearman'])} | "
                        f"{est(cal.get(name, {}).get('rho'))} | {est(arg.get(name, {}).get('difference'))} | {dim['unreadable']} | `{rel(f)}` |")
-    return out + [""]
+    out.append("")
+    turns = sorted(glob.glob(os.path.join(RESULTS, "judge", "turns", "*.json")))
+    if turns and c.get("turn_commands"):
+        out += [f"**The turn scorer** ({c.get('turn_date', c['date'])}, same machine): each message scored alone in the context before it (at most 8 a conversation, evenly "
+                "spaced), averaged per conversation, against the whole-conversation judge on the same held-out items "
+                "(paired bootstrap of the difference in ρ; the whole-conversation run's report is in `turns/whole/`). Commands: " + "; ".join(f"`{x}`" for x in c["turn_commands"]) + ".", "",
+                "| dimension | n | ρ turn by turn | ρ whole conversation | turn − whole | messages scored | s per message | s per conversation, whole | file |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for f in turns:
+            r = load(f)
+            vs = {v["dimension"]: v for v in r.get("versus_baseline", [])}
+            per_message = r["seconds"] / max(r.get("replies_judged", 0), 1)
+            for dim in r["dimensions"]:
+                v = vs.get(dim["dimension"], {})
+                out.append(f"| {dim['dimension']} | {dim['n']} | {est(dim['spearman'])} | {est(v.get('rho_other'))} | "
+                           f"{est(v.get('difference'))} | {r.get('replies_judged', 0)} | {per_message:.2f} | "
+                           f"{c.get('whole_seconds_per_conversation', 0):.2f} | `{rel(f)}` |")
+        out.append("")
+    return out
 
 
 def coach_section():

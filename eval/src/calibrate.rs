@@ -225,6 +225,10 @@ pub struct CalibrationReport {
     pub saved_under_other_key: usize,
     /// Seconds this invocation spent judging.
     pub seconds: f64,
+    /// With `--per-turn`: the replies this invocation scored one by one (so `seconds` over
+    /// this is the turn scorer's cost per reply, each criterion included).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replies_judged: usize,
     /// With the expected-score method: its score against the argmax integer of the same call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expected_vs_argmax: Vec<Versus>,
@@ -237,6 +241,10 @@ pub struct CalibrationReport {
     /// Where the fitted mapping was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn all_split() -> Split {
@@ -276,6 +284,12 @@ pub struct CalibrateOptions<'a> {
     pub train_limit: Option<usize>,
     /// Draw a progress bar.
     pub show_progress: bool,
+    /// Score each conversation turn by turn with the turn scorer ([`Judge::score_reply`]):
+    /// every message after the first, in the context before it, averaged per criterion.
+    pub per_turn: bool,
+    /// With `per_turn`: at most this many messages of a conversation, evenly spaced (the
+    /// first and the last included), so a long conversation costs no more than a short one.
+    pub turns_per_conversation: usize,
 }
 
 /// Reads a `--save` file: the items judged under `key` (all of them when `key` is `None`), and
@@ -297,6 +311,67 @@ pub fn read_judged(
         judged.insert(j.id.clone(), j);
     }
     Ok((judged, other))
+}
+
+/// The turn scorer over one rated conversation: the messages after the first (at most `most`,
+/// evenly spaced), each scored in the context of the lines before it (within the judge's
+/// transcript budget), averaged per criterion over the messages it could read. The argmax of
+/// each call is averaged alike.
+/// Returns the averaged verdict, the averaged argmax by criterion, and how many messages were
+/// scored.
+async fn score_turns(
+    judge: &Judge,
+    item: &RatedItem,
+    criteria: &[&Criterion],
+    persona: &PersonaBrief,
+    most: usize,
+) -> Result<(crate::judge::Verdict, BTreeMap<String, Option<f64>>, usize), EvalError> {
+    let lines: Vec<String> =
+        item.context.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    let scored = spaced(1, lines.len(), most);
+    let mut out = crate::judge::Verdict::default();
+    let mut per_criterion: BTreeMap<String, (Vec<f64>, Vec<f64>, usize)> = BTreeMap::new();
+    for &t in &scored {
+        let before = crate::dialogue::fit_lines(&lines[..t], judge.config().max_transcript_chars);
+        let v = judge.score_reply(&before, &lines[t], criteria, item.side, persona).await?;
+        out.calls += v.calls;
+        out.failed_calls += v.failed_calls;
+        for (id, c) in v.criteria {
+            let entry = per_criterion.entry(id).or_default();
+            match c.score {
+                Some(s) => entry.0.push(s),
+                None => entry.2 += 1,
+            }
+            entry.1.extend(c.distributions.first().map(|d| d.argmax));
+        }
+    }
+    let mut argmax = BTreeMap::new();
+    for (id, (scores, argmaxes, unreadable)) in per_criterion {
+        argmax.insert(id.clone(), stats::mean(&argmaxes));
+        out.criteria.insert(
+            id,
+            crate::judge::CriterionVerdict {
+                score: stats::mean(&scores),
+                samples: scores,
+                reasons: vec![],
+                unreadable,
+                distributions: vec![],
+            },
+        );
+    }
+    Ok((out, argmax, scored.len()))
+}
+
+/// At most `most` indices of `from..to`, evenly spaced, the first and the last included.
+fn spaced(from: usize, to: usize, most: usize) -> Vec<usize> {
+    let n = to.saturating_sub(from);
+    if n <= most {
+        return (from..to).collect();
+    }
+    if most <= 1 {
+        return (from..to).rev().take(most).collect();
+    }
+    (0..most).map(|i| from + (i * (n - 1) + (most - 1) / 2) / (most - 1)).collect()
 }
 
 /// Runs the judge on `items` and measures its agreement with the humans on every dimension the
@@ -321,7 +396,11 @@ pub async fn calibrate(
             rubric.criteria.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
-    let key = judge.key(judge_model, &criteria);
+    let key = if options.per_turn {
+        judge.turn_key(judge_model, &criteria)
+    } else {
+        judge.key(judge_model, &criteria)
+    };
     let split =
         if options.fit.is_some() { Split::All } else { options.split.unwrap_or(Split::All) };
     let mut train_left = options.train_limit.unwrap_or(usize::MAX);
@@ -355,6 +434,7 @@ pub async fn calibrate(
     );
     let started = std::time::Instant::now();
     let mut judged_now = 0;
+    let mut replies_judged = 0;
     let mut out_file = match options.save {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -371,14 +451,24 @@ pub async fn calibrate(
             bar.inc(1);
             continue;
         }
-        let transcript = item.transcript(judge.config().max_transcript_chars);
         let persona = PersonaBrief {
             name: item.persona.clone().unwrap_or_default(),
             description: String::new(),
         };
-        let verdict = judge.score_transcript(&transcript, &criteria, item.side, &persona).await?;
+        let (verdict, turn_argmax) = if options.per_turn {
+            let (verdict, argmax, replies) =
+                score_turns(judge, item, &criteria, &persona, options.turns_per_conversation)
+                    .await?;
+            replies_judged += replies;
+            (verdict, Some(argmax))
+        } else {
+            let transcript = item.transcript(judge.config().max_transcript_chars);
+            (judge.score_transcript(&transcript, &criteria, item.side, &persona).await?, None)
+        };
         let scores = verdict.criteria.iter().map(|(k, v)| (k.clone(), v.score)).collect();
-        let argmax = if judge.config().method == crate::judge::JudgeMethod::Expected {
+        let argmax = if let Some(argmax) = turn_argmax {
+            argmax
+        } else if judge.config().method == crate::judge::JudgeMethod::Expected {
             verdict
                 .criteria
                 .iter()
@@ -430,6 +520,7 @@ pub async fn calibrate(
         judged_now,
         saved_under_other_key,
         seconds: started.elapsed().as_secs_f64(),
+        replies_judged,
         expected_vs_argmax: vec![],
         versus_baseline: vec![],
         calibrated_vs_raw: vec![],
@@ -597,6 +688,16 @@ pub fn markdown(r: &CalibrationReport) -> String {
         "# Judge calibration\n\nJudge `{}` (method `{}`) on `{}`, {split}: {} items ({} judged now, in {:.0} s).\n\n| dimension | n | Spearman ρ [95% CI] | Kendall τ-b [95% CI] | human mean | judge mean | judge's distinct scores | unreadable |\n|---|---|---|---|---|---|---|---|\n",
         r.judge_model, r.method, r.rated, r.items, r.judged_now, r.seconds
     );
+    if r.replies_judged > 0 {
+        out.insert_str(
+            out.find("\n\n|").unwrap_or(out.len()),
+            &format!(
+                " Turn by turn: {} messages scored, {:.2} s each (every criterion included), averaged per conversation.",
+                r.replies_judged,
+                r.seconds / r.replies_judged as f64
+            ),
+        );
+    }
     for d in &r.dimensions {
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -775,6 +876,17 @@ mod tests {
         .unwrap();
         let e = read_rated(&path).unwrap_err().to_string();
         assert!(e.contains("rated.jsonl:2") && e.contains("persona"), "{e}");
+    }
+
+    #[test]
+    fn long_conversations_are_scored_at_evenly_spaced_messages() {
+        assert_eq!(spaced(1, 5, 8), vec![1, 2, 3, 4], "short: every message");
+        let picked = spaced(1, 31, 8);
+        assert_eq!(picked.len(), 8);
+        assert_eq!((picked[0], picked[7]), (1, 30), "the first and the last");
+        assert!(picked.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= 5), "{picked:?}");
+        assert_eq!(spaced(1, 31, 1), vec![30]);
+        assert!(spaced(1, 1, 8).is_empty());
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::EvalError;
 const SINGLE: &str = "judge.tera";
 const PAIRWISE: &str = "judge_pairwise.tera";
 const SCORE: &str = "judge_score.tera";
+const TURN: &str = "judge_turn.tera";
 const SYSTEM: &str =
     "You are a careful, strict evaluator of conversations. You answer with one JSON object only.";
 const SYSTEM_SCORE: &str =
@@ -303,6 +304,7 @@ impl Judge {
             (SINGLE, include_str!("../../prompts/judge.tera")),
             (PAIRWISE, include_str!("../../prompts/judge_pairwise.tera")),
             (SCORE, include_str!("../../prompts/judge_score.tera")),
+            (TURN, include_str!("../../prompts/judge_turn.tera")),
         ]
         .into_iter()
         .map(|(name, text)| (name, text.to_string()))
@@ -320,10 +322,10 @@ impl Judge {
         dir: &std::path::Path,
     ) -> Result<Self, EvalError> {
         let Judge { mut tera, mut sources, .. } = Self::new(generator.clone(), config.clone());
-        for name in [SINGLE, PAIRWISE, SCORE] {
+        for name in [SINGLE, PAIRWISE, SCORE, TURN] {
             let path = dir.join(name);
             // A directory made before a template existed keeps the compiled-in one for it.
-            if name == SCORE && !path.exists() {
+            if (name == SCORE || name == TURN) && !path.exists() {
                 continue;
             }
             let text = std::fs::read_to_string(&path)
@@ -345,11 +347,21 @@ impl Judge {
     /// mappings carry it, and are reused or applied only under the same key: a run with another
     /// model, rubric, prompt or method must never pass off old scores as its own.
     pub fn key(&self, model: &str, criteria: &[&Criterion]) -> String {
-        let c = &self.config;
-        let template = match c.method {
+        let template = match self.config.method {
             JudgeMethod::Json => SINGLE,
             JudgeMethod::Expected => SCORE,
         };
+        self.key_with(model, criteria, template)
+    }
+
+    /// [`Judge::key`] of the turn scorer ([`Judge::score_reply`]): its own template, so scores
+    /// of single replies are never mistaken for scores of whole conversations.
+    pub fn turn_key(&self, model: &str, criteria: &[&Criterion]) -> String {
+        format!("{}|turns", self.key_with(model, criteria, TURN))
+    }
+
+    fn key_with(&self, model: &str, criteria: &[&Criterion], template: &str) -> String {
+        let c = &self.config;
         let mut text = format!(
             "{}\n{}\n{}\n{}\n{}\n{}\n{}",
             model,
@@ -407,8 +419,30 @@ impl Judge {
         side: Side,
         persona: &PersonaBrief,
     ) -> Result<String, EvalError> {
+        self.render_digit(SCORE, conversation_context(transcript, side, persona), criterion)
+    }
+
+    /// The turn scorer's prompt: the conversation before a message, the message, one criterion.
+    pub fn render_turn(
+        &self,
+        before: &str,
+        reply: &str,
+        criterion: &Criterion,
+        side: Side,
+        persona: &PersonaBrief,
+    ) -> Result<String, EvalError> {
+        let mut ctx = conversation_context(before, side, persona);
+        ctx.insert("reply", reply);
+        self.render_digit(TURN, ctx, criterion)
+    }
+
+    fn render_digit(
+        &self,
+        template: &str,
+        mut ctx: Context,
+        criterion: &Criterion,
+    ) -> Result<String, EvalError> {
         let digits = DigitScale::for_scale(criterion.scale);
-        let mut ctx = conversation_context(transcript, side, persona);
         let mut view = views(&[criterion]).remove(0);
         view.scale = ScaleView { min: digits.low.to_string(), max: digits.high.to_string() };
         if !digits.is_native() {
@@ -418,8 +452,8 @@ impl Judge {
         }
         ctx.insert("criterion", &view);
         self.tera
-            .render(SCORE, &ctx)
-            .map_err(|e| EvalError::Invalid(format!("judge score template: {e}")))
+            .render(template, &ctx)
+            .map_err(|e| EvalError::Invalid(format!("judge template {template}: {e}")))
     }
 
     /// One greedy call that answers a digit, read as a distribution over the scale.
@@ -470,40 +504,76 @@ impl Judge {
         side: Side,
         persona: &PersonaBrief,
     ) -> Result<Verdict, EvalError> {
-        let mut verdict = Verdict::default();
-        for c in criteria {
-            verdict.criteria.insert(
-                c.id.clone(),
-                CriterionVerdict {
-                    score: None,
-                    samples: vec![],
-                    reasons: vec![],
-                    unreadable: 0,
-                    distributions: vec![],
-                },
-            );
-        }
+        let verdict = empty_verdict(criteria);
         if self.config.method == JudgeMethod::Expected {
-            for c in criteria {
-                let prompt = self.render_score(transcript, c, side, persona)?;
-                verdict.calls += 1;
-                let v = verdict.criteria.get_mut(&c.id).expect("inserted above");
-                match self.ask_distribution(&prompt, DigitScale::for_scale(c.scale)).await {
-                    Ok(Some(d)) => {
-                        v.samples.push(d.expected);
-                        v.distributions.push(d);
-                    }
-                    Ok(None) => v.unreadable += 1,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "judge call failed");
-                        verdict.failed_calls += 1;
-                        v.unreadable += 1;
-                    }
-                }
-                v.score = v.samples.first().copied();
-            }
-            return Ok(verdict);
+            return self
+                .score_digits(verdict, criteria, |c| {
+                    self.render_score(transcript, c, side, persona)
+                })
+                .await;
         }
+        self.score_json(verdict, transcript, criteria, side, persona).await
+    }
+
+    /// The turn scorer: `reply`, the message written after the conversation `before`, scored on
+    /// `criteria` in that context, one single-digit call per criterion read as probabilities
+    /// (the expected method only). Successive replies of one conversation share most of their
+    /// prompt, which the engine's prefix cache reads once.
+    pub async fn score_reply(
+        &self,
+        before: &str,
+        reply: &str,
+        criteria: &[&Criterion],
+        side: Side,
+        persona: &PersonaBrief,
+    ) -> Result<Verdict, EvalError> {
+        if self.config.method != JudgeMethod::Expected {
+            return Err(EvalError::Invalid(
+                "the turn scorer reads the judge's probabilities: use --method expected".into(),
+            ));
+        }
+        let verdict = empty_verdict(criteria);
+        self.score_digits(verdict, criteria, |c| self.render_turn(before, reply, c, side, persona))
+            .await
+    }
+
+    /// One single-digit call per criterion, read as a distribution over the scale.
+    async fn score_digits(
+        &self,
+        mut verdict: Verdict,
+        criteria: &[&Criterion],
+        prompt_of: impl Fn(&Criterion) -> Result<String, EvalError>,
+    ) -> Result<Verdict, EvalError> {
+        for c in criteria {
+            let prompt = prompt_of(c)?;
+            verdict.calls += 1;
+            let v = verdict.criteria.get_mut(&c.id).expect("inserted above");
+            match self.ask_distribution(&prompt, DigitScale::for_scale(c.scale)).await {
+                Ok(Some(d)) => {
+                    v.samples.push(d.expected);
+                    v.distributions.push(d);
+                }
+                Ok(None) => v.unreadable += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "judge call failed");
+                    verdict.failed_calls += 1;
+                    v.unreadable += 1;
+                }
+            }
+            v.score = v.samples.first().copied();
+        }
+        Ok(verdict)
+    }
+
+    /// The JSON method: the criteria in one call (or one each), an integer and a reason each.
+    async fn score_json(
+        &self,
+        mut verdict: Verdict,
+        transcript: &str,
+        criteria: &[&Criterion],
+        side: Side,
+        persona: &PersonaBrief,
+    ) -> Result<Verdict, EvalError> {
         let groups: Vec<Vec<&Criterion>> = if self.config.per_criterion {
             criteria.iter().map(|c| vec![*c]).collect()
         } else {
@@ -688,6 +758,24 @@ fn views<'a>(criteria: &[&'a Criterion]) -> Vec<CriterionView<'a>> {
 }
 
 /// What both single-dialogue templates say about the conversation and who is in it.
+/// A verdict with every criterion present and nothing scored yet.
+fn empty_verdict(criteria: &[&Criterion]) -> Verdict {
+    let mut verdict = Verdict::default();
+    for c in criteria {
+        verdict.criteria.insert(
+            c.id.clone(),
+            CriterionVerdict {
+                score: None,
+                samples: vec![],
+                reasons: vec![],
+                unreadable: 0,
+                distributions: vec![],
+            },
+        );
+    }
+    verdict
+}
+
 fn conversation_context(transcript: &str, side: Side, persona: &PersonaBrief) -> Context {
     let (user, name) = names(side, persona);
     let mut ctx = Context::new();

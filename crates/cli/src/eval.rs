@@ -295,6 +295,14 @@ pub struct CalibrateArgs {
     /// Judge at most this many training-split items (the first in the file).
     #[arg(long)]
     train_limit: Option<usize>,
+    /// Score each conversation message by message with the turn scorer (each message in the
+    /// context before it; expected method only) and average: how well per-reply scores agree
+    /// with people's ratings of the whole conversation, and what a reply costs to score.
+    #[arg(long)]
+    per_turn: bool,
+    /// With --per-turn: at most this many messages per conversation, evenly spaced.
+    #[arg(long, default_value_t = 8, requires = "per_turn")]
+    turns_per_conversation: usize,
 }
 
 #[derive(Args, Debug)]
@@ -988,6 +996,8 @@ async fn run_calibration(args: CalibrateArgs) -> anyhow::Result<()> {
         baseline: args.baseline.as_deref(),
         train_limit: args.train_limit,
         show_progress: !args.json,
+        per_turn: args.per_turn,
+        turns_per_conversation: args.turns_per_conversation.max(1),
     };
     let report = calibrate::calibrate(
         &judge,

@@ -317,6 +317,38 @@ fn expected_scores_fit_on_train_report_on_held_out_and_resume_only_under_the_sam
     assert_eq!(json["saved_under_other_key"], 36, "{json}");
     assert_eq!(json["judged_now"], json["items"], "{json}");
     assert_ne!(json["judge_key"], report["judge_key"]);
+
+    // The turn scorer: each message alone in its context, at most two a conversation here,
+    // under its own key (the whole-conversation scores in the file are not reused as its own).
+    let turns = calibrate(&[
+        "--method",
+        "expected",
+        "--split",
+        "held-out",
+        "--limit",
+        "6",
+        "--per-turn",
+        "--turns-per-conversation",
+        "2",
+    ]);
+    assert!(turns["judge_key"].as_str().unwrap().ends_with("|turns"), "{turns}");
+    assert_eq!(turns["judged_now"], turns["items"], "{turns}");
+    let (items, replies) =
+        (turns["items"].as_u64().unwrap(), turns["replies_judged"].as_u64().unwrap());
+    assert!(items >= 1 && (items..=2 * items).contains(&replies), "{turns}");
+    for d in turns["dimensions"].as_array().unwrap() {
+        assert_eq!(d["n"].as_u64().unwrap() + d["unreadable"].as_u64().unwrap(), items, "{d}");
+    }
+    // It reads probabilities: asked of the JSON method, it says so instead of guessing.
+    let out = rapport()
+        .args(["eval", "calibrate", "-m", "smollm2-135m", "--method", "json", "--per-turn"])
+        .arg("--rated")
+        .arg(&rated)
+        .args(["--limit", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--method expected"), "{out:?}");
 }
 
 fn map_arg(p: &Path) -> &str {
