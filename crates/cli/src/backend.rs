@@ -7,9 +7,10 @@ use clap::Args;
 use rapport_core::{Generator, SamplingParams};
 use rapport_generate::{
     Activations, EmbeddedOptions, KvCacheDtype, MistralRsGenerator, OpenAiCompatGenerator,
-    OpenAiCompatOptions,
+    OpenAiCompatOptions, TemplateCheck,
 };
 use rapport_models::{ModelCache, ModelKind, ModelSource, Puller};
+use rapport_pipeline::prompt::PromptLayout;
 
 /// The default chat model for people; tests and CI name `smollm2-135m` explicitly.
 pub const DEFAULT_MODEL: &str = "qwen2.5-1.5b";
@@ -50,6 +51,10 @@ pub struct BackendArgs {
     /// before the attempt counts as failed (and is retried, then answered with a fallback).
     #[arg(long, requires = "llm_url")]
     pub llm_timeout_secs: Option<u64>,
+    /// A Jinja chat template (.jinja) for the embedded engine, instead of the one in the GGUF
+    /// file: for a model whose template is missing or wrong.
+    #[arg(long, conflicts_with = "llm_url")]
+    pub chat_template: Option<std::path::PathBuf>,
 }
 
 /// A ready backend and the sampling defaults that go with its model.
@@ -57,6 +62,44 @@ pub struct Backend {
     pub generator: Arc<dyn Generator>,
     pub sampling: SamplingParams,
     pub model_name: String,
+    /// What the embedded model's chat template accepts (`None` for a remote server, whose
+    /// template is its own).
+    pub template: Option<TemplateCheck>,
+}
+
+impl Backend {
+    /// The prompt layout to run with: the one asked for (`requested`), or by default the
+    /// default layout, unless the model's chat template cannot take it. A template that
+    /// refuses a second system message gets `notes-in-system` when no layout was asked for,
+    /// and a clear error when one that needs it was; a template that cannot take the persona's
+    /// greeting before the user's first message is refused, whatever the layout.
+    pub fn layout(&self, requested: Option<PromptLayout>) -> anyhow::Result<PromptLayout> {
+        let Some(check) = &self.template else {
+            return Ok(requested.unwrap_or_default());
+        };
+        if let Err(e) = &check.greeting_first {
+            anyhow::bail!(
+                "{}'s chat template cannot take Rapport's conversations, which open with the \
+                 persona's greeting before the user's first message: {e}. Give a template that \
+                 can with --chat-template FILE.jinja, or use another model",
+                self.model_name
+            );
+        }
+        let Err(e) = &check.later_system else { return Ok(requested.unwrap_or_default()) };
+        match requested {
+            None => {
+                tracing::warn!(model = %self.model_name, template_error = %e, "the model's chat template refuses a system message after the first: using --layout notes-in-system");
+                Ok(PromptLayout::NotesInSystem)
+            }
+            Some(PromptLayout::NotesInSystem) => Ok(PromptLayout::NotesInSystem),
+            Some(layout) => anyhow::bail!(
+                "{}'s chat template refuses a system message after the first ({e}), which the \
+                 {layout} layout sends with each turn's notes: run with --layout \
+                 notes-in-system (or without --layout, which chooses it)",
+                self.model_name
+            ),
+        }
+    }
 }
 
 impl BackendArgs {
@@ -85,6 +128,7 @@ impl BackendArgs {
                 generator: Arc::new(generator),
                 sampling,
                 model_name: self.model.clone(),
+                template: None,
             });
         }
 
@@ -107,10 +151,17 @@ impl BackendArgs {
         if self.no_repack {
             options.repack_dir = None;
         }
+        options.chat_template = self.chat_template.clone();
         let generator = MistralRsGenerator::load(&installed.primary, &installed.name, options)
             .await
             .with_context(|| format!("loading {}", installed.primary.display()))?;
         tracing::info!(model = %installed.name, secs = started.elapsed().as_secs_f32(), "model loaded");
-        Ok(Backend { generator: Arc::new(generator), sampling, model_name: installed.name })
+        let template = Some(generator.check_template().await);
+        Ok(Backend {
+            generator: Arc::new(generator),
+            sampling,
+            model_name: installed.name,
+            template,
+        })
     }
 }

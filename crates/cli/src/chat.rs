@@ -49,9 +49,10 @@ pub struct ChatArgs {
     pub(crate) prompts: Option<std::path::PathBuf>,
     /// Where each turn's notes and the persona's examples go (docs/eval/prompt-layout.md):
     /// `compact-history`, `compact`, `cached-exchanges`, `cached`, `notes-before-message`, or
-    /// `notes-in-system` (for chat templates that allow only one system message).
-    #[arg(long, requires = "persona", default_value_t = PromptLayout::default())]
-    pub(crate) layout: PromptLayout,
+    /// `notes-in-system` (for chat templates that allow only one system message). Default:
+    /// `compact`, or `notes-in-system` for a model whose chat template needs it.
+    #[arg(long, requires = "persona")]
+    pub(crate) layout: Option<PromptLayout>,
     /// Context window the prompt may fill, in tokens.
     #[arg(long, default_value_t = 2048)]
     pub(crate) context_tokens: usize,
@@ -68,7 +69,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             personas: args.personas.clone(),
             lexical_only: args.lexical_only,
             prompts: args.prompts.clone(),
-            layout: args.layout,
+            layout: backend.layout(args.layout)?,
             context_tokens: args.context_tokens,
             trace_json: args.trace_json.clone(),
             trace: args.trace,

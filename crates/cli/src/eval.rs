@@ -604,6 +604,7 @@ async fn judge_backend(
                 generator: b.generator.clone(),
                 sampling: b.sampling.clone(),
                 model_name: b.model_name.clone(),
+                template: b.template.clone(),
             });
         }
     }

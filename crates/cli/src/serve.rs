@@ -76,9 +76,10 @@ pub struct ServeArgs {
     no_character_guard: bool,
     /// Where each turn's notes and the persona's examples go (docs/eval/prompt-layout.md):
     /// `compact-history`, `compact`, `cached-exchanges`, `cached`, `notes-before-message`, or
-    /// `notes-in-system` (for chat templates that allow only one system message).
-    #[arg(long, default_value_t = PromptLayout::default())]
-    layout: PromptLayout,
+    /// `notes-in-system` (for chat templates that allow only one system message). Default:
+    /// `compact`, or `notes-in-system` for a model whose chat template needs it.
+    #[arg(long)]
+    layout: Option<PromptLayout>,
     #[command(flatten)]
     door: DoorArgs,
 }
@@ -212,6 +213,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let scenarios = rapport_eval::scenario::ScenarioLibrary::load_dir(&scenarios_dir, &library)
         .with_context(|| format!("loading the scenarios in {}", scenarios_dir.display()))?;
     let backend = args.backend.build().await?;
+    let layout = backend.layout(args.layout)?;
     let mut sampling = backend.sampling.clone();
     if let Some(n) = args.max_tokens {
         sampling.max_tokens = n;
@@ -229,7 +231,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         sampling,
         stream_words: args.stream_words,
         character_guard: !args.no_character_guard,
-        layout: args.layout,
+        layout,
         ..PipelineConfig::default()
     };
     // How far the coach's skill scores agree with a person's labels, measured from the shipped

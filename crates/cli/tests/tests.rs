@@ -228,6 +228,56 @@ fn chat_with_a_persona_shows_each_turns_trace() {
     assert_eq!(traces[1]["input_guards"][0]["kind"], "injection");
 }
 
+/// A model people bring themselves: a GGUF file by its path, with a chat template that takes a
+/// system message only first (as several models' do). Rapport checks the template at load and
+/// runs with the layout it can take, or says why it cannot.
+#[test]
+fn a_gguf_of_ones_own_runs_with_the_layout_its_chat_template_takes() {
+    ensure_smollm2();
+    let out = rapport().args(["models", "path", "smollm2-135m"]).output().unwrap();
+    let gguf = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(gguf.ends_with(".gguf"), "{gguf}");
+    let templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/templates");
+    let chat = |template: &str, extra: &[&str]| {
+        let mut child = rapport()
+            .args(["chat", "--model", &gguf, "--persona", "wedding-host", "--max-tokens", "24"])
+            .arg("--chat-template")
+            .arg(templates.join(template))
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"Hi Margot! How do you know the couple?\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    // No layout asked for: the one the template can take, said in the log, and a reply.
+    let (ok, stdout, stderr) = chat("one-system-message.jinja", &[]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("notes-in-system"), "{stderr}");
+    // (A reply the review rewrites shows again under "(Margot rephrases)".)
+    assert!(stdout.matches("Margot> ").count() >= 2, "the greeting and a reply: {stdout}");
+    // A layout that needs a second system message: refused before any turn, with the fix.
+    let (ok, _, stderr) = chat("one-system-message.jinja", &["--layout", "compact"]);
+    assert!(!ok);
+    assert!(stderr.contains("refuses a system message after the first"), "{stderr}");
+    assert!(stderr.contains("--layout notes-in-system"), "{stderr}");
+    // A template that wants the user to speak first cannot take a persona's greeting.
+    let (ok, _, stderr) = chat("user-first.jinja", &[]);
+    assert!(!ok);
+    assert!(stderr.contains("the persona's greeting before the user's first message"), "{stderr}");
+    assert!(stderr.contains("must alternate"), "the template's own words: {stderr}");
+    // A template file that is not there, or not Jinja: named, not a panic.
+    let (ok, _, stderr) = chat("missing.jinja", &[]);
+    assert!(!ok && stderr.contains("cannot read the chat template"), "{stderr}");
+    let (ok, _, stderr) = chat("../templates.rs", &[]);
+    assert!(!ok && stderr.contains("must be a .jinja file"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn persona_cards_import_and_export_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();

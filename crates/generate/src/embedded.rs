@@ -82,6 +82,9 @@ pub struct EmbeddedOptions {
     /// Where to keep copies of GGUF files whose slow block formats were re-encoded
     /// ([`crate::repack`]); `None` loads every file as it is.
     pub repack_dir: Option<PathBuf>,
+    /// A Jinja chat template (`.jinja`) to use instead of the one in the GGUF file's metadata,
+    /// for a model whose template is missing or wrong.
+    pub chat_template: Option<PathBuf>,
 }
 
 impl Default for EmbeddedOptions {
@@ -92,6 +95,7 @@ impl Default for EmbeddedOptions {
             activations: Activations::F32,
             kv_cache: KvCacheDtype::F16,
             repack_dir: rapport_models::cache_root().ok().map(|c| c.join("repacked")),
+            chat_template: None,
         }
     }
 }
@@ -122,6 +126,23 @@ impl MistralRsGenerator {
         if !gguf.is_file() {
             return Err(unavailable("no such file".into()));
         }
+        // mistral.rs panics on a template path it cannot read or that does not end in .jinja:
+        // checked here, so a bad path is an error that names it.
+        let jinja = match &options.chat_template {
+            Some(t) => {
+                if t.extension().and_then(|e| e.to_str()) != Some("jinja") {
+                    return Err(unavailable(format!(
+                        "the chat template {} must be a .jinja file",
+                        t.display()
+                    )));
+                }
+                std::fs::read_to_string(t).map_err(|e| {
+                    unavailable(format!("cannot read the chat template {}: {e}", t.display()))
+                })?;
+                Some(t.to_string_lossy().into_owned())
+            }
+            None => None,
+        };
         let gguf = match &options.repack_dir {
             Some(dir) => {
                 let (src, dir) = (gguf.to_path_buf(), dir.clone());
@@ -163,7 +184,7 @@ impl MistralRsGenerator {
             vec![file],
             GGUFSpecificConfig { topology: None },
             false,
-            None,
+            jinja,
         )
         .build();
         // Loading maps and parses the file: blocking work, kept off the async workers.
@@ -195,6 +216,43 @@ impl MistralRsGenerator {
             model: Arc::new(mistralrs::Model::new(runner)),
             name: format!("mistralrs:{}", name.into()),
         })
+    }
+}
+
+/// What a model's chat template accepts of the conversation shapes Rapport sends: each probe is
+/// `Ok` or the template's own error. Found by rendering small conversations through the
+/// template (mistral.rs's tokenize call), so a model whose template cannot take Rapport's
+/// prompts is known at load, not from a failed reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateCheck {
+    /// A system message, the persona's greeting, the user's message: every layout's shape.
+    pub greeting_first: Result<(), String>,
+    /// The same with a further system message after the user's (the turn's notes): every
+    /// layout but `notes-in-system` sends one.
+    pub later_system: Result<(), String>,
+}
+
+impl MistralRsGenerator {
+    /// Renders the probe conversations of [`TemplateCheck`] through the model's chat template.
+    pub async fn check_template(&self) -> TemplateCheck {
+        let probe = |later_system: bool| {
+            let mut m = mistralrs::TextMessages::new()
+                .add_message(TextMessageRole::System, "You are Ada.")
+                .add_message(TextMessageRole::Assistant, "Hi! I'm Ada.")
+                .add_message(TextMessageRole::User, "Hello Ada, how are you?");
+            if later_system {
+                m = m.add_message(TextMessageRole::System, "(Answer warmly.)");
+            }
+            m
+        };
+        let render = |later_system: bool| async move {
+            self.model
+                .tokenize(either::Either::Left(probe(later_system)), None, false, true, None)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"))
+        };
+        TemplateCheck { greeting_first: render(false).await, later_system: render(true).await }
     }
 }
 

@@ -15,7 +15,7 @@ mod embedded;
 mod openai;
 pub mod repack;
 
-pub use embedded::{Activations, EmbeddedOptions, KvCacheDtype, MistralRsGenerator};
+pub use embedded::{Activations, EmbeddedOptions, KvCacheDtype, MistralRsGenerator, TemplateCheck};
 pub use openai::{OpenAiCompatGenerator, OpenAiCompatOptions};
 // The decoder lives in rapport-core so that clients without mistral.rs (rapport-load, tests) share it.
 pub use rapport_core::{SseDecoder, SseEvent};
