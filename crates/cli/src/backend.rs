@@ -62,9 +62,53 @@ pub struct Backend {
     pub generator: Arc<dyn Generator>,
     pub sampling: SamplingParams,
     pub model_name: String,
-    /// What the embedded model's chat template accepts (`None` for a remote server, whose
-    /// template is its own).
+    /// What the model's chat template accepts: the embedded engine's, or a remote server's as
+    /// its answers show (`None` when it could not be asked).
     pub template: Option<TemplateCheck>,
+    /// Whose answer `template` is, for people: "MODEL's chat template" or "the server at URL".
+    pub template_of: String,
+}
+
+/// Asks a remote server for one token of each probe conversation of [`TemplateCheck`]: a
+/// refusal is the server's template (or its settings) speaking. A server that cannot be reached
+/// now is not a reason to refuse to start (it may come up later): the check is skipped, said
+/// in the log, and a refusal then shows on the first reply.
+async fn probe_server(generator: &dyn Generator, url: &str) -> Option<TemplateCheck> {
+    const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    use rapport_core::{collect_completion, ChatMessage, GenerationError, GenerationRequest};
+    let ask = |later_system: bool| async move {
+        let mut messages = vec![
+            ChatMessage::system("You are Ada."),
+            ChatMessage::assistant("Hi! I'm Ada."),
+            ChatMessage::user("Hello Ada, how are you?"),
+        ];
+        if later_system {
+            messages.push(ChatMessage::system("(Answer warmly.)"));
+        }
+        let request = GenerationRequest::new(messages, SamplingParams::greedy(1))?;
+        // One token of a short prompt: a server that has not answered in this long is not
+        // going to tell the start-up anything (a hung one would otherwise hold it for the
+        // client's whole first-byte timeout).
+        let answer = async {
+            collect_completion(generator.generate(request).await?, |_| {}).await.map(|_| ())
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, answer)
+            .await
+            .unwrap_or(Err(GenerationError::Timeout(PROBE_TIMEOUT)))
+    };
+    let mut results = Vec::new();
+    for later_system in [false, true] {
+        match ask(later_system).await {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(%url, error = %e, "could not ask the server how its chat template takes Rapport's conversations; checked on the first reply instead");
+                return None;
+            }
+            other => results.push(other.map_err(|e: GenerationError| e.to_string())),
+        }
+    }
+    let later_system = results.pop().expect("two probes");
+    let greeting_first = results.pop().expect("two probes");
+    Some(TemplateCheck { greeting_first, later_system })
 }
 
 impl Backend {
@@ -79,24 +123,24 @@ impl Backend {
         };
         if let Err(e) = &check.greeting_first {
             anyhow::bail!(
-                "{}'s chat template cannot take Rapport's conversations, which open with the \
-                 persona's greeting before the user's first message: {e}. Give a template that \
-                 can with --chat-template FILE.jinja, or use another model",
-                self.model_name
+                "{} cannot take Rapport's conversations, which open with the persona's greeting \
+                 before the user's first message: {e}. Give a template that can with \
+                 --chat-template FILE.jinja, or use another model",
+                self.template_of
             );
         }
         let Err(e) = &check.later_system else { return Ok(requested.unwrap_or_default()) };
         match requested {
             None => {
-                tracing::warn!(model = %self.model_name, template_error = %e, "the model's chat template refuses a system message after the first: using --layout notes-in-system");
+                tracing::warn!(template = %self.template_of, error = %e, "the chat template refuses a system message after the first: using --layout notes-in-system");
                 Ok(PromptLayout::NotesInSystem)
             }
             Some(PromptLayout::NotesInSystem) => Ok(PromptLayout::NotesInSystem),
             Some(layout) => anyhow::bail!(
-                "{}'s chat template refuses a system message after the first ({e}), which the \
-                 {layout} layout sends with each turn's notes: run with --layout \
-                 notes-in-system (or without --layout, which chooses it)",
-                self.model_name
+                "{} refuses a system message after the first ({e}), which the {layout} layout \
+                 sends with each turn's notes: run with --layout notes-in-system (or without \
+                 --layout, which chooses it)",
+                self.template_of
             ),
         }
     }
@@ -123,12 +167,14 @@ impl BackendArgs {
                 options.first_byte_timeout = std::time::Duration::from_secs(secs.max(1));
                 options.idle_timeout = std::time::Duration::from_secs(secs.max(1));
             }
-            let generator = OpenAiCompatGenerator::new(options)?;
+            let generator: Arc<dyn Generator> = Arc::new(OpenAiCompatGenerator::new(options)?);
+            let template = probe_server(generator.as_ref(), url).await;
             return Ok(Backend {
-                generator: Arc::new(generator),
+                generator,
                 sampling,
                 model_name: self.model.clone(),
-                template: None,
+                template,
+                template_of: format!("the server at {url} (model {})", self.model),
             });
         }
 
@@ -157,11 +203,13 @@ impl BackendArgs {
             .with_context(|| format!("loading {}", installed.primary.display()))?;
         tracing::info!(model = %installed.name, secs = started.elapsed().as_secs_f32(), "model loaded");
         let template = Some(generator.check_template().await);
+        let template_of = format!("{}'s chat template", installed.name);
         Ok(Backend {
             generator: Arc::new(generator),
             sampling,
             model_name: installed.name,
             template,
+            template_of,
         })
     }
 }

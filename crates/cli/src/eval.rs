@@ -605,6 +605,7 @@ async fn judge_backend(
                 sampling: b.sampling.clone(),
                 model_name: b.model_name.clone(),
                 template: b.template.clone(),
+                template_of: b.template_of.clone(),
             });
         }
     }

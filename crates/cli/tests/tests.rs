@@ -229,8 +229,9 @@ fn chat_with_a_persona_shows_each_turns_trace() {
 }
 
 /// A model people bring themselves: a GGUF file by its path, with a chat template that takes a
-/// system message only first (as several models' do). Rapport checks the template at load and
-/// runs with the layout it can take, or says why it cannot.
+/// system message only first (as several models' do), in the embedded engine and behind an
+/// OpenAI-compatible server. Rapport checks the template at load and runs with the layout it
+/// can take, or says why it cannot.
 #[test]
 fn a_gguf_of_ones_own_runs_with_the_layout_its_chat_template_takes() {
     ensure_smollm2();
@@ -276,6 +277,52 @@ fn a_gguf_of_ones_own_runs_with_the_layout_its_chat_template_takes() {
     let (ok, _, stderr) = chat("../templates.rs", &[]);
     assert!(!ok && stderr.contains("must be a .jinja file"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // The same model behind an OpenAI-compatible server: its answers to one-token probes show
+    // what its template takes, and the layout follows.
+    /// Killed however the test ends, so no server outlives it.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Killed(
+        rapport()
+            .args(["serve-llm", "--model", &gguf, "--listen", "127.0.0.1:0", "--chat-template"])
+            .arg(templates.join("one-system-message.jinja"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    // "listening on URL (model 'NAME')": the name the server answers to.
+    let served = line.split('\'').nth(1).expect("the served model's name").to_string();
+    let remote = |extra: &[&str]| {
+        let mut child = rapport()
+            .args(["chat", "--llm-url", &base, "--model", &served])
+            .args(["--persona", "wedding-host", "--max-tokens", "24"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"Hi Margot!\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = remote(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success() && stderr.contains("notes-in-system"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).matches("Margot> ").count() >= 2);
+    let out = remote(&["--layout", "compact"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && stderr.contains("--layout notes-in-system"), "{stderr}");
+    assert!(stderr.contains("the server at"), "{stderr}");
 }
 
 #[test]
