@@ -228,6 +228,23 @@ fn chat_with_a_persona_shows_each_turns_trace() {
     assert_eq!(traces[1]["input_guards"][0]["kind"], "injection");
 }
 
+/// `rapport chat --persona wedding-host` with `args`, fed `input`: whether it succeeded, its
+/// standard output and its log.
+fn persona_chat(args: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = rapport()
+        .args(["chat", "--persona", "wedding-host", "--max-tokens", "24"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 /// A model people bring themselves: a GGUF file by its path, with a chat template that takes a
 /// system message only first (as several models' do), in the embedded engine and behind an
 /// OpenAI-compatible server. Rapport checks the template at load and runs with the layout it
@@ -240,20 +257,10 @@ fn a_gguf_of_ones_own_runs_with_the_layout_its_chat_template_takes() {
     assert!(gguf.ends_with(".gguf"), "{gguf}");
     let templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/templates");
     let chat = |template: &str, extra: &[&str]| {
-        let mut child = rapport()
-            .args(["chat", "--model", &gguf, "--persona", "wedding-host", "--max-tokens", "24"])
-            .arg("--chat-template")
-            .arg(templates.join(template))
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(b"Hi Margot! How do you know the couple?\n").unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-        (out.status.success(), text(&out.stdout), text(&out.stderr))
+        let template = templates.join(template);
+        let mut args = vec!["--model", &gguf, "--chat-template", template.to_str().unwrap()];
+        args.extend(extra);
+        persona_chat(&args, "Hi Margot! How do you know the couple?\n")
     };
     // No layout asked for: the one the template can take, said in the log, and a reply.
     let (ok, stdout, stderr) = chat("one-system-message.jinja", &[]);
@@ -303,25 +310,15 @@ fn a_gguf_of_ones_own_runs_with_the_layout_its_chat_template_takes() {
     // "listening on URL (model 'NAME')": the name the server answers to.
     let served = line.split('\'').nth(1).expect("the served model's name").to_string();
     let remote = |extra: &[&str]| {
-        let mut child = rapport()
-            .args(["chat", "--llm-url", &base, "--model", &served])
-            .args(["--persona", "wedding-host", "--max-tokens", "24"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(b"Hi Margot!\n").unwrap();
-        child.wait_with_output().unwrap()
+        let mut args = vec!["--llm-url", &base, "--model", &served];
+        args.extend(extra);
+        persona_chat(&args, "Hi Margot!\n")
     };
-    let out = remote(&[]);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success() && stderr.contains("notes-in-system"), "{stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).matches("Margot> ").count() >= 2);
-    let out = remote(&["--layout", "compact"]);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success() && stderr.contains("--layout notes-in-system"), "{stderr}");
+    let (ok, stdout, stderr) = remote(&[]);
+    assert!(ok && stderr.contains("notes-in-system"), "{stderr}");
+    assert!(stdout.matches("Margot> ").count() >= 2, "{stdout}");
+    let (ok, _, stderr) = remote(&["--layout", "compact"]);
+    assert!(!ok && stderr.contains("--layout notes-in-system"), "{stderr}");
     assert!(stderr.contains("the server at"), "{stderr}");
 }
 
