@@ -164,9 +164,10 @@ pub struct RunArgs {
     cut_service: bool,
     /// Where each turn's notes and the persona's examples go (docs/eval/prompt-layout.md):
     /// `compact-history`, `compact`, `cached-exchanges`, `cached`, `notes-before-message`, or
-    /// `notes-in-system` (for chat templates that allow only one system message).
-    #[arg(long, default_value_t = PromptLayout::default())]
-    layout: PromptLayout,
+    /// `notes-in-system` (for chat templates that allow only one system message). Default:
+    /// `compact`, or `notes-in-system` for a model whose chat template needs it.
+    #[arg(long)]
+    layout: Option<PromptLayout>,
     #[arg(long, env = "RAPPORT_PERSONAS")]
     personas_dir: Option<PathBuf>,
     #[arg(long)]
@@ -368,9 +369,10 @@ pub struct InjectionArgs {
     lexical_only: bool,
     #[arg(long, env = "RAPPORT_PERSONAS")]
     personas_dir: Option<PathBuf>,
-    /// The prompt layout attacked (docs/eval/prompt-layout.md).
-    #[arg(long, default_value_t = PromptLayout::default())]
-    layout: PromptLayout,
+    /// The prompt layout attacked (docs/eval/prompt-layout.md). Default: `compact`, or
+    /// `notes-in-system` for a model whose chat template needs it.
+    #[arg(long)]
+    layout: Option<PromptLayout>,
 }
 
 pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
@@ -519,6 +521,7 @@ async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
         PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
     let persona = library.get(&args.persona)?.clone();
     let backend = args.backend.build().await?;
+    let layout = backend.layout(args.layout)?;
     let nlu = load_nlu(args.lexical_only).await?;
     let mut sampling = backend.sampling.clone();
     if let Some(n) = args.max_tokens {
@@ -530,7 +533,7 @@ async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
             ..TokenBudget::default()
         },
         sampling,
-        layout: args.layout,
+        layout,
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::new(persona, nlu, Arc::new(Prompts::embedded()), config)?;
@@ -661,6 +664,7 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
     )?;
 
     let backend = args.backend.build().await?;
+    let layout = backend.layout(args.layout)?;
     let judge = if args.no_judge {
         None
     } else {
@@ -678,7 +682,7 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
         },
         sampling,
         character_guard: !args.no_character_guard,
-        layout: args.layout,
+        layout,
         cut_service: args.cut_service,
         ..PipelineConfig::default()
     };
@@ -704,7 +708,7 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
         judge_method: None,
         judge_key: None,
         pipeline: Some(batch::PipelineOptions {
-            layout: args.layout.to_string(),
+            layout: layout.to_string(),
             character_guard: !args.no_character_guard,
             cut_service: args.cut_service,
         }),
