@@ -69,46 +69,19 @@ pub struct Backend {
     pub template_of: String,
 }
 
-/// Asks a remote server for one token of each probe conversation of [`TemplateCheck`]: a
-/// refusal is the server's template (or its settings) speaking. A server that cannot be reached
-/// now is not a reason to refuse to start (it may come up later): the check is skipped, said
-/// in the log, and a refusal then shows on the first reply.
+/// What a remote server's chat template takes, from its answers to one token of each probe
+/// ([`TemplateCheck::ask`]). A server that cannot be asked now is not a reason to refuse to
+/// start (it may come up later): the check is skipped, said in the log, and a refusal then
+/// shows on the first reply. 30 s is long enough for one token of a short prompt; a hung
+/// server would otherwise hold the start for the client's whole first-byte timeout.
 async fn probe_server(generator: &dyn Generator, url: &str) -> Option<TemplateCheck> {
-    const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-    use rapport_core::{collect_completion, ChatMessage, GenerationError, GenerationRequest};
-    let ask = |later_system: bool| async move {
-        let mut messages = vec![
-            ChatMessage::system("You are Ada."),
-            ChatMessage::assistant("Hi! I'm Ada."),
-            ChatMessage::user("Hello Ada, how are you?"),
-        ];
-        if later_system {
-            messages.push(ChatMessage::system("(Answer warmly.)"));
-        }
-        let request = GenerationRequest::new(messages, SamplingParams::greedy(1))?;
-        // One token of a short prompt: a server that has not answered in this long is not
-        // going to tell the start-up anything (a hung one would otherwise hold it for the
-        // client's whole first-byte timeout).
-        let answer = async {
-            collect_completion(generator.generate(request).await?, |_| {}).await.map(|_| ())
-        };
-        tokio::time::timeout(PROBE_TIMEOUT, answer)
-            .await
-            .unwrap_or(Err(GenerationError::Timeout(PROBE_TIMEOUT)))
-    };
-    let mut results = Vec::new();
-    for later_system in [false, true] {
-        match ask(later_system).await {
-            Err(e) if e.is_transient() => {
-                tracing::warn!(%url, error = %e, "could not ask the server how its chat template takes Rapport's conversations; checked on the first reply instead");
-                return None;
-            }
-            other => results.push(other.map_err(|e: GenerationError| e.to_string())),
+    match TemplateCheck::ask(generator, std::time::Duration::from_secs(30)).await {
+        Ok(check) => Some(check),
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "could not ask the server how its chat template takes Rapport's conversations; checked on the first reply instead");
+            None
         }
     }
-    let later_system = results.pop().expect("two probes");
-    let greeting_first = results.pop().expect("two probes");
-    Some(TemplateCheck { greeting_first, later_system })
 }
 
 impl Backend {

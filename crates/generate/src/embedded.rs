@@ -17,6 +17,8 @@ use rapport_core::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::template::TemplateCheck;
+
 /// The dtype of activations (and of the KV cache, unless [`KvCacheDtype`] keeps it in f16 under
 /// f32 activations). Weights stay in their GGUF quantisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,40 +221,30 @@ impl MistralRsGenerator {
     }
 }
 
-/// What a model's chat template accepts of the conversation shapes Rapport sends: each probe is
-/// `Ok` or the template's own error. Found by rendering small conversations through the
-/// template (mistral.rs's tokenize call), so a model whose template cannot take Rapport's
-/// prompts is known at load, not from a failed reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateCheck {
-    /// A system message, the persona's greeting, the user's message: every layout's shape.
-    pub greeting_first: Result<(), String>,
-    /// The same with a further system message after the user's (the turn's notes): every
-    /// layout but `notes-in-system` sends one.
-    pub later_system: Result<(), String>,
-}
-
 impl MistralRsGenerator {
-    /// Renders the probe conversations of [`TemplateCheck`] through the model's chat template.
+    /// Renders the probe conversations of [`TemplateCheck`] through the model's chat template
+    /// (mistral.rs's tokenize call: nothing is generated).
     pub async fn check_template(&self) -> TemplateCheck {
-        let probe = |later_system: bool| {
-            let mut m = mistralrs::TextMessages::new()
-                .add_message(TextMessageRole::System, "You are Ada.")
-                .add_message(TextMessageRole::Assistant, "Hi! I'm Ada.")
-                .add_message(TextMessageRole::User, "Hello Ada, how are you?");
-            if later_system {
-                m = m.add_message(TextMessageRole::System, "(Answer warmly.)");
-            }
-            m
-        };
         let render = |later_system: bool| async move {
+            let mut messages = mistralrs::TextMessages::new();
+            for m in TemplateCheck::probe(later_system) {
+                messages = messages.add_message(mistral_role(m.role), &m.content);
+            }
             self.model
-                .tokenize(either::Either::Left(probe(later_system)), None, false, true, None)
+                .tokenize(either::Either::Left(messages), None, false, true, None)
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("{e:#}"))
         };
         TemplateCheck { greeting_first: render(false).await, later_system: render(true).await }
+    }
+}
+
+fn mistral_role(role: Role) -> TextMessageRole {
+    match role {
+        Role::System => TextMessageRole::System,
+        Role::User => TextMessageRole::User,
+        Role::Assistant => TextMessageRole::Assistant,
     }
 }
 
@@ -320,12 +312,7 @@ impl Generator for MistralRsGenerator {
         let mut builder =
             RequestBuilder::new().set_sampling(sampling).return_logprobs(want_logprobs);
         for m in request.messages() {
-            let role = match m.role {
-                Role::System => TextMessageRole::System,
-                Role::User => TextMessageRole::User,
-                Role::Assistant => TextMessageRole::Assistant,
-            };
-            builder = builder.add_message(role, &m.content);
+            builder = builder.add_message(mistral_role(m.role), &m.content);
         }
 
         // mistral.rs's stream borrows its `Model`; a task that owns an `Arc` of it forwards the

@@ -2,7 +2,10 @@
 //!
 //! - [`MistralRsGenerator`]: mistral.rs 0.8.1 running a local GGUF on the CPU, in process;
 //! - [`OpenAiCompatGenerator`]: any OpenAI-compatible server (mistral.rs server, vLLM,
-//!   llama.cpp server, or `rapport serve-llm`) over HTTP with streaming SSE.
+//!   llama.cpp server, or `rapport serve-llm`) over HTTP with streaming SSE;
+//!
+//! and [`TemplateCheck`], what a model's chat template accepts of Rapport's conversations,
+//! checked when a backend is set up.
 //!
 //! # Invariants
 //! - This is the only crate that links mistral.rs; everything above it sees the trait.
@@ -14,9 +17,11 @@
 mod embedded;
 mod openai;
 pub mod repack;
+mod template;
 
-pub use embedded::{Activations, EmbeddedOptions, KvCacheDtype, MistralRsGenerator, TemplateCheck};
+pub use embedded::{Activations, EmbeddedOptions, KvCacheDtype, MistralRsGenerator};
 pub use openai::{OpenAiCompatGenerator, OpenAiCompatOptions};
+pub use template::TemplateCheck;
 // The decoder lives in rapport-core so that clients without mistral.rs (rapport-load, tests) share it.
 pub use rapport_core::{SseDecoder, SseEvent};
 
