@@ -397,7 +397,9 @@ pub async fn calibrate(
         )));
     }
     let key = if options.per_turn {
-        judge.turn_key(judge_model, &criteria)
+        // How many messages of a conversation are averaged changes the score: part of the key,
+        // so a resume never mixes runs that sampled conversations differently.
+        format!("{}{}", judge.turn_key(judge_model, &criteria), options.turns_per_conversation)
     } else {
         judge.key(judge_model, &criteria)
     };

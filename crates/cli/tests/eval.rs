@@ -331,7 +331,7 @@ fn expected_scores_fit_on_train_report_on_held_out_and_resume_only_under_the_sam
         "--turns-per-conversation",
         "2",
     ]);
-    assert!(turns["judge_key"].as_str().unwrap().ends_with("|turns"), "{turns}");
+    assert!(turns["judge_key"].as_str().unwrap().ends_with("|turns2"), "{turns}");
     assert_eq!(turns["judged_now"], turns["items"], "{turns}");
     let (items, replies) =
         (turns["items"].as_u64().unwrap(), turns["replies_judged"].as_u64().unwrap());
@@ -339,6 +339,20 @@ fn expected_scores_fit_on_train_report_on_held_out_and_resume_only_under_the_sam
     for d in turns["dimensions"].as_array().unwrap() {
         assert_eq!(d["n"].as_u64().unwrap() + d["unreadable"].as_u64().unwrap(), items, "{d}");
     }
+    // Averaging fewer messages is another score: nothing of the run above is reused.
+    let fewer = calibrate(&[
+        "--method",
+        "expected",
+        "--split",
+        "held-out",
+        "--limit",
+        "6",
+        "--per-turn",
+        "--turns-per-conversation",
+        "1",
+    ]);
+    assert_eq!(fewer["judged_now"], fewer["items"], "{fewer}");
+    assert_eq!(fewer["replies_judged"], fewer["items"], "one message each: {fewer}");
     // It reads probabilities: asked of the JSON method, it says so instead of guessing.
     let out = rapport()
         .args(["eval", "calibrate", "-m", "smollm2-135m", "--method", "json", "--per-turn"])
