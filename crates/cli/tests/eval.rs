@@ -320,17 +320,20 @@ fn expected_scores_fit_on_train_report_on_held_out_and_resume_only_under_the_sam
 
     // The turn scorer: each message alone in its context, at most two a conversation here,
     // under its own key (the whole-conversation scores in the file are not reused as its own).
-    let turns = calibrate(&[
-        "--method",
-        "expected",
-        "--split",
-        "held-out",
-        "--limit",
-        "6",
-        "--per-turn",
-        "--turns-per-conversation",
-        "2",
-    ]);
+    let per_turn = |most: &str| {
+        calibrate(&[
+            "--method",
+            "expected",
+            "--split",
+            "held-out",
+            "--limit",
+            "6",
+            "--per-turn",
+            "--turns-per-conversation",
+            most,
+        ])
+    };
+    let turns = per_turn("2");
     assert!(turns["judge_key"].as_str().unwrap().ends_with("|turns2"), "{turns}");
     assert_eq!(turns["judged_now"], turns["items"], "{turns}");
     let (items, replies) =
@@ -340,17 +343,7 @@ fn expected_scores_fit_on_train_report_on_held_out_and_resume_only_under_the_sam
         assert_eq!(d["n"].as_u64().unwrap() + d["unreadable"].as_u64().unwrap(), items, "{d}");
     }
     // Averaging fewer messages is another score: nothing of the run above is reused.
-    let fewer = calibrate(&[
-        "--method",
-        "expected",
-        "--split",
-        "held-out",
-        "--limit",
-        "6",
-        "--per-turn",
-        "--turns-per-conversation",
-        "1",
-    ]);
+    let fewer = per_turn("1");
     assert_eq!(fewer["judged_now"], fewer["items"], "{fewer}");
     assert_eq!(fewer["replies_judged"], fewer["items"], "one message each: {fewer}");
     // It reads probabilities: asked of the JSON method, it says so instead of guessing.

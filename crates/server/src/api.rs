@@ -15,7 +15,7 @@ use crate::client::ClientAddress;
 use crate::door;
 use crate::error::{AppError, AppResult};
 use crate::limits::Scope;
-use crate::practice::{coaching, practice_view, refuse_when_over, ScenarioWrite};
+use crate::practice::{coaching, opened, practice_view, refuse_when_over, ScenarioWrite};
 use crate::session::CurrentSession;
 use crate::state::AppState;
 use crate::stream::{follow, queue_view};
@@ -124,14 +124,7 @@ pub async fn create(
     let state = serde_json::to_string(&start).map_err(AppError::internal)?;
     let conversation =
         app.store.create_conversation(&session.id, &persona.id, &greeting, &state).await?;
-    let messages = app.store.messages(&conversation.id).await?;
-    let export = app.store.export(&session.id, &conversation.id).await?;
-    let read = coaching(&app, &export);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"conversation": conversation, "messages": messages, "job": null, "tips": read.tips, "readings": read.readings, "scenario": read.scenario})),
-    )
-        .into_response())
+    opened(&app, &session.id, conversation).await
 }
 
 /// `GET /api/conversations/{id}`: the conversation, its messages, the reply being written.

@@ -289,9 +289,19 @@ pub async fn branch(
     app.store.conversation(&session.id, &id).await?;
     door::limit(&app, Scope::ClientConversations, client.as_str()).await?;
     let conversation = app.store.branch_conversation(&session.id, &id, body.seq).await?;
+    opened(&app, &session.id, conversation).await
+}
+
+/// 201 with a conversation just opened (a new one or a branch): it, its messages, no reply
+/// job yet, and the practice read (tips, readings, the scenario's standing).
+pub async fn opened(
+    app: &AppState,
+    session: &SessionId,
+    conversation: ConversationRow,
+) -> AppResult<Response> {
     let messages = app.store.messages(&conversation.id).await?;
-    let export = app.store.export(&session.id, &conversation.id).await?;
-    let read = coaching(&app, &export);
+    let export = app.store.export(session, &conversation.id).await?;
+    let read = coaching(app, &export);
     Ok((
         StatusCode::CREATED,
         Json(json!({
