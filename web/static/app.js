@@ -106,6 +106,7 @@ function showPicker() {
   $('composer').hidden = true;
   $('progress').hidden = true;
   $('scenario-banner').hidden = true;
+  $('memory').hidden = true;
   $('debrief').hidden = true;
   $('branch-bar').hidden = true;
   $('compare').hidden = true;
@@ -151,6 +152,7 @@ async function openConversation(id, data) {
   renderMessages();
   updatePractice(data.practice);
   showStatus('');
+  loadMemories();
   const job = data.job;
   if (job && (job.status === 'queued' || job.status === 'running')) follow(job.id);
   else if (job && job.status === 'failed' && state.messages.at(-1).role === 'user') showFailed(job.error);
@@ -311,6 +313,7 @@ function follow(jobId, queue) {
     setBusy(false);
     loadConversations();
     refreshCoaching(conversation);
+    loadMemories();
   });
   on('failed', (d) => { closeStream(); const p = $('pending'); if (p) p.remove(); showFailed(d.error); });
   source.onerror = () => {
@@ -329,6 +332,64 @@ function follow(jobId, queue) {
 function showFailed(error) {
   setBusy(false);
   showStatus(`The reply could not be written: ${error || 'unknown error'}.`, 'error', el('button', { type: 'button', onclick: regenerate }, 'Try again'));
+}
+
+// ---- what the persona remembers about you ----
+
+const KIND_LABELS = { name: 'name', work: 'work', home: 'home', pet: 'pet', people: 'people', plan: 'plan', worry: 'worry', likes: 'likes' };
+
+/** The memory panel of the open conversation's persona (none in a practice scenario, whose scene starts afresh). */
+async function loadMemories() {
+  const persona = state.persona;
+  const panel = $('memory');
+  if (!persona || state.scenario) { panel.hidden = true; return; }
+  try {
+    const data = await api('GET', `/api/memories?persona=${encodeURIComponent(persona)}`);
+    if (state.persona !== persona) return;
+    renderMemories(data.memories);
+  } catch (e) { showStatus(`Could not load what ${personaName(persona)} remembers: ${e.message}`, 'error'); }
+}
+
+function renderMemories(memories) {
+  const name = personaName(state.persona);
+  $('memory').hidden = false;
+  $('memory-title').textContent = `What ${name} remembers about you (${memories.length})`;
+  $('memory-empty').hidden = memories.length > 0;
+  $('memory-forget-all').hidden = memories.length === 0;
+  $('memory-list').replaceChildren(...memories.map((m) => {
+    const item = el('li', { 'data-memory': m.id },
+      el('span', { class: 'kind' }, KIND_LABELS[m.kind] || m.kind),
+      el('span', { class: 'fact' }, m.content),
+      el('button', { type: 'button', class: 'ghost', 'aria-label': `Correct “${m.content.slice(0, 40)}”`, onclick: () => editMemory(item, m) }, 'Correct'),
+      el('button', { type: 'button', class: 'ghost', 'aria-label': `Forget “${m.content.slice(0, 40)}”`, onclick: () => forgetMemory(m) }, 'Forget'));
+    return item;
+  }));
+}
+
+function editMemory(item, m) {
+  const input = el('input', { type: 'text', value: m.content, maxlength: 200, 'aria-label': 'Corrected memory' });
+  const save = async () => {
+    try {
+      await api('PUT', `/api/memories/${encodeURIComponent(m.id)}`, { content: input.value });
+      showStatus('');
+      loadMemories();
+    } catch (e) { showStatus(`Not saved: ${e.message}`, 'error'); }
+  };
+  input.addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); save(); } if (e.key === 'Escape') loadMemories(); });
+  item.replaceChildren(el('span', { class: 'kind' }, KIND_LABELS[m.kind] || m.kind), input,
+    el('button', { type: 'button', class: 'primary', onclick: save }, 'Save'),
+    el('button', { type: 'button', class: 'ghost', onclick: loadMemories }, 'Cancel'));
+  input.focus();
+}
+
+async function forgetMemory(m) {
+  try { await api('DELETE', `/api/memories/${encodeURIComponent(m.id)}`); loadMemories(); } catch (e) { showStatus(e.message, 'error'); }
+}
+
+async function forgetAll() {
+  const name = personaName(state.persona);
+  if (!confirm(`Make ${name} forget everything you told about yourself?`)) return;
+  try { await api('DELETE', `/api/memories?persona=${encodeURIComponent(state.persona)}`); loadMemories(); } catch (e) { showStatus(e.message, 'error'); }
 }
 
 // ---- the coach on each message, and scenarios ----
@@ -476,7 +537,7 @@ async function showProgress() {
   closeStream();
   state.current = null;
   history.replaceState(null, '', '#progress');
-  for (const id of ['picker', 'messages', 'composer', 'scenario-banner', 'debrief', 'branch-bar', 'compare']) $(id).hidden = true;
+  for (const id of ['picker', 'messages', 'composer', 'scenario-banner', 'memory', 'debrief', 'branch-bar', 'compare']) $(id).hidden = true;
   $('progress').hidden = false;
   $('chat-title').textContent = 'Your progress';
   $('sidebar').classList.remove('open');
@@ -613,6 +674,7 @@ async function init() {
   $('get-feedback').addEventListener('click', showFeedback);
   $('show-progress').addEventListener('click', showProgress);
   $('progress-delete').addEventListener('click', deleteProgress);
+  $('memory-forget-all').addEventListener('click', forgetAll);
   $('coach-on').checked = coachOn();
   $('coach-on').addEventListener('change', (e) => { localStorage.setItem('rapport.coach', e.target.checked ? 'on' : 'off'); renderMessages(); });
   toggle('toggle-practice', 'practice');

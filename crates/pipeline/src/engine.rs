@@ -30,6 +30,7 @@ use crate::listening::{question_sentences, read_thread, Thread, ThreadInput, REC
 use crate::memory::Memory;
 use crate::persona::Persona;
 use crate::prompt::{assemble, Past, PromptInput, PromptLayout, Prompts, TokenBudget};
+use crate::recall::{told_in, Recalled};
 use crate::secret::{gate, Provenance, SecretMatcher, SecretStatus};
 use crate::signals::read_signals;
 use crate::stage::{record_reply, track, StageInput, StageState};
@@ -122,6 +123,12 @@ pub struct Conversation {
     /// (`PromptLayout::CompactHistory`), and only for messages not yet folded into memory.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub notes: BTreeMap<usize, String>,
+    /// What the person told this persona in earlier conversations, set by the caller before
+    /// each turn from where it keeps them (the server's database). Not saved with the state:
+    /// the person may correct or delete a memory between two turns, and the next turn must
+    /// already know. Ignored for a conversation rebuilt from client-sent history.
+    #[serde(skip)]
+    pub recalled: Recalled,
 }
 
 /// What a caller sees while a turn runs.
@@ -244,6 +251,7 @@ impl Pipeline {
             thread: Thread::default(),
             provenance: Provenance::Held,
             notes: BTreeMap::new(),
+            recalled: Recalled::default(),
         }
     }
 
@@ -351,6 +359,20 @@ impl Pipeline {
             )
         };
 
+        // What the person told in earlier conversations: only in a conversation kept here (a
+        // client-sent one has no person behind it that this server knows), and never a fact
+        // that names the secret while it is locked.
+        let locked_value = match (&secret, &persona.secret) {
+            (SecretStatus::Locked { .. }, Some(s)) => SecretMatcher::new(&s.value),
+            _ => None,
+        };
+        let recalled = if conversation.provenance == Provenance::Held {
+            conversation.recalled.for_prompt(locked_value.as_ref())
+        } else {
+            Vec::new()
+        };
+        let recalled_runs = AllowedRuns::of(recalled.iter().map(|f| f.text.as_str()));
+
         let prompt_started = Instant::now();
         let input = PromptInput {
             persona: persona.into(),
@@ -366,6 +388,7 @@ impl Pipeline {
             examples: examples.clone(),
             stage_examples: Vec::new(),
             memory: None,
+            recalled: Recalled::render(&recalled),
             standing_in_prefix: false,
         };
         let assembled = assemble(
@@ -391,7 +414,8 @@ impl Pipeline {
             .map(|m| m.content.as_str())
             .collect::<Vec<_>>()
             .join("\n");
-        let leaks = LeakDetector::new(&instructions, &[&self.persona_runs, &memory_runs]);
+        let leaks =
+            LeakDetector::new(&instructions, &[&self.persona_runs, &memory_runs, &recalled_runs]);
         let locked_secret = match (&secret, &persona.secret) {
             (SecretStatus::Locked { .. }, Some(s)) => LockedSecret::new(&s.value, message),
             _ => None,
@@ -422,8 +446,17 @@ impl Pipeline {
             })
             .flatten();
 
+        // What to remember of this message: not from a message that tried an injection or
+        // a forbidden topic, nor from a conversation rebuilt from client-sent history.
+        let told = if conversation.provenance == Provenance::Held && input_guards.is_empty() {
+            told_in(message)
+        } else {
+            Vec::new()
+        };
         let trace = TurnTrace {
             persona: persona.id.clone(),
+            recalled: recalled.len(),
+            told,
             turn,
             at: now.to_rfc3339(),
             context,

@@ -235,6 +235,12 @@ fn rules() -> &'static Rules {
     })
 }
 
+/// What an injection in `text` is attempting, by the injection guard's patterns alone (no
+/// sentence vectors): for text that is not a message of this turn, such as a remembered fact.
+pub fn looks_like_injection(text: &str) -> Option<&'static str> {
+    rules().injection_patterns.iter().find(|(re, _)| re.is_match(text)).map(|(_, what)| *what)
+}
+
 /// What in `reply` says the persona is an AI, a model or an assistant, if anything.
 pub fn ai_break(reply: &str) -> Option<&str> {
     rules().character_break.find(reply).map(|m| m.as_str())
@@ -383,9 +389,8 @@ impl Guards {
     }
 
     fn injection(&self, text: &str, embedding: Option<&Embedding>) -> Option<String> {
-        if let Some((_, what)) = rules().injection_patterns.iter().find(|(re, _)| re.is_match(text))
-        {
-            return Some((*what).to_string());
+        if let Some(what) = looks_like_injection(text) {
+            return Some(what.to_string());
         }
         let e = embedding?;
         let (score, example) = self

@@ -17,7 +17,7 @@
 //!    narration, assistant-speak, the user's question left unanswered).
 //! 7. [`fewshot`]: the persona's example exchanges that fit this moment.
 //! 8. [`prompt`]: tera templates rendered within a token budget, oldest turns folded into a
-//!    running [`memory`].
+//!    running [`memory`], and what the person told in earlier conversations ([`recall`]).
 //! 9. Generation (any [`rapport_core::Generator`]) and [`cleanup`] of the reply.
 //!
 //! [`engine::Pipeline`] runs the steps; [`trace::TurnTrace`] records what each decided.
@@ -48,6 +48,7 @@ pub mod memory;
 pub mod persona;
 mod png;
 pub mod prompt;
+pub mod recall;
 pub mod secret;
 pub mod signals;
 pub mod stage;

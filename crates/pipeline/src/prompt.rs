@@ -150,6 +150,12 @@ pub struct PromptInput<'a> {
     pub stage_examples: Vec<ChosenExample>,
     /// Rendered memory, filled in by [`assemble`].
     pub memory: Option<String>,
+    /// What the person told in earlier conversations ([`crate::recall::Recalled::render`]).
+    /// [`assemble`] moves it after the example exchanges in the layouts that have them, so
+    /// the persona's opening stays the same for everyone (and in the prefix cache); the other
+    /// layouts render it in the system message.
+    #[serde(default)]
+    pub recalled: Option<String>,
     /// The stage's manner and the locked secret's rule are in the cached prefix
     /// (`standing.tera`, the `Compact` layout), so the notes leave them out; set by
     /// [`assemble`].
@@ -246,6 +252,10 @@ impl std::str::FromStr for PromptLayout {
 /// Said after the example exchanges of the `CachedExchanges` layout, so that the model does not take
 /// them for this conversation (it would answer questions nobody asked it here).
 pub const EXAMPLES_END: &str = "Those were other people, to show how you talk. Someone new is talking to you now; nothing above was said to them.";
+
+/// [`EXAMPLES_END`] when the persona has talked with this person before (what it recalls of
+/// them follows).
+pub const EXAMPLES_END_MET_BEFORE: &str = "Those were other people, to show how you talk; nothing above was said to the person talking to you now.";
 
 /// How many tokens the prompt may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,12 +359,21 @@ pub fn assemble(
     let available = budget.context_tokens.saturating_sub(budget.reply_tokens);
     let message_tokens = estimate_tokens(message) + PER_MESSAGE;
     let mut exchanges = Vec::new();
+    // In the layouts with a cached opening, what the person told before goes after it.
+    let mut recalled = None;
     match layout {
-        PromptLayout::Cached => input.stage_examples = std::mem::take(&mut input.examples),
-        PromptLayout::CachedExchanges => exchanges = std::mem::take(&mut input.examples),
+        PromptLayout::Cached => {
+            input.stage_examples = std::mem::take(&mut input.examples);
+            recalled = input.recalled.take();
+        }
+        PromptLayout::CachedExchanges => {
+            exchanges = std::mem::take(&mut input.examples);
+            recalled = input.recalled.take();
+        }
         PromptLayout::Compact | PromptLayout::CompactHistory => {
             exchanges = std::mem::take(&mut input.examples);
             input.standing_in_prefix = true;
+            recalled = input.recalled.take();
         }
         PromptLayout::NotesBeforeMessage | PromptLayout::NotesInSystem => {}
     }
@@ -377,12 +396,14 @@ pub fn assemble(
         // The message that closes the examples (and, in `Compact`, says what holds for the
         // stage): part of the cached prefix.
         let standing = input.standing_in_prefix.then(|| render(STANDING)).transpose()?;
-        let prefix_note = match (exchanges.is_empty(), standing) {
-            (true, None) => None,
-            (false, None) => Some(EXAMPLES_END.to_string()),
-            (true, Some(standing)) => Some(standing),
-            (false, Some(standing)) => Some(format!("{EXAMPLES_END}\n\n{standing}")),
+        let examples_end = match (exchanges.is_empty(), recalled.is_some()) {
+            (true, _) => None,
+            (false, false) => Some(EXAMPLES_END.to_string()),
+            (false, true) => Some(EXAMPLES_END_MET_BEFORE.to_string()),
         };
+        let prefix_parts: Vec<String> =
+            [examples_end, recalled.clone(), standing].into_iter().flatten().collect();
+        let prefix_note = (!prefix_parts.is_empty()).then(|| prefix_parts.join("\n\n"));
         let system_tokens = estimate_tokens(&system) + PER_MESSAGE;
         let note_tokens = estimate_tokens(&note) + PER_MESSAGE;
         let example_tokens: usize =
@@ -528,6 +549,7 @@ pub(crate) mod tests {
             examples: Vec::new(),
             stage_examples: Vec::new(),
             memory: None,
+            recalled: None,
             standing_in_prefix: false,
         }
     }
@@ -752,6 +774,51 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(a.messages.len(), 4, "system, standing notes, message, note");
         assert!(a.messages[1].content.contains("keep to yourself"));
+    }
+
+    /// What the person told in earlier conversations follows the persona's opening and its
+    /// examples, so the opening every conversation with the persona shares (the warm prefix)
+    /// is the same with and without it; layouts without a cached opening carry it in the
+    /// system message. Each layout carries it exactly once.
+    #[test]
+    fn what_the_person_told_before_follows_the_shared_opening() {
+        let persona = host();
+        let roomy = TokenBudget { context_tokens: 16_000, reply_tokens: 100 };
+        let prompts = Prompts::embedded();
+        let recalled = "You have talked with this person before. What they told you then, in their words:\n- \"My cat is called Pistachio.\"";
+        for layout in PromptLayout::ALL {
+            let run = |recall: Option<&str>| {
+                let mut notes = input(&persona, Vec::new());
+                notes.examples = examples(&persona);
+                notes.recalled = recall.map(str::to_string);
+                assemble(&prompts, notes, Past::new(&[], &Memory::default()), "Hi", roomy, layout)
+                    .unwrap()
+                    .messages
+            };
+            let (without, with) = (run(None), run(Some(recalled)));
+            let carrying: Vec<usize> =
+                (0..with.len()).filter(|i| with[*i].content.contains("Pistachio")).collect();
+            assert_eq!(carrying.len(), 1, "{layout}: once");
+            assert!(!without.iter().any(|m| m.content.contains("Pistachio")));
+            match layout {
+                PromptLayout::NotesBeforeMessage | PromptLayout::NotesInSystem => {
+                    assert_eq!(carrying, vec![0], "{layout}: in the system message")
+                }
+                _ => {
+                    let at = carrying[0];
+                    assert!(at > 0 && with[at].role == rapport_core::Role::System, "{layout}");
+                    assert_eq!(
+                        with[..at],
+                        without[..at],
+                        "{layout}: the shared opening is unchanged"
+                    );
+                    assert!(
+                        !with[at].content.contains(EXAMPLES_END),
+                        "{layout}: not 'someone new'"
+                    );
+                }
+            }
+        }
     }
 
     /// Keeping each turn's note after its message makes the whole previous prompt, and the

@@ -8,6 +8,7 @@ use crate::context::TurnContext;
 use crate::fewshot::ChosenExample;
 use crate::guards::GuardHit;
 use crate::prompt::PromptStats;
+use crate::recall::Told;
 use crate::secret::SecretStatus;
 use crate::signals::Signals;
 use crate::stage::StageChange;
@@ -40,6 +41,13 @@ pub struct TurnTrace {
     pub examples: Vec<ChosenExample>,
     /// Step 8.
     pub prompt: PromptStats,
+    /// Facts from earlier conversations with the person that the prompt carried.
+    #[serde(default)]
+    pub recalled: usize,
+    /// What the person told about themselves in this message, for the caller to remember
+    /// ([`crate::recall::told_in`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub told: Vec<Told>,
     /// Step 9: each generation attempt.
     pub attempts: Vec<Attempt>,
     /// Why the fallback line was used, if it was.

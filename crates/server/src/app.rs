@@ -7,14 +7,14 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{api, client, companion, page, practice, session, sweeper, warm, worker};
+use crate::{api, client, companion, memory, page, practice, session, sweeper, warm, worker};
 
 /// Largest Character Card upload (PNG cards carry a picture).
 const MAX_CARD_BYTES: usize = 8 * 1024 * 1024;
@@ -44,6 +44,8 @@ pub fn router(app: AppState) -> Router {
         .route("/api/conversations/{id}/branch", post(practice::branch))
         .route("/api/scenarios", get(practice::scenarios))
         .route("/api/progress", get(practice::progress).delete(practice::delete_progress))
+        .route("/api/memories", get(memory::list).delete(memory::forget_persona))
+        .route("/api/memories/{id}", put(memory::correct).delete(memory::forget))
         .layer(timeout)
         .route("/api/conversations/{id}/events", get(api::events))
         .route_layer(from_fn_with_state(app.clone(), session::sessions));

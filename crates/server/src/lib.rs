@@ -29,6 +29,7 @@ pub mod door;
 pub mod error;
 pub mod limits;
 pub mod live;
+pub mod memory;
 pub mod metrics;
 pub mod openai;
 pub mod page;

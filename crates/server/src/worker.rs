@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{FixedOffset, TimeZone, Utc};
 use rapport_pipeline::engine::TurnEvent;
+use rapport_pipeline::recall::{FactKind, Recalled, RecalledFact};
 use rapport_pipeline::trace::AttemptOutcome;
 use rapport_pipeline::{Conversation, TurnOutcome, TurnTrace};
-use rapport_store::{now_ms, ClaimedJob, StoreError};
+use rapport_store::{now_ms, ClaimedJob, ConversationId, NewMemory, StoreError};
 use tokio::sync::mpsc;
 
 use crate::live::LiveEvent;
@@ -130,8 +131,9 @@ async fn run_job(
             let state =
                 serde_json::to_string(&conversation).expect("conversation state serialises");
             let trace = serde_json::to_string(&outcome.trace).expect("trace serialises");
+            let told = to_remember(app, &job, &outcome.trace);
             let stored = tokio::select! {
-                stored = store_reply(app, &job, &outcome.reply, &state, &trace) => stored,
+                stored = store_reply(app, &job, &outcome.reply, &state, &trace, &told) => stored,
                 // Waiting out a database that is away can take the whole retry window; a
                 // process asked to stop should not. Abandoning the write midway is safe for
                 // the reason retrying it is: the store checks the claim, so a commit that did
@@ -201,11 +203,12 @@ async fn store_reply(
     reply: &str,
     state: &str,
     trace: &str,
+    told: &[NewMemory],
 ) -> Result<rapport_store::MessageRow, StoreError> {
     let give_up = Instant::now() + STORE_RETRY_WINDOW;
     let mut backoff = Duration::from_millis(200);
     loop {
-        match app.store.complete(job, reply, state, trace).await {
+        match app.store.complete(job, reply, state, trace, told).await {
             Err(StoreError::Database(e)) if Instant::now() + backoff < give_up => {
                 tracing::warn!(job = %job.job.id, error = %e, "storing the reply failed; trying again");
                 tokio::time::sleep(backoff).await;
@@ -225,6 +228,9 @@ async fn write_reply(
     let pipeline = app.personas.pipeline(&app.store, &job.persona).await.map_err(|e| e.message)?;
     let mut conversation: Conversation = serde_json::from_str(&job.state)
         .map_err(|e| format!("the stored conversation state is unreadable: {e}"))?;
+    if remembers(app, job) {
+        conversation.recalled = recalled(app, &job.job.conversation_id).await?;
+    }
     let offset = FixedOffset::east_opt((job.utc_offset_min * 60) as i32)
         .unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
     let now = Utc
@@ -240,6 +246,45 @@ async fn write_reply(
         .await
         .map_err(|e| e.to_string())?;
     Ok((outcome, conversation))
+}
+
+/// Whether the persona of `job` remembers its person across conversations: every persona but a
+/// practice scenario's, whose scene starts afresh each time it is played.
+fn remembers(app: &AppState, job: &ClaimedJob) -> bool {
+    app.personas.scenarios().of_persona_id(&job.persona).is_none()
+}
+
+/// What the persona recalls of the person from their other conversations. Read before every
+/// turn, not kept in the state: a memory corrected or deleted in the page counts from the next
+/// turn. A row of a kind this version does not know is left out rather than failing the turn.
+async fn recalled(app: &AppState, conversation: &ConversationId) -> Result<Recalled, String> {
+    let rows = app
+        .store
+        .recall(conversation)
+        .await
+        .map_err(|e| format!("reading what the persona remembers failed: {e}"))?;
+    Ok(Recalled {
+        facts: rows
+            .into_iter()
+            .filter_map(|m| Some(RecalledFact { kind: FactKind::parse(&m.kind)?, text: m.content }))
+            .collect(),
+    })
+}
+
+/// What the message told, to remember with its reply.
+fn to_remember(app: &AppState, job: &ClaimedJob, trace: &TurnTrace) -> Vec<NewMemory> {
+    if !remembers(app, job) {
+        return Vec::new();
+    }
+    trace
+        .told
+        .iter()
+        .map(|t| NewMemory {
+            kind: t.kind.as_str().to_string(),
+            subject: t.subject.clone(),
+            content: t.text.clone(),
+        })
+        .collect()
 }
 
 fn forward(app: &AppState, job: &ClaimedJob, event: TurnEvent) {

@@ -7,6 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::ids::random_hex;
+use crate::memories::MemoryRow;
 use crate::queue::{admit_job, job_of_message, Admission, Job, JobKind};
 use crate::{now_ms, ConversationId, MessageId, SessionId, Store, StoreError};
 
@@ -85,6 +86,8 @@ pub struct ExportedConversation {
     pub conversation: ConversationRow,
     /// Every message, every alternative, in order.
     pub messages: Vec<ExportedMessage>,
+    /// What the person told in it that the persona remembers.
+    pub memories: Vec<MemoryRow>,
 }
 
 /// One message of an export.
@@ -589,11 +592,12 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         let messages = rows.iter().map(exported_message).collect::<Result<_, _>>()?;
-        Ok(ExportedConversation { conversation, messages })
+        let memories = self.memories_of_conversation(id).await?;
+        Ok(ExportedConversation { conversation, messages, memories })
     }
 
     /// Every conversation of `session` as [`Store::export`] gives it, in the order of
-    /// [`Store::list_conversations`]: two queries however many conversations there are.
+    /// [`Store::list_conversations`]: three queries however many conversations there are.
     pub async fn export_session(
         &self,
         session: &SessionId,
@@ -608,11 +612,20 @@ impl Store {
             let id: String = row.try_get("conversation_id")?;
             by_conversation.entry(id).or_default().push(exported_message(row)?);
         }
+        let mut memories_by_conversation: HashMap<ConversationId, Vec<MemoryRow>> = HashMap::new();
+        for memory in self.memories(session, None).await? {
+            memories_by_conversation
+                .entry(memory.conversation_id.clone())
+                .or_default()
+                .push(memory);
+        }
         Ok(conversations
             .into_iter()
             .map(|conversation| {
                 let messages = by_conversation.remove(conversation.id.as_str()).unwrap_or_default();
-                ExportedConversation { conversation, messages }
+                let memories =
+                    memories_by_conversation.remove(&conversation.id).unwrap_or_default();
+                ExportedConversation { conversation, messages, memories }
             })
             .collect())
     }

@@ -26,6 +26,7 @@ mod conversations;
 mod error;
 mod ids;
 mod limits;
+mod memories;
 mod queue;
 mod schema;
 mod sessions;
@@ -40,6 +41,7 @@ pub use conversations::{ConversationRow, ExportedConversation, MessageRow, Poste
 pub use error::StoreError;
 pub use ids::{now_ms, ConversationId, JobId, MessageId, SessionId};
 pub use limits::Gcra;
+pub use memories::{MemoryRow, NewMemory, MEMORIES_KEPT};
 pub use queue::{Admission, ClaimedJob, Job, JobKind, JobStatus, QueueFull, QueuePosition};
 pub use sessions::{session_id_of, Expired, Expiry, NewSession, Session};
 

@@ -21,6 +21,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::ids::random_hex;
+use crate::memories::{remember, NewMemory};
 use crate::{now_ms, Backend, ConversationId, JobId, MessageId, Store, StoreError};
 
 /// What a job produces.
@@ -372,8 +373,9 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Stores the reply, its trace and the pipeline state after it, and closes the job, in one
-    /// transaction that also checks the claim. Returns the reply's message, or `Conflict` when
+    /// Stores the reply, its trace and the pipeline state after it, and what the message
+    /// `told` to remember, and closes the job, in one transaction that also checks the claim.
+    /// Returns the reply's message, or `Conflict` when
     /// the claim was lost (nothing is written then).
     pub async fn complete(
         &self,
@@ -381,6 +383,7 @@ impl Store {
         reply: &str,
         state: &str,
         trace: &str,
+        told: &[NewMemory],
     ) -> Result<MessageRow, StoreError> {
         let now = now_ms();
         let reply_id = MessageId(random_hex());
@@ -425,6 +428,12 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let alternative: i64 = row.try_get("alternative")?;
+        // What the message told is remembered with its first reply only: a regenerated reply
+        // answers the same message, and must not bring back a memory the person deleted.
+        if claimed.job.kind == JobKind::Reply {
+            remember(&mut tx, conversation, claimed.job.user_message_id.as_str(), told, now)
+                .await?;
+        }
         sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
             .bind(now)
             .bind(conversation)

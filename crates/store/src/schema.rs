@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "conversations", include_str!("../migrations/0001_conversations.sql")),
     (2, "front_door", include_str!("../migrations/0002_front_door.sql")),
     (3, "branches", include_str!("../migrations/0003_branches.sql")),
+    (4, "memories", include_str!("../migrations/0004_memories.sql")),
 ];
 
 /// Any constant; it names the lock that serialises migrations across processes.

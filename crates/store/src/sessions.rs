@@ -188,7 +188,9 @@ impl Store {
     /// Rows of each table, for tests and the abuse drill (database growth).
     pub async fn row_counts(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
         let mut counts = Vec::new();
-        for table in ["sessions", "personas", "conversations", "messages", "jobs", "rate_limits"] {
+        for table in
+            ["sessions", "personas", "conversations", "messages", "jobs", "rate_limits", "memories"]
+        {
             let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
                 .fetch_one(&self.pool)
                 .await?

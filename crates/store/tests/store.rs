@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use rapport_store::{
-    Admission, Backend, ConversationId, Expiry, Gcra, JobKind, JobStatus, QueueFull, SessionId,
-    Store, StoreError,
+    Admission, Backend, ConversationId, Expiry, Gcra, JobKind, JobStatus, NewMemory, QueueFull,
+    SessionId, Store, StoreError, MEMORIES_KEPT,
 };
 
 struct Db {
@@ -90,8 +90,10 @@ async fn a_message_and_its_reply_are_stored_once(db: Db) {
         .await
         .unwrap());
     assert_eq!(store.job(&id, &claimed.job.id).await.unwrap().partial, "Hel");
-    let reply =
-        store.complete(&claimed, "Hello you.", r#"{"turns":1}"#, r#"{"turn":1}"#).await.unwrap();
+    let reply = store
+        .complete(&claimed, "Hello you.", r#"{"turns":1}"#, r#"{"turn":1}"#, &[])
+        .await
+        .unwrap();
     assert_eq!((reply.seq, reply.alternative), (2, 0));
 
     let messages = store.messages(&id).await.unwrap();
@@ -134,10 +136,10 @@ async fn a_claim_whose_lease_ran_out_is_taken_again_and_the_first_holder_commits
         .await
         .unwrap());
     assert!(matches!(
-        store.complete(&first, "stale", "{}", "{}").await,
+        store.complete(&first, "stale", "{}", "{}", &[]).await,
         Err(StoreError::Conflict(_))
     ));
-    store.complete(&second, "fresh", "{}", "{}").await.unwrap();
+    store.complete(&second, "fresh", "{}", "{}", &[]).await.unwrap();
     let replies: Vec<_> =
         store.messages(&id).await.unwrap().into_iter().filter(|m| m.seq == 2).collect();
     assert_eq!(replies.len(), 1);
@@ -160,13 +162,13 @@ async fn regenerating_keeps_alternatives_and_either_can_be_chosen(db: Db) {
         .await
         .unwrap();
     let c = store.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
-    store.complete(&c, "first", r#"{"v":1}"#, "{}").await.unwrap();
+    store.complete(&c, "first", r#"{"v":1}"#, "{}", &[]).await.unwrap();
     let job = store.regenerate(&id, &Admission::unbounded("test")).await.unwrap();
     assert_eq!(job.kind, JobKind::Regenerate);
     let c = store.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
     assert_eq!(c.message, "tell me a joke");
     assert_eq!(c.state, r#"{"turns":0}"#, "a regeneration starts from the state before the turn");
-    store.complete(&c, "second", r#"{"v":2}"#, "{}").await.unwrap();
+    store.complete(&c, "second", r#"{"v":2}"#, "{}", &[]).await.unwrap();
     let last = store.messages(&id).await.unwrap().pop().unwrap();
     assert_eq!((last.content.as_str(), last.alternative, last.alternatives), ("second", 1, 2));
     let chosen = store.choose_alternative(&id, 2, 0).await.unwrap();
@@ -206,7 +208,7 @@ async fn concurrent_workers_claim_every_job_exactly_once(db: Db) {
             while let Some(job) =
                 store.claim(&format!("w{w}"), Duration::from_secs(60)).await.unwrap()
             {
-                store.complete(&job, "ok", "{}", "{}").await.unwrap();
+                store.complete(&job, "ok", "{}", "{}", &[]).await.unwrap();
                 mine.push(job.job.id);
             }
             mine
@@ -506,6 +508,132 @@ async fn a_session_exports_in_one_read_what_each_conversation_exports(db: Db) {
     assert_eq!(store.export_session(&stranger).await.unwrap().len(), 1);
 }
 
+fn fact(kind: &str, subject: Option<&str>, content: &str) -> NewMemory {
+    NewMemory { kind: kind.into(), subject: subject.map(str::to_string), content: content.into() }
+}
+
+/// Posts `message` to `id`, and answers it as a worker would, remembering `told`.
+async fn answer(store: &Store, id: &ConversationId, message: &str, told: &[NewMemory]) {
+    store.post_message(id, message, None, 0, &Admission::unbounded("test")).await.unwrap();
+    let c = store.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
+    store.complete(&c, "Oh nice.", "{}", "{}", told).await.unwrap();
+}
+
+async fn what_a_person_told_is_recalled_elsewhere_and_goes_with_its_conversation(db: Db) {
+    let store = &db.store;
+    let (session, first) = conversation(store).await;
+    answer(
+        store,
+        &first,
+        "I teach in Leeds. My cat is called Biscuit.",
+        &[
+            fact("work", Some("work"), "I teach in Leeds."),
+            fact("pet", Some("pet:cat"), "My cat is called Biscuit."),
+        ],
+    )
+    .await;
+    let second =
+        store.create_conversation(&session, "wedding-host", "Hello!", "{}").await.unwrap().id;
+    let contents = |rows: Vec<rapport_store::MemoryRow>| {
+        rows.into_iter().map(|m| m.content).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        contents(store.recall(&second).await.unwrap()),
+        ["I teach in Leeds.", "My cat is called Biscuit."]
+    );
+    assert!(
+        store.recall(&first).await.unwrap().is_empty(),
+        "a conversation's own facts are in its history"
+    );
+    // Another persona, and another session, recall nothing of it.
+    let other_persona =
+        store.create_conversation(&session, "creator", "Hi", "{}").await.unwrap().id;
+    assert!(store.recall(&other_persona).await.unwrap().is_empty());
+    let (stranger, theirs) = conversation(store).await;
+    assert!(store.recall(&theirs).await.unwrap().is_empty());
+    assert!(store.memories(&stranger, None).await.unwrap().is_empty());
+
+    // A newer fact of the same subject replaces the older; a regenerated reply remembers
+    // nothing again (the person may have deleted what the first one remembered).
+    answer(
+        store,
+        &second,
+        "Actually my cat is called Mochi now.",
+        &[fact("pet", Some("pet:cat"), "Actually my cat is called Mochi now.")],
+    )
+    .await;
+    assert_eq!(
+        contents(store.memories(&session, Some("wedding-host")).await.unwrap()),
+        ["I teach in Leeds.", "Actually my cat is called Mochi now."]
+    );
+    store.regenerate(&second, &Admission::unbounded("test")).await.unwrap();
+    let again = store.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
+    store
+        .complete(
+            &again,
+            "Mochi!",
+            "{}",
+            "{}",
+            &[fact("likes", None, "Actually my cat is called Mochi now.")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.memories(&session, None).await.unwrap().len(), 2);
+
+    // Corrections and deletions: the session's own only, checked by id.
+    let memories = store.memories(&session, None).await.unwrap();
+    let teach = &memories[0];
+    assert!(matches!(
+        store.correct_memory(&stranger, &teach.id, "hacked").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.forget_memory(&stranger, &teach.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let corrected = store.correct_memory(&session, &teach.id, "I teach in York.").await.unwrap();
+    assert!(corrected.edited && corrected.content == "I teach in York.");
+    let export = store.export(&session, &first).await.unwrap();
+    assert_eq!(
+        contents(export.memories),
+        ["I teach in York."],
+        "the export carries what was told in it"
+    );
+    let all = store.export_session(&session).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.memories.len()).sum::<usize>(), 2);
+
+    // Deleting the conversation a memory came from deletes it.
+    store.delete_conversation(&session, &first).await.unwrap();
+    assert_eq!(
+        contents(store.memories(&session, None).await.unwrap()),
+        ["Actually my cat is called Mochi now."]
+    );
+    let mochi = store.memories(&session, None).await.unwrap().remove(0);
+    store.forget_memory(&session, &mochi.id).await.unwrap();
+    assert!(matches!(store.forget_memory(&session, &mochi.id).await, Err(StoreError::NotFound(_))));
+
+    // Bounded per person and persona, the newest kept.
+    let many: Vec<NewMemory> = (0..MEMORIES_KEPT + 5)
+        .map(|i| fact("likes", None, &format!("I like thing {i}.")))
+        .collect();
+    answer(store, &other_persona, "I like many things.", &many).await;
+    let kept = store.memories(&session, Some("creator")).await.unwrap();
+    assert_eq!(kept.len() as i64, MEMORIES_KEPT);
+    assert!(kept.iter().any(|m| m.content == format!("I like thing {}.", MEMORIES_KEPT + 4)));
+    assert_eq!(store.forget_persona(&session, "creator").await.unwrap() as i64, MEMORIES_KEPT);
+
+    // Deleting the session deletes the rest.
+    answer(store, &theirs, "My name is Ana.", &[fact("name", Some("name"), "My name is Ana.")])
+        .await;
+    assert_eq!(store.memories(&stranger, None).await.unwrap().len(), 1);
+    // (Every session of this test's database, seen "a minute from now" at the latest, expires.)
+    store.expire(&Expiry { session_idle_ms: Some(-60_000), empty_idle_ms: None }).await.unwrap();
+    assert_eq!(
+        store.row_counts().await.unwrap().into_iter().find(|(t, _)| *t == "memories").unwrap().1,
+        0
+    );
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite { $( #[test] fn $name() { super::rt().block_on(async { super::$name(super::sqlite().await).await }) } )* }
@@ -524,6 +652,7 @@ on_both!(
     a_minted_session_costs_no_row_until_it_writes,
     idle_sessions_and_empty_conversations_expire_and_the_rest_stays,
     a_session_exports_in_one_read_what_each_conversation_exports,
+    what_a_person_told_is_recalled_elsewhere_and_goes_with_its_conversation,
 );
 
 #[test]
