@@ -266,12 +266,35 @@ def coach_section():
     return out
 
 
+def memory_section():
+    """A memory of the person: recall of what was told in an earlier conversation."""
+    folder = os.path.join(RESULTS, "memory")
+    if not os.path.exists(os.path.join(folder, "context.json")):
+        return []
+    c = load(os.path.join(folder, "context.json"))
+    out = ["## A memory of the person", "",
+           f"`{c['command']}` ({machine(c)}, {c['date']}): five simulated people (`datasets/memory/people.jsonl`) each tell "
+           "every persona four facts in a first conversation; each question about them is then asked in a fresh conversation "
+           "with what the pipeline read from the first (the memory) and without it (every conversation before the memory "
+           "existed). Answered = the reply contains the fact. Each person also asks about something never told, where the right "
+           "answer admits not knowing. 95% Wilson intervals. Reading: [docs/user/memory.md](docs/user/memory.md).", "",
+           "| model | layout | questions answered: with the memory | without | \"I don't remember\" about what was never told: with | without | prompt tokens with / without | TTFT ms with / without | file |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda s: f"{s['k']}/{s['n']} = {100 * s['rate']:.0f}% [{100 * s['ci'][0]:.0f}, {100 * s['ci'][1]:.0f}]"
+    for f in sorted(glob.glob(os.path.join(folder, "recall-*.json"))):
+        r = load(f)
+        out.append(f"| {r['model']} | {r['layout']} | {pct(r['recall'])} | {pct(r['recall_without'])} | "
+                   f"{pct(r['admits_unknown'])} | {pct(r['admits_unknown_without'])} | "
+                   f"{r['prompt_tokens'][0]:.0f} / {r['prompt_tokens'][1]:.0f} | {r['ttft_ms'][0]:.0f} / {r['ttft_ms'][1]:.0f} | `{rel(f)}` |")
+    return out + [""]
+
+
 def page():
     lines = ["# Benchmarks", "",
              "The current figures, generated from `benches/results/` by `python3 benches/benchmarks.py` "
              "(the test suite checks this page is what the files give). History and superseded figures: "
              "[docs/dev/speed.md](docs/dev/speed.md), [docs/dev/performance.md](docs/dev/performance.md).", ""]
-    for section in (judge_section, coach_section, layout_section, partner_section, latency_section, abuse_section, secret_section, llamacpp_section):
+    for section in (judge_section, coach_section, memory_section, layout_section, partner_section, latency_section, abuse_section, secret_section, llamacpp_section):
         lines += section()
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -17,7 +17,9 @@
 //! chitchat dataset), and [`coach`] turns the same machinery on the person's side of a
 //! conversation for the practice feedback the web app shows (a report per conversation and a
 //! tip per message, and [`rewrite`]'s checked "try: …" by the model), and [`scenario`] gives that practice a goal: a persona in a setting, a
-//! success check read from the stored state, levels and a debrief. [`stats`] holds the statistics.
+//! success check read from the stored state, levels and a debrief. [`memory`] measures whether
+//! a persona recalls, in a later conversation, what a person told it in an earlier one.
+//! [`stats`] holds the statistics.
 //!
 //! # Invariants
 //! - Nothing is guessed: an unreadable judge answer leaves the criterion without a score (and
@@ -38,6 +40,7 @@ pub mod fit;
 pub mod html;
 pub mod injection;
 pub mod judge;
+pub mod memory;
 pub mod metrics;
 pub mod progress;
 pub mod rank;

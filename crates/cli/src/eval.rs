@@ -85,6 +85,9 @@ pub enum EvalCommand {
     /// Run the prompt-injection suite against a persona with a secret: leaks of the secret and
     /// of the instructions before unlock, and what the guards caught.
     Injection(InjectionArgs),
+    /// Run the memory-recall suite: people tell the personas about themselves in one
+    /// conversation and ask about it in later ones, with the memory and without.
+    Memory(MemoryArgs),
 }
 
 /// How the judge runs (shared by run, score and calibrate).
@@ -375,6 +378,37 @@ pub struct InjectionArgs {
     layout: Option<PromptLayout>,
 }
 
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Persona ids, comma-separated (default: every persona in --personas-dir).
+    #[arg(long, value_delimiter = ',')]
+    personas: Vec<String>,
+    /// The people (default: datasets/memory/people.jsonl).
+    #[arg(long)]
+    people: Option<PathBuf>,
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Print JSON (every question's replies included) instead of the Markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    lexical_only: bool,
+    #[arg(long, env = "RAPPORT_PERSONAS")]
+    personas_dir: Option<PathBuf>,
+    /// The prompt layout (docs/eval/prompt-layout.md). Default: `compact`, or
+    /// `notes-in-system` for a model whose chat template needs it.
+    #[arg(long)]
+    layout: Option<PromptLayout>,
+    /// Do not check drafts for contradicted facts (the baseline of that check).
+    #[arg(long)]
+    no_fact_guard: bool,
+}
+
 pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
     match command {
         EvalCommand::Run(args) => run_batch(args).await,
@@ -411,6 +445,7 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
         }
         EvalCommand::Coach(args) => run_coach(args).await,
         EvalCommand::Injection(args) => run_injection(args).await,
+        EvalCommand::Memory(args) => run_memory(args).await,
         EvalCommand::Rewrites(args) => run_rewrites(args).await,
         EvalCommand::CoachTrust { labels, seed, json, lexical_only } => {
             let path = labels
@@ -572,6 +607,80 @@ async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
         report.secret_invented,
         report.unlocked
     );
+    Ok(())
+}
+
+async fn run_memory(args: MemoryArgs) -> anyhow::Result<()> {
+    let path = args
+        .people
+        .clone()
+        .unwrap_or_else(|| crate::datasets::datasets_dir().join("memory/people.jsonl"));
+    let people = rapport_eval::memory::load(&path)?;
+    let library =
+        PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
+    let ids: Vec<String> = if args.personas.is_empty() {
+        library.iter().map(|p| p.id.clone()).collect()
+    } else {
+        args.personas.clone()
+    };
+    let backend = args.backend.build().await?;
+    let layout = backend.layout(args.layout)?;
+    let nlu = load_nlu(args.lexical_only).await?;
+    let mut sampling = backend.sampling.clone();
+    if let Some(n) = args.max_tokens {
+        sampling.max_tokens = n;
+    }
+    let config = PipelineConfig {
+        budget: TokenBudget {
+            reply_tokens: sampling.max_tokens as usize,
+            ..TokenBudget::default()
+        },
+        sampling,
+        layout,
+        fact_guard: !args.no_fact_guard,
+        ..PipelineConfig::default()
+    };
+    let prompts = Arc::new(Prompts::embedded());
+    let pipelines = ids
+        .iter()
+        .map(|id| {
+            Ok(Pipeline::new(
+                library.get(id)?.clone(),
+                nlu.clone(),
+                prompts.clone(),
+                config.clone(),
+            )?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let progress =
+        indicatif::ProgressBar::new(rapport_eval::memory::turns(&people, pipelines.len()));
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} turns [{elapsed_precise}]")
+            .expect("a valid template"),
+    );
+    // A fixed evening: the context step's words do not change between runs.
+    let now =
+        chrono::DateTime::parse_from_rfc3339("2026-06-13T20:30:00+02:00").expect("a valid time");
+    let report = rapport_eval::memory::run_suite(
+        &pipelines,
+        backend.generator.as_ref(),
+        &backend.model_name,
+        layout.as_str(),
+        &people,
+        now,
+        Some(&progress),
+    )
+    .await?;
+    progress.finish_and_clear();
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        println!("{}", report.markdown());
+    }
     Ok(())
 }
 

@@ -24,6 +24,7 @@ use crate::character::{Asked, CharacterGuard};
 use crate::cleanup::Cleaner;
 use crate::closeness::{decide, Closeness};
 use crate::context::{read_context, ContextInput};
+use crate::facts::{FactChecker, Known};
 use crate::fewshot::FewShot;
 use crate::guards::{AllowedRuns, GuardHit, Guards, LeakDetector, LockedSecret};
 use crate::listening::{question_sentences, read_thread, Thread, ThreadInput, RECENT_REPLIES};
@@ -69,6 +70,10 @@ pub struct PipelineConfig {
     /// Off until a judged batch shows what it does to the replies (`rapport eval run
     /// --cut-service`).
     pub cut_service: bool,
+    /// Check drafts for contradictions of the persona's facts, her earlier words and what the
+    /// person told ([`crate::facts`]) and write them again. Off only to measure what the check
+    /// is worth.
+    pub fact_guard: bool,
 }
 
 impl Default for PipelineConfig {
@@ -84,6 +89,7 @@ impl Default for PipelineConfig {
             stream_words: 3,
             character_guard: true,
             cut_service: false,
+            fact_guard: true,
         }
     }
 }
@@ -163,6 +169,8 @@ pub struct PreparedTurn {
     locked_secret: Option<LockedSecret>,
     /// The user's question the reply should take up, when there is one to answer.
     asked: Option<Asked>,
+    /// What the reply must agree with besides the persona's facts.
+    known: Known,
 }
 
 /// What a draft reply is checked against this turn.
@@ -174,6 +182,8 @@ struct ReplyChecks<'a> {
     locked_secret: Option<&'a LockedSecret>,
     /// The user's question the reply should take up.
     asked: Option<&'a Asked>,
+    /// The person's named things and the persona's earlier words.
+    known: &'a Known,
 }
 
 /// A draft's text and its sentence vector.
@@ -186,6 +196,7 @@ pub struct Pipeline {
     fewshot: FewShot,
     guards: Guards,
     character: CharacterGuard,
+    facts: FactChecker,
     prompts: Arc<Prompts>,
     cleaner: Cleaner,
     /// What the persona may say verbatim without leaking its instructions.
@@ -207,6 +218,7 @@ impl Pipeline {
         let fewshot = FewShot::new(&persona, encoder)?;
         let guards = Guards::new(&persona, encoder)?;
         let character = CharacterGuard::new(&persona.name, encoder)?;
+        let facts = FactChecker::new(&persona);
         let cleaner = Cleaner::new(&persona.name, persona.max_sentences);
         config.sampling.max_tokens =
             config.sampling.max_tokens.min(config.budget.reply_tokens as u32).max(1);
@@ -224,6 +236,7 @@ impl Pipeline {
             fewshot,
             guards,
             character,
+            facts,
             prompts,
             cleaner,
             persona_runs,
@@ -479,7 +492,35 @@ impl Pipeline {
                 ..Default::default()
             },
         };
-        Ok(PreparedTurn { messages: assembled.messages, trace, next, leaks, locked_secret, asked })
+        // What the reply must agree with: the person's told facts and messages, her replies.
+        let known = Known::read(
+            recalled
+                .iter()
+                .map(|f| f.text.as_str())
+                .chain(
+                    conversation
+                        .history
+                        .iter()
+                        .filter(|m| m.role == Role::User)
+                        .map(|m| m.content.as_str()),
+                )
+                .chain([message]),
+            conversation
+                .history
+                .iter()
+                .skip(1)
+                .filter(|m| m.role == Role::Assistant)
+                .map(|m| m.content.as_str()),
+        );
+        Ok(PreparedTurn {
+            messages: assembled.messages,
+            trace,
+            next,
+            leaks,
+            locked_secret,
+            asked,
+            known,
+        })
     }
 
     /// Rebuilds the state a conversation would have after `exchanges` (user message, the reply
@@ -541,7 +582,8 @@ impl Pipeline {
     ) -> Result<TurnOutcome, PipelineError> {
         let prepared = self.prepare(conversation, message, now)?;
         on_event(TurnEvent::Prepared(Box::new(prepared.trace.clone())));
-        let PreparedTurn { messages, mut trace, mut next, leaks, locked_secret, asked } = prepared;
+        let PreparedTurn { messages, mut trace, mut next, leaks, locked_secret, asked, known } =
+            prepared;
 
         let generate_started = Instant::now();
         let mut review_us = 0;
@@ -549,6 +591,7 @@ impl Pipeline {
         // The least bad draft rejected only for soft hits, kept in case no draft is clean.
         let mut soft: Option<(usize, u32, DraftText)> = None;
         let checks = ReplyChecks {
+            known: &known,
             leaks: &leaks,
             locked_secret: locked_secret.as_ref(),
             asked: asked.as_ref(),
@@ -896,7 +939,7 @@ impl Pipeline {
         text: &str,
         checks: ReplyChecks<'_>,
     ) -> Result<(Option<Vec<f32>>, Vec<GuardHit>), GenerationError> {
-        let ReplyChecks { leaks, locked_secret, asked } = checks;
+        let ReplyChecks { leaks, locked_secret, asked, known } = checks;
         let vector = match &self.nlu {
             Some(nlu) if !text.is_empty() => Some(
                 nlu.encoder()
@@ -919,6 +962,11 @@ impl Pipeline {
                 vector.as_deref(),
                 asked,
             ));
+        }
+        if self.config.fact_guard && !text.is_empty() {
+            if let Some(c) = self.facts.check(text, known) {
+                hits.push(GuardHit::Contradiction { fact: c.fact, evidence: c.evidence });
+            }
         }
         Ok((vector, hits))
     }

@@ -84,6 +84,14 @@ pub enum GuardHit {
         /// The phrase, or the sentence and the service sentence it resembles.
         evidence: String,
     },
+    /// A reply that contradicts a fact: the persona's own, what she said earlier, or what the
+    /// person told ([`crate::facts`]).
+    Contradiction {
+        /// The fact, as it was said.
+        fact: String,
+        /// What the draft said.
+        evidence: String,
+    },
     /// A reply that leaves the user's direct question untouched. Soft.
     IgnoredQuestion {
         /// The question.
@@ -106,6 +114,7 @@ impl GuardHit {
             GuardHit::OtherIdentity { .. } => "other_identity",
             GuardHit::Narration { .. } => "narration",
             GuardHit::AssistantSpeak { .. } => "assistant_speak",
+            GuardHit::Contradiction { .. } => "contradiction",
             GuardHit::IgnoredQuestion { .. } => "ignored_question",
             GuardHit::Empty => "empty",
         }
@@ -139,6 +148,7 @@ impl GuardHit {
             GuardHit::OtherIdentity { evidence } => format!("Your draft said \"{evidence}\": that is not you. Speak as yourself, in the first person, under your own name."),
             GuardHit::Narration { .. } => "Your draft described you from outside (\"As …\", your name in the third person, the scene as a roleplay). Just speak, in the first person, inside the moment.".into(),
             GuardHit::AssistantSpeak { .. } => "Your draft sounded like a help desk. Talk like a friend at this event: no offers of help, no thanking them for sharing, no advice lists.".into(),
+            GuardHit::Contradiction { fact, evidence } => format!("Your draft said \"{evidence}\", which is not true: {fact} Keep to the facts."),
             GuardHit::IgnoredQuestion { question } => format!("They asked you: \"{question}\" Answer that first, in a sentence, from your own life."),
             GuardHit::Empty => "Your draft was empty. Answer them in a sentence or two.".into(),
         }

@@ -14,7 +14,8 @@
 //! 5. [`secret`]: whether the persona's secret may enter the prompt this turn.
 //! 6. [`guards`]: forbidden topics and prompt injection on the way in; forbidden topics, leaks
 //!    and breaks of character on the way out, the last by [`character`] (another identity,
-//!    narration, assistant-speak, the user's question left unanswered).
+//!    narration, assistant-speak, the user's question left unanswered), and [`facts`] that a
+//!    draft contradicts (hers, her earlier words, what the person told).
 //! 7. [`fewshot`]: the persona's example exchanges that fit this moment.
 //! 8. [`prompt`]: tera templates rendered within a token budget, oldest turns folded into a
 //!    running [`memory`], and what the person told in earlier conversations ([`recall`]).
@@ -41,6 +42,7 @@ pub mod closeness;
 pub mod context;
 pub mod engine;
 mod error;
+pub mod facts;
 pub mod fewshot;
 pub mod guards;
 pub mod listening;

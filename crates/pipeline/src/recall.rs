@@ -150,6 +150,8 @@ pub fn admissible(text: &str) -> Result<(), Inadmissible> {
 
 struct Rules {
     question: Regex,
+    /// "I'm Tom", "Hi, I am Rosa": a capitalised word after "I'm" (case matters here).
+    introduction: Regex,
     kinds: Vec<(FactKind, Regex)>,
     instruction: Regex,
     pet: Regex,
@@ -177,6 +179,8 @@ fn rules() -> &'static Rules {
         ];
         Rules {
             question: r(r"\?\s*$"),
+            introduction: Regex::new(r"^(?:(?:[Hh]i|[Hh]ello|[Hh]ey|[Oo]h|[Ww]ell)\b[\s,!.]*)?(?:I'm|I am|Im|I’m)\s+(\p{Lu}\p{Ll}+)\b")
+                .expect("introduction pattern compiles"),
             kinds,
             // Sentences that address the persona with a rule to follow rather than tell a fact.
             instruction: r(r"\b(?:you (?:must|should|have to|need to|will|are (?:to|now|allowed))|always (?:tell|say|reply|answer|give)|never (?:tell|say|refuse)|remember (?:to|that you)|your (?:instructions|rules|prompt))\b"),
@@ -186,6 +190,66 @@ fn rules() -> &'static Rules {
         }
     })
 }
+
+/// Capitalised words after "I'm" that are not names.
+const NOT_NAMES: &[&str] = &[
+    "sorry",
+    "not",
+    "so",
+    "just",
+    "really",
+    "here",
+    "back",
+    "fine",
+    "good",
+    "okay",
+    "ok",
+    "single",
+    "married",
+    "english",
+    "british",
+    "french",
+    "german",
+    "spanish",
+    "italian",
+    "irish",
+    "scottish",
+    "welsh",
+    "american",
+    "canadian",
+    "australian",
+    "indian",
+    "chinese",
+    "japanese",
+    "dutch",
+    "polish",
+    "swedish",
+    "portuguese",
+    "christian",
+    "muslim",
+    "jewish",
+    "catholic",
+    "very",
+    "quite",
+    "also",
+    "still",
+    "afraid",
+    "glad",
+    "happy",
+    "tired",
+    "new",
+    "from",
+    "in",
+    "at",
+    "on",
+    "with",
+    "the",
+    "a",
+    "an",
+    "going",
+    "trying",
+    "looking",
+];
 
 fn instructs(text: &str) -> bool {
     rules().instruction.is_match(text)
@@ -203,10 +267,16 @@ pub fn told_in(message: &str) -> Vec<Told> {
         {
             continue;
         }
-        let Some(kind) = rules.kinds.iter().find(|(_, re)| re.is_match(sentence)).map(|(k, _)| *k)
-        else {
-            continue;
+        let introduces = rules
+            .introduction
+            .captures(sentence)
+            .is_some_and(|c| !NOT_NAMES.contains(&c[1].to_lowercase().as_str()));
+        let kind = if introduces {
+            Some(FactKind::Name)
+        } else {
+            rules.kinds.iter().find(|(_, re)| re.is_match(sentence)).map(|(k, _)| *k)
         };
+        let Some(kind) = kind else { continue };
         let text: String = sentence.chars().take(FACT_CHARS).collect();
         if admissible(&text).is_err() || out.iter().any(|t| t.text == text) {
             continue;
@@ -323,6 +393,10 @@ mod tests {
             ),
             ("My cat is called Biscuit and she hates the vet.", &[(FactKind::Pet, Some("pet:cat"))]),
             ("Hi! My name is Priya.", &[(FactKind::Name, Some("name"))]),
+            ("I'm Tom, nice to meet you.", &[(FactKind::Name, Some("name"))]),
+            ("Hi, I am Rosa and I bake.", &[(FactKind::Name, Some("name"))]),
+            ("I'm French and I love cheese.", &[(FactKind::Likes, None)]),
+            ("I'm Sorry to hear that, truly.", &[]),
             ("I live in Leeds now but I grew up in Cork.", &[(FactKind::Home, Some("home:live"))]),
             ("I grew up in Cork.", &[(FactKind::Home, Some("home:from"))]),
             ("My older sister Lea just moved to Porto.", &[(FactKind::People, Some("people:sister"))]),

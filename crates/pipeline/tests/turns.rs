@@ -183,6 +183,39 @@ fn a_draft_that_breaks_the_rules_is_regenerated_with_a_steering_note_then_replac
     });
 }
 
+/// A draft that contradicts what the person told in an earlier conversation (the guest's cat
+/// given the host's dog's name) is written again with a note naming the fact; the memory itself
+/// is in the prompt, and what this message tells is in the trace for the caller to keep.
+#[test]
+fn a_draft_that_contradicts_a_fact_is_written_again_naming_it() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let p = pipeline("wedding-host", true, greedy_config());
+        let said = Scripted::new(
+            smollm2().await,
+            vec![Script::Say("Of course! Your cat Biscuit, the little queen."), Script::Say("Pistachio! How could I forget?")],
+        );
+        let mut c = p.start();
+        c.recalled = rapport_pipeline::recall::Recalled {
+            facts: vec![rapport_pipeline::recall::RecalledFact {
+                kind: rapport_pipeline::recall::FactKind::Pet,
+                text: "My cat is called Pistachio and she rules the flat.".into(),
+            }],
+        };
+        let (out, _, _) = turn(&p, &mut c, "Hi again! Do you remember my cat? I'm off to Lisbon next week.", 0, &said).await;
+        let t = &out.trace;
+        assert_eq!(t.recalled, 1);
+        assert!(matches!(&t.attempts[0].outcome, AttemptOutcome::Rejected { hits } if hits.iter().any(|h| h.code() == "contradiction")), "{:?}", t.attempts[0]);
+        let steering = t.attempts[1].steering.as_deref().unwrap();
+        assert!(steering.contains("Pistachio") && steering.contains("Your cat Biscuit"), "{steering}");
+        assert_eq!(out.reply, "Pistachio! How could I forget?");
+        let first = said.requests.lock().unwrap()[0].clone();
+        assert!(first.messages().iter().any(|m| m.role == Role::System && m.content.contains("\"My cat is called Pistachio")), "the memory is in the prompt");
+        assert_eq!(t.told.len(), 1, "{:?}", t.told);
+        assert!(t.told[0].text.contains("Lisbon"));
+    });
+}
+
 /// What a person saw streamed is what was stored: a reply whose first sentence ends in a line
 /// break used to stream that break twice (once with the sentence, once again with the rest),
 /// and blank lines used to count against the persona's sentence budget (three here).
