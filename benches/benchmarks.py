@@ -267,25 +267,28 @@ def coach_section():
 
 
 def memory_section():
-    """A memory of the person: recall of what was told in an earlier conversation."""
+    """A memory of the person: recall of what was told in an earlier conversation, and facts that hold."""
     folder = os.path.join(RESULTS, "memory")
     if not os.path.exists(os.path.join(folder, "context.json")):
         return []
     c = load(os.path.join(folder, "context.json"))
     out = ["## A memory of the person", "",
-           f"`{c['command']}` ({machine(c)}, {c['date']}): five simulated people (`datasets/memory/people.jsonl`) each tell "
-           "every persona four facts in a first conversation; each question about them is then asked in a fresh conversation "
-           "with what the pipeline read from the first (the memory) and without it (every conversation before the memory "
-           "existed). Answered = the reply contains the fact. Each person also asks about something never told, where the right "
-           "answer admits not knowing. 95% Wilson intervals. Reading: [docs/user/memory.md](docs/user/memory.md).", "",
-           "| model | layout | questions answered: with the memory | without | \"I don't remember\" about what was never told: with | without | prompt tokens with / without | TTFT ms with / without | file |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           f"`{c['command']}` ({machine(c)}, {c['date']}): five simulated people each tell every persona four facts in a "
+           "first conversation; each question about them is then asked in a fresh conversation with what the pipeline read "
+           "from the first (the memory) and without it. Answered = the reply contains the fact. Each person also asks about "
+           "something never told, where the right answer admits not knowing. Every reply as sent is read by the fact checker. "
+           "`tuning`: `datasets/memory/people.jsonl`, on which the prompt was chosen; `held-out`: "
+           "`datasets/memory/people-heldout.jsonl`, written before any run and measured once. 95% Wilson intervals. "
+           "Reading: [docs/eval/partner-quality.md](docs/eval/partner-quality.md#a-memory-of-the-person).", "",
+           "| people | fact check | questions answered: with the memory | without | \"I don't remember\" about what was never told: with / without | replies contradicting a fact | prompt tokens with / without | file |",
+           "|---|---|---|---|---|---|---|---|"]
     pct = lambda s: f"{s['k']}/{s['n']} = {100 * s['rate']:.0f}% [{100 * s['ci'][0]:.0f}, {100 * s['ci'][1]:.0f}]"
     for f in sorted(glob.glob(os.path.join(folder, "recall-*.json"))):
         r = load(f)
-        out.append(f"| {r['model']} | {r['layout']} | {pct(r['recall'])} | {pct(r['recall_without'])} | "
-                   f"{pct(r['admits_unknown'])} | {pct(r['admits_unknown_without'])} | "
-                   f"{r['prompt_tokens'][0]:.0f} / {r['prompt_tokens'][1]:.0f} | {r['ttft_ms'][0]:.0f} / {r['ttft_ms'][1]:.0f} | `{rel(f)}` |")
+        people = "held-out" if "heldout" in os.path.basename(f) else "tuning"
+        out.append(f"| {people} | {'on' if r['fact_guard'] else 'off'} | {pct(r['recall'])} | {pct(r['recall_without'])} | "
+                   f"{r['admits_unknown']['k']} / {r['admits_unknown_without']['k']} of {r['admits_unknown']['n']} | "
+                   f"{pct(r['contradictions'])} | {r['prompt_tokens'][0]:.0f} / {r['prompt_tokens'][1]:.0f} | `{rel(f)}` |")
     return out + [""]
 
 

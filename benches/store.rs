@@ -88,7 +88,7 @@ fn queue(c: &mut Criterion) {
         rt.block_on(async {
             while let Some(j) = store.claim("drain", Duration::from_secs(60)).await.expect("claim")
             {
-                store.complete(&j, "-", "{}", "{}").await.expect("complete");
+                store.complete(&j, "-", "{}", "{}", &[]).await.expect("complete");
             }
         });
         group.bench_function(format!("{name}/claim_complete"), |b| {
@@ -121,6 +121,7 @@ fn queue(c: &mut Criterion) {
                                 "Lovely to meet you! I'm the bride's sister.",
                                 "{\"turns\":1}",
                                 &trace,
+                                &[],
                             )
                             .await
                             .expect("complete")

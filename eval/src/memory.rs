@@ -125,6 +125,9 @@ pub struct Asked {
     pub ask: String,
     /// The reply with the memory recalled.
     pub with_memory: String,
+    /// Why its drafts were sent back, by guard code (a fallback line follows two).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<String>,
     /// It contained an answer.
     pub recalled: bool,
     /// The reply with nothing recalled.
@@ -273,8 +276,13 @@ impl MemoryReport {
         if !missed.is_empty() {
             out.push_str("\nNot recalled:\n");
             for a in missed {
+                let why = if a.rejected.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (drafts sent back: {})", a.rejected.join(", "))
+                };
                 out.push_str(&format!(
-                    "- {} / {}: {:?} → {:?}\n",
+                    "- {} / {}: {:?} → {:?}{why}\n",
                     a.persona, a.person, a.ask, a.with_memory
                 ));
             }
@@ -290,6 +298,8 @@ struct Reply {
     ttft_ms: Option<u64>,
     /// Drafts sent back for a contradiction.
     contradicting: usize,
+    /// The guard codes of the drafts sent back.
+    rejected: Vec<String>,
 }
 
 async fn ask(
@@ -307,10 +317,23 @@ async fn ask(
         .map_err(|e| EvalError::Generation(e.to_string()))?;
     Ok(Reply {
         contradicting: contradicting(&outcome.trace.attempts),
+        rejected: rejected(&outcome.trace.attempts),
         text: outcome.reply,
         prompt_tokens: outcome.trace.prompt.estimated_tokens,
         ttft_ms: outcome.trace.attempts.first().and_then(|a| a.ttft_ms),
     })
+}
+
+fn rejected(attempts: &[rapport_pipeline::trace::Attempt]) -> Vec<String> {
+    attempts
+        .iter()
+        .flat_map(|a| match &a.outcome {
+            AttemptOutcome::Rejected { hits } => {
+                hits.iter().map(|h| h.code().to_string()).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 fn contradicting(attempts: &[rapport_pipeline::trace::Attempt]) -> usize {
@@ -409,6 +432,7 @@ pub async fn run_suite(
                 told.extend(outcome.trace.told.clone());
                 let sent = Reply {
                     contradicting: contradicting(&outcome.trace.attempts),
+                    rejected: Vec::new(),
                     text: outcome.reply,
                     prompt_tokens: 0,
                     ttft_ms: None,
@@ -420,8 +444,9 @@ pub async fn run_suite(
             let memory = remembered(told);
             let known_with = |ask: &str| {
                 Known::read(memory.facts.iter().map(|f| f.text.as_str()).chain([ask]), [])
+                    .asking(ask)
             };
-            let known_without = |ask: &str| Known::read([ask], []);
+            let known_without = |ask: &str| Known::read([ask], []).asking(ask);
             let mut record = |with: &Reply, without: &Reply| {
                 tokens_with.push(with.prompt_tokens as f64);
                 tokens_without.push(without.prompt_tokens as f64);
@@ -439,6 +464,7 @@ pub async fn run_suite(
                     persona: persona.clone(),
                     ask: q.ask.clone(),
                     recalled: answered(&with.text, &q.answers),
+                    rejected: with.rejected.clone(),
                     recalled_without: answered(&without.text, &q.answers),
                     with_memory: with.text,
                     without_memory: without.text,
@@ -465,7 +491,7 @@ pub async fn run_suite(
         }
         for q in ABOUT_HER {
             let reply = ask(pipeline, generator, &nothing, q, now).await?;
-            facts.read(&checker, &Known::read([q], []), &persona, q, &reply, true);
+            facts.read(&checker, &Known::read([q], []).asking(q), &persona, q, &reply, true);
             tick(1);
         }
     }

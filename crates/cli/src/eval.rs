@@ -350,47 +350,14 @@ pub struct RewritesArgs {
     out: Option<PathBuf>,
 }
 
+/// What the suites that run personas through the real pipeline share (injection, memory).
 #[derive(Args, Debug)]
-pub struct InjectionArgs {
+pub struct SuiteArgs {
     #[command(flatten)]
     backend: BackendArgs,
-    /// The persona attacked (it must hold a secret).
-    #[arg(long, default_value = "wedding-host")]
-    persona: String,
-    /// The suite (default: datasets/injection/attacks.jsonl).
-    #[arg(long)]
-    attacks: Option<PathBuf>,
     #[arg(long)]
     max_tokens: Option<u32>,
-    /// Print JSON (every attack's replies included) instead of the Markdown table.
-    #[arg(long)]
-    json: bool,
-    /// Also write the JSON report here.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    #[arg(long)]
-    lexical_only: bool,
-    #[arg(long, env = "RAPPORT_PERSONAS")]
-    personas_dir: Option<PathBuf>,
-    /// The prompt layout attacked (docs/eval/prompt-layout.md). Default: `compact`, or
-    /// `notes-in-system` for a model whose chat template needs it.
-    #[arg(long)]
-    layout: Option<PromptLayout>,
-}
-
-#[derive(Args, Debug)]
-pub struct MemoryArgs {
-    #[command(flatten)]
-    backend: BackendArgs,
-    /// Persona ids, comma-separated (default: every persona in --personas-dir).
-    #[arg(long, value_delimiter = ',')]
-    personas: Vec<String>,
-    /// The people (default: datasets/memory/people.jsonl).
-    #[arg(long)]
-    people: Option<PathBuf>,
-    #[arg(long)]
-    max_tokens: Option<u32>,
-    /// Print JSON (every question's replies included) instead of the Markdown table.
+    /// Print JSON (every reply included) instead of the Markdown table.
     #[arg(long)]
     json: bool,
     /// Also write the JSON report here.
@@ -404,6 +371,98 @@ pub struct MemoryArgs {
     /// `notes-in-system` for a model whose chat template needs it.
     #[arg(long)]
     layout: Option<PromptLayout>,
+}
+
+/// A suite's backend and the pipeline configuration its personas run with.
+struct Suite {
+    backend: Backend,
+    nlu: Option<Arc<EmotionClassifier>>,
+    config: PipelineConfig,
+    library: PersonaLibrary,
+}
+
+impl SuiteArgs {
+    async fn load(&self) -> anyhow::Result<Suite> {
+        let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(
+            self.personas_dir.clone(),
+        ))?;
+        let backend = self.backend.build().await?;
+        let layout = backend.layout(self.layout)?;
+        let nlu = load_nlu(self.lexical_only).await?;
+        let mut sampling = backend.sampling.clone();
+        if let Some(n) = self.max_tokens {
+            sampling.max_tokens = n;
+        }
+        let config = PipelineConfig {
+            budget: TokenBudget {
+                reply_tokens: sampling.max_tokens as usize,
+                ..TokenBudget::default()
+            },
+            sampling,
+            layout,
+            ..PipelineConfig::default()
+        };
+        Ok(Suite { backend, nlu, config, library })
+    }
+
+    /// Writes the report where asked and prints it, as JSON or as `markdown`.
+    fn report<R: serde::Serialize>(
+        &self,
+        report: &R,
+        markdown: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        let json = serde_json::to_string_pretty(report)?;
+        if let Some(out) = &self.out {
+            std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+        }
+        if self.json {
+            println!("{json}");
+        } else {
+            println!("{}", markdown());
+        }
+        Ok(())
+    }
+}
+
+/// A suite's progress bar, counting `what`.
+fn suite_progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let progress = indicatif::ProgressBar::new(len);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {what} [{{elapsed_precise}}]"
+        ))
+        .expect("a valid template"),
+    );
+    progress
+}
+
+/// The suites' fixed evening: the context step's words do not change between runs.
+fn suite_evening() -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339("2026-06-13T20:30:00+02:00").expect("a valid time")
+}
+
+#[derive(Args, Debug)]
+pub struct InjectionArgs {
+    #[command(flatten)]
+    suite: SuiteArgs,
+    /// The persona attacked (it must hold a secret).
+    #[arg(long, default_value = "wedding-host")]
+    persona: String,
+    /// The suite (default: datasets/injection/attacks.jsonl).
+    #[arg(long)]
+    attacks: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    #[command(flatten)]
+    suite: SuiteArgs,
+    /// Persona ids, comma-separated (default: every persona in --personas-dir).
+    #[arg(long, value_delimiter = ',')]
+    personas: Vec<String>,
+    /// The people (default: datasets/memory/people.jsonl).
+    #[arg(long)]
+    people: Option<PathBuf>,
     /// Do not check drafts for contradicted facts (the baseline of that check).
     #[arg(long)]
     no_fact_guard: bool,
@@ -552,53 +611,21 @@ async fn run_injection(args: InjectionArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| crate::datasets::datasets_dir().join("injection/attacks.jsonl"));
     let attacks = rapport_eval::injection::load(&path)?;
-    let library =
-        PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
+    let Suite { backend, nlu, config, library } = args.suite.load().await?;
     let persona = library.get(&args.persona)?.clone();
-    let backend = args.backend.build().await?;
-    let layout = backend.layout(args.layout)?;
-    let nlu = load_nlu(args.lexical_only).await?;
-    let mut sampling = backend.sampling.clone();
-    if let Some(n) = args.max_tokens {
-        sampling.max_tokens = n;
-    }
-    let config = PipelineConfig {
-        budget: TokenBudget {
-            reply_tokens: sampling.max_tokens as usize,
-            ..TokenBudget::default()
-        },
-        sampling,
-        layout,
-        ..PipelineConfig::default()
-    };
     let pipeline = Pipeline::new(persona, nlu, Arc::new(Prompts::embedded()), config)?;
-    let progress = indicatif::ProgressBar::new(attacks.len() as u64);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} attacks [{elapsed_precise}]")
-            .expect("a valid template"),
-    );
-    // A fixed evening: the context step's words do not change between runs.
-    let now =
-        chrono::DateTime::parse_from_rfc3339("2026-06-13T20:30:00+02:00").expect("a valid time");
+    let progress = suite_progress(attacks.len() as u64, "attacks");
     let report = rapport_eval::injection::run_suite(
         &pipeline,
         backend.generator.as_ref(),
         &backend.model_name,
         &attacks,
-        now,
+        suite_evening(),
         Some(&progress),
     )
     .await?;
     progress.finish_and_clear();
-    let json = serde_json::to_string_pretty(&report)?;
-    if let Some(out) = &args.out {
-        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
-    }
-    if args.json {
-        println!("{json}");
-    } else {
-        println!("{}", report.markdown());
-    }
+    args.suite.report(&report, || report.markdown())?;
     anyhow::ensure!(
         report.failures() == 0,
         "{} attacks broke the secret game: {} leaked it, {} named or confirmed an invented one, {} unlocked it",
@@ -616,29 +643,12 @@ async fn run_memory(args: MemoryArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| crate::datasets::datasets_dir().join("memory/people.jsonl"));
     let people = rapport_eval::memory::load(&path)?;
-    let library =
-        PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
+    let Suite { backend, nlu, mut config, library } = args.suite.load().await?;
+    config.fact_guard = !args.no_fact_guard;
     let ids: Vec<String> = if args.personas.is_empty() {
         library.iter().map(|p| p.id.clone()).collect()
     } else {
         args.personas.clone()
-    };
-    let backend = args.backend.build().await?;
-    let layout = backend.layout(args.layout)?;
-    let nlu = load_nlu(args.lexical_only).await?;
-    let mut sampling = backend.sampling.clone();
-    if let Some(n) = args.max_tokens {
-        sampling.max_tokens = n;
-    }
-    let config = PipelineConfig {
-        budget: TokenBudget {
-            reply_tokens: sampling.max_tokens as usize,
-            ..TokenBudget::default()
-        },
-        sampling,
-        layout,
-        fact_guard: !args.no_fact_guard,
-        ..PipelineConfig::default()
     };
     let prompts = Arc::new(Prompts::embedded());
     let pipelines = ids
@@ -652,36 +662,19 @@ async fn run_memory(args: MemoryArgs) -> anyhow::Result<()> {
             )?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let progress =
-        indicatif::ProgressBar::new(rapport_eval::memory::turns(&people, pipelines.len()));
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} turns [{elapsed_precise}]")
-            .expect("a valid template"),
-    );
-    // A fixed evening: the context step's words do not change between runs.
-    let now =
-        chrono::DateTime::parse_from_rfc3339("2026-06-13T20:30:00+02:00").expect("a valid time");
+    let progress = suite_progress(rapport_eval::memory::turns(&people, pipelines.len()), "turns");
     let report = rapport_eval::memory::run_suite(
         &pipelines,
         backend.generator.as_ref(),
         &backend.model_name,
-        layout.as_str(),
+        config.layout.as_str(),
         &people,
-        now,
+        suite_evening(),
         Some(&progress),
     )
     .await?;
     progress.finish_and_clear();
-    let json = serde_json::to_string_pretty(&report)?;
-    if let Some(out) = &args.out {
-        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
-    }
-    if args.json {
-        println!("{json}");
-    } else {
-        println!("{}", report.markdown());
-    }
-    Ok(())
+    args.suite.report(&report, || report.markdown())
 }
 
 fn default_simulators_dir() -> PathBuf {

@@ -107,9 +107,11 @@ impl Cleaner {
         Self {
             own_label: Regex::new(&format!(r"(?i)^\s*{name}\s*:\s*")).expect("escaped name compiles"),
             // Where the model begins another turn: a chat-template token, or a speaker label at
-            // the start of a line (the user's, or the persona's own for a second message).
+            // the start of a line (the user's, or the persona's own for a second message). The
+            // label and its colon are on one line: "Them\n:" is two lines, and a streamed "Them"
+            // line already shown must not become a label when a colon follows on the next.
             turn_marker: Regex::new(&format!(
-                r"(?im)<\|[a-z_]+\|>|</s>|\[/?INST\]|^\s*(?:them|user|human|you|me|assistant|system|person|friend|{name})\s*:"
+                r"(?im)<\|[a-z_]+\|>|</s>|\[/?INST\]|^[ \t]*(?:them|user|human|you|me|assistant|system|person|friend|{name})[ \t]*:"
             ))
             .expect("turn marker compiles"),
             max_sentences: max_sentences.max(1),

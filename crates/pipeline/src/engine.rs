@@ -31,7 +31,7 @@ use crate::listening::{question_sentences, read_thread, Thread, ThreadInput, REC
 use crate::memory::Memory;
 use crate::persona::Persona;
 use crate::prompt::{assemble, Past, PromptInput, PromptLayout, Prompts, TokenBudget};
-use crate::recall::{told_in, Recalled};
+use crate::recall::{asked_about_them, retold, told_in, Recalled, RecalledFact};
 use crate::secret::{gate, Provenance, SecretMatcher, SecretStatus};
 use crate::signals::read_signals;
 use crate::stage::{record_reply, track, StageInput, StageState};
@@ -385,6 +385,25 @@ impl Pipeline {
             Vec::new()
         };
         let recalled_runs = AllowedRuns::of(recalled.iter().map(|f| f.text.as_str()));
+        // A question about themselves: what they told (before, or earlier here), or that they
+        // never did, said in the turn's note, next to the question.
+        let told_here: Vec<RecalledFact> = conversation
+            .history
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .flat_map(|m| told_in(&m.content))
+            .map(|t| RecalledFact { kind: t.kind, text: t.text })
+            .collect();
+        let known_facts: Vec<&RecalledFact> =
+            recalled.iter().copied().chain(told_here.iter()).collect();
+        let about = asked_about_them(message, &known_facts);
+        let about_them = about.as_ref().map(|a| a.note());
+        let answer = about
+            .as_ref()
+            .map(|a| {
+                (a.answer_words(), a.facts.iter().map(|f| retold(f)).collect::<Vec<_>>().join(" "))
+            })
+            .filter(|(words, _)| !words.is_empty());
 
         let prompt_started = Instant::now();
         let input = PromptInput {
@@ -402,6 +421,7 @@ impl Pipeline {
             stage_examples: Vec::new(),
             memory: None,
             recalled: Recalled::render(&recalled),
+            about_them,
             standing_in_prefix: false,
         };
         let assembled = assemble(
@@ -511,7 +531,9 @@ impl Pipeline {
                 .skip(1)
                 .filter(|m| m.role == Role::Assistant)
                 .map(|m| m.content.as_str()),
-        );
+        )
+        .asking(message)
+        .answering(answer);
         Ok(PreparedTurn {
             messages: assembled.messages,
             trace,
@@ -966,6 +988,8 @@ impl Pipeline {
         if self.config.fact_guard && !text.is_empty() {
             if let Some(c) = self.facts.check(text, known) {
                 hits.push(GuardHit::Contradiction { fact: c.fact, evidence: c.evidence });
+            } else if let Some(told) = known.forgotten(text) {
+                hits.push(GuardHit::Forgot { told: told.to_string() });
             }
         }
         Ok((vector, hits))

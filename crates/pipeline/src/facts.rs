@@ -135,6 +135,9 @@ const NOT_A_NAME: &[&str] = &[
 pub struct FactChecker {
     /// Her named things ("dog" → "Biscuit").
     own: Vec<Named>,
+    /// Each of her names, found in any case ("moog" in a lower-case reply) with the words
+    /// before it: a name of hers given to something else of hers, or to theirs.
+    own_anywhere: Vec<(Regex, usize)>,
     /// Where she grew up, and the sentence.
     grew_up: Option<(String, String)>,
     /// Her age, and the sentence.
@@ -149,6 +152,11 @@ pub struct Known {
     pub theirs: Vec<Named>,
     /// What the persona named as hers in earlier replies of this conversation.
     pub said: Vec<Named>,
+    /// The thing of theirs the message asks about ("what's my rabbit called?" → "rabbit").
+    pub asked: Option<String>,
+    /// When the message asks about the person and the persona knows the answer: words a reply
+    /// that remembers would contain, and what they told.
+    pub answer: Option<(Vec<String>, String)>,
 }
 
 impl Known {
@@ -160,7 +168,37 @@ impl Known {
         Self {
             theirs: person.into_iter().flat_map(|t| named(t, Whose::Mine)).collect(),
             said: replies.into_iter().flat_map(|t| named(t, Whose::Mine)).collect(),
+            asked: None,
+            answer: None,
         }
+    }
+
+    /// The same, with what a reply that remembers would say
+    /// ([`crate::recall::AboutThem::answer_words`]).
+    pub fn answering(mut self, answer: Option<(Vec<String>, String)>) -> Self {
+        self.answer = answer;
+        self
+    }
+
+    /// What they told, when they asked about it and `draft` says none of it.
+    pub fn forgotten(&self, draft: &str) -> Option<&str> {
+        let (words, told) = self.answer.as_ref()?;
+        let said = rapport_core::text_stats::words(draft);
+        (!words.iter().any(|w| said.iter().any(|s| s.starts_with(w.as_str()))))
+            .then_some(told.as_str())
+    }
+
+    /// The same, noting the thing of theirs `message` asks about, if any.
+    pub fn asking(mut self, message: &str) -> Self {
+        static ASKED: OnceLock<Regex> = OnceLock::new();
+        let asked = ASKED.get_or_init(|| {
+            Regex::new(&format!(r"(?i)\bmy (?:\w+ )?(?P<noun>{NOUNS})\b"))
+                .expect("asked pattern compiles")
+        });
+        if message.contains('?') {
+            self.asked = asked.captures(message).map(|c| c["noun"].to_lowercase());
+        }
+        self
     }
 }
 
@@ -189,7 +227,19 @@ impl FactChecker {
             let c = rules.age_bio.captures(s)?;
             Some((c["age"].parse().ok()?, s.trim().to_string()))
         });
-        Self { own, grew_up, age }
+        let own_anywhere = own
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                Regex::new(&format!(
+                    r"(?i)\b(?P<whose>my|your) (?:\w+ )?(?P<noun>{NOUNS})(?:'s name is|,? (?:is |was )?(?:called|named)|,)?\s+{}\b",
+                    regex::escape(&n.name)
+                ))
+                .ok()
+                .map(|re| (re, i))
+            })
+            .collect();
+        Self { own, own_anywhere, grew_up, age }
     }
 
     /// The first contradiction in `draft`, if any.
@@ -207,8 +257,19 @@ impl FactChecker {
                 }
             }
         }
-        // The person's named things: against what they told, and never one of hers.
+        // The person's named things: against what they told, and never one of hers; and a
+        // name for the thing of theirs they asked about when they never told it.
         for yours in named(draft, Whose::Yours) {
+            let told = known.theirs.iter().any(|n| n.noun == yours.noun);
+            if known.asked.as_deref() == Some(yours.noun.as_str()) && !told {
+                return Some(Contradiction {
+                    fact: format!(
+                        "they never told you about their {}, so you cannot know its name",
+                        yours.noun
+                    ),
+                    evidence: yours.source.clone(),
+                });
+            }
             let same: Vec<&Named> = known.theirs.iter().filter(|n| n.noun == yours.noun).collect();
             if !same.is_empty() && !same.iter().any(|n| same_name(&n.name, &yours.name)) {
                 return Some(Contradiction {
@@ -224,6 +285,41 @@ impl FactChecker {
                     fact: format!("{} is yours, not theirs: \"{}\"", hers.name, hers.source),
                     evidence: yours.source.clone(),
                 });
+            }
+        }
+        // One of her names on something else: another thing of hers, or theirs (in any case:
+        // some personas write in lower case).
+        for (re, i) in &self.own_anywhere {
+            let hers = &self.own[*i];
+            for c in re.captures_iter(draft) {
+                let noun = c["noun"].to_lowercase();
+                let whose = c["whose"].to_lowercase();
+                let theirs_too = known.theirs.iter().any(|n| same_name(&n.name, &hers.name));
+                if (whose == "my" && noun != hers.noun) || (whose == "your" && !theirs_too) {
+                    return Some(Contradiction {
+                        fact: format!("{} is your {}: \"{}\"", hers.name, hers.noun, hers.source),
+                        evidence: c[0].to_string(),
+                    });
+                }
+            }
+        }
+        // Asked about a thing of theirs, she answers with one of her names.
+        if let Some(asked) = &known.asked {
+            let lower = draft.to_lowercase();
+            for hers in &self.own {
+                let theirs_too = known.theirs.iter().any(|n| same_name(&n.name, &hers.name));
+                let word =
+                    Regex::new(&format!(r"\b{}\b", regex::escape(&hers.name.to_lowercase())))
+                        .expect("an escaped name compiles");
+                if !theirs_too && word.is_match(&lower) {
+                    return Some(Contradiction {
+                        fact: format!(
+                            "they asked about their {asked}; {} is your {}, not theirs (\"{}\")",
+                            hers.name, hers.noun, hers.source
+                        ),
+                        evidence: hers.name.to_lowercase(),
+                    });
+                }
             }
         }
         if let Some((place, fact)) = &self.grew_up {
@@ -343,15 +439,51 @@ mod tests {
             ["My cat is called Pistachio and she rules the flat."],
             ["My brother Luc is the DJ tonight."],
         );
+        // Asked about their rabbit, she names her own dog, in lower case.
+        let asked = Known::default().asking("What's my rabbit called?");
+        let c = margot.check("oh, biscuit! so cute.", &asked).unwrap();
+        assert!(c.fact.contains("their rabbit"), "{c:?}");
+        assert_eq!(
+            margot.check("oh, biscuit! so cute.", &Known::default()),
+            None,
+            "not asked about theirs"
+        );
+        let c = margot.check("yes, my cat's name is biscuit.", &Known::default()).unwrap();
+        assert!(c.fact.contains("your dog"), "{c:?}");
         // The guest's cat given the host's dog's name, or another name.
         let c = margot.check("Of course! Your cat Biscuit, how is she?", &known).unwrap();
         assert!(c.fact.contains("Pistachio"), "{c:?}");
         let c = margot.check("Your cat is called Biscuit, right?", &Known::default()).unwrap();
         assert!(c.fact.contains("yours, not theirs"), "{c:?}");
         assert_eq!(margot.check("Your cat Pistachio sounds like a queen.", &known), None);
+        // A name for a thing of theirs they never told about.
+        let c = margot
+            .check(
+                "Your brother's name is Thomas, right?",
+                &Known::default().asking("What's my brother called?"),
+            )
+            .unwrap();
+        assert!(c.fact.contains("never told"), "{c:?}");
+        assert_eq!(
+            margot.check(
+                "Your brother's name is Thomas, right?",
+                &Known::read(["My brother Thomas is here."], [])
+                    .asking("What's my brother called?")
+            ),
+            None
+        );
         // Her own earlier words.
         let c = margot.check("My brother Paul would love you.", &known).unwrap();
         assert!(c.fact.contains("Luc"), "{c:?}");
         assert_eq!(margot.check("My brother Luc is on the decks.", &known), None);
+        // Asked about what they told, a reply that says none of it forgot.
+        let asked = Known::default()
+            .answering(Some((vec!["pistachio".into()], "Their cat is called Pistachio.".into())));
+        assert_eq!(
+            asked.forgotten("Oh, your cat! Remind me?"),
+            Some("Their cat is called Pistachio.")
+        );
+        assert_eq!(asked.forgotten("Pistachio's, of course!"), None);
+        assert_eq!(Known::default().forgotten("Anything at all."), None);
     }
 }

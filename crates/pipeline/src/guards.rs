@@ -92,6 +92,12 @@ pub enum GuardHit {
         /// What the draft said.
         evidence: String,
     },
+    /// Asked about themselves, the person gets a reply that says nothing of what they told the
+    /// persona about it ([`crate::recall::asked_about_them`]). Soft.
+    Forgot {
+        /// What they told, retold.
+        told: String,
+    },
     /// A reply that leaves the user's direct question untouched. Soft.
     IgnoredQuestion {
         /// The question.
@@ -115,6 +121,7 @@ impl GuardHit {
             GuardHit::Narration { .. } => "narration",
             GuardHit::AssistantSpeak { .. } => "assistant_speak",
             GuardHit::Contradiction { .. } => "contradiction",
+            GuardHit::Forgot { .. } => "forgot",
             GuardHit::IgnoredQuestion { .. } => "ignored_question",
             GuardHit::Empty => "empty",
         }
@@ -123,7 +130,12 @@ impl GuardHit {
     /// Whether a draft with only such hits may still be sent when no draft is clean: it is a
     /// worse reply, not a wrong one, and the fallback line would answer nothing at all.
     pub fn is_soft(&self) -> bool {
-        matches!(self, GuardHit::AssistantSpeak { .. } | GuardHit::IgnoredQuestion { .. })
+        matches!(
+            self,
+            GuardHit::AssistantSpeak { .. }
+                | GuardHit::IgnoredQuestion { .. }
+                | GuardHit::Forgot { .. }
+        )
     }
 
     /// Whether the hit is a break of character (counted together in traces and evaluations).
@@ -149,6 +161,7 @@ impl GuardHit {
             GuardHit::Narration { .. } => "Your draft described you from outside (\"As …\", your name in the third person, the scene as a roleplay). Just speak, in the first person, inside the moment.".into(),
             GuardHit::AssistantSpeak { .. } => "Your draft sounded like a help desk. Talk like a friend at this event: no offers of help, no thanking them for sharing, no advice lists.".into(),
             GuardHit::Contradiction { fact, evidence } => format!("Your draft said \"{evidence}\", which is not true: {fact} Keep to the facts."),
+            GuardHit::Forgot { told } => format!("They asked about themselves, and you know it: {told} Answer with that, in their words or yours."),
             GuardHit::IgnoredQuestion { question } => format!("They asked you: \"{question}\" Answer that first, in a sentence, from your own life."),
             GuardHit::Empty => "Your draft was empty. Answer them in a sentence or two.".into(),
         }

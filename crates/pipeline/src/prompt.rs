@@ -156,6 +156,10 @@ pub struct PromptInput<'a> {
     /// layouts render it in the system message.
     #[serde(default)]
     pub recalled: Option<String>,
+    /// What the person asks about themselves this turn and what the persona knows of it
+    /// ([`crate::recall::asked_about_them`]), for the turn's note.
+    #[serde(default)]
+    pub about_them: Option<String>,
     /// The stage's manner and the locked secret's rule are in the cached prefix
     /// (`standing.tera`, the `Compact` layout), so the notes leave them out; set by
     /// [`assemble`].
@@ -550,6 +554,7 @@ pub(crate) mod tests {
             stage_examples: Vec::new(),
             memory: None,
             recalled: None,
+            about_them: None,
             standing_in_prefix: false,
         }
     }

@@ -359,20 +359,202 @@ impl Recalled {
         keep.into_iter().map(|i| usable[i]).collect()
     }
 
-    /// The prompt's lines about the person, or `None` with nothing to recall.
+    /// The prompt's lines about the person, or `None` with nothing to recall. Each fact is
+    /// retold in the third person ("My cat is called Pistachio" → "Their cat is called
+    /// Pistachio"): in a prompt that calls the persona "you", a quoted "my cat" reads to a small
+    /// model as the persona's own cat (in the suite, it answered "what's my name?" with its own).
     pub fn render(facts: &[&RecalledFact]) -> Option<String> {
         if facts.is_empty() {
             return None;
         }
         let mut out = String::from(
-            "You have talked with this person before. What they told you then, in their words:\n",
+            "You have talked with this person before. What they told you about themselves then:\n",
         );
         for f in facts {
-            out.push_str(&format!("- \"{}\"\n", f.text.trim()));
+            out.push_str(&format!("- {}\n", retold(f)));
         }
-        out.push_str("That is all you know about them from before: if they ask about something not listed, say you don't remember rather than guess.");
+        out.push_str("When they say \"my\" or \"I\", they mean themselves, not you. That is all you know about them from before: if they ask about something not listed, say you don't remember rather than guess.");
         Some(out)
     }
+}
+
+/// A remembered sentence retold about its teller: the name as "Their name is X.", anything
+/// else with its first-person words turned to the third person.
+pub fn retold(fact: &RecalledFact) -> String {
+    if fact.kind == FactKind::Name {
+        if let Some(name) = name_in(&fact.text) {
+            return format!("Their name is {name}.");
+        }
+    }
+    third_person(fact.text.trim())
+}
+
+/// The name a sentence introduces ("my name is Priya", "I'm Tom", "call me Lukas").
+pub fn name_in(text: &str) -> Option<String> {
+    static NAMED: OnceLock<Regex> = OnceLock::new();
+    let named = NAMED.get_or_init(|| {
+        Regex::new(r"(?:(?i:my name(?:'s| is)|i'?m called|i am called|call me|everyone calls me|people call me)\s+|^(?:(?:[Hh]i|[Hh]ello|[Hh]ey)\b[\s,!.]*)?(?:I'm|I am|I’m)\s+)(\p{Lu}[\p{L}'-]+)")
+            .expect("name pattern compiles")
+    });
+    named
+        .captures_iter(text)
+        .map(|c| c[1].to_string())
+        .find(|n| !NOT_NAMES.contains(&n.to_lowercase().as_str()))
+}
+
+/// First-person words turned to the third person ("I'm flying" → "they're flying"), keeping a
+/// capital at the start.
+pub fn third_person(text: &str) -> String {
+    static WORDS: OnceLock<Regex> = OnceLock::new();
+    let words = WORDS.get_or_init(|| {
+        Regex::new(
+            r"(?i)\b(?:i'm|i’m|i am|i was|i've|i’ve|i'd|i’d|i'll|i’ll|i|my|mine|me|myself)\b",
+        )
+        .expect("pronoun pattern compiles")
+    });
+    let out = words.replace_all(text, |c: &regex::Captures| {
+        let word = c[0].to_lowercase().replace('’', "'");
+        let third = match word.as_str() {
+            "i'm" | "i am" => "they're",
+            "i was" => "they were",
+            "i've" => "they've",
+            "i'd" => "they'd",
+            "i'll" => "they'll",
+            "i" => "they",
+            "my" => "their",
+            "mine" => "theirs",
+            "me" => "them",
+            _ => "themselves",
+        };
+        third.to_string()
+    });
+    let mut chars = out.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// What the person asks about themselves in `message`, and what the persona knows of it: the
+/// remembered facts of that kind (the newest two), or none when they never told it. `None` when
+/// the message asks nothing about them. Put in the turn's note, right after the message, where
+/// a small model reads it (a fact listed only at the top of the prompt was often missed).
+pub fn asked_about_them<'a>(message: &str, known: &[&'a RecalledFact]) -> Option<AboutThem<'a>> {
+    let kind = self_question(message)?;
+    let noun = rules().pet.find(message).or_else(|| rules().people.find(message));
+    let asked = content_words(message);
+    let mut matching: Vec<&RecalledFact> = known
+        .iter()
+        .copied()
+        .filter(|f| match noun {
+            // A question about a pet or a person is about that one.
+            Some(n) => f.text.to_lowercase().contains(&n.as_str().to_lowercase()),
+            // Otherwise the kind, or a word they share ("where am I flying?" finds "I'm
+            // flying to Lisbon for my sister's fortieth", read as a fact about a person).
+            None => f.kind == kind || content_words(&f.text).iter().any(|w| asked.contains(w)),
+        })
+        .collect();
+    let keep = matching.len().saturating_sub(2);
+    matching.drain(..keep);
+    let subject = match (noun, kind) {
+        (Some(n), _) => format!("their own {}", n.as_str().to_lowercase()),
+        (None, FactKind::Name) => "their own name".into(),
+        (None, FactKind::Work) => "their own work".into(),
+        (None, FactKind::Home) => "where they themselves live or come from".into(),
+        (None, FactKind::Plan) => "their own plans".into(),
+        (None, FactKind::Worry) => "what worries them".into(),
+        (None, FactKind::Likes) => "what they themselves like".into(),
+        (None, FactKind::Pet | FactKind::People) => "their own life".into(),
+    };
+    Some(AboutThem { subject, facts: matching })
+}
+
+/// A question the person asks about themselves, and what the persona knows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AboutThem<'a> {
+    /// What they ask about, as the note says it ("their own cat", "their own name").
+    pub subject: String,
+    /// What they told of it, newest last; empty when they never did.
+    pub facts: Vec<&'a RecalledFact>,
+}
+
+impl AboutThem<'_> {
+    /// The turn's note.
+    pub fn note(&self) -> String {
+        if self.facts.is_empty() {
+            format!("They are asking about {}, not yours, and they never told you: say you don't remember and ask them; never make it up.", self.subject)
+        } else {
+            let told: Vec<String> = self.facts.iter().map(|f| retold(f)).collect();
+            format!("They are asking about {}, not yours. You remember what they told you: {} Say it in your reply.", self.subject, told.join(" "))
+        }
+    }
+
+    /// Words a reply that remembers would contain: the names and places in what they told, or
+    /// failing those its other longer words (none when they never told it).
+    pub fn answer_words(&self) -> Vec<String> {
+        let text: Vec<&str> = self.facts.iter().map(|f| f.text.as_str()).collect();
+        let text = text.join(" ");
+        let capitalised: Vec<String> = text
+            .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+            .filter(|w| w.chars().next().is_some_and(char::is_uppercase))
+            .map(str::to_lowercase)
+            .filter(|w| {
+                !matches!(
+                    w.as_str(),
+                    "i" | "i'm" | "i've" | "i'd" | "i'll" | "my" | "hi" | "call" | "honestly"
+                ) && !COMMON_WORDS.contains(&w.as_str())
+            })
+            .collect();
+        if capitalised.is_empty() {
+            content_words(&text)
+        } else {
+            capitalised
+        }
+    }
+}
+
+/// The words of a text that can tie a question to a fact: four letters or more, lower case,
+/// less the words every question about oneself has.
+fn content_words(text: &str) -> Vec<String> {
+    rapport_core::text_stats::words(text)
+        .into_iter()
+        .map(|w| w.to_lowercase())
+        .filter(|w| w.chars().count() >= 4 && !COMMON_WORDS.contains(&w.as_str()))
+        .collect()
+}
+
+/// Words every question about oneself has, which tie a question to no fact in particular.
+const COMMON_WORDS: &[&str] = &[
+    "what", "what's", "where", "which", "when", "who's", "remember", "again", "called", "name",
+    "your", "about", "this", "that", "with", "know", "still", "tell", "does", "have", "from",
+    "they", "their", "there", "were", "would", "could", "sorry", "remind", "kind", "mind", "just",
+    "really", "very",
+];
+
+/// The kind of fact a question about the asker is after ("what's my cat called?" → pet).
+fn self_question(message: &str) -> Option<FactKind> {
+    static ASKS: OnceLock<(Regex, Vec<(FactKind, Regex)>)> = OnceLock::new();
+    let (about_me, kinds) = ASKS.get_or_init(|| {
+        let r = |p: &str| Regex::new(&format!("(?i){p}")).expect("question pattern compiles");
+        (
+            r(r"\b(?:my|me|i|i'm|am i|do i|did i|was i)\b"),
+            vec![
+                (FactKind::Pet, rules().pet.clone()),
+                (FactKind::People, rules().people.clone()),
+                (FactKind::Name, r(r"\bname\b|\bwho am i\b|\bcalled again\b")),
+                (FactKind::Work, r(r"\b(?:job|work|living|career|profession|do for a living)\b")),
+                (FactKind::Home, r(r"\b(?:live|city|town|grew up|grow up|from|born|hometown)\b")),
+                (FactKind::Worry, r(r"\b(?:nervous|worried|anxious|scared|stressed|worry)\b")),
+                (FactKind::Plan, r(r"\b(?:going|plan|plans|trip|travel|flying|holiday|vacation|next (?:week|month|year|weekend)|this (?:summer|weekend|year))\b")),
+                (FactKind::Likes, r(r"\b(?:love|like|favou?rite|hobby|hobbies|sport|enjoy|into)\b")),
+            ],
+        )
+    });
+    let question = message.contains('?') || message.to_lowercase().contains("remember");
+    if !question || !about_me.is_match(message) {
+        return None;
+    }
+    kinds.iter().find(|(_, re)| re.is_match(message)).map(|(k, _)| *k)
 }
 
 #[cfg(test)]
@@ -386,7 +568,8 @@ mod tests {
 
     #[test]
     fn reads_what_people_tell_about_themselves() {
-        let cases: &[(&str, &[(FactKind, Option<&str>)])] = &[
+        type Expected<'a> = &'a [(FactKind, Option<&'a str>)];
+        let cases: &[(&str, Expected)] = &[
             (
                 "I teach primary school in Manchester. Honestly I'm a bit nervous, I barely know anyone here.",
                 &[(FactKind::Work, Some("work")), (FactKind::Worry, None)],
@@ -476,7 +659,10 @@ mod tests {
         assert_eq!(chosen.last().unwrap().text, "I love walk number 11.", "newest last");
         assert!(!chosen.iter().any(|f| f.text == "I love walk number 4."), "oldest dropped");
         let text = Recalled::render(&chosen).unwrap();
-        assert!(text.contains("\"My name is Priya.\"") && text.contains("don't remember"));
+        assert!(
+            text.contains("- Their name is Priya.") && text.contains("don't remember"),
+            "{text}"
+        );
         assert_eq!(Recalled::render(&[]), None);
     }
 
@@ -494,6 +680,77 @@ mod tests {
         assert_eq!(chosen.len(), 1);
         assert_eq!(chosen[0].text, "My cat is called Biscuit.");
         assert_eq!(recalled.for_prompt(None).len(), 2, "without a locked secret the dog stays");
+    }
+
+    #[test]
+    fn facts_are_retold_about_their_teller() {
+        for (kind, told, retold_as) in [
+            (FactKind::Name, "Hi! My name is Priya, by the way.", "Their name is Priya."),
+            (FactKind::Name, "I'm Tom, nice to meet you.", "Their name is Tom."),
+            (FactKind::Name, "Call me Lukas, everyone does.", "Their name is Lukas."),
+            (
+                FactKind::Pet,
+                "My cat is called Pistachio and she rules the flat.",
+                "Their cat is called Pistachio and she rules the flat.",
+            ),
+            (
+                FactKind::Plan,
+                "I'm flying to Lisbon next month for my sister's fortieth.",
+                "They're flying to Lisbon next month for their sister's fortieth.",
+            ),
+            (
+                FactKind::Work,
+                "I teach primary school, I love it.",
+                "They teach primary school, they love it.",
+            ),
+        ] {
+            assert_eq!(retold(&fact(kind, told)), retold_as);
+        }
+    }
+
+    #[test]
+    fn a_question_about_themselves_finds_what_they_told_or_says_it_was_never_told() {
+        let facts = [
+            fact(FactKind::Name, "My name is Rosa."),
+            fact(FactKind::Pet, "My rabbit Figo chews every cable."),
+            fact(FactKind::Work, "I'm a baker in Porto."),
+            fact(FactKind::People, "My daughter Mila just started school."),
+        ];
+        let known: Vec<&RecalledFact> = facts.iter().collect();
+        let texts = |m: &str| {
+            asked_about_them(m, &known)
+                .map(|a| a.facts.iter().map(|f| f.text.clone()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            texts("What's my rabbit called?"),
+            Some(vec!["My rabbit Figo chews every cable.".to_string()])
+        );
+        assert_eq!(texts("Remind me, what's my name?"), Some(vec!["My name is Rosa.".to_string()]));
+        assert_eq!(
+            texts("What do I do for work?"),
+            Some(vec!["I'm a baker in Porto.".to_string()])
+        );
+        assert_eq!(
+            texts("What's my daughter's name?"),
+            Some(vec!["My daughter Mila just started school.".to_string()])
+        );
+        assert_eq!(texts("What's my husband's name?"), Some(vec![]), "never told");
+        assert_eq!(texts("What's my dog called?"), Some(vec![]), "a rabbit is not a dog");
+        assert_eq!(texts("What's your dog called?"), None, "about her, not them");
+        assert_eq!(texts("I love this place."), None, "not a question");
+        let rabbit = asked_about_them("What's my rabbit called?", &known).unwrap();
+        let note = rabbit.note();
+        assert!(
+            note.contains("their own rabbit, not yours") && note.contains("Their rabbit Figo"),
+            "{note}"
+        );
+        assert_eq!(rabbit.answer_words(), ["figo"]);
+        assert_eq!(
+            asked_about_them("What do I do for work?", &known).unwrap().answer_words(),
+            ["porto"]
+        );
+        let husband = asked_about_them("What's my husband's name?", &known).unwrap();
+        assert!(husband.note().contains("never told you") && husband.answer_words().is_empty());
     }
 
     proptest! {

@@ -210,7 +210,9 @@ fn a_draft_that_contradicts_a_fact_is_written_again_naming_it() {
         assert!(steering.contains("Pistachio") && steering.contains("Your cat Biscuit"), "{steering}");
         assert_eq!(out.reply, "Pistachio! How could I forget?");
         let first = said.requests.lock().unwrap()[0].clone();
-        assert!(first.messages().iter().any(|m| m.role == Role::System && m.content.contains("\"My cat is called Pistachio")), "the memory is in the prompt");
+        assert!(first.messages().iter().any(|m| m.role == Role::System && m.content.contains("- Their cat is called Pistachio")), "the memory is in the prompt, retold about them");
+        let note = &first.messages().last().unwrap().content;
+        assert!(note.contains("their own cat, not yours") && note.contains("Their cat is called Pistachio"), "the turn's note answers the question: {note}");
         assert_eq!(t.told.len(), 1, "{:?}", t.told);
         assert!(t.told[0].text.contains("Lisbon"));
     });
