@@ -85,7 +85,10 @@ pub(crate) async fn remember(
         .await?;
     let session: String = row.try_get("session_id")?;
     let persona: String = row.try_get("persona")?;
-    for fact in told {
+    for (i, fact) in told.iter().enumerate() {
+        // One message's facts keep the order they were told in: each a millisecond after the
+        // one before, since listings order by the time (ids are random).
+        let at = now + i as i64;
         if let Some(subject) = &fact.subject {
             sqlx::query(
                 "DELETE FROM memories WHERE session_id = $1 AND persona = $2 AND subject = $3",
@@ -105,7 +108,7 @@ pub(crate) async fn remember(
             .bind(&fact.kind)
             .bind(fact.subject.as_deref())
             .bind(&fact.content)
-            .bind(now)
+            .bind(at)
             .execute(&mut **tx)
             .await?;
     }
