@@ -138,6 +138,8 @@ pub struct FactChecker {
     /// Each of her names, found in any case ("moog" in a lower-case reply) with the words
     /// before it: a name of hers given to something else of hers, or to theirs.
     own_anywhere: Vec<(Regex, usize)>,
+    /// Each of her names as a whole word of a lower-cased text, in the order of `own`.
+    own_words: Vec<Regex>,
     /// Where she grew up, and the sentence.
     grew_up: Option<(String, String)>,
     /// Her age, and the sentence.
@@ -239,7 +241,14 @@ impl FactChecker {
                 .map(|re| (re, i))
             })
             .collect();
-        Self { own, own_anywhere, grew_up, age }
+        let own_words = own
+            .iter()
+            .map(|n| {
+                Regex::new(&format!(r"\b{}\b", regex::escape(&n.name.to_lowercase())))
+                    .expect("an escaped name compiles")
+            })
+            .collect();
+        Self { own, own_anywhere, own_words, grew_up, age }
     }
 
     /// The first contradiction in `draft`, if any.
@@ -306,11 +315,8 @@ impl FactChecker {
         // Asked about a thing of theirs, she answers with one of her names.
         if let Some(asked) = &known.asked {
             let lower = draft.to_lowercase();
-            for hers in &self.own {
+            for (hers, word) in self.own.iter().zip(&self.own_words) {
                 let theirs_too = known.theirs.iter().any(|n| same_name(&n.name, &hers.name));
-                let word =
-                    Regex::new(&format!(r"\b{}\b", regex::escape(&hers.name.to_lowercase())))
-                        .expect("an escaped name compiles");
                 if !theirs_too && word.is_match(&lower) {
                     return Some(Contradiction {
                         fact: format!(
