@@ -11,6 +11,7 @@ file recorded them (files that predate recording say so).
 import glob
 import json
 import os
+import random
 import statistics
 import sys
 
@@ -53,7 +54,39 @@ def latency_section():
         out.append(f"| {c['model']} · {c['persona']} · {c['label']} | {machine(c)} | {c.get('date', '?')} | "
                    f"{r['first_turn_first_words_ms']:.0f} | {later['p50']:.0f} / {later['p95']:.0f} | {ttft_p50} | "
                    f"{r['later_whole_reply_ms']['p50']:.0f} | `{rel(f)}` |")
+    # Runs repeated under one label ("LABEL-1", "LABEL-2", …, alternated with another label's in
+    # one session) are pooled: every later turn of every run, with a bootstrap interval.
+    pooled = {}
+    for f in files:
+        d = load(f)
+        label = d["context"]["label"]
+        stem, _, n = label.rpartition("-")
+        if stem and n.isdigit():
+            pooled.setdefault(stem, []).append(d)
+    if pooled:
+        out += ["", "Repeated runs, pooled (every turn from the second of every run; 95% bootstrap interval of the median, 2,000 resamples, seed 36):", "",
+                "| runs | machine | date | first turn: first words p50, ms | turns 2+: n | first words p50 [95% CI], ms | p95, ms | TTFT p50, ms | whole reply p50, ms |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for stem, runs in sorted(pooled.items()):
+            c = runs[0]["context"]
+            first = [r["report"]["first_turn_first_words_ms"] for r in runs]
+            later = [t for r in runs for t in r["report"]["turns"][1:]]
+            words = sorted(t["first_words_ms"] for t in later if t.get("first_words_ms") is not None)
+            ttft = [t["ttft_ms"] for t in later if t.get("ttft_ms") is not None]
+            whole = [t["whole_reply_ms"] for t in later if t.get("whole_reply_ms") is not None]
+            lo, hi = median_interval(words)
+            p95 = words[min(len(words) - 1, int(0.95 * len(words)))]
+            out.append(f"| {c['model']} · {c['persona']} · {stem} × {len(runs)} | {machine(c)} | {c.get('date', '?')} | "
+                       f"{statistics.median(first):.0f} | {len(words)} | {statistics.median(words):.0f} [{lo:.0f}, {hi:.0f}] | {p95:.0f} | "
+                       f"{statistics.median(ttft):.0f} | {statistics.median(whole):.0f} |")
     return out + [""]
+
+
+def median_interval(values, resamples=2000, seed=36):
+    """95% percentile-bootstrap interval of the median."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def abuse_section():
@@ -278,15 +311,20 @@ def memory_section():
            "from the first (the memory) and without it. Answered = the reply contains the fact. Each person also asks about "
            "something never told, where the right answer admits not knowing. Every reply as sent is read by the fact checker. "
            "`tuning`: `datasets/memory/people.jsonl`, on which the prompt was chosen; `held-out`: "
-           "`datasets/memory/people-heldout.jsonl`, written before any run and measured once. 95% Wilson intervals. "
+           "`datasets/memory/people-heldout.jsonl`, written before any run and measured once per version (3, 5 and 6; every choice made on the tuning set). 95% Wilson intervals. "
            "Reading: [docs/eval/partner-quality.md](docs/eval/partner-quality.md#a-memory-of-the-person).", "",
-           "| people | fact check | questions answered: with the memory | without | \"I don't remember\" about what was never told: with / without | replies contradicting a fact | prompt tokens with / without | file |",
-           "|---|---|---|---|---|---|---|---|"]
+           "Answered as theirs = answered, and no sentence with the fact says it as her own (\"My parrot is called Pablo\"). "
+           "Build = what the pipeline did when the file was measured.", "",
+           "| people | build | fact check | questions answered: with the memory | answered as theirs | without | \"I don't remember\" about what was never told: with / without | replies contradicting a fact | prompt tokens with / without | file |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda s: f"{s['k']}/{s['n']} = {100 * s['rate']:.0f}% [{100 * s['ci'][0]:.0f}, {100 * s['ci'][1]:.0f}]"
+    builds = c.get("builds", {})
     for f in sorted(glob.glob(os.path.join(folder, "recall-*.json"))):
         r = load(f)
         people = "held-out" if "heldout" in os.path.basename(f) else "tuning"
-        out.append(f"| {people} | {'on' if r['fact_guard'] else 'off'} | {pct(r['recall'])} | {pct(r['recall_without'])} | "
+        build = builds.get(os.path.basename(f), "not recorded")
+        theirs = pct(r["recall_as_theirs"]) if r.get("recall_as_theirs") else "not measured"
+        out.append(f"| {people} | {build} | {'on' if r['fact_guard'] else 'off'} | {pct(r['recall'])} | {theirs} | {pct(r['recall_without'])} | "
                    f"{r['admits_unknown']['k']} / {r['admits_unknown_without']['k']} of {r['admits_unknown']['n']} | "
                    f"{pct(r['contradictions'])} | {r['prompt_tokens'][0]:.0f} / {r['prompt_tokens'][1]:.0f} | `{rel(f)}` |")
     return out + [""]

@@ -130,6 +130,10 @@ pub struct Asked {
     pub rejected: Vec<String>,
     /// It contained an answer.
     pub recalled: bool,
+    /// It contained an answer but said it as the persona's own ("My parrot is called Pablo",
+    /// "I play the trumpet"): see [`said_as_hers`].
+    #[serde(default)]
+    pub as_hers: bool,
     /// The reply with nothing recalled.
     pub without_memory: String,
     /// It contained an answer.
@@ -200,6 +204,9 @@ pub struct MemoryReport {
     pub told_read: Share,
     /// Questions answered from memory.
     pub recall: Share,
+    /// Of all questions, those answered from memory as the person's (not said as hers).
+    #[serde(default)]
+    pub recall_as_theirs: Option<Share>,
     /// The same questions with nothing recalled.
     pub recall_without: Share,
     /// Questions about what was never told answered "I don't know", with the memory.
@@ -244,6 +251,7 @@ impl MemoryReport {
             "Memory recall on {} ({} layout), personas {}; 95% Wilson intervals.\n\n\
              | | with the memory | without |\n|---|---|---|\n\
              | questions answered from an earlier conversation | {} | {} |\n\
+             | of them, answered as theirs (not said as hers) | {} | |\n\
              | \"I don't know\" about what was never told | {} | {} |\n\
              | prompt tokens of a question's turn (mean, estimated) | {:.0} | {:.0} |\n\
              | time to first token of a question's reply (mean ms) | {:.0} | {:.0} |\n\n\
@@ -254,6 +262,7 @@ impl MemoryReport {
             self.personas.join(", "),
             pct(&self.recall),
             pct(&self.recall_without),
+            self.recall_as_theirs.as_ref().map_or("not measured".to_string(), pct),
             pct(&self.admits_unknown),
             pct(&self.admits_unknown_without),
             self.prompt_tokens.0,
@@ -341,6 +350,31 @@ fn contradicting(attempts: &[rapport_pipeline::trace::Attempt]) -> usize {
         .iter()
         .filter(|a| matches!(&a.outcome, AttemptOutcome::Rejected { hits } if hits.iter().any(|h| matches!(h, GuardHit::Contradiction { .. }))))
         .count()
+}
+
+/// Whether a reply that contains an answer says it as the persona's own: a sentence with the
+/// answer speaks in the first person ("my", "I") and never to them ("you", "your"). A small
+/// model's slip of the pronoun: "What's my parrot called?" → "My parrot is called Pablo." A
+/// reading by words, so "I remember your parrot Pablo" is theirs and "I love Pablo" is hers;
+/// it errs on the side of hers only where no sentence with the answer addresses them.
+pub fn said_as_hers(reply: &str, answers: &[String]) -> bool {
+    let lowered: Vec<String> = answers.iter().map(|a| a.to_lowercase()).collect();
+    let with_answer: Vec<Vec<String>> = reply
+        .split_inclusive(['.', '!', '?', '\n'])
+        .filter(|s| {
+            let s = s.to_lowercase();
+            lowered.iter().any(|a| s.contains(a.as_str()))
+        })
+        .map(rapport_core::text_stats::words)
+        .collect();
+    let has = |words: &[String], set: &[&str]| words.iter().any(|w| set.contains(&w.as_str()));
+    !with_answer.is_empty()
+        && with_answer
+            .iter()
+            .all(|words| !has(words, &["you", "your", "you're", "yours", "you've", "yourself"]))
+        && with_answer
+            .iter()
+            .any(|words| has(words, &["i", "i'm", "my", "me", "mine", "i've", "myself"]))
 }
 
 fn answered(reply: &str, answers: &[String]) -> bool {
@@ -464,6 +498,8 @@ pub async fn run_suite(
                     persona: persona.clone(),
                     ask: q.ask.clone(),
                     recalled: answered(&with.text, &q.answers),
+                    as_hers: answered(&with.text, &q.answers)
+                        && said_as_hers(&with.text, &q.answers),
                     rejected: with.rejected.clone(),
                     recalled_without: answered(&without.text, &q.answers),
                     with_memory: with.text,
@@ -503,6 +539,7 @@ pub async fn run_suite(
         personas: pipelines.iter().map(|p| p.persona().id.clone()).collect(),
         told_read: Share::of(told_read, told_total),
         recall: Share::of(count(&|a| a.recalled), asked.len()),
+        recall_as_theirs: Some(Share::of(count(&|a| a.recalled && !a.as_hers), asked.len())),
         recall_without: Share::of(count(&|a| a.recalled_without), asked.len()),
         admits_unknown: Share::of(count_unknown(&|a| a.admits), unknown.len()),
         admits_unknown_without: Share::of(count_unknown(&|a| a.admits_without), unknown.len()),
@@ -533,6 +570,26 @@ mod tests {
     fn people() -> Vec<Person> {
         load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/memory/people.jsonl"))
             .unwrap()
+    }
+
+    #[test]
+    fn an_answer_said_as_hers_is_told_from_one_said_to_them() {
+        let pablo = vec!["Pablo".to_string()];
+        for hers in [
+            "My parrot is called Pablo.",
+            "Oh, Pablo! I love him. My Pablo is clever.",
+            "I'm starting Pablo's class!",
+        ] {
+            assert!(said_as_hers(hers, &pablo), "{hers}");
+        }
+        for theirs in [
+            "Your parrot is Pablo!",
+            "Pablo, of course. How is he?",
+            "I remember your parrot Pablo.",
+            "Pablo! You told me about him. My dog would love him.",
+        ] {
+            assert!(!said_as_hers(theirs, &pablo), "{theirs}");
+        }
     }
 
     /// The suite measures the persona's recall, not the reading: every message of a first

@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// conversation with each then reads it cold).
     #[arg(long)]
     no_warm: bool,
+    /// Do not read a conversation's next prompt, up to the person's next message, into the
+    /// prefix cache after each reply (their next turn then reads her reply again before it
+    /// starts writing).
+    #[arg(long)]
+    no_read_ahead: bool,
     /// Show a reply word by word once this many words have passed the guards; 0 shows it
     /// sentence by sentence.
     #[arg(long, default_value_t = 3)]
@@ -266,6 +271,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         secure_cookies: args.secure_cookies,
         api_key: args.api_key.clone(),
         warm_personas: !args.no_warm,
+        read_ahead: !args.no_read_ahead,
         ..AppConfig::default()
     };
     args.door.apply(&mut app_config)?;

@@ -818,6 +818,64 @@ async fn told(me: &Client, id: &str, content: &str) -> Value {
     trace["trace"].clone()
 }
 
+/// Reading ahead (issue 36): after a stored reply, with no job waiting, the worker reads the
+/// conversation's next prompt up to the person's next message into the prefix cache; with a
+/// job waiting it does not (the waiting person goes first). Two conversations that say the
+/// same things: A's first reply is stored while B's message waits (A is not read ahead), B's
+/// when nothing waits (B is). Their second turns then read the same message and note, but A
+/// also reads her whole first reply again and B does not.
+#[test]
+fn the_next_turn_is_read_ahead_unless_someone_is_waiting() {
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_url(dir.path()), &["--rate-burst", "30"]);
+    rt().block_on(async {
+        let me = Client::new(&server.base).await;
+        let (a, b) = (me.create("wedding-host").await, me.create("wedding-host").await);
+        let hello = json!({"content": "Hi Margot! Lovely party. How do you know the couple?"});
+        let (_, posted_a) =
+            me.post(&format!("/api/conversations/{a}/messages"), hello.clone()).await;
+        let (_, posted_b) = me.post(&format!("/api/conversations/{b}/messages"), hello).await;
+        for (id, posted) in [(&a, &posted_a), (&b, &posted_b)] {
+            let events = me.events(id, posted["job"]["id"].as_str().unwrap()).await;
+            assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
+        }
+        let counted = |metrics: &str, outcome: &str| {
+            metrics.contains(&format!("rapport_read_ahead_total{{outcome=\"{outcome}\"}} 1"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let metrics = me
+                .http
+                .get(format!("{}/metrics", server.base))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if counted(&metrics, "read") {
+                assert!(
+                    counted(&metrics, "skipped"),
+                    "A's reply was stored while B waited:\n{metrics}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "B's next turn was not read ahead:\n{metrics}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let first_a = told(&me, &a, "Ha, that's sweet. I'm a teacher, by the way.").await;
+        let first_b = told(&me, &b, "Ha, that's sweet. I'm a teacher, by the way.").await;
+        let read = |trace: &Value| {
+            let attempt = &trace["attempts"][0];
+            attempt["prompt_tokens"].as_u64().unwrap()
+                - attempt["cached_prompt_tokens"].as_u64().unwrap()
+        };
+        let (new_a, new_b) = (read(&first_a), read(&first_b));
+        assert!(new_b < new_a, "B's second turn read {new_b} new tokens, A's {new_a}: {first_b}");
+    });
+}
+
 /// A memory of the person: what one conversation told is listed, recalled in the next
 /// conversation with the same persona (and not with another, nor by another session), and the
 /// person corrects and deletes it; every door that could turn a memory into a way around the

@@ -321,6 +321,49 @@ pub fn takes_up(reply: &str, asked: &Asked, reply_vector: Option<&[f32]>) -> boo
         })
 }
 
+/// A draft that says the person's own name as the persona's, when they asked what their name
+/// is ("What's my name?" → "I'm Tom!"), with the pronoun put right ("You're Tom!"); `None` when
+/// it has no such slip. The default model makes this slip on about a third of name questions,
+/// and written again it most often makes it again, so the person got the fallback line instead
+/// of their name (docs/eval/partner-quality.md). Only the name they told is put right, never
+/// another: any other name is still another identity. `their_name` is its words, lower case.
+pub fn their_name_put_right(text: &str, their_name: &[String]) -> Option<String> {
+    static CLAIM: OnceLock<Regex> = OnceLock::new();
+    let claim = CLAIM.get_or_init(|| {
+        Regex::new(r"(?i)(?P<lead>^|[^\p{L}'])(?P<claim>i'?m|i am|my name's|my name is)(?P<gap>\s+)(?P<name>\p{L}[\p{L}'-]*)")
+            .expect("claim pattern compiles")
+    });
+    if their_name.is_empty() {
+        return None;
+    }
+    let mut changed = false;
+    let put_right = claim.replace_all(text, |c: &regex::Captures| {
+        let whole = c.get(0).expect("the whole match");
+        if !their_name.contains(&c["name"].to_lowercase()) {
+            return whole.as_str().to_string();
+        }
+        changed = true;
+        let said = c["claim"].to_lowercase();
+        let yours = match said.as_str() {
+            "i am" => "you are",
+            "my name's" => "your name's",
+            "my name is" => "your name is",
+            _ => "you're",
+        };
+        // "My" keeps the case she wrote it in (a persona may write in lower case); "I" is
+        // always capital, so "you" is capitalised where a sentence starts.
+        let capital = if said.starts_with("my") {
+            c["claim"].starts_with('M')
+        } else {
+            let before = text[..c.get(2).expect("the claim").start()].trim_end();
+            before.is_empty() || before.ends_with(['.', '!', '?', ':', '\n'])
+        };
+        let yours = if capital { format!("Y{}", &yours[1..]) } else { yours.to_string() };
+        format!("{}{yours}{}{}", &c["lead"], &c["gap"], &c["name"])
+    });
+    changed.then(|| put_right.into_owned())
+}
+
 /// Lexical character breaks of a finished reply (an AI, another identity, narration,
 /// assistant-speak), without vectors: what the evaluation counts in every reply, guard or no
 /// guard, so a run with the guard and one without are measured alike.
@@ -344,6 +387,33 @@ fn sentences(text: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn their_own_name_said_as_hers_is_put_right_and_no_other_name_is() {
+        let tom = vec!["tom".to_string()];
+        for (draft, right) in [
+            ("I'm Tom!", "You're Tom!"),
+            (
+                "Of course, I'm Tom. How could I forget?",
+                "Of course, you're Tom. How could I forget?",
+            ),
+            ("Oh hi! I am Tom, remember?", "Oh hi! You are Tom, remember?"),
+            ("hello there! my name is tom.", "hello there! your name is tom."),
+            ("My name's Tom, silly.", "Your name's Tom, silly."),
+        ] {
+            assert_eq!(their_name_put_right(draft, &tom).as_deref(), Some(right), "{draft}");
+        }
+        for draft in [
+            "I'm Camille!",
+            "Hi Tom, I'm Margot.",
+            "I'm tomorrow's host.",
+            "You're Tom!",
+            "I'm sorry, Tom.",
+        ] {
+            assert_eq!(their_name_put_right(draft, &tom), None, "{draft}");
+        }
+        assert_eq!(their_name_put_right("I'm Tom!", &[]), None, "no name asked, nothing put right");
+    }
+
     use super::*;
 
     fn margot() -> CharacterGuard {

@@ -20,7 +20,7 @@ use rapport_nlu::emotion::{EmotionClassifier, EmotionTrajectory};
 use rapport_nlu::Embedding;
 use serde::{Deserialize, Serialize};
 
-use crate::character::{Asked, CharacterGuard};
+use crate::character::{their_name_put_right, Asked, CharacterGuard};
 use crate::cleanup::Cleaner;
 use crate::closeness::{decide, Closeness};
 use crate::context::{read_context, ContextInput};
@@ -31,13 +31,17 @@ use crate::listening::{question_sentences, read_thread, Thread, ThreadInput, REC
 use crate::memory::Memory;
 use crate::persona::Persona;
 use crate::prompt::{assemble, Past, PromptInput, PromptLayout, Prompts, TokenBudget};
-use crate::recall::{asked_about_them, retold, told_in, Recalled, RecalledFact};
+use crate::recall::{asked_about_them, put_to_them, retold, told_in, Recalled, RecalledFact};
 use crate::secret::{gate, Provenance, SecretMatcher, SecretStatus};
 use crate::signals::read_signals;
 use crate::stage::{record_reply, track, StageInput, StageState};
 use crate::trace::{Attempt, AttemptOutcome, StepTimings, TurnTrace};
 use crate::understand::{feeling, neutral, read_emotion, EmotionView};
 use crate::PipelineError;
+
+/// The message a turn read ahead is prepared for: neutral, so it moves neither the stage nor
+/// the memory, and short, so the tokens read past the shared part of the next prompt are few.
+const READ_AHEAD_MESSAGE: &str = "Okay.";
 
 /// How the engine runs turns.
 #[derive(Debug, Clone)]
@@ -398,6 +402,7 @@ impl Pipeline {
             recalled.iter().copied().chain(told_here.iter()).collect();
         let about = asked_about_them(message, &known_facts);
         let about_them = about.as_ref().map(|a| a.note());
+        let their_name = about.as_ref().map(|a| a.their_name()).unwrap_or_default();
         let answer = about
             .as_ref()
             .map(|a| {
@@ -533,7 +538,8 @@ impl Pipeline {
                 .map(|m| m.content.as_str()),
         )
         .asking(message)
-        .answering(answer);
+        .answering(answer)
+        .named(their_name);
         Ok(PreparedTurn {
             messages: assembled.messages,
             trace,
@@ -720,16 +726,55 @@ impl Pipeline {
     /// The request that reads the opening every conversation with this persona shares (its
     /// system prompt and greeting) into a generator's prefix cache, so that the first person to
     /// write does not wait for it: the first turn to a neutral "Hi!", asking for one token.
-    /// What follows the shared opening (the turn's notes, the message) differs per
+    /// What follows the shared opening (the message, the turn's notes) differs per
     /// conversation and is read with each real turn.
     pub fn warm_up_request(
         &self,
         now: DateTime<FixedOffset>,
     ) -> Result<GenerationRequest, PipelineError> {
-        let prepared = self.prepare(&self.start(), "Hi!", now)?;
+        self.read_ahead(&self.start(), "Hi!", now, "the warm-up prompt")
+    }
+
+    /// The request that reads the next turn's prompt up to the person's next message (the
+    /// conversation so far, the reply just sent included) into a generator's prefix cache
+    /// while they read the reply and write theirs, so that their next turn reads only their
+    /// message and its note. The next turn is prepared for a neutral message, so its opening
+    /// (stage, memory, what the person told before) is the one a real message most likely
+    /// gets; a message that moves the stage or folds the history makes it differ, and the
+    /// turn then reads more, never anything else: the cache serves a prompt's tokens only as
+    /// far as they are the same. `None` in a layout whose turn changes the prompt before the
+    /// message (its note in the system message or before the message), where nothing after
+    /// the shared opening could be read ahead.
+    pub fn next_turn_read_ahead(
+        &self,
+        conversation: &Conversation,
+        now: DateTime<FixedOffset>,
+    ) -> Result<Option<GenerationRequest>, PipelineError> {
+        if !self.config.layout.note_follows_message() {
+            return Ok(None);
+        }
+        self.read_ahead(conversation, READ_AHEAD_MESSAGE, now, "the read-ahead prompt").map(Some)
+    }
+
+    /// `message`'s turn of `conversation` as a one-token request, without the turn's note
+    /// where it follows the message: the note differs every turn, so reading it would serve
+    /// no later prompt.
+    fn read_ahead(
+        &self,
+        conversation: &Conversation,
+        message: &str,
+        now: DateTime<FixedOffset>,
+        what: &str,
+    ) -> Result<GenerationRequest, PipelineError> {
+        let mut messages = self.prepare(conversation, message, now)?.messages;
+        if self.config.layout.note_follows_message()
+            && messages.last().is_some_and(|m| m.role == Role::System)
+        {
+            messages.pop();
+        }
         let sampling = SamplingParams { max_tokens: 1, ..self.config.sampling.clone() };
-        GenerationRequest::new(prepared.messages, sampling)
-            .map_err(|e| PipelineError::Template(format!("the warm-up prompt: {e}")))
+        GenerationRequest::new(messages, sampling)
+            .map_err(|e| PipelineError::Template(format!("{what}: {e}")))
     }
 
     /// The reply's vector (the review's, when it made one) and its question's, for reading the
@@ -845,7 +890,11 @@ impl Pipeline {
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
         review_us: &mut u64,
     ) -> Result<Draft, GenerationError> {
-        let ReplyChecks { leaks, locked_secret, .. } = checks;
+        let ReplyChecks { leaks, locked_secret, known, .. } = checks;
+        // Asked about themselves, a small model often says what they told as its own: those
+        // sentences are said back to them (`for_them`), and so the reply is shown whole
+        // sentences at a time, each once it can no longer change.
+        let stream_words = if known.answer.is_some() { 0 } else { self.config.stream_words };
         let started = Instant::now();
         let mut first_chunk_ms = None;
         let mut stream = generator.generate(request).await?;
@@ -863,7 +912,8 @@ impl Pipeline {
                     raw.push_str(&piece);
                     let t = Instant::now();
                     let partial = self.cleaner.clean(&raw, false, false);
-                    let ready = self.cleaner.releasable(&partial.text, self.config.stream_words);
+                    let text = for_them(&partial.text, known, false).unwrap_or(partial.text);
+                    let ready = self.cleaner.releasable(&text, stream_words);
                     if ready.len() > shown.len() && ready.starts_with(shown.as_str()) {
                         // Lexical checks before anything is shown: a forbidden keyword or a
                         // leak stops the draft here, unseen.
@@ -910,6 +960,10 @@ impl Pipeline {
         let t = Instant::now();
         let hit_limit = summary.as_ref().is_some_and(|s| s.stop_reason == StopReason::Length);
         let mut cleaned = self.cleaner.clean(&raw, true, hit_limit);
+        if let Some(put_right) = for_them(&cleaned.text, known, true) {
+            cleaned.text = put_right;
+            cleaned.edits.push("what they told, said as hers, said back to them".into());
+        }
         let (mut vector, mut hits) = self.review(&cleaned.text, checks)?;
         let only_service =
             !hits.is_empty() && hits.iter().all(|h| matches!(h, GuardHit::AssistantSpeak { .. }));
@@ -1032,6 +1086,17 @@ struct Draft {
     chunks: u32,
     shown: bool,
     first_chunk_ms: Option<u64>,
+}
+
+/// `text` with what the person told said back to them, when the message asks about them:
+/// their name said as hers ("I'm Tom!" → "You're Tom!", [`their_name_put_right`]) and their
+/// facts said as hers ("I live in Glasgow." → "You live in Glasgow.", [`put_to_them`]); only
+/// finished sentences unless `finished`. `None` when nothing needed it.
+fn for_them(text: &str, known: &Known, finished: bool) -> Option<String> {
+    let (words, _) = known.answer.as_ref()?;
+    let named = their_name_put_right(text, &known.their_name);
+    let told = put_to_them(named.as_deref().unwrap_or(text), words, finished);
+    told.or(named)
 }
 
 /// `note` without the lines in which `secret` is found.

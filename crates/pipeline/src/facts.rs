@@ -159,6 +159,8 @@ pub struct Known {
     /// When the message asks about the person and the persona knows the answer: words a reply
     /// that remembers would contain, and what they told.
     pub answer: Option<(Vec<String>, String)>,
+    /// When the message asks the person's own name and they told it: its words, lower case.
+    pub their_name: Vec<String>,
 }
 
 impl Known {
@@ -172,6 +174,7 @@ impl Known {
             said: replies.into_iter().flat_map(|t| named(t, Whose::Mine)).collect(),
             asked: None,
             answer: None,
+            their_name: Vec::new(),
         }
     }
 
@@ -179,6 +182,13 @@ impl Known {
     /// ([`crate::recall::AboutThem::answer_words`]).
     pub fn answering(mut self, answer: Option<(Vec<String>, String)>) -> Self {
         self.answer = answer;
+        self
+    }
+
+    /// The same, with the person's name when the message asks it
+    /// ([`crate::recall::AboutThem::their_name`]).
+    pub fn named(mut self, their_name: Vec<String>) -> Self {
+        self.their_name = their_name;
         self
     }
 

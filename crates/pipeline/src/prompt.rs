@@ -230,6 +230,18 @@ impl PromptLayout {
         )
     }
 
+    /// Whether each turn's note comes after its message, so that everything before the message
+    /// is the same from one turn to the next (and can be read ahead of it).
+    pub fn note_follows_message(self) -> bool {
+        matches!(
+            self,
+            PromptLayout::Cached
+                | PromptLayout::CachedExchanges
+                | PromptLayout::Compact
+                | PromptLayout::CompactHistory
+        )
+    }
+
     /// Whether each turn's note stays in the history after its message.
     pub fn keeps_notes(self) -> bool {
         self == PromptLayout::CompactHistory

@@ -466,7 +466,7 @@ pub fn asked_about_them<'a>(message: &str, known: &[&'a RecalledFact]) -> Option
         (None, FactKind::Likes) => "what they themselves like".into(),
         (None, FactKind::Pet | FactKind::People) => "their own life".into(),
     };
-    Some(AboutThem { subject, facts: matching })
+    Some(AboutThem { subject, kind, facts: matching })
 }
 
 /// A question the person asks about themselves, and what the persona knows of it.
@@ -474,6 +474,8 @@ pub fn asked_about_them<'a>(message: &str, known: &[&'a RecalledFact]) -> Option
 pub struct AboutThem<'a> {
     /// What they ask about, as the note says it ("their own cat", "their own name").
     pub subject: String,
+    /// The kind of fact asked about.
+    pub kind: FactKind,
     /// What they told of it, newest last; empty when they never did.
     pub facts: Vec<&'a RecalledFact>,
 }
@@ -487,6 +489,24 @@ impl AboutThem<'_> {
             let told: Vec<String> = self.facts.iter().map(|f| retold(f)).collect();
             format!("They are asking about {}, not yours. You remember what they told you: {} Say it in your reply.", self.subject, told.join(" "))
         }
+    }
+
+    /// Their name, in lower-case words, when they ask what it is and told it: a reply that
+    /// says it as her own ("I'm Tom!", a small model's slip of the pronoun) is put right with
+    /// it ([`crate::character::their_name_put_right`]).
+    pub fn their_name(&self) -> Vec<String> {
+        if self.kind != FactKind::Name {
+            return Vec::new();
+        }
+        let named = AboutThem {
+            subject: String::new(),
+            kind: FactKind::Name,
+            facts: self.facts.iter().copied().filter(|f| f.kind == FactKind::Name).collect(),
+        };
+        if named.facts.is_empty() {
+            return Vec::new();
+        }
+        named.answer_words()
     }
 
     /// Words a reply that remembers would contain: the names and places in what they told, or
@@ -511,6 +531,96 @@ impl AboutThem<'_> {
             capitalised
         }
     }
+}
+
+/// A reply to a question about the person with what they told said back to them: each
+/// sentence that states their fact as the persona's own ("I live in Glasgow.", "My dog is
+/// Juniper.") is put in the second person ("You live in Glasgow.", "Your dog is Juniper.");
+/// `None` when no sentence needed it. A small model given "They live in Glasgow" and asked
+/// "which city do I live in?" most often answers in the first person: 22 of the 55 answers of
+/// the tuning people (docs/eval/partner-quality.md). A sentence is put right when it contains
+/// one of `answer_words` ([`AboutThem::answer_words`]), speaks in the first person, and neither
+/// addresses them ("you", "your") nor says what she remembers or knows ("I remember", "I
+/// think"), where the first person is hers. Only finished sentences are put right unless
+/// `finished`, so a streamed reply's shown sentences never change as it grows.
+pub fn put_to_them(text: &str, answer_words: &[String], finished: bool) -> Option<String> {
+    static FIRST_PERSON: OnceLock<Regex> = OnceLock::new();
+    let first_person = FIRST_PERSON.get_or_init(|| {
+        Regex::new(r"(?i)\b(?:i'm|i am|i was|i've|i'd|i'll|i|my|mine|me|myself)\b")
+            .expect("first-person pattern compiles")
+    });
+    // Words any sentence about liking or doing things has ("I love hiking" is hers, though
+    // they told "I love bouldering"): a sentence is theirs by a word that belongs to the fact.
+    const SAID_OF_ANYONE: [&str; 16] = [
+        "love", "loves", "like", "likes", "enjoy", "going", "week", "time", "times", "three",
+        "every", "work", "live", "good", "great", "always",
+    ];
+    let answer_words: Vec<&String> =
+        answer_words.iter().filter(|w| !SAID_OF_ANYONE.contains(&w.as_str())).collect();
+    if answer_words.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut changed = false;
+    for sentence in text.split_inclusive(['.', '!', '?', '\n']) {
+        let complete = finished || sentence.ends_with(['.', '!', '?', '\n']);
+        let words = rapport_core::text_stats::words(sentence);
+        let has = |set: &[&str]| words.iter().any(|w| set.contains(&w.as_str()));
+        let states_theirs = complete
+            && words.iter().any(|w| answer_words.contains(&w))
+            && has(&["i", "i'm", "i've", "i'd", "i'll", "my", "mine", "me", "myself"])
+            && !has(&[
+                "you", "your", "you're", "yours", "yourself", "you've", "you'll", "you'd", "u",
+            ])
+            && !has(&[
+                "remember",
+                "recall",
+                "know",
+                "knew",
+                "think",
+                "guess",
+                "bet",
+                "believe",
+                "forgot",
+                "forget",
+                "heard",
+                "told",
+                "mentioned",
+                "said",
+            ]);
+        if !states_theirs {
+            out.push_str(sentence);
+            continue;
+        }
+        changed = true;
+        let start = sentence.len() - sentence.trim_start().len();
+        out.push_str(&first_person.replace_all(sentence, |c: &regex::Captures| {
+            let m = c.get(0).expect("the whole match");
+            let said = m.as_str();
+            let yours = match said.to_lowercase().as_str() {
+                "i'm" => "you're",
+                "i am" => "you are",
+                "i was" => "you were",
+                "i've" => "you've",
+                "i'd" => "you'd",
+                "i'll" => "you'll",
+                "my" => "your",
+                "mine" => "yours",
+                "myself" => "yourself",
+                _ => "you",
+            };
+            // "My" keeps her case; "I" is always capital, so "you" is capitalised only where
+            // the sentence starts (and she wrote it capital there).
+            let capital = said.starts_with(|c: char| c.is_uppercase())
+                && (m.start() == start || !said.to_lowercase().starts_with('i'));
+            if capital {
+                format!("Y{}", &yours[1..])
+            } else {
+                yours.to_string()
+            }
+        }));
+    }
+    changed.then_some(out)
 }
 
 /// The words of a text that can tie a question to a fact: four letters or more, lower case,
@@ -559,6 +669,58 @@ fn self_question(message: &str) -> Option<FactKind> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fact_of_theirs_said_as_hers_is_said_back_to_them() {
+        let w = |words: &[&str]| words.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (answers, reply, right) in [
+            (w(&["glasgow"]), "I live in Glasgow.", "You live in Glasgow."),
+            (
+                w(&["juniper"]),
+                "Oh, hello there! My dog is Juniper. He's a sweetheart, you know.",
+                "Oh, hello there! Your dog is Juniper. He's a sweetheart, you know.",
+            ),
+            (
+                w(&["lisbon"]),
+                "Hey! I'm flying to Lisbon for my sister's fortieth!",
+                "Hey! You're flying to Lisbon for your sister's fortieth!",
+            ),
+            (
+                w(&["manchester"]),
+                "Oh, yes! I remember that. I teach primary school in Manchester.",
+                "Oh, yes! I remember that. You teach primary school in Manchester.",
+            ),
+            (
+                w(&["baker"]),
+                "As a baker, I spend most of my time in the kitchen.",
+                "As a baker, you spend most of your time in the kitchen.",
+            ),
+            (
+                w(&["friday"]),
+                "i was so nervous about my test on friday.",
+                "you were so nervous about your test on friday.",
+            ),
+        ] {
+            assert_eq!(put_to_them(reply, &answers, true).as_deref(), Some(right), "{reply}");
+        }
+        for (answers, reply) in [
+            (w(&["glasgow"]), "You live in Glasgow, right?"),
+            (w(&["glasgow"]), "I remember Glasgow! Lovely city."),
+            (w(&["glasgow"]), "Glasgow! I love that city."),
+            (w(&["glasgow"]), "I live in Lyon."),
+            (w(&[]), "I live in Glasgow."),
+            (w(&["love", "bouldering"]), "I used to love hiking."),
+        ] {
+            assert_eq!(put_to_them(reply, &answers, true), None, "{reply}");
+        }
+        // A sentence still being written is left as it is until it ends.
+        let glasgow = w(&["glasgow"]);
+        assert_eq!(put_to_them("Oh! I live in Glasgow", &glasgow, false), None);
+        assert_eq!(
+            put_to_them("Oh! I live in Glasgow. And I", &glasgow, false).as_deref(),
+            Some("Oh! You live in Glasgow. And I")
+        );
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -218,6 +218,54 @@ fn a_draft_that_contradicts_a_fact_is_written_again_naming_it() {
     });
 }
 
+/// Asked their own name, the model says it as hers ("I'm Tom!"): the draft is not stopped as
+/// another identity and written again (which most often repeats the slip, then sends the
+/// fallback line) but put right ("You're Tom!"), and nothing of the slip is shown; likewise any
+/// fact of theirs said as hers ("I live in Glasgow." → "You live in Glasgow."). Any other name
+/// is still another identity.
+#[test]
+fn what_they_told_said_as_hers_is_said_back_to_them_not_written_again() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let p = pipeline("wedding-host", true, greedy_config());
+        let name = |text: &str| rapport_pipeline::recall::Recalled {
+            facts: vec![rapport_pipeline::recall::RecalledFact {
+                kind: rapport_pipeline::recall::FactKind::Name,
+                text: text.into(),
+            }],
+        };
+        let said = Scripted::new(smollm2().await, vec![Script::Say("Of course I remember! I'm Tom, and you're lovely.")]);
+        let mut c = p.start();
+        c.recalled = name("My name is Tom.");
+        let (out, shown, retracted) = turn(&p, &mut c, "Do you remember my name?", 0, &said).await;
+        assert_eq!(out.reply, "Of course I remember! You're Tom, and you're lovely.");
+        assert_eq!((shown.as_str(), retracted), (out.reply.as_str(), 0), "the slip was never shown");
+        assert_eq!(out.trace.attempts.len(), 1, "{:?}", out.trace.attempts);
+        assert!(out.trace.attempts[0].cleanup.iter().any(|e| e.contains("said back to them")), "{:?}", out.trace.attempts[0]);
+
+        // Any fact of theirs said as hers is said back to them, sentence by sentence.
+        let said = Scripted::new(smollm2().await, vec![Script::Say("Oh, easy! I live in Glasgow, in a flat above a bakery. Lovely city!")]);
+        let mut c = p.start();
+        c.recalled = rapport_pipeline::recall::Recalled {
+            facts: vec![rapport_pipeline::recall::RecalledFact {
+                kind: rapport_pipeline::recall::FactKind::Home,
+                text: "I live in Glasgow, in a flat above a bakery.".into(),
+            }],
+        };
+        let (out, shown, retracted) = turn(&p, &mut c, "Which city do I live in?", 0, &said).await;
+        assert_eq!(out.reply, "Oh, easy! You live in Glasgow, in a flat above a bakery. Lovely city!");
+        assert_eq!((shown.as_str(), retracted), (out.reply.as_str(), 0));
+
+        // Another name is still another identity, written again.
+        let said = Scripted::new(smollm2().await, vec![Script::Say("Of course! I'm Camille, by the way."), Script::Say("You're Tom, of course!")]);
+        let mut c = p.start();
+        c.recalled = name("My name is Tom.");
+        let (out, _, _) = turn(&p, &mut c, "Do you remember my name?", 0, &said).await;
+        assert!(matches!(&out.trace.attempts[0].outcome, AttemptOutcome::Rejected { hits } if hits.iter().any(|h| h.code() == "other_identity")), "{:?}", out.trace.attempts[0]);
+        assert_eq!(out.reply, "You're Tom, of course!");
+    });
+}
+
 /// What a person saw streamed is what was stored: a reply whose first sentence ends in a line
 /// break used to stream that break twice (once with the sentence, once again with the rest),
 /// and blank lines used to count against the persona's sentence budget (three here).
@@ -534,6 +582,92 @@ fn the_cached_layout_reads_fewer_new_tokens_each_turn() {
                 cached[t],
                 before[t]
             );
+        }
+    });
+}
+
+/// Reading ahead (issue 36): once a reply is sent, the next turn's prompt up to the person's
+/// next message is read into the prefix cache, so that their next turn reads only its message
+/// and its note. The read-ahead is that prompt exactly (the same messages before the new one);
+/// with it, the next turn does not read the reply before it again; and the reply is the same
+/// word for word (greedy), because the cache serves only tokens that are the same. Two
+/// fresh engines, so that neither finds the other's prompts in its cache.
+#[test]
+fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let lines = [
+            "Hi Margot! I'm Sam, I teach primary school in Manchester.",
+            "How are you holding up with all the organising?",
+            "I once lost a kid at the zoo on a school trip, so I feel your pain.",
+        ];
+        let p = pipeline(
+            "wedding-host",
+            false,
+            PipelineConfig { layout: PromptLayout::Compact, ..greedy_config() },
+        );
+        let mut runs = Vec::new();
+        for read_ahead in [false, true] {
+            let engine = fresh_smollm2().await;
+            let mut c = p.start();
+            let (mut new_tokens, mut replies) = (Vec::new(), Vec::new());
+            for (i, line) in lines.iter().enumerate() {
+                if read_ahead && i > 0 {
+                    let ahead = p
+                        .next_turn_read_ahead(&c, at(i as u32))
+                        .unwrap()
+                        .expect("the compact layout reads ahead");
+                    assert_eq!(ahead.sampling().max_tokens, 1, "a read-ahead writes one token");
+                    let real = p.prepare(&c, line, at(i as u32)).unwrap().messages;
+                    let shared = real.len() - 2;
+                    assert_eq!(
+                        real[shared].content, *line,
+                        "the message is the prompt's last but one"
+                    );
+                    assert_eq!(
+                        ahead.messages()[..shared],
+                        real[..shared],
+                        "the read-ahead is the next prompt up to the message"
+                    );
+                    assert_eq!(
+                        ahead.messages().len(),
+                        shared + 1,
+                        "and the stand-in message, without the note"
+                    );
+                    collect_completion(engine.generate(ahead).await.unwrap(), |_| {})
+                        .await
+                        .unwrap();
+                }
+                if i > 0 {
+                    let prepared = p.prepare(&c, line, at(i as u32)).unwrap();
+                    let request =
+                        GenerationRequest::new(prepared.messages, SamplingParams::greedy(1))
+                            .unwrap();
+                    let usage = collect_completion(engine.generate(request).await.unwrap(), |_| {})
+                        .await
+                        .unwrap()
+                        .summary
+                        .usage;
+                    eprintln!(
+                        "read ahead {read_ahead}: turn {}: {} prompt tokens, {} cached",
+                        i + 1,
+                        usage.prompt_tokens,
+                        usage.cached_prompt_tokens
+                    );
+                    new_tokens.push(usage.prompt_tokens - usage.cached_prompt_tokens);
+                }
+                let (outcome, _, _) = turn(&p, &mut c, line, i as u32, &engine).await;
+                replies.push(outcome.reply);
+            }
+            runs.push((new_tokens, replies));
+        }
+        let ((without, replies_without), (with, replies_with)) = (&runs[0], &runs[1]);
+        assert_eq!(replies_with, replies_without, "reading ahead changes no reply");
+        // What the read-ahead saves a turn is the reply before it (at least a token a word) and
+        // the chat template's lines around it.
+        for (t, (w, wo)) in with.iter().zip(without).enumerate() {
+            let reply_words = replies_with[t].split_whitespace().count() as u32;
+            assert!(w + reply_words < *wo, "turn {}: {w} new tokens read ahead, {wo} without, after a reply of {reply_words} words", t + 2);
         }
     });
 }

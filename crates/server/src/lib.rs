@@ -3,7 +3,8 @@
 //! A request flows: [`client`] (whose address) → [`session`] (cookie, CSRF; a stranger's reads
 //! write nothing) → [`api`] (validation, then [`door`]: rate limits per session and per client,
 //! the queue's bounds) → the store (message and job committed together) → 202. Then a [`worker`] claims the job, runs the
-//! pipeline, and stores the reply; [`stream`] relays the reply to the page as Server-Sent
+//! pipeline, and stores the reply, then (with no job waiting) reads the conversation's next turn ahead
+//! into the prefix cache ([`read_ahead`]); [`stream`] relays the reply to the page as Server-Sent
 //! Events from wherever it is being written ([`live`] in this process, the job's saved partial
 //! text from another). [`companion`] offers the personas to OpenAI clients; [`openai`] offers a
 //! bare model (`rapport serve-llm`).
@@ -35,6 +36,7 @@ pub mod openai;
 pub mod page;
 pub mod personas;
 pub mod practice;
+pub mod read_ahead;
 pub mod session;
 pub mod state;
 pub mod stream;

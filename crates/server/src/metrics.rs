@@ -60,6 +60,8 @@ const HELP: &[(&str, &str, &str)] = &[
     ("rapport_errors_total", "counter", "Errors by kind."),
     ("rapport_rejections_total", "counter", "Requests refused for load (429/503) by reason: session_messages, client_messages, client_sessions, client_conversations, api_requests, client_queue_full, queue_full."),
     ("rapport_warm_up_seconds", "histogram", "Time to read a shipped persona's opening into the prefix cache at start-up, by persona."),
+    ("rapport_read_ahead_total", "counter", "Next turns read ahead into the prefix cache after a stored reply, by outcome (read; skipped: a job was waiting; cancelled: a job arrived while it read; failed)."),
+    ("rapport_read_ahead_seconds", "histogram", "Time to read a conversation's next turn ahead, up to the person's next message."),
     ("rapport_expired_total", "counter", "Rows deleted by the expiry sweep (sessions, conversations, rate_limits)."),
 ];
 

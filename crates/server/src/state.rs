@@ -44,6 +44,9 @@ pub struct AppConfig {
     pub expiry: ExpiryConfig,
     /// Read each shipped persona's opening into the prefix cache at start-up (`warm`).
     pub warm_personas: bool,
+    /// After each stored reply, read the conversation's next prompt up to the person's next
+    /// message into the prefix cache while no job waits (`read_ahead`).
+    pub read_ahead: bool,
     /// Time limit of ordinary requests (not streams).
     pub request_timeout: Duration,
     /// Longest a whole turn may take before the job is failed.
@@ -72,6 +75,7 @@ impl Default for AppConfig {
             clients: ClientPolicy::default(),
             expiry: ExpiryConfig::default(),
             warm_personas: true,
+            read_ahead: true,
             request_timeout: Duration::from_secs(30),
             turn_timeout: Duration::from_secs(600),
             worker_name: format!("pid{}", std::process::id()),

@@ -4,7 +4,9 @@
 //! extends the claim and saves the text so far for streams on other processes. If the
 //! heartbeat finds the claim gone (the lease ran out and another process took the job, or the
 //! conversation was deleted), the turn is dropped unfinished: the store would refuse its result
-//! anyway, and the model's time is better spent on the next job.
+//! anyway, and the model's time is better spent on the next job. After a stored reply, with
+//! no job waiting, the worker reads the conversation's next turn ahead (`read_ahead`) before it
+//! gives its generation slot back.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::live::LiveEvent;
 use crate::practice::practice_view;
+use crate::read_ahead::{self, ReadAhead};
 use crate::state::AppState;
 
 /// Claims beyond this many mean the job kills its worker each time: give it up.
@@ -37,7 +40,13 @@ pub async fn run(app: AppState, number: usize) {
         };
         match app.store.claim(&name, app.config.lease).await {
             Ok(Some(job)) => {
-                run_job(&app, job, &mut shutdown).await;
+                let ahead = run_job(&app, job, &mut shutdown).await;
+                // Still holding the slot: the next turn is read ahead only if no job waits.
+                if let Some(ahead) = ahead.filter(|_| app.config.read_ahead) {
+                    if !read_ahead::run(&app, ahead, &mut shutdown).await {
+                        return;
+                    }
+                }
                 drop(permit);
             }
             Ok(None) => {
@@ -60,11 +69,13 @@ pub async fn run(app: AppState, number: usize) {
     }
 }
 
+/// Runs one job; when its reply was stored, returns the conversation for reading its next
+/// turn ahead.
 async fn run_job(
     app: &AppState,
     job: ClaimedJob,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) {
+) -> Option<ReadAhead> {
     let started = Instant::now();
     let id = job.job.id.clone();
     app.metrics.seconds(
@@ -76,7 +87,7 @@ async fn run_job(
         let _ = app.store.fail(&id, &job.claim, &format!("gave up after {MAX_ATTEMPTS} attempts: the process writing it stopped each time")).await;
         app.live.publish(&id, LiveEvent::Failed("this reply could not be written".into()));
         app.metrics.count("rapport_jobs_total", &[("outcome", "failed")], 1);
-        return;
+        return None;
     }
     app.live.begin(&id);
     tracing::info!(job = %id, attempt = job.job.attempts, persona = %job.persona, "writing a reply");
@@ -114,7 +125,7 @@ async fn run_job(
             _ = shutdown.changed() => {
                 // A reply half-written is not kept.
                 hand_back(app, &job).await;
-                return;
+                return None;
             }
         }
     };
@@ -125,6 +136,7 @@ async fn run_job(
         None => {
             app.live.abandon(&id);
             app.metrics.count("rapport_jobs_total", &[("outcome", "lost")], 1);
+            None
         }
         Some(Ok((outcome, conversation))) => {
             record(app, &outcome.trace);
@@ -141,7 +153,7 @@ async fn run_job(
                 _ = shutdown.changed() => {
                     tracing::warn!(job = %id, "stopping before the reply could be stored; it will be written again");
                     hand_back(app, &job).await;
-                    return;
+                    return None;
                 }
             };
             match stored {
@@ -154,15 +166,18 @@ async fn run_job(
                         &[],
                         started.elapsed().as_secs_f64(),
                     );
+                    Some(ReadAhead { persona: job.persona.clone(), conversation })
                 }
                 Err(StoreError::Conflict(_)) => {
                     app.live.abandon(&id);
                     app.metrics.count("rapport_jobs_total", &[("outcome", "lost")], 1);
+                    None
                 }
                 Err(e) => {
                     tracing::error!(job = %id, error = %e, "storing the reply failed; the job will be taken again");
                     app.live.abandon(&id);
                     app.metrics.count("rapport_errors_total", &[("kind", "store")], 1);
+                    None
                 }
             }
         }
@@ -171,6 +186,7 @@ async fn run_job(
             let _ = app.store.fail(&id, &job.claim, &message).await;
             app.live.publish(&id, LiveEvent::Failed(message));
             app.metrics.count("rapport_jobs_total", &[("outcome", "failed")], 1);
+            None
         }
     }
 }
