@@ -820,23 +820,25 @@ async fn told(me: &Client, id: &str, content: &str) -> Value {
 
 /// Reading ahead (issue 36): after a stored reply, with no job waiting, the worker reads the
 /// conversation's next prompt up to the person's next message into the prefix cache; with a
-/// job waiting it does not (the waiting person goes first). Two conversations that say the
-/// same things: A's first reply is stored while B's message waits (A is not read ahead), B's
-/// when nothing waits (B is). Their second turns then read the same message and note, but A
-/// also reads her whole first reply again and B does not.
+/// job waiting it does not (the waiting person goes first): A's first reply is stored while B's
+/// message waits, B's when nothing waits. What a read-ahead saves, and that it changes no reply,
+/// is measured on the engine (`reading_ahead_leaves_the_next_turn_only_its_message_to_read`):
+/// here the server's replies are sampled alike for two people who say the same things, so each
+/// finds the other's prompts in the shared cache and the counts would not tell them apart.
 #[test]
 fn the_next_turn_is_read_ahead_unless_someone_is_waiting() {
     let _one = serialised();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&sqlite_url(dir.path()), &["--rate-burst", "30"]);
+    let server = Server::start(&sqlite_url(dir.path()), &["--max-tokens", "24"]);
     rt().block_on(async {
-        let me = Client::new(&server.base).await;
-        let (a, b) = (me.create("wedding-host").await, me.create("wedding-host").await);
+        // Two sessions, so that neither recalls what the other told.
+        let (ma, mb) = (Client::new(&server.base).await, Client::new(&server.base).await);
+        let (a, b) = (ma.create("wedding-host").await, mb.create("wedding-host").await);
         let hello = json!({"content": "Hi Margot! Lovely party. How do you know the couple?"});
         let (_, posted_a) =
-            me.post(&format!("/api/conversations/{a}/messages"), hello.clone()).await;
-        let (_, posted_b) = me.post(&format!("/api/conversations/{b}/messages"), hello).await;
-        for (id, posted) in [(&a, &posted_a), (&b, &posted_b)] {
+            ma.post(&format!("/api/conversations/{a}/messages"), hello.clone()).await;
+        let (_, posted_b) = mb.post(&format!("/api/conversations/{b}/messages"), hello).await;
+        for (me, id, posted) in [(&ma, &a, &posted_a), (&mb, &b, &posted_b)] {
             let events = me.events(id, posted["job"]["id"].as_str().unwrap()).await;
             assert_eq!(names(&events).last(), Some(&"done"), "{events:?}");
         }
@@ -845,7 +847,7 @@ fn the_next_turn_is_read_ahead_unless_someone_is_waiting() {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let metrics = me
+            let metrics = ma
                 .http
                 .get(format!("{}/metrics", server.base))
                 .send()
@@ -864,15 +866,6 @@ fn the_next_turn_is_read_ahead_unless_someone_is_waiting() {
             assert!(Instant::now() < deadline, "B's next turn was not read ahead:\n{metrics}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let first_a = told(&me, &a, "Ha, that's sweet. I'm a teacher, by the way.").await;
-        let first_b = told(&me, &b, "Ha, that's sweet. I'm a teacher, by the way.").await;
-        let read = |trace: &Value| {
-            let attempt = &trace["attempts"][0];
-            attempt["prompt_tokens"].as_u64().unwrap()
-                - attempt["cached_prompt_tokens"].as_u64().unwrap()
-        };
-        let (new_a, new_b) = (read(&first_a), read(&first_b));
-        assert!(new_b < new_a, "B's second turn read {new_b} new tokens, A's {new_a}: {first_b}");
     });
 }
 
