@@ -373,7 +373,10 @@ async fn shared_rate_limits_hold_across_connections_and_at_once(db: Db) {
         }
     }
     assert_eq!(passed, 3, "the burst, and no more, across two pools");
-    assert!(waits.iter().all(|ms| (1..=10_000).contains(ms)), "{waits:?}");
+    // At most one interval, plus the few milliseconds between the moments the concurrent
+    // requests read the clock: a request that read it just before the one that moved the
+    // limit waits that much longer, measured from its own clock (seen: 10,001).
+    assert!(waits.iter().all(|ms| (1..=10_050).contains(ms)), "{waits:?}");
     assert_eq!(
         db.store.take_rate("client_messages:192.0.2.1", rate).await.unwrap(),
         Ok(()),
