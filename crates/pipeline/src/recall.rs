@@ -498,38 +498,40 @@ impl AboutThem<'_> {
         if self.kind != FactKind::Name {
             return Vec::new();
         }
-        let named = AboutThem {
-            subject: String::new(),
-            kind: FactKind::Name,
-            facts: self.facts.iter().copied().filter(|f| f.kind == FactKind::Name).collect(),
-        };
-        if named.facts.is_empty() {
+        let names: Vec<&RecalledFact> =
+            self.facts.iter().copied().filter(|f| f.kind == FactKind::Name).collect();
+        if names.is_empty() {
             return Vec::new();
         }
-        named.answer_words()
+        words_answering(&names)
     }
 
     /// Words a reply that remembers would contain: the names and places in what they told, or
     /// failing those its other longer words (none when they never told it).
     pub fn answer_words(&self) -> Vec<String> {
-        let text: Vec<&str> = self.facts.iter().map(|f| f.text.as_str()).collect();
-        let text = text.join(" ");
-        let capitalised: Vec<String> = text
-            .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-            .filter(|w| w.chars().next().is_some_and(char::is_uppercase))
-            .map(str::to_lowercase)
-            .filter(|w| {
-                !matches!(
-                    w.as_str(),
-                    "i" | "i'm" | "i've" | "i'd" | "i'll" | "my" | "hi" | "call" | "honestly"
-                ) && !COMMON_WORDS.contains(&w.as_str())
-            })
-            .collect();
-        if capitalised.is_empty() {
-            content_words(&text)
-        } else {
-            capitalised
-        }
+        words_answering(&self.facts)
+    }
+}
+
+/// [`AboutThem::answer_words`] of `facts`.
+fn words_answering(facts: &[&RecalledFact]) -> Vec<String> {
+    let text: Vec<&str> = facts.iter().map(|f| f.text.as_str()).collect();
+    let text = text.join(" ");
+    let capitalised: Vec<String> = text
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| w.chars().next().is_some_and(char::is_uppercase))
+        .map(str::to_lowercase)
+        .filter(|w| {
+            !matches!(
+                w.as_str(),
+                "i" | "i'm" | "i've" | "i'd" | "i'll" | "my" | "hi" | "call" | "honestly"
+            ) && !COMMON_WORDS.contains(&w.as_str())
+        })
+        .collect();
+    if capitalised.is_empty() {
+        content_words(&text)
+    } else {
+        capitalised
     }
 }
 
