@@ -178,6 +178,27 @@ def partner_section():
     return out + [f"", f"File: `{rel(path)}`.", ""]
 
 
+def partner_whole_section():
+    c_path = os.path.join(RESULTS, "partner", "whole", "context.json")
+    if not os.path.exists(c_path):
+        return []
+    c = load(c_path)
+    out = ["## The partner, judged: the first version against today's defaults", "",
+           f"{machine(c)}, {c['date']}, `{c['model']}` as persona, simulated users and judge (`--method expected`); "
+           f"{c['note']}. Commands: " + "; ".join(f"`{x}`" for x in c["commands"]) +
+           " (reading: [docs/eval/partner-quality.md](docs/eval/partner-quality.md#the-whole-change-judged-2026-12-07)).", ""]
+    for comparison in c["comparisons"]:
+        path = os.path.join(RESULTS, "partner", "whole", comparison["file"])
+        d = load(path)
+        out += [f"**{comparison['a']} → {comparison['b']}**, {d['paired_dialogues']} paired dialogues (`{rel(path)}`):", ""]
+        out += change_rows(d, ["character_breaks", "fact_contradictions", "unanswered_questions", "emotion_mirroring",
+                               "in_role", "engaging", "empathy", "guard_rejections", "fallbacks", "new_prompt_tokens",
+                               "ttft_ms", "reply_ms"],
+                           comparison["a"], comparison["b"])
+        out.append("")
+    return out
+
+
 def layout_section():
     c_path = os.path.join(RESULTS, "layout", "context.json")
     if not os.path.exists(c_path):
@@ -335,7 +356,7 @@ def page():
              "The current figures, generated from `benches/results/` by `python3 benches/benchmarks.py` "
              "(the test suite checks this page is what the files give). History and superseded figures: "
              "[docs/dev/speed.md](docs/dev/speed.md), [docs/dev/performance.md](docs/dev/performance.md).", ""]
-    for section in (judge_section, coach_section, memory_section, layout_section, partner_section, latency_section, abuse_section, secret_section, llamacpp_section):
+    for section in (judge_section, coach_section, memory_section, layout_section, partner_section, partner_whole_section, latency_section, abuse_section, secret_section, llamacpp_section):
         lines += section()
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -72,6 +72,10 @@ pub struct PipelineOptions {
     /// from before the cut existed, which is what they did).
     #[serde(default)]
     pub cut_service: bool,
+    /// Whether drafts were checked against the persona's facts (`None` in runs written before
+    /// it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fact_guard: Option<bool>,
 }
 
 impl BatchSpec {

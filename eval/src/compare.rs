@@ -312,7 +312,7 @@ mod tests {
 
     fn run(name: &str, empathy: &[f64], words: &[f64]) -> RunReport {
         let rubric = Rubric::load("default").unwrap();
-        let mut r = crate::report::build(name, &rubric, None, &[], &[], None);
+        let mut r = crate::report::build(name, &rubric, None, &[], &[], None, &BTreeMap::new());
         r.per_dialogue = empathy
             .iter()
             .zip(words)

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use rapport_core::text_stats;
 use rapport_pipeline::character::{lexical_breaks, takes_up, Asked};
+use rapport_pipeline::facts::{FactChecker, Known};
 use rapport_pipeline::secret::SecretStatus;
 use rapport_pipeline::stage::Stage;
 use rapport_pipeline::trace::AttemptOutcome;
@@ -50,6 +51,12 @@ pub enum Metric {
     /// Of the user's direct questions (not a forbidden topic, injection or push for the
     /// secret), the share whose reply did not take them up (the pipeline's lexical test).
     UnansweredQuestions,
+    /// Replies that contradict a fact, per 100 generated replies, found by the pipeline's fact
+    /// checker on the reply as sent (fact check on or off): a named thing of hers or theirs
+    /// named otherwise than her facts, her earlier replies or their messages say. Needs the
+    /// persona's facts, so only reports that could load the persona have it
+    /// ([`fact_contradictions`]).
+    FactContradictions,
     /// Drafts the reply guards rejected, per reply.
     GuardRejections,
     /// Replies that ended in the persona's fallback line.
@@ -89,7 +96,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 27] = [
+    pub const ALL: [Metric; 28] = [
         Metric::Distinct1,
         Metric::Distinct2,
         Metric::Repetition,
@@ -101,6 +108,7 @@ impl Metric {
         Metric::TurnsToUnlock,
         Metric::CharacterBreaks,
         Metric::UnansweredQuestions,
+        Metric::FactContradictions,
         Metric::GuardRejections,
         Metric::Fallbacks,
         Metric::InputGuardHits,
@@ -147,8 +155,9 @@ impl Metric {
             | ActiveListening
             | Reciprocity
             | UserPacing => Some(true),
-            Repetition | CharacterBreaks | UnansweredQuestions | GuardRejections | Fallbacks
-            | SecretLeaks | SecretClaims | TtftMs | ReplyMs | NewPromptTokens => Some(false),
+            Repetition | CharacterBreaks | UnansweredQuestions | FactContradictions
+            | GuardRejections | Fallbacks | SecretLeaks | SecretClaims | TtftMs | ReplyMs
+            | NewPromptTokens => Some(false),
             ReplyWords | TurnsToCasual | TurnsToClose | TurnsToUnlock | InputGuardHits
             | PromptTokens | CompletionTokens => None,
         }
@@ -274,7 +283,34 @@ pub fn compute(dialogue: &Dialogue) -> BTreeMap<Metric, f64> {
     out
 }
 
-/// Persona replies after the first user message (the greeting is hand-written).
+/// Replies as sent that contradict a fact, per 100 generated replies (`None` without one).
+///
+/// Each reply is read as the pipeline's fact check reads a draft: against the persona's facts
+/// (`checker`), the person's messages so far, her earlier generated replies, and the thing of
+/// theirs the message before it asks about. Runs with the check off count the same way, so two
+/// runs compare.
+pub fn fact_contradictions(dialogue: &Dialogue, checker: &FactChecker) -> Option<f64> {
+    let first_user = dialogue.turns.iter().position(|t| t.speaker == Speaker::User)?;
+    let turns = &dialogue.turns[first_user..];
+    let (mut replies, mut contradicting) = (0usize, 0usize);
+    for (i, reply) in turns.iter().enumerate() {
+        if reply.speaker != Speaker::Persona {
+            continue;
+        }
+        let before = &turns[..i];
+        let of = |who: Speaker| before.iter().filter(move |t| t.speaker == who);
+        let message = of(Speaker::User).next_back().map_or("", |t| t.text.as_str());
+        let known = Known::read(
+            of(Speaker::User).map(|t| t.text.as_str()),
+            of(Speaker::Persona).map(|t| t.text.as_str()),
+        )
+        .asking(message);
+        replies += 1;
+        contradicting += usize::from(checker.check(&reply.text, &known).is_some());
+    }
+    (replies > 0).then(|| 100.0 * contradicting as f64 / replies as f64)
+}
+
 /// Of the user's direct questions, the share the next reply did not take up. Turns whose trace
 /// shows the message was steered around (an input guard fired, or it pushed for the secret) are
 /// left out: not answering them is the point.
@@ -299,6 +335,7 @@ fn unanswered_questions(dialogue: &Dialogue) -> Option<f64> {
     (asked > 0).then(|| ignored as f64 / asked as f64)
 }
 
+/// Persona replies after the first user message (the greeting is hand-written).
 fn generated_replies(dialogue: &Dialogue) -> Vec<&str> {
     let first_user = dialogue
         .turns
@@ -472,6 +509,36 @@ mod tests {
             "a confirmed guess is an invented secret"
         );
         assert_eq!(m[&Metric::SimulatorEmotionChange], 15.0);
+    }
+
+    #[test]
+    fn fact_contradictions_count_replies_as_sent_against_her_facts_and_theirs() {
+        use Speaker::*;
+        let margot = rapport_pipeline::PersonaLibrary::load_dir(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/personas"),
+        )
+        .unwrap()
+        .get("wedding-host")
+        .unwrap()
+        .clone();
+        let checker = FactChecker::new(&margot);
+        let d = dialogue(&[
+            // The greeting is hand-written and not counted, whatever it says.
+            (Persona, "Welcome! My dog Rex says hi."),
+            (User, "Hi! My cat Pistachio would hate your dog."),
+            // Her dog is Biscuit: a contradiction of her facts.
+            (Persona, "Ha, my dog Rex would hide from Pistachio!"),
+            (User, "Where did you grow up?"),
+            (Persona, "In Lyon, a long time ago."),
+            (User, "And what's my cat called again?"),
+            // Their cat is Pistachio: a contradiction of what they said.
+            (Persona, "Your cat Biscuit, of course!"),
+            (User, "ha. bye"),
+            (Persona, "Bye! Biscuit sends a lick."),
+        ]);
+        let per_100 = fact_contradictions(&d, &checker).unwrap();
+        assert_eq!(per_100, 50.0, "two of four generated replies contradict a fact");
+        assert_eq!(fact_contradictions(&dialogue(&[(Persona, "Hi!")]), &checker), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use rapport_pipeline::facts::FactChecker;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::VerdictLine;
@@ -130,7 +131,9 @@ pub struct RunReport {
 /// `rubric` (the coach's user side has its own report).
 ///
 /// `mapping`, the rubric's calibration, is applied only when it was fitted under the judge key
-/// the run's spec records; otherwise the judged criteria are marked uncalibrated.
+/// the run's spec records; otherwise the judged criteria are marked uncalibrated. `facts` holds
+/// the fact checker of each persona the caller could load, by id; dialogues of other personas
+/// have no [`Metric::FactContradictions`].
 pub fn build(
     run: &str,
     rubric: &Rubric,
@@ -138,6 +141,7 @@ pub fn build(
     dialogues: &[Dialogue],
     verdicts: &[VerdictLine],
     mapping: Option<&crate::fit::Mapping>,
+    facts: &BTreeMap<String, FactChecker>,
 ) -> RunReport {
     let run_key = spec.as_ref().and_then(|s| s.get("judge_key")).and_then(|k| k.as_str());
     let mapping = mapping.filter(|m| Some(m.judge_key.as_str()) == run_key);
@@ -146,7 +150,10 @@ pub fn build(
     let mut judge = JudgeStats::default();
     let mut per_dialogue = Vec::new();
     for d in dialogues {
-        let m = metrics::compute(d);
+        let mut m = metrics::compute(d);
+        if let Some(v) = facts.get(&d.persona).and_then(|c| metrics::fact_contradictions(d, c)) {
+            m.insert(Metric::FactContradictions, v);
+        }
         let mut criteria = BTreeMap::new();
         let mut reasons = BTreeMap::new();
         for c in rubric.criteria.iter().filter(|c| c.side != Side::User) {
@@ -671,7 +678,7 @@ mod tests {
             VerdictLine { dialogue: "a/shy/1".into(), verdict: verdict(4.0) },
             VerdictLine { dialogue: "b/shy/1".into(), verdict: verdict(2.0) },
         ];
-        let r = build("run1", &rubric, None, &ds, &vs, None);
+        let r = build("run1", &rubric, None, &ds, &vs, None, &BTreeMap::new());
         let empathy = r.criteria.iter().find(|c| c.id == "empathy").unwrap();
         assert_eq!(empathy.overall.unwrap().value, 3.0);
         assert_eq!(empathy.per_persona["a"].value, 4.0);
@@ -709,13 +716,22 @@ mod tests {
                 serde_json::json!({"judge_model": "m", "judge_method": "expected", "judge_key": key}),
             )
         };
-        let r = build("run1", &rubric, spec("m|expected|1"), &ds, &vs, Some(&mapping));
+        let r = build(
+            "run1",
+            &rubric,
+            spec("m|expected|1"),
+            &ds,
+            &vs,
+            Some(&mapping),
+            &BTreeMap::new(),
+        );
         let empathy = r.criteria.iter().find(|c| c.id == "empathy").unwrap();
         assert!((empathy.calibrated.unwrap().value - 6.0).abs() < 1e-9, "(4·2 + 2·2) / 2");
         let md = markdown(&r);
         assert!(md.contains("Spearman ρ with people on 300 held-out conversations of `chitchat`: raw +0.40 [+0.30, +0.50]"), "{md}");
         assert!(md.contains("**in_role**: judge `m` (expected); **not calibrated**"), "{md}");
-        let r = build("run1", &rubric, spec("m|json|2"), &ds, &vs, Some(&mapping));
+        let r =
+            build("run1", &rubric, spec("m|json|2"), &ds, &vs, Some(&mapping), &BTreeMap::new());
         assert!(r.trust.iter().all(|t| t.agreement.is_none()));
         assert!(r.criteria.iter().all(|c| c.calibrated.is_none()));
     }

@@ -201,12 +201,42 @@ function pendingBubble() {
   return bubble.querySelector('.text');
 }
 
+// ---- what the person is typing, read ahead ----
+// The server reads the next reply's prompt up to what is typed while the person types, so the
+// reply, once sent, starts sooner (docs/latency.md). Sent when a word is finished (a space or
+// punctuation) or after a short pause, one request at a time, never while a reply is being
+// written; what was sent last is not sent again. The server keeps it in memory only.
+const DRAFT_PAUSE_MS = 300;
+const draft = { timer: null, inFlight: false, sent: '' };
+
+function draftChanged(event) {
+  clearTimeout(draft.timer);
+  const finishedWord = event && typeof event.data === 'string' && /[\s.,!?;:]$/.test(event.data);
+  draft.timer = setTimeout(sendDraft, finishedWord ? 0 : DRAFT_PAUSE_MS);
+}
+
+async function sendDraft() {
+  const content = $('composer-input').value.trim();
+  if (!state.current || state.busy || draft.inFlight || !content || content === draft.sent || content.length > MAX_CHARS) return;
+  draft.inFlight = true;
+  draft.sent = content;
+  try {
+    await api('POST', `/api/conversations/${encodeURIComponent(state.current)}/draft`, { content });
+  } catch (e) {
+    // Only a speed-up is lost.
+  } finally {
+    draft.inFlight = false;
+  }
+}
+
 async function send(event) {
   event.preventDefault();
   const input = $('composer-input');
   const content = input.value.trim();
   if (!content || state.busy) return;
   if (content.length > MAX_CHARS) { showStatus(`Your message is ${content.length} characters long; the limit is ${MAX_CHARS}.`, 'error'); return; }
+  clearTimeout(draft.timer);
+  draft.sent = '';
   setBusy(true);
   const key = crypto.randomUUID();
   const offset = -new Date().getTimezoneOffset();
@@ -670,6 +700,7 @@ async function init() {
   $('new-chat').addEventListener('click', showPicker);
   $('composer').addEventListener('submit', send);
   $('composer-input').addEventListener('keydown', (e) => { if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); $('composer').requestSubmit(); } });
+  $('composer-input').addEventListener('input', draftChanged);
   $('card-file').addEventListener('change', importCard);
   $('get-feedback').addEventListener('click', showFeedback);
   $('show-progress').addEventListener('click', showProgress);

@@ -2,7 +2,7 @@
 // and find the conversation, check that markup in a message is shown, not run, and that a
 // reply stream refused with an error status is opened again; a message whose answer was lost is
 // sent again and stored once, and a refused one is kept in the composer; what Margot remembers
-// about you is shown, corrected and forgotten.
+// about you is shown, corrected and forgotten; what is typed is sent as a draft to read ahead.
 // Run by crates/cli/tests/web.rs with RAPPORT_URL, CHROMIUM and SCREENSHOTS set.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
@@ -50,6 +50,16 @@ try {
   assert.equal(await page.evaluate(() => window.__pwned), undefined, 'the script in the message did not run');
   assert.equal(await page.locator('#messages .bubble.user .text').first().innerText(), hostile);
   assert.equal(await page.locator('#messages script, #messages img').count(), 0);
+
+  // What is typed goes to the server as a draft at each finished word, to be read ahead; the
+  // server says what it did with it.
+  const drafted = page.waitForResponse((r) => r.url().endsWith('/draft') && r.request().method() === 'POST');
+  await page.locator('#composer-input').pressSequentially('Lovely place ');
+  const draftResponse = await drafted;
+  assert.equal(JSON.parse(draftResponse.request().postData()).content, 'Lovely', 'the first finished word');
+  assert.equal(draftResponse.status(), 202);
+  assert.ok(['waiting', 'unchanged'].includes((await draftResponse.json()).draft));
+  await page.locator('#composer-input').fill('');
 
   // The practice panel shows what the engine read.
   await page.locator('#toggle-practice').click();

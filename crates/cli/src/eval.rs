@@ -20,6 +20,7 @@ use rapport_eval::simulator::{self, RuleMatcher};
 use rapport_eval::{Dialogue, Rubric};
 use rapport_models::{preset, ModelCache, Puller};
 use rapport_nlu::emotion::EmotionClassifier;
+use rapport_pipeline::facts::FactChecker;
 use rapport_pipeline::prompt::{PromptLayout, Prompts, TokenBudget};
 use rapport_pipeline::{PersonaLibrary, Pipeline, PipelineConfig};
 
@@ -38,6 +39,10 @@ pub enum EvalCommand {
         /// A shipped rubric (default, coach, chitchat) or a TOML file.
         #[arg(long, default_value = "default")]
         rubric: String,
+        /// Where the personas' facts are read from (for the count of replies that contradict
+        /// them).
+        #[arg(long, env = "RAPPORT_PERSONAS")]
+        personas_dir: Option<PathBuf>,
     },
     /// Say which criteria and metrics changed significantly between two runs.
     Compare(CompareArgs),
@@ -165,6 +170,10 @@ pub struct RunArgs {
     /// is left (off by default until measured; docs/eval/partner-quality.md).
     #[arg(long)]
     cut_service: bool,
+    /// Do not check drafts against the persona's facts and what the person said (to measure
+    /// what the check is worth against a run with it).
+    #[arg(long)]
+    no_fact_guard: bool,
     /// Where each turn's notes and the persona's examples go (docs/eval/prompt-layout.md):
     /// `compact-history`, `compact`, `cached-exchanges`, `cached`, `notes-before-message`, or
     /// `notes-in-system` (for chat templates that allow only one system message). Default:
@@ -472,9 +481,10 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
     match command {
         EvalCommand::Run(args) => run_batch(args).await,
         EvalCommand::Score(args) => score_logged(args).await,
-        EvalCommand::Report { run, rubric } => {
+        EvalCommand::Report { run, rubric, personas_dir } => {
             let rubric = Rubric::load(&rubric)?;
-            let r = write_reports(&RunDir::open(&run)?, &rubric)?;
+            let personas = crate::persona_chat::personas_dir(personas_dir);
+            let r = write_reports(&RunDir::open(&run)?, &rubric, &personas)?;
             println!("{}", report::markdown(&r));
             Ok(())
         }
@@ -784,6 +794,7 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
         },
         sampling,
         character_guard: !args.no_character_guard,
+        fact_guard: !args.no_fact_guard,
         layout,
         cut_service: args.cut_service,
         ..PipelineConfig::default()
@@ -813,6 +824,7 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
             layout: layout.to_string(),
             character_guard: !args.no_character_guard,
             cut_service: args.cut_service,
+            fact_guard: Some(!args.no_fact_guard),
         }),
     };
     let judge = judge.as_ref().map(|b| make_judge(&args.judge, b)).transpose()?;
@@ -844,7 +856,11 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
     );
     let started = std::time::Instant::now();
     let summary = batch::run(&spec, &parts, &run, args.jobs, &MultiProgress::new()).await?;
-    let r = write_reports(&run, &rubric)?;
+    let r = write_reports(
+        &run,
+        &rubric,
+        &crate::persona_chat::personas_dir(args.personas_dir.clone()),
+    )?;
     eprintln!(
         "{} generated, {} resumed, {} judged, {} stopped early — {:.0} s. Reports: {}",
         summary.generated,
@@ -859,8 +875,22 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Builds the report from a run directory and writes report.{json,md,html} into it.
-fn write_reports(run: &RunDir, rubric: &Rubric) -> anyhow::Result<RunReport> {
+/// Writes a run's reports from its dialogues and verdicts. `personas` is where the personas'
+/// facts are read from, for the count of replies that contradict them; a persona not found
+/// there (a logged conversation with a persona of its own) goes without that count.
+fn write_reports(run: &RunDir, rubric: &Rubric, personas: &Path) -> anyhow::Result<RunReport> {
     let dialogues = run.dialogues()?;
+    let facts: BTreeMap<String, FactChecker> = match PersonaLibrary::load_dir(personas) {
+        Ok(library) => dialogues
+            .iter()
+            .filter_map(|d| library.get(&d.persona).ok())
+            .map(|p| (p.id.clone(), FactChecker::new(p)))
+            .collect(),
+        Err(e) => {
+            eprintln!("note: no fact contradictions counted: {e}");
+            BTreeMap::new()
+        }
+    };
     let verdicts = run.verdicts()?;
     let spec = run.spec()?.map(|s| serde_json::to_value(s).expect("a spec serialises"));
     let name = run
@@ -870,7 +900,7 @@ fn write_reports(run: &RunDir, rubric: &Rubric) -> anyhow::Result<RunReport> {
         .unwrap_or_else(|| "run".into());
     // The rubric's calibration, where one was fitted (build applies it only to this judge's).
     let mapping = rapport_eval::fit::Mapping::saved(&rubric.id)?;
-    let r = report::build(&name, rubric, spec, &dialogues, &verdicts, mapping.as_ref());
+    let r = report::build(&name, rubric, spec, &dialogues, &verdicts, mapping.as_ref(), &facts);
     let dir = run.path();
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&r)?)?;
     std::fs::write(dir.join("report.md"), report::markdown(&r))?;
@@ -930,7 +960,11 @@ async fn score_logged(args: ScoreArgs) -> anyhow::Result<()> {
         }
         bar.finish_and_clear();
     }
-    let r = write_reports(&run, &rubric)?;
+    let r = write_reports(
+        &run,
+        &rubric,
+        &crate::persona_chat::personas_dir(args.personas_dir.clone()),
+    )?;
     println!("{}", report::markdown(&r));
     Ok(())
 }
@@ -941,7 +975,7 @@ fn load_report(dir: &Path, rubric: &Rubric) -> anyhow::Result<RunReport> {
         let text = std::fs::read_to_string(&path)?;
         return serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()));
     }
-    write_reports(&RunDir::open(dir)?, rubric)
+    write_reports(&RunDir::open(dir)?, rubric, &crate::persona_chat::personas_dir(None))
 }
 
 async fn compare_runs(args: CompareArgs) -> anyhow::Result<()> {

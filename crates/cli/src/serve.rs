@@ -65,8 +65,9 @@ pub struct ServeArgs {
     #[arg(long)]
     no_warm: bool,
     /// Do not read a conversation's next prompt, up to the person's next message, into the
-    /// prefix cache after each reply (their next turn then reads her reply again before it
-    /// starts writing).
+    /// prefix cache after each reply, nor up to what they are typing as the page sends it
+    /// (their next turn then reads her reply and their whole message before it starts
+    /// writing).
     #[arg(long)]
     no_read_ahead: bool,
     /// Show a reply word by word once this many words have passed the guards; 0 shows it

@@ -205,6 +205,11 @@ impl Client {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// A plain-text resource (the metrics).
+    async fn get_text(&self, path: &str) -> String {
+        self.request(reqwest::Method::GET, path).send().await.unwrap().text().await.unwrap()
+    }
+
     /// Any request with this session, its response checked against the API document.
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self.request(method.clone(), path);
@@ -825,6 +830,9 @@ async fn told(me: &Client, id: &str, content: &str) -> Value {
 /// is measured on the engine (`reading_ahead_leaves_the_next_turn_only_its_message_to_read`):
 /// here the server's replies are sampled alike for two people who say the same things, so each
 /// finds the other's prompts in the shared cache and the counts would not tell them apart.
+/// What a person is typing (a draft) is read ahead too, once; and the draft door is tried as an
+/// attacker would: another session's conversation, no CSRF token, a draft over the length
+/// limit, a field it does not know.
 #[test]
 fn the_next_turn_is_read_ahead_unless_someone_is_waiting() {
     let _one = serialised();
@@ -866,6 +874,47 @@ fn the_next_turn_is_read_ahead_unless_someone_is_waiting() {
             assert!(Instant::now() < deadline, "B's next turn was not read ahead:\n{metrics}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+
+        // A's draft is read ahead once; the same text again is not.
+        let draft = format!("/api/conversations/{a}/draft");
+        let typed = json!({"content": "I teach primary school in"});
+        let (status, body) = ma.post(&draft, typed.clone()).await;
+        assert_eq!((status, body["draft"].as_str()), (202, Some("waiting")), "{body}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let metrics = ma.get_text("/metrics").await;
+            if metrics.contains("rapport_draft_reads_total{outcome=\"read\"} 1") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "A's draft was not read ahead:\n{metrics}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (status, body) = ma.post(&draft, typed.clone()).await;
+        assert_eq!((status, body["draft"].as_str()), (202, Some("unchanged")), "{body}");
+
+        // Through every door around it.
+        let (status, body) = mb.post(&draft, typed.clone()).await;
+        assert_eq!(status, 404, "another session's conversation: {body}");
+        let bare = ma
+            .http
+            .post(format!("{}{draft}", server.base))
+            .header("cookie", &ma.cookie)
+            .json(&typed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bare.status(), 403, "no CSRF token");
+        let (status, body) = ma.post(&draft, json!({"content": "x".repeat(2001)})).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("2000"), "{body}");
+        let (status, body) =
+            ma.post(&draft, json!({"content": "hi", "persona": "flirt-partner"})).await;
+        assert!((400..500).contains(&status), "an unknown field is refused: {status} {body}");
+        let metrics = ma.get_text("/metrics").await;
+        assert!(
+            metrics.contains("rapport_draft_reads_total{outcome=\"read\"} 1"),
+            "nothing refused was read:\n{metrics}"
+        );
     });
 }
 

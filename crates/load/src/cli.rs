@@ -188,6 +188,16 @@ pub struct LatencyArgs {
     /// Seconds between the server listening and the first message.
     #[arg(long, default_value_t = 15)]
     pub settle_secs: u64,
+    /// Type each message at this many milliseconds per character, sending the draft at each
+    /// finished word as the page does (0: each message is sent whole).
+    #[arg(long, default_value_t = 0)]
+    pub typing_ms_per_char: u64,
+    /// Milliseconds from a typed message's last character to pressing Enter.
+    #[arg(long, default_value_t = 200)]
+    pub send_after_ms: u64,
+    /// Type at that pace but send no drafts (the control for what drafts save).
+    #[arg(long)]
+    pub no_drafts: bool,
     /// A name for this configuration in the result files (e.g. "warm-words").
     #[arg(long, default_value = "default")]
     pub label: String,

@@ -311,6 +311,17 @@ impl Session {
         })
     }
 
+    /// Sends what the person has typed so far (the page does as they type); returns what the
+    /// server did with it (`waiting`, `unchanged`, `full`, `off`).
+    pub async fn draft(&self, conversation: &str, content: &str) -> Result<String, ClientError> {
+        let path = format!("/api/conversations/{conversation}/draft");
+        let (_, body) = self.call("POST", &path, Some(&json!({"content": content})), &[]).await?;
+        body["draft"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Protocol(format!("draft: no outcome in {body}")))
+    }
+
     /// Asks for the last reply again (the page's "try again" after a failure); returns the
     /// status and body, whose `job` is the new job.
     pub async fn regenerate(&self, conversation: &str) -> Result<(u16, Value), ClientError> {

@@ -29,6 +29,21 @@ pub struct LatencyConfig {
     /// Seconds to let the server settle after it listens (its start-up work, such as warming
     /// the personas, is then not on the first turn's clock unless that is what is measured).
     pub settle: Duration,
+    /// Type each message at this pace per character, sending the draft at each finished word
+    /// as the page does, and send it this long after its last character (`None`: each message
+    /// is sent whole, as a script would).
+    pub typing: Option<Typing>,
+}
+
+/// How the person types.
+#[derive(Debug, Clone, Copy)]
+pub struct Typing {
+    /// Time per character.
+    pub per_char: Duration,
+    /// From the last character to pressing Enter.
+    pub send_after: Duration,
+    /// Send the drafts (false: the same pace without them, the control of what they save).
+    pub drafts: bool,
 }
 
 /// One turn.
@@ -131,6 +146,9 @@ pub async fn latency(config: &LatencyConfig) -> anyhow::Result<LatencyReport> {
     let mut turns = Vec::new();
     let mut problems = Vec::new();
     for (i, message) in config.script.iter().enumerate() {
+        if let Some(typing) = config.typing {
+            type_out(&person, &conversation, message, typing).await;
+        }
         let sent = Instant::now();
         let posted = person
             .post(&conversation, message, &format!("latency-{i}-{}", std::process::id()))
@@ -176,6 +194,22 @@ pub async fn latency(config: &LatencyConfig) -> anyhow::Result<LatencyReport> {
         turns,
         problems,
     })
+}
+
+/// Types `message` at the person's pace, sending the draft at each finished word as the page
+/// does (the draft's word boundary: a space after it), then waits for the Enter. The page also
+/// sends a draft after a pause; a typist who presses Enter at once never pauses, so this does
+/// not. A draft that fails costs only its speed-up, as in the page.
+async fn type_out(person: &Session, conversation: &str, message: &str, typing: Typing) {
+    let mut typed = String::new();
+    for c in message.chars() {
+        tokio::time::sleep(typing.per_char).await;
+        typed.push(c);
+        if typing.drafts && c.is_whitespace() && !typed.trim().is_empty() {
+            let _ = person.draft(conversation, typed.trim()).await;
+        }
+    }
+    tokio::time::sleep(typing.send_after).await;
 }
 
 #[allow(clippy::too_many_arguments)]

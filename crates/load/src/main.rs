@@ -12,7 +12,7 @@ use rapport_load::cli::{
     AbuseArgs, Cli, Command, Drill, LatencyArgs, RunArgs, ServerArgs, SweepArgs,
 };
 use rapport_load::drills::{self, DrillConfig, DrillReport};
-use rapport_load::latency::{latency, LatencyConfig};
+use rapport_load::latency::{latency, LatencyConfig, Typing};
 use rapport_load::report::Summary;
 use rapport_load::run::run;
 use rapport_load::server::{sqlite_url, RssTrace, ServeSpec, ServerProcess};
@@ -229,6 +229,11 @@ async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
         script,
         pause: Duration::from_secs(args.pause_secs),
         settle: Duration::from_secs(args.settle_secs),
+        typing: (args.typing_ms_per_char > 0).then(|| Typing {
+            per_char: Duration::from_millis(args.typing_ms_per_char),
+            send_after: Duration::from_millis(args.send_after_ms),
+            drafts: !args.no_drafts,
+        }),
     };
     let report = latency(&config).await?;
     let model = args
@@ -241,7 +246,7 @@ async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
         .to_string();
     let name = format!("latency-{model}-{}-{}", args.server.persona, args.label);
     std::fs::create_dir_all(&args.server.out)?;
-    let context = serde_json::json!({"model": args.server.model, "max_tokens": args.server.max_tokens, "persona": args.server.persona, "serve_args": config.serve_args, "script": args.script, "label": args.label, "machine": machine(), "date": chrono::Utc::now().format("%Y-%m-%d").to_string()});
+    let context = serde_json::json!({"model": args.server.model, "max_tokens": args.server.max_tokens, "persona": args.server.persona, "serve_args": config.serve_args, "script": args.script, "label": args.label, "typing_ms_per_char": args.typing_ms_per_char, "send_after_ms": args.send_after_ms, "drafts": args.typing_ms_per_char > 0 && !args.no_drafts, "machine": machine(), "date": chrono::Utc::now().format("%Y-%m-%d").to_string()});
     std::fs::write(
         args.server.out.join(format!("{name}.json")),
         serde_json::to_string_pretty(&serde_json::json!({"context": context, "report": report}))?,

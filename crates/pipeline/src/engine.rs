@@ -756,6 +756,21 @@ impl Pipeline {
         self.read_ahead(conversation, READ_AHEAD_MESSAGE, now, "the read-ahead prompt").map(Some)
     }
 
+    /// The same, with what the person has typed so far instead of the stand-in message: read
+    /// while they type, their next turn is left with only the end of their message and its
+    /// note to read. `None` in the layouts whose note comes before the message.
+    pub fn draft_read_ahead(
+        &self,
+        conversation: &Conversation,
+        draft: &str,
+        now: DateTime<FixedOffset>,
+    ) -> Result<Option<GenerationRequest>, PipelineError> {
+        if !self.config.layout.note_follows_message() {
+            return Ok(None);
+        }
+        self.read_ahead(conversation, draft, now, "the draft read-ahead prompt").map(Some)
+    }
+
     /// `message`'s turn of `conversation` as a one-token request, without the turn's note
     /// where it follows the message: the note differs every turn, so reading it would serve
     /// no later prompt.

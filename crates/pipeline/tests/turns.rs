@@ -590,8 +590,10 @@ fn the_cached_layout_reads_fewer_new_tokens_each_turn() {
 /// next message is read into the prefix cache, so that their next turn reads only its message
 /// and its note. The read-ahead is that prompt exactly (the same messages before the new one);
 /// with it, the next turn does not read the reply before it again; and the reply is the same
-/// word for word (greedy), because the cache serves only tokens that are the same. Two
-/// fresh engines, so that neither finds the other's prompts in its cache.
+/// word for word (greedy), because the cache serves only tokens that are the same. Read up to
+/// what the person has typed of their message as well (a draft), the turn reads only the rest
+/// of the message and its note. A fresh engine per run, so that none finds another's prompts
+/// in its cache.
 #[test]
 fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
     rt().block_on(async {
@@ -606,8 +608,14 @@ fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
             false,
             PipelineConfig { layout: PromptLayout::Compact, ..greedy_config() },
         );
+        // Three runs: no read-ahead; the next turn read ahead up to the message; and, after
+        // that, up to what the person had typed (every word of the line but the last).
+        let typed = |line: &str| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words[..words.len() - 1].join(" ")
+        };
         let mut runs = Vec::new();
-        for read_ahead in [false, true] {
+        for (read_ahead, drafts) in [(false, false), (true, false), (true, true)] {
             let engine = fresh_smollm2().await;
             let mut c = p.start();
             let (mut new_tokens, mut replies) = (Vec::new(), Vec::new());
@@ -637,6 +645,19 @@ fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
                     collect_completion(engine.generate(ahead).await.unwrap(), |_| {})
                         .await
                         .unwrap();
+                    if drafts {
+                        let draft = p
+                            .draft_read_ahead(&c, &typed(line), at(i as u32))
+                            .unwrap()
+                            .expect("the compact layout reads drafts ahead");
+                        assert_eq!(draft.sampling().max_tokens, 1);
+                        assert_eq!(draft.messages()[..shared], real[..shared]);
+                        assert_eq!(draft.messages().len(), shared + 1, "no note after a draft");
+                        assert_eq!(draft.messages()[shared].content, typed(line));
+                        collect_completion(engine.generate(draft).await.unwrap(), |_| {})
+                            .await
+                            .unwrap();
+                    }
                 }
                 if i > 0 {
                     let prepared = p.prepare(&c, line, at(i as u32)).unwrap();
@@ -649,7 +670,7 @@ fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
                         .summary
                         .usage;
                     eprintln!(
-                        "read ahead {read_ahead}: turn {}: {} prompt tokens, {} cached",
+                        "read ahead {read_ahead}, drafts {drafts}: turn {}: {} prompt tokens, {} cached",
                         i + 1,
                         usage.prompt_tokens,
                         usage.cached_prompt_tokens
@@ -662,7 +683,15 @@ fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
             runs.push((new_tokens, replies));
         }
         let ((without, replies_without), (with, replies_with)) = (&runs[0], &runs[1]);
+        let (typing, replies_typing) = (&runs[2].0, &runs[2].1);
         assert_eq!(replies_with, replies_without, "reading ahead changes no reply");
+        assert_eq!(replies_typing, replies_without, "reading drafts ahead changes no reply");
+        // What a draft saves is what was typed of the message: at least a token a word (the
+        // last token of the draft may be read again, where the next word joins it).
+        for (t, (d, w)) in typing.iter().zip(with).enumerate() {
+            let typed_words = typed(lines[t + 1]).split_whitespace().count() as u32;
+            assert!(d + typed_words <= w + 1, "turn {}: {d} new tokens after the draft, {w} after the read-ahead alone, {typed_words} words typed", t + 2);
+        }
         // What the read-ahead saves a turn is the reply before it (at least a token a word) and
         // the chat template's lines around it.
         for (t, (w, wo)) in with.iter().zip(without).enumerate() {

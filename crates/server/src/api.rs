@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::body::json_object;
 use crate::client::ClientAddress;
 use crate::door;
+use crate::drafts::Offered;
 use crate::error::{AppError, AppResult};
 use crate::limits::Scope;
 use crate::practice::{coaching, opened, practice_view, refuse_when_over, ScenarioWrite};
@@ -167,7 +168,9 @@ pub async fn delete(
     Extension(CurrentSession(session)): Extension<CurrentSession>,
     Path(id): Path<String>,
 ) -> AppResult<StatusCode> {
-    app.store.delete_conversation(&session.id, &ConversationId(id)).await?;
+    let id = ConversationId(id);
+    app.store.delete_conversation(&session.id, &id).await?;
+    app.drafts.forget(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -258,11 +261,53 @@ pub async fn post_message(
     )
     .await?;
     if !posted.duplicate {
+        // What they typed is sent: reading it ahead again would only delay the reply.
+        app.drafts.forget(&id);
         app.queued.notify_one();
     }
     let queue = queue_view(&app, &posted.job).await;
     let status = if posted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(json!({"message": posted.message, "job": posted.job, "queue": queue, "duplicate": posted.duplicate}))).into_response())
+}
+
+/// What the person has typed so far (`POST /api/conversations/{id}/draft`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDraft {
+    content: String,
+}
+
+/// `POST /api/conversations/{id}/draft`: what the person has typed so far, for an idle worker to
+/// read ahead (`drafts`). A hint, not a request: 202 whatever became of it, and the body says
+/// what (`waiting`, `unchanged`, `full`, `off`); never stored. Refused like a message when it is
+/// too long or the conversation is not the session's.
+pub async fn post_draft(
+    State(app): State<AppState>,
+    Extension(CurrentSession(session)): Extension<CurrentSession>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> AppResult<Response> {
+    let body: NewDraft = json_object(body)?;
+    let id = ConversationId(id);
+    let conversation = app.store.conversation(&session.id, &id).await?;
+    let chars = body.content.chars().count();
+    if chars > app.config.max_message_chars {
+        return Err(AppError::unprocessable(format!(
+            "the draft is {chars} characters long; the limit is {} characters",
+            app.config.max_message_chars
+        )));
+    }
+    let outcome = if app.config.read_ahead {
+        match app.drafts.offer(id, &conversation.persona, &body.content) {
+            Offered::Waiting => "waiting",
+            Offered::Unchanged => "unchanged",
+            Offered::Full => "full",
+        }
+    } else {
+        "off"
+    };
+    app.metrics.count("rapport_drafts_total", &[("outcome", outcome)], 1);
+    Ok((StatusCode::ACCEPTED, Json(json!({ "draft": outcome }))).into_response())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {

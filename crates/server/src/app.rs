@@ -36,6 +36,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/conversations/{id}/export", get(api::export))
         .route("/api/conversations/{id}/feedback", get(api::feedback))
         .route("/api/conversations/{id}/messages", post(api::post_message))
+        .route("/api/conversations/{id}/draft", post(api::post_draft))
         .route("/api/conversations/{id}/regenerate", post(api::regenerate))
         .route("/api/conversations/{id}/alternatives", post(api::choose))
         .route("/api/conversations/{id}/jobs/{job}", get(api::job))

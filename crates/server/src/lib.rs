@@ -4,7 +4,7 @@
 //! write nothing) → [`api`] (validation, then [`door`]: rate limits per session and per client,
 //! the queue's bounds) → the store (message and job committed together) → 202. Then a [`worker`] claims the job, runs the
 //! pipeline, and stores the reply, then (with no job waiting) reads the conversation's next turn ahead
-//! into the prefix cache ([`read_ahead`]); [`stream`] relays the reply to the page as Server-Sent
+//! into the prefix cache ([`read_ahead`]), as it does what the person is typing ([`drafts`]); [`stream`] relays the reply to the page as Server-Sent
 //! Events from wherever it is being written ([`live`] in this process, the job's saved partial
 //! text from another). [`companion`] offers the personas to OpenAI clients; [`openai`] offers a
 //! bare model (`rapport serve-llm`).
@@ -27,6 +27,7 @@ pub mod body;
 pub mod client;
 pub mod companion;
 pub mod door;
+pub mod drafts;
 pub mod error;
 pub mod limits;
 pub mod live;

@@ -62,6 +62,9 @@ const HELP: &[(&str, &str, &str)] = &[
     ("rapport_warm_up_seconds", "histogram", "Time to read a shipped persona's opening into the prefix cache at start-up, by persona."),
     ("rapport_read_ahead_total", "counter", "Next turns read ahead into the prefix cache after a stored reply, by outcome (read; skipped: a job was waiting; cancelled: a job arrived while it read; failed)."),
     ("rapport_read_ahead_seconds", "histogram", "Time to read a conversation's next turn ahead, up to the person's next message."),
+    ("rapport_draft_reads_total", "counter", "Drafts (what a person is typing) read ahead into the prefix cache, by outcome (read; skipped: a job was waiting; cancelled: a job arrived while it read; failed)."),
+    ("rapport_draft_read_seconds", "histogram", "Time to read a conversation's next turn ahead, up to what the person has typed."),
+    ("rapport_drafts_total", "counter", "Drafts the page sent, by what became of them (waiting; unchanged: nothing new to read; full: too many conversations had drafts waiting; off: reading ahead is off)."),
     ("rapport_expired_total", "counter", "Rows deleted by the expiry sweep (sessions, conversations, rate_limits)."),
 ];
 

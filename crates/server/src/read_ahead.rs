@@ -11,6 +11,9 @@
 //! memory it is one more prefix-cache entry per conversation, within the engine's bound. A
 //! backend without a prefix cache gains nothing and loses one token's work per turn; turn it off
 //! with `rapport serve --no-read-ahead`.
+//!
+//! What the person is typing is read the same way ([`crate::drafts`]): the prompt up to their
+//! draft instead of up to a stand-in message, so their turn reads only the words typed since.
 
 use std::time::Instant;
 
@@ -19,6 +22,7 @@ use futures::{FutureExt, StreamExt};
 use rapport_core::GenerationEvent;
 use rapport_pipeline::Conversation;
 
+use crate::drafts::Draft;
 use crate::state::AppState;
 
 /// A conversation whose next turn can be read ahead: what the turn just stored left.
@@ -28,6 +32,39 @@ pub struct ReadAhead {
     /// The conversation after the reply (with what the person told before, as the turn read
     /// it).
     pub conversation: Conversation,
+    /// What the person has typed of their next message, if known; else the prompt is read up
+    /// to where the message goes.
+    pub draft: Option<String>,
+}
+
+impl ReadAhead {
+    /// The counter and histogram this read is counted in.
+    fn metrics(&self) -> (&'static str, &'static str) {
+        match self.draft {
+            None => ("rapport_read_ahead_total", "rapport_read_ahead_seconds"),
+            Some(_) => ("rapport_draft_reads_total", "rapport_draft_read_seconds"),
+        }
+    }
+
+    /// What `draft`'s conversation needs for its read: its state after its last reply, with
+    /// what the persona recalls of the person, as its next turn will start. `None` when a
+    /// message of theirs is waiting for its reply (the draft is then what they already sent).
+    pub async fn of_draft(app: &AppState, draft: Draft) -> Result<Option<Self>, String> {
+        let Some(state) = app
+            .store
+            .next_turn_state(&draft.conversation)
+            .await
+            .map_err(|e| format!("reading the conversation's state failed: {e}"))?
+        else {
+            return Ok(None);
+        };
+        let mut conversation: Conversation = serde_json::from_str(&state)
+            .map_err(|e| format!("the stored conversation state is unreadable: {e}"))?;
+        if crate::worker::remembers(app, &draft.persona) {
+            conversation.recalled = crate::worker::recalled(app, &draft.conversation).await?;
+        }
+        Ok(Some(Self { persona: draft.persona, conversation, draft: Some(draft.text) }))
+    }
 }
 
 /// Reads `ahead` into the prefix cache if no job is waiting; the caller holds a generation
@@ -43,10 +80,11 @@ pub async fn run(
     // worker has claimed since, must not cancel the read: drop it first, then look at the
     // queue. A job posted after this either shows in the depth or rings again.
     let _stale = app.queued.notified().now_or_never();
+    let (counter, histogram) = ahead.metrics();
     match app.store.depth().await {
         Ok((0, _)) => {}
         Ok(_) => {
-            app.metrics.count("rapport_read_ahead_total", &[("outcome", "skipped")], 1);
+            app.metrics.count(counter, &[("outcome", "skipped")], 1);
             return true;
         }
         Err(e) => {
@@ -60,7 +98,7 @@ pub async fn run(
         _ = app.queued.notified() => {
             // The worker claims the job as soon as this returns (it loops straight to a claim
             // and does not wait for this notification).
-            app.metrics.count("rapport_read_ahead_total", &[("outcome", "cancelled")], 1);
+            app.metrics.count(counter, &[("outcome", "cancelled")], 1);
             return true;
         }
         _ = shutdown.changed() => return false,
@@ -68,13 +106,13 @@ pub async fn run(
     match result {
         Ok(Some(tokens)) => {
             let ms = started.elapsed().as_millis() as u64;
-            app.metrics.count("rapport_read_ahead_total", &[("outcome", "read")], 1);
-            app.metrics.seconds("rapport_read_ahead_seconds", &[], ms as f64 / 1000.0);
+            app.metrics.count(counter, &[("outcome", "read")], 1);
+            app.metrics.seconds(histogram, &[], ms as f64 / 1000.0);
             tracing::debug!(persona = %ahead.persona, ms, prompt_tokens = ?tokens, "read the next turn ahead");
         }
         Ok(None) => {}
         Err(e) => {
-            app.metrics.count("rapport_read_ahead_total", &[("outcome", "failed")], 1);
+            app.metrics.count(counter, &[("outcome", "failed")], 1);
             tracing::warn!(persona = %ahead.persona, error = %e, "reading the next turn ahead failed");
         }
     }
@@ -88,9 +126,11 @@ async fn read(app: &AppState, ahead: &ReadAhead) -> Result<Option<Option<u32>>, 
         app.personas.pipeline(&app.store, &ahead.persona).await.map_err(|e| e.message)?;
     // Only the turn's note, which is not read ahead, tells the time.
     let now = Utc::now().fixed_offset();
-    let Some(request) =
-        pipeline.next_turn_read_ahead(&ahead.conversation, now).map_err(|e| e.to_string())?
-    else {
+    let request = match &ahead.draft {
+        None => pipeline.next_turn_read_ahead(&ahead.conversation, now),
+        Some(draft) => pipeline.draft_read_ahead(&ahead.conversation, draft, now),
+    };
+    let Some(request) = request.map_err(|e| e.to_string())? else {
         return Ok(None);
     };
     let mut stream = app.generator.generate(request).await.map_err(|e| e.to_string())?;

@@ -45,7 +45,8 @@ pub struct AppConfig {
     /// Read each shipped persona's opening into the prefix cache at start-up (`warm`).
     pub warm_personas: bool,
     /// After each stored reply, read the conversation's next prompt up to the person's next
-    /// message into the prefix cache while no job waits (`read_ahead`).
+    /// message into the prefix cache while no job waits (`read_ahead`), and the same prompt up
+    /// to what they are typing as they type (`drafts`).
     pub read_ahead: bool,
     /// Time limit of ordinary requests (not streams).
     pub request_timeout: Duration,
@@ -143,6 +144,8 @@ pub struct AppState {
     /// Rung when a job is queued here, so an idle worker starts at once instead of at its next
     /// poll.
     pub queued: Arc<Notify>,
+    /// What people are typing, waiting to be read ahead (`drafts`).
+    pub drafts: Arc<crate::drafts::Drafts>,
     /// Set when the server is shutting down.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -167,6 +170,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             slots: Arc::new(Semaphore::new(workers)),
             queued: Arc::new(Notify::new()),
+            drafts: Arc::default(),
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }

@@ -50,11 +50,21 @@ pub async fn run(app: AppState, number: usize) {
                 drop(permit);
             }
             Ok(None) => {
+                // Nothing to write: read what someone is typing, if anyone is, still holding
+                // the slot (a job queued meanwhile cancels the read).
+                if let Some(draft) = app.drafts.take().filter(|_| app.config.read_ahead) {
+                    if !read_draft(&app, draft, &mut shutdown).await {
+                        return;
+                    }
+                    drop(permit);
+                    continue;
+                }
                 drop(permit);
                 // Jobs posted to this process ring the bell; those posted elsewhere (or whose
-                // holder died) are found by the poll.
+                // holder died) are found by the poll. A draft offered here rings its own.
                 tokio::select! {
                     _ = app.queued.notified() => {}
+                    _ = app.drafts.offered.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = shutdown.changed() => return,
                 }
@@ -65,6 +75,23 @@ pub async fn run(app: AppState, number: usize) {
                 tracing::error!(error = %e, "claiming a job failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+    }
+}
+
+/// Reads `draft` ahead (`read_ahead`); false when the server is shutting down.
+async fn read_draft(
+    app: &AppState,
+    draft: crate::drafts::Draft,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    match ReadAhead::of_draft(app, draft).await {
+        Ok(Some(ahead)) => read_ahead::run(app, ahead, shutdown).await,
+        Ok(None) => true,
+        Err(e) => {
+            app.metrics.count("rapport_draft_reads_total", &[("outcome", "failed")], 1);
+            tracing::warn!(error = %e, "reading a draft ahead failed");
+            true
         }
     }
 }
@@ -166,7 +193,7 @@ async fn run_job(
                         &[],
                         started.elapsed().as_secs_f64(),
                     );
-                    Some(ReadAhead { persona: job.persona.clone(), conversation })
+                    Some(ReadAhead { persona: job.persona.clone(), conversation, draft: None })
                 }
                 Err(StoreError::Conflict(_)) => {
                     app.live.abandon(&id);
@@ -244,7 +271,7 @@ async fn write_reply(
     let pipeline = app.personas.pipeline(&app.store, &job.persona).await.map_err(|e| e.message)?;
     let mut conversation: Conversation = serde_json::from_str(&job.state)
         .map_err(|e| format!("the stored conversation state is unreadable: {e}"))?;
-    if remembers(app, job) {
+    if remembers(app, &job.persona) {
         conversation.recalled = recalled(app, &job.job.conversation_id).await?;
     }
     let offset = FixedOffset::east_opt((job.utc_offset_min * 60) as i32)
@@ -264,16 +291,19 @@ async fn write_reply(
     Ok((outcome, conversation))
 }
 
-/// Whether the persona of `job` remembers its person across conversations: every persona but a
-/// practice scenario's, whose scene starts afresh each time it is played.
-fn remembers(app: &AppState, job: &ClaimedJob) -> bool {
-    app.personas.scenarios().of_persona_id(&job.persona).is_none()
+/// Whether `persona` remembers its person across conversations: every persona but a practice
+/// scenario's, whose scene starts afresh each time it is played.
+pub(crate) fn remembers(app: &AppState, persona: &str) -> bool {
+    app.personas.scenarios().of_persona_id(persona).is_none()
 }
 
 /// What the persona recalls of the person from their other conversations. Read before every
 /// turn, not kept in the state: a memory corrected or deleted in the page counts from the next
 /// turn. A row of a kind this version does not know is left out rather than failing the turn.
-async fn recalled(app: &AppState, conversation: &ConversationId) -> Result<Recalled, String> {
+pub(crate) async fn recalled(
+    app: &AppState,
+    conversation: &ConversationId,
+) -> Result<Recalled, String> {
     let rows = app
         .store
         .recall(conversation)
@@ -289,7 +319,7 @@ async fn recalled(app: &AppState, conversation: &ConversationId) -> Result<Recal
 
 /// What the message told, to remember with its reply.
 fn to_remember(app: &AppState, job: &ClaimedJob, trace: &TurnTrace) -> Vec<NewMemory> {
-    if !remembers(app, job) {
+    if !remembers(app, &job.persona) {
         return Vec::new();
     }
     trace

@@ -563,6 +563,26 @@ impl Store {
             .ok_or(StoreError::NotFound("trace"))
     }
 
+    /// The pipeline state the conversation's next turn would start from: the state after its
+    /// last active message when that is a reply (the greeting included), else `None` (a
+    /// message is waiting for its reply, or the conversation is gone).
+    pub async fn next_turn_state(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT role, state FROM messages WHERE conversation_id = $1 AND active = 1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(conversation.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.try_get::<String, _>("role")? == "user" {
+            return Ok(None);
+        }
+        Ok(row.try_get::<Option<String>, _>("state")?)
+    }
+
     /// The pipeline state after the active reply at `seq` (the state the next turn starts from).
     pub async fn state_after(
         &self,
