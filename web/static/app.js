@@ -204,24 +204,33 @@ function pendingBubble() {
 // ---- what the person is typing, read ahead ----
 // The server reads the next reply's prompt up to what is typed while the person types, so the
 // reply, once sent, starts sooner (docs/latency.md). Sent when a word is finished (a space or
-// punctuation) or after a short pause, one request at a time, never while a reply is being
-// written; what was sent last is not sent again. The server keeps it in memory only.
+// punctuation), and once more, marked paused, when typing stops for a moment: that draft may be
+// the message itself, and the server then reads its whole turn. One request at a time, never
+// while a reply is being written; what was sent last is not sent again. The server keeps it in
+// memory only.
 const DRAFT_PAUSE_MS = 300;
 const draft = { timer: null, inFlight: false, sent: '' };
 
 function draftChanged(event) {
   clearTimeout(draft.timer);
   const finishedWord = event && typeof event.data === 'string' && /[\s.,!?;:]$/.test(event.data);
-  draft.timer = setTimeout(sendDraft, finishedWord ? 0 : DRAFT_PAUSE_MS);
+  if (finishedWord) sendDraft(false);
+  draft.timer = setTimeout(() => sendDraft(true), DRAFT_PAUSE_MS);
 }
 
-async function sendDraft() {
+async function sendDraft(paused) {
   const content = $('composer-input').value.trim();
-  if (!state.current || state.busy || draft.inFlight || !content || content === draft.sent || content.length > MAX_CHARS) return;
+  const key = `${paused}:${content}`;
+  if (draft.inFlight) {
+    // The pause's draft is the one worth reading whole: try it again once the other is answered.
+    if (paused) draft.timer = setTimeout(() => sendDraft(true), DRAFT_PAUSE_MS);
+    return;
+  }
+  if (!state.current || state.busy || !content || key === draft.sent || content.length > MAX_CHARS) return;
   draft.inFlight = true;
-  draft.sent = content;
+  draft.sent = key;
   try {
-    await api('POST', `/api/conversations/${encodeURIComponent(state.current)}/draft`, { content });
+    await api('POST', `/api/conversations/${encodeURIComponent(state.current)}/draft`, { content, paused, utc_offset_min: -new Date().getTimezoneOffset() });
   } catch (e) {
     // Only a speed-up is lost.
   } finally {

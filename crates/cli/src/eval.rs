@@ -166,10 +166,10 @@ pub struct RunArgs {
     /// the check is worth against a run with it).
     #[arg(long)]
     no_character_guard: bool,
-    /// Cut a help-desk draft's help-desk sentences instead of writing it again, when a reply
-    /// is left (off by default until measured; docs/eval/partner-quality.md).
+    /// Write a help-desk draft again instead of cutting its help-desk sentences (to measure
+    /// what the cut is worth; docs/eval/partner-quality.md).
     #[arg(long)]
-    cut_service: bool,
+    no_cut_service: bool,
     /// Do not check drafts against the persona's facts and what the person said (to measure
     /// what the check is worth against a run with it).
     #[arg(long)]
@@ -796,7 +796,7 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
         character_guard: !args.no_character_guard,
         fact_guard: !args.no_fact_guard,
         layout,
-        cut_service: args.cut_service,
+        cut_service: !args.no_cut_service,
         ..PipelineConfig::default()
     };
     let prompts = Arc::new(Prompts::embedded());
@@ -823,7 +823,7 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
         pipeline: Some(batch::PipelineOptions {
             layout: layout.to_string(),
             character_guard: !args.no_character_guard,
-            cut_service: args.cut_service,
+            cut_service: !args.no_cut_service,
             fact_guard: Some(!args.no_fact_guard),
         }),
     };

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// still checked.
     #[arg(long)]
     no_character_guard: bool,
+    /// Write a help-desk draft again instead of cutting its help-desk sentences when the rest
+    /// of it is a reply (the cut is on by default since its judged batch).
+    #[arg(long)]
+    no_cut_service: bool,
     /// Where each turn's notes and the persona's examples go (docs/eval/prompt-layout.md):
     /// `compact-history`, `compact`, `cached-exchanges`, `cached`, `notes-before-message`, or
     /// `notes-in-system` (for chat templates that allow only one system message). Default:
@@ -237,6 +241,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         sampling,
         stream_words: args.stream_words,
         character_guard: !args.no_character_guard,
+        cut_service: !args.no_cut_service,
         layout,
         ..PipelineConfig::default()
     };

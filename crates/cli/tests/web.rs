@@ -891,6 +891,15 @@ fn the_next_turn_is_read_ahead_unless_someone_is_waiting() {
         }
         let (status, body) = ma.post(&draft, typed.clone()).await;
         assert_eq!((status, body["draft"].as_str()), (202, Some("unchanged")), "{body}");
+        // Once they stop typing, the draft is read whole (its note too).
+        let paused = json!({"content": "I teach primary school in Leeds.", "paused": true, "utc_offset_min": 60});
+        let (status, body) = ma.post(&draft, paused).await;
+        assert_eq!((status, body["draft"].as_str()), (202, Some("waiting")), "{body}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ma.get_text("/metrics").await.contains("rapport_draft_reads_total{outcome=\"read\"} 2") {
+            assert!(Instant::now() < deadline, "A's paused draft was not read ahead");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
 
         // Through every door around it.
         let (status, body) = mb.post(&draft, typed.clone()).await;
@@ -910,9 +919,11 @@ fn the_next_turn_is_read_ahead_unless_someone_is_waiting() {
         let (status, body) =
             ma.post(&draft, json!({"content": "hi", "persona": "flirt-partner"})).await;
         assert!((400..500).contains(&status), "an unknown field is refused: {status} {body}");
+        let (status, body) = ma.post(&draft, json!({"content": "hi", "utc_offset_min": 900})).await;
+        assert_eq!(status, 422, "{body}");
         let metrics = ma.get_text("/metrics").await;
         assert!(
-            metrics.contains("rapport_draft_reads_total{outcome=\"read\"} 1"),
+            metrics.contains("rapport_draft_reads_total{outcome=\"read\"} 2"),
             "nothing refused was read:\n{metrics}"
         );
     });

@@ -192,7 +192,8 @@ pub struct LatencyArgs {
     /// finished word as the page does (0: each message is sent whole).
     #[arg(long, default_value_t = 0)]
     pub typing_ms_per_char: u64,
-    /// Milliseconds from a typed message's last character to pressing Enter.
+    /// Milliseconds from a typed message's last character to pressing Enter (over 300, the
+    /// page's pause, the draft marked paused is sent too).
     #[arg(long, default_value_t = 200)]
     pub send_after_ms: u64,
     /// Type at that pace but send no drafts (the control for what drafts save).

@@ -311,11 +311,18 @@ impl Session {
         })
     }
 
-    /// Sends what the person has typed so far (the page does as they type); returns what the
-    /// server did with it (`waiting`, `unchanged`, `full`, `off`).
-    pub async fn draft(&self, conversation: &str, content: &str) -> Result<String, ClientError> {
+    /// Sends what the person has typed so far (the page does as they type; `paused` once they
+    /// stop typing); returns what the server did with it (`waiting`, `unchanged`, `full`,
+    /// `off`).
+    pub async fn draft(
+        &self,
+        conversation: &str,
+        content: &str,
+        paused: bool,
+    ) -> Result<String, ClientError> {
         let path = format!("/api/conversations/{conversation}/draft");
-        let (_, body) = self.call("POST", &path, Some(&json!({"content": content})), &[]).await?;
+        let body = json!({"content": content, "paused": paused});
+        let (_, body) = self.call("POST", &path, Some(&body), &[]).await?;
         body["draft"]
             .as_str()
             .map(str::to_string)

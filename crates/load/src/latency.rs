@@ -196,20 +196,30 @@ pub async fn latency(config: &LatencyConfig) -> anyhow::Result<LatencyReport> {
     })
 }
 
+/// The page's pause before it sends the draft marked paused (`DRAFT_PAUSE_MS` in app.js).
+const DRAFT_PAUSE: Duration = Duration::from_millis(300);
+
 /// Types `message` at the person's pace, sending the draft at each finished word as the page
-/// does (the draft's word boundary: a space after it), then waits for the Enter. The page also
-/// sends a draft after a pause; a typist who presses Enter at once never pauses, so this does
-/// not. A draft that fails costs only its speed-up, as in the page.
+/// does (the draft's word boundary: a space after it), then waits for the Enter; a person who
+/// waits longer than the page's pause before pressing it also sends the paused draft, as the
+/// page does. A draft that fails costs only its speed-up, as in the page.
 async fn type_out(person: &Session, conversation: &str, message: &str, typing: Typing) {
     let mut typed = String::new();
     for c in message.chars() {
         tokio::time::sleep(typing.per_char).await;
         typed.push(c);
         if typing.drafts && c.is_whitespace() && !typed.trim().is_empty() {
-            let _ = person.draft(conversation, typed.trim()).await;
+            let _ = person.draft(conversation, typed.trim(), false).await;
         }
     }
-    tokio::time::sleep(typing.send_after).await;
+    if typing.drafts && typing.send_after > DRAFT_PAUSE {
+        let paused = Instant::now() + DRAFT_PAUSE;
+        tokio::time::sleep_until(paused.into()).await;
+        let _ = person.draft(conversation, typed.trim(), true).await;
+        tokio::time::sleep_until((paused + typing.send_after - DRAFT_PAUSE).into()).await;
+    } else {
+        tokio::time::sleep(typing.send_after).await;
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -614,8 +614,12 @@ fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
             let words: Vec<&str> = line.split_whitespace().collect();
             words[..words.len() - 1].join(" ")
         };
+        // A fourth reads each whole message, note included, as when the person stopped typing
+        // before they sent it.
         let mut runs = Vec::new();
-        for (read_ahead, drafts) in [(false, false), (true, false), (true, true)] {
+        for (read_ahead, drafts, whole) in
+            [(false, false, false), (true, false, false), (true, true, false), (true, true, true)]
+        {
             let engine = fresh_smollm2().await;
             let mut c = p.start();
             let (mut new_tokens, mut replies) = (Vec::new(), Vec::new());
@@ -647,13 +651,23 @@ fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
                         .unwrap();
                     if drafts {
                         let draft = p
-                            .draft_read_ahead(&c, &typed(line), at(i as u32))
+                            .draft_read_ahead(&c, &typed(line), false, at(i as u32))
                             .unwrap()
                             .expect("the compact layout reads drafts ahead");
                         assert_eq!(draft.sampling().max_tokens, 1);
                         assert_eq!(draft.messages()[..shared], real[..shared]);
                         assert_eq!(draft.messages().len(), shared + 1, "no note after a draft");
                         assert_eq!(draft.messages()[shared].content, typed(line));
+                        collect_completion(engine.generate(draft).await.unwrap(), |_| {})
+                            .await
+                            .unwrap();
+                    }
+                    if whole {
+                        let draft = p
+                            .draft_read_ahead(&c, line, true, at(i as u32))
+                            .unwrap()
+                            .expect("the compact layout reads drafts ahead");
+                        assert_eq!(draft.messages(), &real[..], "the whole turn's prompt");
                         collect_completion(engine.generate(draft).await.unwrap(), |_| {})
                             .await
                             .unwrap();
@@ -670,7 +684,7 @@ fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
                         .summary
                         .usage;
                     eprintln!(
-                        "read ahead {read_ahead}, drafts {drafts}: turn {}: {} prompt tokens, {} cached",
+                        "read ahead {read_ahead}, drafts {drafts}, whole {whole}: turn {}: {} prompt tokens, {} cached",
                         i + 1,
                         usage.prompt_tokens,
                         usage.cached_prompt_tokens
@@ -684,8 +698,15 @@ fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
         }
         let ((without, replies_without), (with, replies_with)) = (&runs[0], &runs[1]);
         let (typing, replies_typing) = (&runs[2].0, &runs[2].1);
+        let (paused, replies_paused) = (&runs[3].0, &runs[3].1);
         assert_eq!(replies_with, replies_without, "reading ahead changes no reply");
         assert_eq!(replies_typing, replies_without, "reading drafts ahead changes no reply");
+        assert_eq!(replies_paused, replies_without, "reading whole drafts ahead changes no reply");
+        // Sent as it was read, a whole draft leaves its turn nothing to read but the token the
+        // engine needs to start from.
+        for (t, new) in paused.iter().enumerate() {
+            assert!(*new <= 2, "turn {}: {new} new tokens after its whole draft was read", t + 2);
+        }
         // What a draft saves is what was typed of the message: at least a token a word (the
         // last token of the draft may be read again, where the next word joins it).
         for (t, (d, w)) in typing.iter().zip(with).enumerate() {
@@ -709,7 +730,8 @@ fn reading_ahead_leaves_the_next_turn_only_its_message_to_read() {
 fn breaks_of_character_are_written_again_and_soft_ones_kept_rather_than_dropped() {
     rt().block_on(async {
         let _turn = exclusive().await;
-        let p = pipeline("wedding-host", true, greedy_config());
+        let p = pipeline("wedding-host", true, PipelineConfig { cut_service: false, ..greedy_config() });
+        // Written again, not cut (the cut is tried below).
         // (message, the two drafts, the reply kept, the first draft's hits, the soft draft kept)
         type Case<'a> = (&'a str, [&'static str; 2], &'a str, &'a [&'a str], Option<u32>);
         let cases: [Case; 4] = [

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::body::json_object;
 use crate::client::ClientAddress;
 use crate::door;
-use crate::drafts::Offered;
+use crate::drafts::{Offered, Typed};
 use crate::error::{AppError, AppResult};
 use crate::limits::Scope;
 use crate::practice::{coaching, opened, practice_view, refuse_when_over, ScenarioWrite};
@@ -275,6 +275,13 @@ pub async fn post_message(
 #[serde(deny_unknown_fields)]
 pub struct NewDraft {
     content: String,
+    /// The person stopped typing: this may be the message they send.
+    #[serde(default)]
+    paused: bool,
+    /// As for a message: the writer's offset from UTC in minutes (a whole turn read ahead
+    /// tells the time in its note as the message's turn will).
+    #[serde(default)]
+    utc_offset_min: i64,
 }
 
 /// `POST /api/conversations/{id}/draft`: what the person has typed so far, for an idle worker to
@@ -297,8 +304,13 @@ pub async fn post_draft(
             app.config.max_message_chars
         )));
     }
+    if !(-14 * 60..=14 * 60).contains(&body.utc_offset_min) {
+        return Err(AppError::unprocessable("utc_offset_min must be between -840 and 840"));
+    }
     let outcome = if app.config.read_ahead {
-        match app.drafts.offer(id, &conversation.persona, &body.content) {
+        let typed =
+            Typed { text: &body.content, whole: body.paused, utc_offset_min: body.utc_offset_min };
+        match app.drafts.offer(id, &conversation.persona, typed) {
             Offered::Waiting => "waiting",
             Offered::Unchanged => "unchanged",
             Offered::Full => "full",

@@ -2,7 +2,9 @@
 //! (`POST /api/conversations/{id}/draft`); an idle worker reads the next turn's prompt up to
 //! that text into the prefix cache ([`crate::read_ahead`]), so that when they send, the turn
 //! reads only the words typed since and its note (issue 36: on 2 cores the message was most of
-//! what a later turn still read before its first token).
+//! what a later turn still read before its first token). A draft sent once the person has
+//! stopped typing is marked `whole`, and its turn's whole prompt is read, note included: sent
+//! as it is, the turn then finds its whole prompt in the cache.
 //!
 //! A draft lives only here, in this process's memory: the latest text per conversation, never
 //! stored, logged or shown, and forgotten once read, once the message is sent, or after a
@@ -38,6 +40,22 @@ pub struct Draft {
     pub persona: String,
     /// What the person has typed, trimmed and cut to [`MAX_DRAFT_CHARS`] at a word's end.
     pub text: String,
+    /// They stopped typing: read the turn as if this were the message, note included (never
+    /// for a draft that was cut).
+    pub whole: bool,
+    /// Their offset from UTC, minutes.
+    pub utc_offset_min: i64,
+}
+
+/// What the page sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Typed<'a> {
+    /// The message box.
+    pub text: &'a str,
+    /// They stopped typing.
+    pub whole: bool,
+    /// Their offset from UTC, minutes.
+    pub utc_offset_min: i64,
 }
 
 /// What became of an offered draft.
@@ -63,8 +81,9 @@ struct Inner {
     /// draft was offered (its place in line: typing on does not send a person to the back),
     /// and when the latest was.
     waiting: HashMap<ConversationId, Waiting>,
-    /// What was last read for each conversation, so that the same text is not read twice.
-    read: HashMap<ConversationId, String>,
+    /// What was last read for each conversation, and whether whole, so that the same is not
+    /// read twice.
+    read: HashMap<ConversationId, (String, bool)>,
 }
 
 /// Drafts waiting to be read ahead, shared by the handlers and the workers of this process.
@@ -76,14 +95,20 @@ pub struct Drafts {
 }
 
 impl Drafts {
-    /// Keeps `text` as the conversation's latest draft (replacing the one before).
-    pub fn offer(&self, conversation: ConversationId, persona: &str, text: &str) -> Offered {
-        let text = cut(text.trim());
+    /// Keeps what was typed as the conversation's latest draft (replacing the one before).
+    pub fn offer(&self, conversation: ConversationId, persona: &str, typed: Typed) -> Offered {
+        let trimmed = typed.text.trim();
+        let text = cut(trimmed);
+        let whole = typed.whole && text.len() == trimmed.len();
         if text.is_empty() {
             return Offered::Unchanged;
         }
         let mut inner = self.inner.lock().expect("drafts lock");
-        if inner.read.get(&conversation).is_some_and(|last| *last == text) {
+        if inner
+            .read
+            .get(&conversation)
+            .is_some_and(|(last, was_whole)| *last == text && (*was_whole || !whole))
+        {
             inner.waiting.remove(&conversation);
             return Offered::Unchanged;
         }
@@ -92,8 +117,13 @@ impl Drafts {
         if inner.waiting.len() >= MAX_PENDING && !inner.waiting.contains_key(&conversation) {
             return Offered::Full;
         }
-        let draft =
-            Draft { conversation: conversation.clone(), persona: persona.to_string(), text };
+        let draft = Draft {
+            conversation: conversation.clone(),
+            persona: persona.to_string(),
+            text,
+            whole,
+            utc_offset_min: typed.utc_offset_min,
+        };
         let since = inner.waiting.get(&conversation).map_or(now, |w| w.since);
         inner.waiting.insert(conversation, Waiting { draft, since, latest: now });
         drop(inner);
@@ -112,7 +142,7 @@ impl Drafts {
         if inner.read.len() >= 4 * MAX_PENDING {
             inner.read.clear();
         }
-        inner.read.insert(oldest, draft.text.clone());
+        inner.read.insert(oldest, (draft.text.clone(), draft.whole));
         Some(draft)
     }
 
@@ -150,21 +180,35 @@ mod tests {
         ConversationId(s.to_string())
     }
 
+    fn typed(text: &str, whole: bool) -> Typed<'_> {
+        Typed { text, whole, utc_offset_min: 60 }
+    }
+
     #[test]
     fn the_latest_draft_of_each_conversation_is_read_once_oldest_first() {
         let drafts = Drafts::default();
-        assert_eq!(drafts.offer(id("a"), "p", "I teach"), Offered::Waiting);
-        assert_eq!(drafts.offer(id("b"), "p", "Hello"), Offered::Waiting);
-        assert_eq!(drafts.offer(id("a"), "p", "  I teach primary  "), Offered::Waiting);
+        assert_eq!(drafts.offer(id("a"), "p", typed("I teach", false)), Offered::Waiting);
+        assert_eq!(drafts.offer(id("b"), "p", typed("Hello", false)), Offered::Waiting);
+        assert_eq!(
+            drafts.offer(id("a"), "p", typed("  I teach primary  ", false)),
+            Offered::Waiting
+        );
         assert_eq!(drafts.waiting(), 2, "one draft per conversation, the latest");
         let first = drafts.take().unwrap();
         assert_eq!((first.conversation, first.text.as_str()), (id("a"), "I teach primary"));
         assert_eq!(drafts.take().unwrap().conversation, id("b"));
         assert_eq!(drafts.take(), None);
-        // The same text again is not read again; new text is.
-        assert_eq!(drafts.offer(id("a"), "p", "I teach primary"), Offered::Unchanged);
-        assert_eq!(drafts.offer(id("a"), "p", "   "), Offered::Unchanged);
-        assert_eq!(drafts.offer(id("a"), "p", "I teach primary school"), Offered::Waiting);
+        // The same text again is not read again, unless it now comes whole; new text is.
+        assert_eq!(drafts.offer(id("a"), "p", typed("I teach primary", false)), Offered::Unchanged);
+        assert_eq!(drafts.offer(id("a"), "p", typed("   ", false)), Offered::Unchanged);
+        assert_eq!(drafts.offer(id("a"), "p", typed("I teach primary", true)), Offered::Waiting);
+        assert!(drafts.take().unwrap().whole);
+        assert_eq!(drafts.offer(id("a"), "p", typed("I teach primary", true)), Offered::Unchanged);
+        assert_eq!(drafts.offer(id("a"), "p", typed("I teach primary", false)), Offered::Unchanged);
+        assert_eq!(
+            drafts.offer(id("a"), "p", typed("I teach primary school", false)),
+            Offered::Waiting
+        );
         drafts.forget(&id("a"));
         assert_eq!(drafts.take(), None, "a sent message takes its draft with it");
     }
@@ -173,16 +217,16 @@ mod tests {
     fn drafts_are_bounded_in_number_and_length() {
         let drafts = Drafts::default();
         for n in 0..MAX_PENDING {
-            assert_eq!(drafts.offer(id(&n.to_string()), "p", "hi"), Offered::Waiting);
+            assert_eq!(drafts.offer(id(&n.to_string()), "p", typed("hi", false)), Offered::Waiting);
         }
-        assert_eq!(drafts.offer(id("one more"), "p", "hi"), Offered::Full);
+        assert_eq!(drafts.offer(id("one more"), "p", typed("hi", false)), Offered::Full);
         assert_eq!(
-            drafts.offer(id("0"), "p", "hi there"),
+            drafts.offer(id("0"), "p", typed("hi there", false)),
             Offered::Waiting,
             "a waiting one may change"
         );
         let long = "word ".repeat(200);
-        assert_eq!(drafts.offer(id("0"), "p", &long), Offered::Waiting);
+        assert_eq!(drafts.offer(id("0"), "p", typed(&long, true)), Offered::Waiting);
         let read =
             std::iter::from_fn(|| drafts.take()).find(|d| d.conversation == id("0")).unwrap();
         assert!(read.text.chars().count() <= MAX_DRAFT_CHARS, "{}", read.text.len());
@@ -191,6 +235,7 @@ mod tests {
             "cut at a word's end: {:?}",
             &read.text[read.text.len() - 8..]
         );
+        assert!(!read.whole, "a cut draft is not what they will send");
         assert_eq!(cut("ab".repeat(300).as_str()).chars().count(), MAX_DRAFT_CHARS);
     }
 }

@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{FixedOffset, Utc};
 use futures::{FutureExt, StreamExt};
 use rapport_core::GenerationEvent;
 use rapport_pipeline::Conversation;
@@ -34,7 +34,7 @@ pub struct ReadAhead {
     pub conversation: Conversation,
     /// What the person has typed of their next message, if known; else the prompt is read up
     /// to where the message goes.
-    pub draft: Option<String>,
+    pub draft: Option<Draft>,
 }
 
 impl ReadAhead {
@@ -63,7 +63,7 @@ impl ReadAhead {
         if crate::worker::remembers(app, &draft.persona) {
             conversation.recalled = crate::worker::recalled(app, &draft.conversation).await?;
         }
-        Ok(Some(Self { persona: draft.persona, conversation, draft: Some(draft.text) }))
+        Ok(Some(Self { persona: draft.persona.clone(), conversation, draft: Some(draft) }))
     }
 }
 
@@ -124,11 +124,16 @@ pub async fn run(
 async fn read(app: &AppState, ahead: &ReadAhead) -> Result<Option<Option<u32>>, String> {
     let pipeline =
         app.personas.pipeline(&app.store, &ahead.persona).await.map_err(|e| e.message)?;
-    // Only the turn's note, which is not read ahead, tells the time.
-    let now = Utc::now().fixed_offset();
     let request = match &ahead.draft {
-        None => pipeline.next_turn_read_ahead(&ahead.conversation, now),
-        Some(draft) => pipeline.draft_read_ahead(&ahead.conversation, draft, now),
+        // Only the turn's note, which is not read ahead here, tells the time.
+        None => pipeline.next_turn_read_ahead(&ahead.conversation, Utc::now().fixed_offset()),
+        Some(draft) => {
+            // A whole turn's note tells the time as the message's turn will, in their zone.
+            let zone = FixedOffset::east_opt((draft.utc_offset_min * 60) as i32)
+                .unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
+            let now = Utc::now().with_timezone(&zone);
+            pipeline.draft_read_ahead(&ahead.conversation, &draft.text, draft.whole, now)
+        }
     };
     let Some(request) = request.map_err(|e| e.to_string())? else {
         return Ok(None);
