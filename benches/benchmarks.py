@@ -178,45 +178,38 @@ def partner_section():
     return out + [f"", f"File: `{rel(path)}`.", ""]
 
 
-def partner_whole_section():
-    c_path = os.path.join(RESULTS, "partner", "whole", "context.json")
+def judged_batches_section(folder, title, reading, wanted):
+    """Paired batch comparisons listed in `folder`/context.json, each as a table of `wanted`."""
+    c_path = os.path.join(RESULTS, folder, "context.json")
     if not os.path.exists(c_path):
         return []
     c = load(c_path)
-    out = ["## The partner, judged: the first version against today's defaults", "",
+    out = [f"## {title}", "",
            f"{machine(c)}, {c['date']}, `{c['model']}` as persona, simulated users and judge (`--method expected`); "
            f"{c['note']}. Commands: " + "; ".join(f"`{x}`" for x in c["commands"]) +
-           " (reading: [docs/eval/partner-quality.md](docs/eval/partner-quality.md#the-whole-change-judged-2026-12-07)).", ""]
+           f" (reading: [{reading.split('#')[0]}]({reading})).", ""]
     for comparison in c["comparisons"]:
-        path = os.path.join(RESULTS, "partner", "whole", comparison["file"])
+        path = os.path.join(RESULTS, folder, comparison["file"])
         d = load(path)
         out += [f"**{comparison['a']} → {comparison['b']}**, {d['paired_dialogues']} paired dialogues (`{rel(path)}`):", ""]
-        out += change_rows(d, ["character_breaks", "fact_contradictions", "unanswered_questions", "emotion_mirroring",
-                               "in_role", "engaging", "empathy", "guard_rejections", "fallbacks", "new_prompt_tokens",
-                               "ttft_ms", "reply_ms"],
-                           comparison["a"], comparison["b"])
+        out += change_rows(d, wanted, comparison["a"], comparison["b"])
         out.append("")
     return out
+
+
+def partner_whole_section():
+    return judged_batches_section(
+        os.path.join("partner", "whole"), "The partner, judged: the first version against today's defaults",
+        "docs/eval/partner-quality.md#the-whole-change-judged-2026-12-07",
+        ["character_breaks", "fact_contradictions", "unanswered_questions", "emotion_mirroring", "in_role", "engaging",
+         "empathy", "guard_rejections", "fallbacks", "new_prompt_tokens", "ttft_ms", "reply_ms"])
 
 
 def layout_section():
-    c_path = os.path.join(RESULTS, "layout", "context.json")
-    if not os.path.exists(c_path):
-        return []
-    c = load(c_path)
-    out = ["## Prompt layouts, judged", "",
-           f"{machine(c)}, {c['date']}, `{c['model']}` as persona, simulated users and judge (`--method expected`); "
-           f"{c['note']}. Commands: " + "; ".join(f"`{x}`" for x in c["commands"]) +
-           " (reading: [docs/eval/prompt-layout.md](docs/eval/prompt-layout.md)).", ""]
-    for comparison in c["comparisons"]:
-        path = os.path.join(RESULTS, "layout", comparison["file"])
-        d = load(path)
-        out += [f"**{comparison['a']} → {comparison['b']}**, {d['paired_dialogues']} paired dialogues (`{rel(path)}`):", ""]
-        out += change_rows(d, ["character_breaks", "unanswered_questions", "in_role", "engaging", "empathy", "voice",
-                               "new_prompt_tokens", "prompt_tokens", "ttft_ms", "reply_ms", "guard_rejections", "fallbacks"],
-                           comparison["a"], comparison["b"])
-        out.append("")
-    return out
+    return judged_batches_section(
+        "layout", "Prompt layouts, judged", "docs/eval/prompt-layout.md",
+        ["character_breaks", "unanswered_questions", "in_role", "engaging", "empathy", "voice", "new_prompt_tokens",
+         "prompt_tokens", "ttft_ms", "reply_ms", "guard_rejections", "fallbacks"])
 
 
 def judge_section():
