@@ -231,15 +231,7 @@ pub async fn post_message(
     if chars == 0 {
         return Err(AppError::unprocessable("the message is empty"));
     }
-    if chars > app.config.max_message_chars {
-        return Err(AppError::unprocessable(format!(
-            "the message is {chars} characters long; the limit is {} characters",
-            app.config.max_message_chars
-        )));
-    }
-    if !(-14 * 60..=14 * 60).contains(&body.utc_offset_min) {
-        return Err(AppError::unprocessable("utc_offset_min must be between -840 and 840"));
-    }
+    within_limits(&app, "message", chars, body.utc_offset_min)?;
     let key = idempotency_key(&headers)?;
     // A retry with a known key is answered before the limiter: retries must not cost a token.
     if key.is_none()
@@ -298,15 +290,7 @@ pub async fn post_draft(
     let id = ConversationId(id);
     let conversation = app.store.conversation(&session.id, &id).await?;
     let chars = body.content.chars().count();
-    if chars > app.config.max_message_chars {
-        return Err(AppError::unprocessable(format!(
-            "the draft is {chars} characters long; the limit is {} characters",
-            app.config.max_message_chars
-        )));
-    }
-    if !(-14 * 60..=14 * 60).contains(&body.utc_offset_min) {
-        return Err(AppError::unprocessable("utc_offset_min must be between -840 and 840"));
-    }
+    within_limits(&app, "draft", chars, body.utc_offset_min)?;
     let outcome = if app.config.read_ahead {
         let typed =
             Typed { text: &body.content, whole: body.paused, utc_offset_min: body.utc_offset_min };
@@ -320,6 +304,21 @@ pub async fn post_draft(
     };
     app.metrics.count("rapport_drafts_total", &[("outcome", outcome)], 1);
     Ok((StatusCode::ACCEPTED, Json(json!({ "draft": outcome }))).into_response())
+}
+
+/// What a message and a draft of one must both keep to: the length limit, and a real UTC
+/// offset. `what` names it in the error.
+fn within_limits(app: &AppState, what: &str, chars: usize, utc_offset_min: i64) -> AppResult<()> {
+    if chars > app.config.max_message_chars {
+        return Err(AppError::unprocessable(format!(
+            "the {what} is {chars} characters long; the limit is {} characters",
+            app.config.max_message_chars
+        )));
+    }
+    if !(-14 * 60..=14 * 60).contains(&utc_offset_min) {
+        return Err(AppError::unprocessable("utc_offset_min must be between -840 and 840"));
+    }
+    Ok(())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {

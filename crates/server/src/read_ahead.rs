@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use chrono::{FixedOffset, Utc};
+use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use rapport_core::GenerationEvent;
 use rapport_pipeline::Conversation;
@@ -129,9 +129,7 @@ async fn read(app: &AppState, ahead: &ReadAhead) -> Result<Option<Option<u32>>, 
         None => pipeline.next_turn_read_ahead(&ahead.conversation, Utc::now().fixed_offset()),
         Some(draft) => {
             // A whole turn's note tells the time as the message's turn will, in their zone.
-            let zone = FixedOffset::east_opt((draft.utc_offset_min * 60) as i32)
-                .unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
-            let now = Utc::now().with_timezone(&zone);
+            let now = Utc::now().with_timezone(&crate::worker::zone(draft.utc_offset_min));
             pipeline.draft_read_ahead(&ahead.conversation, &draft.text, draft.whole, now)
         }
     };

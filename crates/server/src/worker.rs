@@ -274,8 +274,7 @@ async fn write_reply(
     if remembers(app, &job.persona) {
         conversation.recalled = recalled(app, &job.job.conversation_id).await?;
     }
-    let offset = FixedOffset::east_opt((job.utc_offset_min * 60) as i32)
-        .unwrap_or(FixedOffset::east_opt(0).expect("zero offset"));
+    let offset = zone(job.utc_offset_min);
     let now = Utc
         .timestamp_millis_opt(job.message_at)
         .single()
@@ -289,6 +288,12 @@ async fn write_reply(
         .await
         .map_err(|e| e.to_string())?;
     Ok((outcome, conversation))
+}
+
+/// The person's time zone from their offset in minutes (UTC where it is out of range).
+pub(crate) fn zone(utc_offset_min: i64) -> FixedOffset {
+    FixedOffset::east_opt((utc_offset_min * 60) as i32)
+        .unwrap_or(FixedOffset::east_opt(0).expect("zero offset"))
 }
 
 /// Whether `persona` remembers its person across conversations: every persona but a practice
