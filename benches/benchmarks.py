@@ -205,6 +205,42 @@ def partner_whole_section():
          "empathy", "guard_rejections", "fallbacks", "new_prompt_tokens", "ttft_ms", "reply_ms"])
 
 
+def best_of_section():
+    files = sorted(glob.glob(os.path.join(RESULTS, "best-of", "*", "summary.json")))
+    if not files:
+        return []
+    out = ["## Best of N against one draft", "",
+           "Turns of a finished batch replayed from the same state with one draft and with N drafts chosen by the "
+           "judge's turn scorer; the pairwise judge compares the two replies in both orders (a preference counts only "
+           "when both orders agree). Net preference: mean of +1 (best of N preferred), −1 (one draft), 0 (tie), with "
+           "a 95% bootstrap interval; p from sign flips, Holm-adjusted over the criteria. Wait: the replayed turn's "
+           "whole prompt is read first, so both start from a warm cache (reading: "
+           "[docs/eval/best-of.md](docs/eval/best-of.md)).", "",
+           "| machine · date | model · N · chosen by | turns | criterion | N preferred / one preferred / tie | net preference | p (Holm) | "
+           "first words p50, one → N | added wait to the first words | N drafts ÷ one draft's time | chooser s a turn | file |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    est = lambda e: "—" if not e else f"{e['value']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]"
+    plain = lambda e: "—" if not e else f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
+    commands = []
+    for f in files:
+        d = load(f)
+        c_path = os.path.join(os.path.dirname(f), "context.json")
+        c = load(c_path) if os.path.exists(c_path) else {}
+        commands += c.get("commands", [])
+        sm = d["summary"]
+        one, many = sm["single_first_words_ms_p50"] / 1000, sm["best_first_words_ms_p50"] / 1000
+        added = sm["added_first_words_s"]
+        for p in sm["preferences"]:
+            net = p["net"]
+            out.append(f"| {machine(c)} · {c.get('date', '?')} | {d['model']} · {d['best_of']} · {', '.join(d['choose_by'])} | "
+                       f"{sm['n']} | {p['criterion']} | {p['best']} / {p['single']} / {p['tie']} | "
+                       f"{net['value']:+.2f} [{net['low']:+.2f}, {net['high']:+.2f}] | {p['p_value']:.3f} ({p['p_holm']:.3f}) | "
+                       f"{one:.2f} → {many:.2f} s | {est(added)} s | {plain(sm.get('drafting_ratio'))}× | {plain(sm.get('chooser_s'))} | `{rel(f)}` |")
+    if commands:
+        out += ["", "Commands: " + "; ".join(f"`{x}`" for x in commands) + "."]
+    return out + [""]
+
+
 def layout_section():
     return judged_batches_section(
         "layout", "Prompt layouts, judged", "docs/eval/prompt-layout.md",
@@ -249,6 +285,22 @@ def judge_section():
                 out.append(f"| {dim['dimension']} | {dim['n']} | {est(dim['spearman'])} | {est(v.get('rho_other'))} | "
                            f"{est(v.get('difference'))} | {r.get('replies_judged', 0)} | {per_message:.2f} | "
                            f"{c.get('whole_seconds_per_conversation', 0):.2f} | `{rel(f)}` |")
+        out.append("")
+    breaks = sorted(f for f in glob.glob(os.path.join(RESULTS, "judge", "turn-breaks", "*.json")))
+    plain = lambda e: "undefined" if not e else f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
+    if breaks:
+        out += ["**Does the turn scorer see a broken character?** Every generated reply of a batch scored alone in its "
+                "context, against the lexical character checks of the same reply (another identity, narration, \"as an "
+                "AI\", help-desk lines). AUC: the chance a reply the checks pass scores above one they flag (ties half; "
+                "0.5 is blind), 95% bootstrap interval over replies (reading: "
+                "[docs/eval/evaluation.md](docs/eval/evaluation.md#the-turn-scorer)).", "",
+                "| judge · criterion | batch | replies (flagged) | AUC | mean score, passed / flagged | command | file |",
+                "|---|---|---|---|---|---|---|"]
+        for f in breaks:
+            r = load(f)
+            sep = r["separation"]
+            out.append(f"| {r['judge_model']} · {r['criterion']} | {r['batch']} | {sep['n']} ({sep['broken']}) | {plain(sep['auc'])} | "
+                       f"{sep['mean_clean']:.2f} / {sep['mean_broken']:.2f} | `{r['command']}` | `{rel(f)}` |")
         out.append("")
     return out
 
@@ -349,7 +401,7 @@ def page():
              "The current figures, generated from `benches/results/` by `python3 benches/benchmarks.py` "
              "(the test suite checks this page is what the files give). History and superseded figures: "
              "[docs/dev/speed.md](docs/dev/speed.md), [docs/dev/performance.md](docs/dev/performance.md).", ""]
-    for section in (judge_section, coach_section, memory_section, layout_section, partner_section, partner_whole_section, latency_section, abuse_section, secret_section, llamacpp_section):
+    for section in (judge_section, coach_section, memory_section, layout_section, partner_section, partner_whole_section, best_of_section, latency_section, abuse_section, secret_section, llamacpp_section):
         lines += section()
     return "\n".join(lines).rstrip("\n") + "\n"
 

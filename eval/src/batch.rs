@@ -76,6 +76,10 @@ pub struct PipelineOptions {
     /// it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fact_guard: Option<bool>,
+    /// Drafts written together per reply, with the criteria the turn scorer chose by (absent
+    /// for one draft, as every run before best of N wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of: Option<(usize, Vec<String>)>,
 }
 
 impl BatchSpec {

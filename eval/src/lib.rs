@@ -19,7 +19,9 @@
 //! tip per message, and [`rewrite`]'s checked "try: …" by the model), and [`scenario`] gives that practice a goal: a persona in a setting, a
 //! success check read from the stored state, levels and a debrief. [`memory`] measures whether
 //! a persona recalls, in a later conversation, what a person told it in an earlier one.
-//! [`stats`] holds the statistics.
+//! [`stats`] holds the statistics. [`choose`] lends the judge's turn scorer to the pipeline, to
+//! pick among the drafts of a best-of-N reply, and [`best_of`] measures whether that is worth its wait; [`turn_breaks`] whether the turn
+//! scorer sees a broken character.
 //!
 //! # Invariants
 //! - Nothing is guessed: an unreadable judge answer leaves the criterion without a score (and
@@ -30,7 +32,9 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod best_of;
 pub mod calibrate;
+pub mod choose;
 pub mod coach;
 pub mod coach_judge;
 pub mod compare;
@@ -52,6 +56,7 @@ pub mod simulator;
 pub mod stats;
 pub mod svg;
 pub mod trust;
+pub mod turn_breaks;
 
 pub use dialogue::{Dialogue, Speaker, Turn};
 pub use rubric::Rubric;

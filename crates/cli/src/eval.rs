@@ -93,6 +93,13 @@ pub enum EvalCommand {
     /// Run the memory-recall suite: people tell the personas about themselves in one
     /// conversation and ask about it in later ones, with the memory and without.
     Memory(MemoryArgs),
+    /// Whether best of N is worth its wait: turns of a finished batch answered again with one
+    /// draft and with N, the pairwise judge choosing between the two replies in both orders,
+    /// the added wait measured alongside.
+    BestOf(BestOfMeasureArgs),
+    /// Whether the turn scorer sees a broken character: every generated reply of a batch
+    /// scored in its context, set against the lexical character checks (AUC with an interval).
+    TurnBreaks(TurnBreaksArgs),
 }
 
 /// How the judge runs (shared by run, score and calibrate).
@@ -124,6 +131,52 @@ pub struct JudgeArgs {
     /// Read judge prompts from this directory instead of the compiled-in `prompts/`.
     #[arg(long)]
     judge_prompts: Option<PathBuf>,
+}
+
+/// Best of N: drafts written together per reply and the judge's turn scorer choosing.
+#[derive(Args, Debug, Clone)]
+pub struct BestOfArgs {
+    /// Drafts written together for each reply; the guards set aside the bad ones and the
+    /// judge's turn scorer picks among the rest. Nothing is shown until then, so the first
+    /// words wait for the whole reply: 1 (the default) shows them as they are written
+    /// (docs/eval/best-of.md has what more costs and buys).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub best_of: u16,
+    /// The default rubric's persona criteria the turn scorer chooses by, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "engaging")]
+    pub choose_by: Vec<String>,
+}
+
+impl BestOfArgs {
+    /// Refuses criteria the default rubric does not judge on the persona's side, before any
+    /// model is loaded.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.best_of > 1 {
+            judged_criteria(&Rubric::load("default")?, &self.choose_by)?;
+        }
+        Ok(())
+    }
+
+    /// Sets `config`'s draft count and, for more than one, the chooser that judges with
+    /// `generator` (the expected score, read from its probabilities).
+    pub fn apply(
+        &self,
+        config: &mut PipelineConfig,
+        generator: Arc<dyn rapport_core::Generator>,
+        judge: JudgeConfig,
+    ) -> anyhow::Result<Option<Arc<dyn rapport_pipeline::choose::DraftChooser>>> {
+        config.best_of = usize::from(self.best_of);
+        if self.best_of <= 1 {
+            return Ok(None);
+        }
+        let judge = Judge::new(generator, JudgeConfig { method: JudgeMethod::Expected, ..judge });
+        let chooser = rapport_eval::choose::TurnScorerChooser::new(
+            judge,
+            &Rubric::load("default")?,
+            &self.choose_by,
+        )?;
+        Ok(Some(Arc::new(chooser)))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -189,6 +242,8 @@ pub struct RunArgs {
     max_tokens: Option<u32>,
     #[arg(long, default_value_t = 2048)]
     context_tokens: usize,
+    #[command(flatten)]
+    best_of: BestOfArgs,
 }
 
 #[derive(Args, Debug)]
@@ -463,6 +518,55 @@ pub struct InjectionArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BestOfMeasureArgs {
+    #[command(flatten)]
+    suite: SuiteArgs,
+    #[command(flatten)]
+    judge: JudgeArgs,
+    /// A finished batch (`rapport eval run --out DIR`) whose dialogues' turns are replayed.
+    #[arg(long)]
+    from: PathBuf,
+    /// The person's message numbers to replay in each dialogue, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    turns: Vec<usize>,
+    /// At most this many dialogues, in the batch's order.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    #[command(flatten)]
+    best_of: BestOfArgs,
+    /// The default rubric's persona criteria the pairwise judge compares on, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "in_role,engaging")]
+    criteria: Vec<String>,
+    /// Where every judged turn is kept (`items.jsonl`, resumed when it exists) with
+    /// `summary.json` and `summary.md`.
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct TurnBreaksArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    judge: JudgeArgs,
+    /// A finished batch (`rapport eval run --out DIR`).
+    #[arg(long)]
+    from: PathBuf,
+    /// The default rubric's persona criterion the replies are scored on.
+    #[arg(long, default_value = "in_role")]
+    criterion: String,
+    /// At most this many replies, in the batch's order.
+    #[arg(long, default_value_t = 100_000)]
+    limit: usize,
+    #[arg(long, env = "RAPPORT_PERSONAS")]
+    personas_dir: Option<PathBuf>,
+    /// Where every scored reply is kept (`replies.jsonl`, resumed when it exists) with
+    /// `summary.json`.
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct MemoryArgs {
     #[command(flatten)]
     suite: SuiteArgs,
@@ -515,6 +619,8 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Coach(args) => run_coach(args).await,
         EvalCommand::Injection(args) => run_injection(args).await,
         EvalCommand::Memory(args) => run_memory(args).await,
+        EvalCommand::BestOf(args) => run_best_of(args).await,
+        EvalCommand::TurnBreaks(args) => run_turn_breaks(args).await,
         EvalCommand::Rewrites(args) => run_rewrites(args).await,
         EvalCommand::CoachTrust { labels, seed, json, lexical_only } => {
             let path = labels
@@ -687,6 +793,165 @@ async fn run_memory(args: MemoryArgs) -> anyhow::Result<()> {
     args.suite.report(&report, || report.markdown())
 }
 
+/// `rubric`'s judged persona criteria named `ids`, or which one it lacks.
+fn judged_criteria<'r>(
+    rubric: &'r Rubric,
+    ids: &[String],
+) -> anyhow::Result<Vec<&'r rapport_eval::rubric::Criterion>> {
+    let judged = rubric.judged(Side::Persona);
+    ids.iter()
+        .map(|id| {
+            judged.iter().copied().find(|c| c.id == *id).with_context(|| {
+                format!(
+                    "the {} rubric has no judged persona criterion '{id}' (it has: {})",
+                    rubric.id,
+                    judged.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+async fn run_best_of(args: BestOfMeasureArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.best_of.best_of > 1,
+        "--best-of must be at least 2 to compare with one draft"
+    );
+    args.best_of.check()?;
+    let rubric = Rubric::load("default")?;
+    let criteria = judged_criteria(&rubric, &args.criteria)?;
+    anyhow::ensure!(
+        args.from.join("dialogues.jsonl").is_file(),
+        "{} is not a run directory (no dialogues.jsonl; gunzip a published run's first)",
+        args.from.display()
+    );
+    let dialogues = RunDir::open(&args.from)?.dialogues()?;
+    anyhow::ensure!(!dialogues.is_empty(), "{} holds no dialogues", args.from.display());
+    let turns = rapport_eval::best_of::turns_of(&dialogues, &args.turns, args.limit);
+    anyhow::ensure!(!turns.is_empty(), "none of the dialogues has turn(s) {:?}", args.turns);
+    let Suite { backend, nlu, config: mut best_config, library } = args.suite.load().await?;
+    let single_config = best_config.clone();
+    let chooser = args
+        .best_of
+        .apply(&mut best_config, backend.generator.clone(), judge_config(&args.judge))?
+        .expect("more than one draft has a chooser");
+    let prompts = Arc::new(Prompts::embedded());
+    let (mut single, mut best) = (BTreeMap::new(), BTreeMap::new());
+    for id in
+        turns.iter().map(|(d, _)| d.persona.as_str()).collect::<std::collections::BTreeSet<_>>()
+    {
+        let persona = library.get(id)?.clone();
+        let one =
+            Pipeline::new(persona.clone(), nlu.clone(), prompts.clone(), single_config.clone())?;
+        let many = Pipeline::new(persona, nlu.clone(), prompts.clone(), best_config.clone())?
+            .with_chooser(chooser.clone());
+        single.insert(id.to_string(), one);
+        best.insert(id.to_string(), many);
+    }
+    let judge_backend = judge_backend(&args.judge, &args.suite.backend, Some(&backend)).await?;
+    let judge = make_judge(&args.judge, &judge_backend)?;
+    std::fs::create_dir_all(&args.dir)?;
+    let arms = rapport_eval::best_of::Arms {
+        single: &single,
+        best: &best,
+        generator: backend.generator.as_ref(),
+        judge: &judge,
+        criteria: &criteria,
+    };
+    let progress = suite_progress(turns.len() as u64, "turns");
+    let items = rapport_eval::best_of::run(
+        &turns,
+        &arms,
+        suite_evening(),
+        &args.dir.join("items.jsonl"),
+        Some(&progress),
+    )
+    .await?;
+    progress.finish_and_clear();
+    let names: BTreeMap<String, String> =
+        single.iter().map(|(id, p)| (id.clone(), p.persona().name.clone())).collect();
+    let summary = rapport_eval::best_of::summarise(&items, &criteria, &names, 36);
+    let md = rapport_eval::best_of::markdown(
+        &summary,
+        usize::from(args.best_of.best_of),
+        &format!("turn scorer: {}", args.best_of.choose_by.join(", ")),
+    );
+    let context = serde_json::json!({
+        "model": backend.model_name,
+        "judge_model": judge_backend.model_name,
+        "best_of": args.best_of.best_of,
+        "choose_by": args.best_of.choose_by,
+        "from": args.from,
+        "turns": args.turns,
+        "summary": summary,
+    });
+    std::fs::write(args.dir.join("summary.json"), serde_json::to_string_pretty(&context)? + "\n")?;
+    std::fs::write(args.dir.join("summary.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+async fn run_turn_breaks(args: TurnBreaksArgs) -> anyhow::Result<()> {
+    let rubric = Rubric::load("default")?;
+    let criterion = judged_criteria(&rubric, std::slice::from_ref(&args.criterion))?.remove(0);
+    anyhow::ensure!(
+        args.from.join("dialogues.jsonl").is_file(),
+        "{} is not a run directory (no dialogues.jsonl; gunzip a published run's first)",
+        args.from.display()
+    );
+    let dialogues = RunDir::open(&args.from)?.dialogues()?;
+    let replies = rapport_eval::turn_breaks::replies(&dialogues, args.limit);
+    anyhow::ensure!(
+        !replies.is_empty(),
+        "{} holds no generated replies of a named persona",
+        args.from.display()
+    );
+    let library =
+        PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
+    for (d, _) in &replies {
+        library.get(&d.persona).with_context(|| format!("dialogue {}", d.id))?;
+    }
+    anyhow::ensure!(
+        args.judge.method == JudgeMethod::Expected,
+        "the turn scorer reads probabilities: use --method expected"
+    );
+    let backend = judge_backend(&args.judge, &args.backend, None).await?;
+    let judge = make_judge(&args.judge, &backend)?;
+    std::fs::create_dir_all(&args.dir)?;
+    let progress = suite_progress(replies.len() as u64, "replies");
+    let scored = rapport_eval::turn_breaks::score(
+        &replies,
+        &judge,
+        criterion,
+        |d| batch::brief_of(library.get(&d.persona).expect("checked above")),
+        &args.dir.join("replies.jsonl"),
+        Some(&progress),
+    )
+    .await?;
+    progress.finish_and_clear();
+    let s = rapport_eval::turn_breaks::separation(&scored, 35);
+    let summary = serde_json::json!({
+        "judge_model": backend.model_name,
+        "criterion": criterion.id,
+        "from": args.from,
+        "max_transcript_chars": args.judge.max_transcript_chars,
+        "separation": s,
+    });
+    std::fs::write(args.dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    let num = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
+    println!(
+        "{} replies scored on {} ({} flagged by the character checks, {} unreadable): AUC {}; mean score {} clean, {} flagged",
+        s.n,
+        criterion.id,
+        s.broken,
+        s.unreadable,
+        s.auc.map(|e| e.display(2)).unwrap_or_else(|| "undefined".into()),
+        num(s.mean_clean),
+        num(s.mean_broken)
+    );
+    Ok(())
+}
+
 fn default_simulators_dir() -> PathBuf {
     crate::datasets::datasets_dir().join("simulators")
 }
@@ -736,14 +1001,18 @@ async fn judge_backend(
     judge_args.build().await
 }
 
-fn make_judge(args: &JudgeArgs, backend: &Backend) -> anyhow::Result<Judge> {
-    let config = JudgeConfig {
+fn judge_config(args: &JudgeArgs) -> JudgeConfig {
+    JudgeConfig {
         samples: args.samples.max(1),
         per_criterion: args.per_criterion,
         max_transcript_chars: args.max_transcript_chars,
         method: args.method,
         ..JudgeConfig::default()
-    };
+    }
+}
+
+fn make_judge(args: &JudgeArgs, backend: &Backend) -> anyhow::Result<Judge> {
+    let config = judge_config(args);
     Ok(match &args.judge_prompts {
         Some(dir) => Judge::with_prompts_dir(backend.generator.clone(), config, dir)?,
         None => Judge::new(backend.generator.clone(), config),
@@ -756,6 +1025,7 @@ fn default_run_dir(rubric: &str) -> PathBuf {
 }
 
 async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
+    args.best_of.check()?;
     let rubric = Rubric::load(&args.rubric)?;
     let library =
         PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(args.personas_dir.clone()))?;
@@ -787,7 +1057,7 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_tokens {
         sampling.max_tokens = n;
     }
-    let config = PipelineConfig {
+    let mut config = PipelineConfig {
         budget: TokenBudget {
             context_tokens: args.context_tokens,
             reply_tokens: sampling.max_tokens as usize,
@@ -799,14 +1069,17 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
         cut_service: !args.no_cut_service,
         ..PipelineConfig::default()
     };
+    let chooser =
+        args.best_of.apply(&mut config, backend.generator.clone(), judge_config(&args.judge))?;
     let prompts = Arc::new(Prompts::embedded());
     let mut pipelines = BTreeMap::new();
     for id in &personas {
         let persona = library.get(id)?.clone();
-        pipelines.insert(
-            id.clone(),
-            Arc::new(Pipeline::new(persona, nlu.clone(), prompts.clone(), config.clone())?),
-        );
+        let mut pipeline = Pipeline::new(persona, nlu.clone(), prompts.clone(), config.clone())?;
+        if let Some(c) = &chooser {
+            pipeline = pipeline.with_chooser(c.clone());
+        }
+        pipelines.insert(id.clone(), Arc::new(pipeline));
     }
     let spec = BatchSpec {
         personas,
@@ -825,6 +1098,8 @@ async fn run_batch(args: RunArgs) -> anyhow::Result<()> {
             character_guard: !args.no_character_guard,
             cut_service: !args.no_cut_service,
             fact_guard: Some(!args.no_fact_guard),
+            best_of: (args.best_of.best_of > 1)
+                .then(|| (usize::from(args.best_of.best_of), args.best_of.choose_by.clone())),
         }),
     };
     let judge = judge.as_ref().map(|b| make_judge(&args.judge, b)).transpose()?;

@@ -91,6 +91,8 @@ pub struct ServeArgs {
     #[arg(long)]
     layout: Option<PromptLayout>,
     #[command(flatten)]
+    best_of: crate::eval::BestOfArgs,
+    #[command(flatten)]
     door: DoorArgs,
 }
 
@@ -208,6 +210,7 @@ fn default_database() -> anyhow::Result<String> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.best_of.check()?;
     let url = match &args.database_url {
         Some(url) => url.clone(),
         None => default_database()?,
@@ -233,7 +236,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         Some(Arc::new(tokio::task::spawn_blocking(|| crate::emotion::classifier(None)).await??))
     };
-    let config = PipelineConfig {
+    let mut config = PipelineConfig {
         budget: TokenBudget {
             context_tokens: args.context_tokens,
             reply_tokens: sampling.max_tokens as usize,
@@ -266,9 +269,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         CoachTrust::none()
     };
-    let personas = Personas::new(library, nlu, Arc::new(Prompts::embedded()), config)
+    // The turn scorer judges with the persona's own engine: on one machine there is no other.
+    let chooser = args.best_of.apply(
+        &mut config,
+        backend.generator.clone(),
+        rapport_eval::judge::JudgeConfig::default(),
+    )?;
+    let mut personas = Personas::new(library, nlu, Arc::new(Prompts::embedded()), config)
         .with_scenarios(scenarios)
         .with_coach_trust(trust);
+    if let Some(chooser) = chooser {
+        personas = personas.with_chooser(chooser);
+    }
     let mut app_config = AppConfig {
         workers: args.workers.max(1),
         lease: Duration::from_secs(args.lease_secs.max(2)),

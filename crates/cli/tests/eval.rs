@@ -531,3 +531,88 @@ fn eval_rank_refuses_bad_inputs_and_ranks_finished_verdicts_without_a_model() {
         "the torn line was cut off the file"
     );
 }
+
+/// `rapport eval best-of`: each bad input refused with its reason before a model is loaded;
+/// then one replayed turn of a batch answered with one draft and with two by SmolLM2 (persona,
+/// chooser and judge), judged, summarised, and on a second run resumed without answering again.
+#[test]
+fn eval_best_of_refuses_bad_inputs_then_replays_judges_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = dir.path().join("batch");
+    std::fs::create_dir_all(&from).unwrap();
+    let dialogue = serde_json::json!({
+        "id": "wedding-host/shy/1", "persona": "wedding-host", "simulator": "shy", "seed": 1,
+        "turns": [
+            {"speaker": "persona", "text": "Hello! Welcome to the farmhouse."},
+            {"speaker": "user", "text": "Hi, I'm a friend of the groom. It's beautiful here."},
+            {"speaker": "persona", "text": "Isn't it? We were lucky with the weather."},
+            {"speaker": "user", "text": "I teach primary school, so a weekend off feels strange."},
+        ],
+    });
+    std::fs::write(from.join("dialogues.jsonl"), format!("{dialogue}\n")).unwrap();
+    let out = dir.path().join("measured");
+    let best_of = |model: &str, extra: &[&str]| {
+        let mut c = rapport();
+        c.args(["eval", "best-of", "-m", model, "--from"]).arg(&from).arg("--dir").arg(&out);
+        c.args(extra).output().unwrap()
+    };
+    let refused = |extra: &[&str], why: &str| {
+        // A model that does not exist: any attempt to load one fails the test loudly.
+        let o = best_of("/nonexistent/model.gguf", extra);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success() && stderr.contains(why), "{extra:?}: {stderr}");
+    };
+    refused(&["--best-of", "1"], "at least 2");
+    refused(&["--best-of", "9"], "9 is not in 1..=8");
+    refused(&["--best-of", "2", "--choose-by", "charm"], "no judged persona criterion 'charm'");
+    refused(&["--best-of", "2", "--criteria", "in_role,wit"], "no judged persona criterion 'wit'");
+    refused(&["--best-of", "2", "--turns", "5"], "none of the dialogues has turn(s) [5]");
+    let o = {
+        let mut c = rapport();
+        c.args(["eval", "best-of", "-m", "/nonexistent/model.gguf", "--best-of", "2", "--dir"]);
+        c.arg(&out).arg("--from").arg(dir.path().join("missing")).output().unwrap()
+    };
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a run directory"));
+    assert!(!dir.path().join("missing").exists(), "a mistyped --from is not created");
+
+    super::ensure_smollm2();
+    let args = ["--best-of", "2", "--turns", "2", "--max-tokens", "40", "--criteria", "in_role"];
+    let o = best_of("smollm2-135m", &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let items = lines(&out.join("items.jsonl"));
+    assert_eq!(items.len(), 1);
+    let item: Value = serde_json::from_str(&items[0]).unwrap();
+    assert_eq!(item["id"], "wedding-host/shy/1#2");
+    assert_eq!(item["message"], "I teach primary school, so a weekend off feels strange.");
+    assert_eq!(item["single"]["drafts"], 1);
+    assert!(item["best"]["drafts"].as_u64().unwrap() >= 2, "{item}");
+    assert_eq!(item["best"]["scores"].as_array().unwrap().len(), 2, "{item}");
+    for arm in ["single", "best"] {
+        assert!(!item[arm]["reply"].as_str().unwrap().is_empty(), "{item}");
+        assert!(
+            item[arm]["first_words_ms"].as_u64().unwrap()
+                <= item[arm]["total_ms"].as_u64().unwrap()
+        );
+    }
+    assert!(
+        ["single", "best", "tie"].contains(&item["preferred"]["in_role"].as_str().unwrap()),
+        "{item}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["summary"]["n"], 1);
+    assert_eq!(summary["best_of"], 2);
+    let tally = &summary["summary"]["preferences"][0];
+    assert_eq!(tally["criterion"], "in_role");
+    assert_eq!(
+        tally["best"].as_u64().unwrap()
+            + tally["single"].as_u64().unwrap()
+            + tally["tie"].as_u64().unwrap(),
+        1
+    );
+
+    // Run again: the item is kept, nothing is answered again, the summary is the same.
+    let o = best_of("smollm2-135m", &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&out.join("items.jsonl")), items);
+}

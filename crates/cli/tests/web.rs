@@ -1688,3 +1688,88 @@ fn in_chromium(script: &str, base: &str, dir: &Path) -> PathBuf {
     assert!(log.contains("PASS"), "{log}");
     shots
 }
+
+/// Best of N in the app (`rapport serve --best-of 2`): the first attempt writes two drafts,
+/// the trace keeps both with the guards' hits and the chooser's scores, and the page is sent the
+/// chosen reply whole — no words shown and taken back. A flag outside its range or a criterion
+/// the rubric lacks stops the start with the reason.
+#[test]
+fn a_best_of_server_sends_only_the_chosen_draft() {
+    let refused = |extra: &[&str], why: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_rapport"))
+            .args([
+                "serve",
+                "--model",
+                "/nonexistent/model.gguf",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                "sqlite::memory:",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success() && stderr.contains(why), "{extra:?}: {stderr}");
+    };
+    refused(&["--best-of", "0"], "0 is not in 1..=8");
+    refused(&["--best-of", "2", "--choose-by", "charm"], "no judged persona criterion 'charm'");
+
+    let _one = serialised();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_url(dir.path()), &["--max-tokens", "24", "--best-of", "2"]);
+    rt().block_on(async {
+        let me = Client::new(&server.base).await;
+        let id = me.create("creator").await;
+        let (status, posted) = me
+            .post(
+                &format!("/api/conversations/{id}/messages"),
+                json!({"content": "I tried a pottery class last week."}),
+            )
+            .await;
+        assert_eq!(status, 202, "{posted}");
+        let events = me.events(&id, posted["job"]["id"].as_str().unwrap()).await;
+        let (name, done) = events.last().unwrap();
+        assert_eq!(name, "done", "{events:?}");
+        let reply_id = done["message"]["id"].as_str().unwrap();
+        let (_, trace) =
+            me.get(&format!("/api/conversations/{id}/messages/{reply_id}/trace")).await;
+        let trace = &trace["trace"];
+        let first = &trace["attempts"][0];
+        let candidates =
+            first["candidates"].as_array().expect("the first attempt lists its drafts");
+        assert_eq!(candidates.len(), 2, "{first}");
+        let chosen: Vec<&Value> = candidates.iter().filter(|c| c["chosen"] == true).collect();
+        assert!(chosen.len() <= 1, "{first}");
+        if first["outcome"]["status"] == "accepted" {
+            assert!(
+                names(&events).iter().all(|n| *n != "retract"),
+                "nothing is shown before the choice: {events:?}"
+            );
+            let text: String = events
+                .iter()
+                .filter(|(n, _)| n == "delta")
+                .filter_map(|(_, d)| d["text"].as_str())
+                .collect();
+            assert_eq!(chosen[0]["text"], trace["reply"], "{trace}");
+            assert_eq!(
+                text.trim(),
+                trace["reply"].as_str().unwrap().trim(),
+                "the chosen reply is what the page got"
+            );
+            assert_eq!(
+                events.iter().filter(|(n, _)| n == "delta").count(),
+                1,
+                "sent whole: {events:?}"
+            );
+        } else {
+            // Every draft set aside: the steered second attempt writes one, streamed as usual
+            // (or the soft draft or the fallback line is sent).
+            let redrafted = trace["attempts"].as_array().unwrap().len() == 2;
+            assert!(
+                redrafted || trace["kept_soft"].is_number() || trace["fallback"].is_string(),
+                "{trace}"
+            );
+        }
+    });
+}

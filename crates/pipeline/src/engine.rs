@@ -21,6 +21,7 @@ use rapport_nlu::Embedding;
 use serde::{Deserialize, Serialize};
 
 use crate::character::{their_name_put_right, Asked, CharacterGuard};
+use crate::choose::{best, DraftChooser};
 use crate::cleanup::Cleaner;
 use crate::closeness::{decide, Closeness};
 use crate::context::{read_context, ContextInput};
@@ -35,7 +36,7 @@ use crate::recall::{asked_about_them, put_to_them, retold, told_in, Recalled, Re
 use crate::secret::{gate, Provenance, SecretMatcher, SecretStatus};
 use crate::signals::read_signals;
 use crate::stage::{record_reply, track, StageInput, StageState};
-use crate::trace::{Attempt, AttemptOutcome, StepTimings, TurnTrace};
+use crate::trace::{Attempt, AttemptOutcome, Candidate, ChooserRun, StepTimings, TurnTrace};
 use crate::understand::{feeling, neutral, read_emotion, EmotionView};
 use crate::PipelineError;
 
@@ -79,6 +80,11 @@ pub struct PipelineConfig {
     /// person told ([`crate::facts`]) and write them again. Off only to measure what the check
     /// is worth.
     pub fact_guard: bool,
+    /// Drafts written together for a reply ([`crate::choose`]): the guards set aside the bad
+    /// ones and the pipeline's chooser picks among the rest, and nothing is shown until then.
+    /// 1 (the default) writes one draft and shows its words as they pass the guards; more
+    /// only on a machine where `rapport eval best-of` shows the choice worth its time.
+    pub best_of: usize,
 }
 
 impl Default for PipelineConfig {
@@ -95,6 +101,7 @@ impl Default for PipelineConfig {
             character_guard: true,
             cut_service: true,
             fact_guard: true,
+            best_of: 1,
         }
     }
 }
@@ -207,6 +214,8 @@ pub struct Pipeline {
     /// What the persona may say verbatim without leaking its instructions.
     persona_runs: AllowedRuns,
     config: PipelineConfig,
+    /// Picks among the clean drafts when `config.best_of` asks for several.
+    chooser: Option<Arc<dyn DraftChooser>>,
 }
 
 impl Pipeline {
@@ -246,7 +255,15 @@ impl Pipeline {
             cleaner,
             persona_runs,
             config,
+            chooser: None,
         })
+    }
+
+    /// Lets `chooser` pick among the clean drafts of a best-of-N turn. Without one, the first
+    /// clean draft is kept (the guards still set aside the bad ones).
+    pub fn with_chooser(mut self, chooser: Arc<dyn DraftChooser>) -> Self {
+        self.chooser = Some(chooser);
+        self
     }
 
     /// The persona.
@@ -628,8 +645,15 @@ impl Pipeline {
         let mut steering: Option<String> = None;
         for number in 1..=2 {
             let prompt = steered(&messages, steering.as_deref());
-            let (attempt, draft, spent_review) =
-                self.attempt(number, steering.clone(), prompt, generator, checks, on_event).await;
+            // Several drafts for the first attempt only: a steered second attempt answers a
+            // named fault, and writing N of it would double the wait of a turn already late.
+            let (attempt, draft, spent_review) = if number == 1 && self.config.best_of > 1 {
+                let mut seen = conversation.history.clone();
+                seen.push(ChatMessage::user(message));
+                self.attempt_best_of(prompt, &seen, generator, checks, on_event).await
+            } else {
+                self.attempt(number, steering.clone(), prompt, generator, checks, on_event).await
+            };
             review_us += spent_review;
             let outcome = attempt.outcome.clone();
             trace.attempts.push(attempt);
@@ -856,6 +880,8 @@ impl Pipeline {
             completion_tokens: None,
             ttft_ms: None,
             total_ms: 0,
+            candidates: Vec::new(),
+            chooser: None,
         };
         let mut review_us = 0u64;
         let result = match GenerationRequest::new(prompt, self.config.sampling.clone()) {
@@ -912,6 +938,209 @@ impl Pipeline {
         }
         record.total_ms = started.elapsed().as_millis() as u64;
         (record, None, review_us)
+    }
+
+    /// The first attempt of a best-of-N turn: `config.best_of` drafts of the same prompt
+    /// written together (an embedded engine decodes them in one batch), each cleaned and
+    /// reviewed as a single draft is, the clean ones scored by the chooser and the best shown
+    /// whole. Returns what [`Self::attempt`] returns; the soft-hit rule is the same (the draft
+    /// with the fewest soft hits is kept in case the steered attempt is no better).
+    async fn attempt_best_of(
+        &self,
+        prompt: Vec<ChatMessage>,
+        seen: &[ChatMessage],
+        generator: &dyn Generator,
+        checks: ReplyChecks<'_>,
+        on_event: &mut (dyn FnMut(TurnEvent) + Send),
+    ) -> (Attempt, Option<DraftText>, u64) {
+        let started = Instant::now();
+        let n = self.config.best_of;
+        let mut record = Attempt {
+            number: 1,
+            steering: None,
+            retries: 0,
+            outcome: AttemptOutcome::Accepted,
+            cleanup: Vec::new(),
+            prompt_tokens: None,
+            cached_prompt_tokens: None,
+            completion_tokens: None,
+            ttft_ms: None,
+            total_ms: 0,
+            candidates: Vec::new(),
+            chooser: None,
+        };
+        let mut review_us = 0u64;
+        let requests: Result<Vec<GenerationRequest>, GenerationError> = (0..n)
+            .map(|i| {
+                // A remote backend that honours seeds would otherwise write N equal drafts.
+                let mut sampling = self.config.sampling.clone();
+                sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+                GenerationRequest::new(prompt.clone(), sampling)
+            })
+            .collect();
+        let requests = match requests {
+            Ok(r) => r,
+            Err(e) => {
+                record.outcome =
+                    AttemptOutcome::Failed { kind: e.kind().to_string(), message: e.to_string() };
+                record.total_ms = started.elapsed().as_millis() as u64;
+                return (record, None, review_us);
+            }
+        };
+        // Read the prompt once, so that the drafts find all of it in the prefix cache instead
+        // of each reading the new part (drafts started together cannot share one reading).
+        // Only a saving: if it fails, the drafts read the prompt themselves.
+        if let Ok(read) = self.one_token(prompt.clone(), "the best-of read") {
+            match generator.generate(read).await {
+                Ok(stream) => {
+                    if let Err(e) = rapport_core::collect_completion(stream, |_| {}).await {
+                        tracing::debug!(error = %e, "reading a best-of prompt ahead");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "reading a best-of prompt ahead"),
+            }
+        }
+        let drafts = loop {
+            let drafts = futures::future::join_all(requests.iter().map(|r| async {
+                let mut us = 0u64;
+                let mut unseen = |_: TurnEvent| {};
+                let d = self.draft(r.clone(), generator, checks, &mut unseen, &mut us).await;
+                (d, us)
+            }))
+            .await;
+            let all_transient =
+                drafts.iter().all(|(d, _)| d.as_ref().err().is_some_and(|e| e.is_transient()));
+            if all_transient && record.retries < self.config.retries {
+                tokio::time::sleep(self.config.backoff * 2u32.pow(record.retries)).await;
+                record.retries += 1;
+                continue;
+            }
+            break drafts;
+        };
+        let mut written: Vec<Option<Draft>> = Vec::with_capacity(n);
+        let mut first_error = None;
+        for (d, us) in drafts {
+            review_us += us;
+            match d {
+                Ok(draft) => {
+                    record.candidates.push(Candidate {
+                        text: draft.text.clone(),
+                        hits: draft.hits.iter().map(|h| h.code().to_string()).collect(),
+                        score: None,
+                        completion_tokens: draft
+                            .summary
+                            .as_ref()
+                            .map(|s| s.usage.completion_tokens)
+                            .or((draft.chunks > 0).then_some(draft.chunks)),
+                        chosen: false,
+                        error: None,
+                    });
+                    written.push(Some(draft));
+                }
+                Err(e) => {
+                    record.candidates.push(Candidate {
+                        text: String::new(),
+                        hits: Vec::new(),
+                        score: None,
+                        completion_tokens: None,
+                        chosen: false,
+                        error: Some(e.to_string()),
+                    });
+                    first_error.get_or_insert(e);
+                    written.push(None);
+                }
+            }
+        }
+        record.completion_tokens =
+            Some(record.candidates.iter().filter_map(|c| c.completion_tokens).sum());
+        let clean: Vec<usize> = (0..written.len())
+            .filter(|&i| {
+                written[i].as_ref().is_some_and(|d| d.hits.is_empty() && !d.text.is_empty())
+            })
+            .collect();
+        let chosen = match clean.len() {
+            0 => None,
+            1 => Some(clean[0]),
+            _ => Some(self.choose(&clean, &written, seen, &mut record).await),
+        };
+        if let Some(i) = chosen {
+            let draft = written[i].take().expect("a clean draft was written");
+            record.candidates[i].chosen = true;
+            record.cleanup = draft.edits;
+            if let Some(s) = &draft.summary {
+                record.prompt_tokens = Some(s.usage.prompt_tokens);
+                record.cached_prompt_tokens = Some(s.usage.cached_prompt_tokens);
+            }
+            on_event(TurnEvent::Delta(draft.text.clone()));
+            // What the person waits for: the first words are the whole chosen reply.
+            let ms = started.elapsed().as_millis() as u64;
+            record.ttft_ms = Some(ms);
+            record.total_ms = ms;
+            return (record, Some((draft.text, draft.vector)), review_us);
+        }
+        // No clean draft: keep the one with the fewest soft hits, as a single attempt would.
+        let soft = (0..written.len())
+            .filter_map(|i| written[i].as_ref().map(|d| (i, d)))
+            .filter(|(_, d)| !d.text.is_empty() && d.hits.iter().all(GuardHit::is_soft))
+            .min_by_key(|(_, d)| d.hits.len())
+            .map(|(i, _)| i);
+        record.total_ms = started.elapsed().as_millis() as u64;
+        if let Some(i) = soft {
+            let draft = written[i].take().expect("a soft draft was written");
+            record.candidates[i].chosen = true;
+            record.cleanup = draft.edits;
+            record.outcome = AttemptOutcome::Rejected { hits: draft.hits };
+            return (record, Some((draft.text, draft.vector)), review_us);
+        }
+        match written.into_iter().flatten().next() {
+            Some(draft) => record.outcome = AttemptOutcome::Rejected { hits: draft.hits },
+            None => {
+                let e = first_error.expect("no draft without an error");
+                record.outcome =
+                    AttemptOutcome::Failed { kind: e.kind().to_string(), message: e.to_string() };
+            }
+        }
+        (record, None, review_us)
+    }
+
+    /// Scores the clean drafts `clean` (indices into `written`) with the chooser, records the
+    /// scores, and returns the index of the best; the first clean one without a chooser or
+    /// when it fails.
+    async fn choose(
+        &self,
+        clean: &[usize],
+        written: &[Option<Draft>],
+        seen: &[ChatMessage],
+        record: &mut Attempt,
+    ) -> usize {
+        let Some(chooser) = &self.chooser else { return clean[0] };
+        let texts: Vec<String> = clean
+            .iter()
+            .map(|&i| written[i].as_ref().expect("clean drafts were written").text.clone())
+            .collect();
+        let t = Instant::now();
+        let scored = chooser.score(&self.persona, seen, &texts).await;
+        let mut run = ChooserRun { name: chooser.name().to_string(), ms: 0, error: None };
+        let pick = match scored {
+            Ok(scores) if scores.len() == clean.len() => {
+                for (&i, &s) in clean.iter().zip(&scores) {
+                    record.candidates[i].score = s;
+                }
+                clean[best(&scores).expect("at least two clean drafts")]
+            }
+            Ok(scores) => {
+                run.error = Some(format!("{} scores for {} drafts", scores.len(), clean.len()));
+                clean[0]
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the draft chooser failed; the first clean draft is kept");
+                run.error = Some(e);
+                clean[0]
+            }
+        };
+        run.ms = t.elapsed().as_millis() as u64;
+        record.chooser = Some(run);
+        pick
     }
 
     /// Streams one generation through clean-up and the lexical guards, word by word once

@@ -21,7 +21,8 @@
 //!    running [`memory`], and what the person told in earlier conversations ([`recall`]).
 //! 9. Generation (any [`rapport_core::Generator`]) and [`cleanup`] of the reply.
 //!
-//! [`engine::Pipeline`] runs the steps; [`trace::TurnTrace`] records what each decided.
+//! [`engine::Pipeline`] runs the steps; [`trace::TurnTrace`] records what each decided. With
+//! best of N, [`choose`] holds the seam to the scorer that picks among several drafts.
 //!
 //! # Invariants
 //! - Steps 1–8 are pure functions of their inputs: no IO, no clock, no randomness. The engine
@@ -37,6 +38,7 @@
 
 pub mod card;
 pub mod character;
+pub mod choose;
 pub mod cleanup;
 pub mod closeness;
 pub mod context;

@@ -88,6 +88,44 @@ pub struct Attempt {
     pub ttft_ms: Option<u64>,
     /// Whole attempt, ms (retries included).
     pub total_ms: u64,
+    /// With best of N ([`crate::choose`]): every draft written for this attempt, in the order
+    /// asked, with its guard hits and score; empty when the attempt wrote one draft.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Candidate>,
+    /// The chooser that scored the candidates, and how long it took, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chooser: Option<ChooserRun>,
+}
+
+/// One of the drafts of a best-of-N attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The draft after clean-up (empty when the guards stopped it while it streamed).
+    pub text: String,
+    /// The guard hits that ruled it out, by code; empty for a clean draft.
+    pub hits: Vec<String>,
+    /// The chooser's score (higher is better); absent when it was not scored (not clean, a
+    /// single clean draft, no chooser) or the chooser could not read one.
+    pub score: Option<f64>,
+    /// Reply tokens it cost.
+    pub completion_tokens: Option<u32>,
+    /// Whether it became the reply (or the soft-hit draft kept in case no later one is clean).
+    pub chosen: bool,
+    /// Why it was not written, when the generator failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the chooser did in a best-of-N attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChooserRun {
+    /// Its name ([`crate::choose::DraftChooser::name`]).
+    pub name: String,
+    /// Time spent scoring, ms.
+    pub ms: u64,
+    /// Why it gave no scores, when it failed (the first clean draft was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// How an attempt ended.

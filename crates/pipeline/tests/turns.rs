@@ -826,3 +826,123 @@ fn breaks_of_character_are_written_again_and_soft_ones_kept_rather_than_dropped(
         assert_eq!(out.reply, cases[0].1[0]);
     });
 }
+
+/// A chooser that prefers drafts naming a word, and records what it was asked to score.
+struct Preferring {
+    word: &'static str,
+    fail: bool,
+    asked: std::sync::Mutex<Vec<(usize, Vec<String>)>>,
+}
+
+#[async_trait::async_trait]
+impl rapport_pipeline::choose::DraftChooser for Preferring {
+    fn name(&self) -> &str {
+        "prefers a word"
+    }
+
+    async fn score(
+        &self,
+        _persona: &rapport_pipeline::Persona,
+        conversation: &[rapport_core::ChatMessage],
+        drafts: &[String],
+    ) -> Result<Vec<Option<f64>>, String> {
+        self.asked.lock().unwrap().push((conversation.len(), drafts.to_vec()));
+        if self.fail {
+            return Err("the scorer is down".into());
+        }
+        Ok(drafts.iter().map(|d| Some(if d.contains(self.word) { 1.0 } else { 0.0 })).collect())
+    }
+}
+
+/// Best of N: the prompt is read once, N drafts are written, the guards set aside the one that
+/// breaks character, the chooser picks among the clean ones, and the person sees the chosen
+/// reply whole and only it (nothing shown and taken back). A chooser that fails leaves the
+/// first clean draft.
+#[test]
+fn best_of_n_shows_only_the_chosen_clean_draft() {
+    rt().block_on(async {
+        let _turn = exclusive().await;
+        let config = PipelineConfig { best_of: 3, ..greedy_config() };
+        let chooser = std::sync::Arc::new(Preferring {
+            word: "kiln",
+            fail: false,
+            asked: Default::default(),
+        });
+        let p = pipeline("creator", true, config.clone()).with_chooser(chooser.clone());
+        let drafts = Scripted::new(
+            smollm2().await,
+            vec![
+                Script::Real,
+                Script::Say("Oh hiya! As an AI language model I don't make pots."),
+                Script::Say("Mornings in the studio are my favourite, all quiet and grey."),
+                Script::Say("Honestly the kiln is my favourite corner, it smells of warm dust."),
+            ],
+        );
+        let mut c = p.start();
+        let history_before = c.history.len();
+        let (out, shown, retractions) =
+            turn(&p, &mut c, "I tried a pottery class last week.", 0, &drafts).await;
+        let requests = drafts.requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 4, "one read of the prompt, then three drafts");
+        assert_eq!(requests[0].sampling().max_tokens, 1, "the read asks for one token");
+        assert!(
+            requests[1..].iter().all(|r| r.messages() == requests[0].messages()),
+            "every draft answers the same prompt"
+        );
+        let attempt = &out.trace.attempts[0];
+        assert_eq!(attempt.outcome, AttemptOutcome::Accepted, "{attempt:?}");
+        assert_eq!(attempt.candidates.len(), 3);
+        assert!(
+            attempt.candidates[0].hits.iter().any(|h| h == "character_break"),
+            "{:?}",
+            attempt.candidates[0]
+        );
+        assert_eq!(attempt.candidates[0].score, None, "a draft the guards set aside is not scored");
+        assert_eq!(
+            attempt.candidates.iter().map(|c| c.score).collect::<Vec<_>>(),
+            vec![None, Some(0.0), Some(1.0)]
+        );
+        assert_eq!(attempt.candidates.iter().filter(|c| c.chosen).count(), 1);
+        assert!(attempt.candidates[2].chosen);
+        assert_eq!(out.reply, attempt.candidates[2].text);
+        assert!(out.reply.contains("kiln"), "{}", out.reply);
+        assert_eq!(
+            (shown.as_str(), retractions),
+            (out.reply.as_str(), 0),
+            "only the chosen draft is shown"
+        );
+        assert_eq!(attempt.chooser.as_ref().map(|r| r.name.as_str()), Some("prefers a word"));
+        let asked = chooser.asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(
+            asked[0].0,
+            history_before + 1,
+            "the chooser reads what the person saw, their message last"
+        );
+        assert_eq!(asked[0].1.len(), 2, "only the clean drafts are scored");
+        assert_eq!(out.trace.attempts.len(), 1);
+
+        // The scorer fails: the first clean draft is kept and the failure is in the trace.
+        let down =
+            std::sync::Arc::new(Preferring { word: "kiln", fail: true, asked: Default::default() });
+        let p = pipeline("creator", true, config).with_chooser(down);
+        let drafts = Scripted::new(
+            smollm2().await,
+            vec![
+                Script::Real,
+                Script::Say("Mornings in the studio are my favourite, all quiet and grey."),
+                Script::Say("Honestly the kiln is my favourite corner, it smells of warm dust."),
+                Script::Say("Oh hiya! As an AI language model I don't make pots."),
+            ],
+        );
+        let mut c = p.start();
+        let (out, _, _) = turn(&p, &mut c, "I tried a pottery class last week.", 0, &drafts).await;
+        let attempt = &out.trace.attempts[0];
+        assert!(out.reply.starts_with("Mornings in the studio"), "{}", out.reply);
+        assert!(attempt.candidates[0].chosen);
+        assert_eq!(
+            attempt.chooser.as_ref().and_then(|r| r.error.as_deref()),
+            Some("the scorer is down")
+        );
+    });
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rapport_eval::scenario::{ScenarioLibrary, Skill};
 use rapport_eval::trust::Agreement;
 use rapport_nlu::emotion::EmotionClassifier;
+use rapport_pipeline::choose::DraftChooser;
 use rapport_pipeline::prompt::Prompts;
 use rapport_pipeline::{Persona, PersonaLibrary, Pipeline, PipelineConfig, PipelineError};
 use rapport_store::{SessionId, Store, StoredPersona};
@@ -53,6 +54,8 @@ pub struct Personas {
     pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
     scenarios: ScenarioLibrary,
     trust: Arc<CoachTrust>,
+    /// Picks among the drafts when `config.best_of` asks for several.
+    chooser: Option<Arc<dyn DraftChooser>>,
 }
 
 /// How far the coach's scores agree with a person's labels, measured once: in the background
@@ -104,7 +107,14 @@ impl Personas {
             pipelines: Mutex::new(HashMap::new()),
             scenarios: ScenarioLibrary::default(),
             trust: Arc::new(CoachTrust::none()),
+            chooser: None,
         }
+    }
+
+    /// Lets `chooser` pick among the drafts of every persona's best-of-N turns.
+    pub fn with_chooser(mut self, chooser: Arc<dyn DraftChooser>) -> Self {
+        self.chooser = Some(chooser);
+        self
     }
 
     /// How far each of the coach's skill scores agrees with a person's reading
@@ -195,10 +205,13 @@ impl Personas {
         }
         let persona = self.persona(store, id, None).await?;
         let (nlu, prompts, config) = (self.nlu.clone(), self.prompts.clone(), self.config.clone());
-        let pipeline =
+        let mut pipeline =
             tokio::task::spawn_blocking(move || Pipeline::new(persona, nlu, prompts, config))
                 .await
                 .map_err(AppError::internal)??;
+        if let Some(chooser) = &self.chooser {
+            pipeline = pipeline.with_chooser(chooser.clone());
+        }
         let pipeline = Arc::new(pipeline);
         self.pipelines.lock().expect("pipelines lock").insert(id.to_string(), pipeline.clone());
         Ok(pipeline)
