@@ -484,25 +484,14 @@ mod tests {
     use super::*;
 
     fn dialogue() -> Dialogue {
-        let say = |speaker, text: &str| Turn { speaker, text: text.into(), trace: None };
-        Dialogue {
-            id: "d".into(),
-            persona: "p".into(),
-            persona_name: None,
-            simulator: None,
-            seed: None,
-            turns: vec![
-                say(Speaker::Persona, "Hello!"),
-                say(Speaker::User, "one"),
-                say(Speaker::Persona, "r1"),
-                say(Speaker::User, "two"),
-                say(Speaker::Persona, "r2"),
-                say(Speaker::User, "three"),
-            ],
-            secret: None,
-            outcome: None,
-            error: None,
-        }
+        Dialogue::of_turns(&[
+            (Speaker::Persona, "Hello!"),
+            (Speaker::User, "one"),
+            (Speaker::Persona, "r1"),
+            (Speaker::User, "two"),
+            (Speaker::Persona, "r2"),
+            (Speaker::User, "three"),
+        ])
     }
 
     #[test]

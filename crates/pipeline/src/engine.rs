@@ -869,20 +869,7 @@ impl Pipeline {
         on_event: &mut (dyn FnMut(TurnEvent) + Send),
     ) -> (Attempt, Option<DraftText>, u64) {
         let started = Instant::now();
-        let mut record = Attempt {
-            number,
-            steering,
-            retries: 0,
-            outcome: AttemptOutcome::Accepted,
-            cleanup: Vec::new(),
-            prompt_tokens: None,
-            cached_prompt_tokens: None,
-            completion_tokens: None,
-            ttft_ms: None,
-            total_ms: 0,
-            candidates: Vec::new(),
-            chooser: None,
-        };
+        let mut record = Attempt::started(number, steering);
         let mut review_us = 0u64;
         let result = match GenerationRequest::new(prompt, self.config.sampling.clone()) {
             Err(e) => Err(e),
@@ -955,20 +942,7 @@ impl Pipeline {
     ) -> (Attempt, Option<DraftText>, u64) {
         let started = Instant::now();
         let n = self.config.best_of;
-        let mut record = Attempt {
-            number: 1,
-            steering: None,
-            retries: 0,
-            outcome: AttemptOutcome::Accepted,
-            cleanup: Vec::new(),
-            prompt_tokens: None,
-            cached_prompt_tokens: None,
-            completion_tokens: None,
-            ttft_ms: None,
-            total_ms: 0,
-            candidates: Vec::new(),
-            chooser: None,
-        };
+        let mut record = Attempt::started(1, None);
         let mut review_us = 0u64;
         let requests: Result<Vec<GenerationRequest>, GenerationError> = (0..n)
             .map(|i| {

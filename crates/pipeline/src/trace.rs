@@ -97,6 +97,27 @@ pub struct Attempt {
     pub chooser: Option<ChooserRun>,
 }
 
+impl Attempt {
+    /// The record of attempt `number` as it starts: accepted until something says otherwise,
+    /// nothing counted yet.
+    pub fn started(number: u32, steering: Option<String>) -> Self {
+        Attempt {
+            number,
+            steering,
+            retries: 0,
+            outcome: AttemptOutcome::Accepted,
+            cleanup: Vec::new(),
+            prompt_tokens: None,
+            cached_prompt_tokens: None,
+            completion_tokens: None,
+            ttft_ms: None,
+            total_ms: 0,
+            candidates: Vec::new(),
+            chooser: None,
+        }
+    }
+}
+
 /// One of the drafts of a best-of-N attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
