@@ -35,21 +35,10 @@ impl TurnScorerChooser {
                     .into(),
             ));
         }
-        let judged = rubric.judged(Side::Persona);
         let criteria: Vec<Criterion> = if ids.is_empty() {
-            judged.into_iter().cloned().collect()
+            rubric.judged(Side::Persona).into_iter().cloned().collect()
         } else {
-            ids.iter()
-                .map(|id| {
-                    judged.iter().find(|c| c.id == *id).map(|c| (*c).clone()).ok_or_else(|| {
-                        EvalError::Invalid(format!(
-                            "rubric '{}' has no judged persona criterion '{id}' (it has: {})",
-                            rubric.id,
-                            judged.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
-                        ))
-                    })
-                })
-                .collect::<Result<_, _>>()?
+            rubric.judged_named(Side::Persona, ids)?.into_iter().cloned().collect()
         };
         if criteria.is_empty() {
             return Err(EvalError::Invalid(format!(

@@ -220,6 +220,24 @@ impl Rubric {
         self.criteria.iter().filter(|c| c.scorer == Scorer::Judge && c.side == side).collect()
     }
 
+    /// The judged criteria on `side` named by `ids`, in that order, or an error naming the one
+    /// it lacks and the ones it has.
+    pub fn judged_named(&self, side: Side, ids: &[String]) -> Result<Vec<&Criterion>, EvalError> {
+        let judged = self.judged(side);
+        ids.iter()
+            .map(|id| {
+                judged.iter().copied().find(|c| c.id == *id).ok_or_else(|| {
+                    EvalError::Invalid(format!(
+                        "the {} rubric has no judged {} criterion '{id}' (it has: {})",
+                        self.id,
+                        format!("{side:?}").to_lowercase(),
+                        judged.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// One criterion by id.
     pub fn criterion(&self, id: &str) -> Option<&Criterion> {
         self.criteria.iter().find(|c| c.id == id)

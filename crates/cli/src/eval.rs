@@ -152,7 +152,7 @@ impl BestOfArgs {
     /// model is loaded.
     pub fn check(&self) -> anyhow::Result<()> {
         if self.best_of > 1 {
-            judged_criteria(&Rubric::load("default")?, &self.choose_by)?;
+            Rubric::load("default")?.judged_named(Side::Persona, &self.choose_by)?;
         }
         Ok(())
     }
@@ -793,23 +793,17 @@ async fn run_memory(args: MemoryArgs) -> anyhow::Result<()> {
     args.suite.report(&report, || report.markdown())
 }
 
-/// `rubric`'s judged persona criteria named `ids`, or which one it lacks.
-fn judged_criteria<'r>(
-    rubric: &'r Rubric,
-    ids: &[String],
-) -> anyhow::Result<Vec<&'r rapport_eval::rubric::Criterion>> {
-    let judged = rubric.judged(Side::Persona);
-    ids.iter()
-        .map(|id| {
-            judged.iter().copied().find(|c| c.id == *id).with_context(|| {
-                format!(
-                    "the {} rubric has no judged persona criterion '{id}' (it has: {})",
-                    rubric.id,
-                    judged.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
-                )
-            })
-        })
-        .collect()
+/// The dialogues of the finished batch in `dir`, refused when it is not a run directory (so
+/// that a mistyped path is not created) or holds none.
+fn finished_batch(dir: &Path) -> anyhow::Result<Vec<Dialogue>> {
+    anyhow::ensure!(
+        dir.join("dialogues.jsonl").is_file(),
+        "{} is not a run directory (no dialogues.jsonl; gunzip a published run's first)",
+        dir.display()
+    );
+    let dialogues = RunDir::open(dir)?.dialogues()?;
+    anyhow::ensure!(!dialogues.is_empty(), "{} holds no dialogues", dir.display());
+    Ok(dialogues)
 }
 
 async fn run_best_of(args: BestOfMeasureArgs) -> anyhow::Result<()> {
@@ -819,14 +813,8 @@ async fn run_best_of(args: BestOfMeasureArgs) -> anyhow::Result<()> {
     );
     args.best_of.check()?;
     let rubric = Rubric::load("default")?;
-    let criteria = judged_criteria(&rubric, &args.criteria)?;
-    anyhow::ensure!(
-        args.from.join("dialogues.jsonl").is_file(),
-        "{} is not a run directory (no dialogues.jsonl; gunzip a published run's first)",
-        args.from.display()
-    );
-    let dialogues = RunDir::open(&args.from)?.dialogues()?;
-    anyhow::ensure!(!dialogues.is_empty(), "{} holds no dialogues", args.from.display());
+    let criteria = rubric.judged_named(Side::Persona, &args.criteria)?;
+    let dialogues = finished_batch(&args.from)?;
     let turns = rapport_eval::best_of::turns_of(&dialogues, &args.turns, args.limit);
     anyhow::ensure!(!turns.is_empty(), "none of the dialogues has turn(s) {:?}", args.turns);
     let Suite { backend, nlu, config: mut best_config, library } = args.suite.load().await?;
@@ -893,13 +881,9 @@ async fn run_best_of(args: BestOfMeasureArgs) -> anyhow::Result<()> {
 
 async fn run_turn_breaks(args: TurnBreaksArgs) -> anyhow::Result<()> {
     let rubric = Rubric::load("default")?;
-    let criterion = judged_criteria(&rubric, std::slice::from_ref(&args.criterion))?.remove(0);
-    anyhow::ensure!(
-        args.from.join("dialogues.jsonl").is_file(),
-        "{} is not a run directory (no dialogues.jsonl; gunzip a published run's first)",
-        args.from.display()
-    );
-    let dialogues = RunDir::open(&args.from)?.dialogues()?;
+    let criterion =
+        rubric.judged_named(Side::Persona, std::slice::from_ref(&args.criterion))?.remove(0);
+    let dialogues = finished_batch(&args.from)?;
     let replies = rapport_eval::turn_breaks::replies(&dialogues, args.limit);
     anyhow::ensure!(
         !replies.is_empty(),

@@ -888,21 +888,16 @@ impl Pipeline {
             },
         };
         match result {
-            Ok(draft) => {
-                record.cleanup = draft.edits;
+            Ok(mut draft) => {
+                record.cleanup = std::mem::take(&mut draft.edits);
                 // Measured here, not taken from the backend's summary: a draft cut short (it
                 // began the user's next line) has no summary, but people still waited for it.
                 record.ttft_ms = draft.first_chunk_ms;
                 if let Some(s) = &draft.summary {
                     record.prompt_tokens = Some(s.usage.prompt_tokens);
                     record.cached_prompt_tokens = Some(s.usage.cached_prompt_tokens);
-                    record.completion_tokens = Some(s.usage.completion_tokens);
-                } else if draft.chunks > 0 {
-                    // Cut short, so no summary: count what it streamed. Without this, load
-                    // reports counted such replies (most of SmolLM2's, which run past the
-                    // sentence budget) as zero tokens.
-                    record.completion_tokens = Some(draft.chunks);
                 }
+                record.completion_tokens = draft.completion_tokens();
                 if draft.hits.is_empty() {
                     record.total_ms = started.elapsed().as_millis() as u64;
                     return (record, Some((draft.text, draft.vector)), review_us);
@@ -910,7 +905,7 @@ impl Pipeline {
                 if draft.shown {
                     on_event(TurnEvent::Retract);
                 }
-                let soft = draft.hits.iter().all(GuardHit::is_soft) && !draft.text.is_empty();
+                let soft = draft.only_soft_hits();
                 record.outcome = AttemptOutcome::Rejected { hits: draft.hits };
                 if soft {
                     // Not shown now; kept for the engine to send if no later draft is clean.
@@ -1001,11 +996,7 @@ impl Pipeline {
                         text: draft.text.clone(),
                         hits: draft.hits.iter().map(|h| h.code().to_string()).collect(),
                         score: None,
-                        completion_tokens: draft
-                            .summary
-                            .as_ref()
-                            .map(|s| s.usage.completion_tokens)
-                            .or((draft.chunks > 0).then_some(draft.chunks)),
+                        completion_tokens: draft.completion_tokens(),
                         chosen: false,
                         error: None,
                     });
@@ -1055,7 +1046,7 @@ impl Pipeline {
         // No clean draft: keep the one with the fewest soft hits, as a single attempt would.
         let soft = (0..written.len())
             .filter_map(|i| written[i].as_ref().map(|d| (i, d)))
-            .filter(|(_, d)| !d.text.is_empty() && d.hits.iter().all(GuardHit::is_soft))
+            .filter(|(_, d)| d.only_soft_hits())
             .min_by_key(|(_, d)| d.hits.len())
             .map(|(i, _)| i);
         record.total_ms = started.elapsed().as_millis() as u64;
@@ -1324,6 +1315,25 @@ struct Draft {
     chunks: u32,
     shown: bool,
     first_chunk_ms: Option<u64>,
+}
+
+impl Draft {
+    /// Reply tokens it cost: the backend's count, or for a draft cut short (it began the
+    /// person's next line, and the stream was dropped before any summary) the chunks it
+    /// streamed. Without the latter, load reports counted such replies (most of SmolLM2's,
+    /// which run past the sentence budget) as zero tokens.
+    fn completion_tokens(&self) -> Option<u32> {
+        match &self.summary {
+            Some(s) => Some(s.usage.completion_tokens),
+            None => (self.chunks > 0).then_some(self.chunks),
+        }
+    }
+
+    /// A reply whose every hit is soft (assistant-speak, an unanswered question, a forgotten
+    /// fact): sent rather than the fallback line when no draft is clean.
+    fn only_soft_hits(&self) -> bool {
+        !self.text.is_empty() && self.hits.iter().all(GuardHit::is_soft)
+    }
 }
 
 /// `text` with what the person told said back to them, when the message asks about them:
