@@ -241,6 +241,43 @@ def best_of_section():
     return out + [""]
 
 
+def optimize_section():
+    files = sorted(glob.glob(os.path.join(RESULTS, "optimize", "*", "summary.json")))
+    if not files:
+        return []
+    out = ["## Prompt search (`rapport eval optimize`), held out", "",
+           "A persona's prompt choices (which examples and in what order, how many per stage, the notes' wording, the "
+           "layout) searched by successive halving on turns of a finished batch's training cells (simulator × seed), "
+           "each candidate answering the logged message after the logged conversation; the winner and the persona as "
+           "it is are then scored on the held-out cells only. Value = the turn scorer's mean over the criteria minus "
+           "the fault cost per fault (a sent break of character 1, a rejected first draft ½). Winner − as it is, "
+           "paired by turn, 95% bootstrap interval, sign-flip p, Holm over value and the criteria (reading: "
+           "[docs/eval/optimize.md](docs/eval/optimize.md)).", "",
+           "| machine · date | model · persona | candidates · training turns | winner | held-out n | measure | as it is | winner | winner − as it is | p (Holm) | file |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    est = lambda e: "—" if not e else f"{e['value']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]"
+    num = lambda v: "—" if v is None else f"{v:.2f}"
+    commands = []
+    for f in files:
+        d = load(f)
+        c_path = os.path.join(os.path.dirname(f), "context.json")
+        c = load(c_path) if os.path.exists(c_path) else {}
+        commands += c.get("commands", [])
+        o = d["outcome"]
+        n_candidates = len(o["rounds"][0]["standings"]) if o["rounds"] else 1
+        winner = f"`{o['winner']['id']}`"
+        gains = o["held_out"] or [{"measure": "value", "before": None, "after": None, "delta": None, "p_value": None, "p_holm": None, "n": 0}]
+        for g in gains:
+            if g["measure"] not in ("value", "in_role", "engaging", "empathy", "breaks", "redrafts"):
+                continue
+            p = "—" if g["p_value"] is None else (f"{g['p_value']:.3f}" + ("" if g["p_holm"] is None else f" ({g['p_holm']:.3f})"))
+            out.append(f"| {machine(c)} · {c.get('date', '?')} | {d['model']} · {o['persona']} | {n_candidates} · {o['train_turns']} | "
+                       f"{winner} | {g['n']} | {g['measure']} | {num(g['before'])} | {num(g['after'])} | {est(g['delta'])} | {p} | `{rel(f)}` |")
+    if commands:
+        out += ["", "Commands: " + "; ".join(f"`{x}`" for x in commands) + "."]
+    return out + [""]
+
+
 def layout_section():
     return judged_batches_section(
         "layout", "Prompt layouts, judged", "docs/eval/prompt-layout.md",
@@ -401,7 +438,7 @@ def page():
              "The current figures, generated from `benches/results/` by `python3 benches/benchmarks.py` "
              "(the test suite checks this page is what the files give). History and superseded figures: "
              "[docs/dev/speed.md](docs/dev/speed.md), [docs/dev/performance.md](docs/dev/performance.md).", ""]
-    for section in (judge_section, coach_section, memory_section, layout_section, partner_section, partner_whole_section, best_of_section, latency_section, abuse_section, secret_section, llamacpp_section):
+    for section in (judge_section, coach_section, memory_section, layout_section, partner_section, partner_whole_section, best_of_section, optimize_section, latency_section, abuse_section, secret_section, llamacpp_section):
         lines += section()
     return "\n".join(lines).rstrip("\n") + "\n"
 

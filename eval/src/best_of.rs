@@ -88,7 +88,7 @@ pub fn turns_of<'a>(
 
 /// The dialogue up to the person's message `turn`: its greeting, the exchanges before, and the
 /// message.
-fn split(d: &Dialogue, turn: usize) -> (Option<String>, Vec<(String, String)>, String) {
+pub(crate) fn split(d: &Dialogue, turn: usize) -> (Option<String>, Vec<(String, String)>, String) {
     let greeting =
         d.turns.first().filter(|t| t.speaker == Speaker::Persona).map(|t| t.text.clone());
     let rest = &d.turns[usize::from(greeting.is_some())..];

@@ -21,7 +21,9 @@
 //! a persona recalls, in a later conversation, what a person told it in an earlier one.
 //! [`stats`] holds the statistics. [`choose`] lends the judge's turn scorer to the pipeline, to
 //! pick among the drafts of a best-of-N reply, and [`best_of`] measures whether that is worth its wait; [`turn_breaks`] whether the turn
-//! scorer sees a broken character.
+//! scorer sees a broken character. [`optimize`] searches a persona's prompt choices (examples,
+//! note phrasing, layout) by the judge and the exact checks and reports the winner on held-out
+//! dialogues.
 //!
 //! # Invariants
 //! - Nothing is guessed: an unreadable judge answer leaves the criterion without a score (and
@@ -46,6 +48,7 @@ pub mod injection;
 pub mod judge;
 pub mod memory;
 pub mod metrics;
+pub mod optimize;
 pub mod progress;
 pub mod rank;
 pub mod report;

@@ -26,6 +26,8 @@ use rapport_pipeline::{PersonaLibrary, Pipeline, PipelineConfig};
 
 use crate::backend::{Backend, BackendArgs};
 
+mod optimize;
+
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
     /// Generate and score a batch: personas × simulated users × seeds × turns.
@@ -100,6 +102,11 @@ pub enum EvalCommand {
     /// Whether the turn scorer sees a broken character: every generated reply of a batch
     /// scored in its context, set against the lexical character checks (AUC with an interval).
     TurnBreaks(TurnBreaksArgs),
+    /// Search a persona's prompt choices (which examples, how many per stage, the notes'
+    /// wording, the layout) by the judge's turn scorer and the exact checks on turns of a
+    /// finished batch, and report the winner on held-out simulator × seed cells; the winner
+    /// is written as `<persona>.prompt.toml`, which the persona uses beside its file.
+    Optimize(optimize::OptimizeArgs),
 }
 
 /// How the judge runs (shared by run, score and calibrate).
@@ -620,6 +627,7 @@ pub async fn run(command: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Injection(args) => run_injection(args).await,
         EvalCommand::Memory(args) => run_memory(args).await,
         EvalCommand::BestOf(args) => run_best_of(args).await,
+        EvalCommand::Optimize(args) => optimize::run(args).await,
         EvalCommand::TurnBreaks(args) => run_turn_breaks(args).await,
         EvalCommand::Rewrites(args) => run_rewrites(args).await,
         EvalCommand::CoachTrust { labels, seed, json, lexical_only } => {

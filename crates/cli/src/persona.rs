@@ -51,8 +51,14 @@ pub fn run(command: PersonaCommand) -> anyhow::Result<()> {
             let library = PersonaLibrary::load_dir(&dir)?;
             for p in library.iter() {
                 let secret = if p.secret.is_some() { " · has a secret" } else { "" };
+                // A tuning changes what the model sees: say so where people look first.
+                let tuned = if p.prompt.is_default() {
+                    String::new()
+                } else {
+                    format!(" · prompt tuned: {}", p.prompt.describe())
+                };
                 println!(
-                    "{:<16} {} · {} examples · {} forbidden topics{secret}",
+                    "{:<16} {} · {} examples · {} forbidden topics{secret}{tuned}",
                     p.id,
                     p.name,
                     p.examples.len(),

@@ -616,3 +616,102 @@ fn eval_best_of_refuses_bad_inputs_then_replays_judges_and_resumes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(lines(&out.join("items.jsonl")), items);
 }
+
+/// `eval optimize` refuses what it cannot search before a model loads, keeps every scored
+/// answer as it goes, refuses to resume a directory started with other settings, and says
+/// so (keeping the answers) when its judge reads no score, as SmolLM2 cannot; the search on
+/// a judge that can is measured in docs/eval/optimize.md, its parts in the eval crate's tests.
+#[test]
+fn eval_optimize_refuses_bad_inputs_then_scores_resumably() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = dir.path().join("batch");
+    std::fs::create_dir_all(&from).unwrap();
+    let dialogue = |simulator: &str, seed: u64| {
+        serde_json::json!({
+            "id": format!("wedding-host/{simulator}/{seed}"), "persona": "wedding-host",
+            "simulator": simulator, "seed": seed,
+            "turns": [
+                {"speaker": "persona", "text": "Hello! Welcome to the Domaine."},
+                {"speaker": "user", "text": "Hi, I'm a friend of the groom. It's beautiful here."},
+                {"speaker": "persona", "text": "Isn't it? We were lucky with the weather."},
+                {"speaker": "user", "text": "I teach primary school, so a weekend off feels strange."},
+            ],
+        })
+    };
+    std::fs::write(
+        from.join("dialogues.jsonl"),
+        format!("{}\n{}\n", dialogue("shy", 1), dialogue("pushy", 1)),
+    )
+    .unwrap();
+    let single = dir.path().join("single");
+    std::fs::create_dir_all(&single).unwrap();
+    std::fs::write(single.join("dialogues.jsonl"), format!("{}\n", dialogue("shy", 1))).unwrap();
+    let out = dir.path().join("search");
+    let optimize = |model: &str, from: &Path, extra: &[&str]| {
+        let mut c = rapport();
+        c.args(["eval", "optimize", "-m", model, "--persona", "wedding-host", "--from"]);
+        c.arg(from).arg("--dir").arg(&out).args(extra).output().unwrap()
+    };
+    let refused = |from: &Path, extra: &[&str], why: &str| {
+        // A model that does not exist: any attempt to load one fails the test loudly.
+        let o = optimize("/nonexistent/model.gguf", from, extra);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success() && stderr.contains(why), "{extra:?}: {stderr}");
+    };
+    refused(&from, &["--candidates", "0"], "--candidates must be 1 to 64");
+    refused(&from, &["--candidates", "65"], "--candidates must be 1 to 64");
+    refused(&from, &["--method", "json"], "use --method expected");
+    refused(&from, &["--phrasings", "poetic"], "unknown note phrasing");
+    refused(&from, &["--layouts", "sideways"], "unknown prompt layout");
+    refused(&from, &["--stage-examples", "0"], "must be 1 to 32");
+    refused(&from, &["--criteria", "wit"], "no judged persona criterion 'wit'");
+    refused(&from, &["--held-out", "1"], "must be between 0 and 1");
+    refused(&from, &["--fault-cost=-1"], "--fault-cost must be");
+    refused(&from, &["--turns", "7"], "without a turn to replay");
+    refused(&single, &[], "cannot be split");
+    let o = {
+        let mut c = rapport();
+        c.args(["eval", "optimize", "-m", "/nonexistent/model.gguf", "--persona", "margot"]);
+        c.arg("--from").arg(&from).arg("--dir").arg(&out).output().unwrap()
+    };
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("no finished dialogue with the persona 'margot'"), "{stderr}");
+    refused(&dir.path().join("missing"), &[], "is not a run directory");
+    assert!(!out.exists(), "nothing refused creates the search directory");
+
+    super::ensure_smollm2();
+    let args = ["--turns", "2", "--candidates", "1", "--first-round", "1", "--max-tokens", "40"];
+    let o = optimize("smollm2-135m", &from, &args);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && stderr.contains("the judge read no score"), "{stderr}");
+    let scored = lines(&out.join("scored.jsonl"));
+    assert_eq!(scored.len(), 2, "the persona as it is and one draw, on the one training turn");
+    let mut candidates: Vec<String> = scored
+        .iter()
+        .map(|l| {
+            let s: Value = serde_json::from_str(l).unwrap();
+            assert!(!s["reply"].as_str().unwrap().is_empty(), "{s}");
+            assert!(s["item"].as_str().unwrap().ends_with("#2"), "{s}");
+            s["candidate"].as_str().unwrap().to_string()
+        })
+        .collect();
+    candidates.sort();
+    assert_eq!(candidates, ["c0", "c1"]);
+    let search: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("search.json")).unwrap()).unwrap();
+    assert_eq!(search["candidates"].as_array().unwrap().len(), 2);
+    assert_eq!(search["split"]["train"].as_array().unwrap().len(), 1);
+    assert_eq!(search["split"]["held_out"].as_array().unwrap().len(), 1);
+    assert!(!out.join("wedding-host.prompt.toml").exists());
+
+    // Resumed: nothing is answered again. Another seed draws another search: refused.
+    let o = optimize("smollm2-135m", &from, &args);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the judge read no score"));
+    assert_eq!(lines(&out.join("scored.jsonl")), scored);
+    let mut reseeded = args.to_vec();
+    reseeded.extend(["--seed", "2"]);
+    let o = optimize("smollm2-135m", &from, &reseeded);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("started with other settings"), "{stderr}");
+    assert_eq!(lines(&out.join("scored.jsonl")), scored);
+}

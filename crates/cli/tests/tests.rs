@@ -1,6 +1,7 @@
 //! The `rapport` binary as a person or a script uses it.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -226,6 +227,57 @@ fn chat_with_a_persona_shows_each_turns_trace() {
         .collect();
     assert_eq!(traces.len(), 2);
     assert_eq!(traces[1]["input_guards"][0]["kind"], "injection");
+}
+
+/// A prompt tuning beside a persona is what the model sees through the command line: `persona
+/// list` says the persona is tuned, a chat shows only the examples the file names (in its
+/// order), and a stale file (naming an example the persona no longer has) stops the chat with
+/// the file named instead of silently showing other examples.
+#[test]
+fn a_prompt_tuning_beside_a_persona_is_what_the_chat_shows() {
+    ensure_smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/personas");
+    std::fs::copy(shipped.join("wedding-host.toml"), dir.path().join("wedding-host.toml")).unwrap();
+    let tuning = dir.path().join("wedding-host.prompt.toml");
+    std::fs::write(
+        &tuning,
+        "phrasing = \"friend\"\nstage_examples = 2\nexamples = [\"This place is gorgeous.\", \"Hi! Nice to meet you, I'm a friend of Thomas from university.\", \"What's the treasure hunt about?\"]\n",
+    )
+    .unwrap();
+    let list = rapport().args(["persona", "list", "--personas"]).arg(dir.path()).output().unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert!(
+        listed.contains("prompt tuned: examples=3 stage_examples=2 phrasing=friend"),
+        "{listed}"
+    );
+    assert_eq!(listed.lines().count(), 1, "the tuning file is not a persona: {listed}");
+
+    let trace_file = dir.path().join("trace.jsonl");
+    let personas = dir.path().to_str().unwrap();
+    let trace = trace_file.to_str().unwrap();
+    let args = ["--model", "smollm2-135m", "--personas", personas, "--trace-json", trace];
+    let (ok, _, stderr) = persona_chat(&args, "Hello! Lovely place.\n");
+    assert!(ok, "{stderr}");
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&trace_file).unwrap().lines().next().unwrap())
+            .unwrap();
+    let shown: Vec<&str> =
+        first["examples"].as_array().unwrap().iter().map(|e| e["user"].as_str().unwrap()).collect();
+    assert_eq!(
+        shown,
+        [
+            "This place is gorgeous.",
+            "Hi! Nice to meet you, I'm a friend of Thomas from university."
+        ],
+        "two per stage, in the file's order: {first}"
+    );
+
+    std::fs::write(&tuning, "examples = [\"Do you come here often?\"]\n").unwrap();
+    let (ok, _, stderr) = persona_chat(&args, "Hello!\n");
+    assert!(!ok && stderr.contains("wedding-host.prompt.toml"), "{stderr}");
+    assert!(stderr.contains("Do you come here often?"), "{stderr}");
 }
 
 /// `rapport chat --persona wedding-host` with `args`, fed `input`: whether it succeeded, its

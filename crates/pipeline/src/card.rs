@@ -163,6 +163,7 @@ pub fn import_json(text: &str) -> Result<ImportedCard, PipelineError> {
         fallbacks: Vec::new(),
         max_sentences: 4,
         card: Some(card),
+        prompt: Default::default(),
     };
     if let Some(r) = rapport {
         apply_rapport_extension(&mut persona, r)?;
@@ -332,6 +333,8 @@ fn apply_rapport_extension(persona: &mut Persona, value: Value) -> Result<(), Pi
         fallbacks: Vec<String>,
         #[serde(default)]
         max_sentences: Option<usize>,
+        #[serde(default)]
+        prompt: Option<crate::layout::PromptTuning>,
     }
     let ext: Ext =
         serde_json::from_value(value).map_err(|e| err(format!("extensions.rapport: {e}")))?;
@@ -362,6 +365,9 @@ fn apply_rapport_extension(persona: &mut Persona, value: Value) -> Result<(), Pi
     if let Some(m) = ext.max_sentences {
         persona.max_sentences = m;
     }
+    if let Some(p) = ext.prompt {
+        persona.prompt = p;
+    }
     Ok(())
 }
 
@@ -389,6 +395,7 @@ pub fn export_v2(persona: &Persona, with_secret: bool) -> Value {
             "secret": if with_secret { serde_json::to_value(&persona.secret).expect("secret serialises") } else { Value::Null },
             "fallbacks": persona.fallbacks,
             "max_sentences": persona.max_sentences,
+            "prompt": (!persona.prompt.is_default()).then_some(&persona.prompt),
         }),
     );
     let mes_example: String = persona

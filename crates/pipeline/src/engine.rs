@@ -228,6 +228,18 @@ impl Pipeline {
         mut config: PipelineConfig,
     ) -> Result<Self, PipelineError> {
         persona.validate()?;
+        // The persona's own prompt choices win over the server's: they were chosen for it
+        // (by `rapport eval optimize`, or by hand), the server's for every persona at once.
+        // Except `notes-in-system`, which the server takes for a chat template that refuses a
+        // system message after the first: any other layout would fail on every turn.
+        if let Some(layout) = persona.prompt.layout {
+            if config.layout != PromptLayout::NotesInSystem {
+                config.layout = layout;
+            }
+        }
+        if let Some(k) = persona.prompt.stage_examples {
+            config.stage_examples = k;
+        }
         let encoder = nlu.as_deref().map(EmotionClassifier::encoder);
         let fewshot = FewShot::new(&persona, encoder)?;
         let guards = Guards::new(&persona, encoder)?;
@@ -446,6 +458,7 @@ impl Pipeline {
             recalled: Recalled::render(&recalled),
             about_them,
             standing_in_prefix: false,
+            phrasing: persona.prompt.phrasing.unwrap_or_default().as_str(),
         };
         let assembled = assemble(
             &self.prompts,
@@ -727,7 +740,8 @@ impl Pipeline {
         Ok(TurnOutcome { reply, trace })
     }
 
-    /// How this engine runs turns.
+    /// How this engine runs turns: the server's settings, with the persona's own prompt
+    /// choices (its layout, examples per stage) applied.
     pub fn config(&self) -> &PipelineConfig {
         &self.config
     }
@@ -1389,5 +1403,29 @@ mod tests {
         let plain = "Notes:\n- They seem happy.";
         assert_eq!(without_secret(plain, Some(&secret)), plain, "untouched without the secret");
         assert_eq!(without_secret(note, None), note, "untouched for a persona without one");
+    }
+
+    /// A persona's tuning sets its layout and examples per stage over the server's, except
+    /// where the server runs `notes-in-system` for a template that needs it; an untuned
+    /// persona runs as the server says.
+    #[test]
+    fn a_personas_tuning_overrides_the_servers_layout_unless_the_template_forbids() {
+        let mut persona = crate::prompt::tests::host();
+        let prompts = Arc::new(Prompts::embedded());
+        let config = |layout| PipelineConfig { layout, ..PipelineConfig::default() };
+        let run = |persona: &Persona, layout| {
+            Pipeline::new(persona.clone(), None, prompts.clone(), config(layout)).unwrap()
+        };
+        let plain = run(&persona, PromptLayout::Compact);
+        assert_eq!(plain.config().layout, PromptLayout::Compact);
+        assert_eq!(plain.config().stage_examples, PipelineConfig::default().stage_examples);
+        persona.prompt.layout = Some(PromptLayout::CachedExchanges);
+        persona.prompt.stage_examples = Some(2);
+        let tuned = run(&persona, PromptLayout::Compact);
+        assert_eq!(tuned.config().layout, PromptLayout::CachedExchanges);
+        assert_eq!(tuned.config().stage_examples, 2);
+        let strict = run(&persona, PromptLayout::NotesInSystem);
+        assert_eq!(strict.config().layout, PromptLayout::NotesInSystem);
+        assert_eq!(strict.config().stage_examples, 2);
     }
 }

@@ -24,11 +24,14 @@ pub struct ChosenExample {
     pub reply: String,
 }
 
-/// The persona's examples, embedded when an encoder is available.
+/// The persona's examples, embedded when an encoder is available: those its tuning lets the
+/// prompt show, in the tuning's order ([`Persona::example_order`]).
 pub struct FewShot {
     index: Option<ExampleIndex>,
     exchanges: Vec<Exchange>,
     stages: Vec<Option<Stage>>,
+    /// Each exchange's index in the persona's `examples`.
+    indices: Vec<usize>,
 }
 
 impl FewShot {
@@ -37,19 +40,20 @@ impl FewShot {
         persona: &Persona,
         encoder: Option<&SentenceEncoder>,
     ) -> Result<Self, PipelineError> {
-        let exchanges: Vec<Exchange> = persona
-            .examples
+        let indices = persona.example_order();
+        let exchanges: Vec<Exchange> = indices
             .iter()
+            .map(|&i| &persona.examples[i])
             .map(|e| Exchange { user: e.user.clone(), reply: e.reply.clone() })
             .collect();
-        let stages = persona.examples.iter().map(|e| e.stage).collect();
+        let stages = indices.iter().map(|&i| persona.examples[i].stage).collect();
         let index = match encoder {
             Some(enc) if !exchanges.is_empty() => {
                 Some(ExampleIndex::build(enc, exchanges.clone())?)
             }
             _ => None,
         };
-        Ok(Self { index, exchanges, stages })
+        Ok(Self { index, exchanges, stages, indices })
     }
 
     /// Step 7: up to `k` examples for this moment, best first.
@@ -94,13 +98,13 @@ impl FewShot {
         suited.into_iter().take(k).map(|index| self.chosen(index, 0.0)).collect()
     }
 
-    /// Example `index`, with its similarity to the query (rounded for the trace).
-    fn chosen(&self, index: usize, score: f32) -> ChosenExample {
+    /// The exchange at `position`, with its similarity to the query (rounded for the trace).
+    fn chosen(&self, position: usize, score: f32) -> ChosenExample {
         ChosenExample {
-            index,
+            index: self.indices[position],
             score: (score * 1000.0).round() / 1000.0,
-            user: self.exchanges[index].user.clone(),
-            reply: self.exchanges[index].reply.clone(),
+            user: self.exchanges[position].user.clone(),
+            reply: self.exchanges[position].reply.clone(),
         }
     }
 }
@@ -126,5 +130,37 @@ mod tests {
         assert_eq!(previous.len(), persona.examples.len(), "the close stage may use every example");
         assert!(fewshot.for_stage(Stage::IceBreaker, 20).len() < persona.examples.len());
         assert_eq!(fewshot.for_stage(Stage::Close, 2).len(), 2, "at most k");
+    }
+
+    /// A tuned persona shows only the examples its tuning names, in the tuning's order within
+    /// a stage, and each keeps its index in the persona's file (the trace names it).
+    #[test]
+    fn a_tuning_chooses_and_orders_the_examples() {
+        let mut persona = crate::prompt::tests::host();
+        let (first, last) = (persona.examples[0].clone(), persona.examples[3].clone());
+        assert!(first.stage.is_none() && last.stage.is_none());
+        persona.prompt.examples = Some(vec![last.user.clone(), first.user.clone()]);
+        persona.validate().unwrap();
+        let fewshot = FewShot::new(&persona, None).unwrap();
+        let shown = fewshot.for_stage(Stage::Close, 20);
+        let users: Vec<&str> = shown.iter().map(|e| e.user.as_str()).collect();
+        assert_eq!(users, [last.user.as_str(), first.user.as_str()]);
+        assert_eq!(shown[0].index, 3);
+        assert_eq!(shown[1].index, 0);
+        let chosen = fewshot.choose(None, None, Stage::Close, 20);
+        assert_eq!(chosen.len(), 2, "the per-message choice sees only the named examples too");
+
+        persona.prompt.examples = Some(vec!["Nobody ever said this.".into()]);
+        let err = persona.validate().unwrap_err().to_string();
+        assert!(err.contains("Nobody ever said this"), "{err}");
+        persona.prompt.examples = Some(vec![first.user.clone(), first.user.clone()]);
+        assert!(persona.validate().unwrap_err().to_string().contains("twice"));
+        persona.prompt.examples = Some(Vec::new());
+        assert!(persona.validate().is_err(), "an empty list would silently show nothing");
+        persona.prompt.examples = None;
+        persona.prompt.stage_examples = Some(0);
+        assert!(persona.validate().is_err());
+        persona.prompt.stage_examples = Some(crate::layout::MAX_STAGE_EXAMPLES + 1);
+        assert!(persona.validate().is_err());
     }
 }

@@ -47,6 +47,7 @@ mod error;
 pub mod facts;
 pub mod fewshot;
 pub mod guards;
+pub mod layout;
 pub mod listening;
 pub mod memory;
 pub mod persona;

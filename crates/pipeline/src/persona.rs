@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::{PromptTuning, MAX_STAGE_EXAMPLES};
 use crate::PipelineError;
 
 /// Where the relationship is.
@@ -70,6 +71,23 @@ pub struct Persona {
     /// What a Character Card carried that Rapport does not use, kept for export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card: Option<CardMeta>,
+    /// The persona's own prompt choices (layout, which examples, the notes' wording), where
+    /// they differ from the server's: a `[prompt]` table here, or `<id>.prompt.toml` beside
+    /// the file as `rapport eval optimize` writes it.
+    #[serde(default, skip_serializing_if = "PromptTuning::is_default")]
+    pub prompt: PromptTuning,
+}
+
+/// The file beside a persona's that holds its prompt tuning (`wedding-host.prompt.toml` for
+/// `wedding-host.toml`).
+pub fn tuning_path(persona_path: &Path) -> PathBuf {
+    let stem = persona_path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    persona_path.with_file_name(format!("{stem}.prompt.toml"))
+}
+
+/// Whether `path` is a persona's tuning file rather than a persona.
+pub fn is_tuning_file(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".prompt.toml"))
 }
 
 fn default_max_sentences() -> usize {
@@ -303,15 +321,34 @@ impl Persona {
         Ok(persona)
     }
 
-    /// Reads and checks a persona file.
+    /// Reads and checks a persona file, with its tuning file (`<id>.prompt.toml`) when one is
+    /// beside it. A persona whose file has a `[prompt]` table and a tuning file as well is
+    /// refused: which of the two holds would be a guess.
     pub fn load(path: &Path) -> Result<Self, PipelineError> {
         let err = |message: String| PipelineError::Persona { path: path.to_path_buf(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-        Self::from_toml(&text, id).map_err(|e| match e {
+        let mut persona = Self::from_toml(&text, id).map_err(|e| match e {
             PipelineError::InvalidPersona(m) => err(m),
             other => other,
-        })
+        })?;
+        let tuning = tuning_path(path);
+        if tuning.is_file() {
+            let terr = |message: String| PipelineError::Persona { path: tuning.clone(), message };
+            if !persona.prompt.is_default() {
+                return Err(terr(format!(
+                    "{} has a [prompt] table too; keep one of the two",
+                    path.display()
+                )));
+            }
+            let text = std::fs::read_to_string(&tuning).map_err(|e| terr(e.to_string()))?;
+            persona.prompt = toml::from_str(&text).map_err(|e| terr(e.to_string()))?;
+            persona.validate().map_err(|e| match e {
+                PipelineError::InvalidPersona(m) => terr(m),
+                other => other,
+            })?;
+        }
+        Ok(persona)
     }
 
     /// The persona as TOML.
@@ -388,7 +425,42 @@ impl Persona {
                 ));
             }
         }
+        if let Some(k) = self.prompt.stage_examples {
+            if !(1..=MAX_STAGE_EXAMPLES).contains(&k) {
+                return bad(format!("prompt.stage_examples {k} must be 1 to {MAX_STAGE_EXAMPLES}"));
+            }
+        }
+        if let Some(lines) = &self.prompt.examples {
+            if lines.is_empty() {
+                return bad("prompt.examples is empty; leave it out to show every example".into());
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for line in lines {
+                let matches = self.examples.iter().filter(|e| &e.user == line).count();
+                if matches != 1 {
+                    return bad(format!(
+                        "prompt.examples names {line:?}, which {} of the persona's examples",
+                        if matches == 0 { "is none" } else { "is more than one" }
+                    ));
+                }
+                if !seen.insert(line) {
+                    return bad(format!("prompt.examples names {line:?} twice"));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The persona's examples the prompt may show, by index, in the order to show them: those
+    /// its tuning names, or all of them.
+    pub fn example_order(&self) -> Vec<usize> {
+        match &self.prompt.examples {
+            Some(lines) => lines
+                .iter()
+                .filter_map(|line| self.examples.iter().position(|e| &e.user == line))
+                .collect(),
+            None => (0..self.examples.len()).collect(),
+        }
     }
 
     /// Every text that may be placed in a prompt before the secret unlocks, with where it is.
@@ -449,8 +521,9 @@ pub struct PersonaLibrary {
 }
 
 impl PersonaLibrary {
-    /// Loads every `*.toml` in `dir`. One broken file fails the load: a persona silently missing
-    /// from the picker is harder to notice than an error at startup.
+    /// Loads every `*.toml` in `dir` (each `<id>.prompt.toml` as its persona's tuning, not as
+    /// a persona). One broken file fails the load: a persona silently missing from the picker
+    /// is harder to notice than an error at startup.
     pub fn load_dir(dir: &Path) -> Result<Self, PipelineError> {
         let entries = std::fs::read_dir(dir).map_err(|e| PipelineError::Persona {
             path: dir.to_path_buf(),
@@ -458,7 +531,7 @@ impl PersonaLibrary {
         })?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && !is_tuning_file(p))
             .collect();
         paths.sort();
         let mut library = Self::default();
@@ -508,6 +581,50 @@ name = "Ana"
 bio = "Ana is a baker."
 greetings = ["Hi!"]
 "#;
+
+    /// A tuning file beside a persona is read with it, and the library does not take it for a
+    /// persona; a stale one (naming an example the persona no longer has), a broken one, or
+    /// one beside a persona that sets `[prompt]` itself is refused with the file's path.
+    #[test]
+    fn a_tuning_file_beside_a_persona_is_its_tuning() {
+        let dir = tempfile::tempdir().unwrap();
+        let persona = format!("{MINIMAL}\n[[examples]]\nuser = \"Hello\"\nreply = \"Hi there!\"\n");
+        std::fs::write(dir.path().join("ana.toml"), &persona).unwrap();
+        let tuning = dir.path().join("ana.prompt.toml");
+        std::fs::write(
+            &tuning,
+            "layout = \"cached-exchanges\"\nexamples = [\"Hello\"]\nstage_examples = 2\nphrasing = \"friend\"\n",
+        )
+        .unwrap();
+        let library = PersonaLibrary::load_dir(dir.path()).unwrap();
+        assert_eq!(library.ids().collect::<Vec<_>>(), ["ana"], "the tuning is not a persona");
+        let ana = library.get("ana").unwrap();
+        assert_eq!(ana.prompt.layout, Some(crate::layout::PromptLayout::CachedExchanges));
+        assert_eq!(ana.prompt.phrasing, Some(crate::layout::NotePhrasing::Friend));
+        assert_eq!(ana.prompt.stage_examples, Some(2));
+        assert_eq!(ana.example_order(), [0]);
+        // It survives the persona's own TOML (an export) and reads back the same.
+        let again = Persona::from_toml(&ana.to_toml(), "ana").unwrap();
+        assert_eq!(&again, ana);
+
+        let refused = |text: &str| {
+            std::fs::write(&tuning, text).unwrap();
+            let err = Persona::load(&dir.path().join("ana.toml")).unwrap_err().to_string();
+            assert!(err.contains("ana.prompt.toml"), "{err}");
+            err
+        };
+        assert!(refused("examples = [\"Goodbye\"]\n").contains("Goodbye"));
+        assert!(refused("layout = \"sideways\"\n").contains("sideways"));
+        assert!(refused("temperature = 2.0\n").contains("temperature"));
+        std::fs::write(&tuning, "stage_examples = 3\n").unwrap();
+        std::fs::write(
+            dir.path().join("ana.toml"),
+            format!("{persona}\n[prompt]\nstage_examples = 2\n"),
+        )
+        .unwrap();
+        let err = Persona::load(&dir.path().join("ana.toml")).unwrap_err().to_string();
+        assert!(err.contains("keep one of the two"), "{err}");
+    }
 
     #[test]
     fn a_minimal_persona_gets_defaults() {

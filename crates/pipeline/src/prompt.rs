@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tera::Tera;
 
 use crate::fewshot::ChosenExample;
+pub use crate::layout::{NotePhrasing, PromptLayout};
 use crate::memory::Memory;
 use crate::persona::Persona;
 use crate::secret::SecretForPrompt;
@@ -165,104 +166,8 @@ pub struct PromptInput<'a> {
     /// [`assemble`].
     #[serde(default)]
     pub standing_in_prefix: bool,
-}
-
-/// Where the turn's notes and the persona's examples go (see the module's documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PromptLayout {
-    /// Examples for the stage in the system message; the notes after the user's message.
-    Cached,
-    /// Examples for the stage as earlier exchanges after the system message; the notes after
-    /// the user's message. In a judged batch on the default model it cut breaks of character
-    /// from 19 to 2 per 100 replies and the prompt tokens read again per turn by 118, with no
-    /// significant change in any judged dimension, where `Cached` lost a little
-    /// (docs/eval/prompt-layout.md).
-    CachedExchanges,
-    /// `CachedExchanges` with what holds for the whole stage (`standing.tera`) in the system
-    /// message after the examples, and a short note after the message. The default: against
-    /// `CachedExchanges` it read 40 fewer new tokens on a later turn (median) with no judged
-    /// dimension or break count significantly changed (docs/eval/prompt-layout.md).
-    #[default]
-    Compact,
-    /// `Compact` with each earlier turn's note kept after its message ([`Past::notes`]): the
-    /// fewest tokens read on most turns, but in its judged batch breaks of character rose
-    /// from 1.7 to 7.9 per 100 replies and stage changes read far more, so not the default.
-    CompactHistory,
-    /// Examples chosen for the message and the notes in a system message just before it.
-    NotesBeforeMessage,
-    /// Examples and notes at the end of the first system message.
-    NotesInSystem,
-}
-
-impl PromptLayout {
-    /// Every layout, for help texts and errors.
-    pub const ALL: [PromptLayout; 6] = [
-        PromptLayout::Cached,
-        PromptLayout::CachedExchanges,
-        PromptLayout::Compact,
-        PromptLayout::CompactHistory,
-        PromptLayout::NotesBeforeMessage,
-        PromptLayout::NotesInSystem,
-    ];
-
-    /// The name the command line and the run files use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PromptLayout::Cached => "cached",
-            PromptLayout::CachedExchanges => "cached-exchanges",
-            PromptLayout::Compact => "compact",
-            PromptLayout::CompactHistory => "compact-history",
-            PromptLayout::NotesBeforeMessage => "notes-before-message",
-            PromptLayout::NotesInSystem => "notes-in-system",
-        }
-    }
-
-    /// Whether the persona's examples are fixed per stage (in the cached prefix) rather than
-    /// chosen for each message.
-    pub fn examples_per_stage(self) -> bool {
-        matches!(
-            self,
-            PromptLayout::Cached
-                | PromptLayout::CachedExchanges
-                | PromptLayout::Compact
-                | PromptLayout::CompactHistory
-        )
-    }
-
-    /// Whether each turn's note comes after its message, so that everything before the message
-    /// is the same from one turn to the next (and can be read ahead of it).
-    pub fn note_follows_message(self) -> bool {
-        matches!(
-            self,
-            PromptLayout::Cached
-                | PromptLayout::CachedExchanges
-                | PromptLayout::Compact
-                | PromptLayout::CompactHistory
-        )
-    }
-
-    /// Whether each turn's note stays in the history after its message.
-    pub fn keeps_notes(self) -> bool {
-        self == PromptLayout::CompactHistory
-    }
-}
-
-impl std::fmt::Display for PromptLayout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for PromptLayout {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PromptLayout::ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = PromptLayout::ALL.iter().map(|l| l.as_str()).collect();
-            format!("unknown prompt layout {s:?}; one of: {}", names.join(", "))
-        })
-    }
+    /// How the notes ask her to carry the conversation ([`NotePhrasing::as_str`]).
+    pub phrasing: &'static str,
 }
 
 /// Said after the example exchanges of the `CachedExchanges` layout, so that the model does not take
@@ -568,6 +473,7 @@ pub(crate) mod tests {
             recalled: None,
             about_them: None,
             standing_in_prefix: false,
+            phrasing: NotePhrasing::default().as_str(),
         }
     }
 
@@ -791,6 +697,42 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(a.messages.len(), 4, "system, standing notes, message, note");
         assert!(a.messages[1].content.contains("keep to yourself"));
+    }
+
+    /// Each note phrasing puts its own words in the standing note and the turn's "hold" note,
+    /// in both kinds of layout; the default puts the words every persona had before there was
+    /// a choice.
+    #[test]
+    fn each_note_phrasing_has_its_own_words() {
+        let persona = host();
+        let roomy = TokenBudget { context_tokens: 16_000, reply_tokens: 100 };
+        let prompts = Prompts::embedded();
+        let text = |layout, phrasing: NotePhrasing| {
+            let mut notes = input(&persona, Vec::new());
+            notes.examples = examples(&persona);
+            notes.phrasing = phrasing.as_str();
+            let a = assemble(
+                &prompts,
+                notes,
+                Past::new(&[], &Memory::default()),
+                "How are you?",
+                roomy,
+                layout,
+            )
+            .unwrap();
+            a.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")
+        };
+        for layout in [PromptLayout::Compact, PromptLayout::CachedExchanges] {
+            let curious = text(layout, NotePhrasing::Curious);
+            assert!(curious.contains("genuine curiosity"), "{layout}: {curious}");
+            let first = text(layout, NotePhrasing::AnswerFirst);
+            assert!(first.contains("answer") && !first.contains("curiosity"), "{layout}: {first}");
+            let friend = text(layout, NotePhrasing::Friend);
+            assert!(friend.contains("not a helper") || friend.contains("never as a helper"));
+            assert!(!friend.contains("curiosity"), "{layout}: {friend}");
+        }
+        let compact = text(PromptLayout::Compact, NotePhrasing::Curious);
+        assert!(compact.contains("Same warmth as before; stay curious about them."));
     }
 
     /// What the person told in earlier conversations follows the persona's opening and its
