@@ -9,6 +9,29 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `Display` and `FromStr` for an enum of named choices (its `ALL` and `as_str`), so that the
+/// command line, the files and the errors use one spelling; the error lists every name.
+macro_rules! named {
+    ($ty:ident, $what:literal) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $ty::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let names: Vec<&str> = $ty::ALL.iter().map(|v| v.as_str()).collect();
+                    format!(concat!("unknown ", $what, " {:?}; one of: {}"), s, names.join(", "))
+                })
+            }
+        }
+    };
+}
+
 /// Where the turn's notes and the persona's examples go (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -90,22 +113,7 @@ impl PromptLayout {
     }
 }
 
-impl std::fmt::Display for PromptLayout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for PromptLayout {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PromptLayout::ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = PromptLayout::ALL.iter().map(|l| l.as_str()).collect();
-            format!("unknown prompt layout {s:?}; one of: {}", names.join(", "))
-        })
-    }
-}
+named!(PromptLayout, "prompt layout");
 
 /// How the standing note (and a turn's "hold" note) asks the persona to carry the
 /// conversation. The words steer a small model more than their length suggests, so they are
@@ -140,22 +148,7 @@ impl NotePhrasing {
     }
 }
 
-impl std::fmt::Display for NotePhrasing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for NotePhrasing {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        NotePhrasing::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = NotePhrasing::ALL.iter().map(|p| p.as_str()).collect();
-            format!("unknown note phrasing {s:?}; one of: {}", names.join(", "))
-        })
-    }
-}
+named!(NotePhrasing, "note phrasing");
 
 /// Most examples a stage may show: more than any persona has, few enough that a typo (800)
 /// is caught rather than silently meaning "all".
