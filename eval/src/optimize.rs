@@ -208,8 +208,12 @@ pub struct Scored {
     /// What they rejected it for ([`rapport_pipeline::guards::GuardHit::code`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub first_draft_hits: Vec<String>,
-    /// Prompt tokens of the first attempt.
+    /// Prompt tokens of the first attempt as the backend counted them (missing when the
+    /// draft was cut short and its stream dropped before the count, as most are).
     pub prompt_tokens: Option<u32>,
+    /// The pipeline's estimate of the prompt's tokens, there for every answer.
+    #[serde(default)]
+    pub estimated_prompt_tokens: Option<u32>,
     /// From the message to the whole reply, ms.
     pub reply_ms: u64,
 }
@@ -318,6 +322,7 @@ async fn score_one(
         redrafted,
         first_draft_hits,
         prompt_tokens: first.and_then(|a| a.prompt_tokens),
+        estimated_prompt_tokens: u32::try_from(outcome.trace.prompt.estimated_tokens).ok(),
         reply_ms,
     })
 }
@@ -506,8 +511,8 @@ pub fn standings(
 /// One measure of the held-out comparison: winner − `c0`, paired by turn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gain {
-    /// What is compared: `value`, a criterion's id, `faults`, `breaks`, `redrafts` or
-    /// `prompt_tokens`.
+    /// What is compared: `value`, a criterion's id, `faults`, `breaks`, `redrafts`,
+    /// `prompt_tokens` or `estimated_prompt_tokens`.
     pub measure: String,
     /// Mean for `c0`.
     pub before: Option<f64>,
@@ -562,6 +567,7 @@ pub fn held_out_gains(
     gains.push(measure("breaks", &|s| Some(f64::from(u8::from(s.breaks > 0)))));
     gains.push(measure("redrafts", &|s| Some(f64::from(u8::from(s.redrafted)))));
     gains.push(measure("prompt_tokens", &|s| s.prompt_tokens.map(f64::from)));
+    gains.push(measure("estimated_prompt_tokens", &|s| s.estimated_prompt_tokens.map(f64::from)));
     gains
 }
 
@@ -900,6 +906,7 @@ mod tests {
             redrafted,
             first_draft_hits: Vec::new(),
             prompt_tokens: Some(100),
+            estimated_prompt_tokens: Some(90),
             reply_ms: 1,
         }
     }
