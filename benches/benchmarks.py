@@ -414,7 +414,7 @@ def memory_section():
            "from the first (the memory) and without it. Answered = the reply contains the fact. Each person also asks about "
            "something never told, where the right answer admits not knowing. Every reply as sent is read by the fact checker. "
            "`tuning`: `datasets/memory/people.jsonl`, on which the prompt was chosen; `held-out`: "
-           "`datasets/memory/people-heldout.jsonl`, written before any run and measured once per version (3, 5 and 6; every choice made on the tuning set). 95% Wilson intervals. "
+           "`datasets/memory/people-heldout.jsonl`, written before any run and measured once per version (3, 5 and 6, and 6 again once the help-desk cut became the default; every choice made on the tuning set). 95% Wilson intervals. "
            "Reading: [docs/eval/partner-quality.md](docs/eval/partner-quality.md#a-memory-of-the-person).", "",
            "Answered as theirs = answered, and no sentence with the fact says it as her own (\"My parrot is called Pablo\"). "
            "Build = what the pipeline did when the file was measured.", "",

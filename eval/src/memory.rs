@@ -215,6 +215,10 @@ pub struct MemoryReport {
     pub admits_unknown_without: Share,
     /// Whether drafts were checked for contradictions (and written again).
     pub fact_guard: bool,
+    /// Whether help-desk sentences were cut from drafts (the default since stop 50); reports
+    /// written before it was recorded read as `None`.
+    #[serde(default)]
+    pub cut_service: Option<bool>,
     /// Replies as sent (every reply of the suite) that contradict a fact.
     pub contradictions: Share,
     /// Replies to [`ABOUT_HER`] that contradict her facts.
@@ -544,6 +548,7 @@ pub async fn run_suite(
         admits_unknown: Share::of(count_unknown(&|a| a.admits), unknown.len()),
         admits_unknown_without: Share::of(count_unknown(&|a| a.admits_without), unknown.len()),
         fact_guard: pipelines.first().is_some_and(|p| p.config().fact_guard),
+        cut_service: pipelines.first().map(|p| p.config().cut_service),
         contradictions: Share::of(facts.contradicting, facts.replies),
         contradictions_about_her: Share::of(facts.about_her_contradicting, facts.about_her),
         drafts_contradicting: facts.drafts,
