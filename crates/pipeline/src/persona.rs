@@ -529,10 +529,22 @@ impl PersonaLibrary {
             path: dir.to_path_buf(),
             message: e.to_string(),
         })?;
-        let mut paths: Vec<PathBuf> = entries
+        let (tunings, mut paths): (Vec<PathBuf>, Vec<PathBuf>) = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml") && !is_tuning_file(p))
-            .collect();
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .partition(|p| is_tuning_file(p));
+        // A tuning file with no persona beside it is a misspelt name or a deleted persona;
+        // ignoring it would leave someone believing a persona runs tuned.
+        if let Some(orphan) = tunings.iter().find(|t| {
+            let name = t.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let stem = name.trim_end_matches(".prompt.toml");
+            !paths.contains(&t.with_file_name(format!("{stem}.toml")))
+        }) {
+            return Err(PipelineError::Persona {
+                path: orphan.clone(),
+                message: "a prompt tuning with no persona file of the same name beside it".into(),
+            });
+        }
         paths.sort();
         let mut library = Self::default();
         for path in paths {
@@ -624,6 +636,12 @@ greetings = ["Hi!"]
         .unwrap();
         let err = Persona::load(&dir.path().join("ana.toml")).unwrap_err().to_string();
         assert!(err.contains("keep one of the two"), "{err}");
+
+        // A tuning whose persona is not there (a misspelt name) stops the library's load.
+        std::fs::write(dir.path().join("ana.toml"), &persona).unwrap();
+        std::fs::write(dir.path().join("anna.prompt.toml"), "stage_examples = 3\n").unwrap();
+        let err = PersonaLibrary::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("anna.prompt.toml") && err.contains("no persona file"), "{err}");
     }
 
     #[test]
