@@ -52,20 +52,20 @@ impl TurnScorerChooser {
         );
         Ok(Self { judge, criteria, name })
     }
+}
 
-    /// The transcript the judge reads before a draft: what the person saw, as `Name: text`
-    /// lines within the judge's budget (the latest kept).
-    fn before(&self, persona: &Persona, conversation: &[ChatMessage]) -> String {
-        let lines: Vec<String> = conversation
-            .iter()
-            .filter(|m| m.role != Role::System)
-            .map(|m| {
-                let who = if m.role == Role::User { "User" } else { persona.name.as_str() };
-                format!("{who}: {}", m.content.replace('\n', " "))
-            })
-            .collect();
-        fit_lines(&lines, self.judge.config().max_transcript_chars)
-    }
+/// The transcript the judge reads before a reply: what the person saw of `conversation` (its
+/// system messages left out), as `Name: text` lines within `max_chars` (the latest kept).
+pub(crate) fn transcript(name: &str, conversation: &[ChatMessage], max_chars: usize) -> String {
+    let lines: Vec<String> = conversation
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .map(|m| {
+            let who = if m.role == Role::User { "User" } else { name };
+            format!("{who}: {}", m.content.replace('\n', " "))
+        })
+        .collect();
+    fit_lines(&lines, max_chars)
 }
 
 #[async_trait::async_trait]
@@ -81,7 +81,8 @@ impl DraftChooser for TurnScorerChooser {
         drafts: &[String],
     ) -> Result<Vec<Option<f64>>, String> {
         let brief = brief_of(persona);
-        let before = self.before(persona, conversation);
+        let before =
+            transcript(&persona.name, conversation, self.judge.config().max_transcript_chars);
         let criteria: Vec<&Criterion> = self.criteria.iter().collect();
         let mut scores = Vec::with_capacity(drafts.len());
         for draft in drafts {

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use chrono::{DateTime, FixedOffset};
-use rapport_core::Generator;
+use rapport_core::{ChatMessage, Generator};
 use rapport_pipeline::character::lexical_breaks;
 use rapport_pipeline::layout::{NotePhrasing, PromptLayout, PromptTuning};
 use rapport_pipeline::trace::AttemptOutcome;
@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{append_line, brief_of, read_lines};
 use crate::best_of::split as split_turn;
-use crate::dialogue::{fit_lines, Dialogue};
+use crate::choose::transcript;
+use crate::dialogue::Dialogue;
 use crate::judge::Judge;
 use crate::rubric::{Criterion, Side};
 use crate::stats::{self, Estimate, SplitMix64};
@@ -251,20 +252,6 @@ pub struct Bench<'a> {
     pub criteria: &'a [&'a Criterion],
 }
 
-/// The transcript the judge reads before a reply: what the person saw, as `Name: text` lines
-/// within the judge's budget (the latest kept).
-fn before(name: &str, d: &Dialogue, turn: usize, max_chars: usize) -> String {
-    let (greeting, exchanges, message) = split_turn(d, turn);
-    let mut lines: Vec<String> = greeting.iter().map(|g| format!("{name}: {g}")).collect();
-    for (m, r) in &exchanges {
-        lines.push(format!("User: {m}"));
-        lines.push(format!("{name}: {r}"));
-    }
-    lines.push(format!("User: {message}"));
-    let lines: Vec<String> = lines.into_iter().map(|l| l.replace('\n', " ")).collect();
-    fit_lines(&lines, max_chars)
-}
-
 /// Candidate `id` answers turn `turn` of `d`, and the judge scores the reply.
 async fn score_one(
     bench: &Bench<'_>,
@@ -283,6 +270,8 @@ async fn score_one(
     let mut conversation = pipeline
         .replay(greeting.as_deref(), &exchanges, now)
         .map_err(|e| EvalError::Invalid(format!("{item}: {e}")))?;
+    let mut seen = conversation.history.clone();
+    seen.push(ChatMessage::user(message.clone()));
     let started = Instant::now();
     let outcome = pipeline
         .respond(
@@ -302,7 +291,7 @@ async fn score_one(
     };
     let redrafted = outcome.trace.attempts.len() > 1
         || first.is_some_and(|a| !matches!(a.outcome, AttemptOutcome::Accepted));
-    let transcript = before(&persona.name, d, turn, bench.judge.config().max_transcript_chars);
+    let transcript = transcript(&persona.name, &seen, bench.judge.config().max_transcript_chars);
     let verdict = bench
         .judge
         .score_reply(
@@ -379,15 +368,7 @@ impl Ledger {
     /// Candidate `id`'s values on `items`, in their order (none where it has no readable
     /// score).
     pub fn values(&self, id: &str, items: &[String], fault_cost: f64) -> Vec<Option<f64>> {
-        items
-            .iter()
-            .map(|item| {
-                self.scored
-                    .iter()
-                    .find(|s| s.candidate == id && &s.item == item)
-                    .and_then(|s| s.value(fault_cost))
-            })
-            .collect()
+        self.answers(id, items).into_iter().map(|s| s.and_then(|s| s.value(fault_cost))).collect()
     }
 
     /// Candidate `id`'s scored answers on `items`, in their order.
