@@ -453,10 +453,18 @@ struct Suite {
 }
 
 impl SuiteArgs {
+    /// The personas the suite runs, read before any model loads.
+    fn library(&self) -> anyhow::Result<PersonaLibrary> {
+        Ok(PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(self.personas_dir.clone()))?)
+    }
+
     async fn load(&self) -> anyhow::Result<Suite> {
-        let library = PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(
-            self.personas_dir.clone(),
-        ))?;
+        self.load_with(self.library()?).await
+    }
+
+    /// [`SuiteArgs::load`] with personas already read (by a command that checks them before
+    /// a model loads).
+    async fn load_with(&self, library: PersonaLibrary) -> anyhow::Result<Suite> {
         let backend = self.backend.build().await?;
         let layout = backend.layout(self.layout)?;
         let nlu = load_nlu(self.lexical_only).await?;

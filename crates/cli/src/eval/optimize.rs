@@ -128,10 +128,8 @@ pub async fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         args.from.display(),
         args.persona
     );
-    let library = rapport_pipeline::PersonaLibrary::load_dir(&crate::persona_chat::personas_dir(
-        args.suite.personas_dir.clone(),
-    ))?;
-    library.get(&args.persona)?;
+    let library = args.suite.library()?;
+    let persona = library.get(&args.persona)?.clone();
     let split = optimize::split(&dialogues, args.held_out, args.seed)?;
     let turns: Vec<usize> =
         if args.turns.is_empty() { (1..=64).collect() } else { args.turns.clone() };
@@ -143,8 +141,7 @@ pub async fn run(args: OptimizeArgs) -> anyhow::Result<()> {
     );
     let train = optimize::shuffled(train, args.seed);
 
-    let Suite { backend, nlu, config, library } = args.suite.load().await?;
-    let persona = library.get(&args.persona)?.clone();
+    let Suite { backend, nlu, config, .. } = args.suite.load_with(library).await?;
     for &layout in &space.layouts {
         backend.layout(Some(layout))?;
     }
